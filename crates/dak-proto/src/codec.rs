@@ -1,0 +1,258 @@
+//! The frame codec. Decoding checks the length before anything else, then
+//! lets prost parse (it never trusts an inner length either), then checks
+//! the fields a handler would otherwise have to distrust. Every failure is a
+//! `FrameError` that maps to a wire `ErrorCode` with a readable message.
+
+use prost::Message;
+
+use crate::v1::{self, ErrorCode, client_frame::Request};
+use crate::{
+    IDENTITY_KEY_BYTES, MAX_ACKS_PER_FRAME, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_SHORT_TEXT,
+    MESSAGE_ID_BYTES, SIGNATURE_BYTES,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame is not a valid protobuf message: {0}")]
+    Malformed(String),
+    #[error("{message}")]
+    Invalid { code: ErrorCode, message: String },
+}
+
+impl FrameError {
+    fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::Malformed(_) => ErrorCode::MalformedFrame,
+            FrameError::Invalid { code, .. } => *code,
+        }
+    }
+
+    /// Whether the connection should be closed after reporting this: a peer
+    /// that sends unparseable or oversized frames is not speaking Dak.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, FrameError::TooLarge { .. } | FrameError::Malformed(_))
+    }
+
+    pub fn to_wire(&self) -> v1::Error {
+        v1::Error::new(self.code(), self.to_string())
+    }
+}
+
+fn check_len(bytes: &[u8]) -> Result<(), FrameError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes and validates a frame from a client.
+pub fn decode_client_frame(bytes: &[u8]) -> Result<v1::ClientFrame, FrameError> {
+    check_len(bytes)?;
+    let frame =
+        v1::ClientFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    validate_client(&frame)?;
+    Ok(frame)
+}
+
+/// Decodes a frame from the server. Clients apply the same size limit.
+pub fn decode_server_frame(bytes: &[u8]) -> Result<v1::ServerFrame, FrameError> {
+    check_len(bytes)?;
+    v1::ServerFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Decodes a message body's plaintext content on the client.
+pub fn decode_content(bytes: &[u8]) -> Result<v1::Content, FrameError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(FrameError::TooLarge {
+            len: bytes.len(),
+            max: MAX_BODY_BYTES,
+        });
+    }
+    v1::Content::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
+    msg.encode_to_vec()
+}
+
+fn field_len(name: &str, got: usize, want: usize) -> Result<(), FrameError> {
+    if got != want {
+        return Err(FrameError::invalid(
+            ErrorCode::BadRequest,
+            format!("{name} must be {want} bytes, got {got}"),
+        ));
+    }
+    Ok(())
+}
+
+fn short_text(name: &str, value: &str) -> Result<(), FrameError> {
+    if value.len() > MAX_SHORT_TEXT {
+        return Err(FrameError::invalid(
+            ErrorCode::BadRequest,
+            format!("{name} is longer than {MAX_SHORT_TEXT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The checks that do not need server state: presence, sizes and lengths.
+pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
+    if frame.request_id == 0 {
+        return Err(FrameError::invalid(
+            ErrorCode::BadRequest,
+            "request_id must be non-zero",
+        ));
+    }
+    let Some(request) = &frame.request else {
+        return Err(FrameError::invalid(
+            ErrorCode::BadRequest,
+            "frame carries no request (an unknown request type from a newer client?)",
+        ));
+    };
+    match request {
+        Request::RequestCode(r) => short_text("phone", &r.phone),
+        Request::VerifyCode(r) => {
+            short_text("phone", &r.phone)?;
+            short_text("code", &r.code)?;
+            short_text("pin", &r.pin)?;
+            short_text("device_name", &r.device_name)?;
+            field_len("identity_key", r.identity_key.len(), IDENTITY_KEY_BYTES)?;
+            field_len("signature", r.signature.len(), SIGNATURE_BYTES)
+        }
+        Request::Authenticate(r) => field_len("signature", r.signature.len(), SIGNATURE_BYTES),
+        Request::SendMessage(r) => {
+            field_len("message_id", r.message_id.len(), MESSAGE_ID_BYTES)?;
+            short_text("to_phone", &r.to_phone)?;
+            if r.body.len() > MAX_BODY_BYTES {
+                return Err(FrameError::invalid(
+                    ErrorCode::BodyTooLarge,
+                    format!(
+                        "message body of {} bytes is larger than the limit of {MAX_BODY_BYTES} bytes",
+                        r.body.len()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Request::AckDeliveries(r) => {
+            if r.seqs.len() > MAX_ACKS_PER_FRAME {
+                return Err(FrameError::invalid(
+                    ErrorCode::BadRequest,
+                    format!("at most {MAX_ACKS_PER_FRAME} acks per frame"),
+                ));
+            }
+            Ok(())
+        }
+        Request::SetPin(r) => short_text("pin", &r.pin),
+        Request::LinkStart(r) => {
+            field_len("identity_key", r.identity_key.len(), IDENTITY_KEY_BYTES)?;
+            field_len("signature", r.signature.len(), SIGNATURE_BYTES)?;
+            short_text("device_name", &r.device_name)
+        }
+        Request::ApproveLink(r) => short_text("code", &r.code),
+        Request::ListDevices(_) | Request::RemoveDevice(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn send(id: u64, msg_id: Vec<u8>, to: String, body: Vec<u8>) -> v1::ClientFrame {
+        v1::ClientFrame {
+            request_id: id,
+            request: Some(Request::SendMessage(v1::SendMessage {
+                message_id: msg_id,
+                to_phone: to,
+                body,
+            })),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn send_round_trips(id in 1u64.., msg_id in proptest::collection::vec(any::<u8>(), 16),
+                            to in "\\+[1-9][0-9]{7,14}",
+                            body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let frame = send(id, msg_id, to, body);
+            let decoded = decode_client_frame(&encode(&frame)).unwrap();
+            prop_assert_eq!(decoded, frame);
+        }
+
+        #[test]
+        fn deliver_round_trips(seqs in proptest::collection::vec(any::<u64>(), 0..20),
+                               body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let frame = v1::ServerFrame {
+                request_id: 0,
+                body: Some(v1::server_frame::Body::Deliver(v1::Deliver {
+                    envelopes: seqs.iter().map(|&seq| v1::Envelope {
+                        seq,
+                        message_id: vec![7; 16],
+                        sender_phone: "+919800000001".into(),
+                        sender_device: seq ^ 1,
+                        conversation_phone: "+919800000002".into(),
+                        server_time_ms: seq as i64,
+                        body: body.clone(),
+                    }).collect(),
+                })),
+            };
+            prop_assert_eq!(decode_server_frame(&encode(&frame)).unwrap(), frame);
+        }
+
+        #[test]
+        fn content_round_trips(text in ".{0,200}", at in any::<i64>()) {
+            let c = v1::Content { kind: Some(v1::content::Kind::Text(v1::Text { body: text, sent_at_ms: at })) };
+            prop_assert_eq!(decode_content(&encode(&c)).unwrap(), c);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode_client_frame(&bytes);
+            let _ = decode_server_frame(&bytes);
+            let _ = decode_content(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_parsing() {
+        let err = decode_client_frame(&vec![0u8; MAX_FRAME_BYTES + 1]).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+        assert!(err.is_fatal());
+    }
+
+    #[test]
+    fn oversized_body_has_its_own_code() {
+        let frame = send(1, vec![0; 16], "+919800000001".into(), vec![0; MAX_BODY_BYTES + 1]);
+        let err = decode_client_frame(&encode(&frame)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BodyTooLarge);
+        assert!(!err.is_fatal());
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let err = decode_client_frame(&[0xff, 0xff, 0xff]).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::MalformedFrame);
+    }
+
+    #[test]
+    fn wrong_id_length_and_zero_request_id_are_bad_requests() {
+        let err = decode_client_frame(&encode(&send(1, vec![0; 3], "+1".into(), vec![]))).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+        let err = decode_client_frame(&encode(&send(0, vec![0; 16], "+1".into(), vec![]))).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+}

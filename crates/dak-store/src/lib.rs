@@ -1,0 +1,197 @@
+//! Dak's storage: the `Store` trait every backend implements, and the
+//! embedded SQLite backend (the default). The PostgreSQL backend for cluster
+//! mode implements the same trait and must pass the same `conformance` suite.
+//!
+//! Invariant: a write method returns `Ok` only after its effect is durably
+//! committed. The server's single tick rests on `enqueue` keeping that promise.
+
+mod sqlite;
+pub mod conformance;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+pub type DeviceId = u64;
+pub type AccountId = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    #[error("account already has the maximum of {max} linked devices; remove one first")]
+    TooManyDevices { max: u32 },
+    #[error("storage is out of space; nothing was written")]
+    Full,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub phone: String,
+    /// PHC string of the registration-lock PIN (argon2), if one is set.
+    pub pin_hash: Option<String>,
+    pub pin_failures: u32,
+    pub pin_locked_until_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: DeviceId,
+    pub account_id: AccountId,
+    pub phone: String,
+    pub identity_key: Vec<u8>,
+    pub name: String,
+    pub primary: bool,
+    pub created_ms: i64,
+    pub last_seen_ms: i64,
+    /// Set once the device is gone; its row stays so that it can be told why.
+    pub revoked: Option<RevokeReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// Unlinked by the primary device or by itself.
+    Removed = 1,
+    /// The number was registered on another phone.
+    NumberMoved = 2,
+    /// A linked device outlived the operator's maximum session age.
+    LinkExpired = 3,
+}
+
+impl RevokeReason {
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(RevokeReason::Removed),
+            2 => Some(RevokeReason::NumberMoved),
+            3 => Some(RevokeReason::LinkExpired),
+            _ => None,
+        }
+    }
+}
+
+/// A pending one-time registration code for a phone number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub phone: String,
+    /// Hash of the code (never the code itself).
+    pub code_hash: String,
+    pub expires_ms: i64,
+    pub attempts: u32,
+    /// Codes sent in the current window, and when that window opened.
+    pub sent_in_window: u32,
+    pub window_start_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRequest {
+    pub code: String,
+    pub identity_key: Vec<u8>,
+    pub device_name: String,
+    pub expires_ms: i64,
+}
+
+/// An envelope as the sender handed it over, before it has a mailbox seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEnvelope {
+    pub message_id: Vec<u8>,
+    pub sender_phone: String,
+    pub sender_device: DeviceId,
+    pub conversation_phone: String,
+    pub server_time_ms: i64,
+    pub expires_ms: i64,
+    pub body: Vec<u8>,
+}
+
+/// An envelope in one device's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEntry {
+    pub seq: u64,
+    pub message_id: Vec<u8>,
+    pub sender_phone: String,
+    pub sender_device: DeviceId,
+    pub conversation_phone: String,
+    pub server_time_ms: i64,
+    pub body: Vec<u8>,
+}
+
+/// What registering a primary device replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub account_id: AccountId,
+    pub device: Device,
+    /// Devices of the number's previous owner (or previous phone), now gone.
+    pub revoked: Vec<DeviceId>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Phone verification.
+    async fn verification(&self, phone: &str) -> Result<Option<Verification>>;
+    async fn put_verification(&self, v: Verification) -> Result<()>;
+    /// Counts one more attempt and returns the new count.
+    async fn bump_verification_attempts(&self, phone: &str) -> Result<u32>;
+    async fn delete_verification(&self, phone: &str) -> Result<()>;
+
+    // Accounts and devices.
+    async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>>;
+    /// Creates the account if new, revokes every device it had (and empties
+    /// their mailboxes), and registers `identity_key` as its primary device.
+    async fn register_primary(
+        &self,
+        phone: &str,
+        identity_key: &[u8],
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Registration>;
+    async fn set_pin(&self, account: AccountId, pin_hash: Option<String>) -> Result<()>;
+    /// Records a failed PIN attempt; returns the failures so far.
+    async fn record_pin_failure(&self, account: AccountId, locked_until_ms: i64) -> Result<u32>;
+    /// Any device, revoked ones included (see `Device::revoked`).
+    async fn device(&self, id: DeviceId) -> Result<Option<Device>>;
+    /// The active device holding this identity key.
+    async fn device_by_key(&self, identity_key: &[u8]) -> Result<Option<Device>>;
+    /// Active devices only.
+    async fn devices_of(&self, account: AccountId) -> Result<Vec<Device>>;
+    /// Adds a linked (non-primary) device unless the account has `max_linked` already.
+    async fn add_linked_device(
+        &self,
+        account: AccountId,
+        identity_key: &[u8],
+        name: &str,
+        now_ms: i64,
+        max_linked: u32,
+    ) -> Result<Device>;
+    /// Marks a device revoked and empties its mailbox.
+    async fn revoke_device(&self, id: DeviceId, reason: RevokeReason) -> Result<()>;
+    async fn touch_device(&self, id: DeviceId, now_ms: i64) -> Result<()>;
+
+    // Linking.
+    async fn put_link_request(&self, req: LinkRequest) -> Result<()>;
+    /// Removes and returns the request if it exists and has not expired.
+    async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>>;
+
+    // Mailboxes.
+    /// Appends the envelope to every listed device's mailbox in one durable
+    /// commit. Returns once committed.
+    async fn enqueue(&self, envelope: NewEnvelope, devices: &[DeviceId]) -> Result<()>;
+    /// Entries with seq > `after`, oldest first.
+    async fn fetch_mailbox(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MailboxEntry>>;
+    /// Deletes the given entries, only from this device's mailbox. Returns how many went.
+    async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize>;
+    async fn mailbox_len(&self, device: DeviceId) -> Result<u64>;
+    /// Drops envelopes past their retention, link requests and codes past
+    /// their expiry. Returns the number of envelopes dropped.
+    async fn expire(&self, now_ms: i64) -> Result<u64>;
+}

@@ -1,0 +1,623 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! All writes go through one writer thread that batches whatever jobs are
+//! waiting into a single transaction (group commit), each job inside its own
+//! savepoint so one failing job does not undo the others. A job's caller is
+//! answered only after the whole batch has committed, so "Ok" means on disk.
+//! Reads use a small pool of read-only connections on tokio's blocking pool;
+//! WAL lets them run beside the writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::*;
+
+/// Jobs waiting for the writer. When full, callers wait (backpressure on
+/// senders) rather than the server buffering without bound.
+const WRITE_QUEUE: usize = 8192;
+/// Most jobs folded into one commit.
+const MAX_BATCH: usize = 1024;
+const READERS: usize = 3;
+
+type Reply = Box<dyn FnOnce(Result<()>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    phone TEXT NOT NULL UNIQUE,
+    pin_hash TEXT,
+    pin_failures INTEGER NOT NULL DEFAULT 0,
+    pin_locked_until_ms INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    identity_key BLOB NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    is_primary INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS devices_by_account ON devices(account_id, revoked);
+CREATE INDEX IF NOT EXISTS devices_by_key ON devices(identity_key);
+CREATE TABLE IF NOT EXISTS verifications (
+    phone TEXT PRIMARY KEY,
+    code_hash TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sent_in_window INTEGER NOT NULL DEFAULT 0,
+    window_start_ms INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS link_requests (
+    code TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    device_name TEXT NOT NULL DEFAULT '',
+    expires_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS mailbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id INTEGER NOT NULL,
+    message_id BLOB NOT NULL,
+    sender_phone TEXT NOT NULL,
+    sender_device INTEGER NOT NULL,
+    conversation_phone TEXT NOT NULL,
+    server_time_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS mailbox_by_device ON mailbox(device_id, seq);
+CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox(expires_ms);
+"#;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<AtomicUsize>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.code {
+            rusqlite::ErrorCode::DiskFull => return StoreError::Full,
+            rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::DatabaseBusy
+            | rusqlite::ErrorCode::DatabaseLocked
+            | rusqlite::ErrorCode::SystemIoFailure => return StoreError::Unavailable(e.to_string()),
+            _ => {}
+        }
+    }
+    StoreError::Backend(e.to_string())
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and runs migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        let writer_conn = open(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        writer_conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(backend)?;
+        writer_conn.execute_batch(SCHEMA).map_err(backend)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(Mutex::new(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?));
+        }
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("dak-sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(readers),
+            next_reader: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit: Result<()>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer thread has stopped".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[i]
+                .lock()
+                .map_err(|_| StoreError::Unavailable("reader poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?
+    }
+}
+
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job").map_err(backend)?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                .map_err(backend)?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut replies: Vec<Reply> = Vec::new();
+        let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
+        if let Err(e) = begun {
+            tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+            let reply = first(&conn);
+            reply(Err(e));
+            continue;
+        }
+        replies.push(first(&conn));
+        while replies.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => replies.push(job(&conn)),
+                Err(_) => break,
+            }
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(backend);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = replies.len(), "sqlite: commit failed; batch rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(match &committed {
+                Ok(()) => Ok(()),
+                Err(StoreError::Full) => Err(StoreError::Full),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            });
+        }
+    }
+}
+
+fn row_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: r.get::<_, i64>(0)? as u64,
+        account_id: r.get::<_, i64>(1)? as u64,
+        phone: r.get(2)?,
+        identity_key: r.get(3)?,
+        name: r.get(4)?,
+        primary: r.get::<_, i64>(5)? != 0,
+        created_ms: r.get(6)?,
+        last_seen_ms: r.get(7)?,
+        revoked: RevokeReason::from_i64(r.get(8)?),
+    })
+}
+
+const DEVICE_COLS: &str = "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked FROM devices d JOIN accounts a ON a.id = d.account_id";
+
+fn device_by_id(conn: &Connection, id: DeviceId) -> Result<Option<Device>> {
+    conn.query_row(
+        &format!("SELECT {DEVICE_COLS} WHERE d.id = ?1"),
+        [id as i64],
+        row_device,
+    )
+    .optional()
+    .map_err(backend)
+}
+
+fn devices_of_account(conn: &Connection, account: AccountId) -> Result<Vec<Device>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} WHERE d.account_id = ?1 AND d.revoked = 0 ORDER BY d.id"
+        ))
+        .map_err(backend)?;
+    stmt.query_map([account as i64], row_device)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)
+}
+
+fn delete_device(conn: &Connection, id: DeviceId, reason: RevokeReason) -> Result<()> {
+    conn.execute("DELETE FROM mailbox WHERE device_id = ?1", [id as i64])
+        .map_err(backend)?;
+    conn.execute(
+        "UPDATE devices SET revoked = ?2 WHERE id = ?1",
+        params![id as i64, reason as i64],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn insert_device(
+    conn: &Connection,
+    account: AccountId,
+    key: &[u8],
+    name: &str,
+    primary: bool,
+    now_ms: i64,
+) -> Result<Device> {
+    conn.execute(
+        "INSERT INTO devices (account_id, identity_key, name, is_primary, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![account as i64, key, name, primary as i64, now_ms],
+    )
+    .map_err(backend)?;
+    let id = conn.last_insert_rowid() as u64;
+    device_by_id(conn, id)?.ok_or(StoreError::NotFound("device"))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn verification(&self, phone: &str) -> Result<Option<Verification>> {
+        let phone = phone.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT phone, code_hash, expires_ms, attempts, sent_in_window, window_start_ms FROM verifications WHERE phone = ?1",
+                [phone],
+                |r| {
+                    Ok(Verification {
+                        phone: r.get(0)?,
+                        code_hash: r.get(1)?,
+                        expires_ms: r.get(2)?,
+                        attempts: r.get(3)?,
+                        sent_in_window: r.get(4)?,
+                        window_start_ms: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn put_verification(&self, v: Verification) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO verifications (phone, code_hash, expires_ms, attempts, sent_in_window, window_start_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![v.phone, v.code_hash, v.expires_ms, v.attempts, v.sent_in_window, v.window_start_ms],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bump_verification_attempts(&self, phone: &str) -> Result<u32> {
+        let phone = phone.to_owned();
+        self.write(move |c| {
+            c.query_row(
+                "UPDATE verifications SET attempts = attempts + 1 WHERE phone = ?1 RETURNING attempts",
+                [phone],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound("verification"))
+        })
+        .await
+    }
+
+    async fn delete_verification(&self, phone: &str) -> Result<()> {
+        let phone = phone.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM verifications WHERE phone = ?1", [phone])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>> {
+        let phone = phone.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, phone, pin_hash, pin_failures, pin_locked_until_ms FROM accounts WHERE phone = ?1",
+                [phone],
+                |r| {
+                    Ok(Account {
+                        id: r.get::<_, i64>(0)? as u64,
+                        phone: r.get(1)?,
+                        pin_hash: r.get(2)?,
+                        pin_failures: r.get(3)?,
+                        pin_locked_until_ms: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn register_primary(
+        &self,
+        phone: &str,
+        identity_key: &[u8],
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Registration> {
+        let (phone, key, name) = (phone.to_owned(), identity_key.to_vec(), name.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO accounts (phone, created_ms) VALUES (?1, ?2) ON CONFLICT(phone) DO NOTHING",
+                params![phone, now_ms],
+            )
+            .map_err(backend)?;
+            let account_id: i64 = c
+                .query_row("SELECT id FROM accounts WHERE phone = ?1", [&phone], |r| r.get(0))
+                .map_err(backend)?;
+            let account_id = account_id as u64;
+            let old = devices_of_account(c, account_id)?;
+            for d in &old {
+                delete_device(c, d.id, RevokeReason::NumberMoved)?;
+            }
+            c.execute(
+                "UPDATE accounts SET pin_failures = 0, pin_locked_until_ms = 0 WHERE id = ?1",
+                [account_id as i64],
+            )
+            .map_err(backend)?;
+            let device = insert_device(c, account_id, &key, &name, true, now_ms)?;
+            Ok(Registration {
+                account_id,
+                device,
+                revoked: old.into_iter().map(|d| d.id).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn set_pin(&self, account: AccountId, pin_hash: Option<String>) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE accounts SET pin_hash = ?2, pin_failures = 0, pin_locked_until_ms = 0 WHERE id = ?1",
+                params![account as i64, pin_hash],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_pin_failure(&self, account: AccountId, locked_until_ms: i64) -> Result<u32> {
+        self.write(move |c| {
+            c.query_row(
+                "UPDATE accounts SET pin_failures = pin_failures + 1, pin_locked_until_ms = ?2 WHERE id = ?1 RETURNING pin_failures",
+                params![account as i64, locked_until_ms],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<Option<Device>> {
+        self.read(move |c| device_by_id(c, id)).await
+    }
+
+    async fn device_by_key(&self, identity_key: &[u8]) -> Result<Option<Device>> {
+        let key = identity_key.to_vec();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {DEVICE_COLS} WHERE d.identity_key = ?1 AND d.revoked = 0"),
+                [key],
+                row_device,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn devices_of(&self, account: AccountId) -> Result<Vec<Device>> {
+        self.read(move |c| devices_of_account(c, account)).await
+    }
+
+    async fn add_linked_device(
+        &self,
+        account: AccountId,
+        identity_key: &[u8],
+        name: &str,
+        now_ms: i64,
+        max_linked: u32,
+    ) -> Result<Device> {
+        let (key, name) = (identity_key.to_vec(), name.to_owned());
+        self.write(move |c| {
+            let linked: u32 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM devices WHERE account_id = ?1 AND is_primary = 0 AND revoked = 0",
+                    [account as i64],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if linked >= max_linked {
+                return Err(StoreError::TooManyDevices { max: max_linked });
+            }
+            insert_device(c, account, &key, &name, false, now_ms)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, id: DeviceId, reason: RevokeReason) -> Result<()> {
+        self.write(move |c| delete_device(c, id, reason)).await
+    }
+
+    async fn touch_device(&self, id: DeviceId, now_ms: i64) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
+                params![id as i64, now_ms],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_link_request(&self, req: LinkRequest) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO link_requests (code, identity_key, device_name, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![req.code, req.identity_key, req.device_name, req.expires_ms],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>> {
+        let code = code.to_owned();
+        self.write(move |c| {
+            c.query_row(
+                "DELETE FROM link_requests WHERE code = ?1 AND expires_ms > ?2 RETURNING code, identity_key, device_name, expires_ms",
+                params![code, now_ms],
+                |r| {
+                    Ok(LinkRequest {
+                        code: r.get(0)?,
+                        identity_key: r.get(1)?,
+                        device_name: r.get(2)?,
+                        expires_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
+        let devices = devices.to_vec();
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(backend)?;
+            for d in devices {
+                stmt.execute(params![
+                    d as i64,
+                    e.message_id,
+                    e.sender_phone,
+                    e.sender_device as i64,
+                    e.conversation_phone,
+                    e.server_time_ms,
+                    e.expires_ms,
+                    e.body
+                ])
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fetch_mailbox(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MailboxEntry>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, body FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(backend)?;
+            stmt.query_map(params![device as i64, after as i64, limit as i64], |r| {
+                Ok(MailboxEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    message_id: r.get(1)?,
+                    sender_phone: r.get(2)?,
+                    sender_device: r.get::<_, i64>(3)? as u64,
+                    conversation_phone: r.get(4)?,
+                    server_time_ms: r.get(5)?,
+                    body: r.get(6)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize> {
+        let seqs = seqs.to_vec();
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached("DELETE FROM mailbox WHERE seq = ?1 AND device_id = ?2")
+                .map_err(backend)?;
+            let mut n = 0;
+            for s in seqs {
+                n += stmt.execute(params![s as i64, device as i64]).map_err(backend)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn mailbox_len(&self, device: DeviceId) -> Result<u64> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM mailbox WHERE device_id = ?1",
+                [device as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn expire(&self, now_ms: i64) -> Result<u64> {
+        self.write(move |c| {
+            let n = c
+                .execute("DELETE FROM mailbox WHERE expires_ms <= ?1", [now_ms])
+                .map_err(backend)?;
+            c.execute("DELETE FROM link_requests WHERE expires_ms <= ?1", [now_ms])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
