@@ -1,0 +1,226 @@
+//! Server configuration: defaults, overridden by a TOML file, overridden by
+//! `DAK_*` environment variables, overridden by flags (the binary applies
+//! flags last). `dak server --print-config` prints the result.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the store, the TLS certificate and the SMS outbox live.
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// Serve plain `ws://`. Refused unless `listen` is a loopback address.
+    pub insecure: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Undelivered envelopes are dropped after this long.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How long a one-time registration code stays valid.
+    #[serde(with = "humantime_serde")]
+    pub code_ttl: Duration,
+    /// Wrong codes allowed per sent code before a new one must be asked for.
+    pub code_attempts: u32,
+    /// Codes that may be sent to one number per hour.
+    pub codes_per_phone_per_hour: u32,
+    /// Code requests and verify attempts allowed from one IP address per hour.
+    pub codes_per_ip_per_hour: u32,
+    pub verifies_per_ip_per_hour: u32,
+    /// Wrong registration-lock PINs before the number is locked.
+    pub pin_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub pin_lockout: Duration,
+    /// Linked (non-primary) devices an account may have.
+    pub max_linked_devices: u32,
+    /// Linked devices must re-link after this long; off when absent.
+    #[serde(with = "humantime_serde")]
+    pub linked_device_max_age: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub link_code_ttl: Duration,
+    pub sms: SmsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SmsConfig {
+    /// Appends each code as a JSON line to `DATA/sms-outbox.jsonl` (development).
+    Outbox,
+    /// POSTs `{"to": ..., "text": ...}` as JSON to a gateway.
+    Http {
+        url: String,
+        /// Sent as `Authorization: Bearer ...` when set.
+        token: Option<String>,
+    },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("./dak-data"),
+            listen: "127.0.0.1:7443".parse().expect("static address"),
+            insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            code_ttl: Duration::from_secs(600),
+            code_attempts: 5,
+            codes_per_phone_per_hour: 5,
+            codes_per_ip_per_hour: 30,
+            verifies_per_ip_per_hour: 60,
+            pin_attempts: 5,
+            pin_lockout: Duration::from_secs(3600),
+            max_linked_devices: 4,
+            linked_device_max_age: None,
+            link_code_ttl: Duration::from_secs(600),
+            sms: SmsConfig::Outbox,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the TOML file if given, then `DAK_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Each top-level scalar field `name` can be set by `DAK_NAME`, in the
+    /// same spelling as in the TOML file (durations as "10m", "6h").
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut table = toml::Table::try_from(&*self)
+            .map_err(|e| ConfigError::Invalid(format!("cannot serialise config: {e}")))?;
+        let keys: Vec<String> = table.keys().cloned().collect();
+        let mut changed = false;
+        for key in keys {
+            let name = format!("DAK_{}", key.to_uppercase());
+            let Some(raw) = get(&name) else { continue };
+            let value = guess_value(&raw);
+            table.insert(key, value);
+            changed = true;
+        }
+        if let Some(url) = get("DAK_SMS_HTTP_URL") {
+            let mut sms = toml::Table::new();
+            sms.insert("kind".into(), "http".into());
+            sms.insert("url".into(), url.into());
+            if let Some(token) = get("DAK_SMS_HTTP_TOKEN") {
+                sms.insert("token".into(), token.into());
+            }
+            table.insert("sms".into(), sms.into());
+            changed = true;
+        }
+        if changed {
+            *self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Env {
+                name: "DAK_*".into(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rules that no single field can check alone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.insecure && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "--insecure serves plain ws:// and is only allowed on a loopback address, not {}; \
+                 drop --insecure to serve TLS",
+                self.listen
+            )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "give both --tls-cert and --tls-key, or neither (a self-signed certificate is then made)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// Environment values are strings; numbers and booleans are read as such so
+/// that `DAK_INSECURE=true` and `DAK_MAX_LINKED_DEVICES=2` work.
+fn guess_value(raw: &str) -> toml::Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut c: Config = toml::from_str("retention = \"7days\"\nmax_linked_devices = 3").unwrap();
+        assert_eq!(c.retention, Duration::from_secs(7 * 86400));
+        c.apply_env(|k| match k {
+            "DAK_MAX_LINKED_DEVICES" => Some("2".into()),
+            "DAK_LINKED_DEVICE_MAX_AGE" => Some("6h".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.max_linked_devices, 2);
+        assert_eq!(c.linked_device_max_age, Some(Duration::from_secs(6 * 3600)));
+    }
+
+    #[test]
+    fn printed_config_reads_back() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.retention, c.retention);
+    }
+
+    #[test]
+    fn insecure_needs_loopback() {
+        let c = Config {
+            insecure: true,
+            listen: "0.0.0.0:1".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("retenton = \"1d\"").is_err());
+    }
+}

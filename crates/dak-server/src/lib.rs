@@ -1,0 +1,104 @@
+//! The Dak gateway. It authenticates devices, stores envelopes durably in
+//! per-device mailboxes, pushes them to connected devices and deletes them
+//! on ack. It never parses a message body.
+//!
+//! Start reading at `Server::start`, then `session.rs` (one WebSocket
+//! connection's state machine), `registration.rs`, `mailbox.rs`, `linking.rs`.
+
+pub mod config;
+mod error;
+mod http;
+mod linking;
+mod mailbox;
+pub mod metrics;
+mod ratelimit;
+mod registration;
+mod session;
+pub mod sms;
+mod state;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+pub use config::{Config, SmsConfig};
+pub use state::AppState;
+
+/// Installs ring as the process's rustls provider. Call once at start; safe to repeat.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A running server.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    /// `wss://HOST:PORT` or `ws://HOST:PORT`.
+    pub url: String,
+    /// SHA-256 of the TLS certificate, hex; None when insecure.
+    pub cert_fingerprint: Option<String>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Server {
+    /// Opens the store, binds the socket and starts serving in the background.
+    pub async fn start(config: Config) -> Result<Server> {
+        install_crypto();
+        config.validate()?;
+        std::fs::create_dir_all(&config.data)
+            .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
+        let store = dak_store::SqliteStore::open(&config.data.join("dak.db"))
+            .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
+        let bus = dak_bus::LocalBus::new();
+        let sms: Arc<dyn sms::SmsSender> = match &config.sms {
+            SmsConfig::Outbox => Arc::new(sms::OutboxSender::new(config.data.join("sms-outbox.jsonl"))),
+            SmsConfig::Http { url, token } => Arc::new(sms::HttpSender::new(url.clone(), token.clone())?),
+        };
+        let tls = if config.insecure {
+            None
+        } else {
+            Some(tls::load_or_create(
+                &config.data,
+                config.tls_cert.as_deref(),
+                config.tls_key.as_deref(),
+            )?)
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = AppState::new(config.clone(), Arc::new(store), Arc::new(bus), sms, shutdown_rx);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{local_addr}");
+        let cert_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+        state::spawn_expiry(state.clone());
+        let task = tokio::spawn(http::serve(listener, tls.map(|t| t.config), state));
+        Ok(Server {
+            local_addr,
+            url,
+            cert_fingerprint,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Tells connected devices to reconnect, stops accepting, and waits.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Serves until the server stops on its own (it does not, short of an error).
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+
+    /// A sender that starts the same graceful shutdown as `shutdown`.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}

@@ -1,0 +1,480 @@
+//! One WebSocket connection, from challenge to close.
+//!
+//! The connection starts unauthenticated with a fresh challenge nonce. It
+//! becomes a device by `Authenticate`, by `VerifyCode` (a new primary) or by
+//! its link request being approved. Once it is a device it pushes that
+//! device's mailbox, at most `WINDOW` unacknowledged envelopes at a time, and
+//! wakes on the bus when new mail arrives. A device can only read and ack its
+//! own mailbox: the device id comes from the authentication, never a request.
+//!
+//! Outgoing frames go through a bounded channel to a writer task. When the
+//! client reads too slowly the channel fills and this task waits, so it also
+//! stops reading the client's requests: backpressure reaches the client
+//! instead of the server buffering for it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use dak_bus::Subscription;
+use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
+use dak_store::{Device, RevokeReason};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use rand::RngCore;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::{ApiError, ApiResult};
+use crate::linking;
+use crate::mailbox;
+use crate::metrics::Metrics;
+use crate::registration;
+use crate::state::{AppState, now_ms};
+
+/// Unacknowledged envelopes pushed to one device.
+const WINDOW: usize = 1024;
+/// Envelopes read from the store per fetch.
+const FETCH: usize = 256;
+const OUTGOING_QUEUE: usize = 64;
+/// An unauthenticated connection must authenticate within this time.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Failed signatures tolerated on one connection before it is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close(u16, String),
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct PendingLink {
+    code: String,
+    identity_key: Vec<u8>,
+    sub: Subscription,
+}
+
+struct Session {
+    state: AppState,
+    peer: SocketAddr,
+    nonce: [u8; dak_proto::NONCE_BYTES],
+    out: mpsc::Sender<Outgoing>,
+    device: Option<Device>,
+    mail: Option<Subscription>,
+    revoke: Option<Subscription>,
+    link: Option<PendingLink>,
+    deadline: Option<Instant>,
+    auth_failures: u32,
+    /// Highest seq pushed on this connection, pushed-but-unacked count, and
+    /// whether the client has been told it has everything.
+    pushed_to: u64,
+    in_flight: usize,
+    told_empty: bool,
+}
+
+pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
+    state.metrics.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Metrics::inc(&state.metrics.connections_total);
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(item) = out_rx.recv().await {
+            let result = match item {
+                Outgoing::Frame(bytes) => sink.send(Message::Binary(bytes.into())).await,
+                Outgoing::Close(code, reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+                        .await;
+                    break;
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut nonce = [0u8; dak_proto::NONCE_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut session = Session {
+        state: state.clone(),
+        peer,
+        nonce,
+        out,
+        device: None,
+        mail: None,
+        revoke: None,
+        link: None,
+        deadline: Some(Instant::now() + AUTH_TIMEOUT),
+        auth_failures: 0,
+        pushed_to: 0,
+        in_flight: 0,
+        told_empty: false,
+    };
+    session
+        .push(Body::Challenge(v1::Challenge {
+            nonce: nonce.to_vec(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            max_frame_bytes: dak_proto::MAX_FRAME_BYTES as u32,
+        }))
+        .await;
+    session.serve(&mut stream).await;
+    drop(session);
+    let _ = writer.await;
+    state.metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits for a publish on an optional subscription; never, when absent.
+async fn changed(sub: Option<&mut Subscription>) -> bool {
+    match sub {
+        Some(s) => s.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the server starts shutting down.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn serve(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+        let mut shutdown = self.state.shutdown.clone();
+        loop {
+            let flow = tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Binary(bytes))) => self.on_frame(&bytes).await,
+                    Some(Ok(Message::Text(_))) => {
+                        self.fail(ErrorCode::MalformedFrame, "Dak speaks binary protobuf frames, not text".into(), CLOSE_POLICY).await
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                    Some(Ok(Message::Close(_))) | None => Flow::Close,
+                    Some(Err(e)) => {
+                        // tungstenite refuses frames beyond its size limit before we see them.
+                        tracing::debug!(peer = %self.peer, error = %e, "websocket error");
+                        Metrics::inc(&self.state.metrics.frames_rejected);
+                        let _ = self.out.send(Outgoing::Close(CLOSE_TOO_BIG, format!("{e}"))).await;
+                        Flow::Close
+                    }
+                },
+                ok = changed(self.mail.as_mut()) => {
+                    if ok { self.pump().await } else { Flow::Close }
+                }
+                _ = changed(self.revoke.as_mut()) => self.on_revoked().await,
+                ok = changed(self.link.as_mut().map(|l| &mut l.sub)) => {
+                    if ok { self.on_link_approved().await } else { Flow::Close }
+                }
+                _ = until(self.deadline) => self.on_deadline().await,
+                _ = stopped(&mut shutdown) => {
+                    self.push(Body::Notice(v1::Notice {
+                        kind: v1::NoticeKind::ServerDraining as i32,
+                        message: "the server is restarting; reconnect".into(),
+                    })).await;
+                    let _ = self.out.send(Outgoing::Close(CLOSE_GOING_AWAY, "server draining".into())).await;
+                    Flow::Close
+                }
+            };
+            if let Flow::Close = flow {
+                return;
+            }
+        }
+    }
+
+    async fn send_frame(&self, frame: v1::ServerFrame) {
+        // A closed channel means the writer is gone; the read loop ends soon.
+        let _ = self.out.send(Outgoing::Frame(frame.encode_to_vec())).await;
+    }
+
+    async fn push(&self, body: Body) {
+        self.send_frame(v1::ServerFrame { request_id: 0, body: Some(body) }).await;
+    }
+
+    /// Reports an error that ends the connection.
+    async fn fail(&self, code: ErrorCode, message: String, close: u16) -> Flow {
+        self.push(Body::Error(v1::Error::new(code, message.clone()))).await;
+        let _ = self.out.send(Outgoing::Close(close, message.chars().take(120).collect())).await;
+        Flow::Close
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8]) -> Flow {
+        Metrics::inc(&self.state.metrics.frames_in);
+        let frame = match dak_proto::decode_client_frame(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                Metrics::inc(&self.state.metrics.frames_rejected);
+                tracing::debug!(peer = %self.peer, error = %e, "rejected frame");
+                if e.is_fatal() {
+                    let close = if e.code() == ErrorCode::FrameTooLarge { CLOSE_TOO_BIG } else { CLOSE_POLICY };
+                    return self.fail(e.code(), e.to_string(), close).await;
+                }
+                // Parseable but invalid: answer that request and carry on.
+                let request_id = v1::ClientFrame::decode(bytes).map(|f| f.request_id).unwrap_or(0);
+                self.send_frame(v1::ServerFrame { request_id, body: Some(Body::Error(e.to_wire())) }).await;
+                return Flow::Continue;
+            }
+        };
+        let Some(request) = frame.request else {
+            return Flow::Continue; // validate_client guarantees a request
+        };
+        let result = self.dispatch(request).await;
+        let body = match result {
+            Ok(body) => body,
+            Err(ApiError(e)) => {
+                if e.kind() == ErrorCode::AuthFailed {
+                    Metrics::inc(&self.state.metrics.auth_failures);
+                    self.auth_failures += 1;
+                    if self.auth_failures >= MAX_AUTH_FAILURES {
+                        self.send_frame(v1::ServerFrame { request_id: frame.request_id, body: Some(Body::Error(e)) }).await;
+                        let _ = self.out.send(Outgoing::Close(CLOSE_POLICY, "too many failed authentications".into())).await;
+                        return Flow::Close;
+                    }
+                }
+                Body::Error(e)
+            }
+        };
+        self.send_frame(v1::ServerFrame { request_id: frame.request_id, body: Some(body) }).await;
+        if self.device.is_some() && self.mail.is_some() && !self.told_empty && self.in_flight == 0 {
+            return self.pump().await;
+        }
+        Flow::Continue
+    }
+
+    fn device(&self) -> ApiResult<&Device> {
+        self.device
+            .as_ref()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotAuthenticated, "authenticate this connection first"))
+    }
+
+    async fn dispatch(&mut self, request: Request) -> ApiResult<Body> {
+        let ip = self.peer.ip();
+        match request {
+            Request::RequestCode(r) => {
+                Ok(Body::CodeSent(registration::request_code(&self.state, ip, &r.phone).await?))
+            }
+            Request::VerifyCode(r) => {
+                self.not_yet_device()?;
+                let reg = registration::verify(&self.state, ip, &self.nonce, r).await?;
+                let answer = v1::Registered { phone: reg.device.phone.clone(), device_id: reg.device.id };
+                self.become_device(reg.device);
+                Ok(Body::Registered(answer))
+            }
+            Request::Authenticate(r) => {
+                self.not_yet_device()?;
+                let device = registration::authenticate(&self.state, &self.nonce, &r).await?;
+                let answer = v1::Authenticated { phone: device.phone.clone(), device_id: device.id };
+                self.become_device(device);
+                Ok(Body::Authenticated(answer))
+            }
+            Request::LinkStart(r) => {
+                self.not_yet_device()?;
+                let sub_code = linking::start(&self.state, &self.nonce, &r).await?;
+                let sub = self.state.bus.subscribe(&dak_bus::link_topic(&sub_code));
+                self.deadline = Some(Instant::now() + self.state.config.link_code_ttl);
+                self.link = Some(PendingLink { code: sub_code.clone(), identity_key: r.identity_key, sub });
+                // The device may have been approved between storing the request
+                // and subscribing; check once now.
+                Ok(Body::LinkCode(v1::LinkCode {
+                    code: sub_code,
+                    expires_in_secs: self.state.config.link_code_ttl.as_secs() as u32,
+                }))
+            }
+            Request::SendMessage(r) => {
+                let device = self.device()?.clone();
+                Ok(Body::SendAck(mailbox::send(&self.state, &device, r).await?))
+            }
+            Request::AckDeliveries(r) => {
+                let id = self.device()?.id;
+                let n = self.state.store.ack(id, &r.seqs).await?;
+                self.state.metrics.envelopes_acked.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                self.in_flight = self.in_flight.saturating_sub(r.seqs.len());
+                self.told_empty = false;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::SetPin(r) => {
+                let device = self.device()?.clone();
+                registration::set_pin(&self.state, &device, &r.pin).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::ApproveLink(r) => {
+                let device = self.device()?.clone();
+                let linked = linking::approve(&self.state, &device, &r.code).await?;
+                Ok(Body::DeviceLinked(linking::device_info(&linked)))
+            }
+            Request::ListDevices(_) => {
+                let account = self.device()?.account_id;
+                let devices = self.state.store.devices_of(account).await?;
+                Ok(Body::DeviceList(v1::DeviceList { devices: devices.iter().map(linking::device_info).collect() }))
+            }
+            Request::RemoveDevice(r) => {
+                let me = self.device()?.clone();
+                self.remove_device(&me, r.device_id).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+        }
+    }
+
+    fn not_yet_device(&self) -> ApiResult<()> {
+        if self.device.is_some() {
+            return Err(ApiError::new(ErrorCode::BadRequest, "this connection is already authenticated"));
+        }
+        Ok(())
+    }
+
+    async fn remove_device(&self, me: &Device, target: u64) -> ApiResult<()> {
+        let device = self.state.store.device(target).await?;
+        let Some(device) = device.filter(|d| d.account_id == me.account_id && d.revoked.is_none()) else {
+            return Err(ApiError::new(ErrorCode::UnknownDevice, format!("your account has no device {target}")));
+        };
+        if device.primary {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the primary device cannot be removed; register the number on another phone instead",
+            ));
+        }
+        if !me.primary && me.id != target {
+            return Err(ApiError::new(ErrorCode::Forbidden, "a linked device can only remove itself"));
+        }
+        self.state.store.revoke_device(target, RevokeReason::Removed).await?;
+        self.state.bus.publish(&dak_bus::revoke_topic(target));
+        Ok(())
+    }
+
+    /// Subscribes before the first fetch, so no mail can slip between them.
+    fn become_device(&mut self, device: Device) {
+        self.mail = Some(self.state.bus.subscribe(&dak_bus::mail_topic(device.id)));
+        self.revoke = Some(self.state.bus.subscribe(&dak_bus::revoke_topic(device.id)));
+        self.deadline = registration::link_deadline_ms(&self.state, &device).map(|at| {
+            let wait = (at - now_ms()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        });
+        self.link = None;
+        tracing::debug!(peer = %self.peer, device = device.id, "device connected");
+        self.device = Some(device);
+    }
+
+    /// Pushes as much of the mailbox as the window allows.
+    async fn pump(&mut self) -> Flow {
+        let Some(id) = self.device.as_ref().map(|d| d.id) else {
+            return Flow::Continue;
+        };
+        loop {
+            let room = WINDOW.saturating_sub(self.in_flight);
+            if room == 0 {
+                return Flow::Continue;
+            }
+            let entries = match self.state.store.fetch_mailbox(id, self.pushed_to, room.min(FETCH)).await {
+                Ok(e) => e,
+                Err(e) => {
+                    // The envelopes stay in the store; the next wake-up or
+                    // reconnect tries again.
+                    tracing::warn!(device = id, error = %e, "mailbox fetch failed");
+                    return Flow::Continue;
+                }
+            };
+            let Some(last) = entries.last() else {
+                if !self.told_empty {
+                    self.told_empty = true;
+                    self.push(Body::QueueEmpty(v1::QueueEmpty {})).await;
+                }
+                return Flow::Continue;
+            };
+            self.pushed_to = last.seq;
+            self.in_flight += entries.len();
+            self.told_empty = false;
+            self.state
+                .metrics
+                .envelopes_delivered
+                .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for frame in mailbox::into_frames(entries) {
+                self.push(Body::Deliver(frame)).await;
+            }
+        }
+    }
+
+    async fn on_revoked(&mut self) -> Flow {
+        let Some(id) = self.device.as_ref().map(|d| d.id) else {
+            return Flow::Continue;
+        };
+        let reason = match self.state.store.device(id).await {
+            Ok(Some(d)) => d.revoked,
+            _ => None,
+        };
+        let Some(reason) = reason else {
+            return Flow::Continue;
+        };
+        self.notify_revoked(reason).await
+    }
+
+    async fn notify_revoked(&self, reason: RevokeReason) -> Flow {
+        let kind = match reason {
+            RevokeReason::Removed => v1::NoticeKind::DeviceRemoved,
+            RevokeReason::NumberMoved => v1::NoticeKind::NumberMoved,
+            RevokeReason::LinkExpired => v1::NoticeKind::LinkExpired,
+        };
+        let (_, message) = registration::revoked_message(reason);
+        self.push(Body::Notice(v1::Notice { kind: kind as i32, message: message.into() })).await;
+        let _ = self.out.send(Outgoing::Close(CLOSE_POLICY, "device signed out".into())).await;
+        Flow::Close
+    }
+
+    async fn on_link_approved(&mut self) -> Flow {
+        let Some(link) = &self.link else {
+            return Flow::Continue;
+        };
+        let device = match self.state.store.device_by_key(&link.identity_key).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Flow::Continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the linked device");
+                return Flow::Continue;
+            }
+        };
+        tracing::debug!(code = %link.code, device = device.id, "link approved");
+        let answer = v1::LinkApproved { phone: device.phone.clone(), device_id: device.id };
+        self.become_device(device);
+        self.push(Body::LinkApproved(answer)).await;
+        self.pump().await
+    }
+
+    async fn on_deadline(&mut self) -> Flow {
+        match self.device.clone() {
+            None => {
+                self.fail(
+                    ErrorCode::NotAuthenticated,
+                    "no authentication (or link approval) in time; connect again".into(),
+                    CLOSE_POLICY,
+                )
+                .await
+            }
+            Some(device) => {
+                if let Err(e) = self.state.store.revoke_device(device.id, RevokeReason::LinkExpired).await {
+                    tracing::warn!(error = %e, "cannot expire linked device; will retry at next connect");
+                }
+                self.notify_revoked(RevokeReason::LinkExpired).await
+            }
+        }
+    }
+}
