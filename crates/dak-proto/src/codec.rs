@@ -61,8 +61,7 @@ fn check_len(bytes: &[u8]) -> Result<(), FrameError> {
 /// Decodes and validates a frame from a client.
 pub fn decode_client_frame(bytes: &[u8]) -> Result<v1::ClientFrame, FrameError> {
     check_len(bytes)?;
-    let frame =
-        v1::ClientFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let frame = v1::ClientFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
     validate_client(&frame)?;
     Ok(frame)
 }
@@ -236,7 +235,12 @@ mod tests {
 
     #[test]
     fn oversized_body_has_its_own_code() {
-        let frame = send(1, vec![0; 16], "+919800000001".into(), vec![0; MAX_BODY_BYTES + 1]);
+        let frame = send(
+            1,
+            vec![0; 16],
+            "+919800000001".into(),
+            vec![0; MAX_BODY_BYTES + 1],
+        );
         let err = decode_client_frame(&encode(&frame)).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BodyTooLarge);
         assert!(!err.is_fatal());
@@ -250,9 +254,11 @@ mod tests {
 
     #[test]
     fn wrong_id_length_and_zero_request_id_are_bad_requests() {
-        let err = decode_client_frame(&encode(&send(1, vec![0; 3], "+1".into(), vec![]))).unwrap_err();
+        let err =
+            decode_client_frame(&encode(&send(1, vec![0; 3], "+1".into(), vec![]))).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BadRequest);
-        let err = decode_client_frame(&encode(&send(0, vec![0; 16], "+1".into(), vec![]))).unwrap_err();
+        let err =
+            decode_client_frame(&encode(&send(0, vec![0; 16], "+1".into(), vec![]))).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BadRequest);
     }
 }

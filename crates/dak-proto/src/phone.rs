@@ -2,7 +2,9 @@
 //! E.164, a `+` and 8 to 15 digits, the first not zero.
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a phone number in E.164 form: write it as + then the country code and number, e.g. +919800000001")]
+#[error(
+    "{0:?} is not a phone number in E.164 form: write it as + then the country code and number, e.g. +919800000001"
+)]
 pub struct PhoneError(pub String);
 
 /// Accepts spaces, dashes, dots and parentheses as people type them and
@@ -34,12 +36,22 @@ mod tests {
     #[test]
     fn accepts_typed_forms() {
         assert_eq!(normalize_phone("+91 98000-00001").unwrap(), "+919800000001");
-        assert_eq!(normalize_phone("+1 (415) 555.0100").unwrap(), "+14155550100");
+        assert_eq!(
+            normalize_phone("+1 (415) 555.0100").unwrap(),
+            "+14155550100"
+        );
     }
 
     #[test]
     fn refuses_non_e164() {
-        for bad in ["919800000001", "+0123456789", "+12", "+1234567890123456", "+91abc00001", ""] {
+        for bad in [
+            "919800000001",
+            "+0123456789",
+            "+12",
+            "+1234567890123456",
+            "+91abc00001",
+            "",
+        ] {
             assert!(normalize_phone(bad).is_err(), "{bad}");
         }
     }

@@ -122,13 +122,12 @@ impl Config {
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let mut table = toml::Table::try_from(&*self)
             .map_err(|e| ConfigError::Invalid(format!("cannot serialise config: {e}")))?;
-        let keys: Vec<String> = table.keys().cloned().collect();
         let mut changed = false;
-        for key in keys {
+        for key in ENV_KEYS {
             let name = format!("DAK_{}", key.to_uppercase());
             let Some(raw) = get(&name) else { continue };
             let value = guess_value(&raw);
-            table.insert(key, value);
+            table.insert(key.to_string(), value);
             changed = true;
         }
         if let Some(url) = get("DAK_SMS_HTTP_URL") {
@@ -142,10 +141,12 @@ impl Config {
             changed = true;
         }
         if changed {
-            *self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Env {
-                name: "DAK_*".into(),
-                message: e.to_string(),
-            })?;
+            *self = table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Env {
+                    name: "DAK_*".into(),
+                    message: e.to_string(),
+                })?;
         }
         Ok(())
     }
@@ -172,6 +173,28 @@ impl Config {
     }
 }
 
+/// Every scalar field, by its TOML name. Listed by hand because optional
+/// fields are absent from a serialised config; the test below keeps this
+/// list and the struct in step.
+const ENV_KEYS: &[&str] = &[
+    "data",
+    "listen",
+    "insecure",
+    "tls_cert",
+    "tls_key",
+    "retention",
+    "code_ttl",
+    "code_attempts",
+    "codes_per_phone_per_hour",
+    "codes_per_ip_per_hour",
+    "verifies_per_ip_per_hour",
+    "pin_attempts",
+    "pin_lockout",
+    "max_linked_devices",
+    "linked_device_max_age",
+    "link_code_ttl",
+];
+
 /// Environment values are strings; numbers and booleans are read as such so
 /// that `DAK_INSECURE=true` and `DAK_MAX_LINKED_DEVICES=2` work.
 fn guess_value(raw: &str) -> toml::Value {
@@ -190,7 +213,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut c: Config = toml::from_str("retention = \"7days\"\nmax_linked_devices = 3").unwrap();
+        let mut c: Config =
+            toml::from_str("retention = \"7days\"\nmax_linked_devices = 3").unwrap();
         assert_eq!(c.retention, Duration::from_secs(7 * 86400));
         c.apply_env(|k| match k {
             "DAK_MAX_LINKED_DEVICES" => Some("2".into()),
@@ -200,6 +224,26 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_linked_devices, 2);
         assert_eq!(c.linked_device_max_age, Some(Duration::from_secs(6 * 3600)));
+    }
+
+    #[test]
+    fn every_field_can_be_set_from_the_environment() {
+        let full = Config {
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
+            linked_device_max_age: Some(Duration::from_secs(1)),
+            ..Config::default()
+        };
+        let table = toml::Table::try_from(&full).unwrap();
+        let mut scalar: Vec<&str> = table
+            .iter()
+            .filter(|(_, v)| !v.is_table())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        scalar.sort();
+        let mut listed = ENV_KEYS.to_vec();
+        listed.sort();
+        assert_eq!(scalar, listed);
     }
 
     #[test]

@@ -23,15 +23,25 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::TooManyDevices { .. } => ApiError::new(ErrorCode::TooManyDevices, e.to_string()),
+            StoreError::TooManyDevices { .. } => {
+                ApiError::new(ErrorCode::TooManyDevices, e.to_string())
+            }
             StoreError::Full => {
                 tracing::error!("store is full; refusing writes");
-                ApiError::new(ErrorCode::Unavailable, "the server is out of storage; nothing was stored, try again later")
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the server is out of storage; nothing was stored, try again later",
+                )
             }
-            StoreError::NotFound(what) => ApiError::new(ErrorCode::BadRequest, format!("{what} not found")),
+            StoreError::NotFound(what) => {
+                ApiError::new(ErrorCode::BadRequest, format!("{what} not found"))
+            }
             StoreError::Unavailable(_) | StoreError::Backend(_) => {
                 tracing::error!(error = %e, "store error");
-                ApiError::new(ErrorCode::Unavailable, "the server could not store this; nothing was stored, try again")
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the server could not store this; nothing was stored, try again",
+                )
             }
         }
     }

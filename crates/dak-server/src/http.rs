@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use axum::Router;
 use axum::extract::connect_info::Connected;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -17,7 +18,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::{IncomingStream, Listener};
-use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -54,7 +54,11 @@ pub async fn serve(
     let signal = async move { crate::session::stopped(&mut shutdown).await };
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(signal).await?,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await?
+        }
         Some(config) => {
             let tls_listener = TlsListener::spawn(listener, config)?;
             axum::serve(tls_listener, app)

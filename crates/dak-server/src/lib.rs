@@ -54,8 +54,12 @@ impl Server {
             .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
         let bus = dak_bus::LocalBus::new();
         let sms: Arc<dyn sms::SmsSender> = match &config.sms {
-            SmsConfig::Outbox => Arc::new(sms::OutboxSender::new(config.data.join("sms-outbox.jsonl"))),
-            SmsConfig::Http { url, token } => Arc::new(sms::HttpSender::new(url.clone(), token.clone())?),
+            SmsConfig::Outbox => {
+                Arc::new(sms::OutboxSender::new(config.data.join("sms-outbox.jsonl")))
+            }
+            SmsConfig::Http { url, token } => {
+                Arc::new(sms::HttpSender::new(url.clone(), token.clone())?)
+            }
         };
         let tls = if config.insecure {
             None
@@ -67,7 +71,13 @@ impl Server {
             )?)
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let state = AppState::new(config.clone(), Arc::new(store), Arc::new(bus), sms, shutdown_rx);
+        let state = AppState::new(
+            config.clone(),
+            Arc::new(store),
+            Arc::new(bus),
+            sms,
+            shutdown_rx,
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

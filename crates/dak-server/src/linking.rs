@@ -31,8 +31,16 @@ pub async fn start(state: &AppState, nonce: &[u8], req: &v1::LinkStart) -> ApiRe
         &auth_payload(AuthPurpose::Link, nonce, &req.identity_key),
         &req.signature,
     )?;
-    if state.store.device_by_key(&req.identity_key).await?.is_some() {
-        return Err(ApiError::new(ErrorCode::BadRequest, "this identity key already belongs to a device"));
+    if state
+        .store
+        .device_by_key(&req.identity_key)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "this identity key already belongs to a device",
+        ));
     }
     let mut rng = rand::rngs::OsRng;
     let code: String = (0..CODE_LEN)
@@ -43,7 +51,11 @@ pub async fn start(state: &AppState, nonce: &[u8], req: &v1::LinkStart) -> ApiRe
         .put_link_request(LinkRequest {
             code: code.clone(),
             identity_key: req.identity_key.clone(),
-            device_name: if req.device_name.is_empty() { "linked device".into() } else { req.device_name.clone() },
+            device_name: if req.device_name.is_empty() {
+                "linked device".into()
+            } else {
+                req.device_name.clone()
+            },
             expires_ms: now_ms() + state.config.link_code_ttl.as_millis() as i64,
         })
         .await?;
@@ -67,10 +79,20 @@ pub async fn approve(state: &AppState, approver: &Device, raw_code: &str) -> Api
     })?;
     let device = state
         .store
-        .add_linked_device(approver.account_id, &req.identity_key, &req.device_name, now, state.config.max_linked_devices)
+        .add_linked_device(
+            approver.account_id,
+            &req.identity_key,
+            &req.device_name,
+            now,
+            state.config.max_linked_devices,
+        )
         .await?;
     state.bus.publish(&dak_bus::link_topic(&code));
-    tracing::info!(account = approver.account_id, device = device.id, "linked a device");
+    tracing::info!(
+        account = approver.account_id,
+        device = device.id,
+        "linked a device"
+    );
     Ok(device)
 }
 

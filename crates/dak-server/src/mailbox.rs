@@ -37,11 +37,23 @@ pub async fn send(state: &AppState, from: &Device, req: v1::SendMessage) -> ApiR
         Vec::new() // a note to self reaches the sender's other devices only
     } else {
         let account = state.store.account_by_phone(&to).await?.ok_or_else(|| {
-            ApiError::new(ErrorCode::UnknownAccount, format!("{to} is not on Dak; check the number or invite them"))
+            ApiError::new(
+                ErrorCode::UnknownAccount,
+                format!("{to} is not on Dak; check the number or invite them"),
+            )
         })?;
-        let devices: Vec<Device> = state.store.devices_of(account.id).await?.into_iter().filter(live).collect();
+        let devices: Vec<Device> = state
+            .store
+            .devices_of(account.id)
+            .await?
+            .into_iter()
+            .filter(live)
+            .collect();
         if devices.is_empty() {
-            return Err(ApiError::new(ErrorCode::UnknownAccount, format!("{to} has no active devices")));
+            return Err(ApiError::new(
+                ErrorCode::UnknownAccount,
+                format!("{to} has no active devices"),
+            ));
         }
         devices
     };
@@ -74,7 +86,8 @@ pub fn into_frames(entries: Vec<MailboxEntry>) -> Vec<v1::Deliver> {
     let mut current = v1::Deliver::default();
     let mut size = 0;
     for e in entries {
-        let cost = e.body.len() + e.sender_phone.len() + e.conversation_phone.len() + ENVELOPE_OVERHEAD;
+        let cost =
+            e.body.len() + e.sender_phone.len() + e.conversation_phone.len() + ENVELOPE_OVERHEAD;
         if size + cost > FRAME_BUDGET && !current.envelopes.is_empty() {
             frames.push(std::mem::take(&mut current));
             size = 0;
@@ -118,7 +131,10 @@ mod tests {
         assert!(frames.len() >= 5);
         assert_eq!(frames.iter().map(|f| f.envelopes.len()).sum::<usize>(), 20);
         for f in frames {
-            let frame = v1::ServerFrame { request_id: 0, body: Some(v1::server_frame::Body::Deliver(f)) };
+            let frame = v1::ServerFrame {
+                request_id: 0,
+                body: Some(v1::server_frame::Body::Deliver(f)),
+            };
             assert!(frame.encoded_len() <= dak_proto::MAX_FRAME_BYTES);
         }
     }

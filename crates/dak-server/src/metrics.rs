@@ -26,17 +26,56 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP dak_{name} {help}\n# TYPE dak_{name} counter\ndak_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP dak_{name} {help}\n# TYPE dak_{name} counter\ndak_{name} {v}"
+            );
         };
-        counter("connections_total", "WebSocket connections accepted.", self.connections_total.load(Relaxed));
-        counter("frames_in_total", "Frames received from clients.", self.frames_in.load(Relaxed));
-        counter("frames_rejected_total", "Frames refused as malformed, oversized or invalid.", self.frames_rejected.load(Relaxed));
-        counter("messages_accepted_total", "Messages durably stored and acknowledged to the sender.", self.messages_accepted.load(Relaxed));
-        counter("envelopes_delivered_total", "Envelopes pushed to devices.", self.envelopes_delivered.load(Relaxed));
-        counter("envelopes_acked_total", "Envelopes acknowledged by devices and deleted.", self.envelopes_acked.load(Relaxed));
-        counter("auth_failures_total", "Failed device authentications.", self.auth_failures.load(Relaxed));
-        counter("codes_sent_total", "Verification codes sent.", self.codes_sent.load(Relaxed));
-        counter("registrations_total", "Primary devices registered.", self.registrations.load(Relaxed));
+        counter(
+            "connections_total",
+            "WebSocket connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            "frames_in_total",
+            "Frames received from clients.",
+            self.frames_in.load(Relaxed),
+        );
+        counter(
+            "frames_rejected_total",
+            "Frames refused as malformed, oversized or invalid.",
+            self.frames_rejected.load(Relaxed),
+        );
+        counter(
+            "messages_accepted_total",
+            "Messages durably stored and acknowledged to the sender.",
+            self.messages_accepted.load(Relaxed),
+        );
+        counter(
+            "envelopes_delivered_total",
+            "Envelopes pushed to devices.",
+            self.envelopes_delivered.load(Relaxed),
+        );
+        counter(
+            "envelopes_acked_total",
+            "Envelopes acknowledged by devices and deleted.",
+            self.envelopes_acked.load(Relaxed),
+        );
+        counter(
+            "auth_failures_total",
+            "Failed device authentications.",
+            self.auth_failures.load(Relaxed),
+        );
+        counter(
+            "codes_sent_total",
+            "Verification codes sent.",
+            self.codes_sent.load(Relaxed),
+        );
+        counter(
+            "registrations_total",
+            "Primary devices registered.",
+            self.registrations.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP dak_connections_open Open WebSocket connections.\n# TYPE dak_connections_open gauge\ndak_connections_open {}",

@@ -81,7 +81,10 @@ struct Session {
 }
 
 pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
-    state.metrics.connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Metrics::inc(&state.metrics.connections_total);
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
@@ -91,7 +94,10 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
                 Outgoing::Frame(bytes) => sink.send(Message::Binary(bytes.into())).await,
                 Outgoing::Close(code, reason) => {
                     let _ = sink
-                        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
                         .await;
                     break;
                 }
@@ -130,7 +136,10 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
     session.serve(&mut stream).await;
     drop(session);
     let _ = writer.await;
-    state.metrics.connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Waits for a publish on an optional subscription; never, when absent.
@@ -209,13 +218,21 @@ impl Session {
     }
 
     async fn push(&self, body: Body) {
-        self.send_frame(v1::ServerFrame { request_id: 0, body: Some(body) }).await;
+        self.send_frame(v1::ServerFrame {
+            request_id: 0,
+            body: Some(body),
+        })
+        .await;
     }
 
     /// Reports an error that ends the connection.
     async fn fail(&self, code: ErrorCode, message: String, close: u16) -> Flow {
-        self.push(Body::Error(v1::Error::new(code, message.clone()))).await;
-        let _ = self.out.send(Outgoing::Close(close, message.chars().take(120).collect())).await;
+        self.push(Body::Error(v1::Error::new(code, message.clone())))
+            .await;
+        let _ = self
+            .out
+            .send(Outgoing::Close(close, message.chars().take(120).collect()))
+            .await;
         Flow::Close
     }
 
@@ -227,12 +244,22 @@ impl Session {
                 Metrics::inc(&self.state.metrics.frames_rejected);
                 tracing::debug!(peer = %self.peer, error = %e, "rejected frame");
                 if e.is_fatal() {
-                    let close = if e.code() == ErrorCode::FrameTooLarge { CLOSE_TOO_BIG } else { CLOSE_POLICY };
+                    let close = if e.code() == ErrorCode::FrameTooLarge {
+                        CLOSE_TOO_BIG
+                    } else {
+                        CLOSE_POLICY
+                    };
                     return self.fail(e.code(), e.to_string(), close).await;
                 }
                 // Parseable but invalid: answer that request and carry on.
-                let request_id = v1::ClientFrame::decode(bytes).map(|f| f.request_id).unwrap_or(0);
-                self.send_frame(v1::ServerFrame { request_id, body: Some(Body::Error(e.to_wire())) }).await;
+                let request_id = v1::ClientFrame::decode(bytes)
+                    .map(|f| f.request_id)
+                    .unwrap_or(0);
+                self.send_frame(v1::ServerFrame {
+                    request_id,
+                    body: Some(Body::Error(e.to_wire())),
+                })
+                .await;
                 return Flow::Continue;
             }
         };
@@ -247,15 +274,29 @@ impl Session {
                     Metrics::inc(&self.state.metrics.auth_failures);
                     self.auth_failures += 1;
                     if self.auth_failures >= MAX_AUTH_FAILURES {
-                        self.send_frame(v1::ServerFrame { request_id: frame.request_id, body: Some(Body::Error(e)) }).await;
-                        let _ = self.out.send(Outgoing::Close(CLOSE_POLICY, "too many failed authentications".into())).await;
+                        self.send_frame(v1::ServerFrame {
+                            request_id: frame.request_id,
+                            body: Some(Body::Error(e)),
+                        })
+                        .await;
+                        let _ = self
+                            .out
+                            .send(Outgoing::Close(
+                                CLOSE_POLICY,
+                                "too many failed authentications".into(),
+                            ))
+                            .await;
                         return Flow::Close;
                     }
                 }
                 Body::Error(e)
             }
         };
-        self.send_frame(v1::ServerFrame { request_id: frame.request_id, body: Some(body) }).await;
+        self.send_frame(v1::ServerFrame {
+            request_id: frame.request_id,
+            body: Some(body),
+        })
+        .await;
         if self.device.is_some() && self.mail.is_some() && !self.told_empty && self.in_flight == 0 {
             return self.pump().await;
         }
@@ -263,28 +304,37 @@ impl Session {
     }
 
     fn device(&self) -> ApiResult<&Device> {
-        self.device
-            .as_ref()
-            .ok_or_else(|| ApiError::new(ErrorCode::NotAuthenticated, "authenticate this connection first"))
+        self.device.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotAuthenticated,
+                "authenticate this connection first",
+            )
+        })
     }
 
     async fn dispatch(&mut self, request: Request) -> ApiResult<Body> {
         let ip = self.peer.ip();
         match request {
-            Request::RequestCode(r) => {
-                Ok(Body::CodeSent(registration::request_code(&self.state, ip, &r.phone).await?))
-            }
+            Request::RequestCode(r) => Ok(Body::CodeSent(
+                registration::request_code(&self.state, ip, &r.phone).await?,
+            )),
             Request::VerifyCode(r) => {
                 self.not_yet_device()?;
                 let reg = registration::verify(&self.state, ip, &self.nonce, r).await?;
-                let answer = v1::Registered { phone: reg.device.phone.clone(), device_id: reg.device.id };
+                let answer = v1::Registered {
+                    phone: reg.device.phone.clone(),
+                    device_id: reg.device.id,
+                };
                 self.become_device(reg.device);
                 Ok(Body::Registered(answer))
             }
             Request::Authenticate(r) => {
                 self.not_yet_device()?;
                 let device = registration::authenticate(&self.state, &self.nonce, &r).await?;
-                let answer = v1::Authenticated { phone: device.phone.clone(), device_id: device.id };
+                let answer = v1::Authenticated {
+                    phone: device.phone.clone(),
+                    device_id: device.id,
+                };
                 self.become_device(device);
                 Ok(Body::Authenticated(answer))
             }
@@ -293,7 +343,11 @@ impl Session {
                 let sub_code = linking::start(&self.state, &self.nonce, &r).await?;
                 let sub = self.state.bus.subscribe(&dak_bus::link_topic(&sub_code));
                 self.deadline = Some(Instant::now() + self.state.config.link_code_ttl);
-                self.link = Some(PendingLink { code: sub_code.clone(), identity_key: r.identity_key, sub });
+                self.link = Some(PendingLink {
+                    code: sub_code.clone(),
+                    identity_key: r.identity_key,
+                    sub,
+                });
                 // The device may have been approved between storing the request
                 // and subscribing; check once now.
                 Ok(Body::LinkCode(v1::LinkCode {
@@ -308,7 +362,10 @@ impl Session {
             Request::AckDeliveries(r) => {
                 let id = self.device()?.id;
                 let n = self.state.store.ack(id, &r.seqs).await?;
-                self.state.metrics.envelopes_acked.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                self.state
+                    .metrics
+                    .envelopes_acked
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 self.in_flight = self.in_flight.saturating_sub(r.seqs.len());
                 self.told_empty = false;
                 Ok(Body::Ok(v1::Ok {}))
@@ -326,7 +383,9 @@ impl Session {
             Request::ListDevices(_) => {
                 let account = self.device()?.account_id;
                 let devices = self.state.store.devices_of(account).await?;
-                Ok(Body::DeviceList(v1::DeviceList { devices: devices.iter().map(linking::device_info).collect() }))
+                Ok(Body::DeviceList(v1::DeviceList {
+                    devices: devices.iter().map(linking::device_info).collect(),
+                }))
             }
             Request::RemoveDevice(r) => {
                 let me = self.device()?.clone();
@@ -338,15 +397,22 @@ impl Session {
 
     fn not_yet_device(&self) -> ApiResult<()> {
         if self.device.is_some() {
-            return Err(ApiError::new(ErrorCode::BadRequest, "this connection is already authenticated"));
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "this connection is already authenticated",
+            ));
         }
         Ok(())
     }
 
     async fn remove_device(&self, me: &Device, target: u64) -> ApiResult<()> {
         let device = self.state.store.device(target).await?;
-        let Some(device) = device.filter(|d| d.account_id == me.account_id && d.revoked.is_none()) else {
-            return Err(ApiError::new(ErrorCode::UnknownDevice, format!("your account has no device {target}")));
+        let Some(device) = device.filter(|d| d.account_id == me.account_id && d.revoked.is_none())
+        else {
+            return Err(ApiError::new(
+                ErrorCode::UnknownDevice,
+                format!("your account has no device {target}"),
+            ));
         };
         if device.primary {
             return Err(ApiError::new(
@@ -355,9 +421,15 @@ impl Session {
             ));
         }
         if !me.primary && me.id != target {
-            return Err(ApiError::new(ErrorCode::Forbidden, "a linked device can only remove itself"));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "a linked device can only remove itself",
+            ));
         }
-        self.state.store.revoke_device(target, RevokeReason::Removed).await?;
+        self.state
+            .store
+            .revoke_device(target, RevokeReason::Removed)
+            .await?;
         self.state.bus.publish(&dak_bus::revoke_topic(target));
         Ok(())
     }
@@ -385,7 +457,12 @@ impl Session {
             if room == 0 {
                 return Flow::Continue;
             }
-            let entries = match self.state.store.fetch_mailbox(id, self.pushed_to, room.min(FETCH)).await {
+            let entries = match self
+                .state
+                .store
+                .fetch_mailbox(id, self.pushed_to, room.min(FETCH))
+                .await
+            {
                 Ok(e) => e,
                 Err(e) => {
                     // The envelopes stay in the store; the next wake-up or
@@ -435,8 +512,15 @@ impl Session {
             RevokeReason::LinkExpired => v1::NoticeKind::LinkExpired,
         };
         let (_, message) = registration::revoked_message(reason);
-        self.push(Body::Notice(v1::Notice { kind: kind as i32, message: message.into() })).await;
-        let _ = self.out.send(Outgoing::Close(CLOSE_POLICY, "device signed out".into())).await;
+        self.push(Body::Notice(v1::Notice {
+            kind: kind as i32,
+            message: message.into(),
+        }))
+        .await;
+        let _ = self
+            .out
+            .send(Outgoing::Close(CLOSE_POLICY, "device signed out".into()))
+            .await;
         Flow::Close
     }
 
@@ -453,7 +537,10 @@ impl Session {
             }
         };
         tracing::debug!(code = %link.code, device = device.id, "link approved");
-        let answer = v1::LinkApproved { phone: device.phone.clone(), device_id: device.id };
+        let answer = v1::LinkApproved {
+            phone: device.phone.clone(),
+            device_id: device.id,
+        };
         self.become_device(device);
         self.push(Body::LinkApproved(answer)).await;
         self.pump().await
@@ -470,7 +557,12 @@ impl Session {
                 .await
             }
             Some(device) => {
-                if let Err(e) = self.state.store.revoke_device(device.id, RevokeReason::LinkExpired).await {
+                if let Err(e) = self
+                    .state
+                    .store
+                    .revoke_device(device.id, RevokeReason::LinkExpired)
+                    .await
+                {
                     tracing::warn!(error = %e, "cannot expire linked device; will retry at next connect");
                 }
                 self.notify_revoked(RevokeReason::LinkExpired).await

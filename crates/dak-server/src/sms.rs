@@ -41,7 +41,10 @@ impl SmsSender for OutboxSender {
         })
         .to_string();
         {
-            let _guard = self.lock.lock().map_err(|_| SmsError("outbox lock poisoned".into()))?;
+            let _guard = self
+                .lock
+                .lock()
+                .map_err(|_| SmsError("outbox lock poisoned".into()))?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -93,6 +96,13 @@ impl SmsSender for HttpSender {
 
 /// Phone numbers in logs show only their last three digits.
 pub fn mask(phone: &str) -> String {
-    let tail: String = phone.chars().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = phone
+        .chars()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("+…{tail}")
 }

@@ -69,7 +69,10 @@ pub fn spawn_expiry(state: AppState) {
             tick.tick().await;
             match state.store.expire(now_ms()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(envelopes = n, "expired undelivered envelopes past retention"),
+                Ok(n) => tracing::info!(
+                    envelopes = n,
+                    "expired undelivered envelopes past retention"
+                ),
                 Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will retry"),
             }
         }

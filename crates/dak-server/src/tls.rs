@@ -27,9 +27,12 @@ pub fn load_or_create(data: &Path, cert: Option<&Path>, key: Option<&Path>) -> R
             (c, k)
         }
     };
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(&cert_path)?.as_slice())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} holds no readable PEM certificate", cert_path.display()))?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut read(&cert_path)?.as_slice())
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!("{} holds no readable PEM certificate", cert_path.display())
+            })?;
     let leaf = certs
         .first()
         .with_context(|| format!("{} holds no certificate", cert_path.display()))?;
@@ -56,7 +59,11 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn create_self_signed(cert_path: &Path, key_path: &Path) -> Result<()> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let certified = rcgen::generate_simple_self_signed(names)
         .context("cannot generate a self-signed certificate")?;
     std::fs::write(cert_path, certified.cert.pem())

@@ -26,16 +26,27 @@ pub async fn run_all<S: Store>(s: &S) {
 }
 
 async fn registration_replaces_old_devices<S: Store>(s: &S) {
-    let first = s.register_primary("+911000000001", &[1; 32], "old", 1).await.unwrap();
+    let first = s
+        .register_primary("+911000000001", &[1; 32], "old", 1)
+        .await
+        .unwrap();
     assert!(first.revoked.is_empty());
-    s.enqueue(envelope(1, b"x"), &[first.device.id]).await.unwrap();
-    let second = s.register_primary("+911000000001", &[2; 32], "new", 2).await.unwrap();
+    s.enqueue(envelope(1, b"x"), &[first.device.id])
+        .await
+        .unwrap();
+    let second = s
+        .register_primary("+911000000001", &[2; 32], "new", 2)
+        .await
+        .unwrap();
     assert_eq!(second.account_id, first.account_id);
     assert_eq!(second.revoked, vec![first.device.id]);
     let old = s.device(first.device.id).await.unwrap().unwrap();
     assert_eq!(old.revoked, Some(RevokeReason::NumberMoved));
     assert!(s.device_by_key(&[1; 32]).await.unwrap().is_none());
-    assert_eq!(s.device_by_key(&[2; 32]).await.unwrap().unwrap().id, second.device.id);
+    assert_eq!(
+        s.device_by_key(&[2; 32]).await.unwrap().unwrap().id,
+        second.device.id
+    );
     assert_eq!(s.mailbox_len(first.device.id).await.unwrap(), 0);
     let devices = s.devices_of(second.account_id).await.unwrap();
     assert_eq!(devices.len(), 1);
@@ -44,36 +55,68 @@ async fn registration_replaces_old_devices<S: Store>(s: &S) {
 }
 
 async fn linked_devices_are_capped<S: Store>(s: &S) {
-    let reg = s.register_primary("+911000000002", &[3; 32], "p", 1).await.unwrap();
-    let a = s.add_linked_device(reg.account_id, &[4; 32], "a", 2, 2).await.unwrap();
+    let reg = s
+        .register_primary("+911000000002", &[3; 32], "p", 1)
+        .await
+        .unwrap();
+    let a = s
+        .add_linked_device(reg.account_id, &[4; 32], "a", 2, 2)
+        .await
+        .unwrap();
     assert!(!a.primary);
-    s.add_linked_device(reg.account_id, &[5; 32], "b", 2, 2).await.unwrap();
-    let err = s.add_linked_device(reg.account_id, &[6; 32], "c", 2, 2).await.unwrap_err();
+    s.add_linked_device(reg.account_id, &[5; 32], "b", 2, 2)
+        .await
+        .unwrap();
+    let err = s
+        .add_linked_device(reg.account_id, &[6; 32], "c", 2, 2)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::TooManyDevices { max: 2 }));
     s.revoke_device(a.id, RevokeReason::Removed).await.unwrap();
-    assert_eq!(s.device(a.id).await.unwrap().unwrap().revoked, Some(RevokeReason::Removed));
-    s.add_linked_device(reg.account_id, &[6; 32], "c", 3, 2).await.unwrap();
+    assert_eq!(
+        s.device(a.id).await.unwrap().unwrap().revoked,
+        Some(RevokeReason::Removed)
+    );
+    s.add_linked_device(reg.account_id, &[6; 32], "c", 3, 2)
+        .await
+        .unwrap();
     assert_eq!(s.devices_of(reg.account_id).await.unwrap().len(), 3);
 }
 
 async fn mailbox_is_ordered_and_private<S: Store>(s: &S) {
-    let bob = s.register_primary("+911000000003", &[7; 32], "b", 1).await.unwrap();
-    let bob2 = s.add_linked_device(bob.account_id, &[8; 32], "b2", 1, 4).await.unwrap();
+    let bob = s
+        .register_primary("+911000000003", &[7; 32], "b", 1)
+        .await
+        .unwrap();
+    let bob2 = s
+        .add_linked_device(bob.account_id, &[8; 32], "b2", 1, 4)
+        .await
+        .unwrap();
     let (d1, d2) = (bob.device.id, bob2.id);
     for i in 0..5u8 {
         s.enqueue(envelope(i, &[i; 3]), &[d1, d2]).await.unwrap();
     }
     let got = s.fetch_mailbox(d1, 0, 100).await.unwrap();
-    assert_eq!(got.iter().map(|e| e.message_id[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        got.iter().map(|e| e.message_id[0]).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
     assert_eq!(got[2].body, vec![2; 3]);
     let page = s.fetch_mailbox(d1, got[1].seq, 2).await.unwrap();
-    assert_eq!(page.iter().map(|e| e.message_id[0]).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        page.iter().map(|e| e.message_id[0]).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     // d2 cannot ack d1's entries.
     let d1_seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
     assert_eq!(s.ack(d2, &d1_seqs).await.unwrap(), 0);
     assert_eq!(s.mailbox_len(d1).await.unwrap(), 5);
     assert_eq!(s.ack(d1, &d1_seqs[..3]).await.unwrap(), 3);
-    assert_eq!(s.ack(d1, &d1_seqs[..3]).await.unwrap(), 0, "acks are idempotent");
+    assert_eq!(
+        s.ack(d1, &d1_seqs[..3]).await.unwrap(),
+        0,
+        "acks are idempotent"
+    );
     assert_eq!(s.mailbox_len(d1).await.unwrap(), 2);
     assert_eq!(s.mailbox_len(d2).await.unwrap(), 5);
 }
@@ -104,17 +147,54 @@ async fn link_requests_are_taken_once<S: Store>(s: &S) {
         expires_ms: 50,
     };
     s.put_link_request(req.clone()).await.unwrap();
-    assert!(s.take_link_request("CODE1", 60).await.unwrap().is_none(), "expired");
-    s.put_link_request(LinkRequest { code: "CODE2".into(), ..req.clone() }).await.unwrap();
-    assert_eq!(s.take_link_request("CODE2", 10).await.unwrap().unwrap().device_name, "laptop");
-    assert!(s.take_link_request("CODE2", 10).await.unwrap().is_none(), "taken once");
+    assert!(
+        s.take_link_request("CODE1", 60).await.unwrap().is_none(),
+        "expired"
+    );
+    s.put_link_request(LinkRequest {
+        code: "CODE2".into(),
+        ..req.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.take_link_request("CODE2", 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .device_name,
+        "laptop"
+    );
+    assert!(
+        s.take_link_request("CODE2", 10).await.unwrap().is_none(),
+        "taken once"
+    );
 }
 
 async fn expiry_drops_old_envelopes<S: Store>(s: &S) {
-    let reg = s.register_primary("+911000000005", &[10; 32], "p", 1).await.unwrap();
+    let reg = s
+        .register_primary("+911000000005", &[10; 32], "p", 1)
+        .await
+        .unwrap();
     let d = reg.device.id;
-    s.enqueue(NewEnvelope { expires_ms: 500, ..envelope(1, b"old") }, &[d]).await.unwrap();
-    s.enqueue(NewEnvelope { expires_ms: 5_000, ..envelope(2, b"new") }, &[d]).await.unwrap();
+    s.enqueue(
+        NewEnvelope {
+            expires_ms: 500,
+            ..envelope(1, b"old")
+        },
+        &[d],
+    )
+    .await
+    .unwrap();
+    s.enqueue(
+        NewEnvelope {
+            expires_ms: 5_000,
+            ..envelope(2, b"new")
+        },
+        &[d],
+    )
+    .await
+    .unwrap();
     assert!(s.expire(1_000).await.unwrap() >= 1);
     let left = s.fetch_mailbox(d, 0, 10).await.unwrap();
     assert_eq!(left.len(), 1);

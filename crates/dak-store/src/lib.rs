@@ -5,8 +5,8 @@
 //! Invariant: a write method returns `Ok` only after its effect is durably
 //! committed. The server's single tick rests on `enqueue` keeping that promise.
 
-mod sqlite;
 pub mod conformance;
+mod sqlite;
 
 pub use sqlite::SqliteStore;
 

@@ -8,8 +8,8 @@
 //! WAL lets them run beside the writer.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -91,7 +91,9 @@ fn backend(e: rusqlite::Error) -> StoreError {
             rusqlite::ErrorCode::CannotOpen
             | rusqlite::ErrorCode::DatabaseBusy
             | rusqlite::ErrorCode::DatabaseLocked
-            | rusqlite::ErrorCode::SystemIoFailure => return StoreError::Unavailable(e.to_string()),
+            | rusqlite::ErrorCode::SystemIoFailure => {
+                return StoreError::Unavailable(e.to_string());
+            }
             _ => {}
         }
     }
@@ -100,7 +102,8 @@ fn backend(e: rusqlite::Error) -> StoreError {
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(backend)?;
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
         .map_err(backend)?;
     Ok(conn)
@@ -589,7 +592,9 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let mut n = 0;
             for s in seqs {
-                n += stmt.execute(params![s as i64, device as i64]).map_err(backend)?;
+                n += stmt
+                    .execute(params![s as i64, device as i64])
+                    .map_err(backend)?;
             }
             Ok(n)
         })

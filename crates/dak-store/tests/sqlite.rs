@@ -16,7 +16,10 @@ async fn enqueued_envelopes_survive_reopen() {
     let path = dir.path().join("dak.db");
     let device = {
         let store = SqliteStore::open(&path).unwrap();
-        let reg = store.register_primary("+919800000009", &[1; 32], "p", 1).await.unwrap();
+        let reg = store
+            .register_primary("+919800000009", &[1; 32], "p", 1)
+            .await
+            .unwrap();
         let env = NewEnvelope {
             message_id: vec![1; 16],
             sender_phone: "+919800000001".into(),

@@ -1,0 +1,42 @@
+use dak_proto::v1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the request; its message says why.
+    #[error("{}", .0.message)]
+    Server(v1::Error),
+    #[error("cannot reach the server: {0}")]
+    Transport(String),
+    #[error("the server closed the connection{0}")]
+    Closed(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("local store ({path}): {message}")]
+    Store { path: String, message: String },
+    #[error(
+        "this profile is not registered yet: run `dak register` and `dak verify`, or `dak link`"
+    )]
+    NotRegistered,
+    #[error("{0}")]
+    Usage(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<v1::ErrorCode> {
+        match self {
+            ClientError::Server(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later (or on another node) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Server(e) => e.retryable,
+            ClientError::Transport(_) | ClientError::Closed(_) | ClientError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}

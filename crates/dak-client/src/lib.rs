@@ -1,0 +1,23 @@
+//! The Dak client core, shared by the CLI, bots and (later) the browser.
+//!
+//! - `transport`: the `Transport` trait (bytes in, bytes out) and the native
+//!   WebSocket-over-TLS implementation. A wasm32 build plugs in the browser's
+//!   WebSocket here.
+//! - `connection`: request/response matching and pushes over a transport.
+//! - `profile`: the device's local store (identity key, messages, outbox,
+//!   ticks, dedup).
+//! - `client`: what a user does: register, link, send, sync, read, status.
+//!
+//! Message bodies are `dak_proto::v1::Content` in the clear for now; the MLS
+//! layer will wrap them without changing the server's delivery path.
+
+mod client;
+mod connection;
+mod error;
+pub mod profile;
+pub mod transport;
+
+pub use client::{Client, Event, SendOutcome, Tick, TickState, format_id, parse_id, tick_of};
+pub use connection::Connection;
+pub use error::ClientError;
+pub use profile::{MessageView, Profile};

@@ -1,0 +1,244 @@
+//! Moving frames: the `Transport` trait and the native WebSocket over TLS.
+//!
+//! Server certificates: a certificate that chains to a public root is
+//! accepted as usual. Otherwise (a self-signed server) the client trusts
+//! the certificate it saw when the profile was registered or linked and
+//! refuses any other later, as SSH does with host keys.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::error::ClientError;
+
+#[async_trait]
+pub trait Transport: Send {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError>;
+    /// The next binary frame; `Ok(None)` when the server closed the connection.
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, ClientError>;
+    async fn close(&mut self);
+}
+
+/// How to judge the server's certificate when no public root vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertTrust {
+    /// Accept only this SHA-256 fingerprint (hex).
+    Pinned(String),
+    /// Accept whatever is presented and remember it (first registration).
+    FirstUse,
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+pub struct WsTransport {
+    ws: tokio_tungstenite::WebSocketStream<Box<dyn Stream>>,
+    close_reason: Option<String>,
+}
+
+/// What a TLS connection saw: the fingerprint of the server's certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub fingerprint: Option<String>,
+}
+
+impl WsTransport {
+    /// Connects to `wss://host:port` or `ws://host:port` (loopback only).
+    pub async fn connect(url: &str, trust: &CertTrust) -> Result<(WsTransport, Seen), ClientError> {
+        let (secure, authority) = if let Some(rest) = url.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            return Err(ClientError::Usage(format!(
+                "server address {url:?} must start with wss:// (or ws:// for a local test server)"
+            )));
+        };
+        let authority = authority.trim_end_matches('/');
+        let (host, _) = authority.rsplit_once(':').ok_or_else(|| {
+            ClientError::Usage(format!(
+                "server address {url:?} needs a port, like wss://example.org:7443"
+            ))
+        })?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tcp = TcpStream::connect(authority)
+            .await
+            .map_err(|e| ClientError::Transport(format!("{authority}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut seen = Seen::default();
+        let stream: Box<dyn Stream> = if secure {
+            let verifier = Arc::new(PinningVerifier::new(trust.clone())?);
+            let config = rustls::ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| ClientError::Transport(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| ClientError::Usage(format!("{host:?} is not a valid server name")))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ClientError::Transport(format!("TLS with {authority}: {e}")))?;
+            seen.fingerprint = verifier.seen.lock().ok().and_then(|s| s.clone());
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+        let ws_url = format!("{}://{authority}/v1/ws", if secure { "wss" } else { "ws" });
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(dak_proto::MAX_FRAME_BYTES * 2);
+        config.max_frame_size = Some(dak_proto::MAX_FRAME_BYTES * 2);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(ws_url, stream, Some(config))
+            .await
+            .map_err(|e| {
+                ClientError::Transport(format!("WebSocket handshake with {authority}: {e}"))
+            })?;
+        Ok((
+            WsTransport {
+                ws,
+                close_reason: None,
+            },
+            seen,
+        ))
+    }
+}
+
+#[async_trait]
+impl Transport for WsTransport {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
+        self.ws
+            .send(Message::Binary(frame.into()))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(Some(b.to_vec())),
+                Some(Ok(Message::Close(frame))) => {
+                    self.close_reason = frame.map(|f| f.reason.to_string());
+                    return Ok(None);
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug)]
+struct PinningVerifier {
+    trust: CertTrust,
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    seen: Mutex<Option<String>>,
+}
+
+impl PinningVerifier {
+    fn new(trust: CertTrust) -> Result<Self, ClientError> {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .ok();
+        Ok(PinningVerifier {
+            trust,
+            webpki,
+            seen: Mutex::new(None),
+        })
+    }
+}
+
+pub fn fingerprint(cert: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert))
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity.as_ref());
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(fp.clone());
+        }
+        if let Some(w) = &self.webpki
+            && w.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+                .is_ok()
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match &self.trust {
+            CertTrust::FirstUse => Ok(ServerCertVerified::assertion()),
+            CertTrust::Pinned(p) if p.eq_ignore_ascii_case(&fp) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            CertTrust::Pinned(p) => Err(rustls::Error::General(format!(
+                "the server's certificate changed (sha256 {fp}, this profile trusts {p}); \
+                 if the operator replaced it on purpose, register or link this profile again"
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,531 @@
+//! The client commands. Each opens the profile, does one thing through
+//! `dak_client`, and prints for people or, with `--json`, for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use dak_client::{Client, Event, MessageView, Profile, TickState, format_id, parse_id, tick_of};
+use serde_json::json;
+
+use crate::server_cmd::{self, ServerArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dak",
+    version,
+    about = "Dak: an end-to-end encrypted messenger — server and client in one binary"
+)]
+pub struct Args {
+    /// The device profile directory (keys and local messages).
+    #[arg(
+        long,
+        global = true,
+        env = "DAK_PROFILE",
+        default_value = "dak-profile"
+    )]
+    profile: PathBuf,
+    /// Machine-readable output: one JSON object per line.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded store in --data).
+    Server(ServerArgs),
+    /// Ask for a verification code by SMS to register this number here.
+    Register {
+        /// Server address, e.g. wss://chat.example.org:7443
+        #[arg(long, env = "DAK_SERVER")]
+        server: String,
+        /// Phone number in international form, e.g. +919800000001
+        phone: String,
+    },
+    /// Finish registering with the 6-digit code from the SMS.
+    Verify {
+        code: String,
+        /// The registration-lock PIN, if the number has one.
+        #[arg(long, default_value = "")]
+        pin: String,
+        /// A name for this device, shown in `devices list`.
+        #[arg(long, default_value = "primary")]
+        name: String,
+    },
+    /// Two-step verification: the registration-lock PIN.
+    Pin {
+        #[command(subcommand)]
+        action: PinAction,
+    },
+    /// Send a text message.
+    Send {
+        to: String,
+        text: String,
+        /// Wait for this tick before exiting.
+        #[arg(long, value_enum, default_value = "sent")]
+        wait: WaitFor,
+        /// Give up waiting after this long (e.g. 30s, 5m).
+        #[arg(long, default_value = "5m")]
+        timeout: humantime::Duration,
+    },
+    /// Receive everything waiting, send delivery receipts, print, exit.
+    Sync,
+    /// Stay connected and print messages and ticks as they arrive.
+    Listen,
+    /// Send read receipts (blue ticks).
+    Read {
+        /// Mark every unread message read.
+        #[arg(long)]
+        all: bool,
+        /// Message ids to mark read.
+        ids: Vec<String>,
+    },
+    /// Show a sent message's ticks per recipient device.
+    Status { id: String },
+    /// Show the messages of a conversation stored in this profile.
+    History {
+        phone: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Interactive chat in the terminal.
+    Chat { phone: String },
+    /// Link this profile as a new device of an existing account.
+    Link {
+        #[arg(long, env = "DAK_SERVER")]
+        server: String,
+        #[arg(long, default_value = "linked device")]
+        name: String,
+    },
+    /// Linked devices of this account.
+    Devices {
+        #[command(subcommand)]
+        action: DevicesAction,
+    },
+    /// Show this profile's number, device and server.
+    Whoami,
+}
+
+#[derive(Subcommand, Debug)]
+enum PinAction {
+    /// Set a 6-digit PIN needed to register this number on a new phone.
+    Set { pin: String },
+    /// Remove the PIN.
+    Clear,
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesAction {
+    List,
+    /// Approve a device that shows this code (from `dak link`).
+    Approve {
+        code: String,
+    },
+    /// Unlink a device.
+    Remove {
+        device_id: u64,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum WaitFor {
+    Sent,
+    Delivered,
+    Read,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let json = args.json;
+    let dir = args.profile.clone();
+    match args.command {
+        Command::Server(s) => server_cmd::run(s).await,
+        Command::Register { server, phone } => register(&dir, &server, &phone, json).await,
+        Command::Verify { code, pin, name } => verify(&dir, &code, &pin, &name, json).await,
+        Command::Pin { action } => pin(&dir, action).await,
+        Command::Send {
+            to,
+            text,
+            wait,
+            timeout,
+        } => send(&dir, &to, &text, wait, timeout.into(), json).await,
+        Command::Sync => sync(&dir, json).await,
+        Command::Listen => listen(&dir, json).await,
+        Command::Read { all, ids } => read(&dir, all, &ids, json).await,
+        Command::Status { id } => status(&dir, &id, json),
+        Command::History { phone, limit } => history(&dir, &phone, limit, json),
+        Command::Chat { phone } => {
+            let peer = dak_proto::normalize_phone(&phone)?;
+            crate::chat::run(connect(&dir).await?, peer).await
+        }
+        Command::Link { server, name } => link(&dir, &server, &name, json).await,
+        Command::Devices { action } => devices(&dir, action, json).await,
+        Command::Whoami => whoami(&dir, json),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Result<Profile> {
+    Profile::open(dir).with_context(|| format!("cannot open profile {}", dir.display()))
+}
+
+async fn connect(dir: &std::path::Path) -> Result<Client> {
+    Ok(Client::connect(open(dir)?).await?)
+}
+
+async fn register(dir: &std::path::Path, server: &str, phone: &str, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let expires = Client::request_code(&profile, server, phone).await?;
+    if json {
+        println!("{}", json!({"code_sent": true, "expires_in_secs": expires}));
+    } else {
+        println!(
+            "A 6-digit code was sent by SMS; it expires in {} minutes.",
+            expires / 60
+        );
+        println!("Finish with: dak --profile {} verify CODE", dir.display());
+    }
+    Ok(())
+}
+
+async fn verify(
+    dir: &std::path::Path,
+    code: &str,
+    pin: &str,
+    name: &str,
+    json: bool,
+) -> Result<()> {
+    let profile = open(dir)?;
+    let reg = Client::verify(&profile, code, pin, name).await?;
+    if json {
+        println!(
+            "{}",
+            json!({"phone": reg.phone, "device_id": reg.device_id, "server": reg.server})
+        );
+    } else {
+        println!(
+            "Registered {} as device {} on {}.",
+            reg.phone, reg.device_id, reg.server
+        );
+    }
+    Ok(())
+}
+
+async fn pin(dir: &std::path::Path, action: PinAction) -> Result<()> {
+    let mut client = connect(dir).await?;
+    match action {
+        PinAction::Set { pin } => {
+            client.set_pin(&pin).await?;
+            println!(
+                "Registration lock is on: registering this number on a new phone now needs the PIN."
+            );
+        }
+        PinAction::Clear => {
+            client.set_pin("").await?;
+            println!("Registration lock is off.");
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn send(
+    dir: &std::path::Path,
+    to: &str,
+    text: &str,
+    wait: WaitFor,
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
+    let mut client = connect(dir).await?;
+    let sent = client.send_text(to, text).await?;
+    let want = match wait {
+        WaitFor::Sent => TickState::Sent,
+        WaitFor::Delivered => TickState::Delivered,
+        WaitFor::Read => TickState::Read,
+    };
+    if !json {
+        println!("{} ✓", format_id(&sent.id));
+    }
+    if want > TickState::Sent {
+        let id = sent.id.clone();
+        let waited = tokio::time::timeout(
+            timeout,
+            client.wait_for_tick(&id, want, |e| print_event(e, false)),
+        )
+        .await;
+        match waited {
+            Ok(r) => r?,
+            Err(_) => bail!(
+                "the message is stored on the server (✓) but did not reach {want:?} within {timeout:?}"
+            ),
+        }
+    }
+    let state = client.tick(&sent.id)?.state;
+    if json {
+        println!(
+            "{}",
+            json!({"id": format_id(&sent.id), "tick": state, "server_time_ms": sent.server_time_ms, "recipient_devices": sent.recipient_devices})
+        );
+    } else if want > TickState::Sent {
+        println!("{} {}", format_id(&sent.id), state.symbol());
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn message_json(m: &MessageView) -> serde_json::Value {
+    json!({
+        "type": "message",
+        "id": format_id(&m.id),
+        "from": m.from,
+        "conversation": m.conversation,
+        "outgoing": m.outgoing,
+        "sent_at": chrono::DateTime::from_timestamp_millis(m.sent_at_ms).map(|t| t.to_rfc3339()),
+        "text": m.text,
+    })
+}
+
+fn print_event(event: &Event, json: bool) {
+    match (event, json) {
+        (Event::Message(m), true) => println!("{}", message_json(m)),
+        (Event::Message(m), false) => {
+            let at = chrono::DateTime::from_timestamp_millis(m.sent_at_ms)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            if m.outgoing {
+                println!("[{at}] you → {}: {}", m.conversation, m.text);
+            } else {
+                println!("[{at}] {}: {}", m.from, m.text);
+            }
+        }
+        (Event::Tick { id, state }, true) => println!(
+            "{}",
+            json!({"type": "tick", "id": format_id(id), "tick": state})
+        ),
+        (Event::Tick { id, state }, false) => println!("{} {}", format_id(id), state.symbol()),
+        (Event::Undecodable { id, from }, true) => {
+            println!(
+                "{}",
+                json!({"type": "undecodable", "id": format_id(id), "from": from})
+            )
+        }
+        (Event::Undecodable { id, from }, false) => {
+            println!(
+                "⚠ message {} from {from} could not be decoded",
+                format_id(id)
+            )
+        }
+        (Event::QueueEmpty, _) => {}
+    }
+}
+
+async fn sync(dir: &std::path::Path, json: bool) -> Result<()> {
+    let mut client = connect(dir).await?;
+    let mut count = 0usize;
+    client
+        .sync(|e| {
+            if matches!(e, Event::Message(_)) {
+                count += 1;
+            }
+            print_event(e, json);
+        })
+        .await?;
+    if !json {
+        eprintln!("{count} new message(s).");
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// Stays connected; reconnects with backoff when the connection drops.
+async fn listen(dir: &std::path::Path, json: bool) -> Result<()> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut client = match connect(dir).await {
+            Ok(c) => c,
+            Err(e) => {
+                let retry = e
+                    .downcast_ref::<dak_client::ClientError>()
+                    .is_some_and(|c| c.is_retryable());
+                if !retry {
+                    return Err(e);
+                }
+                eprintln!("connection failed ({e}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(250);
+        loop {
+            match client.next_events().await {
+                Ok(events) => events.iter().for_each(|e| print_event(e, json)),
+                Err(e) if e.is_retryable() => {
+                    eprintln!("disconnected ({e}); reconnecting");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn read(dir: &std::path::Path, all: bool, ids: &[String], json: bool) -> Result<()> {
+    if !all && ids.is_empty() {
+        bail!("say which messages: --all, or one or more message ids");
+    }
+    let parsed = ids
+        .iter()
+        .map(|s| parse_id(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client = connect(dir).await?;
+    let n = client
+        .mark_read(if all { None } else { Some(&parsed) })
+        .await?;
+    if json {
+        println!("{}", json!({"marked_read": n}));
+    } else {
+        println!("Marked {n} message(s) read.");
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn status(dir: &std::path::Path, id: &str, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let id = parse_id(id)?;
+    let tick = tick_of(&profile, &id)?;
+    if json {
+        println!(
+            "{}",
+            json!({"id": format_id(&id), "tick": tick.state, "devices": tick.devices})
+        );
+        return Ok(());
+    }
+    println!("{} {}", format_id(&id), tick.state.symbol());
+    for d in &tick.devices {
+        let state = if d.read_ms > 0 {
+            "read"
+        } else if d.delivered_ms > 0 {
+            "delivered"
+        } else {
+            "sent (the server holds it)"
+        };
+        println!("  {} device {}: {state}", d.phone, d.device_id);
+    }
+    Ok(())
+}
+
+fn history(dir: &std::path::Path, phone: &str, limit: usize, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let phone = dak_proto::normalize_phone(phone)?;
+    for m in profile.conversation(&phone, limit)? {
+        if json {
+            let mut v = message_json(&m);
+            if m.outgoing {
+                v["tick"] = json!(tick_of(&profile, &m.id)?.state);
+            }
+            println!("{v}");
+        } else {
+            print_event(&Event::Message(m), false);
+        }
+    }
+    Ok(())
+}
+
+async fn link(dir: &std::path::Path, server: &str, name: &str, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let reg = Client::link(&profile, server, name, |code, expires| {
+        if json {
+            println!("{}", json!({"link_code": code, "expires_in_secs": expires}));
+        } else {
+            println!("Linking code: {code}");
+            if let Ok(qr) = qrcode::QrCode::new(format!("dak-link:{code}")) {
+                println!(
+                    "{}",
+                    qr.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                );
+            }
+            println!(
+                "On your phone run: dak devices approve {code}   (expires in {} minutes)",
+                expires / 60
+            );
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    if json {
+        println!(
+            "{}",
+            json!({"phone": reg.phone, "device_id": reg.device_id})
+        );
+    } else {
+        println!("Linked as device {} of {}.", reg.device_id, reg.phone);
+    }
+    Ok(())
+}
+
+async fn devices(dir: &std::path::Path, action: DevicesAction, json: bool) -> Result<()> {
+    let mut client = connect(dir).await?;
+    match action {
+        DevicesAction::List => {
+            let me = client.device_id();
+            for d in client.devices().await? {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"device_id": d.device_id, "name": d.name, "primary": d.primary, "created_ms": d.created_ms, "last_seen_ms": d.last_seen_ms, "this_device": d.device_id == me})
+                    );
+                } else {
+                    let role = if d.primary { "primary" } else { "linked" };
+                    let this = if d.device_id == me {
+                        "  (this device)"
+                    } else {
+                        ""
+                    };
+                    println!("{:>6}  {role:<8} {}{this}", d.device_id, d.name);
+                }
+            }
+        }
+        DevicesAction::Approve { code } => {
+            let d = client.approve_link(&code).await?;
+            if json {
+                println!("{}", json!({"device_id": d.device_id, "name": d.name}));
+            } else {
+                println!("Linked device {} ({}).", d.device_id, d.name);
+            }
+        }
+        DevicesAction::Remove { device_id } => {
+            client.remove_device(device_id).await?;
+            if json {
+                println!("{}", json!({"removed": device_id}));
+            } else {
+                println!("Removed device {device_id}.");
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn whoami(dir: &std::path::Path, json: bool) -> Result<()> {
+    let reg = open(dir)?.registration()?;
+    if json {
+        println!(
+            "{}",
+            json!({"phone": reg.phone, "device_id": reg.device_id, "server": reg.server})
+        );
+    } else {
+        println!("{} device {} on {}", reg.phone, reg.device_id, reg.server);
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Test harness: the real `dak` binary on an ephemeral loopback port with a
+//! temporary data directory, and real clients (`dak_client`) talking to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dak_client::{Client, Profile};
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    listen: String,
+    env: Vec<(String, String)>,
+    pub insecure: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A TLS server (self-signed certificate, pinned by clients on first use).
+    pub fn start() -> TestServer {
+        Self::with_env(&[])
+    }
+
+    /// A plain ws:// server on loopback (`--insecure`).
+    pub fn start_insecure() -> TestServer {
+        Self::build(&[], true)
+    }
+
+    pub fn with_env(env: &[(&str, &str)]) -> TestServer {
+        Self::build(env, false)
+    }
+
+    fn build(env: &[(&str, &str)], insecure: bool) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer {
+            child: None,
+            url: String::new(),
+            data: dir.path().join("data"),
+            log: dir.path().join("server.log"),
+            listen: "127.0.0.1:0".into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            insecure,
+            _dir: dir,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dak"));
+        cmd.args(["server", "--data"])
+            .arg(&self.data)
+            .args(["--listen", &self.listen])
+            .env("DAK_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if self.insecure {
+            cmd.arg("--insecure");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn dak server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read first line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}; log: {}", self.log_text()))
+            .to_string();
+        // Restarts reuse the port, so profiles that saved the URL still work.
+        self.listen = url.rsplit("//").next().unwrap_or_default().to_string();
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        for _ in 0..100 {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server did not exit within 10 s of SIGTERM");
+    }
+
+    /// The last code the SMS outbox holds for `phone`.
+    pub fn code_for(&self, phone: &str) -> String {
+        let text = std::fs::read_to_string(self.data.join("sms-outbox.jsonl")).expect("sms outbox");
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["to"] == phone)
+            .and_then(|v| v["code"].as_str().map(String::from))
+            .unwrap_or_else(|| panic!("no code sent to {phone}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A person with one device: a profile directory that outlives connections.
+pub struct Person {
+    pub phone: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Person {
+    pub fn new(phone: &str) -> Person {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Person {
+            phone: phone.into(),
+            dir: tmp.path().join("profile"),
+            _tmp: Some(tmp),
+        }
+    }
+
+    pub fn profile(&self) -> Profile {
+        Profile::open(&self.dir).expect("profile")
+    }
+
+    pub async fn register(&self, server: &TestServer) {
+        let profile = self.profile();
+        Client::request_code(&profile, &server.url, &self.phone)
+            .await
+            .expect("request code");
+        let code = server.code_for(&self.phone);
+        Client::verify(&profile, &code, "", "phone")
+            .await
+            .expect("verify");
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.profile()).await.expect("connect")
+    }
+
+    /// Syncs and returns the texts of new messages.
+    pub async fn sync_texts(&self) -> Vec<String> {
+        let mut client = self.connect().await;
+        let mut texts = Vec::new();
+        client
+            .sync(|e| {
+                if let dak_client::Event::Message(m) = e {
+                    texts.push(m.text.clone());
+                }
+            })
+            .await
+            .expect("sync");
+        client.close().await;
+        texts
+    }
+}
+
+pub fn alice() -> Person {
+    Person::new("+919800000001")
+}
+
+pub fn bob() -> Person {
+    Person::new("+919800000002")
+}
+
+pub fn carol() -> Person {
+    Person::new("+919800000003")
+}
+
+/// Links `new` as a device of `primary`'s account.
+pub async fn link(
+    server: &TestServer,
+    primary: &Person,
+    new: &Person,
+) -> dak_client::profile::Registration {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let profile = new.profile();
+    let url = server.url.clone();
+    let waiter = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        Client::link(&profile, &url, "laptop", |code, _| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(code.to_string());
+            }
+        })
+        .await
+    });
+    let code = rx.await.expect("link code");
+    let mut p = primary.connect().await;
+    p.approve_link(&code).await.expect("approve");
+    p.close().await;
+    waiter.await.expect("link task").expect("linked")
+}

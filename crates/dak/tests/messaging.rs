@@ -1,0 +1,258 @@
+//! alice and bob chat through a real server: offline delivery, kill -9,
+//! exactly-once display, order, ticks, and a linked device.
+
+mod common;
+
+use common::*;
+use dak_client::{Event, TickState};
+
+#[tokio::test]
+async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
+    let mut server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+
+    // bob is offline; alice's message gets its single tick.
+    let mut a = alice.connect().await;
+    let sent = a.send_text(&bob.phone, "hello bob").await.unwrap();
+    assert_eq!(a.tick(&sent.id).unwrap().state, TickState::Sent);
+    drop(a);
+
+    server.kill9();
+    server.restart();
+
+    assert_eq!(bob.sync_texts().await, vec!["hello bob"]);
+    assert!(bob.sync_texts().await.is_empty(), "shown once");
+
+    // bob's delivery receipt turns alice's tick double.
+    let mut a = alice.connect().await;
+    a.wait_for_tick(&sent.id, TickState::Delivered, |_| {})
+        .await
+        .unwrap();
+
+    let mut b = bob.connect().await;
+    assert_eq!(b.mark_read(None).await.unwrap(), 1);
+    b.close().await;
+    a.wait_for_tick(&sent.id, TickState::Read, |_| {})
+        .await
+        .unwrap();
+    let tick = a.tick(&sent.id).unwrap();
+    assert_eq!(tick.devices.len(), 1);
+    assert!(tick.devices[0].read_ms > 0);
+}
+
+#[tokio::test]
+async fn messages_arrive_in_the_order_sent() {
+    let server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    let mut a = alice.connect().await;
+    let sent: Vec<String> = (0..60).map(|i| format!("message {i}")).collect();
+    for text in &sent {
+        a.send_text(&bob.phone, text).await.unwrap();
+    }
+    assert_eq!(bob.sync_texts().await, sent);
+}
+
+#[tokio::test]
+async fn a_resent_message_is_shown_once() {
+    let server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    let mut a = alice.connect().await;
+    let sent = a.send_text(&bob.phone, "only once").await.unwrap();
+    // As if the ack had been lost: the outbox sends the same id again.
+    let body = {
+        use prost::Message;
+        dak_proto::v1::Content {
+            kind: Some(dak_proto::v1::content::Kind::Text(dak_proto::v1::Text {
+                body: "only once".into(),
+                sent_at_ms: 1,
+            })),
+        }
+        .encode_to_vec()
+    };
+    a.profile()
+        .queue_outgoing(&sent.id, &bob.phone, &body)
+        .unwrap();
+    assert_eq!(a.flush_outbox().await.unwrap(), 1);
+    assert_eq!(bob.sync_texts().await, vec!["only once"]);
+    assert!(bob.sync_texts().await.is_empty());
+}
+
+#[tokio::test]
+async fn unacked_deliveries_come_back_after_a_client_crash() {
+    let server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "are you there")
+        .await
+        .unwrap();
+
+    // bob's device receives the envelope but dies before acking it.
+    let profile = bob.profile();
+    let reg = profile.registration().unwrap();
+    let (transport, _) = dak_client::transport::WsTransport::connect(
+        &server.url,
+        &dak_client::transport::CertTrust::Pinned(profile.get_str("cert").unwrap().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut conn = dak_client::Connection::open(Box::new(transport))
+        .await
+        .unwrap();
+    conn.authenticate(&profile.identity().unwrap(), reg.device_id)
+        .await
+        .unwrap();
+    let push = conn.next_push().await.unwrap();
+    assert!(matches!(
+        push,
+        dak_proto::v1::server_frame::Body::Deliver(_)
+    ));
+    drop(conn);
+
+    assert_eq!(bob.sync_texts().await, vec!["are you there"]);
+}
+
+#[tokio::test]
+async fn a_linked_device_gets_every_message_and_its_sends_appear_on_the_phone() {
+    let server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    let bob_laptop = Person::new(&bob.phone);
+    alice.register(&server).await;
+    bob.register(&server).await;
+    let reg = link(&server, &bob, &bob_laptop).await;
+    assert_eq!(reg.phone, bob.phone);
+
+    let mut a = alice.connect().await;
+    let sent = a.send_text(&bob.phone, "to all of bob").await.unwrap();
+    assert_eq!(sent.recipient_devices, 2);
+    assert_eq!(bob.sync_texts().await, vec!["to all of bob"]);
+    assert_eq!(bob_laptop.sync_texts().await, vec!["to all of bob"]);
+    // Both devices confirmed delivery: double tick.
+    a.wait_for_tick(&sent.id, TickState::Delivered, |_| {})
+        .await
+        .unwrap();
+
+    // bob writes from the laptop; the phone shows it as bob's own message.
+    let mut laptop = bob_laptop.connect().await;
+    laptop
+        .send_text(&alice.phone, "from the laptop")
+        .await
+        .unwrap();
+    laptop.close().await;
+    assert_eq!(alice.sync_texts().await, vec!["from the laptop"]);
+    let mut phone = bob.connect().await;
+    let mut mine = Vec::new();
+    phone
+        .sync(|e| {
+            if let Event::Message(m) = e {
+                mine.push((m.outgoing, m.conversation.clone(), m.text.clone()));
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        mine,
+        vec![(true, alice.phone.clone(), "from the laptop".to_string())]
+    );
+
+    // Reading on the phone turns alice's tick blue and marks it read on the laptop too.
+    assert_eq!(phone.mark_read(None).await.unwrap(), 1);
+    phone.close().await;
+    a.wait_for_tick(&sent.id, TickState::Read, |_| {})
+        .await
+        .unwrap();
+    bob_laptop.sync_texts().await;
+    assert!(bob_laptop.profile().unread().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_removed_device_is_signed_out() {
+    let server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    let bob_laptop = Person::new(&bob.phone);
+    alice.register(&server).await;
+    bob.register(&server).await;
+    let laptop_reg = link(&server, &bob, &bob_laptop).await;
+
+    let mut phone = bob.connect().await;
+    let devices = phone.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    phone.remove_device(laptop_reg.device_id).await.unwrap();
+    assert_eq!(phone.devices().await.unwrap().len(), 1);
+
+    let err = dak_client::Client::connect(bob_laptop.profile())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Some(dak_proto::v1::ErrorCode::DeviceRevoked));
+    let sent = alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "phone only")
+        .await
+        .unwrap();
+    assert_eq!(sent.recipient_devices, 1);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_restart_keeps_everything() {
+    let mut server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "before restart")
+        .await
+        .unwrap();
+    let mut listening = bob.connect().await;
+    let status = server.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    // The connected device is told to reconnect.
+    let mut saw = Vec::new();
+    let err = loop {
+        match listening.next_events().await {
+            Ok(events) => saw.extend(events),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_retryable(), "{err}");
+    server.restart();
+    let later = bob.sync_texts().await;
+    let shown: Vec<String> = saw
+        .iter()
+        .filter_map(|e| {
+            if let Event::Message(m) = e {
+                Some(m.text.clone())
+            } else {
+                None
+            }
+        })
+        .chain(later)
+        .collect();
+    assert_eq!(
+        shown,
+        vec!["before restart"],
+        "shown exactly once, before or after the restart"
+    );
+    let stored = bob.profile().conversation(&alice.phone, 10).unwrap();
+    assert_eq!(stored.len(), 1);
+    // The delivery receipt left (now or from the outbox after the restart).
+    let mut a = alice.connect().await;
+    let id = a.profile().conversation(&bob.phone, 1).unwrap()[0]
+        .id
+        .clone();
+    a.wait_for_tick(&id, TickState::Delivered, |_| {})
+        .await
+        .unwrap();
+}

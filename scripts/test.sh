@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The project's one test command: formatting, lints, the test suite and (in
+# CI, or with FUZZ_SMOKE=1) a short fuzz smoke run. CI runs exactly this via
+# .ci/run.
+#
+#   scripts/test.sh
+#
+# Environment:
+#   CI=true        what CI sets: builds use --locked, and the fuzz smoke runs
+#   FUZZ_SMOKE=1   run the fuzz smoke locally too (FUZZ_SMOKE=0 skips it in CI)
+#   FUZZ_SECONDS   seconds per fuzz target in the smoke run (default 10)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ci=false
+case "${CI:-}" in true | 1 | yes) ci=true ;; esac
+
+started=$SECONDS
+section() {
+    printf '\n==== %s  [%ds]\n' "$*" "$((SECONDS - started))"
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust from https://rustup.rs, then run this again" >&2
+    exit 1
+fi
+
+# In CI the lock file must already be right: a change to Cargo.toml without
+# its Cargo.lock update fails here rather than resolving something new.
+cargo_flags=()
+if $ci; then
+    cargo_flags+=(--locked)
+fi
+
+section "toolchain"
+rustc --version
+cargo --version
+# Add rustfmt/clippy only when they are missing; that needs the network, so a
+# failure here is not fatal by itself (the step that needs the tool decides).
+missing=()
+cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if command -v rustup >/dev/null 2>&1; then
+        echo "adding rustup components: ${missing[*]}"
+        rustup component add "${missing[@]}" ||
+            echo "warning: 'rustup component add ${missing[*]}' failed (offline?)" >&2
+    else
+        echo "warning: ${missing[*]} missing and rustup not found to add them" >&2
+    fi
+fi
+
+# A tool that is still missing fails the run in CI; locally its step is
+# skipped with a warning so the tests still run.
+have_tool() {
+    local name="$1"
+    shift
+    if "$@" >/dev/null 2>&1; then
+        return 0
+    fi
+    if $ci; then
+        echo "error: $name is not available" >&2
+        exit 1
+    fi
+    echo "warning: $name is not available; skipping this step" >&2
+    return 1
+}
+
+section "cargo fmt --check"
+if have_tool rustfmt cargo fmt --version; then
+    cargo fmt --all -- --check
+    # fuzz/ is its own workspace, so --all does not reach it.
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+fi
+
+section "cargo clippy -D warnings"
+if have_tool clippy cargo clippy --version; then
+    cargo clippy ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --all-targets -- -D warnings
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+    section "cargo nextest run"
+    cargo nextest run ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace
+    # nextest does not run doctests.
+    section "cargo test --doc"
+    cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --doc
+else
+    section "cargo test"
+    cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace
+fi
+
+# ---- cluster mode tests: see issue 6 ----------------------------------------
+# Nothing needs PostgreSQL or NATS yet. When cluster mode lands, this is where
+# the tests that need them start (or find) the services, e.g.:
+#
+#   if [ -n "${DAK_TEST_POSTGRES_URL:-}" ] && [ -n "${DAK_TEST_NATS_URL:-}" ]; then
+#       section "cluster mode tests (PostgreSQL + NATS)"
+#       cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --features cluster -- --ignored
+#   fi
+# -----------------------------------------------------------------------------
+
+fuzz_smoke="${FUZZ_SMOKE:-}"
+if [ -z "$fuzz_smoke" ]; then
+    fuzz_smoke=0
+    $ci && fuzz_smoke=1
+fi
+if [ "$fuzz_smoke" = 1 ]; then
+    section "fuzz smoke (${FUZZ_SECONDS:-10}s per target)"
+    scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-10}"
+else
+    section "fuzz smoke: skipped (FUZZ_SMOKE=1 runs it; see fuzz/README.md)"
+fi
+
+section "all checks passed"
