@@ -79,15 +79,23 @@ if have_tool clippy cargo clippy --version; then
     cargo clippy ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --all-targets -- -D warnings
 fi
 
+# The runner's counts, kept for the closing line.
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
 if cargo nextest --version >/dev/null 2>&1; then
-    section "cargo nextest run"
-    cargo nextest run ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace
-    # nextest does not run doctests.
+    # nextest does not run doctests, so they go first.
     section "cargo test --doc"
     cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --doc
+    section "cargo nextest run"
+    cargo nextest run ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --no-fail-fast 2>&1 | tee "$test_log"
+    summary=$(grep -E 'Summary .* tests run:' "$test_log" | tail -1)
+    passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+    failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
 else
     section "cargo test"
-    cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace
+    cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace 2>&1 | tee "$test_log"
+    passed=$(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed.*/\1/p' "$test_log" | awk '{s+=$1} END {print s+0}')
+    failed=$(sed -nE 's/^test result: .* ([0-9]+) failed.*/\1/p' "$test_log" | awk '{s+=$1} END {print s+0}')
 fi
 
 # ---- cluster mode tests: see issue 6 ----------------------------------------
@@ -113,3 +121,5 @@ else
 fi
 
 section "all checks passed"
+# The plain closing line CI reads: the test counts of the run above.
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"

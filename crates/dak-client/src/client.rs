@@ -293,39 +293,7 @@ impl Client {
 
     /// Sends a text. Returns once the server has acknowledged it (✓).
     pub async fn send_text(&mut self, to: &str, text: &str) -> Result<SendOutcome, ClientError> {
-        let to = phone(to)?;
-        let id = new_id();
-        let sent_at_ms = now_ms();
-        let content = v1::Content {
-            kind: Some(Kind::Text(v1::Text {
-                body: text.into(),
-                sent_at_ms,
-            })),
-        };
-        let body = content.encode_to_vec();
-        if body.len() > dak_proto::MAX_BODY_BYTES {
-            return Err(ClientError::Usage(format!(
-                "the message is {} bytes; the limit is {} bytes",
-                body.len(),
-                dak_proto::MAX_BODY_BYTES
-            )));
-        }
-        let view = MessageView {
-            id: id.clone(),
-            conversation: to.clone(),
-            from: self.reg.phone.clone(),
-            from_device: self.reg.device_id,
-            outgoing: true,
-            text: text.into(),
-            sent_at_ms,
-            server_time_ms: 0,
-            acked: false,
-            read_ms: 0,
-        };
-        self.profile.transaction(|p| {
-            p.insert_message(&view)?;
-            p.queue_outgoing(&id, &to, &body)
-        })?;
+        let (id, to, body) = queue_text(&self.profile, to, text)?;
         let ack = self.push_outgoing(&id, &to, body).await?;
         Ok(SendOutcome {
             id,
@@ -646,6 +614,46 @@ fn queue_receipts(
         }
     }
     Ok(queued)
+}
+
+/// Stores a text as the user's and puts it in the outbox (🕓), without a
+/// connection: it leaves with the next `connect`. Returns the outbox entry.
+pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, ClientError> {
+    let reg = profile.registration()?;
+    let to = phone(to)?;
+    let id = new_id();
+    let sent_at_ms = now_ms();
+    let content = v1::Content {
+        kind: Some(Kind::Text(v1::Text {
+            body: text.into(),
+            sent_at_ms,
+        })),
+    };
+    let body = content.encode_to_vec();
+    if body.len() > dak_proto::MAX_BODY_BYTES {
+        return Err(ClientError::Usage(format!(
+            "the message is {} bytes; the limit is {} bytes",
+            body.len(),
+            dak_proto::MAX_BODY_BYTES
+        )));
+    }
+    let view = MessageView {
+        id: id.clone(),
+        conversation: to.clone(),
+        from: reg.phone,
+        from_device: reg.device_id,
+        outgoing: true,
+        text: text.into(),
+        sent_at_ms,
+        server_time_ms: 0,
+        acked: false,
+        read_ms: 0,
+    };
+    profile.transaction(|p| {
+        p.insert_message(&view)?;
+        p.queue_outgoing(&id, &to, &body)
+    })?;
+    Ok((id, to, body))
 }
 
 /// A message's tick from the profile alone (no connection needed).

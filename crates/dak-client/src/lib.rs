@@ -17,7 +17,9 @@ mod error;
 pub mod profile;
 pub mod transport;
 
-pub use client::{Client, Event, SendOutcome, Tick, TickState, format_id, parse_id, tick_of};
+pub use client::{
+    Client, Event, SendOutcome, Tick, TickState, format_id, parse_id, queue_text, tick_of,
+};
 pub use connection::Connection;
 pub use error::ClientError;
 pub use profile::{MessageView, Profile};

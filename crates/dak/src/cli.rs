@@ -238,8 +238,18 @@ async fn send(
     timeout: Duration,
     json: bool,
 ) -> Result<()> {
-    let mut client = connect(dir).await?;
-    let sent = client.send_text(to, text).await?;
+    let mut client = match Client::connect(open(dir)?).await {
+        Ok(c) => c,
+        Err(e) if e.is_retryable() => return queue_offline(dir, to, text, e, json),
+        Err(e) => return Err(e.into()),
+    };
+    let sent = match client.send_text(to, text).await {
+        Ok(sent) => sent,
+        Err(e) if e.is_retryable() => bail!(
+            "{e}; the message is queued (🕓) and goes out with your next `dak send`, `sync` or `listen`"
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let want = match wait {
         WaitFor::Sent => TickState::Sent,
         WaitFor::Delivered => TickState::Delivered,
@@ -273,6 +283,26 @@ async fn send(
     }
     client.close().await;
     Ok(())
+}
+
+/// The server is unreachable: keep the message (🕓) for the next connection.
+fn queue_offline(
+    dir: &std::path::Path,
+    to: &str,
+    text: &str,
+    why: dak_client::ClientError,
+    json: bool,
+) -> Result<()> {
+    let (id, _, _) = dak_client::queue_text(&open(dir)?, to, text)?;
+    if json {
+        println!(
+            "{}",
+            json!({"id": format_id(&id), "tick": TickState::Pending})
+        );
+    } else {
+        println!("{} 🕓", format_id(&id));
+    }
+    bail!("{why}; the message is queued and goes out with your next `dak send`, `sync` or `listen`")
 }
 
 fn message_json(m: &MessageView) -> serde_json::Value {

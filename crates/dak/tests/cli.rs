@@ -120,3 +120,19 @@ async fn two_phones_chat_through_the_cli() {
     let devices = ok(&bob.dir, &["devices", "list"]);
     assert!(devices.contains("(this device)"), "{devices}");
 }
+
+#[tokio::test]
+async fn a_message_written_while_the_server_is_down_is_queued_and_sent_later() {
+    let mut server = TestServer::start_insecure();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    server.kill9();
+    let (success, stdout, stderr) = dak(&alice.dir, &["send", &bob.phone, "written offline"]);
+    assert!(!success, "not acked, so not a success");
+    assert!(stdout.contains('🕓'), "{stdout} / {stderr}");
+    assert!(stderr.contains("queued"), "{stderr}");
+    server.restart();
+    ok(&alice.dir, &["sync"]); // connecting flushes the outbox
+    assert_eq!(bob.sync_texts().await, vec!["written offline"]);
+}

@@ -40,6 +40,31 @@ async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
     let tick = a.tick(&sent.id).unwrap();
     assert_eq!(tick.devices.len(), 1);
     assert!(tick.devices[0].read_ms > 0);
+    // Debug logs name devices and sizes, never bodies.
+    assert!(!server.log_text().contains("hello bob"));
+}
+
+#[tokio::test]
+async fn undelivered_messages_expire_after_the_retention_period() {
+    let mut server = TestServer::with_env(&[("DAK_RETENTION", "1s")]);
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "too late")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.restart(); // the expiry sweep runs at start, then every minute
+    for _ in 0..50 {
+        if server.log_text().contains("expired undelivered envelopes") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(bob.sync_texts().await.is_empty());
 }
 
 #[tokio::test]
@@ -255,4 +280,50 @@ async fn sigterm_drains_and_restart_keeps_everything() {
     a.wait_for_tick(&id, TickState::Delivered, |_| {})
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn kill9_mid_stream_loses_no_acked_message_and_shows_none_twice() {
+    let mut server = TestServer::start();
+    let (alice, bob) = (alice(), bob());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    let mut a = alice.connect().await;
+    let bob_phone = bob.phone.clone();
+    let sender = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..100_000u32 {
+            match a.send_text(&bob_phone, &format!("m{i}")).await {
+                Ok(_) => acked.push(format!("m{i}")),
+                Err(_) => break, // the server died under us; this one stays in the outbox
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    server.kill9();
+    let acked = sender.await.unwrap();
+    assert!(
+        !acked.is_empty(),
+        "some messages were acked before the kill"
+    );
+    server.restart();
+
+    // alice's next connection flushes her outbox (the message in flight at
+    // the kill, which the server may or may not have stored).
+    let outbox_before = alice.profile().outbox().unwrap().len();
+    assert!(outbox_before <= 1);
+    alice.connect().await.close().await;
+    assert!(alice.profile().outbox().unwrap().is_empty());
+
+    let got = bob.sync_texts().await;
+    let expected: Vec<String> = (0..acked.len() + outbox_before)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(
+        got,
+        expected,
+        "every acked message once, in order (acked {})",
+        acked.len()
+    );
 }
