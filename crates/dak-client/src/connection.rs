@@ -125,6 +125,18 @@ impl Connection {
         }
     }
 
+    /// The next frame of any kind, answers included, for callers that keep
+    /// several requests in flight (the load generator). Cancel-safe.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        if let Some(body) = self.pushes.pop_front() {
+            return Ok(ServerFrame {
+                request_id: 0,
+                body: Some(body),
+            });
+        }
+        self.read().await
+    }
+
     async fn read(&mut self) -> Result<ServerFrame, ClientError> {
         let bytes = self
             .transport

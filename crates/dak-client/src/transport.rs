@@ -53,6 +53,17 @@ pub struct Seen {
 impl WsTransport {
     /// Connects to `wss://host:port` or `ws://host:port` (loopback only).
     pub async fn connect(url: &str, trust: &CertTrust) -> Result<(WsTransport, Seen), ClientError> {
+        Self::connect_from(url, trust, None).await
+    }
+
+    /// As `connect`, from a chosen local address. The load generator spreads
+    /// connections over 127.0.0.x so that they are not capped by the
+    /// ephemeral ports of one source address.
+    pub async fn connect_from(
+        url: &str,
+        trust: &CertTrust,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<(WsTransport, Seen), ClientError> {
         let (secure, authority) = if let Some(rest) = url.strip_prefix("wss://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("ws://") {
@@ -72,7 +83,7 @@ impl WsTransport {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let tcp = TcpStream::connect(authority)
+        let tcp = dial(authority, local)
             .await
             .map_err(|e| ClientError::Transport(format!("{authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
@@ -142,6 +153,23 @@ impl Transport for WsTransport {
     async fn close(&mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+async fn dial(authority: &str, local: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = local else {
+        return TcpStream::connect(authority).await;
+    };
+    let remote = tokio::net::lookup_host(authority)
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| std::io::Error::other("no address of the server's family"))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(remote).await
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

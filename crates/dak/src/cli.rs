@@ -107,6 +107,8 @@ enum Command {
     },
     /// Show this profile's number, device and server.
     Whoami,
+    /// Load-test a server with simulated devices (see docs/BENCHMARKS.md).
+    Bench(crate::bench_cmd::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +165,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Link { server, name } => link(&dir, &server, &name, json).await,
         Command::Devices { action } => devices(&dir, action, json).await,
         Command::Whoami => whoami(&dir, json),
+        Command::Bench(b) => crate::bench_cmd::run(b, json).await,
     }
 }
 

@@ -1,6 +1,6 @@
-//! `dak`: the server, the command-line client and (later) the benchmark
-//! driver. Argument parsing and wiring only; the logic lives in the crates.
+//! `dak`: the server, the command-line client and the benchmark driver. Argument parsing and wiring only; the logic lives in the crates.
 
+mod bench_cmd;
 mod chat;
 mod cli;
 mod server_cmd;

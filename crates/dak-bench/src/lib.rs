@@ -1,0 +1,19 @@
+//! `dak bench`: drives a real Dak server over real sockets with simulated
+//! devices that register through the development SMS outbox, authenticate
+//! with real identity keys and speak the real protocol (`dak_client`'s
+//! transport and connection). Nothing here is mocked: what it measures is
+//! what a client would see.
+//!
+//! - `target`: the server under test (spawned with a fresh data directory,
+//!   or an existing one), its resident memory from /proc.
+//! - `device`: a simulated device and registering many of them.
+//! - `scenarios`: connect, pairs, offline.
+//! - `report`: latency histograms, the table and the JSON result.
+
+pub mod device;
+pub mod report;
+pub mod scenarios;
+pub mod target;
+
+pub use report::Report;
+pub use scenarios::{Params, Scenario, run};

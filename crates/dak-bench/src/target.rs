@@ -1,0 +1,109 @@
+//! The server under test.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+pub struct Target {
+    pub url: String,
+    /// The SMS outbox the devices read their codes from.
+    pub outbox: PathBuf,
+    child: Option<Child>,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    /// Starts `dak server` (this same executable) on a free loopback port
+    /// with a fresh data directory and limits raised for load.
+    pub fn spawn(exe: &std::path::Path, insecure: bool) -> Result<Target> {
+        let data = tempfile::Builder::new().prefix("dak-bench-").tempdir()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .env("DAK_CODES_PER_IP_PER_HOUR", "100000000")
+            .env("DAK_VERIFIES_PER_IP_PER_HOUR", "100000000")
+            .env("DAK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if insecure {
+            cmd.arg("--insecure");
+        }
+        let mut child = cmd.spawn().context("cannot start the server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("listening on ") else {
+            bail!("the server did not start (first line {line:?})");
+        };
+        Ok(Target {
+            url: url.to_string(),
+            outbox: data.path().join("sms-outbox.jsonl"),
+            child: Some(child),
+            _data: Some(data),
+        })
+    }
+
+    /// An already running server whose SMS outbox file this machine can read.
+    pub fn external(url: String, outbox: PathBuf) -> Target {
+        Target {
+            url,
+            outbox,
+            child: None,
+            _data: None,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident set size of the spawned server, from /proc (None if not spawned).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// CPU seconds (user + system) the spawned server has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+        Some(ticks / hz as f64)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (children
+/// inherit it). Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            getrlimit(Resource::RLIMIT_NOFILE)
+                .map(|(s, _)| s)
+                .unwrap_or(hard)
+        }
+        Err(_) => 1024,
+    }
+}

@@ -1,0 +1,107 @@
+//! `dak bench SCENARIO`: wiring for the load generator in `dak-bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use dak_bench::target::{Target, raise_fd_limit};
+use dak_bench::{Params, Scenario};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// connect | pairs | offline
+    #[arg(value_enum)]
+    scenario: ScenarioArg,
+    /// Simulated devices (connect, pairs).
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Offered messages per second, all devices together (pairs; the start rate with --max).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long to measure (pairs: each step), e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// Load before measuring starts (pairs).
+    #[arg(long, default_value = "2s")]
+    warmup: humantime::Duration,
+    /// Body bytes per message.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Messages queued for the offline device (offline).
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Search for the highest rate whose p99 delivery latency stays under 50 ms (pairs).
+    #[arg(long)]
+    max: bool,
+    /// Client sockets come from 127.0.0.1..=K, so N is not capped by one address's ports.
+    #[arg(long, default_value_t = 16)]
+    source_ips: usize,
+    /// Start a server with a fresh data directory (the default when --server is absent).
+    #[arg(long)]
+    spawn: bool,
+    /// Use a running server instead; needs --sms-outbox to read registration codes.
+    #[arg(long, conflicts_with = "spawn")]
+    server: Option<String>,
+    /// The running server's DATA/sms-outbox.jsonl.
+    #[arg(long, requires = "server")]
+    sms_outbox: Option<PathBuf>,
+    /// Spawn the server with plain ws:// instead of TLS.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ScenarioArg {
+    Connect,
+    Pairs,
+    Offline,
+}
+
+pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
+    let fd_limit = raise_fd_limit();
+    let target = match (&args.server, &args.sms_outbox) {
+        (Some(url), Some(outbox)) => Target::external(url.clone(), outbox.clone()),
+        (Some(_), None) => bail!(
+            "--server needs --sms-outbox (the server's DATA/sms-outbox.jsonl) to register devices"
+        ),
+        _ => Target::spawn(&std::env::current_exe()?, args.insecure)?,
+    };
+    // Each connection costs a descriptor here and one in a spawned server.
+    let needed = args.clients as u64 + 64;
+    if matches!(args.scenario, ScenarioArg::Connect | ScenarioArg::Pairs) && needed > fd_limit {
+        bail!(
+            "{} clients need about {needed} open files, but this machine allows {fd_limit} per process \
+             (hard limit; raise it with `ulimit -Hn` as an administrator)",
+            args.clients
+        );
+    }
+    let params = Params {
+        scenario: match args.scenario {
+            ScenarioArg::Connect => Scenario::Connect,
+            ScenarioArg::Pairs => Scenario::Pairs,
+            ScenarioArg::Offline => Scenario::Offline,
+        },
+        clients: args.clients,
+        rate: args.rate,
+        duration: Duration::from(args.duration),
+        warmup: Duration::from(args.warmup),
+        size: args.size,
+        messages: args.messages,
+        max: args.max,
+        source_ips: args.source_ips,
+        tls: target.url.starts_with("wss://"),
+    };
+    eprintln!("dak bench {:?} against {}", args.scenario, target.url);
+    let progress = |line: String| eprintln!("  {line}");
+    let mut report = dak_bench::run(&target, &params, &progress).await?;
+    if report.server_rss_bytes_end.is_none() {
+        report.server_rss_bytes_end = target.rss_bytes();
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
