@@ -97,7 +97,7 @@ async fn connect(
     let mut held: Vec<Connection> = Vec::with_capacity(tasks.len());
     for t in tasks {
         held.push(t.await??);
-        if held.len() % 1000 == 0 {
+        if held.len().is_multiple_of(1000) {
             progress(format!("connected {}/{}", held.len(), p.clients));
         }
     }
@@ -167,7 +167,7 @@ struct StepResult {
 }
 
 async fn pairs(target: &Target, p: &Params, progress: &(dyn Fn(String) + Sync)) -> Result<Report> {
-    if p.clients < 2 || p.clients % 2 == 1 {
+    if p.clients < 2 || !p.clients.is_multiple_of(2) {
         bail!("pairs needs an even number of clients (at least 2)");
     }
     let devices =
@@ -453,7 +453,7 @@ async fn offline(
             Some(Body::SendAck(_)) => {
                 acked += 1;
                 in_flight -= 1;
-                if acked % 20_000 == 0 {
+                if acked.is_multiple_of(20_000) {
                     progress(format!("queued {acked}/{}", p.messages));
                 }
             }
