@@ -105,6 +105,8 @@ struct Chat {
     items: Vec<Item>,
     input: String,
     status: String,
+    /// Whether the first QueueEmpty (all that waited is received) has come.
+    synced: bool,
     /// Lines scrolled up from the bottom of the message list.
     scroll: usize,
 }
@@ -117,6 +119,7 @@ impl Chat {
             items: Vec::new(),
             input: String::new(),
             status: "syncing…".into(),
+            synced: false,
             scroll: 0,
         }
     }
@@ -162,7 +165,12 @@ impl Chat {
             }
             Event::Message(_) => {} // sent from another of my devices to someone else
             Event::Tick { id, state } => self.set_tick(&id, state),
-            Event::QueueEmpty => self.status = "connected".into(),
+            // Sent after every batch that empties the mailbox: only the first one matters.
+            Event::QueueEmpty if !self.synced => {
+                self.synced = true;
+                self.status = "connected".into();
+            }
+            Event::QueueEmpty => {}
             Event::Undecodable { from, .. } => self.push(Item::Notice(format!(
                 "⚠ a message from {from} could not be decrypted/decoded"
             ))),
