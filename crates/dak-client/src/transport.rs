@@ -111,6 +111,9 @@ impl WsTransport {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(dak_proto::MAX_FRAME_BYTES * 2);
         config.max_frame_size = Some(dak_proto::MAX_FRAME_BYTES * 2);
+        // The default 128 KiB read buffer is reserved up front; a client (and
+        // the load generator's thousands of them) needs far less.
+        config.read_buffer_size = 8 * 1024;
         let (ws, _) = tokio_tungstenite::client_async_with_config(ws_url, stream, Some(config))
             .await
             .map_err(|e| {

@@ -28,6 +28,9 @@ use crate::state::AppState;
 /// Handshakes that may be waiting to be picked up by axum.
 const HANDSHAKE_QUEUE: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-connection WebSocket buffers; see docs/BENCHMARKS.md for what they cost.
+const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_WRITE_BUFFER: usize = 8 * 1024;
 
 /// The remote address of a connection, for per-IP limits.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +91,11 @@ async fn websocket(
     // closes the connection with 1009 (message too big) on its own.
     ws.max_message_size(dak_proto::MAX_FRAME_BYTES * 4)
         .max_frame_size(dak_proto::MAX_FRAME_BYTES * 4)
+        // tungstenite reserves its read buffer up front (128 KiB by default),
+        // which dominated an idle connection's memory; frames larger than
+        // this still arrive, the buffer grows for them.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| crate::session::run(state, socket, peer.0))
 }
 
