@@ -99,6 +99,9 @@ fn new_id() -> Vec<u8> {
     uuid::Uuid::now_v7().as_bytes().to_vec()
 }
 
+/// How long message ids are remembered for dedup: twice the default retention.
+const SEEN_KEEP_MS: i64 = 60 * 24 * 3600 * 1000;
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -256,6 +259,9 @@ impl Client {
         let key = profile.identity()?;
         let (mut conn, _) = open(server, trust_for(&profile, "cert")?).await?;
         conn.authenticate(&key, reg.device_id).await?;
+        // Redeliveries can only come within the server's retention (30 days
+        // by default), so older dedup entries can go.
+        profile.prune_seen(now_ms() - SEEN_KEEP_MS)?;
         let mut client = Client {
             profile,
             conn,
@@ -319,7 +325,12 @@ impl Client {
             Ok(other) => return Err(unexpected(other)),
             Err(e) => {
                 if !e.is_retryable() && matches!(e, ClientError::Server(_)) {
-                    self.profile.remove_outgoing(id)?;
+                    // Refused for good (unknown number, too large): it will never
+                    // be sent, so it is not kept as if it were waiting.
+                    self.profile.transaction(|p| {
+                        p.remove_outgoing(id)?;
+                        p.delete_message(id)
+                    })?;
                 }
                 return Err(e);
             }
@@ -388,11 +399,17 @@ impl Client {
             Body::Deliver(d) => self.on_deliver(d).await,
             Body::QueueEmpty(_) => Ok(vec![Event::QueueEmpty]),
             Body::Notice(n) => {
-                let kind = v1::NoticeKind::try_from(n.kind).unwrap_or(v1::NoticeKind::Unspecified);
-                let code = match kind {
-                    v1::NoticeKind::LinkExpired => ErrorCode::LinkExpired,
-                    v1::NoticeKind::ServerDraining => ErrorCode::Unavailable,
-                    _ => ErrorCode::DeviceRevoked,
+                let code = match v1::NoticeKind::try_from(n.kind) {
+                    Ok(v1::NoticeKind::NumberMoved | v1::NoticeKind::DeviceRemoved) => {
+                        ErrorCode::DeviceRevoked
+                    }
+                    Ok(v1::NoticeKind::LinkExpired) => ErrorCode::LinkExpired,
+                    Ok(v1::NoticeKind::ServerDraining) => ErrorCode::Unavailable,
+                    // A notice this build does not know (from a newer server): not a reason to stop.
+                    _ => {
+                        tracing::info!(kind = n.kind, message = %n.message, "server notice");
+                        return Ok(Vec::new());
+                    }
                 };
                 Err(ClientError::Server(v1::Error::new(code, n.message)))
             }

@@ -313,6 +313,20 @@ impl Profile {
         rows.map_err(|e| self.err(e))
     }
 
+    pub fn delete_message(&self, id: &[u8]) -> Result<(), ClientError> {
+        self.db()
+            .execute("DELETE FROM messages WHERE id = ?1", [id])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn prune_seen(&self, before_ms: i64) -> Result<(), ClientError> {
+        self.db()
+            .execute("DELETE FROM seen WHERE at_ms < ?1", [before_ms])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     pub fn mark_read(&self, id: &[u8], now_ms: i64) -> Result<(), ClientError> {
         self.db()
             .execute(
@@ -359,8 +373,14 @@ impl Profile {
         read: bool,
         at_ms: i64,
     ) -> Result<bool, ClientError> {
-        if self.message(message_id)?.filter(|m| m.outgoing).is_none() {
-            return Ok(false); // a receipt for a message this device never sent or saw
+        // Only the addressee may confirm: a receipt for a message this device
+        // never sent, or from anyone else, changes nothing.
+        if self
+            .message(message_id)?
+            .filter(|m| m.outgoing && m.conversation == phone)
+            .is_none()
+        {
+            return Ok(false);
         }
         self.add_recipient(message_id, phone, device_id)?;
         let sql = if read {

@@ -25,6 +25,10 @@ pub trait Transport: Send {
     /// The next binary frame; `Ok(None)` when the server closed the connection.
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, ClientError>;
     async fn close(&mut self);
+    /// Why the server closed the connection, if it said.
+    fn close_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How to judge the server's certificate when no public root vouches for it.
@@ -155,6 +159,10 @@ impl Transport for WsTransport {
 
     async fn close(&mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    fn close_reason(&self) -> Option<String> {
+        self.close_reason.clone().filter(|r| !r.is_empty())
     }
 }
 

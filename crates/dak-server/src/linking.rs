@@ -22,9 +22,9 @@ pub fn normalize_code(raw: &str) -> String {
         .collect()
 }
 
-/// Returns the code; the caller should already be subscribed to nothing yet:
-/// it subscribes with the returned code before anyone can approve it,
-/// because approval needs the code, which only this answer reveals.
+/// Stores a link request and returns its code. The caller subscribes to the
+/// code's topic before answering; nobody can approve earlier, because
+/// approval needs the code, which only that answer reveals.
 pub async fn start(state: &AppState, nonce: &[u8], req: &v1::LinkStart) -> ApiResult<String> {
     verify_signature(
         &req.identity_key,

@@ -142,6 +142,15 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A WebSocket close reason must fit in 123 bytes; cut at a char boundary.
+fn close_reason(message: &str) -> String {
+    let mut end = message.len().min(120);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
+}
+
 /// Waits for a publish on an optional subscription; never, when absent.
 async fn changed(sub: Option<&mut Subscription>) -> bool {
     match sub {
@@ -185,7 +194,7 @@ impl Session {
                         // tungstenite refuses frames beyond its size limit before we see them.
                         tracing::debug!(peer = %self.peer, error = %e, "websocket error");
                         Metrics::inc(&self.state.metrics.frames_rejected);
-                        let _ = self.out.send(Outgoing::Close(CLOSE_TOO_BIG, format!("{e}"))).await;
+                        let _ = self.out.send(Outgoing::Close(CLOSE_POLICY, close_reason(&e.to_string()))).await;
                         Flow::Close
                     }
                 },
@@ -297,7 +306,12 @@ impl Session {
             body: Some(body),
         })
         .await;
-        if self.device.is_some() && self.mail.is_some() && !self.told_empty && self.in_flight == 0 {
+        // Refill once half the window is free, rather than waiting for all of it.
+        if self.device.is_some()
+            && self.mail.is_some()
+            && !self.told_empty
+            && self.in_flight <= WINDOW / 2
+        {
             return self.pump().await;
         }
         Flow::Continue
@@ -348,8 +362,8 @@ impl Session {
                     identity_key: r.identity_key,
                     sub,
                 });
-                // The device may have been approved between storing the request
-                // and subscribing; check once now.
+                // No approval can precede the subscription: approving needs the
+                // code, which only this answer reveals.
                 Ok(Body::LinkCode(v1::LinkCode {
                     code: sub_code,
                     expires_in_secs: self.state.config.link_code_ttl.as_secs() as u32,
@@ -366,7 +380,7 @@ impl Session {
                     .metrics
                     .envelopes_acked
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                self.in_flight = self.in_flight.saturating_sub(r.seqs.len());
+                self.in_flight = self.in_flight.saturating_sub(n);
                 self.told_empty = false;
                 Ok(Body::Ok(v1::Ok {}))
             }

@@ -191,7 +191,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the given entries, only from this device's mailbox. Returns how many went.
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize>;
     async fn mailbox_len(&self, device: DeviceId) -> Result<u64>;
-    /// Drops envelopes past their retention, link requests and codes past
-    /// their expiry. Returns the number of envelopes dropped.
+    /// Drops envelopes past their retention and link requests past their
+    /// expiry. Returns the number of envelopes dropped. (Verification rows
+    /// stay: they carry the hourly count of codes sent to a number.)
     async fn expire(&self, now_ms: i64) -> Result<u64>;
 }

@@ -25,7 +25,9 @@ const MAX_BATCH: usize = 1024;
 const READERS: usize = 3;
 
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+/// Runs with the connection inside the batch's transaction, or with None
+/// when no transaction could be begun (it must then fail without writing).
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS accounts (
@@ -143,7 +145,10 @@ impl SqliteStore {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, f);
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(StoreError::Unavailable("cannot begin a transaction".into())),
+            };
             Box::new(move |commit: Result<()>| {
                 let _ = tx.send(commit.and(result));
             })
@@ -195,14 +200,14 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
         if let Err(e) = begun {
             tracing::error!(error = %e, "sqlite: cannot begin a transaction");
-            let reply = first(&conn);
+            let reply = first(None);
             reply(Err(e));
             continue;
         }
-        replies.push(first(&conn));
+        replies.push(first(Some(&conn)));
         while replies.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => replies.push(job(&conn)),
+                Ok(job) => replies.push(job(Some(&conn))),
                 Err(_) => break,
             }
         }

@@ -383,3 +383,30 @@ async fn linked_devices_must_relink_after_the_maximum_age() {
     // The primary device is not affected.
     assert_eq!(bob.connect().await.devices().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn only_the_addressee_can_tick_a_message() {
+    let server = TestServer::start();
+    let (alice, bob, carol) = (alice(), bob(), carol());
+    alice.register(&server).await;
+    bob.register(&server).await;
+    carol.register(&server).await;
+    let mut a = alice.connect().await;
+    let sent = a.send_text(&bob.phone, "for bob only").await.unwrap();
+    // carol learns the id somehow and sends a forged read receipt to alice.
+    let forged = v1::Content {
+        kind: Some(v1::content::Kind::Receipt(v1::Receipt {
+            r#type: v1::ReceiptType::Read as i32,
+            message_ids: vec![sent.id.clone()],
+        })),
+    };
+    let mut c = carol.connect().await;
+    let q = dak_client::queue_text(c.profile(), &alice.phone, "hi").unwrap();
+    c.profile()
+        .queue_outgoing(&[9; 16], &alice.phone, &forged.encode_to_vec())
+        .unwrap();
+    c.flush_outbox().await.unwrap();
+    assert!(c.profile().message(&q.0).unwrap().unwrap().acked);
+    a.sync(|_| {}).await.unwrap();
+    assert_eq!(a.tick(&sent.id).unwrap().state, dak_client::TickState::Sent);
+}
