@@ -26,29 +26,22 @@ pub async fn send(state: &AppState, from: &Device, req: v1::SendMessage) -> ApiR
     let to = parse_phone(&req.to_phone)?;
     let now = now_ms();
     let live = |d: &Device| !link_expired(state, d, now);
-    let own: Vec<Device> = state
-        .store
-        .devices_of(from.account_id)
-        .await?
+    let fanout = state.store.fanout(from.account_id, &to).await?;
+    let own: Vec<Device> = fanout
+        .own
         .into_iter()
         .filter(|d| d.id != from.id && live(d))
         .collect();
     let recipients: Vec<Device> = if to == from.phone {
         Vec::new() // a note to self reaches the sender's other devices only
     } else {
-        let account = state.store.account_by_phone(&to).await?.ok_or_else(|| {
-            ApiError::new(
+        let Some(devices) = fanout.recipients else {
+            return Err(ApiError::new(
                 ErrorCode::UnknownAccount,
                 format!("{to} is not on Dak; check the number or invite them"),
-            )
-        })?;
-        let devices: Vec<Device> = state
-            .store
-            .devices_of(account.id)
-            .await?
-            .into_iter()
-            .filter(live)
-            .collect();
+            ));
+        };
+        let devices: Vec<Device> = devices.into_iter().filter(live).collect();
         if devices.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::UnknownAccount,

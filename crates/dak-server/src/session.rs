@@ -33,9 +33,9 @@ use crate::registration;
 use crate::state::{AppState, now_ms};
 
 /// Unacknowledged envelopes pushed to one device.
-const WINDOW: usize = 1024;
+const WINDOW: usize = 4096;
 /// Envelopes read from the store per fetch.
-const FETCH: usize = 256;
+const FETCH: usize = 1024;
 const OUTGOING_QUEUE: usize = 64;
 /// An unauthenticated connection must authenticate within this time.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
