@@ -79,6 +79,15 @@ if have_tool clippy cargo clippy --version; then
     cargo clippy ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --all-targets -- -D warnings
 fi
 
+# ---- services for the cluster-mode tests -------------------------------------
+# The PostgreSQL store's conformance tests and the two-node tests talk to a
+# real PostgreSQL and NATS (each test makes and drops its own database, and
+# uses its own NATS subject space). Point elsewhere with
+# DAK_TEST_POSTGRES_URL (an admin URL) and DAK_TEST_NATS_URL; otherwise the
+# local services are used, and started here if they are down.
+section "services: PostgreSQL and NATS"
+scripts/services.sh
+
 # The runner's counts, kept for the closing line.
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
@@ -98,15 +107,6 @@ else
     failed=$(sed -nE 's/^test result: .* ([0-9]+) failed.*/\1/p' "$test_log" | awk '{s+=$1} END {print s+0}')
 fi
 
-# ---- cluster mode tests: see issue 6 ----------------------------------------
-# Nothing needs PostgreSQL or NATS yet. When cluster mode lands, this is where
-# the tests that need them start (or find) the services, e.g.:
-#
-#   if [ -n "${DAK_TEST_POSTGRES_URL:-}" ] && [ -n "${DAK_TEST_NATS_URL:-}" ]; then
-#       section "cluster mode tests (PostgreSQL + NATS)"
-#       cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --features cluster -- --ignored
-#   fi
-# -----------------------------------------------------------------------------
 
 fuzz_smoke="${FUZZ_SMOKE:-}"
 if [ -z "$fuzz_smoke" ]; then

@@ -4,7 +4,12 @@
 //! the store is the truth, and a woken connection re-reads it. That is what
 //! lets the NATS backend (cluster mode) be at-most-once without losing mail.
 //!
-//! This crate holds the trait and the in-process backend for one node.
+//! This crate holds the trait, the in-process backend for one node, and the
+//! NATS backend for a cluster.
+
+mod nats;
+
+pub use nats::{NatsBus, NatsError};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,6 +61,16 @@ impl LocalBus {
     pub fn live_topics(&self) -> usize {
         self.prune();
         self.topics.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Wakes every subscriber (after a bus outage, when notifications may
+    /// have been lost).
+    pub fn wake_all(&self) {
+        if let Ok(t) = self.topics.lock() {
+            for tx in t.values() {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
     }
 
     fn prune(&self) {

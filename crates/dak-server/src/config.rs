@@ -14,6 +14,14 @@ pub struct Config {
     /// Where the store, the TLS certificate and the SMS outbox live.
     pub data: PathBuf,
     pub listen: SocketAddr,
+    /// `postgres://...` runs on a shared PostgreSQL (cluster mode); absent,
+    /// the embedded SQLite store in `data` is used.
+    pub store: Option<String>,
+    /// `nats://...` tells other nodes about new mail (cluster mode); absent,
+    /// notifications stay in this process.
+    pub bus: Option<String>,
+    /// Names this cluster's NATS subjects, so clusters can share a NATS.
+    pub cluster: String,
     /// Serve plain `ws://`. Refused unless `listen` is a loopback address.
     pub insecure: bool,
     pub tls_cert: Option<PathBuf>,
@@ -63,6 +71,9 @@ impl Default for Config {
         Config {
             data: PathBuf::from("./dak-data"),
             listen: "127.0.0.1:7443".parse().expect("static address"),
+            store: None,
+            bus: None,
+            cluster: "dak".into(),
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -160,6 +171,21 @@ impl Config {
                 self.listen
             )));
         }
+        if let Some(store) = &self.store
+            && !store.starts_with("postgres://")
+            && !store.starts_with("postgresql://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--store {store:?}: give a postgres:// URL, or leave it out for the embedded store"
+            )));
+        }
+        if let Some(bus) = &self.bus
+            && !bus.starts_with("nats://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--bus {bus:?}: give a nats:// URL, or leave it out for one node"
+            )));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "give both --tls-cert and --tls-key, or neither (a self-signed certificate is then made)".into(),
@@ -179,6 +205,9 @@ impl Config {
 const ENV_KEYS: &[&str] = &[
     "data",
     "listen",
+    "store",
+    "bus",
+    "cluster",
     "insecure",
     "tls_cert",
     "tls_key",
@@ -230,6 +259,8 @@ mod tests {
     fn every_field_can_be_set_from_the_environment() {
         let full = Config {
             tls_cert: Some("c".into()),
+            store: Some("postgres://x".into()),
+            bus: Some("nats://x".into()),
             tls_key: Some("k".into()),
             linked_device_max_age: Some(Duration::from_secs(1)),
             ..Config::default()

@@ -103,6 +103,16 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     if *state.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
+    if let Some(pg) = &state.probes.postgres
+        && pg.ping().await.is_err()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "postgres unreachable\n");
+    }
+    if let Some(nats) = &state.probes.nats
+        && !nats.connected()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable\n");
+    }
     match state.store.mailbox_len(0).await {
         Ok(_) => (StatusCode::OK, "ready\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),

@@ -32,6 +32,18 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A URL with its password (if any) hidden, for messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// A running server.
 pub struct Server {
     pub local_addr: SocketAddr,
@@ -50,9 +62,30 @@ impl Server {
         config.validate()?;
         std::fs::create_dir_all(&config.data)
             .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
-        let store = dak_store::SqliteStore::open(&config.data.join("dak.db"))
-            .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
-        let bus = dak_bus::LocalBus::new();
+        let (store, pg): (Arc<dyn dak_store::Store>, _) = match &config.store {
+            Some(url) => {
+                let pg = dak_store::PgStore::connect(url, 16)
+                    .await
+                    .with_context(|| {
+                        format!("cannot open the PostgreSQL store at {}", redact(url))
+                    })?;
+                (Arc::new(pg.clone()), Some(pg))
+            }
+            None => {
+                let sqlite = dak_store::SqliteStore::open(&config.data.join("dak.db"))
+                    .with_context(|| {
+                        format!("cannot open the store in {}", config.data.display())
+                    })?;
+                (Arc::new(sqlite), None)
+            }
+        };
+        let (bus, nats): (Arc<dyn dak_bus::Bus>, _) = match &config.bus {
+            Some(url) => {
+                let nats = dak_bus::NatsBus::connect(url, &config.cluster).await?;
+                (Arc::new(nats.clone()), Some(nats))
+            }
+            None => (Arc::new(dak_bus::LocalBus::new()), None),
+        };
         let sms: Arc<dyn sms::SmsSender> = match &config.sms {
             SmsConfig::Outbox => {
                 Arc::new(sms::OutboxSender::new(config.data.join("sms-outbox.jsonl")))
@@ -71,13 +104,8 @@ impl Server {
             )?)
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let state = AppState::new(
-            config.clone(),
-            Arc::new(store),
-            Arc::new(bus),
-            sms,
-            shutdown_rx,
-        );
+        let mut state = AppState::new(config.clone(), store, bus, sms, shutdown_rx);
+        state.set_probes(state::Probes { postgres: pg, nats });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

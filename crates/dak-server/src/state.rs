@@ -27,6 +27,14 @@ pub struct Inner {
     pub verify_limiter: IpLimiter,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
+    pub probes: Probes,
+}
+
+/// What `/readyz` checks besides the store's answer to a read.
+#[derive(Default)]
+pub struct Probes {
+    pub postgres: Option<dak_store::PgStore>,
+    pub nats: Option<dak_bus::NatsBus>,
 }
 
 impl std::ops::Deref for AppState {
@@ -53,7 +61,15 @@ impl AppState {
             sms,
             metrics: Metrics::default(),
             shutdown,
+            probes: Probes::default(),
         }))
+    }
+
+    /// Sets the readiness probes; only before the state is shared.
+    pub fn set_probes(&mut self, probes: Probes) {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.probes = probes;
+        }
     }
 }
 

@@ -1,13 +1,15 @@
 //! Dak's storage: the `Store` trait every backend implements, and the
-//! embedded SQLite backend (the default). The PostgreSQL backend for cluster
-//! mode implements the same trait and must pass the same `conformance` suite.
+//! embedded SQLite backend (the default) and the PostgreSQL backend for
+//! cluster mode. Both must pass the same `conformance` suite.
 //!
 //! Invariant: a write method returns `Ok` only after its effect is durably
 //! committed. The server's single tick rests on `enqueue` keeping that promise.
 
 pub mod conformance;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -19,6 +19,12 @@ pub struct ServerArgs {
     /// Address to listen on, e.g. 0.0.0.0:7443 or 127.0.0.1:0 for any free port.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Cluster mode: a shared PostgreSQL store, e.g. postgres://dak@db1/dak (default: embedded SQLite in --data).
+    #[arg(long)]
+    store: Option<String>,
+    /// Cluster mode: NATS for new-mail notifications between nodes, e.g. nats://127.0.0.1:4222.
+    #[arg(long)]
+    bus: Option<String>,
     /// Serve plain ws:// (only allowed on a loopback address; for development and tests).
     #[arg(long)]
     insecure: bool,
@@ -53,6 +59,12 @@ impl ServerArgs {
         }
         if self.insecure {
             config.insecure = true;
+        }
+        if self.store.is_some() {
+            config.store = self.store.clone();
+        }
+        if self.bus.is_some() {
+            config.bus = self.bus.clone();
         }
         if self.tls_cert.is_some() {
             config.tls_cert = self.tls_cert.clone();

@@ -35,6 +35,11 @@ impl TestServer {
         Self::build(env, false)
     }
 
+    /// A server with extra environment, plain ws:// when `insecure`.
+    pub fn build_with(env: &[(&str, &str)], insecure: bool) -> TestServer {
+        Self::build(env, insecure)
+    }
+
     fn build(env: &[(&str, &str)], insecure: bool) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = TestServer {
