@@ -120,6 +120,28 @@ async fn open(server: &str, trust: CertTrust) -> Result<(Connection, Option<Stri
     ))
 }
 
+/// The first node of a comma-separated list that answers, trusting its
+/// certificate on first use. The nodes of a cluster share one certificate.
+async fn open_first(servers: &str) -> Result<(Connection, Option<String>), ClientError> {
+    open_any(servers, CertTrust::FirstUse).await
+}
+
+async fn open_any(
+    servers: &str,
+    trust: CertTrust,
+) -> Result<(Connection, Option<String>), ClientError> {
+    let mut last =
+        ClientError::Usage("give a server address, like wss://chat.example.org:7443".into());
+    for server in crate::profile::split_servers(servers) {
+        match open(&server, trust.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_retryable() => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 fn trust_for(profile: &Profile, key: &str) -> Result<CertTrust, ClientError> {
     // No pin stored means the certificate must chain to a public root.
     Ok(CertTrust::Pinned(profile.get_str(key)?.unwrap_or_default()))
@@ -129,6 +151,8 @@ pub struct Client {
     profile: Profile,
     conn: Connection,
     reg: Registration,
+    /// The node this connection went to.
+    server: String,
     undecodable: u64,
 }
 
@@ -142,7 +166,7 @@ impl Client {
         raw_phone: &str,
     ) -> Result<u32, ClientError> {
         let number = phone(raw_phone)?;
-        let (mut conn, fingerprint) = open(server, CertTrust::FirstUse).await?;
+        let (mut conn, fingerprint) = open_first(server).await?;
         let answer = conn
             .call(Request::RequestCode(v1::RequestCode {
                 phone: number.clone(),
@@ -173,7 +197,7 @@ impl Client {
                 "no registration is in progress in this profile: run `dak register` first".into(),
             ));
         };
-        let (mut conn, _) = open(&server, trust_for(profile, "pending_cert")?).await?;
+        let (mut conn, _) = open_any(&server, trust_for(profile, "pending_cert")?).await?;
         let key = profile.identity()?;
         let signature = conn.sign(&key, AuthPurpose::Register, number.as_bytes());
         let answer = conn
@@ -207,7 +231,7 @@ impl Client {
         device_name: &str,
         show_code: impl FnOnce(&str, u32),
     ) -> Result<Registration, ClientError> {
-        let (mut conn, fingerprint) = open(server, CertTrust::FirstUse).await?;
+        let (mut conn, fingerprint) = open_first(server).await?;
         let key = profile.new_identity()?;
         let identity_key = key.verifying_key().to_bytes().to_vec();
         let signature = conn.sign(&key, AuthPurpose::Link, &identity_key);
@@ -247,18 +271,85 @@ impl Client {
     // ---- a registered device ----
 
     /// Connects and authenticates as this profile's device, then sends
-    /// whatever the outbox still holds.
+    /// whatever the outbox still holds. With several nodes it starts at a
+    /// random one (spreading devices over the cluster) and moves on to the
+    /// next when one cannot be reached; the last error is returned when
+    /// none can.
     pub async fn connect(profile: Profile) -> Result<Client, ClientError> {
-        let reg = profile.registration()?;
-        Self::connect_to(profile, &reg.server.clone()).await
+        let servers = profile.registration()?.servers();
+        let start = rand::random::<u32>() as usize % servers.len().max(1);
+        let mut last = ClientError::Transport("no server address in this profile".into());
+        for i in 0..servers.len() {
+            let server = &servers[(start + i) % servers.len()];
+            match Self::authenticate_at(&profile, server).await {
+                Ok((conn, reg)) => return Self::finish_connect(profile, conn, reg, server).await,
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(%server, error = %e, "node unreachable; trying the next");
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
-    /// As `connect`, to a given server address (another node of the cluster).
+    /// As `connect`, with backoff and jitter between rounds over all the
+    /// nodes, for up to `patience`: what a device that must stay online does.
+    pub async fn connect_patiently(
+        profile: Profile,
+        patience: std::time::Duration,
+    ) -> Result<Client, ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut backoff = std::time::Duration::from_millis(100);
+        // A failed attempt consumes the profile handle; reopen it from disk.
+        let dir = profile
+            .path()
+            .parent()
+            .map(|p| p.to_path_buf())
+            .ok_or(ClientError::NotRegistered)?;
+        let mut profile = Some(profile);
+        loop {
+            let p = match profile.take() {
+                Some(p) => p,
+                None => Profile::open(&dir)?,
+            };
+            match Self::connect(p).await {
+                Ok(c) => return Ok(c),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    // Full jitter: clients that lost the same node do not return in step.
+                    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    tracing::debug!(error = %e, ?wait, "no node reachable; backing off");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// As `connect`, to one given node.
     pub async fn connect_to(profile: Profile, server: &str) -> Result<Client, ClientError> {
+        let (conn, reg) = Self::authenticate_at(&profile, server).await?;
+        Self::finish_connect(profile, conn, reg, server).await
+    }
+
+    async fn authenticate_at(
+        profile: &Profile,
+        server: &str,
+    ) -> Result<(Connection, Registration), ClientError> {
         let reg = profile.registration()?;
         let key = profile.identity()?;
-        let (mut conn, _) = open(server, trust_for(&profile, "cert")?).await?;
+        let (mut conn, _) = open(server, trust_for(profile, "cert")?).await?;
         conn.authenticate(&key, reg.device_id).await?;
+        Ok((conn, reg))
+    }
+
+    async fn finish_connect(
+        profile: Profile,
+        conn: Connection,
+        reg: Registration,
+        server: &str,
+    ) -> Result<Client, ClientError> {
         // Redeliveries can only come within the server's retention (30 days
         // by default), so older dedup entries can go.
         profile.prune_seen(now_ms() - SEEN_KEEP_MS)?;
@@ -266,6 +357,7 @@ impl Client {
             profile,
             conn,
             reg,
+            server: server.to_string(),
             undecodable: 0,
         };
         client.flush_outbox().await?;
@@ -278,6 +370,11 @@ impl Client {
 
     pub fn into_profile(self) -> Profile {
         self.profile
+    }
+
+    /// The node this client is connected to.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     pub fn phone(&self) -> &str {

@@ -99,9 +99,26 @@ pub struct Profile {
 /// The registration this profile holds.
 #[derive(Debug, Clone)]
 pub struct Registration {
+    /// The server's address, or several nodes' addresses separated by commas.
     pub server: String,
     pub phone: String,
     pub device_id: u64,
+}
+
+impl Registration {
+    /// The nodes this device may use, in the order given.
+    pub fn servers(&self) -> Vec<String> {
+        split_servers(&self.server)
+    }
+}
+
+/// `wss://a:7443,wss://b:7443` as a list.
+pub fn split_servers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Profile {

@@ -39,9 +39,10 @@ enum Command {
     Server(ServerArgs),
     /// Ask for a verification code by SMS to register this number here.
     Register {
-        /// Server address, e.g. wss://chat.example.org:7443
-        #[arg(long, env = "DAK_SERVER")]
-        server: String,
+        /// Server address, e.g. wss://chat.example.org:7443; repeat it (or
+        /// separate with commas) for the nodes of a cluster.
+        #[arg(long, env = "DAK_SERVER", required = true, value_delimiter = ',')]
+        server: Vec<String>,
         /// Phone number in international form, e.g. +919800000001
         phone: String,
     },
@@ -95,8 +96,9 @@ enum Command {
     Chat { phone: String },
     /// Link this profile as a new device of an existing account.
     Link {
-        #[arg(long, env = "DAK_SERVER")]
-        server: String,
+        /// Server address; repeat it (or separate with commas) for a cluster's nodes.
+        #[arg(long, env = "DAK_SERVER", required = true, value_delimiter = ',')]
+        server: Vec<String>,
         #[arg(long, default_value = "linked device")]
         name: String,
     },
@@ -144,7 +146,9 @@ pub async fn run(args: Args) -> Result<()> {
     let dir = args.profile.clone();
     match args.command {
         Command::Server(s) => server_cmd::run(s).await,
-        Command::Register { server, phone } => register(&dir, &server, &phone, json).await,
+        Command::Register { server, phone } => {
+            register(&dir, &server.join(","), &phone, json).await
+        }
         Command::Verify { code, pin, name } => verify(&dir, &code, &pin, &name, json).await,
         Command::Pin { action } => pin(&dir, action).await,
         Command::Send {
@@ -162,7 +166,7 @@ pub async fn run(args: Args) -> Result<()> {
             let peer = dak_proto::normalize_phone(&phone)?;
             crate::chat::run(connect(&dir).await?, peer).await
         }
-        Command::Link { server, name } => link(&dir, &server, &name, json).await,
+        Command::Link { server, name } => link(&dir, &server.join(","), &name, json).await,
         Command::Devices { action } => devices(&dir, action, json).await,
         Command::Whoami => whoami(&dir, json),
         Command::Bench(b) => crate::bench_cmd::run(b, json).await,
@@ -376,26 +380,12 @@ async fn sync(dir: &std::path::Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Stays connected; reconnects with backoff when the connection drops.
+/// Stays connected; when the node goes away, reconnects to it or to
+/// another node of the cluster, with backoff and jitter.
 async fn listen(dir: &std::path::Path, json: bool) -> Result<()> {
-    let mut backoff = Duration::from_millis(250);
+    const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
     loop {
-        let mut client = match connect(dir).await {
-            Ok(c) => c,
-            Err(e) => {
-                let retry = e
-                    .downcast_ref::<dak_client::ClientError>()
-                    .is_some_and(|c| c.is_retryable());
-                if !retry {
-                    return Err(e);
-                }
-                eprintln!("connection failed ({e}); retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(250);
+        let mut client = Client::connect_patiently(open(dir)?, FOREVER).await?;
         loop {
             match client.next_events().await {
                 Ok(events) => events.iter().for_each(|e| print_event(e, json)),

@@ -150,3 +150,161 @@ async fn http_get(ws_url: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Profiles that know all three nodes, registered through `first`.
+async fn register_on_cluster(person: &Person, nodes: &[&TestServer], first: usize) {
+    let list: Vec<String> = (0..nodes.len())
+        .map(|i| nodes[(first + i) % nodes.len()].url.clone())
+        .collect();
+    let profile = person.profile();
+    dak_client::Client::request_code(&profile, &list.join(","), &person.phone)
+        .await
+        .expect("request code");
+    let code = nodes[first].code_for(&person.phone);
+    dak_client::Client::verify(&profile, &code, "", "phone")
+        .await
+        .expect("verify");
+}
+
+/// The counting test, small: three nodes, pairs of devices writing to each
+/// other while one node is killed -9 and restarted. Every message that got
+/// its single tick must be shown exactly once to its recipient, in order.
+#[tokio::test]
+async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
+    const PAIRS: usize = 6;
+    const PER_SENDER: usize = 40;
+    let db = FreshDb::new().await;
+    let cluster = format!("dak-test-{}", rand::random::<u32>());
+    let mut nodes = [
+        node(&db, &cluster),
+        node(&db, &cluster),
+        node(&db, &cluster),
+    ];
+    let people: Vec<Person> = (0..PAIRS * 2)
+        .map(|i| Person::new(&format!("+9198100{:05}", i)))
+        .collect();
+    {
+        let refs: Vec<&TestServer> = nodes.iter().collect();
+        for (i, p) in people.iter().enumerate() {
+            register_on_cluster(p, &refs, i % 3).await;
+        }
+    }
+    // Senders are the even people; each writes to the next one. Each says
+    // which node it reached first, and how often it had to move.
+    let (where_tx, mut where_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (go_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let moves = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for pair in 0..PAIRS {
+        let (from, to) = (
+            people[2 * pair].dir.clone(),
+            people[2 * pair + 1].phone.clone(),
+        );
+        let (where_tx, mut go, moves) = (where_tx.clone(), go_tx.subscribe(), moves.clone());
+        senders.push(tokio::spawn(async move {
+            let patience = std::time::Duration::from_secs(60);
+            let mut client = dak_client::Client::connect_patiently(
+                dak_client::Profile::open(&from).unwrap(),
+                patience,
+            )
+            .await
+            .unwrap();
+            where_tx.send(client.server().to_string()).unwrap();
+            go.recv().await.unwrap();
+            for i in 0..PER_SENDER {
+                match client.send_text(&to, &format!("m{i:03}")).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_retryable() => {
+                        moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // Our node died. The message is in the outbox; reconnecting
+                        // to any node flushes it, so it is not sent again by hand.
+                        client = dak_client::Client::connect_patiently(
+                            dak_client::Profile::open(&from).unwrap(),
+                            patience,
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    Err(e) => panic!("refused: {e}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            }
+            client.close().await;
+        }));
+    }
+    // Kill the node that most senders use, in the middle of their sending.
+    let mut on_node = std::collections::HashMap::new();
+    for _ in 0..PAIRS {
+        *on_node.entry(where_rx.recv().await.unwrap()).or_insert(0) += 1;
+    }
+    let busiest = on_node
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(url, _)| url.clone())
+        .unwrap();
+    let victim = nodes.iter().position(|n| n.url == busiest).unwrap();
+    go_tx.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    nodes[victim].kill9();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    nodes[victim].restart();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let moved = moves.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        moved >= 1,
+        "the killed node's senders moved to another node"
+    );
+
+    let (mut acked, mut delivered, mut lost, mut duplicates) = (0, 0, 0, 0);
+    for pair in 0..PAIRS {
+        let (sender, receiver) = (&people[2 * pair], &people[2 * pair + 1]);
+        let sent: Vec<String> = sender
+            .profile()
+            .conversation(&receiver.phone, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.outgoing && m.acked)
+            .map(|m| m.text)
+            .collect();
+        assert!(
+            sender.profile().outbox().unwrap().is_empty(),
+            "every message left the outbox"
+        );
+        let mut client = dak_client::Client::connect_patiently(
+            receiver.profile(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let mut shown: Vec<String> = Vec::new();
+        client
+            .sync(|e| {
+                if let Event::Message(m) = e {
+                    shown.push(m.text.clone());
+                }
+            })
+            .await
+            .unwrap();
+        let mut unique = shown.clone();
+        unique.dedup();
+        duplicates += shown.len() - unique.len();
+        acked += sent.len();
+        delivered += shown.len();
+        lost += sent.iter().filter(|t| !shown.contains(t)).count();
+        let mut in_order = shown.clone();
+        in_order.sort();
+        assert_eq!(shown, in_order, "order per conversation");
+    }
+    println!(
+        "acked {acked}, delivered {delivered}, lost {lost}, duplicates shown {duplicates} ({moved} failovers)"
+    );
+    assert_eq!(
+        acked,
+        PAIRS * PER_SENDER,
+        "every message was eventually acked"
+    );
+    assert_eq!((lost, duplicates), (0, 0));
+    assert_eq!(delivered, acked);
+}
