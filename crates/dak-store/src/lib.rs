@@ -8,6 +8,7 @@
 pub mod conformance;
 mod postgres;
 mod sqlite;
+pub mod testing;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

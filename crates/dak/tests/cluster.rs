@@ -7,69 +7,10 @@ mod common;
 
 use common::*;
 use dak_client::{Event, TickState};
-use sqlx::Connection;
-
-fn admin_url() -> String {
-    std::env::var("DAK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+use dak_store::testing::FreshDb;
 
 fn nats_url() -> String {
     std::env::var("DAK_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-struct FreshDb {
-    name: String,
-    url: String,
-}
-
-impl FreshDb {
-    async fn new() -> FreshDb {
-        let admin = admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {admin} ({e}); start it (scripts/test.sh does) or set DAK_TEST_POSTGRES_URL")
-        });
-        let name = format!(
-            "dak_cluster_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(&admin)
-            .to_string();
-        FreshDb {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for FreshDb {
-    fn drop(&mut self) {
-        let (admin, name) = (admin_url(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&admin).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                Ok::<_, sqlx::Error>(())
-            })
-            .map_err(std::io::Error::other)
-        })
-        .join();
-    }
 }
 
 fn node(db: &FreshDb, cluster: &str) -> TestServer {
@@ -85,7 +26,7 @@ fn node(db: &FreshDb, cluster: &str) -> TestServer {
 
 #[tokio::test]
 async fn a_message_crosses_nodes_through_postgres_and_nats() {
-    let db = FreshDb::new().await;
+    let db = FreshDb::new("dak_cluster").await;
     let cluster = format!("dak-test-{}", rand::random::<u32>());
     let (node_a, node_b) = (node(&db, &cluster), node(&db, &cluster));
     let (alice, bob) = (alice(), bob());
@@ -117,7 +58,7 @@ async fn a_message_crosses_nodes_through_postgres_and_nats() {
 
 #[tokio::test]
 async fn an_offline_device_reads_on_any_node_what_another_node_acked() {
-    let db = FreshDb::new().await;
+    let db = FreshDb::new("dak_cluster").await;
     let cluster = format!("dak-test-{}", rand::random::<u32>());
     let (mut node_a, node_b) = (node(&db, &cluster), node(&db, &cluster));
     let (alice, bob) = (alice(), bob());
@@ -173,7 +114,7 @@ async fn register_on_cluster(person: &Person, nodes: &[&TestServer], first: usiz
 async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
     const PAIRS: usize = 6;
     const PER_SENDER: usize = 40;
-    let db = FreshDb::new().await;
+    let db = FreshDb::new("dak_cluster").await;
     let cluster = format!("dak-test-{}", rand::random::<u32>());
     let mut nodes = [
         node(&db, &cluster),

@@ -1,0 +1,69 @@
+//! Support for tests that need a real PostgreSQL: a fresh database per
+//! test, dropped afterwards. Used by this crate's tests and the server's
+//! cluster tests. `DAK_TEST_POSTGRES_URL` (an admin URL) points elsewhere
+//! than the local server; `scripts/services.sh` starts the local one.
+
+use sqlx::{AssertSqlSafe, Connection};
+
+pub fn admin_url() -> String {
+    std::env::var("DAK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database made for one test; dropped (with its connections) on drop.
+pub struct FreshDb {
+    name: String,
+    pub url: String,
+}
+
+impl FreshDb {
+    /// Panics with a clear message when PostgreSQL cannot be reached: a test
+    /// that needs it must not pass without it.
+    pub async fn new(prefix: &str) -> FreshDb {
+        let admin = admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {admin} ({e}); start it (scripts/services.sh does) or set DAK_TEST_POSTGRES_URL")
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("{prefix}_{}_{nanos}", std::process::id());
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin)
+            .to_string();
+        FreshDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        let (admin, name) = (admin_url(), self.name.clone());
+        // Drop may run inside a runtime; a thread with its own avoids nesting.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
