@@ -97,12 +97,19 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --doc
     section "cargo nextest run"
     cargo nextest run ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace --no-fail-fast 2>&1 | tee "$test_log"
-    summary=$(grep -E 'Summary .* tests run:' "$test_log" | tail -1)
-    passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
-    failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
+    # The counting test restarts the machine's NATS and PostgreSQL, so it
+    # runs alone, after everything else that uses them.
+    section "cluster counting test (restarts NATS and PostgreSQL)"
+    cargo nextest run ${cargo_flags[@]+"${cargo_flags[@]}"} -p dak --test cluster --run-ignored only --no-capture 2>&1 | tee -a "$test_log"
+    scripts/services.sh
+    passed=$(grep -E 'Summary .* tests run:' "$test_log" | sed -nE 's/.* ([0-9]+) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
+    failed=$(grep -E 'Summary .* tests run:' "$test_log" | sed -nE 's/.* ([0-9]+) failed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 else
     section "cargo test"
     cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace 2>&1 | tee "$test_log"
+    section "cluster counting test (restarts NATS and PostgreSQL)"
+    cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} -p dak --test cluster -- --ignored --nocapture 2>&1 | tee -a "$test_log"
+    scripts/services.sh
     passed=$(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed.*/\1/p' "$test_log" | awk '{s+=$1} END {print s+0}')
     failed=$(sed -nE 's/^test result: .* ([0-9]+) failed.*/\1/p' "$test_log" | awk '{s+=$1} END {print s+0}')
 fi

@@ -478,7 +478,9 @@ impl Client {
         Ok(())
     }
 
-    /// Waits for the next push and handles it.
+    /// Waits for the next push and handles it. Not cancel-safe (a batch may
+    /// be stored and its events dropped): to time out or `select!`, use
+    /// `recv_push` and `handle_push`.
     pub async fn next_events(&mut self) -> Result<Vec<Event>, ClientError> {
         let body = self.conn.next_push().await?;
         self.handle_push(body).await
