@@ -14,11 +14,15 @@ fn nats_url() -> String {
 }
 
 fn node(db: &FreshDb, cluster: &str) -> TestServer {
+    let nats = nats_url();
     TestServer::build_with(
         &[
             ("DAK_STORE", db.url.as_str()),
-            ("DAK_BUS", nats_url().as_str()),
+            ("DAK_BUS", nats.as_str()),
             ("DAK_CLUSTER", cluster),
+            // Every test client registers from 127.0.0.1.
+            ("DAK_CODES_PER_IP_PER_HOUR", "100000"),
+            ("DAK_VERIFIES_PER_IP_PER_HOUR", "100000"),
         ],
         true,
     )
@@ -291,8 +295,18 @@ fn restart_postgres() {
 #[tokio::test]
 #[ignore = "restarts the machine's NATS and PostgreSQL; scripts/test.sh runs it alone"]
 async fn counting_through_node_nats_and_postgres_restarts() {
-    const PAIRS: usize = 10;
-    const PER_SENDER: usize = 60;
+    // 200 clients by default; DAK_COUNTING_PAIRS / DAK_COUNTING_MESSAGES make
+    // it bigger or longer (the soak variant), e.g. 500 and 2000.
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (pairs, per_sender) = (
+        env("DAK_COUNTING_PAIRS", 100),
+        env("DAK_COUNTING_MESSAGES", 30),
+    );
     let db = FreshDb::new("dak_counting").await;
     let cluster = format!("dak-count-{}", rand::random::<u32>());
     let mut nodes = [
@@ -300,7 +314,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
         node(&db, &cluster),
         node(&db, &cluster),
     ];
-    let people: Vec<Person> = (0..PAIRS * 2)
+    let people: Vec<Person> = (0..pairs * 2)
         .map(|i| Person::new(&format!("+9198200{i:05}")))
         .collect();
     {
@@ -313,7 +327,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Recipients stay online and record every message as it is shown.
     let mut listeners = Vec::new();
-    for pair in 0..PAIRS {
+    for pair in 0..pairs {
         let dir = people[2 * pair + 1].dir.clone();
         let stop = stop.clone();
         listeners.push(tokio::spawn(async move {
@@ -353,7 +367,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
         }));
     }
     let mut senders = Vec::new();
-    for pair in 0..PAIRS {
+    for pair in 0..pairs {
         let (from, to) = (
             people[2 * pair].dir.clone(),
             people[2 * pair + 1].phone.clone(),
@@ -363,7 +377,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
             let mut client = dak_client::Client::connect_patiently(open(), patience)
                 .await
                 .unwrap();
-            for i in 0..PER_SENDER {
+            for i in 0..per_sender {
                 if let Err(e) = client.send_text(&to, &format!("m{i:03}")).await {
                     assert!(e.is_retryable(), "refused: {e}");
                     // In the outbox; the next connection flushes it.
@@ -402,7 +416,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
     }
 
     let (mut acked, mut delivered, mut lost, mut duplicates) = (0, 0, 0, 0);
-    for pair in 0..PAIRS {
+    for pair in 0..pairs {
         let (sender, receiver) = (&people[2 * pair], &people[2 * pair + 1]);
         let sent: Vec<String> = sender
             .profile()
@@ -450,7 +464,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
         assert_eq!(stored, ordered, "order per conversation");
     }
     println!("acked {acked}, delivered {delivered}, lost {lost}, duplicates shown {duplicates}");
-    assert_eq!(acked, PAIRS * PER_SENDER);
+    assert_eq!(acked, pairs * per_sender);
     assert_eq!((lost, duplicates), (0, 0));
     assert_eq!(delivered, acked);
 }
