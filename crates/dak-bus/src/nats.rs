@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::{Bus, LocalBus, Subscription};
 
 /// Publishes waiting for the NATS client. When full, a notification is
-/// dropped (and counted): the recipient still gets the mail on its next read.
+/// dropped (with a debug log): the recipient still gets the mail on its next read.
 const OUTGOING: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]

@@ -293,8 +293,9 @@ impl Client {
         Err(last)
     }
 
-    /// As `connect`, with backoff and jitter between rounds over all the
-    /// nodes, for up to `patience`: what a device that must stay online does.
+    /// As `connect`, with backoff (100 ms doubling to 10 s, jittered) between
+    /// rounds over all the nodes, for up to `patience`: what a device that
+    /// must stay online does.
     pub async fn connect_patiently(
         profile: Profile,
         patience: std::time::Duration,
@@ -316,7 +317,8 @@ impl Client {
             match Self::connect(p).await {
                 Ok(c) => return Ok(c),
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    // Full jitter: clients that lost the same node do not return in step.
+                    // Jitter (50-100% of the backoff): clients that lost the same
+                    // node do not all come back in the same instant.
                     let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
                     tracing::debug!(error = %e, ?wait, "no node reachable; backing off");
                     tokio::time::sleep(wait).await;

@@ -40,6 +40,8 @@ pub enum CertTrust {
     FirstUse,
 }
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -87,8 +89,13 @@ impl WsTransport {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let tcp = dial(authority, local)
+        // A host that is gone (not just a process that died) would otherwise
+        // hold a failover for the kernel's TCP timeout, minutes.
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(authority, local))
             .await
+            .map_err(|_| {
+                ClientError::Transport(format!("{authority}: no answer within {CONNECT_TIMEOUT:?}"))
+            })?
             .map_err(|e| ClientError::Transport(format!("{authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let mut seen = Seen::default();

@@ -1,10 +1,11 @@
-//! The mailbox path of the embedded store: enqueue (one by one, and many
-//! concurrent callers sharing group commits), fetch and ack.
-//! `cargo bench -p dak-store`. Runs on a real file with synchronous=FULL, so
-//! the figures include fsync on this machine's disk.
+//! The mailbox path of each store: enqueue (one by one, and many
+//! concurrent callers sharing commits), fetch and ack.
+//! `cargo bench -p dak-store`. SQLite runs on a real file with
+//! synchronous=FULL; PostgreSQL is the local server (a fresh database, see
+//! `dak_store::testing`), so both include fsync on this machine's disk.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dak_store::{NewEnvelope, SqliteStore, Store};
+use dak_store::{NewEnvelope, PgStore, SqliteStore, Store};
 
 fn envelope(i: u64) -> NewEnvelope {
     NewEnvelope {
@@ -18,21 +19,37 @@ fn envelope(i: u64) -> NewEnvelope {
     }
 }
 
-fn mailbox(c: &mut Criterion) {
+fn sqlite(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(&dir.path().join("bench.db")).expect("store");
+    mailbox(c, &rt, "sqlite mailbox", store);
+}
+
+fn postgres(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(dak_store::testing::FreshDb::new("dak_bench"));
+    let store = rt.block_on(PgStore::connect(&db.url, 16)).expect("store");
+    mailbox(c, &rt, "postgres mailbox", store);
+}
+
+fn mailbox<S: Store + Clone>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    store: S,
+) {
     let device = rt
         .block_on(store.register_primary("+919800000002", &[1; 32], "bench", 1))
         .expect("device")
         .device
         .id;
-    let mut g = c.benchmark_group("sqlite mailbox");
+    let mut g = c.benchmark_group(name);
     g.sample_size(20);
 
     g.throughput(Throughput::Elements(1));
     g.bench_function("enqueue, one caller (a commit each)", |b| {
-        b.to_async(&rt).iter(|| async {
+        b.to_async(rt).iter(|| async {
             store
                 .enqueue(envelope(1), &[device])
                 .await
@@ -45,7 +62,7 @@ fn mailbox(c: &mut Criterion) {
         g.bench_function(
             format!("enqueue, {callers} concurrent callers (group commit)"),
             |b| {
-                b.to_async(&rt).iter(|| async {
+                b.to_async(rt).iter(|| async {
                     let tasks: Vec<_> = (0..callers)
                         .map(|i| {
                             let s = store.clone();
@@ -62,7 +79,7 @@ fn mailbox(c: &mut Criterion) {
 
     g.throughput(Throughput::Elements(256));
     g.bench_function("fetch 256 then ack 256", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
+        b.to_async(rt).iter_custom(|iters| {
             let store = store.clone();
             async move {
                 let mut spent = std::time::Duration::ZERO;
@@ -90,5 +107,5 @@ fn mailbox(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mailbox);
+criterion_group!(benches, sqlite, postgres);
 criterion_main!(benches);

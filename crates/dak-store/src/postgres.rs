@@ -52,10 +52,15 @@ const SCHEMA: &[&str] = &[
         identity_key BYTEA NOT NULL,
         device_name TEXT NOT NULL DEFAULT '',
         expires_ms BIGINT NOT NULL)",
-    "CREATE SEQUENCE IF NOT EXISTS mailbox_seq",
+    // Each device's next mailbox position. Taking it locks the device's row
+    // until commit, so a device's envelopes commit in seq order: a reader
+    // that fetches `seq > last seen` can never skip one that commits late.
+    "CREATE TABLE IF NOT EXISTS mailbox_heads (
+        device_id BIGINT PRIMARY KEY,
+        next BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS mailbox (
         device_id BIGINT NOT NULL,
-        seq BIGINT NOT NULL DEFAULT nextval('mailbox_seq'),
+        seq BIGINT NOT NULL,
         message_id BYTEA NOT NULL,
         sender_phone TEXT NOT NULL,
         sender_device BIGINT NOT NULL,
@@ -493,8 +498,15 @@ impl Store for PgStore {
         let ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
         // One statement for every recipient: unnest the device ids.
         sqlx::query(
-            "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body)
-             SELECT d, $2, $3, $4, $5, $6, $7, $8 FROM unnest($1::BIGINT[]) AS d",
+            // Heads are taken in device order, so two sends to overlapping
+            // devices lock them in the same order and cannot deadlock.
+            "WITH heads AS (
+                INSERT INTO mailbox_heads (device_id, next)
+                SELECT d, 1 FROM unnest($1::BIGINT[]) AS d ORDER BY d
+                ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1
+                RETURNING device_id, next)
+             INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body)
+             SELECT device_id, next, $2, $3, $4, $5, $6, $7, $8 FROM heads",
         )
         .bind(&ids)
         .bind(&e.message_id)

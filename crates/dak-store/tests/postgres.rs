@@ -53,3 +53,55 @@ async fn concurrent_links_never_exceed_the_cap() {
     assert_eq!(ok, 2);
     assert_eq!(store.devices_of(reg.account_id).await.unwrap().len(), 3);
 }
+
+/// A reader that only asks for `seq > last seen` (as a session does) must
+/// see every envelope, however the concurrent senders' commits interleave.
+#[tokio::test]
+async fn a_reader_following_seq_never_skips_a_late_commit() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 16).await.expect("connect");
+    let reg = store
+        .register_primary("+911000000098", &[1; 32], "p", 1)
+        .await
+        .unwrap();
+    let other = store
+        .register_primary("+911000000097", &[2; 32], "q", 1)
+        .await
+        .unwrap();
+    let (d, e) = (reg.device.id, other.device.id);
+    const N: usize = 400;
+    let writers: Vec<_> = (0..N)
+        .map(|i| {
+            let s = store.clone();
+            // Half the sends also go to another device, in the other order.
+            let devices = if i % 2 == 0 { vec![d, e] } else { vec![e, d] };
+            tokio::spawn(async move {
+                let env = dak_store::NewEnvelope {
+                    message_id: (i as u128).to_be_bytes().to_vec(),
+                    sender_phone: "+911000000097".into(),
+                    sender_device: 2,
+                    conversation_phone: "+911000000098".into(),
+                    server_time_ms: 1,
+                    expires_ms: i64::MAX,
+                    body: vec![],
+                };
+                s.enqueue(env, &devices).await
+            })
+        })
+        .collect();
+    let (mut after, mut seen) = (0u64, 0usize);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen < N && std::time::Instant::now() < deadline {
+        let batch = store.fetch_mailbox(d, after, 50).await.unwrap();
+        if let Some(last) = batch.last() {
+            after = last.seq;
+        }
+        seen += batch.len();
+    }
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    seen += store.fetch_mailbox(d, after, N).await.unwrap().len();
+    assert_eq!(seen, N, "every envelope read exactly once by following seq");
+    assert_eq!(store.mailbox_len(d).await.unwrap(), N as u64);
+}

@@ -25,6 +25,9 @@ pub struct ServerArgs {
     /// Cluster mode: NATS for new-mail notifications between nodes, e.g. nats://127.0.0.1:4222.
     #[arg(long)]
     bus: Option<String>,
+    /// Cluster mode: names this cluster's NATS subjects, so clusters can share a NATS [default: dak].
+    #[arg(long)]
+    cluster: Option<String>,
     /// Serve plain ws:// (only allowed on a loopback address; for development and tests).
     #[arg(long)]
     insecure: bool,
@@ -65,6 +68,9 @@ impl ServerArgs {
         }
         if self.bus.is_some() {
             config.bus = self.bus.clone();
+        }
+        if let Some(c) = &self.cluster {
+            config.cluster = c.clone();
         }
         if self.tls_cert.is_some() {
             config.tls_cert = self.tls_cert.clone();
