@@ -102,8 +102,8 @@ if cargo nextest --version >/dev/null 2>&1; then
     section "cluster counting test (restarts NATS and PostgreSQL)"
     cargo nextest run ${cargo_flags[@]+"${cargo_flags[@]}"} -p dak --test cluster --run-ignored only --no-capture 2>&1 | tee -a "$test_log"
     scripts/services.sh
-    passed=$(grep -E 'Summary .* tests run:' "$test_log" | sed -nE 's/.* ([0-9]+) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
-    failed=$(grep -E 'Summary .* tests run:' "$test_log" | sed -nE 's/.* ([0-9]+) failed.*/\1/p' | awk '{s+=$1} END {print s+0}')
+    passed=$(grep -E 'Summary .* tests? run:' "$test_log" | sed -nE 's/.* ([0-9]+) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
+    failed=$(grep -E 'Summary .* tests? run:' "$test_log" | sed -nE 's/.* ([0-9]+) failed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 else
     section "cargo test"
     cargo test ${cargo_flags[@]+"${cargo_flags[@]}"} --workspace 2>&1 | tee "$test_log"
