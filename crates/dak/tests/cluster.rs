@@ -202,8 +202,27 @@ async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
         "the killed node's senders moved to another node"
     );
 
+    let (acked, delivered, lost, duplicates) = count(&people, vec![Vec::new(); PAIRS]).await;
+    println!(
+        "acked {acked}, delivered {delivered}, lost {lost}, duplicates shown {duplicates} ({moved} failovers)"
+    );
+    assert_eq!(
+        acked,
+        PAIRS * PER_SENDER,
+        "every message was eventually acked"
+    );
+    assert_eq!((lost, duplicates), (0, 0));
+    assert_eq!(delivered, acked);
+}
+
+/// Counts, pair by pair (people[2k] wrote to people[2k+1]), what was acked
+/// to the sender against what the recipient was shown: `live` as it
+/// arrived, then a final sync. Checks that senders' outboxes are empty,
+/// that the history holds each shown message once, and in order.
+/// Returns (acked, delivered, lost, duplicates shown).
+async fn count(people: &[Person], live: Vec<Vec<String>>) -> (usize, usize, usize, usize) {
     let (mut acked, mut delivered, mut lost, mut duplicates) = (0, 0, 0, 0);
-    for pair in 0..PAIRS {
+    for (pair, mut shown) in live.into_iter().enumerate() {
         let (sender, receiver) = (&people[2 * pair], &people[2 * pair + 1]);
         let sent: Vec<String> = sender
             .profile()
@@ -219,11 +238,10 @@ async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
         );
         let mut client = dak_client::Client::connect_patiently(
             receiver.profile(),
-            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(60),
         )
         .await
         .unwrap();
-        let mut shown: Vec<String> = Vec::new();
         client
             .sync(|e| {
                 if let Event::Message(m) = e {
@@ -233,25 +251,30 @@ async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
             .await
             .unwrap();
         let mut unique = shown.clone();
+        unique.sort();
         unique.dedup();
         duplicates += shown.len() - unique.len();
+        // What the recipient has is what its profile holds (the history the user sees).
+        let stored: Vec<String> = receiver
+            .profile()
+            .conversation(&sender.phone, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(
+            unique.len(),
+            stored.len(),
+            "every stored message was shown once as it arrived"
+        );
+        let mut ordered = stored.clone();
+        ordered.sort();
+        assert_eq!(stored, ordered, "order per conversation");
         acked += sent.len();
-        delivered += shown.len();
-        lost += sent.iter().filter(|t| !shown.contains(t)).count();
-        let mut in_order = shown.clone();
-        in_order.sort();
-        assert_eq!(shown, in_order, "order per conversation");
+        delivered += stored.len();
+        lost += sent.iter().filter(|t| !stored.contains(t)).count();
     }
-    println!(
-        "acked {acked}, delivered {delivered}, lost {lost}, duplicates shown {duplicates} ({moved} failovers)"
-    );
-    assert_eq!(
-        acked,
-        PAIRS * PER_SENDER,
-        "every message was eventually acked"
-    );
-    assert_eq!((lost, duplicates), (0, 0));
-    assert_eq!(delivered, acked);
+    (acked, delivered, lost, duplicates)
 }
 
 /// Runs a shell command of the machine's (restarting a shared service).
@@ -415,54 +438,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
         live.push(l.await.unwrap());
     }
 
-    let (mut acked, mut delivered, mut lost, mut duplicates) = (0, 0, 0, 0);
-    for pair in 0..pairs {
-        let (sender, receiver) = (&people[2 * pair], &people[2 * pair + 1]);
-        let sent: Vec<String> = sender
-            .profile()
-            .conversation(&receiver.phone, 1000)
-            .unwrap()
-            .into_iter()
-            .filter(|m| m.outgoing && m.acked)
-            .map(|m| m.text)
-            .collect();
-        // Whatever was not shown live is shown by a final sync.
-        let mut shown = live[pair].clone();
-        let mut client = dak_client::Client::connect_patiently(receiver.profile(), patience)
-            .await
-            .unwrap();
-        client
-            .sync(|e| {
-                if let Event::Message(m) = e {
-                    shown.push(m.text.clone());
-                }
-            })
-            .await
-            .unwrap();
-        let mut unique = shown.clone();
-        unique.sort();
-        unique.dedup();
-        duplicates += shown.len() - unique.len();
-        // What the recipient has is what its profile holds (the history the user sees).
-        let stored: Vec<String> = receiver
-            .profile()
-            .conversation(&sender.phone, 1000)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        assert_eq!(
-            unique.len(),
-            stored.len(),
-            "every stored message was shown once as it arrived"
-        );
-        acked += sent.len();
-        delivered += stored.len();
-        lost += sent.iter().filter(|t| !stored.contains(t)).count();
-        let mut ordered = stored.clone();
-        ordered.sort();
-        assert_eq!(stored, ordered, "order per conversation");
-    }
+    let (acked, delivered, lost, duplicates) = count(&people, live).await;
     println!("acked {acked}, delivered {delivered}, lost {lost}, duplicates shown {duplicates}");
     assert_eq!(acked, pairs * per_sender);
     assert_eq!((lost, duplicates), (0, 0));
