@@ -40,8 +40,14 @@ async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
     let tick = a.tick(&sent.id).unwrap();
     assert_eq!(tick.devices.len(), 1);
     assert!(tick.devices[0].read_ms > 0);
-    // Debug logs name devices and sizes, never bodies.
-    assert!(!server.log_text().contains("hello bob"));
+    // Debug logs name devices and sizes, never bodies; and a log file gets
+    // no terminal colour codes.
+    let log = server.log_text();
+    assert!(!log.contains("hello bob"));
+    assert!(
+        log.contains("dak server started") && !log.contains('\u{1b}'),
+        "{log}"
+    );
 }
 
 #[tokio::test]
