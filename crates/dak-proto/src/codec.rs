@@ -17,8 +17,14 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("frame is not a valid protobuf message: {0}")]
     Malformed(String),
+    /// Parsed, but a field is out of bounds. `request_id` is the frame's,
+    /// so the refusal can answer that request.
     #[error("{message}")]
-    Invalid { code: ErrorCode, message: String },
+    Invalid {
+        code: ErrorCode,
+        message: String,
+        request_id: u64,
+    },
 }
 
 impl FrameError {
@@ -26,6 +32,15 @@ impl FrameError {
         FrameError::Invalid {
             code,
             message: message.into(),
+            request_id: 0,
+        }
+    }
+
+    /// The request this error answers (0 when the frame did not parse).
+    pub fn request_id(&self) -> u64 {
+        match self {
+            FrameError::Invalid { request_id, .. } => *request_id,
+            _ => 0,
         }
     }
 
@@ -62,7 +77,14 @@ fn check_len(bytes: &[u8]) -> Result<(), FrameError> {
 pub fn decode_client_frame(bytes: &[u8]) -> Result<v1::ClientFrame, FrameError> {
     check_len(bytes)?;
     let frame = v1::ClientFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    validate_client(&frame)?;
+    validate_client(&frame).map_err(|e| match e {
+        FrameError::Invalid { code, message, .. } => FrameError::Invalid {
+            code,
+            message,
+            request_id: frame.request_id,
+        },
+        other => other,
+    })?;
     Ok(frame)
 }
 
@@ -243,6 +265,7 @@ mod tests {
         );
         let err = decode_client_frame(&encode(&frame)).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BodyTooLarge);
+        assert_eq!(err.request_id(), 1, "the refusal answers that request");
         assert!(!err.is_fatal());
     }
 

@@ -261,11 +261,8 @@ impl Session {
                     return self.fail(e.code(), e.to_string(), close).await;
                 }
                 // Parseable but invalid: answer that request and carry on.
-                let request_id = v1::ClientFrame::decode(bytes)
-                    .map(|f| f.request_id)
-                    .unwrap_or(0);
                 self.send_frame(v1::ServerFrame {
-                    request_id,
+                    request_id: e.request_id(),
                     body: Some(Body::Error(e.to_wire())),
                 })
                 .await;
