@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::connection::{Connection, unexpected};
 use crate::error::ClientError;
-use crate::profile::{MessageView, Profile, RecipientState, Registration};
+use crate::profile::{MessageView, Profile, RecipientState, Registration, ser_id};
 use crate::transport::{CertTrust, WsTransport};
 
 /// The ticks, in the order they become true.
@@ -72,10 +72,6 @@ pub struct SendOutcome {
     pub id: Vec<u8>,
     pub server_time_ms: i64,
     pub recipient_devices: usize,
-}
-
-fn ser_id<S: serde::Serializer>(id: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_id(id))
 }
 
 /// Message ids are shown as UUIDs (they are UUIDv7: time-ordered).
@@ -276,7 +272,44 @@ impl Client {
     /// next when one cannot be reached; the last error is returned when
     /// none can.
     pub async fn connect(profile: Profile) -> Result<Client, ClientError> {
-        let servers = profile.registration()?.servers();
+        Self::try_connect(profile).await.map_err(|(_, e)| e)
+    }
+
+    /// As `connect`, with backoff (100 ms doubling to 10 s, jittered) between
+    /// rounds over all the nodes, for up to `patience`: what a device that
+    /// must stay online does.
+    pub async fn connect_patiently(
+        mut profile: Profile,
+        patience: std::time::Duration,
+    ) -> Result<Client, ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match Self::try_connect(profile).await {
+                Ok(c) => return Ok(c),
+                Err((p, e))
+                    if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    // Jitter (50-100% of the backoff): clients that lost the same
+                    // node do not all come back in the same instant.
+                    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    tracing::debug!(error = %e, ?wait, "no node reachable; backing off");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                    profile = p;
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One round over the profile's nodes; on failure the profile comes back
+    /// with the error, so the caller can try again.
+    async fn try_connect(profile: Profile) -> Result<Client, (Profile, ClientError)> {
+        let servers = match profile.registration() {
+            Ok(reg) => reg.servers(),
+            Err(e) => return Err((profile, e)),
+        };
         let start = rand::random::<u32>() as usize % servers.len().max(1);
         let mut last = ClientError::Transport("no server address in this profile".into());
         for i in 0..servers.len() {
@@ -287,52 +320,10 @@ impl Client {
                     tracing::debug!(%server, error = %e, "node unreachable; trying the next");
                     last = e;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err((profile, e)),
             }
         }
-        Err(last)
-    }
-
-    /// As `connect`, with backoff (100 ms doubling to 10 s, jittered) between
-    /// rounds over all the nodes, for up to `patience`: what a device that
-    /// must stay online does.
-    pub async fn connect_patiently(
-        profile: Profile,
-        patience: std::time::Duration,
-    ) -> Result<Client, ClientError> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut backoff = std::time::Duration::from_millis(100);
-        // A failed attempt consumes the profile handle; reopen it from disk.
-        let dir = profile
-            .path()
-            .parent()
-            .map(|p| p.to_path_buf())
-            .ok_or(ClientError::NotRegistered)?;
-        let mut profile = Some(profile);
-        loop {
-            let p = match profile.take() {
-                Some(p) => p,
-                None => Profile::open(&dir)?,
-            };
-            match Self::connect(p).await {
-                Ok(c) => return Ok(c),
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    // Jitter (50-100% of the backoff): clients that lost the same
-                    // node do not all come back in the same instant.
-                    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-                    tracing::debug!(error = %e, ?wait, "no node reachable; backing off");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// As `connect`, to one given node.
-    pub async fn connect_to(profile: Profile, server: &str) -> Result<Client, ClientError> {
-        let (conn, reg) = Self::authenticate_at(&profile, server).await?;
-        Self::finish_connect(profile, conn, reg, server).await
+        Err((profile, last))
     }
 
     async fn authenticate_at(
@@ -346,15 +337,18 @@ impl Client {
         Ok((conn, reg))
     }
 
+    /// Sends the outbox on the fresh connection; on failure the profile comes back.
     async fn finish_connect(
         profile: Profile,
         conn: Connection,
         reg: Registration,
         server: &str,
-    ) -> Result<Client, ClientError> {
+    ) -> Result<Client, (Profile, ClientError)> {
         // Redeliveries can only come within the server's retention (30 days
         // by default), so older dedup entries can go.
-        profile.prune_seen(now_ms() - SEEN_KEEP_MS)?;
+        if let Err(e) = profile.prune_seen(now_ms() - SEEN_KEEP_MS) {
+            return Err((profile, e));
+        }
         let mut client = Client {
             profile,
             conn,
@@ -362,16 +356,14 @@ impl Client {
             server: server.to_string(),
             undecodable: 0,
         };
-        client.flush_outbox().await?;
-        Ok(client)
+        match client.flush_outbox().await {
+            Ok(_) => Ok(client),
+            Err(e) => Err((client.profile, e)),
+        }
     }
 
     pub fn profile(&self) -> &Profile {
         &self.profile
-    }
-
-    pub fn into_profile(self) -> Profile {
-        self.profile
     }
 
     /// The node this client is connected to.
@@ -435,9 +427,11 @@ impl Client {
             }
         };
         self.profile.transaction(|p| {
-            p.mark_acked(id, ack.server_time_ms)?;
-            for r in &ack.recipients {
-                p.add_recipient(id, &r.phone, r.device_id)?;
+            // Receipts have no message row; their recipients are never shown.
+            if p.mark_acked(id, ack.server_time_ms)? {
+                for r in &ack.recipients {
+                    p.add_recipient(id, &r.phone, r.device_id)?;
+                }
             }
             p.remove_outgoing(id)
         })?;
@@ -682,22 +676,18 @@ impl Client {
     }
 
     pub async fn remove_device(&mut self, device_id: u64) -> Result<(), ClientError> {
-        match self
-            .conn
-            .call(Request::RemoveDevice(v1::RemoveDevice { device_id }))
-            .await?
-        {
-            Body::Ok(_) => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.call_ok(Request::RemoveDevice(v1::RemoveDevice { device_id }))
+            .await
     }
 
     pub async fn set_pin(&mut self, pin: &str) -> Result<(), ClientError> {
-        match self
-            .conn
-            .call(Request::SetPin(v1::SetPin { pin: pin.into() }))
-            .await?
-        {
+        self.call_ok(Request::SetPin(v1::SetPin { pin: pin.into() }))
+            .await
+    }
+
+    /// A request whose only good answer is `Ok`.
+    async fn call_ok(&mut self, request: Request) -> Result<(), ClientError> {
+        match self.conn.call(request).await? {
             Body::Ok(_) => Ok(()),
             other => Err(unexpected(other)),
         }

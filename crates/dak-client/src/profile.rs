@@ -75,7 +75,7 @@ pub struct MessageView {
     pub read_ms: i64,
 }
 
-fn ser_id<S: serde::Serializer>(id: &[u8], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_id<S: serde::Serializer>(id: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::format_id(id))
 }
 
@@ -354,13 +354,15 @@ impl Profile {
             .map_err(|e| self.err(e))
     }
 
-    pub fn mark_acked(&self, id: &[u8], server_time_ms: i64) -> Result<(), ClientError> {
+    /// Records the server's ack of a message; false if there is no such
+    /// message (a receipt, which has no row of its own).
+    pub fn mark_acked(&self, id: &[u8], server_time_ms: i64) -> Result<bool, ClientError> {
         self.db()
             .execute(
                 "UPDATE messages SET acked = 1, server_time_ms = ?2 WHERE id = ?1",
                 params![id, server_time_ms],
             )
-            .map(|_| ())
+            .map(|n| n == 1)
             .map_err(|e| self.err(e))
     }
 

@@ -104,8 +104,8 @@ impl Server {
             )?)
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut state = AppState::new(config.clone(), store, bus, sms, shutdown_rx);
-        state.set_probes(state::Probes { postgres: pg, nats });
+        let probes = state::Probes { postgres: pg, nats };
+        let state = AppState::new(config.clone(), store, bus, sms, shutdown_rx, probes);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -51,6 +51,7 @@ impl AppState {
         bus: Arc<dyn Bus>,
         sms: Arc<dyn SmsSender>,
         shutdown: watch::Receiver<bool>,
+        probes: Probes,
     ) -> Self {
         AppState(Arc::new(Inner {
             code_limiter: IpLimiter::new(config.codes_per_ip_per_hour, HOUR),
@@ -61,15 +62,8 @@ impl AppState {
             sms,
             metrics: Metrics::default(),
             shutdown,
-            probes: Probes::default(),
+            probes,
         }))
-    }
-
-    /// Sets the readiness probes; only before the state is shared.
-    pub fn set_probes(&mut self, probes: Probes) {
-        if let Some(inner) = Arc::get_mut(&mut self.0) {
-            inner.probes = probes;
-        }
     }
 }
 
