@@ -19,6 +19,19 @@ fn envelope(i: u64) -> NewEnvelope {
     }
 }
 
+/// `callers` enqueues at once, as that many connections sending together.
+async fn enqueue_concurrently<S: Store + Clone>(store: &S, callers: u64, device: u64) {
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move { s.enqueue(envelope(i), &[device]).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("enqueue");
+    }
+}
+
 fn sqlite(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -62,17 +75,8 @@ fn mailbox<S: Store + Clone>(
         g.bench_function(
             format!("enqueue, {callers} concurrent callers (group commit)"),
             |b| {
-                b.to_async(rt).iter(|| async {
-                    let tasks: Vec<_> = (0..callers)
-                        .map(|i| {
-                            let s = store.clone();
-                            tokio::spawn(async move { s.enqueue(envelope(i), &[device]).await })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("task").expect("enqueue");
-                    }
-                })
+                b.to_async(rt)
+                    .iter(|| enqueue_concurrently(&store, callers, device))
             },
         );
     }
@@ -85,15 +89,7 @@ fn mailbox<S: Store + Clone>(
                 let mut spent = std::time::Duration::ZERO;
                 for _ in 0..iters {
                     // Fill (not timed), then time reading and deleting.
-                    let tasks: Vec<_> = (0..256)
-                        .map(|i| {
-                            let s = store.clone();
-                            tokio::spawn(async move { s.enqueue(envelope(i), &[device]).await })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("task").expect("enqueue");
-                    }
+                    enqueue_concurrently(&store, 256, device).await;
                     let started = std::time::Instant::now();
                     let batch = store.fetch_mailbox(device, 0, 256).await.expect("fetch");
                     let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();

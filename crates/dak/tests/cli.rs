@@ -124,9 +124,7 @@ async fn two_phones_chat_through_the_cli() {
 #[tokio::test]
 async fn a_message_written_while_the_server_is_down_is_queued_and_sent_later() {
     let mut server = TestServer::start_insecure();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     server.kill9();
     let (success, stdout, stderr) = dak(&alice.dir, &["send", &bob.phone, "written offline"]);
     assert!(!success, "not acked, so not a success");

@@ -9,9 +9,7 @@ use dak_client::{Event, TickState};
 #[tokio::test]
 async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
     let mut server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
 
     // bob is offline; alice's message gets its single tick.
     let mut a = alice.connect().await;
@@ -53,9 +51,7 @@ async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
 #[tokio::test]
 async fn undelivered_messages_expire_after_the_retention_period() {
     let mut server = TestServer::with_env(&[("DAK_RETENTION", "1s")]);
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     alice
         .connect()
         .await
@@ -76,9 +72,7 @@ async fn undelivered_messages_expire_after_the_retention_period() {
 #[tokio::test]
 async fn messages_arrive_in_the_order_sent() {
     let server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     let mut a = alice.connect().await;
     let sent: Vec<String> = (0..60).map(|i| format!("message {i}")).collect();
     for text in &sent {
@@ -90,9 +84,7 @@ async fn messages_arrive_in_the_order_sent() {
 #[tokio::test]
 async fn a_resent_message_is_shown_once() {
     let server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     let mut a = alice.connect().await;
     let sent = a.send_text(&bob.phone, "only once").await.unwrap();
     // As if the ack had been lost: the outbox sends the same id again.
@@ -117,9 +109,7 @@ async fn a_resent_message_is_shown_once() {
 #[tokio::test]
 async fn unacked_deliveries_come_back_after_a_client_crash() {
     let server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     alice
         .connect()
         .await
@@ -237,9 +227,7 @@ async fn a_removed_device_is_signed_out() {
 #[tokio::test]
 async fn sigterm_drains_and_restart_keeps_everything() {
     let mut server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     alice
         .connect()
         .await
@@ -291,9 +279,7 @@ async fn sigterm_drains_and_restart_keeps_everything() {
 #[tokio::test]
 async fn kill9_mid_stream_loses_no_acked_message_and_shows_none_twice() {
     let mut server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     let mut a = alice.connect().await;
     let bob_phone = bob.phone.clone();
     let sender = tokio::spawn(async move {

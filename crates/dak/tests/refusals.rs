@@ -145,9 +145,7 @@ async fn a_forged_signature_is_refused() {
 #[tokio::test]
 async fn oversized_and_malformed_frames_close_only_that_connection() {
     let server = TestServer::start();
-    let (alice, bob) = (alice(), bob());
-    alice.register(&server).await;
-    bob.register(&server).await;
+    let (alice, bob) = registered_pair(&server).await;
     let mut bystander = alice.connect().await;
 
     let mut t = raw(&server).await;
@@ -216,10 +214,7 @@ async fn unknown_recipients_are_a_clear_error() {
 #[tokio::test]
 async fn a_device_cannot_ack_another_devices_mailbox() {
     let server = TestServer::start();
-    let (alice, bob, carol) = (alice(), bob(), carol());
-    alice.register(&server).await;
-    bob.register(&server).await;
-    carol.register(&server).await;
+    let (alice, bob, carol) = registered_trio(&server).await;
     alice
         .connect()
         .await
@@ -387,10 +382,7 @@ async fn linked_devices_must_relink_after_the_maximum_age() {
 #[tokio::test]
 async fn only_the_addressee_can_tick_a_message() {
     let server = TestServer::start();
-    let (alice, bob, carol) = (alice(), bob(), carol());
-    alice.register(&server).await;
-    bob.register(&server).await;
-    carol.register(&server).await;
+    let (alice, bob, carol) = registered_trio(&server).await;
     let mut a = alice.connect().await;
     let sent = a.send_text(&bob.phone, "for bob only").await.unwrap();
     // carol learns the id somehow and sends a forged read receipt to alice.

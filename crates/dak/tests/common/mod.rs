@@ -216,6 +216,22 @@ pub fn carol() -> Person {
     Person::new("+919800000003")
 }
 
+/// alice and bob, each registered on `server`.
+pub async fn registered_pair(server: &TestServer) -> (Person, Person) {
+    let (a, b) = (alice(), bob());
+    a.register(server).await;
+    b.register(server).await;
+    (a, b)
+}
+
+/// alice, bob and carol, each registered on `server`.
+pub async fn registered_trio(server: &TestServer) -> (Person, Person, Person) {
+    let (a, b) = registered_pair(server).await;
+    let c = carol();
+    c.register(server).await;
+    (a, b, c)
+}
+
 /// Links `new` as a device of `primary`'s account.
 pub async fn link(
     server: &TestServer,
