@@ -34,10 +34,7 @@ async fn wrong_and_expired_codes_and_bad_numbers_are_refused() {
             .unwrap_err();
         assert_eq!(code(&err), ErrorCode::InvalidPhone, "{bad}");
     }
-    Client::request_code(&profile, &server.url, &alice.phone)
-        .await
-        .unwrap();
-    let right = server.code_for(&alice.phone);
+    let right = server.send_code(&profile, &alice.phone).await;
     let wrong = if right == "000000" {
         "000001"
     } else {
@@ -54,10 +51,7 @@ async fn wrong_and_expired_codes_and_bad_numbers_are_refused() {
     assert_eq!(code(&err), ErrorCode::TooManyAttempts);
     assert!(profile.registration().is_err(), "nothing registered");
 
-    Client::request_code(&profile, &server.url, &alice.phone)
-        .await
-        .unwrap();
-    let fresh = server.code_for(&alice.phone);
+    let fresh = server.send_code(&profile, &alice.phone).await;
     Client::verify(&profile, &fresh, "", "p").await.unwrap();
     // The code itself never reaches the log.
     assert!(!server.log_text().contains(&fresh));
@@ -257,10 +251,7 @@ async fn registration_lock_pin_protects_the_number_and_tells_old_devices() {
 
     let thief = Person::new(&alice.phone);
     let tp = thief.profile();
-    Client::request_code(&tp, &server.url, &alice.phone)
-        .await
-        .unwrap();
-    let c = server.code_for(&alice.phone);
+    let c = server.send_code(&tp, &alice.phone).await;
     let err = Client::verify(&tp, &c, "", "x").await.unwrap_err();
     assert_eq!(code(&err), ErrorCode::PinRequired);
     let err = Client::verify(&tp, &c, "111111", "x").await.unwrap_err();
@@ -270,10 +261,7 @@ async fn registration_lock_pin_protects_the_number_and_tells_old_devices() {
     // alice herself, on a new phone, with the PIN: the old phone is told.
     let new_phone = Person::new(&alice.phone);
     let np = new_phone.profile();
-    Client::request_code(&np, &server.url, &alice.phone)
-        .await
-        .unwrap();
-    let c = server.code_for(&alice.phone);
+    let c = server.send_code(&np, &alice.phone).await;
     Client::verify(&np, &c, "246810", "new phone")
         .await
         .unwrap();
@@ -300,10 +288,7 @@ async fn wrong_pins_lock_the_number() {
     alice.connect().await.set_pin("135790").await.unwrap();
     let thief = Person::new(&alice.phone);
     let tp = thief.profile();
-    Client::request_code(&tp, &server.url, &alice.phone)
-        .await
-        .unwrap();
-    let c = server.code_for(&alice.phone);
+    let c = server.send_code(&tp, &alice.phone).await;
     assert_eq!(
         code(&Client::verify(&tp, &c, "000000", "x").await.unwrap_err()),
         ErrorCode::PinWrong

@@ -129,6 +129,15 @@ impl TestServer {
         panic!("server did not exit within 10 s of SIGTERM");
     }
 
+    /// Asks this server for a code for `phone` (as `dak register` does) and
+    /// returns the code from the SMS outbox.
+    pub async fn send_code(&self, profile: &Profile, phone: &str) -> String {
+        Client::request_code(profile, &self.url, phone)
+            .await
+            .expect("request code");
+        self.code_for(phone)
+    }
+
     /// The last code the SMS outbox holds for `phone`.
     pub fn code_for(&self, phone: &str) -> String {
         let text = std::fs::read_to_string(self.data.join("sms-outbox.jsonl")).expect("sms outbox");
@@ -174,10 +183,7 @@ impl Person {
 
     pub async fn register(&self, server: &TestServer) {
         let profile = self.profile();
-        Client::request_code(&profile, &server.url, &self.phone)
-            .await
-            .expect("request code");
-        let code = server.code_for(&self.phone);
+        let code = server.send_code(&profile, &self.phone).await;
         Client::verify(&profile, &code, "", "phone")
             .await
             .expect("verify");
