@@ -5,7 +5,7 @@
 //! of the client nor of the server loses a message; redeliveries are
 //! dropped by message id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dak_proto::v1::{self, ErrorCode, client_frame::Request, content::Kind, server_frame::Body};
 use dak_proto::{AuthPurpose, normalize_phone};
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::connection::{Connection, unexpected};
 use crate::error::ClientError;
+use crate::mls::{Incoming, MemberDevice};
 use crate::profile::{MessageView, Profile, RecipientState, Registration, ser_id};
 use crate::transport::{CertTrust, WsTransport};
 
@@ -59,11 +60,45 @@ pub enum Event {
     },
     /// Everything waiting on the server has been received.
     QueueEmpty,
-    /// A body that would not decode: counted, acked, shown as a state.
+    /// A message that could not be decrypted or decoded (corrupted, from a
+    /// wrong epoch, replayed, or this device lost its keys): counted, acked
+    /// and shown as a state; it never blocks the messages after it.
     Undecodable {
         id: Vec<u8>,
         from: String,
+        reason: String,
     },
+    /// A contact's devices or keys changed in a conversation: the safety
+    /// number changed (`dak safety`).
+    SecurityNotice {
+        conversation: String,
+        phone: String,
+    },
+}
+
+/// One-time KeyPackages a device keeps on the server, and when to top up.
+const KEY_PACKAGE_TARGET: u32 = 40;
+const KEY_PACKAGE_LOW: u32 = 10;
+/// How often a send retries after the group moved on or its devices changed.
+const GROUP_RETRIES: usize = 6;
+/// How long to wait for the commit that won an epoch to arrive.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What the key directory holds for one account.
+struct Fetched {
+    /// Its active devices that can be in groups.
+    active: Vec<u64>,
+    /// KeyPackages for those the caller did not name as known.
+    packages: Vec<(u64, openmls::prelude::KeyPackage)>,
+}
+
+/// The state of this device's group with a contact, for tests and `dak safety`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    pub authenticator: Vec<u8>,
+    pub members: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +185,14 @@ pub struct Client {
     /// The node this connection went to.
     server: String,
     undecodable: u64,
+    /// Events handled while waiting for a commit (see `catch_up`), given
+    /// out by the next `next_events`.
+    backlog: Vec<Event>,
+    /// Receipts queued by deliveries handled while catching up; sent by
+    /// the next `handle_push` (they are in the outbox meanwhile).
+    unsent_receipts: Vec<Outgoing>,
+    /// A Welcome used one of our KeyPackages since the last top-up.
+    keys_used: bool,
 }
 
 impl Client {
@@ -206,7 +249,6 @@ impl Client {
                 device_name: device_name.to_string(),
             }))
             .await?;
-        conn.close().await;
         let Body::Registered(r) = answer else {
             return Err(unexpected(answer));
         };
@@ -216,6 +258,12 @@ impl Client {
         for k in ["pending_server", "pending_phone", "pending_cert"] {
             profile.delete(k)?;
         }
+        // Ready for encrypted chats before anyone writes: if this fails, the
+        // next connect uploads them.
+        if let Err(e) = top_up_keys(profile, &mut conn, 0, false).await {
+            tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
+        }
+        conn.close().await;
         profile.registration()
     }
 
@@ -258,9 +306,12 @@ impl Client {
                 "the link code expired before it was approved; run `dak link` again".into(),
             )
         })??;
-        conn.close().await;
         profile.set("cert", fingerprint.unwrap_or_default().as_bytes())?;
         profile.save_registration(server, &approved.phone, approved.device_id)?;
+        if let Err(e) = top_up_keys(profile, &mut conn, 0, false).await {
+            tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
+        }
+        conn.close().await;
         profile.registration()
     }
 
@@ -315,7 +366,9 @@ impl Client {
         for i in 0..servers.len() {
             let server = &servers[(start + i) % servers.len()];
             match Self::authenticate_at(&profile, server).await {
-                Ok((conn, reg)) => return Self::finish_connect(profile, conn, reg, server).await,
+                Ok((conn, reg, auth)) => {
+                    return Self::finish_connect(profile, conn, reg, auth, server).await;
+                }
                 Err(e) if e.is_retryable() => {
                     tracing::debug!(%server, error = %e, "node unreachable; trying the next");
                     last = e;
@@ -329,21 +382,27 @@ impl Client {
     async fn authenticate_at(
         profile: &Profile,
         server: &str,
-    ) -> Result<(Connection, Registration), ClientError> {
+    ) -> Result<(Connection, Registration, v1::Authenticated), ClientError> {
         let reg = profile.registration()?;
         let key = profile.identity()?;
         let (mut conn, _) = open(server, trust_for(profile, "cert")?).await?;
-        conn.authenticate(&key, reg.device_id).await?;
-        Ok((conn, reg))
+        let auth = conn.authenticate(&key, reg.device_id).await?;
+        Ok((conn, reg, auth))
     }
 
     /// Sends the outbox on the fresh connection; on failure the profile comes back.
     async fn finish_connect(
         profile: Profile,
-        conn: Connection,
+        mut conn: Connection,
         reg: Registration,
+        auth: v1::Authenticated,
         server: &str,
     ) -> Result<Client, (Profile, ClientError)> {
+        if let Err(e) =
+            top_up_keys(&profile, &mut conn, auth.key_packages, auth.has_last_resort).await
+        {
+            return Err((profile, e));
+        }
         // Redeliveries can only come within the server's retention (30 days
         // by default), so older dedup entries can go.
         if let Err(e) = profile.prune_seen(now_ms() - SEEN_KEEP_MS) {
@@ -355,6 +414,9 @@ impl Client {
             reg,
             server: server.to_string(),
             undecodable: 0,
+            backlog: Vec::new(),
+            unsent_receipts: Vec::new(),
+            keys_used: false,
         };
         match client.flush_outbox().await {
             Ok(_) => Ok(client),
@@ -406,14 +468,8 @@ impl Client {
         to: &str,
         body: Vec<u8>,
     ) -> Result<v1::SendAck, ClientError> {
-        let request = Request::SendMessage(v1::SendMessage {
-            message_id: id.to_vec(),
-            to_phone: to.into(),
-            body,
-        });
-        let ack = match self.conn.call(request).await {
-            Ok(Body::SendAck(ack)) => ack,
-            Ok(other) => return Err(unexpected(other)),
+        let ack = match self.send_encrypted(id, to, &body).await {
+            Ok(ack) => ack,
             Err(e) => {
                 if !e.is_retryable() && matches!(e, ClientError::Server(_)) {
                     // Refused for good (unknown number, too large): it will never
@@ -478,6 +534,9 @@ impl Client {
     /// be stored and its events dropped): to time out or `select!`, use
     /// `recv_push` and `handle_push`.
     pub async fn next_events(&mut self) -> Result<Vec<Event>, ClientError> {
+        if !self.backlog.is_empty() {
+            return Ok(std::mem::take(&mut self.backlog));
+        }
         let body = self.conn.next_push().await?;
         self.handle_push(body).await
     }
@@ -490,6 +549,28 @@ impl Client {
 
     /// Stores, acks and answers (receipts) one push. Not cancel-safe: let it finish.
     pub async fn handle_push(&mut self, body: Body) -> Result<Vec<Event>, ClientError> {
+        let mut events = std::mem::take(&mut self.backlog);
+        events.extend(self.handle_push_inner(body).await?);
+        self.answer().await;
+        Ok(events)
+    }
+
+    /// Sends the receipts and KeyPackages that deliveries called for.
+    /// Failures wait: receipts stay in the outbox, keys are topped up later.
+    async fn answer(&mut self) {
+        if std::mem::take(&mut self.keys_used)
+            && let Err(e) = self.refresh_keys().await
+        {
+            tracing::debug!(error = %e, "KeyPackage top-up postponed");
+        }
+        let receipts = std::mem::take(&mut self.unsent_receipts);
+        if let Err(e) = self.push_queued(receipts).await {
+            tracing::debug!(error = %e, "receipts stay in the outbox");
+        }
+    }
+
+    /// Handles one push without sending anything (a send may be waiting on it).
+    async fn handle_push_inner(&mut self, body: Body) -> Result<Vec<Event>, ClientError> {
         match body {
             Body::Deliver(d) => self.on_deliver(d).await,
             Body::QueueEmpty(_) => Ok(vec![Event::QueueEmpty]),
@@ -515,34 +596,79 @@ impl Client {
 
     async fn on_deliver(&mut self, d: v1::Deliver) -> Result<Vec<Event>, ClientError> {
         let me = self.reg.phone.clone();
+        let my_device = self.reg.device_id;
         let now = now_ms();
         let seqs: Vec<u64> = d.envelopes.iter().map(|e| e.seq).collect();
         let mut events = Vec::new();
         let mut to_confirm: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut ticked: Vec<Vec<u8>> = Vec::new();
         let mut undecodable = 0;
+        let mut joined = false;
         let receipts = self.profile.transaction(|p| {
             for e in d.envelopes {
                 if !p.first_sight(&e.message_id, now)? {
                     continue;
                 }
-                let content = match dak_proto::decode_content(&e.body) {
+                // Each message in its own savepoint: a failure leaves the
+                // group state as it was and the batch goes on.
+                let incoming = match p.savepoint(|p| p.mls(|m| m.process(&e.body))) {
+                    Ok(i) => i,
+                    Err(err) => {
+                        if e.sender_device == my_device {
+                            // Our own commit, echoed after we merged it on the ack.
+                            continue;
+                        }
+                        undecodable += 1;
+                        tracing::warn!(id = %format_id(&e.message_id), from = %e.sender_phone, error = %err, "undecryptable message");
+                        events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
+                        continue;
+                    }
+                };
+                let (group, phone, device, plaintext) = match incoming {
+                    Incoming::Application { group, phone, device_id, plaintext } => (group, phone, device_id, plaintext),
+                    Incoming::Joined { group } => {
+                        let members = p.mls(|m| m.members(&group))?;
+                        p.add_conversation(&group, &peer_in(&members, &me), now)?;
+                        joined = true;
+                        continue;
+                    }
+                    Incoming::Commit { group, changed, removed_me } => {
+                        if removed_me {
+                            p.retire_conversation(&group)?;
+                        }
+                        let conversation = p.peer_of(&group)?.unwrap_or_default();
+                        for phone in changed.into_iter().filter(|c| *c != me) {
+                            events.push(Event::SecurityNotice { conversation: conversation.clone(), phone });
+                        }
+                        continue;
+                    }
+                    Incoming::OwnCommit { .. } => continue,
+                };
+                if phone != e.sender_phone || device != e.sender_device {
+                    undecodable += 1;
+                    let reason = "the encrypted sender differs from the server's envelope".to_string();
+                    tracing::warn!(id = %format_id(&e.message_id), %reason, "message refused");
+                    events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason });
+                    continue;
+                }
+                let content = match dak_proto::decode_content(&plaintext) {
                     Ok(c) => c,
                     Err(err) => {
                         undecodable += 1;
                         tracing::warn!(id = %format_id(&e.message_id), error = %err, "undecodable message body");
-                        events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone });
+                        events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
                         continue;
                     }
                 };
-                let outgoing = e.sender_phone == me;
+                let outgoing = phone == me;
+                let conversation = p.peer_of(&group)?.unwrap_or_else(|| phone.clone());
                 match content.kind {
                     Some(Kind::Text(t)) => {
                         let view = MessageView {
                             id: e.message_id.clone(),
-                            conversation: if outgoing { e.conversation_phone.clone() } else { e.sender_phone.clone() },
-                            from: e.sender_phone.clone(),
-                            from_device: e.sender_device,
+                            conversation,
+                            from: phone.clone(),
+                            from_device: device,
                             outgoing,
                             text: t.body,
                             sent_at_ms: t.sent_at_ms,
@@ -552,7 +678,7 @@ impl Client {
                         };
                         p.insert_message(&view)?;
                         if !outgoing {
-                            to_confirm.entry(e.sender_phone.clone()).or_default().push(e.message_id.clone());
+                            to_confirm.entry(phone.clone()).or_default().push(e.message_id.clone());
                         }
                         events.push(Event::Message(view));
                     }
@@ -564,11 +690,13 @@ impl Client {
                                 if read {
                                     p.mark_read(&id, e.server_time_ms)?;
                                 }
-                            } else if p.record_receipt(&id, &e.sender_phone, e.sender_device, read, e.server_time_ms)? {
+                            } else if p.record_receipt(&id, &phone, device, read, e.server_time_ms)? {
                                 ticked.push(id);
                             }
                         }
                     }
+                    // Shown with issue 5's message features; stored nowhere yet.
+                    Some(Kind::Reaction(_)) => {}
                     None => undecodable += 1,
                 }
             }
@@ -592,10 +720,368 @@ impl Client {
             tracing::debug!(error = %e, "ack failed; the server will redeliver and we will drop the copies");
             return Ok(events);
         }
-        if let Err(e) = self.push_queued(receipts).await {
-            tracing::debug!(error = %e, "receipts stay in the outbox");
-        }
+        self.keys_used |= joined;
+        self.unsent_receipts.extend(receipts);
         Ok(events)
+    }
+
+    // ---- MLS: groups, commits and the key directory ----
+
+    /// Encrypts for the conversation with `to` and sends, bringing the
+    /// group up to date first when the server says it moved on.
+    async fn send_encrypted(
+        &mut self,
+        id: &[u8],
+        to: &str,
+        plaintext: &[u8],
+    ) -> Result<v1::SendAck, ClientError> {
+        let mut last = None;
+        for _ in 0..GROUP_RETRIES {
+            let group = self.group_with(to).await?;
+            let body = self
+                .profile
+                .transaction(|p| p.mls(|m| m.encrypt(&group, plaintext)))?;
+            let request = Request::SendMessage(v1::SendMessage {
+                message_id: id.to_vec(),
+                body,
+            });
+            match self.conn.call(request).await {
+                Ok(Body::SendAck(ack)) => return Ok(ack),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => {
+                    if !self.recover(&group, &e).await? {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("the conversation kept changing".into())))
+    }
+
+    /// Acts on a group refusal so that a retry can succeed. False for any
+    /// other error: there is nothing to fix, the caller gives up.
+    async fn recover(&mut self, group: &[u8], e: &ClientError) -> Result<bool, ClientError> {
+        match e.code() {
+            Some(ErrorCode::StaleEpoch) => {
+                let epoch = match e {
+                    ClientError::Server(s) => s.epoch,
+                    _ => 0,
+                };
+                self.catch_up(group, epoch).await?;
+            }
+            Some(ErrorCode::GroupDevicesChanged) => self.reconcile(group).await?,
+            Some(ErrorCode::NotAMember) => self.profile.retire_conversation(group)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The group for the conversation with `peer`, started if there is none.
+    async fn group_with(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
+        if let Some(group) = self.profile.group_for(peer)? {
+            if self.profile.mls(|m| m.has_group(&group))? && self.settle(&group).await? {
+                return Ok(group);
+            }
+            tracing::warn!(group = %format_id(&group), "conversation state unusable; starting a new one");
+            self.profile.retire_conversation(&group)?;
+        }
+        self.start_group(peer).await
+    }
+
+    /// Creates a group with every device of `peer` and this account's other
+    /// devices: the Welcome goes with the first commit, so the first message
+    /// needs nothing back from the recipient.
+    async fn start_group(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
+        let me = self.reg.phone.clone();
+        let mut adds = Vec::new();
+        if peer != me {
+            let theirs = self.fetch_keys(peer, &[]).await?;
+            if theirs.packages.is_empty() {
+                return Err(ClientError::Usage(format!(
+                    "{peer} has no device ready for encrypted chat yet; ask them to open Dak once"
+                )));
+            }
+            adds.extend(theirs.packages);
+        }
+        adds.extend(self.fetch_keys(&me, &[self.reg.device_id]).await?.packages);
+        let group = self.profile.transaction(|p| {
+            let group = p.mls(|m| m.create_group())?;
+            p.add_conversation(&group, peer, now_ms())?;
+            Ok(group)
+        })?;
+        self.commit(&group, adds, Vec::new()).await?;
+        Ok(group)
+    }
+
+    /// Resolves a commit left pending by a lost connection: if the server
+    /// took it, it is in our mailbox and merges as our own; if not, it is
+    /// dropped. False when the group does not exist on the server.
+    async fn settle(&mut self, group: &[u8]) -> Result<bool, ClientError> {
+        if !self.profile.mls(|m| m.has_pending(group))? {
+            return Ok(true);
+        }
+        let server = match self
+            .conn
+            .call(Request::GetGroupEpoch(v1::GetGroupEpoch {
+                group_id: group.to_vec(),
+            }))
+            .await?
+        {
+            Body::GroupEpoch(g) => g,
+            other => return Err(unexpected(other)),
+        };
+        let local = self.profile.mls(|m| m.epoch(group))?;
+        if server.exists && server.epoch > local {
+            self.catch_up(group, server.epoch).await?;
+        }
+        if self.profile.mls(|m| m.has_pending(group))? {
+            self.profile
+                .transaction(|p| p.mls(|m| m.clear_pending(group)))?;
+        }
+        Ok(server.exists)
+    }
+
+    /// Handles pushes until the group reaches `epoch` (the commit that won
+    /// is in our mailbox, behind whatever came before it).
+    async fn catch_up(&mut self, group: &[u8], epoch: u64) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            let (active, local) = self.profile.mls(|m| {
+                let active = m.has_group(group)?;
+                Ok((active, if active { m.epoch(group)? } else { 0 }))
+            })?;
+            if !active || local >= epoch {
+                return Ok(());
+            }
+            let body = tokio::time::timeout_at(deadline, self.conn.next_push())
+                .await
+                .map_err(|_| {
+                    ClientError::Timeout(format!(
+                        "the commit for epoch {epoch} of a conversation did not arrive"
+                    ))
+                })??;
+            let events = self.handle_push_inner(body).await?;
+            self.backlog.extend(events);
+        }
+    }
+
+    /// Brings the group's devices in line with the directory: adds the
+    /// member accounts' new devices and removes their unlinked ones.
+    async fn reconcile(&mut self, group: &[u8]) -> Result<(), ClientError> {
+        for _ in 0..GROUP_RETRIES {
+            let members = self.profile.mls(|m| m.members(group))?;
+            let phones: BTreeSet<String> = members.iter().map(|m| m.phone.clone()).collect();
+            let mut adds = Vec::new();
+            let mut removes = Vec::new();
+            for phone in phones {
+                let known: Vec<u64> = members
+                    .iter()
+                    .filter(|m| m.phone == phone)
+                    .map(|m| m.device_id)
+                    .collect();
+                let fetched = self.fetch_keys(&phone, &known).await?;
+                adds.extend(fetched.packages);
+                removes.extend(
+                    members
+                        .iter()
+                        .filter(|m| {
+                            m.phone == phone
+                                && !fetched.active.contains(&m.device_id)
+                                && m.device_id != self.reg.device_id
+                        })
+                        .cloned(),
+                );
+            }
+            if adds.is_empty() && removes.is_empty() {
+                return Ok(());
+            }
+            match self.commit(group, adds, removes).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the conversation kept changing; try again".into(),
+        ))
+    }
+
+    /// Sends a commit; merges it on the ack. On STALE_EPOCH it is dropped
+    /// and the winner processed (the caller redoes its change); on a lost
+    /// connection it stays pending for `settle`.
+    async fn commit(
+        &mut self,
+        group: &[u8],
+        adds: Vec<(u64, openmls::prelude::KeyPackage)>,
+        removes: Vec<MemberDevice>,
+    ) -> Result<(), ClientError> {
+        let added_devices: Vec<u64> = adds.iter().map(|(d, _)| *d).collect();
+        let removed_devices: Vec<u64> = removes.iter().map(|m| m.device_id).collect();
+        let out = self.profile.transaction(|p| {
+            p.mls(|m| {
+                m.commit(
+                    group,
+                    adds.into_iter().map(|(_, kp)| kp).collect(),
+                    removes.iter().map(|r| r.leaf).collect(),
+                )
+            })
+        })?;
+        let request = Request::SendCommit(v1::SendCommit {
+            message_id: new_id(),
+            commit: out.commit,
+            welcome: out.welcome.unwrap_or_default(),
+            added_devices,
+            removed_devices,
+        });
+        match self.conn.call(request).await {
+            Ok(Body::SendAck(_)) => self
+                .profile
+                .transaction(|p| p.mls(|m| m.merge_pending(group))),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) if !matches!(e, ClientError::Server(_)) => Err(e),
+            Err(e) => {
+                self.profile
+                    .transaction(|p| p.mls(|m| m.clear_pending(group)))?;
+                if let ClientError::Server(s) = &e
+                    && s.kind() == ErrorCode::StaleEpoch
+                {
+                    self.catch_up(group, s.epoch).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// KeyPackages for `phone`'s devices not in `known`, each checked to be
+    /// signed by the identity key the server bound to that device.
+    async fn fetch_keys(&mut self, phone: &str, known: &[u64]) -> Result<Fetched, ClientError> {
+        let answer = self
+            .conn
+            .call(Request::FetchKeyPackages(v1::FetchKeyPackages {
+                phone: phone.into(),
+                known_devices: known.to_vec(),
+            }))
+            .await?;
+        let Body::KeyPackages(k) = answer else {
+            return Err(unexpected(answer));
+        };
+        let mut fetched = Fetched {
+            active: k.devices.iter().map(|d| d.device_id).collect(),
+            packages: Vec::new(),
+        };
+        for d in k.devices.into_iter().filter(|d| !d.key_package.is_empty()) {
+            let kp = self.profile.mls(|m| {
+                m.fetched_key_package(&d.key_package, &k.phone, d.device_id, &d.identity_key)
+            })?;
+            fetched.packages.push((d.device_id, kp));
+        }
+        Ok(fetched)
+    }
+
+    /// Uploads KeyPackages if the server holds few.
+    async fn refresh_keys(&mut self) -> Result<(), ClientError> {
+        let answer = self
+            .conn
+            .call(Request::UploadKeyPackages(v1::UploadKeyPackages::default()))
+            .await?;
+        let Body::KeyPackageCount(c) = answer else {
+            return Err(unexpected(answer));
+        };
+        top_up_keys(&self.profile, &mut self.conn, c.one_time, c.has_last_resort).await
+    }
+
+    /// Makes a commit that only refreshes this device's keys in the
+    /// conversation with `peer` (post-compromise security), retrying if
+    /// another device's commit wins the epoch.
+    pub async fn update_keys(&mut self, peer: &str) -> Result<(), ClientError> {
+        let peer = phone(peer)?;
+        for _ in 0..GROUP_RETRIES {
+            let group = self.group_with(&peer).await?;
+            match self.commit(&group, Vec::new(), Vec::new()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the conversation kept changing; try again".into(),
+        ))
+    }
+
+    /// This device's view of the conversation with `peer`, if it has one.
+    pub fn group_state(&self, peer: &str) -> Result<Option<GroupState>, ClientError> {
+        let peer = phone(peer)?;
+        let Some(group) = self.profile.group_for(&peer)? else {
+            return Ok(None);
+        };
+        self.profile.mls(|m| {
+            Ok(Some(GroupState {
+                epoch: m.epoch(&group)?,
+                authenticator: m.authenticator(&group)?,
+                members: m
+                    .members(&group)?
+                    .into_iter()
+                    .map(|d| (d.phone, d.device_id))
+                    .collect(),
+                group_id: group.clone(),
+            }))
+        })
+    }
+
+    /// The conversation's safety number (see `mls::safety_number`): compare
+    /// it with the contact's, in person or by a call.
+    pub async fn safety_number(&mut self, peer: &str) -> Result<String, ClientError> {
+        let peer = phone(peer)?;
+        let group = self.group_with(&peer).await?;
+        self.reconcile(&group).await?;
+        let members = self.profile.mls(|m| m.members(&group))?;
+        Ok(crate::mls::safety_number(&members))
+    }
+
+    /// Sends a reaction to a message in the conversation with `to`.
+    pub async fn react(
+        &mut self,
+        to: &str,
+        message_id: &[u8],
+        emoji: &str,
+    ) -> Result<SendOutcome, ClientError> {
+        let to = phone(to)?;
+        let content = v1::Content {
+            kind: Some(Kind::Reaction(v1::Reaction {
+                message_id: message_id.to_vec(),
+                emoji: emoji.into(),
+            })),
+        };
+        self.send_content(&to, content).await
+    }
+
+    /// Sends receipts of `kind` for `ids` to `to` (a sender).
+    pub async fn send_receipt(
+        &mut self,
+        to: &str,
+        kind: v1::ReceiptType,
+        ids: Vec<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let to = phone(to)?;
+        self.send_receipts(kind, BTreeMap::from([(to, ids)])).await
+    }
+
+    /// Sends content that has no message row (through the outbox).
+    async fn send_content(
+        &mut self,
+        to: &str,
+        content: v1::Content,
+    ) -> Result<SendOutcome, ClientError> {
+        let id = new_id();
+        let body = content.encode_to_vec();
+        self.profile.queue_outgoing(&id, to, &body)?;
+        let ack = self.push_outgoing(&id, to, body).await?;
+        Ok(SendOutcome {
+            id,
+            server_time_ms: ack.server_time_ms,
+            recipient_devices: ack.recipients.len(),
+        })
     }
 
     /// Receives everything waiting, calling `on_event` for each event, and
@@ -675,9 +1161,20 @@ impl Client {
         }
     }
 
+    /// Unlinks a device, then removes its leaves from every conversation
+    /// this device is in (any that fail here are fixed on their next send).
     pub async fn remove_device(&mut self, device_id: u64) -> Result<(), ClientError> {
         self.call_ok(Request::RemoveDevice(v1::RemoveDevice { device_id }))
-            .await
+            .await?;
+        if device_id == self.reg.device_id {
+            return Ok(());
+        }
+        for (group, _) in self.profile.active_groups()? {
+            if let Err(e) = self.reconcile(&group).await {
+                tracing::warn!(group = %format_id(&group), error = %e, "device removal postponed in a conversation");
+            }
+        }
+        Ok(())
     }
 
     pub async fn set_pin(&mut self, pin: &str) -> Result<(), ClientError> {
@@ -762,6 +1259,50 @@ pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, C
         p.queue_outgoing(&id, &to, &body)
     })?;
     Ok((id, to, body))
+}
+
+/// The other account in a conversation's members (this account for notes to self).
+fn peer_in(members: &[MemberDevice], me: &str) -> String {
+    members
+        .iter()
+        .map(|m| m.phone.as_str())
+        .find(|p| *p != me)
+        .unwrap_or(me)
+        .to_string()
+}
+
+/// Uploads enough one-time KeyPackages to reach the target, and a
+/// last-resort one if the server has none.
+async fn top_up_keys(
+    profile: &Profile,
+    conn: &mut Connection,
+    one_time: u32,
+    has_last_resort: bool,
+) -> Result<(), ClientError> {
+    if one_time >= KEY_PACKAGE_LOW && has_last_resort {
+        return Ok(());
+    }
+    let want = KEY_PACKAGE_TARGET.saturating_sub(one_time) as usize;
+    let (key_packages, last_resort) = profile.transaction(|p| {
+        p.mls(|m| {
+            let last = if has_last_resort {
+                Vec::new()
+            } else {
+                m.last_resort_key_package()?
+            };
+            Ok((m.key_packages(want)?, last))
+        })
+    })?;
+    let answer = conn
+        .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
+            key_packages,
+            last_resort,
+        }))
+        .await?;
+    match answer {
+        Body::KeyPackageCount(_) => Ok(()),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// A message's tick from the profile alone (no connection needed).

@@ -21,6 +21,15 @@ pub enum ClientError {
     Usage(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// MLS refused something (a bad message, a broken group state).
+    #[error("encryption: {0}")]
+    Crypto(String),
+    /// This device has no state for a conversation it is in, e.g. its
+    /// profile was restored from an old copy.
+    #[error(
+        "this device has lost the encryption state of conversation {0}; it will start a new one on the next message, or link this device again (`dak link`) to recover"
+    )]
+    GroupMissing(String),
 }
 
 impl ClientError {

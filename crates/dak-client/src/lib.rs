@@ -8,12 +8,14 @@
 //!   ticks, dedup).
 //! - `client`: what a user does: register, link, send, sync, read, status.
 //!
-//! Message bodies are `dak_proto::v1::Content` in the clear for now; the MLS
-//! layer will wrap them without changing the server's delivery path.
+//! - `mls`: the device's MLS state (openmls): every conversation is an MLS
+//!   group of devices; message bodies (`dak_proto::v1::Content`) travel only
+//!   as MLS ciphertext.
 
 mod client;
 mod connection;
 mod error;
+pub mod mls;
 pub mod profile;
 pub mod transport;
 

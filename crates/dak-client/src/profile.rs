@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS seen (
     id BLOB PRIMARY KEY,
     at_ms INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS conversations (
+    group_id BLOB PRIMARY KEY,
+    peer TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 1,
+    created_ms INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS conversations_by_peer ON conversations(peer, active, group_id);
 CREATE TABLE IF NOT EXISTS outbox (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     id BLOB NOT NULL UNIQUE,
@@ -92,7 +99,9 @@ pub struct RecipientState {
 /// task at a time is expected to use a profile; the mutex is not held
 /// across a transaction's statements.
 pub struct Profile {
-    conn: Mutex<Connection>,
+    /// Re-entrant, so a transaction can hold the connection for openmls's
+    /// storage while the profile's own methods run inside it.
+    conn: ReentrantMutex<Connection>,
     path: PathBuf,
 }
 
@@ -134,9 +143,15 @@ impl Profile {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let path = dir.join("profile.db");
-        let conn = Connection::open(&path).map_err(|e| store_err(&path, e))?;
+        let mut conn = Connection::open(&path).map_err(|e| store_err(&path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| store_err(&path, e))?;
+        crate::mls::migrate(&mut conn).map_err(|message| ClientError::Store {
+            path: path.display().to_string(),
+            message,
+        })?;
         let p = Profile {
-            conn: Mutex::new(conn),
+            conn: ReentrantMutex::new(conn),
             path,
         };
         p.db()
@@ -152,9 +167,113 @@ impl Profile {
         Ok(p)
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite itself consistent.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn db(&self) -> ReentrantMutexGuard<'_, Connection> {
+        self.conn.lock()
+    }
+
+    /// Runs `f` with this device's MLS engine over the profile's connection.
+    /// Inside `transaction`, its writes commit or roll back with the rest.
+    pub fn mls<T>(
+        &self,
+        f: impl FnOnce(&crate::mls::Mls<'_>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let reg = self.registration()?;
+        let identity = self.identity()?;
+        let db = self.db();
+        let mls = crate::mls::Mls::new(&db, &identity, &reg.phone, reg.device_id);
+        f(&mls)
+    }
+
+    /// Runs `f` in a savepoint: on error its writes (MLS state included) are
+    /// undone and the enclosing transaction goes on.
+    pub fn savepoint<T>(
+        &self,
+        f: impl FnOnce(&Profile) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.db()
+            .execute_batch("SAVEPOINT one")
+            .map_err(|e| self.err(e))?;
+        match f(self) {
+            Ok(v) => {
+                self.db()
+                    .execute_batch("RELEASE one")
+                    .map_err(|e| self.err(e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.db().execute_batch("ROLLBACK TO one; RELEASE one");
+                Err(e)
+            }
+        }
+    }
+
+    // ---- conversations (MLS groups) ----
+
+    /// The group to send to `peer` in: the one started or joined last.
+    /// Older ones still deliver (we stay a member), but a contact who lost
+    /// their state and started afresh is reachable only in the newest; and
+    /// when both sides started one at the same moment, each sends in the
+    /// other's, where both are members.
+    pub fn group_for(&self, peer: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        self.db()
+            .query_row(
+                "SELECT group_id FROM conversations WHERE peer = ?1 AND active = 1 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+                [peer],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn peer_of(&self, group: &[u8]) -> Result<Option<String>, ClientError> {
+        self.db()
+            .query_row(
+                "SELECT peer FROM conversations WHERE group_id = ?1",
+                [group],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn add_conversation(
+        &self,
+        group: &[u8],
+        peer: &str,
+        now_ms: i64,
+    ) -> Result<(), ClientError> {
+        self.db()
+            .execute(
+                "INSERT INTO conversations (group_id, peer, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(group_id) DO UPDATE SET active = 1",
+                params![group, peer, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stops using a group (we were removed, or its state is gone).
+    pub fn retire_conversation(&self, group: &[u8]) -> Result<(), ClientError> {
+        self.db()
+            .execute(
+                "UPDATE conversations SET active = 0 WHERE group_id = ?1",
+                [group],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn active_groups(&self) -> Result<Vec<(Vec<u8>, String)>, ClientError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT group_id, peer FROM conversations WHERE active = 1 ORDER BY peer, group_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<Vec<_>>>();
+        rows.map_err(|e| self.err(e))
     }
 
     pub fn path(&self) -> &Path {

@@ -19,6 +19,40 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::ClientError;
 
+/// Where `DAK_WIRE_TRACE` (or `trace_frames_to`) has every frame the server
+/// sends appended, each as a 4-byte big-endian length and the frame: for
+/// looking at exactly what crossed the wire (the tests check that no
+/// plaintext ever does).
+static WIRE_TRACE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+static WIRE_TRACE_ENV: std::sync::Once = std::sync::Once::new();
+
+/// Appends every frame received from a server to `path` from now on.
+pub fn trace_frames_to(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    *WIRE_TRACE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    Ok(())
+}
+
+fn trace(frame: &[u8]) {
+    WIRE_TRACE_ENV.call_once(|| {
+        if let Some(path) = std::env::var_os("DAK_WIRE_TRACE")
+            && let Err(e) = trace_frames_to(std::path::Path::new(&path))
+        {
+            tracing::warn!(error = %e, "cannot open DAK_WIRE_TRACE");
+        }
+    });
+    let mut guard = WIRE_TRACE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = guard.as_mut() {
+        use std::io::Write;
+        let _ = file
+            .write_all(&(frame.len() as u32).to_be_bytes())
+            .and_then(|_| file.write_all(frame));
+    }
+}
+
 #[async_trait]
 pub trait Transport: Send {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError>;
@@ -152,7 +186,10 @@ impl Transport for WsTransport {
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(Some(b.to_vec())),
+                Some(Ok(Message::Binary(b))) => {
+                    trace(&b);
+                    return Ok(Some(b.to_vec()));
+                }
                 Some(Ok(Message::Close(frame))) => {
                     self.close_reason = frame.map(|f| f.reason.to_string());
                     return Ok(None);

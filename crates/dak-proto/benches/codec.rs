@@ -11,7 +11,6 @@ fn send_frame(body: usize) -> v1::ClientFrame {
         request_id: 42,
         request: Some(Request::SendMessage(v1::SendMessage {
             message_id: vec![7; 16],
-            to_phone: "+919800000002".into(),
             body: vec![0x5a; body],
         })),
     }
@@ -27,7 +26,6 @@ fn deliver_frame(n: usize, body: usize) -> v1::ServerFrame {
                     message_id: vec![7; 16],
                     sender_phone: "+919800000001".into(),
                     sender_device: 1,
-                    conversation_phone: "+919800000002".into(),
                     server_time_ms: 1_700_000_000_000,
                     body: vec![0x5a; body],
                 })

@@ -7,8 +7,9 @@ use prost::Message;
 
 use crate::v1::{self, ErrorCode, client_frame::Request};
 use crate::{
-    IDENTITY_KEY_BYTES, MAX_ACKS_PER_FRAME, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_SHORT_TEXT,
-    MESSAGE_ID_BYTES, SIGNATURE_BYTES,
+    IDENTITY_KEY_BYTES, MAX_ACKS_PER_FRAME, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_GROUP_ID_BYTES,
+    MAX_KEY_PACKAGES_PER_UPLOAD, MAX_KNOWN_DEVICES, MAX_SHORT_TEXT, MESSAGE_ID_BYTES,
+    SIGNATURE_BYTES,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,7 +157,6 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
         Request::Authenticate(r) => field_len("signature", r.signature.len(), SIGNATURE_BYTES),
         Request::SendMessage(r) => {
             field_len("message_id", r.message_id.len(), MESSAGE_ID_BYTES)?;
-            short_text("to_phone", &r.to_phone)?;
             if r.body.len() > MAX_BODY_BYTES {
                 return Err(FrameError::invalid(
                     ErrorCode::BodyTooLarge,
@@ -185,6 +185,44 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
         }
         Request::ApproveLink(r) => short_text("code", &r.code),
         Request::ListDevices(_) | Request::RemoveDevice(_) => Ok(()),
+        Request::UploadKeyPackages(r) => {
+            if r.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+                return Err(FrameError::invalid(
+                    ErrorCode::BadRequest,
+                    format!("at most {MAX_KEY_PACKAGES_PER_UPLOAD} KeyPackages per upload"),
+                ));
+            }
+            Ok(())
+        }
+        Request::FetchKeyPackages(r) => {
+            short_text("phone", &r.phone)?;
+            if r.known_devices.len() > MAX_KNOWN_DEVICES {
+                return Err(FrameError::invalid(
+                    ErrorCode::BadRequest,
+                    format!("at most {MAX_KNOWN_DEVICES} known devices"),
+                ));
+            }
+            Ok(())
+        }
+        Request::SendCommit(r) => {
+            field_len("message_id", r.message_id.len(), MESSAGE_ID_BYTES)?;
+            if r.commit.is_empty() {
+                return Err(FrameError::invalid(
+                    ErrorCode::BadRequest,
+                    "commit is empty",
+                ));
+            }
+            Ok(())
+        }
+        Request::GetGroupEpoch(r) => {
+            if r.group_id.is_empty() || r.group_id.len() > MAX_GROUP_ID_BYTES {
+                return Err(FrameError::invalid(
+                    ErrorCode::BadRequest,
+                    format!("group_id must be 1 to {MAX_GROUP_ID_BYTES} bytes"),
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -193,12 +231,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn send(id: u64, msg_id: Vec<u8>, to: String, body: Vec<u8>) -> v1::ClientFrame {
+    fn send(id: u64, msg_id: Vec<u8>, body: Vec<u8>) -> v1::ClientFrame {
         v1::ClientFrame {
             request_id: id,
             request: Some(Request::SendMessage(v1::SendMessage {
                 message_id: msg_id,
-                to_phone: to,
                 body,
             })),
         }
@@ -207,9 +244,8 @@ mod tests {
     proptest! {
         #[test]
         fn send_round_trips(id in 1u64.., msg_id in proptest::collection::vec(any::<u8>(), 16),
-                            to in "\\+[1-9][0-9]{7,14}",
                             body in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let frame = send(id, msg_id, to, body);
+            let frame = send(id, msg_id, body);
             let decoded = decode_client_frame(&encode(&frame)).unwrap();
             prop_assert_eq!(decoded, frame);
         }
@@ -225,7 +261,6 @@ mod tests {
                         message_id: vec![7; 16],
                         sender_phone: "+919800000001".into(),
                         sender_device: seq ^ 1,
-                        conversation_phone: "+919800000002".into(),
                         server_time_ms: seq as i64,
                         body: body.clone(),
                     }).collect(),
@@ -257,12 +292,7 @@ mod tests {
 
     #[test]
     fn oversized_body_has_its_own_code() {
-        let frame = send(
-            1,
-            vec![0; 16],
-            "+919800000001".into(),
-            vec![0; MAX_BODY_BYTES + 1],
-        );
+        let frame = send(1, vec![0; 16], vec![0; MAX_BODY_BYTES + 1]);
         let err = decode_client_frame(&encode(&frame)).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BodyTooLarge);
         assert_eq!(err.request_id(), 1, "the refusal answers that request");
@@ -277,11 +307,9 @@ mod tests {
 
     #[test]
     fn wrong_id_length_and_zero_request_id_are_bad_requests() {
-        let err =
-            decode_client_frame(&encode(&send(1, vec![0; 3], "+1".into(), vec![]))).unwrap_err();
+        let err = decode_client_frame(&encode(&send(1, vec![0; 3], vec![]))).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BadRequest);
-        let err =
-            decode_client_frame(&encode(&send(0, vec![0; 16], "+1".into(), vec![]))).unwrap_err();
+        let err = decode_client_frame(&encode(&send(0, vec![0; 16], vec![]))).unwrap_err();
         assert_eq!(err.code(), ErrorCode::BadRequest);
     }
 }

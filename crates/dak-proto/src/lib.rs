@@ -4,6 +4,7 @@
 //! and reused by every client, the browser included.
 
 mod codec;
+pub mod mls;
 mod phone;
 
 pub use codec::{
@@ -27,6 +28,11 @@ pub const MESSAGE_ID_BYTES: usize = 16;
 pub const MAX_ACKS_PER_FRAME: usize = 4096;
 /// Longest free-text field (device names, link codes, PINs).
 pub const MAX_SHORT_TEXT: usize = 64;
+/// Most KeyPackages in one upload, and the group-id length we accept.
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
+pub const MAX_GROUP_ID_BYTES: usize = 64;
+/// Most devices a client may name as known in one KeyPackage fetch.
+pub const MAX_KNOWN_DEVICES: usize = 64;
 /// Ed25519 public keys and signatures.
 pub const IDENTITY_KEY_BYTES: usize = 32;
 pub const SIGNATURE_BYTES: usize = 64;
@@ -72,6 +78,7 @@ impl v1::Error {
             message: message.into(),
             retryable,
             retry_after_secs: 0,
+            epoch: 0,
         }
     }
 

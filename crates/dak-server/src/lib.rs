@@ -7,6 +7,7 @@
 
 pub mod config;
 mod error;
+mod groups;
 mod http;
 mod linking;
 mod mailbox;

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub codes_sent: AtomicU64,
     pub registrations: AtomicU64,
+    pub commits_accepted: AtomicU64,
+    pub commits_stale: AtomicU64,
 }
 
 impl Metrics {
@@ -75,6 +77,16 @@ impl Metrics {
             "registrations_total",
             "Primary devices registered.",
             self.registrations.load(Relaxed),
+        );
+        counter(
+            "mls_commits_accepted_total",
+            "MLS commits accepted (each moves a group to its next epoch).",
+            self.commits_accepted.load(Relaxed),
+        );
+        counter(
+            "mls_commits_stale_total",
+            "MLS commits refused because another commit won the epoch.",
+            self.commits_stale.load(Relaxed),
         );
         let _ = writeln!(
             out,

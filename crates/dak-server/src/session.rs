@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::{ApiError, ApiResult};
+use crate::groups;
 use crate::linking;
 use crate::mailbox;
 use crate::metrics::Metrics;
@@ -342,9 +343,12 @@ impl Session {
             Request::Authenticate(r) => {
                 self.not_yet_device()?;
                 let device = registration::authenticate(&self.state, &self.nonce, &r).await?;
+                let stock = self.state.store.key_stock(device.id).await?;
                 let answer = v1::Authenticated {
                     phone: device.phone.clone(),
                     device_id: device.id,
+                    key_packages: stock.one_time,
+                    has_last_resort: stock.has_last_resort,
                 };
                 self.become_device(device);
                 Ok(Body::Authenticated(answer))
@@ -368,7 +372,29 @@ impl Session {
             }
             Request::SendMessage(r) => {
                 let device = self.device()?.clone();
-                Ok(Body::SendAck(mailbox::send(&self.state, &device, r).await?))
+                Ok(Body::SendAck(groups::send(&self.state, &device, r).await?))
+            }
+            Request::SendCommit(r) => {
+                let device = self.device()?.clone();
+                Ok(Body::SendAck(
+                    groups::commit(&self.state, &device, r).await?,
+                ))
+            }
+            Request::GetGroupEpoch(r) => {
+                self.device()?;
+                Ok(Body::GroupEpoch(groups::epoch(&self.state, r).await?))
+            }
+            Request::UploadKeyPackages(r) => {
+                let device = self.device()?.clone();
+                Ok(Body::KeyPackageCount(
+                    groups::upload_key_packages(&self.state, &device, r).await?,
+                ))
+            }
+            Request::FetchKeyPackages(r) => {
+                self.device()?;
+                Ok(Body::KeyPackages(
+                    groups::fetch_key_packages(&self.state, r).await?,
+                ))
             }
             Request::AckDeliveries(r) => {
                 let id = self.device()?.id;

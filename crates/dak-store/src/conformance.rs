@@ -23,6 +23,218 @@ pub async fn run_all<S: Store>(s: &S) {
     verification_attempts_count(s).await;
     link_requests_are_taken_once(s).await;
     expiry_drops_old_envelopes(s).await;
+    key_packages_are_claimed_once(s).await;
+    groups_take_the_first_commit_per_epoch(s).await;
+    group_sends_check_members_and_devices(s).await;
+}
+
+fn from(device: &Device, id: u8, body: &[u8]) -> NewEnvelope {
+    NewEnvelope {
+        sender_phone: device.phone.clone(),
+        sender_device: device.id,
+        ..envelope(id, body)
+    }
+}
+
+async fn key_packages_are_claimed_once<S: Store>(s: &S) {
+    let reg = s
+        .register_primary("+911000000010", &[10; 32], "p", 1)
+        .await
+        .unwrap();
+    let d = reg.device.id;
+    assert_eq!(s.key_stock(d).await.unwrap(), KeyStock::default());
+    // A device without a last-resort package cannot be added yet.
+    assert!(
+        s.claim_key_packages(reg.account_id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stock = s
+        .put_key_packages(
+            d,
+            vec![b"kp1".to_vec(), b"kp2".to_vec()],
+            Some(b"last".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stock,
+        KeyStock {
+            one_time: 2,
+            has_last_resort: true
+        }
+    );
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let claimed = s.claim_key_packages(reg.account_id, &[]).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        got.push(claimed[0].key_package.clone().unwrap());
+    }
+    assert_eq!(
+        got,
+        vec![
+            b"kp1".to_vec(),
+            b"kp2".to_vec(),
+            b"last".to_vec(),
+            b"last".to_vec()
+        ]
+    );
+    let known = s.claim_key_packages(reg.account_id, &[d]).await.unwrap();
+    assert_eq!(known[0].key_package, None, "a known device gets no package");
+    // A replaced last resort; a revoked device has none left.
+    s.put_key_packages(d, vec![], Some(b"last2".to_vec()))
+        .await
+        .unwrap();
+    let claimed = s.claim_key_packages(reg.account_id, &[]).await.unwrap();
+    assert_eq!(claimed[0].key_package.as_deref(), Some(&b"last2"[..]));
+    s.revoke_device(d, RevokeReason::Removed).await.unwrap();
+    assert_eq!(s.key_stock(d).await.unwrap(), KeyStock::default());
+}
+
+async fn ready_device<S: Store>(s: &S, phone: &str, key: u8) -> Device {
+    let reg = s.register_primary(phone, &[key; 32], "p", 1).await.unwrap();
+    s.put_key_packages(reg.device.id, vec![], Some(vec![key]))
+        .await
+        .unwrap();
+    reg.device
+}
+
+fn commit(by: &Device, group: &[u8], epoch: u64, added: &[&Device]) -> GroupCommit {
+    GroupCommit {
+        group_id: group.to_vec(),
+        epoch,
+        added: added.iter().map(|d| d.id).collect(),
+        removed: vec![],
+        commit: from(by, 20 + epoch as u8, b"commit"),
+        welcome: (!added.is_empty()).then(|| from(by, 40 + epoch as u8, b"welcome")),
+    }
+}
+
+async fn groups_take_the_first_commit_per_epoch<S: Store>(s: &S) {
+    let a = ready_device(s, "+911000000011", 11).await;
+    let b = ready_device(s, "+911000000012", 12).await;
+    let g = b"group-one";
+    assert_eq!(s.group_epoch(g).await.unwrap(), None);
+    assert_eq!(
+        s.commit_group(commit(&a, g, 1, &[&b])).await.unwrap(),
+        GroupOutcome::NoGroup
+    );
+    let created = s.commit_group(commit(&a, g, 0, &[&b])).await.unwrap();
+    assert_eq!(
+        created,
+        GroupOutcome::Accepted {
+            recipients: vec![b.clone()]
+        }
+    );
+    assert_eq!(s.group_epoch(g).await.unwrap(), Some(1));
+    // b holds the Welcome; a, the only member before, its own commit.
+    let bodies = |d: DeviceId| async move {
+        s.fetch_mailbox(d, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.body)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(b.id).await, vec![b"welcome".to_vec()]);
+    assert_eq!(bodies(a.id).await, vec![b"commit".to_vec()]);
+    // Both commit at epoch 1: the first wins, the second is told the epoch.
+    let first = s.commit_group(commit(&b, g, 1, &[])).await.unwrap();
+    assert!(matches!(first, GroupOutcome::Accepted { .. }));
+    let second = s.commit_group(commit(&a, g, 1, &[])).await.unwrap();
+    assert_eq!(second, GroupOutcome::Stale { epoch: 2 });
+    // Someone outside the group cannot commit; nor add a device without keys.
+    let c = ready_device(s, "+911000000013", 13).await;
+    assert_eq!(
+        s.commit_group(commit(&c, g, 2, &[])).await.unwrap(),
+        GroupOutcome::NotMember
+    );
+    let bare = s
+        .register_primary("+911000000014", &[14; 32], "p", 1)
+        .await
+        .unwrap();
+    let refused = s
+        .commit_group(commit(&a, g, 2, &[&bare.device]))
+        .await
+        .unwrap();
+    assert!(matches!(refused, GroupOutcome::BadChange(_)), "{refused:?}");
+    assert_eq!(
+        s.group_epoch(g).await.unwrap(),
+        Some(2),
+        "refusals change nothing"
+    );
+}
+
+async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
+    let a = ready_device(s, "+911000000021", 21).await;
+    let b = ready_device(s, "+911000000022", 22).await;
+    let g = b"group-two";
+    s.commit_group(commit(&a, g, 0, &[&b])).await.unwrap();
+    let before = s.mailbox_len(b.id).await.unwrap();
+    let sent = s.send_group(g, 1, from(&a, 1, b"hello")).await.unwrap();
+    assert_eq!(
+        sent,
+        GroupOutcome::Accepted {
+            recipients: vec![b.clone()]
+        }
+    );
+    assert_eq!(s.mailbox_len(b.id).await.unwrap(), before + 1);
+    assert_eq!(s.mailbox_len(a.id).await.unwrap(), 1, "not to the sender");
+    assert_eq!(
+        s.send_group(g, 0, from(&a, 2, b"old")).await.unwrap(),
+        GroupOutcome::Stale { epoch: 1 }
+    );
+    assert_eq!(
+        s.send_group(b"nope", 0, from(&a, 3, b"x")).await.unwrap(),
+        GroupOutcome::NoGroup
+    );
+    // b links a laptop with keys: sends are refused until it is added.
+    let laptop = s
+        .add_linked_device(b.account_id, &[23; 32], "laptop", 2, 4)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            s.send_group(g, 1, from(&a, 4, b"x")).await.unwrap(),
+            GroupOutcome::Accepted { .. }
+        ),
+        "a device without keys yet does not block the group"
+    );
+    s.put_key_packages(laptop.id, vec![], Some(vec![23]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.send_group(g, 1, from(&a, 5, b"x")).await.unwrap(),
+        GroupOutcome::DevicesChanged
+    );
+    s.commit_group(commit(&a, g, 1, &[&laptop])).await.unwrap();
+    let sent = s.send_group(g, 2, from(&a, 6, b"x")).await.unwrap();
+    let GroupOutcome::Accepted { recipients } = sent else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(
+        recipients.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![b.id, laptop.id]
+    );
+    // The laptop is unlinked: refused until a commit removes it.
+    s.revoke_device(laptop.id, RevokeReason::Removed)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.send_group(g, 2, from(&a, 7, b"x")).await.unwrap(),
+        GroupOutcome::DevicesChanged
+    );
+    let mut removal = commit(&b, g, 2, &[]);
+    removal.removed = vec![laptop.id];
+    assert!(matches!(
+        s.commit_group(removal).await.unwrap(),
+        GroupOutcome::Accepted { .. }
+    ));
+    assert!(matches!(
+        s.send_group(g, 3, from(&a, 8, b"x")).await.unwrap(),
+        GroupOutcome::Accepted { .. }
+    ));
 }
 
 async fn registration_replaces_old_devices<S: Store>(s: &S) {

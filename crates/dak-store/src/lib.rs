@@ -141,6 +141,145 @@ pub struct Registration {
     pub revoked: Vec<DeviceId>,
 }
 
+/// How many KeyPackages a device has left in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyStock {
+    pub one_time: u32,
+    pub has_last_resort: bool,
+}
+
+/// One active device of an account, with a KeyPackage taken for it unless
+/// the caller already knew the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedDevice {
+    pub device: Device,
+    pub key_package: Option<Vec<u8>>,
+}
+
+/// An MLS commit for the group's epoch `epoch`, with the member list change
+/// the committer declares (the server cannot read the commit's proposals
+/// against devices, so it keeps its fan-out list from these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCommit {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    pub added: Vec<DeviceId>,
+    pub removed: Vec<DeviceId>,
+    /// Sent to every device that was a member before the commit, the
+    /// committer and removed devices included: a device that lost the ack
+    /// learns from its mailbox that its commit won, and a removed device
+    /// learns it was removed. Added devices join by the Welcome instead.
+    pub commit: NewEnvelope,
+    /// Sent to the added devices.
+    pub welcome: Option<NewEnvelope>,
+}
+
+/// What became of a group message or commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOutcome {
+    /// Durably in the mailboxes of `recipients` (the active members other than the sender).
+    Accepted {
+        recipients: Vec<Device>,
+    },
+    /// The group is at another epoch.
+    Stale {
+        epoch: u64,
+    },
+    NoGroup,
+    NotMember,
+    /// Some member account gained a device that is not in the group, or a
+    /// member device was revoked: the sender must add or remove them first.
+    DevicesChanged,
+    /// A device named in the commit cannot be added or removed.
+    BadChange(String),
+}
+
+/// The group rules both backends apply to what they read under their lock.
+pub mod group_rules {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// May `sender` send an application message at `epoch` to a group at
+    /// `current` whose members are `members`, when `ready` are the active,
+    /// addable devices of the member accounts?
+    pub fn check_send(
+        current: u64,
+        epoch: u64,
+        sender: DeviceId,
+        members: &[Device],
+        ready: &[DeviceId],
+    ) -> Option<GroupOutcome> {
+        if !members.iter().any(|d| d.id == sender) {
+            return Some(GroupOutcome::NotMember);
+        }
+        if epoch != current {
+            return Some(GroupOutcome::Stale { epoch: current });
+        }
+        let active: BTreeSet<DeviceId> = members
+            .iter()
+            .filter(|d| d.revoked.is_none())
+            .map(|d| d.id)
+            .collect();
+        if active.len() != members.len() || ready.iter().any(|d| !active.contains(d)) {
+            return Some(GroupOutcome::DevicesChanged);
+        }
+        None
+    }
+
+    /// Checks a commit against the group as read; returns the new member
+    /// list when it may be applied.
+    pub fn apply_commit(
+        current: Option<u64>,
+        c: &GroupCommit,
+        members: &[DeviceId],
+        added: &[Device],
+        added_ready: &[DeviceId],
+    ) -> std::result::Result<Vec<DeviceId>, GroupOutcome> {
+        let sender = c.commit.sender_device;
+        let members: Vec<DeviceId> = match current {
+            None if c.epoch == 0 => vec![sender],
+            None => return Err(GroupOutcome::NoGroup),
+            Some(e) if e != c.epoch => return Err(GroupOutcome::Stale { epoch: e }),
+            Some(_) => members.to_vec(),
+        };
+        if !members.contains(&sender) {
+            return Err(GroupOutcome::NotMember);
+        }
+        if c.removed.contains(&sender) {
+            return Err(GroupOutcome::BadChange(
+                "a device cannot remove itself by commit".into(),
+            ));
+        }
+        if c.welcome.is_some() == c.added.is_empty() {
+            return Err(GroupOutcome::BadChange(
+                "a commit that adds devices carries a Welcome, and only then".into(),
+            ));
+        }
+        let mut next: BTreeSet<DeviceId> = members.iter().copied().collect();
+        for r in &c.removed {
+            if !next.remove(r) {
+                return Err(GroupOutcome::BadChange(format!(
+                    "device {r} is not a member"
+                )));
+            }
+        }
+        for a in &c.added {
+            let known = added.iter().any(|d| d.id == *a && d.revoked.is_none());
+            if !known || !added_ready.contains(a) {
+                return Err(GroupOutcome::BadChange(format!(
+                    "device {a} is not an active device with KeyPackages"
+                )));
+            }
+            if !next.insert(*a) {
+                return Err(GroupOutcome::BadChange(format!(
+                    "device {a} is already a member"
+                )));
+            }
+        }
+        Ok(next.into_iter().collect())
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Phone verification.
@@ -189,6 +328,39 @@ pub trait Store: Send + Sync + 'static {
     async fn put_link_request(&self, req: LinkRequest) -> Result<()>;
     /// Removes and returns the request if it exists and has not expired.
     async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>>;
+
+    // MLS key directory.
+    /// Adds one-time KeyPackages and replaces the last-resort one (when given).
+    async fn put_key_packages(
+        &self,
+        device: DeviceId,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<KeyStock>;
+    async fn key_stock(&self, device: DeviceId) -> Result<KeyStock>;
+    /// Every active device of the account that has uploaded keys; for each
+    /// not in `known`, takes one KeyPackage (a one-time one is deleted in the
+    /// same transaction, so two callers never get the same one; the
+    /// last-resort one is shared when none is left).
+    async fn claim_key_packages(
+        &self,
+        account: AccountId,
+        known: &[DeviceId],
+    ) -> Result<Vec<ClaimedDevice>>;
+
+    // MLS groups (the Delivery Service).
+    async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>>;
+    /// Applies a commit if the group is at `c.epoch` (first wins), moves it
+    /// to the next epoch and stores the commit and Welcome, in one transaction.
+    async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome>;
+    /// Stores an application message for every other active member of the
+    /// group, if `group_rules::check_send` allows it, in one transaction.
+    async fn send_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        envelope: NewEnvelope,
+    ) -> Result<GroupOutcome>;
 
     // Mailboxes.
     /// Appends the envelope to every listed device's mailbox in one durable

@@ -70,6 +70,25 @@ const SCHEMA: &[&str] = &[
         body BYTEA NOT NULL,
         PRIMARY KEY (device_id, seq))",
     "CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox(expires_ms)",
+    // The MLS key directory: one-time KeyPackages are deleted when claimed;
+    // a device's last-resort one stays until replaced.
+    "CREATE TABLE IF NOT EXISTS key_packages (
+        id BIGSERIAL PRIMARY KEY,
+        device_id BIGINT NOT NULL,
+        last_resort BOOLEAN NOT NULL DEFAULT FALSE,
+        data BYTEA NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS key_packages_by_device ON key_packages(device_id, last_resort, id)",
+    // The Delivery Service's groups. A group's row is the lock that orders
+    // its commits and messages.
+    "CREATE TABLE IF NOT EXISTS mls_groups (
+        group_id BYTEA PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS group_members (
+        group_id BYTEA NOT NULL,
+        device_id BIGINT NOT NULL,
+        PRIMARY KEY (group_id, device_id))",
+    "CREATE INDEX IF NOT EXISTS group_members_by_device ON group_members(device_id)",
 ];
 
 #[derive(Clone)]
@@ -184,6 +203,13 @@ async fn revoke(
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
+    // Its group memberships stay until a member commits its removal: that is
+    // how the groups learn (send_group refuses until then).
+    sqlx::query("DELETE FROM key_packages WHERE device_id = $1")
+        .bind(id as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     sqlx::query("UPDATE devices SET revoked = $2 WHERE id = $1")
         .bind(id as i64)
         .bind(reason as i16)
@@ -220,6 +246,196 @@ async fn insert_device(
     .await
     .map_err(backend)?;
     Ok(row_device(&row))
+}
+
+/// Appends the envelope to every listed device's mailbox, each at its
+/// device's next seq. Heads are taken in device order, so two transactions
+/// writing to overlapping devices lock them in the same order and cannot
+/// deadlock; each head stays locked until the caller's transaction ends.
+async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    e: &NewEnvelope,
+    devices: &[DeviceId],
+) -> Result<()> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
+    ids.sort_unstable();
+    // One statement for every recipient: unnest the device ids.
+    sqlx::query(
+        "WITH heads AS (
+            INSERT INTO mailbox_heads (device_id, next)
+            SELECT d, 1 FROM unnest($1::BIGINT[]) AS d ORDER BY d
+            ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1
+            RETURNING device_id, next)
+         INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body)
+         SELECT device_id, next, $2, $3, $4, $5, $6, $7, $8 FROM heads",
+    )
+    .bind(&ids)
+    .bind(&e.message_id)
+    .bind(&e.sender_phone)
+    .bind(e.sender_device as i64)
+    .bind(&e.conversation_phone)
+    .bind(e.server_time_ms)
+    .bind(e.expires_ms)
+    .bind(&e.body)
+    .execute(ex)
+    .await
+    .map(|_| ())
+    .map_err(backend)
+}
+
+/// Locks these devices' mailbox heads (creating missing ones) in device
+/// order until the transaction ends, for a transaction that will then call
+/// `insert_envelope` more than once: without it, each call would lock its
+/// own devices in order but the union would not be, and two transactions
+/// could each hold a head the other waits for.
+async fn lock_heads(tx: &mut Transaction<'static, Postgres>, devices: &[DeviceId]) -> Result<()> {
+    let mut ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // `next` is the last seq used: 0 for a new head, so that the
+    // enqueue's increment then hands out 1, as a first insert would.
+    sqlx::query(
+        "INSERT INTO mailbox_heads (device_id, next)
+         SELECT d, 0 FROM unnest($1::BIGINT[]) AS d ORDER BY d
+         ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+    .map_err(backend)
+}
+
+async fn key_stock<'e, E: sqlx::PgExecutor<'e>>(ex: E, device: DeviceId) -> Result<KeyStock> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) FILTER (WHERE NOT last_resort), COALESCE(BOOL_OR(last_resort), FALSE)
+         FROM key_packages WHERE device_id = $1",
+    )
+    .bind(device as i64)
+    .fetch_one(ex)
+    .await
+    .map_err(backend)?;
+    Ok(KeyStock {
+        one_time: row.get::<i64, _>(0) as u32,
+        has_last_resort: row.get(1),
+    })
+}
+
+/// Active devices of these accounts that have a last-resort KeyPackage,
+/// i.e. that can always be added to a group; by account, then device.
+async fn ready_devices<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    accounts: &[AccountId],
+) -> Result<Vec<Device>> {
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let accounts: Vec<i64> = accounts.iter().map(|a| *a as i64).collect();
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLS} WHERE d.account_id = ANY($1) AND d.revoked = 0
+         AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.last_resort)
+         ORDER BY d.account_id, d.id"
+    )))
+    .bind(&accounts)
+    .fetch_all(ex)
+    .await
+    .map_err(backend)?;
+    Ok(rows.iter().map(row_device).collect())
+}
+
+/// Takes one KeyPackage of the device: the oldest one-time one, deleted (a
+/// row another transaction is taking is skipped, so concurrent claimers on
+/// any node never get the same one), else the last-resort one, kept.
+async fn take_key_package(
+    tx: &mut Transaction<'static, Postgres>,
+    device: DeviceId,
+) -> Result<Option<Vec<u8>>> {
+    let one_time: Option<Vec<u8>> = sqlx::query_scalar(
+        "DELETE FROM key_packages WHERE id = (
+            SELECT id FROM key_packages WHERE device_id = $1 AND NOT last_resort
+            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING data",
+    )
+    .bind(device as i64)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if one_time.is_some() {
+        return Ok(one_time);
+    }
+    sqlx::query_scalar(
+        "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort ORDER BY id DESC LIMIT 1",
+    )
+    .bind(device as i64)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)
+}
+
+/// Locks the group's row until the transaction ends and returns its epoch;
+/// None when there is no such group.
+async fn lock_group(
+    tx: &mut Transaction<'static, Postgres>,
+    group_id: &[u8],
+) -> Result<Option<u64>> {
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM mls_groups WHERE group_id = $1 FOR UPDATE")
+            .bind(group_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?;
+    Ok(epoch.map(|e| e as u64))
+}
+
+/// Member devices, revoked ones included (they stay until removed by commit).
+async fn group_members(
+    tx: &mut Transaction<'static, Postgres>,
+    group_id: &[u8],
+) -> Result<Vec<Device>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLS} JOIN group_members m ON m.device_id = d.id WHERE m.group_id = $1 ORDER BY d.id"
+    )))
+    .bind(group_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(rows.iter().map(row_device).collect())
+}
+
+/// Any of these devices, revoked ones included, in id order.
+async fn devices_by_ids(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &[DeviceId],
+) -> Result<Vec<Device>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = ids.iter().map(|d| *d as i64).collect();
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLS} WHERE d.id = ANY($1) ORDER BY d.id"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(rows.iter().map(row_device).collect())
+}
+
+fn member_accounts(members: &[Device]) -> Vec<AccountId> {
+    let mut accounts: Vec<AccountId> = members.iter().map(|d| d.account_id).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    accounts
+}
+
+/// Ends a transaction that wrote nothing that should stay (a refusal), so
+/// its locks are released before the caller hears the outcome.
+async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Result<GroupOutcome> {
+    tx.rollback().await.map_err(backend)?;
+    Ok(outcome)
 }
 
 #[async_trait]
@@ -494,32 +710,207 @@ impl Store for PgStore {
         }))
     }
 
-    async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
-        let ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
-        // One statement for every recipient: unnest the device ids.
+    async fn put_key_packages(
+        &self,
+        device: DeviceId,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<KeyStock> {
+        let mut tx = self.begin().await?;
+        if let Some(lr) = last_resort {
+            // The device row lock makes replacing the last-resort package one
+            // step: two concurrent uploads cannot both leave theirs behind.
+            sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(device as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort")
+                .bind(device as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            sqlx::query(
+                "INSERT INTO key_packages (device_id, last_resort, data) VALUES ($1, TRUE, $2)",
+            )
+            .bind(device as i64)
+            .bind(&lr)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        if !one_time.is_empty() {
+            // In upload order, so they are claimed oldest first.
+            sqlx::query(
+                "INSERT INTO key_packages (device_id, last_resort, data)
+                 SELECT $1, FALSE, k FROM unnest($2::BYTEA[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+            )
+            .bind(device as i64)
+            .bind(&one_time)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        let stock = key_stock(&mut *tx, device).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(stock)
+    }
+
+    async fn key_stock(&self, device: DeviceId) -> Result<KeyStock> {
+        key_stock(&self.pool, device).await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        account: AccountId,
+        known: &[DeviceId],
+    ) -> Result<Vec<ClaimedDevice>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::new();
+        for device in ready_devices(&mut *tx, &[account]).await? {
+            let key_package = if known.contains(&device.id) {
+                None
+            } else {
+                take_key_package(&mut tx, device.id).await?
+            };
+            out.push(ClaimedDevice {
+                device,
+                key_package,
+            });
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>> {
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT epoch FROM mls_groups WHERE group_id = $1")
+                .bind(group_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(epoch.map(|e| e as u64))
+    }
+
+    async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome> {
+        let mut tx = self.begin().await?;
+        // A commit at epoch 0 may create the group. Its row goes in first:
+        // a concurrent creator's insert waits on ours, finds the row once we
+        // commit and then reads the epoch we set (or, if we roll back, goes
+        // on to create the group itself). Either way one creator wins.
+        let created = if c.epoch == 0 {
+            sqlx::query(
+                "INSERT INTO mls_groups (group_id, epoch, created_ms) VALUES ($1, 0, $2)
+                 ON CONFLICT (group_id) DO NOTHING",
+            )
+            .bind(&c.group_id)
+            .bind(c.commit.server_time_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected()
+                == 1
+        } else {
+            false
+        };
+        // Everything below is read under the group's lock, so commits and
+        // messages of one group are accepted, and enqueued, one at a time.
+        let locked = lock_group(&mut tx, &c.group_id).await?;
+        let current = if created { None } else { locked };
+        let members = group_members(&mut tx, &c.group_id).await?;
+        let member_ids: Vec<DeviceId> = members.iter().map(|d| d.id).collect();
+        let added = devices_by_ids(&mut tx, &c.added).await?;
+        let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&added))
+            .await?
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        let next = match group_rules::apply_commit(current, &c, &member_ids, &added, &ready) {
+            Ok(next) => next,
+            Err(outcome) => return refuse(tx, outcome).await,
+        };
+        sqlx::query("UPDATE mls_groups SET epoch = $2 WHERE group_id = $1")
+            .bind(&c.group_id)
+            .bind((c.epoch + 1) as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = $1")
+            .bind(&c.group_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let next_ids: Vec<i64> = next.iter().map(|d| *d as i64).collect();
         sqlx::query(
-            // Heads are taken in device order, so two sends to overlapping
-            // devices lock them in the same order and cannot deadlock.
-            "WITH heads AS (
-                INSERT INTO mailbox_heads (device_id, next)
-                SELECT d, 1 FROM unnest($1::BIGINT[]) AS d ORDER BY d
-                ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1
-                RETURNING device_id, next)
-             INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body)
-             SELECT device_id, next, $2, $3, $4, $5, $6, $7, $8 FROM heads",
+            "INSERT INTO group_members (group_id, device_id) SELECT $1, d FROM unnest($2::BIGINT[]) AS d",
         )
-        .bind(&ids)
-        .bind(&e.message_id)
-        .bind(&e.sender_phone)
-        .bind(e.sender_device as i64)
-        .bind(&e.conversation_phone)
-        .bind(e.server_time_ms)
-        .bind(e.expires_ms)
-        .bind(&e.body)
-        .execute(&self.pool)
+        .bind(&c.group_id)
+        .bind(&next_ids)
+        .execute(&mut *tx)
         .await
-        .map(|_| ())
-        .map_err(backend)
+        .map_err(backend)?;
+        let everyone = group_members(&mut tx, &c.group_id).await?;
+        // Old members (removed ones too) get the commit; added ones join by the Welcome.
+        let told: Vec<DeviceId> = members
+            .iter()
+            .filter(|d| d.revoked.is_none())
+            .map(|d| d.id)
+            .chain(current.is_none().then_some(c.commit.sender_device))
+            .collect();
+        if let Some(w) = &c.welcome {
+            // Two envelopes to two sets of devices: take every head first,
+            // in one device order, as a single enqueue would.
+            let mut all: Vec<DeviceId> = told.iter().chain(c.added.iter()).copied().collect();
+            all.sort_unstable();
+            all.dedup();
+            lock_heads(&mut tx, &all).await?;
+            insert_envelope(&mut *tx, &c.commit, &told).await?;
+            insert_envelope(&mut *tx, w, &c.added).await?;
+        } else {
+            insert_envelope(&mut *tx, &c.commit, &told).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        let recipients = everyone
+            .into_iter()
+            .filter(|d| d.revoked.is_none() && d.id != c.commit.sender_device)
+            .collect();
+        Ok(GroupOutcome::Accepted { recipients })
+    }
+
+    async fn send_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        envelope: NewEnvelope,
+    ) -> Result<GroupOutcome> {
+        let mut tx = self.begin().await?;
+        let Some(current) = lock_group(&mut tx, group_id).await? else {
+            return refuse(tx, GroupOutcome::NoGroup).await;
+        };
+        let members = group_members(&mut tx, group_id).await?;
+        let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&members))
+            .await?
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        if let Some(refusal) =
+            group_rules::check_send(current, epoch, envelope.sender_device, &members, &ready)
+        {
+            return refuse(tx, refusal).await;
+        }
+        let recipients: Vec<Device> = members
+            .into_iter()
+            .filter(|d| d.id != envelope.sender_device)
+            .collect();
+        let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
+        insert_envelope(&mut *tx, &envelope, &ids).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(GroupOutcome::Accepted { recipients })
+    }
+
+    async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
+        // One statement, so one transaction on its own.
+        insert_envelope(&self.pool, &e, devices).await
     }
 
     async fn fetch_mailbox(

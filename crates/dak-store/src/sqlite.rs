@@ -77,6 +77,24 @@ CREATE TABLE IF NOT EXISTS mailbox (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS mailbox_by_device ON mailbox(device_id, seq);
 CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox(expires_ms);
+CREATE TABLE IF NOT EXISTS key_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id INTEGER NOT NULL,
+    last_resort INTEGER NOT NULL DEFAULT 0,
+    data BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE IF NOT EXISTS mls_groups (
+    group_id BLOB PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id BLOB NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (group_id, device_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_by_device ON group_members(device_id);
 "#;
 
 #[derive(Clone)]
@@ -267,6 +285,10 @@ fn devices_of_account(conn: &Connection, account: AccountId) -> Result<Vec<Devic
 fn delete_device(conn: &Connection, id: DeviceId, reason: RevokeReason) -> Result<()> {
     conn.execute("DELETE FROM mailbox WHERE device_id = ?1", [id as i64])
         .map_err(backend)?;
+    // Its group memberships stay until a member commits its removal: that is
+    // how the groups learn (send_group refuses until then).
+    conn.execute("DELETE FROM key_packages WHERE device_id = ?1", [id as i64])
+        .map_err(backend)?;
     conn.execute(
         "UPDATE devices SET revoked = ?2 WHERE id = ?1",
         params![id as i64, reason as i64],
@@ -290,6 +312,184 @@ fn insert_device(
     .map_err(backend)?;
     let id = conn.last_insert_rowid() as u64;
     device_by_id(conn, id)?.ok_or(StoreError::NotFound("device"))
+}
+
+fn key_stock(conn: &Connection, device: DeviceId) -> Result<KeyStock> {
+    conn.query_row(
+        "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(MAX(last_resort), 0) FROM key_packages WHERE device_id = ?1",
+        [device as i64],
+        |r| {
+            Ok(KeyStock {
+                one_time: r.get::<_, i64>(0)? as u32,
+                has_last_resort: r.get::<_, i64>(1)? != 0,
+            })
+        },
+    )
+    .map_err(backend)
+}
+
+/// Active devices of these accounts that have a last-resort KeyPackage,
+/// i.e. that can always be added to a group.
+fn ready_devices(conn: &Connection, accounts: &[AccountId]) -> Result<Vec<Device>> {
+    let mut out = Vec::new();
+    for a in accounts {
+        for d in devices_of_account(conn, *a)? {
+            if key_stock(conn, d.id)?.has_last_resort {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn take_key_package(conn: &Connection, device: DeviceId) -> Result<Option<Vec<u8>>> {
+    let one_time: Option<Vec<u8>> = conn
+        .query_row(
+            "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ?1 AND last_resort = 0 ORDER BY id LIMIT 1) RETURNING data",
+            [device as i64],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    if one_time.is_some() {
+        return Ok(one_time);
+    }
+    conn.query_row(
+        "SELECT data FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+        [device as i64],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(backend)
+}
+
+fn group_epoch(conn: &Connection, group_id: &[u8]) -> Result<Option<u64>> {
+    conn.prepare_cached("SELECT epoch FROM mls_groups WHERE group_id = ?1")
+        .and_then(|mut s| s.query_row([group_id], |r| r.get::<_, i64>(0)).optional())
+        .map(|e| e.map(|e| e as u64))
+        .map_err(backend)
+}
+
+/// Member devices, revoked ones included (they stay until removed by commit).
+fn group_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<Device>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} JOIN group_members m ON m.device_id = d.id WHERE m.group_id = ?1 ORDER BY d.id"
+        ))
+        .map_err(backend)?;
+    stmt.query_map([group_id], row_device)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)
+}
+
+fn member_accounts(members: &[Device]) -> Vec<AccountId> {
+    let mut accounts: Vec<AccountId> = members.iter().map(|d| d.account_id).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    accounts
+}
+
+fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(backend)?;
+    for d in devices {
+        stmt.execute(params![
+            *d as i64,
+            e.message_id,
+            e.sender_phone,
+            e.sender_device as i64,
+            e.conversation_phone,
+            e.server_time_ms,
+            e.expires_ms,
+            e.body
+        ])
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<GroupOutcome> {
+    let current = group_epoch(conn, &c.group_id)?;
+    let members: Vec<Device> = group_members(conn, &c.group_id)?;
+    let member_ids: Vec<DeviceId> = members.iter().map(|d| d.id).collect();
+    let mut added = Vec::new();
+    for a in &c.added {
+        added.extend(device_by_id(conn, *a)?);
+    }
+    let ready: Vec<DeviceId> = ready_devices(conn, &member_accounts(&added))?
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    let next = match group_rules::apply_commit(current, c, &member_ids, &added, &ready) {
+        Ok(next) => next,
+        Err(outcome) => return Ok(outcome),
+    };
+    conn.execute(
+        "INSERT INTO mls_groups (group_id, epoch, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(group_id) DO UPDATE SET epoch = excluded.epoch",
+        params![c.group_id, (c.epoch + 1) as i64, now_ms],
+    )
+    .map_err(backend)?;
+    conn.execute(
+        "DELETE FROM group_members WHERE group_id = ?1",
+        [&c.group_id],
+    )
+    .map_err(backend)?;
+    for d in &next {
+        conn.execute(
+            "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)",
+            params![c.group_id, *d as i64],
+        )
+        .map_err(backend)?;
+    }
+    let everyone = group_members(conn, &c.group_id)?;
+    // Old members (removed ones too) get the commit; added ones join by the Welcome.
+    let told: Vec<DeviceId> = members
+        .iter()
+        .filter(|d| d.revoked.is_none())
+        .map(|d| d.id)
+        .chain((current.is_none()).then_some(c.commit.sender_device))
+        .collect();
+    insert_envelope(conn, &c.commit, &told)?;
+    if let Some(w) = &c.welcome {
+        insert_envelope(conn, w, &c.added)?;
+    }
+    let recipients = everyone
+        .into_iter()
+        .filter(|d| d.revoked.is_none() && d.id != c.commit.sender_device)
+        .collect();
+    Ok(GroupOutcome::Accepted { recipients })
+}
+
+fn send_group(
+    conn: &Connection,
+    group_id: &[u8],
+    epoch: u64,
+    e: &NewEnvelope,
+) -> Result<GroupOutcome> {
+    let Some(current) = group_epoch(conn, group_id)? else {
+        return Ok(GroupOutcome::NoGroup);
+    };
+    let members = group_members(conn, group_id)?;
+    let ready: Vec<DeviceId> = ready_devices(conn, &member_accounts(&members))?
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    if let Some(refusal) =
+        group_rules::check_send(current, epoch, e.sender_device, &members, &ready)
+    {
+        return Ok(refusal);
+    }
+    let recipients: Vec<Device> = members
+        .into_iter()
+        .filter(|d| d.id != e.sender_device)
+        .collect();
+    let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
+    insert_envelope(conn, e, &ids)?;
+    Ok(GroupOutcome::Accepted { recipients })
 }
 
 #[async_trait]
@@ -552,28 +752,91 @@ impl Store for SqliteStore {
 
     async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
         let devices = devices.to_vec();
+        self.write(move |c| insert_envelope(c, &e, &devices)).await
+    }
+
+    async fn put_key_packages(
+        &self,
+        device: DeviceId,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<KeyStock> {
         self.write(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            if let Some(lr) = last_resort {
+                c.execute(
+                    "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+                    [device as i64],
                 )
                 .map_err(backend)?;
-            for d in devices {
-                stmt.execute(params![
-                    d as i64,
-                    e.message_id,
-                    e.sender_phone,
-                    e.sender_device as i64,
-                    e.conversation_phone,
-                    e.server_time_ms,
-                    e.expires_ms,
-                    e.body
-                ])
+                c.execute(
+                    "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 1, ?2)",
+                    params![device as i64, lr],
+                )
                 .map_err(backend)?;
             }
-            Ok(())
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 0, ?2)",
+                )
+                .map_err(backend)?;
+            for kp in one_time {
+                stmt.execute(params![device as i64, kp]).map_err(backend)?;
+            }
+            key_stock(c, device)
         })
         .await
+    }
+
+    async fn key_stock(&self, device: DeviceId) -> Result<KeyStock> {
+        self.read(move |c| key_stock(c, device)).await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        account: AccountId,
+        known: &[DeviceId],
+    ) -> Result<Vec<ClaimedDevice>> {
+        let known = known.to_vec();
+        self.write(move |c| {
+            let mut out = Vec::new();
+            for device in ready_devices(c, &[account])? {
+                let key_package = if known.contains(&device.id) {
+                    None
+                } else {
+                    take_key_package(c, device.id)?
+                };
+                out.push(ClaimedDevice {
+                    device,
+                    key_package,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>> {
+        let group_id = group_id.to_vec();
+        self.read(move |c| group_epoch(c, &group_id)).await
+    }
+
+    async fn commit_group(&self, commit: GroupCommit) -> Result<GroupOutcome> {
+        self.write(move |c| {
+            let now = commit.commit.server_time_ms;
+            commit_group(c, &commit, now)
+        })
+        .await
+    }
+
+    async fn send_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        envelope: NewEnvelope,
+    ) -> Result<GroupOutcome> {
+        let group_id = group_id.to_vec();
+        self.write(move |c| send_group(c, &group_id, epoch, &envelope))
+            .await
     }
 
     async fn fetch_mailbox(

@@ -2,7 +2,7 @@
 //! each test and dropped after it (`dak_store::testing::FreshDb`).
 
 use dak_store::testing::FreshDb;
-use dak_store::{PgStore, Store, StoreError, conformance};
+use dak_store::{GroupCommit, GroupOutcome, NewEnvelope, PgStore, Store, StoreError, conformance};
 use sqlx::Connection;
 
 #[tokio::test]
@@ -103,4 +103,123 @@ async fn a_reader_following_seq_never_skips_a_late_commit() {
         "every envelope read exactly once by following seq"
     );
     assert_eq!(store.mailbox_len(d).await.unwrap(), 2);
+}
+
+fn from(device: &dak_store::Device, id: u8, body: &[u8]) -> NewEnvelope {
+    NewEnvelope {
+        message_id: vec![id; 16],
+        sender_phone: device.phone.clone(),
+        sender_device: device.id,
+        conversation_phone: String::new(),
+        server_time_ms: 1,
+        expires_ms: i64::MAX,
+        body: body.to_vec(),
+    }
+}
+
+/// Two devices (on two nodes, say) create the same new group at once: the
+/// group row is the arbiter, so one wins and the other learns the epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creators_of_one_group_one_wins() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 8).await.expect("connect");
+    let mut ready = Vec::new();
+    for (phone, key) in [("+911000000081", 81u8), ("+911000000082", 82)] {
+        let reg = store
+            .register_primary(phone, &[key; 32], "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, vec![], Some(vec![key]))
+            .await
+            .unwrap();
+        ready.push(reg.device);
+    }
+    let (a, b) = (ready[0].clone(), ready[1].clone());
+    // Several rounds, each on a new group id, to give the race its chances.
+    for round in 0..20u8 {
+        let group = format!("race-{round}").into_bytes();
+        let create = |d: &dak_store::Device| {
+            let (s, c) = (
+                store.clone(),
+                GroupCommit {
+                    group_id: group.clone(),
+                    epoch: 0,
+                    added: vec![],
+                    removed: vec![],
+                    commit: from(d, round, b"create"),
+                    welcome: None,
+                },
+            );
+            tokio::spawn(async move { s.commit_group(c).await })
+        };
+        let (ta, tb) = (create(&a), create(&b));
+        let (ra, rb) = tokio::join!(ta, tb);
+        let (ra, rb) = (ra.unwrap().unwrap(), rb.unwrap().unwrap());
+        let won = |r: &GroupOutcome| matches!(r, GroupOutcome::Accepted { .. });
+        assert!(
+            won(&ra) != won(&rb),
+            "round {round}: exactly one wins: {ra:?} / {rb:?}"
+        );
+        let lost = if won(&ra) { rb } else { ra };
+        assert_eq!(lost, GroupOutcome::Stale { epoch: 1 }, "round {round}");
+        assert_eq!(store.group_epoch(&group).await.unwrap(), Some(1));
+    }
+    // Each creator's mailbox holds exactly the commits it won.
+    let total = store.mailbox_len(a.id).await.unwrap() + store.mailbox_len(b.id).await.unwrap();
+    assert_eq!(total, 20);
+}
+
+/// Concurrent claims for one device never hand out a one-time KeyPackage
+/// twice, and fall back to the shared last-resort one once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_take_each_one_time_package_once() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 16).await.expect("connect");
+    let reg = store
+        .register_primary("+911000000083", &[83; 32], "p", 1)
+        .await
+        .unwrap();
+    let one_time: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'k', i]).collect();
+    let stock = store
+        .put_key_packages(reg.device.id, one_time.clone(), Some(b"last".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(stock.one_time, 10);
+    // Each claim holds its package's row a while after deleting it, so the
+    // claims overlap: a claimer that waited on another's row instead of
+    // moving on would come away with the last-resort package too early.
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    for stmt in [
+        "CREATE FUNCTION dak_test_stall() RETURNS trigger AS $$
+         BEGIN PERFORM pg_sleep(0.1); RETURN OLD; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER dak_test_stall AFTER DELETE ON key_packages FOR EACH ROW EXECUTE FUNCTION dak_test_stall()",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut admin)
+            .await
+            .expect("install trigger");
+    }
+    let claims: Vec<_> = (0..20)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.claim_key_packages(reg.account_id, &[]).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for c in claims {
+        let claimed = c.await.unwrap().unwrap();
+        assert_eq!(claimed.len(), 1);
+        got.push(claimed[0].key_package.clone().expect("a package"));
+    }
+    let last = got.iter().filter(|k| k.as_slice() == b"last").count();
+    assert_eq!(last, 10, "ten claims share the last-resort package");
+    let mut taken: Vec<Vec<u8>> = got
+        .into_iter()
+        .filter(|k| k.as_slice() != b"last")
+        .collect();
+    taken.sort();
+    assert_eq!(taken, one_time, "each one-time package exactly once");
+    let left = store.key_stock(reg.device.id).await.unwrap();
+    assert_eq!((left.one_time, left.has_last_resort), (0, true));
 }

@@ -171,9 +171,15 @@ impl Chat {
                 self.status = "connected".into();
             }
             Event::QueueEmpty => {}
-            Event::Undecodable { from, .. } => self.push(Item::Notice(format!(
-                "⚠ a message from {from} could not be decrypted/decoded"
+            Event::Undecodable { from, reason, .. } => self.push(Item::Notice(format!(
+                "⚠ a message from {from} could not be decrypted ({reason})"
             ))),
+            Event::SecurityNotice { conversation, phone } if conversation == self.peer => {
+                self.push(Item::Notice(format!(
+                    "🔐 {phone}'s devices changed: the safety number changed (dak safety {conversation})"
+                )))
+            }
+            Event::SecurityNotice { .. } => {}
         }
     }
 

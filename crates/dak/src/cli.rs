@@ -94,6 +94,16 @@ enum Command {
     },
     /// Interactive chat in the terminal.
     Chat { phone: String },
+    /// React to a message with an emoji (an empty emoji takes it back).
+    React {
+        /// The conversation: the sender's number, or the recipient's for your own message.
+        phone: String,
+        id: String,
+        emoji: String,
+    },
+    /// Show the conversation's safety number: compare it with your contact's
+    /// (in person or on a call). It changes when either side's devices change.
+    Safety { phone: String },
     /// Link this profile as a new device of an existing account.
     Link {
         /// Server address; repeat it (or separate with commas) for a cluster's nodes.
@@ -166,6 +176,8 @@ pub async fn run(args: Args) -> Result<()> {
             let peer = dak_proto::normalize_phone(&phone)?;
             crate::chat::run(connect(&dir).await?, peer).await
         }
+        Command::React { phone, id, emoji } => react(&dir, &phone, &id, &emoji, json).await,
+        Command::Safety { phone } => safety(&dir, &phone, json).await,
         Command::Link { server, name } => link(&dir, &server.join(","), &name, json).await,
         Command::Devices { action } => devices(&dir, action, json).await,
         Command::Whoami => whoami(&dir, json),
@@ -346,18 +358,37 @@ fn print_event(event: &Event, json: bool) {
             json!({"type": "tick", "id": format_id(id), "tick": state})
         ),
         (Event::Tick { id, state }, false) => println!("{} {}", format_id(id), state.symbol()),
-        (Event::Undecodable { id, from }, true) => {
+        (Event::Undecodable { id, from, reason }, true) => {
             println!(
                 "{}",
-                json!({"type": "undecodable", "id": format_id(id), "from": from})
+                json!({"type": "undecodable", "id": format_id(id), "from": from, "reason": reason})
             )
         }
-        (Event::Undecodable { id, from }, false) => {
+        (Event::Undecodable { id, from, reason }, false) => {
             println!(
-                "⚠ message {} from {from} could not be decoded",
+                "⚠ message {} from {from} could not be decrypted ({reason})",
                 format_id(id)
             )
         }
+        (
+            Event::SecurityNotice {
+                conversation,
+                phone,
+            },
+            true,
+        ) => println!(
+            "{}",
+            json!({"type": "security_notice", "conversation": conversation, "phone": phone})
+        ),
+        (
+            Event::SecurityNotice {
+                conversation,
+                phone,
+            },
+            false,
+        ) => println!(
+            "🔐 {phone}'s devices changed in your chat with {conversation}: the safety number changed (dak safety {conversation})"
+        ),
         (Event::QueueEmpty, _) => {}
     }
 }
@@ -535,6 +566,50 @@ async fn devices(dir: &std::path::Path, action: DevicesAction, json: bool) -> Re
                 println!("Removed device {device_id}.");
             }
         }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn react(
+    dir: &std::path::Path,
+    phone: &str,
+    id: &str,
+    emoji: &str,
+    json: bool,
+) -> Result<()> {
+    let id = parse_id(id)?;
+    let mut client = connect(dir).await?;
+    let sent = client.react(phone, &id, emoji).await?;
+    if json {
+        println!(
+            "{}",
+            json!({"id": format_id(&sent.id), "tick": TickState::Sent})
+        );
+    } else {
+        println!("{} ✓", format_id(&sent.id));
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
+    let mut client = connect(dir).await?;
+    let number = client.safety_number(phone).await?;
+    let me = client.phone().to_string();
+    if json {
+        println!(
+            "{}",
+            json!({"you": me, "contact": phone, "safety_number": number})
+        );
+    } else {
+        println!("Safety number for you ({me}) and {phone}:\n");
+        for row in number.split(' ').collect::<Vec<_>>().chunks(4) {
+            println!("    {}", row.join(" "));
+        }
+        println!(
+            "\nIt matches on both phones if nobody is in between. It changes when either of you adds or removes a device."
+        );
     }
     client.close().await;
     Ok(())

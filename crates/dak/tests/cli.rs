@@ -63,6 +63,8 @@ fn every_command_has_help() {
         vec!["register", "--help"],
         vec!["send", "--help"],
         vec!["devices", "approve", "--help"],
+        vec!["safety", "--help"],
+        vec!["react", "--help"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_dak"))
             .args(&cmd)
@@ -119,6 +121,20 @@ async fn two_phones_chat_through_the_cli() {
     assert!(who.contains(&bob.phone));
     let devices = ok(&bob.dir, &["devices", "list"]);
     assert!(devices.contains("(this device)"), "{devices}");
+
+    // bob reacts; both compare safety numbers.
+    ok(&bob.dir, &["react", &alice.phone, &id, "🙏"]);
+    let theirs = &json_lines(&ok(&alice.dir, &["--json", "safety", &bob.phone]))[0];
+    let mine = &json_lines(&ok(&bob.dir, &["--json", "safety", &alice.phone]))[0];
+    assert_eq!(theirs["safety_number"], mine["safety_number"]);
+    let human = ok(&bob.dir, &["safety", &alice.phone]);
+    let first_group = mine["safety_number"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(human.contains(first_group), "{human}");
 }
 
 #[tokio::test]

@@ -173,7 +173,6 @@ async fn oversized_and_malformed_frames_close_only_that_connection() {
         request_id: 9,
         request: Some(Request::SendMessage(v1::SendMessage {
             message_id: vec![1; 16],
-            to_phone: bob.phone.clone(),
             body: vec![0; dak_proto::MAX_BODY_BYTES + 1],
         })),
     };

@@ -1,0 +1,659 @@
+//! The device's MLS state machine, sans I/O: KeyPackages, groups (one per
+//! conversation, 1:1 included, whose members are devices), commits, and
+//! encrypting and decrypting. openmls does the cryptography; its state lives
+//! in the profile's SQLite file (openmls_sqlite_storage), written in the same
+//! transaction as the messages it yields, so a crash never leaves a message
+//! decrypted but unstored, or stored but with its key still unused.
+//!
+//! The device signs MLS with its identity key, the Ed25519 key the server
+//! bound to its account at registration or linking, and its credential
+//! names it ("<phone>/<device id>"), so the server can check both.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dak_proto::mls::{CIPHERSUITE, credential_identity, parse_identity};
+use openmls::prelude::tls_codec::{Deserialize, Serialize};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::RustCrypto;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::OpenMlsProvider;
+use rusqlite::Connection;
+use sha2::{Digest, Sha512};
+
+use crate::error::ClientError;
+
+/// Past epochs whose keys are kept, for a message that was sent just before
+/// a commit and arrives just after it (the server's ordering makes this rare).
+const MAX_PAST_EPOCHS: usize = 2;
+
+/// openmls_sqlite_storage serialises its values with a codec of our choice.
+#[derive(Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+type Storage<'a> = SqliteStorageProvider<JsonCodec, &'a Connection>;
+
+/// Creates openmls's tables in the profile (idempotent).
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(conn)
+        .run_migrations()
+        .map_err(|e| e.to_string())
+}
+
+pub struct Provider<'a> {
+    crypto: RustCrypto,
+    storage: Storage<'a>,
+}
+
+impl<'a> OpenMlsProvider for Provider<'a> {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = Storage<'a>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+fn mls_err(what: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Crypto(format!("{what}: {e}"))
+}
+
+/// A member device of a group, read from its leaf's credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDevice {
+    pub phone: String,
+    pub device_id: u64,
+    pub leaf: LeafNodeIndex,
+    pub signature_key: Vec<u8>,
+}
+
+/// A commit ready to send, with the Welcome for the devices it adds.
+pub struct Outgoing {
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// What an incoming MLS message turned out to be.
+#[derive(Debug)]
+pub enum Incoming {
+    Application {
+        group: Vec<u8>,
+        phone: String,
+        device_id: u64,
+        plaintext: Vec<u8>,
+    },
+    /// Another member's commit, merged. `changed` are the accounts whose
+    /// devices were added or removed.
+    Commit {
+        group: Vec<u8>,
+        changed: BTreeSet<String>,
+        removed_me: bool,
+    },
+    /// Our own commit came back (we lost the server's ack): now merged.
+    OwnCommit {
+        group: Vec<u8>,
+    },
+    Joined {
+        group: Vec<u8>,
+    },
+}
+
+/// The MLS engine for one device over one open profile connection.
+pub struct Mls<'a> {
+    provider: Provider<'a>,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        // Commits in the clear so the server can check their epoch; application
+        // messages are always encrypted whatever this says.
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+fn serialize(m: &MlsMessageOut) -> Result<Vec<u8>, ClientError> {
+    m.tls_serialize_detached()
+        .map_err(|e| mls_err("cannot encode an MLS message", e))
+}
+
+impl<'a> Mls<'a> {
+    pub fn new(
+        conn: &'a Connection,
+        identity: &ed25519_dalek::SigningKey,
+        phone: &str,
+        device_id: u64,
+    ) -> Mls<'a> {
+        let public = identity.verifying_key().to_bytes().to_vec();
+        let signer = SignatureKeyPair::from_raw(
+            SignatureScheme::ED25519,
+            identity.as_bytes().to_vec(),
+            public.clone(),
+        );
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(credential_identity(phone, device_id)).into(),
+            signature_key: public.into(),
+        };
+        Mls {
+            provider: Provider {
+                crypto: RustCrypto::default(),
+                storage: SqliteStorageProvider::new(conn),
+            },
+            signer,
+            credential,
+        }
+    }
+
+    fn key_package(&self, last_resort: bool) -> Result<Vec<u8>, ClientError> {
+        // A leaf must list the extensions its KeyPackage carries (RFC 9420
+        // §7.2), and the last-resort marker is one.
+        let capabilities = Capabilities::builder()
+            .extensions(vec![ExtensionType::LastResort])
+            .build();
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        if last_resort {
+            builder = builder.mark_as_last_resort();
+        }
+        let bundle = builder
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .map_err(|e| mls_err("cannot make a KeyPackage", e))?;
+        serialize(&MlsMessageOut::from(bundle.key_package().clone()))
+    }
+
+    /// `n` one-time KeyPackages (their private keys stay in the profile).
+    pub fn key_packages(&self, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
+        (0..n).map(|_| self.key_package(false)).collect()
+    }
+
+    pub fn last_resort_key_package(&self) -> Result<Vec<u8>, ClientError> {
+        self.key_package(true)
+    }
+
+    fn load(&self, group: &[u8]) -> Result<MlsGroup, ClientError> {
+        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group))
+            .map_err(|e| mls_err("cannot read the group state", e))?
+            .ok_or_else(|| ClientError::GroupMissing(crate::client::format_id(group)))
+    }
+
+    pub fn has_group(&self, group: &[u8]) -> Result<bool, ClientError> {
+        Ok(
+            MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group))
+                .map_err(|e| mls_err("cannot read the group state", e))?
+                .is_some_and(|g| g.is_active()),
+        )
+    }
+
+    /// A new group with this device as its only member, at epoch 0.
+    pub fn create_group(&self) -> Result<Vec<u8>, ClientError> {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &create_config(),
+            GroupId::from_slice(&id),
+            self.credential.clone(),
+        )
+        .map_err(|e| mls_err("cannot create a group", e))?;
+        Ok(id.to_vec())
+    }
+
+    /// Reads a KeyPackage fetched from the directory, checking it is signed
+    /// by the device the server says it belongs to.
+    pub fn fetched_key_package(
+        &self,
+        bytes: &[u8],
+        phone: &str,
+        device_id: u64,
+        identity_key: &[u8],
+    ) -> Result<KeyPackage, ClientError> {
+        dak_proto::mls::check_key_package(bytes, phone, device_id, identity_key)
+            .map_err(|e| mls_err("the directory gave a bad KeyPackage", e))?;
+        let msg =
+            MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| mls_err("bad KeyPackage", e))?;
+        match msg.extract() {
+            MlsMessageBodyIn::KeyPackage(kp) => kp
+                .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                .map_err(|e| mls_err("bad KeyPackage", e)),
+            _ => Err(ClientError::Crypto("not a KeyPackage".into())),
+        }
+    }
+
+    /// A commit adding and removing devices (always with a path, so it
+    /// also refreshes this device's keys). It stays pending until `merge`.
+    pub fn commit(
+        &self,
+        group: &[u8],
+        adds: Vec<KeyPackage>,
+        removes: Vec<LeafNodeIndex>,
+    ) -> Result<Outgoing, ClientError> {
+        let mut g = self.load(group)?;
+        let bundle = g
+            .commit_builder()
+            .propose_adds(adds)
+            .propose_removals(removes)
+            .force_self_update(true)
+            .load_psks(self.provider.storage())
+            .map_err(|e| mls_err("cannot load PSKs", e))?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(|e| mls_err("cannot build a commit", e))?
+            .stage_commit(&self.provider)
+            .map_err(|e| mls_err("cannot stage a commit", e))?;
+        let welcome = bundle.to_welcome_msg().map(|w| serialize(&w)).transpose()?;
+        Ok(Outgoing {
+            commit: serialize(bundle.commit())?,
+            welcome,
+        })
+    }
+
+    pub fn merge_pending(&self, group: &[u8]) -> Result<(), ClientError> {
+        self.load(group)?
+            .merge_pending_commit(&self.provider)
+            .map_err(|e| mls_err("cannot merge our commit", e))
+    }
+
+    pub fn clear_pending(&self, group: &[u8]) -> Result<(), ClientError> {
+        self.load(group)?
+            .clear_pending_commit(self.provider.storage())
+            .map_err(|e| mls_err("cannot drop our commit", e))
+    }
+
+    pub fn has_pending(&self, group: &[u8]) -> Result<bool, ClientError> {
+        Ok(self.load(group)?.pending_commit().is_some())
+    }
+
+    pub fn epoch(&self, group: &[u8]) -> Result<u64, ClientError> {
+        Ok(self.load(group)?.epoch().as_u64())
+    }
+
+    /// The epoch authenticator: equal on two devices only if they share the
+    /// same group state (RFC 9420 §8.7).
+    pub fn authenticator(&self, group: &[u8]) -> Result<Vec<u8>, ClientError> {
+        Ok(self.load(group)?.epoch_authenticator().as_slice().to_vec())
+    }
+
+    pub fn encrypt(&self, group: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut g = self.load(group)?;
+        let out = g
+            .create_message(&self.provider, &self.signer, plaintext)
+            .map_err(|e| mls_err("cannot encrypt", e))?;
+        serialize(&out)
+    }
+
+    pub fn members(&self, group: &[u8]) -> Result<Vec<MemberDevice>, ClientError> {
+        Ok(self
+            .load(group)?
+            .members()
+            .filter_map(member_device)
+            .collect())
+    }
+
+    /// Handles one incoming MLS message (a Welcome, a commit or an
+    /// application message). An error leaves the group as it was.
+    pub fn process(&self, bytes: &[u8]) -> Result<Incoming, ClientError> {
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| mls_err("not an MLS message", e))?;
+        match msg.extract() {
+            MlsMessageBodyIn::Welcome(w) => self.join(w),
+            MlsMessageBodyIn::PrivateMessage(m) => self.process_protocol(m.into()),
+            MlsMessageBodyIn::PublicMessage(m) => self.process_protocol(m.into()),
+            _ => Err(ClientError::Crypto("unexpected MLS message type".into())),
+        }
+    }
+
+    fn join(&self, welcome: Welcome) -> Result<Incoming, ClientError> {
+        let group = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+            .map_err(|e| mls_err("cannot read the Welcome", e))?
+            .into_group(&self.provider)
+            .map_err(|e| mls_err("cannot join the group", e))?;
+        Ok(Incoming::Joined {
+            group: group.group_id().as_slice().to_vec(),
+        })
+    }
+
+    fn process_protocol(&self, m: ProtocolMessage) -> Result<Incoming, ClientError> {
+        let group_id = m.group_id().as_slice().to_vec();
+        let mut g = self.load(&group_id)?;
+        let processed = g
+            .process_message(&self.provider, m)
+            .map_err(|e| mls_err("cannot decrypt", e))?;
+        let sender = processed.credential().serialized_content().to_vec();
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let Some((phone, device_id)) = parse_identity(&sender) else {
+                    return Err(ClientError::Crypto(
+                        "sender credential is not a Dak device".into(),
+                    ));
+                };
+                Ok(Incoming::Application {
+                    group: group_id,
+                    phone,
+                    device_id,
+                    plaintext: app.into_bytes(),
+                })
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let mut changed = BTreeSet::new();
+                for add in staged.add_proposals() {
+                    let cred = add.add_proposal().key_package().leaf_node().credential();
+                    changed.extend(parse_identity(cred.serialized_content()).map(|(p, _)| p));
+                }
+                for remove in staged.remove_proposals() {
+                    let leaf = remove.remove_proposal().removed();
+                    changed.extend(
+                        g.member(leaf)
+                            .and_then(|c| parse_identity(c.serialized_content()))
+                            .map(|(p, _)| p),
+                    );
+                }
+                let removed_me = staged.self_removed();
+                g.merge_staged_commit(&self.provider, *staged)
+                    .map_err(|e| mls_err("cannot apply a commit", e))?;
+                Ok(Incoming::Commit {
+                    group: group_id,
+                    changed,
+                    removed_me,
+                })
+            }
+            ProcessedMessageContent::OwnPendingCommit => {
+                g.merge_pending_commit(&self.provider)
+                    .map_err(|e| mls_err("cannot merge our commit", e))?;
+                Ok(Incoming::OwnCommit { group: group_id })
+            }
+            _ => Err(ClientError::Crypto("proposals are not used in Dak".into())),
+        }
+    }
+}
+
+fn member_device(m: Member) -> Option<MemberDevice> {
+    let (phone, device_id) = parse_identity(m.credential.serialized_content())?;
+    Some(MemberDevice {
+        phone,
+        device_id,
+        leaf: m.index,
+        signature_key: m.signature_key,
+    })
+}
+
+/// The security code of a conversation: 60 digits from both accounts'
+/// device keys, the same on both sides, changing whenever either account's
+/// devices change. Each half is Signal's construction (iterated SHA-512
+/// over a version, the keys and the number), with all of an account's
+/// device keys sorted in, since here a contact is a set of devices.
+pub fn safety_number(members: &[MemberDevice]) -> String {
+    let mut by_phone: BTreeMap<&str, Vec<&[u8]>> = BTreeMap::new();
+    for m in members {
+        by_phone.entry(&m.phone).or_default().push(&m.signature_key);
+    }
+    let halves: Vec<String> = by_phone
+        .iter_mut()
+        .map(|(phone, keys)| {
+            keys.sort();
+            fingerprint_half(phone, keys)
+        })
+        .collect();
+    let digits = halves.concat();
+    digits
+        .as_bytes()
+        .chunks(5)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fingerprint_half(phone: &str, keys: &[&[u8]]) -> String {
+    let mut keys_concat = Vec::new();
+    for k in keys {
+        keys_concat.extend_from_slice(k);
+    }
+    let mut hash = {
+        let mut h = Sha512::new();
+        h.update(b"dak-safety-number-v1\0");
+        h.update(&keys_concat);
+        h.update(phone.as_bytes());
+        h.finalize().to_vec()
+    };
+    for _ in 0..5200 {
+        let mut h = Sha512::new();
+        h.update(&hash);
+        h.update(&keys_concat);
+        hash = h.finalize().to_vec();
+    }
+    hash.chunks(5)
+        .take(6)
+        .map(|c| {
+            let n = c.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64);
+            format!("{:05}", n % 100_000)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(phone: &str, key: u8) -> MemberDevice {
+        MemberDevice {
+            phone: phone.into(),
+            device_id: key as u64,
+            leaf: LeafNodeIndex::new(key as u32),
+            signature_key: vec![key; 32],
+        }
+    }
+
+    struct Device {
+        conn: Connection,
+        key: ed25519_dalek::SigningKey,
+        phone: String,
+        id: u64,
+    }
+
+    impl Device {
+        fn new(phone: &str, id: u64) -> Device {
+            let mut conn = Connection::open_in_memory().unwrap();
+            migrate(&mut conn).unwrap();
+            Device {
+                conn,
+                key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
+                phone: phone.into(),
+                id,
+            }
+        }
+
+        fn mls(&self) -> Mls<'_> {
+            Mls::new(&self.conn, &self.key, &self.phone, self.id)
+        }
+
+        fn key_package_for(&self, other: &Device) -> KeyPackage {
+            let bytes = self.mls().key_packages(1).unwrap().remove(0);
+            other
+                .mls()
+                .fetched_key_package(
+                    &bytes,
+                    &self.phone,
+                    self.id,
+                    self.key.verifying_key().as_bytes(),
+                )
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_conversation_from_welcome_to_removal() {
+        let alice = Device::new("+911", 1);
+        let bob = Device::new("+912", 2);
+        let laptop = Device::new("+912", 3);
+        let group = alice.mls().create_group().unwrap();
+        let out = alice
+            .mls()
+            .commit(&group, vec![bob.key_package_for(&alice)], vec![])
+            .unwrap();
+        // The server echoes the commit to alice; she merged it on the ack.
+        alice.mls().merge_pending(&group).unwrap();
+        assert!(
+            alice.mls().process(&out.commit).is_err(),
+            "an echo after the merge is stale"
+        );
+        let joined = bob.mls().process(&out.welcome.unwrap()).unwrap();
+        assert!(matches!(joined, Incoming::Joined { .. }));
+        let ct = alice.mls().encrypt(&group, b"hello").unwrap();
+        match bob.mls().process(&ct).unwrap() {
+            Incoming::Application {
+                phone,
+                device_id,
+                plaintext,
+                ..
+            } => {
+                assert_eq!(
+                    (phone.as_str(), device_id, plaintext.as_slice()),
+                    ("+911", 1, &b"hello"[..])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(bob.mls().process(&ct).is_err(), "a replay does not decrypt");
+
+        // bob adds his laptop; a lost ack: the echo merges as his own commit.
+        let out = bob
+            .mls()
+            .commit(&group, vec![laptop.key_package_for(&bob)], vec![])
+            .unwrap();
+        assert!(matches!(
+            bob.mls().process(&out.commit).unwrap(),
+            Incoming::OwnCommit { .. }
+        ));
+        match alice.mls().process(&out.commit).unwrap() {
+            Incoming::Commit {
+                changed,
+                removed_me,
+                ..
+            } => {
+                assert_eq!(
+                    changed.into_iter().collect::<Vec<_>>(),
+                    vec!["+912".to_string()]
+                );
+                assert!(!removed_me);
+            }
+            other => panic!("{other:?}"),
+        }
+        laptop.mls().process(&out.welcome.unwrap()).unwrap();
+        assert_eq!(
+            alice.mls().authenticator(&group).unwrap(),
+            laptop.mls().authenticator(&group).unwrap()
+        );
+        assert_eq!(
+            safety_number(&alice.mls().members(&group).unwrap()),
+            safety_number(&bob.mls().members(&group).unwrap())
+        );
+
+        // alice removes the laptop; it cannot read what follows.
+        let leaf = alice
+            .mls()
+            .members(&group)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.device_id == 3)
+            .unwrap();
+        let out = alice.mls().commit(&group, vec![], vec![leaf.leaf]).unwrap();
+        alice.mls().merge_pending(&group).unwrap();
+        bob.mls().process(&out.commit).unwrap();
+        assert!(matches!(
+            laptop.mls().process(&out.commit).unwrap(),
+            Incoming::Commit {
+                removed_me: true,
+                ..
+            }
+        ));
+        let ct = alice.mls().encrypt(&group, b"secret").unwrap();
+        assert!(laptop.mls().process(&ct).is_err());
+        assert!(matches!(
+            bob.mls().process(&ct).unwrap(),
+            Incoming::Application { .. }
+        ));
+    }
+
+    /// Writes one real message of each kind the server reads as seeds for
+    /// the `mls_message` fuzz target, into fuzz/seeds (committed); run with
+    /// `--ignored` to refresh them.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/mls_message");
+        std::fs::create_dir_all(&dir).unwrap();
+        let alice = Device::new("+919800000001", 1);
+        let bob = Device::new("+919800000002", 2);
+        let kp = alice.mls().key_packages(1).unwrap().remove(0);
+        let last = alice.mls().last_resort_key_package().unwrap();
+        let group = alice.mls().create_group().unwrap();
+        let out = alice
+            .mls()
+            .commit(&group, vec![bob.key_package_for(&alice)], vec![])
+            .unwrap();
+        alice.mls().merge_pending(&group).unwrap();
+        let app = alice.mls().encrypt(&group, b"\x0a\x04\x0a\x02hi").unwrap();
+        for (name, bytes) in [
+            ("key_package", kp),
+            ("last_resort", last),
+            ("commit", out.commit),
+            ("welcome", out.welcome.unwrap()),
+            ("application", app),
+        ] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn safety_numbers_are_symmetric_and_change_with_devices() {
+        let a = member("+911", 1);
+        let b = member("+912", 2);
+        let one = safety_number(&[a.clone(), b.clone()]);
+        assert_eq!(one, safety_number(&[b.clone(), a.clone()]));
+        assert_eq!(one.replace(' ', "").len(), 60);
+        let more = safety_number(&[a, b, member("+912", 3)]);
+        assert_ne!(one, more);
+    }
+}

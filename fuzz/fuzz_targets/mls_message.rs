@@ -1,0 +1,20 @@
+//! What the server reads off client-sent MLS bytes (SendMessage bodies,
+//! commits, Welcomes, KeyPackage uploads): classification and KeyPackage
+//! checks must never panic, and whatever passes must be one of the three
+//! kinds the Delivery Service forwards.
+#![no_main]
+
+use dak_proto::mls::{MlsKind, check_key_package, inspect};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(info) = inspect(data) {
+        match info.kind {
+            MlsKind::Application | MlsKind::Commit => {
+                assert!(!info.group_id.is_empty(), "a group message without a group")
+            }
+            MlsKind::Welcome => assert!(info.group_id.is_empty()),
+        }
+    }
+    let _ = check_key_package(data, "+919800000001", 1, &[7; 32]);
+});
