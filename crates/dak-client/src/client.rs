@@ -76,6 +76,10 @@ pub enum Event {
     },
 }
 
+/// Largest encoded content: MLS adds a header, a signature and the AEAD tag
+/// (about 150 bytes), and the ciphertext must fit the server's body limit.
+const MAX_PLAINTEXT_BYTES: usize = dak_proto::MAX_BODY_BYTES - 1024;
+
 /// One-time KeyPackages a device keeps on the server, and when to top up.
 const KEY_PACKAGE_TARGET: u32 = 40;
 const KEY_PACKAGE_LOW: u32 = 10;
@@ -503,7 +507,7 @@ impl Client {
                 Ok(_) => {}
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
-                    tracing::warn!(id = %format_id(&id), error = %e, "dropped an unsendable outbox entry")
+                    tracing::warn!(id = %format_id(&id), error = %e, "an outbox entry could not be sent now; it stays queued unless the server refused it for good")
                 }
             }
         }
@@ -613,6 +617,9 @@ impl Client {
                 // group state as it was and the batch goes on.
                 let incoming = match p.savepoint(|p| p.mls(|m| m.process(&e.body))) {
                     Ok(i) => i,
+                    // The profile itself failed: store nothing, ack nothing;
+                    // the server redelivers.
+                    Err(err @ ClientError::Store { .. }) => return Err(err),
                     Err(err) => {
                         if e.sender_device == my_device {
                             // Our own commit, echoed after we merged it on the ack.
@@ -752,11 +759,15 @@ impl Client {
                     if !self.recover(&group, &e).await? {
                         return Err(e);
                     }
-                    last = Some(e);
+                    last = Some(e.to_string());
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Protocol("the conversation kept changing".into())))
+        // Retryable: the message stays in the outbox for the next attempt.
+        Err(ClientError::Timeout(format!(
+            "the conversation kept changing ({}); the message stays queued",
+            last.unwrap_or_default()
+        )))
     }
 
     /// Acts on a group refusal so that a retry can succeed. False for any
@@ -874,6 +885,7 @@ impl Client {
             let phones: BTreeSet<String> = members.iter().map(|m| m.phone.clone()).collect();
             let mut adds = Vec::new();
             let mut removes = Vec::new();
+            let mut changed = Vec::new();
             for phone in phones {
                 let known: Vec<u64> = members
                     .iter()
@@ -881,6 +893,7 @@ impl Client {
                     .map(|m| m.device_id)
                     .collect();
                 let fetched = self.fetch_keys(&phone, &known).await?;
+                let before = adds.len() + removes.len();
                 adds.extend(fetched.packages);
                 removes.extend(
                     members
@@ -892,12 +905,24 @@ impl Client {
                         })
                         .cloned(),
                 );
+                if adds.len() + removes.len() > before && phone != self.reg.phone {
+                    changed.push(phone);
+                }
             }
             if adds.is_empty() && removes.is_empty() {
                 return Ok(());
             }
             match self.commit(group, adds, removes).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // The contact's devices changed: so did the safety number.
+                    let conversation = self.profile.peer_of(group)?.unwrap_or_default();
+                    self.backlog
+                        .extend(changed.into_iter().map(|phone| Event::SecurityNotice {
+                            conversation: conversation.clone(),
+                            phone,
+                        }));
+                    return Ok(());
+                }
                 Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
                 Err(e) => return Err(e),
             }
@@ -1235,11 +1260,10 @@ pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, C
         })),
     };
     let body = content.encode_to_vec();
-    if body.len() > dak_proto::MAX_BODY_BYTES {
+    if body.len() > MAX_PLAINTEXT_BYTES {
         return Err(ClientError::Usage(format!(
-            "the message is {} bytes; the limit is {} bytes",
+            "the message is {} bytes; the limit is {MAX_PLAINTEXT_BYTES} bytes",
             body.len(),
-            dak_proto::MAX_BODY_BYTES
         )));
     }
     let view = MessageView {

@@ -17,8 +17,8 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/dak.v1.rs"));
 }
 
-/// Largest frame either side accepts. Message bodies are small (text and,
-/// later, MLS ciphertext); attachments will travel out of band.
+/// Largest frame either side accepts. Message bodies are small MLS
+/// ciphertexts; attachments will travel out of band.
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// Largest opaque message body in a `SendMessage`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

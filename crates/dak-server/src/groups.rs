@@ -141,6 +141,7 @@ pub async fn commit(
     };
     let commit_env = envelope(state, from, req.message_id.clone(), req.commit);
     let now = commit_env.server_time_ms;
+    let removed = req.removed_devices.clone();
     let c = GroupCommit {
         group_id: info.group_id,
         epoch: info.epoch,
@@ -153,6 +154,7 @@ pub async fn commit(
         GroupOutcome::Accepted { recipients } => {
             let mut woken: Vec<u64> = recipients.iter().map(|d| d.id).collect();
             woken.push(from.id); // its own commit, for a device that lost the ack
+            woken.extend(removed); // so a removed device learns it at once
             wake(state, &woken);
             Metrics::inc(&state.metrics.commits_accepted);
             Ok(ack(req.message_id, now, from, &recipients))

@@ -3,7 +3,8 @@
 //! cluster mode. Both must pass the same `conformance` suite.
 //!
 //! Invariant: a write method returns `Ok` only after its effect is durably
-//! committed. The server's single tick rests on `enqueue` keeping that promise.
+//! committed. The server's single tick rests on `send_group` and `commit_group`
+//! keeping that promise.
 
 pub mod conformance;
 mod postgres;

@@ -594,6 +594,7 @@ async fn react(
 }
 
 async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
+    let phone = &dak_proto::normalize_phone(phone)?;
     let mut client = connect(dir).await?;
     let number = client.safety_number(phone).await?;
     let me = client.phone().to_string();
