@@ -7,10 +7,13 @@
 //! - `target`: the server under test (spawned with a fresh data directory,
 //!   or an existing one), its resident memory from /proc.
 //! - `device`: a simulated device and registering many of them.
+//! - `groups`: the devices' MLS setup (KeyPackages, a group per
+//!   conversation, pre-encrypted application messages).
 //! - `scenarios`: connect, pairs, offline.
 //! - `report`: latency histograms, the table and the JSON result.
 
 pub mod device;
+pub mod groups;
 pub mod report;
 pub mod scenarios;
 pub mod target;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::device::{self, Device};
+use crate::groups;
 use crate::report::{Report, histogram, micros};
 use crate::target::Target;
 
@@ -36,7 +37,8 @@ pub struct Params {
     pub duration: Duration,
     #[serde(with = "secs")]
     pub warmup: Duration,
-    /// Body bytes per message.
+    /// Text bytes per message, before MLS encryption (the ciphertext the
+    /// server carries is larger; the report gives its size).
     pub size: usize,
     /// Queued messages (offline).
     pub messages: usize,
@@ -134,19 +136,59 @@ async fn connect(
 
 // ---- pairs ----
 
-/// What each device sends: the step it belongs to and when it was scheduled
-/// (ns since the run's epoch), then padding up to the body size.
-fn body(step: u8, scheduled: Duration, size: usize) -> Vec<u8> {
-    let mut b = Vec::with_capacity(size.max(9));
-    b.push(step);
-    b.extend_from_slice(&(scheduled.as_nanos() as u64).to_be_bytes());
-    b.resize(size.max(9), 0x5a);
-    b
+/// The message id of each message sent: the step it belongs to and when it
+/// was scheduled (ns since the run's epoch), then 7 random bytes. The body
+/// is MLS ciphertext the recipient does not decrypt, so the timing travels
+/// in the id, which the envelope carries in the clear.
+fn message_id(step: u8, scheduled: Duration) -> Vec<u8> {
+    let mut id = Vec::with_capacity(16);
+    id.push(step);
+    id.extend_from_slice(&(scheduled.as_nanos() as u64).to_be_bytes());
+    id.extend_from_slice(&rand::random::<[u8; 7]>());
+    id
 }
 
-fn parse_body(b: &[u8]) -> Option<(u8, Duration)> {
-    let ns = u64::from_be_bytes(b.get(1..9)?.try_into().ok()?);
-    Some((*b.first()?, Duration::from_nanos(ns)))
+fn parse_message_id(id: &[u8]) -> Option<(u8, Duration)> {
+    let ns = u64::from_be_bytes(id.get(1..9)?.try_into().ok()?);
+    Some((*id.first()?, Duration::from_nanos(ns)))
+}
+
+/// Sets up a conversation (an MLS group) for each pair of devices, 32
+/// pairs at a time, and returns each device's pool of pre-encrypted
+/// messages for its partner (see `groups::POOL` for why pre-encrypted).
+async fn pair_groups(
+    devices: &[Device],
+    conns: Vec<Connection>,
+    size: usize,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<(Vec<Connection>, Vec<Arc<Vec<Vec<u8>>>>)> {
+    let gate = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::with_capacity(devices.len() / 2);
+    let mut conns = conns.into_iter();
+    for pair in devices.chunks(2) {
+        let (a, b) = (pair[0].clone(), pair[1].clone());
+        let (ca, cb) = (conns.next(), conns.next());
+        let (Some(ca), Some(cb)) = (ca, cb) else {
+            bail!("a device has no connection")
+        };
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            groups::conversation(a, b, ca, cb, size).await
+        }));
+    }
+    let pairs = tasks.len();
+    let mut back = Vec::with_capacity(devices.len());
+    let mut pools = Vec::with_capacity(devices.len());
+    for (i, t) in tasks.into_iter().enumerate() {
+        let ((ca, pa), (cb, pb)) = t.await??;
+        back.extend([ca, cb]);
+        pools.extend([Arc::new(pa), Arc::new(pb)]);
+        if (i + 1).is_multiple_of(100) || i + 1 == pairs {
+            progress(format!("MLS groups set up: {}/{pairs}", i + 1));
+        }
+    }
+    Ok((back, pools))
 }
 
 #[derive(Default)]
@@ -176,29 +218,37 @@ async fn pairs(target: &Target, p: &Params, progress: &(dyn Fn(String) + Sync)) 
     for (i, d) in devices.iter().enumerate() {
         conns.push(device::connect(&target.url, d, device::source_ip(i, p.source_ips)).await?);
     }
-    let partners: Vec<String> = (0..devices.len())
-        .map(|i| devices[i ^ 1].phone.clone())
-        .collect();
+    let (mut conns, pools) = pair_groups(&devices, conns, p.size, progress).await?;
+    let ciphertext = pools.first().and_then(|p| p.first()).map_or(0, Vec::len);
     let epoch = Instant::now();
     let cpu_start = target.cpu_seconds();
     let mut r = Report::new(
         "pairs",
         params_json(p),
-        "Devices in 1:1 pairs, each sending to its partner on a fixed schedule (open loop: rate/N per device, \
-         missed ticks are sent late but timed from their scheduled instant, so queueing shows as latency). \
-         Delivery latency = scheduled send -> Deliver frame read at the recipient; ack latency = scheduled \
-         send -> SendAck read at the sender. Counted over the window after warm-up; every delivery is acked.",
+        &format!(
+            "Devices in 1:1 pairs, each pair an MLS group (set up before measuring: KeyPackages \
+             uploaded, group created by an epoch-0 commit with the partner's Welcome), each device sending \
+             MLS application messages to its partner on a fixed schedule (open loop: rate/N per device, \
+             missed ticks are sent late but timed from their scheduled instant, so queueing shows as \
+             latency). Each sender pre-encrypts a pool of {} ciphertexts before the timed phase and sends \
+             them in turn, so the bench's CPU goes to the server, not to client-side MLS (the server \
+             checks a message's group and epoch, which are real, and cannot see generations); recipients \
+             ack without decrypting. The send time travels in the message id. Delivery latency = \
+             scheduled send -> Deliver frame read at the recipient; ack latency = scheduled send -> \
+             SendAck read at the sender. Counted over the window after warm-up; every delivery is acked.",
+            groups::POOL
+        ),
     );
+    r.add("MLS ciphertext bytes per message", ciphertext as f64, "B");
     if !p.max {
-        let (_, step) = pairs_step(conns, &partners, p, p.rate, 0, epoch, progress).await?;
+        let (_, step) = pairs_step(conns, &pools, p, p.rate, 0, epoch, progress).await?;
         record_step(&mut r, &step, "");
     } else {
         let mut rate = p.rate.max(100.0);
         let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
         let mut step_no = 0u8;
         for _ in 0..10 {
-            let (back, step) =
-                pairs_step(conns, &partners, p, rate, step_no, epoch, progress).await?;
+            let (back, step) = pairs_step(conns, &pools, p, rate, step_no, epoch, progress).await?;
             conns = back;
             step_no = step_no.wrapping_add(1);
             let p99 = step.deliver.value_at_quantile(0.99) as f64 / 1000.0;
@@ -246,7 +296,7 @@ fn record_step(r: &mut Report, s: &StepResult, prefix: &str) {
 #[allow(clippy::too_many_arguments)]
 async fn pairs_step(
     conns: Vec<Connection>,
-    partners: &[String],
+    pools: &[Arc<Vec<Vec<u8>>>],
     p: &Params,
     rate: f64,
     step: u8,
@@ -262,14 +312,12 @@ async fn pairs_step(
     let counters = Arc::new(Counters::default());
     let mut tasks = Vec::with_capacity(n);
     for (i, conn) in conns.into_iter().enumerate() {
-        let to = partners[i].clone();
-        let (counters, size) = (counters.clone(), p.size);
+        let (pool, counters) = (pools[i].clone(), counters.clone());
         // Spread the devices' schedules over one interval.
         let phase = interval.mul_f64(i as f64 / n as f64);
         tasks.push(tokio::spawn(device_loop(
             conn,
-            to,
-            size,
+            pool,
             step,
             epoch,
             start + phase,
@@ -332,8 +380,7 @@ async fn pairs_step(
 #[allow(clippy::too_many_arguments)]
 async fn device_loop(
     mut conn: Connection,
-    to: String,
-    size: usize,
+    pool: Arc<Vec<Vec<u8>>>,
     step: u8,
     epoch: Instant,
     first: Duration,
@@ -349,6 +396,7 @@ async fn device_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let drain_until = epoch + stop + Duration::from_secs(3);
     let mut sending = true;
+    let mut next = 0usize;
     loop {
         tokio::select! {
             at = ticker.tick(), if sending => {
@@ -357,11 +405,12 @@ async fn device_loop(
                     sending = false;
                     continue;
                 }
+                let body = pool[next % pool.len()].clone();
+                next += 1;
                 let id = conn
                     .send(Request::SendMessage(v1::SendMessage {
-                        message_id: rand::random::<[u8; 16]>().to_vec(),
-                        to_phone: to.clone(),
-                        body: body(step, scheduled, size),
+                        message_id: message_id(step, scheduled),
+                        body,
                     }))
                     .await?;
                 in_flight.insert(id, scheduled);
@@ -389,7 +438,7 @@ async fn device_loop(
                     Some(Body::Deliver(d)) => {
                         let seqs = d.envelopes.iter().map(|e| e.seq).collect();
                         for e in &d.envelopes {
-                            if let Some((s_step, s)) = parse_body(&e.body)
+                            if let Some((s_step, s)) = parse_message_id(&e.message_id)
                                 && s_step == step
                                 && s >= window_start
                                 && s < stop
@@ -428,7 +477,14 @@ async fn offline(
 ) -> Result<Report> {
     let devices = device::register_many(&target.url, target.outbox.clone(), 2, progress).await?;
     let (sender, receiver): (&Device, &Device) = (&devices[0], &devices[1]);
-    let mut s = device::connect(&target.url, sender, None).await?;
+    // Setup: the two devices' conversation, with the recipient online to
+    // upload its KeyPackages and join; then it goes offline.
+    progress("setting up the MLS group".into());
+    let s = device::connect(&target.url, sender, None).await?;
+    let r_setup = device::connect(&target.url, receiver, None).await?;
+    let ((mut s, pool), (r_setup, _)) =
+        groups::conversation(sender.clone(), receiver.clone(), s, r_setup, p.size).await?;
+    r_setup.close().await;
     progress(format!(
         "queueing {} messages for an offline device",
         p.messages
@@ -441,8 +497,7 @@ async fn offline(
         while sent < p.messages && in_flight < 512 {
             s.send(Request::SendMessage(v1::SendMessage {
                 message_id: rand::random::<[u8; 16]>().to_vec(),
-                to_phone: receiver.phone.clone(),
-                body: body(0, Duration::ZERO, p.size),
+                body: pool[sent % pool.len()].clone(),
             }))
             .await?;
             sent += 1;
@@ -484,11 +539,22 @@ async fn offline(
     let mut r = Report::new(
         "offline",
         params_json(p),
-        "One device queues M messages for another that is offline (512 sends in flight, each acked after \
-         commit). The recipient then connects, authenticates and acks every Deliver frame as it arrives; \
-         drain rate = M / (time from starting to connect until the last envelope is read).",
+        &format!(
+            "One device queues M MLS application messages for another that is offline, in their 1:1 \
+             group (set up before measuring, the recipient joining while online). The sender pre-encrypts \
+             a pool of {} ciphertexts and sends them in turn, so the bench's CPU goes to the server, not \
+             to client-side MLS (512 sends in flight, each acked after commit). The recipient then \
+             connects, authenticates and acks every Deliver frame as it arrives; drain rate = M / (time \
+             from starting to connect until the last envelope is read).",
+            groups::POOL
+        ),
     );
     r.add("messages", p.messages as f64, "");
+    r.add(
+        "MLS ciphertext bytes per message",
+        pool.first().map_or(0, Vec::len) as f64,
+        "B",
+    );
     r.add(
         "queue rate (sender, acked)",
         p.messages as f64 / queue_time.as_secs_f64(),
