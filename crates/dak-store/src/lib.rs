@@ -125,14 +125,6 @@ pub struct MailboxEntry {
     pub body: Vec<u8>,
 }
 
-/// Who an envelope goes to: the addressee's active devices (None when the
-/// number has no account) and the sender's own active devices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fanout {
-    pub recipients: Option<Vec<Device>>,
-    pub own: Vec<Device>,
-}
-
 /// What registering a primary device replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -310,8 +302,6 @@ pub trait Store: Send + Sync + 'static {
     async fn device_by_key(&self, identity_key: &[u8]) -> Result<Option<Device>>;
     /// Active devices only.
     async fn devices_of(&self, account: AccountId) -> Result<Vec<Device>>;
-    /// Both device lists a send needs, in one read (it is on every message's path).
-    async fn fanout(&self, sender: AccountId, to_phone: &str) -> Result<Fanout>;
     /// Adds a linked (non-primary) device unless the account has `max_linked` already.
     async fn add_linked_device(
         &self,

@@ -600,41 +600,6 @@ impl Store for PgStore {
         devices_of_account(&self.pool, account).await
     }
 
-    async fn fanout(&self, sender: AccountId, to_phone: &str) -> Result<Fanout> {
-        // One round trip: both accounts' active devices, told apart by account.
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DEVICE_COLS} WHERE d.revoked = 0 AND (d.account_id = $1 OR a.phone = $2) ORDER BY d.id"
-        )))
-        .bind(sender as i64)
-        .bind(to_phone)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let devices: Vec<Device> = rows.iter().map(row_device).collect();
-        let own: Vec<Device> = devices
-            .iter()
-            .filter(|d| d.account_id == sender)
-            .cloned()
-            .collect();
-        let theirs: Vec<Device> = devices
-            .into_iter()
-            .filter(|d| d.phone == to_phone)
-            .collect();
-        let recipients = if theirs.is_empty() {
-            // No active device: distinguish "no account" from "account without devices".
-            let exists: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM accounts WHERE phone = $1")
-                    .bind(to_phone)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(backend)?;
-            exists.map(|_| Vec::new())
-        } else {
-            Some(theirs)
-        };
-        Ok(Fanout { recipients, own })
-    }
-
     async fn add_linked_device(
         &self,
         account: AccountId,

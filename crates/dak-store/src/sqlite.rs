@@ -667,23 +667,6 @@ impl Store for SqliteStore {
         self.read(move |c| devices_of_account(c, account)).await
     }
 
-    async fn fanout(&self, sender: AccountId, to_phone: &str) -> Result<Fanout> {
-        let to_phone = to_phone.to_owned();
-        self.read(move |c| {
-            let own = devices_of_account(c, sender)?;
-            let account: Option<i64> = c
-                .prepare_cached("SELECT id FROM accounts WHERE phone = ?1")
-                .and_then(|mut s| s.query_row([&to_phone], |r| r.get(0)).optional())
-                .map_err(backend)?;
-            let recipients = match account {
-                Some(id) => Some(devices_of_account(c, id as u64)?),
-                None => None,
-            };
-            Ok(Fanout { recipients, own })
-        })
-        .await
-    }
-
     async fn add_linked_device(
         &self,
         account: AccountId,
