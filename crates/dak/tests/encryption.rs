@@ -158,6 +158,11 @@ async fn a_linked_device_joins_the_chat_and_once_removed_cannot_decrypt() {
     let bob_phone = bob.profile().registration().unwrap().device_id;
     let waiting = mailbox_bodies(&server, bob_phone);
     assert!(!waiting.is_empty());
+    assert!(
+        waiting.iter().any(|b| dak_proto::mls::inspect(b)
+            .is_ok_and(|i| i.kind == dak_proto::mls::MlsKind::Application)),
+        "the message sent after the removal is among what the laptop is fed"
+    );
     let laptop_profile = laptop.profile();
     for body in &waiting {
         let r = laptop_profile.mls(|m| m.process(body));
@@ -286,7 +291,7 @@ async fn corrupted_and_replayed_ciphertext_is_reported_and_later_messages_arrive
     let mut bad = good.clone();
     let last = bad.len() - 3;
     bad[last] ^= 0x55;
-    let mut raw = raw_device(&server, &alice).await;
+    let mut raw = alice.raw_connection(&server).await;
     for (id, body) in [(1u8, bad), (2, good.clone()), (3, good)] {
         let reply = raw
             .call(v1::client_frame::Request::SendMessage(v1::SendMessage {
@@ -369,20 +374,4 @@ async fn a_device_that_lost_its_state_says_so_and_the_chat_recovers() {
         .await
         .unwrap();
     assert_eq!(bob.sync_texts().await, vec!["three"]);
-}
-
-async fn raw_device(server: &TestServer, who: &Person) -> dak_client::Connection {
-    let profile = who.profile();
-    let reg = profile.registration().unwrap();
-    let (t, _) = dak_client::transport::WsTransport::connect(
-        &server.url,
-        &dak_client::transport::CertTrust::Pinned(profile.get_str("cert").unwrap().unwrap()),
-    )
-    .await
-    .unwrap();
-    let mut conn = dak_client::Connection::open(Box::new(t)).await.unwrap();
-    conn.authenticate(&profile.identity().unwrap(), reg.device_id)
-        .await
-        .unwrap();
-    conn
 }

@@ -118,20 +118,7 @@ async fn unacked_deliveries_come_back_after_a_client_crash() {
         .unwrap();
 
     // bob's device receives the envelope but dies before acking it.
-    let profile = bob.profile();
-    let reg = profile.registration().unwrap();
-    let (transport, _) = dak_client::transport::WsTransport::connect(
-        &server.url,
-        &dak_client::transport::CertTrust::Pinned(profile.get_str("cert").unwrap().unwrap()),
-    )
-    .await
-    .unwrap();
-    let mut conn = dak_client::Connection::open(Box::new(transport))
-        .await
-        .unwrap();
-    conn.authenticate(&profile.identity().unwrap(), reg.device_id)
-        .await
-        .unwrap();
+    let mut conn = bob.raw_connection(&server).await;
     let push = conn.next_push().await.unwrap();
     assert!(matches!(
         push,

@@ -218,18 +218,7 @@ async fn a_device_cannot_ack_another_devices_mailbox() {
     let mut c = carol.connect().await;
     c.sync(|_| {}).await.unwrap();
     drop(c);
-    let profile = carol.profile();
-    let reg = profile.registration().unwrap();
-    let (t, _) = WsTransport::connect(
-        &server.url,
-        &CertTrust::Pinned(profile.get_str("cert").unwrap().unwrap()),
-    )
-    .await
-    .unwrap();
-    let mut conn = Connection::open(Box::new(t)).await.unwrap();
-    conn.authenticate(&profile.identity().unwrap(), reg.device_id)
-        .await
-        .unwrap();
+    let mut conn = carol.raw_connection(&server).await;
     conn.call(Request::AckDeliveries(v1::AckDeliveries {
         seqs: (0..100).collect(),
     }))

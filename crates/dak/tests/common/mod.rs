@@ -193,6 +193,30 @@ impl Person {
         Client::connect(self.profile()).await.expect("connect")
     }
 
+    /// A bare protocol connection, authenticated as this person's device,
+    /// for tests that must send frames the client would not.
+    pub async fn raw_connection(&self, server: &TestServer) -> dak_client::Connection {
+        let profile = self.profile();
+        let reg = profile.registration().expect("registered");
+        let pin = profile
+            .get_str("cert")
+            .unwrap()
+            .expect("pinned certificate");
+        let (t, _) = dak_client::transport::WsTransport::connect(
+            &server.url,
+            &dak_client::transport::CertTrust::Pinned(pin),
+        )
+        .await
+        .expect("connect");
+        let mut conn = dak_client::Connection::open(Box::new(t))
+            .await
+            .expect("challenge");
+        conn.authenticate(&profile.identity().unwrap(), reg.device_id)
+            .await
+            .expect("authenticate");
+        conn
+    }
+
     /// Syncs and returns the texts of new messages.
     pub async fn sync_texts(&self) -> Vec<String> {
         let mut client = self.connect().await;
