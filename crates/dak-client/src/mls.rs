@@ -507,6 +507,18 @@ mod tests {
             Mls::new(&self.conn, &self.key, &self.phone, self.id)
         }
 
+        /// A group this device creates with `other`, the commit merged as
+        /// on the server's ack; returns the group and the commit + Welcome.
+        fn start_group_with(&self, other: &Device) -> (Vec<u8>, Outgoing) {
+            let group = self.mls().create_group().unwrap();
+            let out = self
+                .mls()
+                .commit(&group, vec![other.key_package_for(self)], vec![])
+                .unwrap();
+            self.mls().merge_pending(&group).unwrap();
+            (group, out)
+        }
+
         fn key_package_for(&self, other: &Device) -> KeyPackage {
             let bytes = self.mls().key_packages(1).unwrap().remove(0);
             other
@@ -526,13 +538,8 @@ mod tests {
         let alice = Device::new("+911", 1);
         let bob = Device::new("+912", 2);
         let laptop = Device::new("+912", 3);
-        let group = alice.mls().create_group().unwrap();
-        let out = alice
-            .mls()
-            .commit(&group, vec![bob.key_package_for(&alice)], vec![])
-            .unwrap();
         // The server echoes the commit to alice; she merged it on the ack.
-        alice.mls().merge_pending(&group).unwrap();
+        let (group, out) = alice.start_group_with(&bob);
         assert!(
             alice.mls().process(&out.commit).is_err(),
             "an echo after the merge is stale"
@@ -628,12 +635,7 @@ mod tests {
         let bob = Device::new("+919800000002", 2);
         let kp = alice.mls().key_packages(1).unwrap().remove(0);
         let last = alice.mls().last_resort_key_package().unwrap();
-        let group = alice.mls().create_group().unwrap();
-        let out = alice
-            .mls()
-            .commit(&group, vec![bob.key_package_for(&alice)], vec![])
-            .unwrap();
-        alice.mls().merge_pending(&group).unwrap();
+        let (group, out) = alice.start_group_with(&bob);
         let app = alice.mls().encrypt(&group, b"\x0a\x04\x0a\x02hi").unwrap();
         for (name, bytes) in [
             ("key_package", kp),

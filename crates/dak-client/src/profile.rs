@@ -103,6 +103,9 @@ pub struct Profile {
     /// storage while the profile's own methods run inside it.
     conn: ReentrantMutex<Connection>,
     path: PathBuf,
+    /// The registration and identity key MLS signs with, read once: `mls`
+    /// runs several times per message. Cleared when either changes.
+    mls_keys: parking_lot::Mutex<Option<(Registration, SigningKey)>>,
 }
 
 /// The registration this profile holds.
@@ -153,6 +156,7 @@ impl Profile {
         let p = Profile {
             conn: ReentrantMutex::new(conn),
             path,
+            mls_keys: parking_lot::Mutex::new(None),
         };
         p.db()
             .busy_timeout(std::time::Duration::from_secs(10))
@@ -177,11 +181,20 @@ impl Profile {
         &self,
         f: impl FnOnce(&crate::mls::Mls<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let reg = self.registration()?;
-        let identity = self.identity()?;
+        let (reg, identity) = self.mls_keys()?;
         let db = self.db();
         let mls = crate::mls::Mls::new(&db, &identity, &reg.phone, reg.device_id);
         f(&mls)
+    }
+
+    fn mls_keys(&self) -> Result<(Registration, SigningKey), ClientError> {
+        let mut cached = self.mls_keys.lock();
+        if let Some(keys) = cached.as_ref() {
+            return Ok(keys.clone());
+        }
+        let keys = (self.registration()?, self.identity()?);
+        *cached = Some(keys.clone());
+        Ok(keys)
     }
 
     /// Runs `f` in a savepoint: on error its writes (MLS state included) are
@@ -190,21 +203,12 @@ impl Profile {
         &self,
         f: impl FnOnce(&Profile) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        self.db()
-            .execute_batch("SAVEPOINT one")
-            .map_err(|e| self.err(e))?;
-        match f(self) {
-            Ok(v) => {
-                self.db()
-                    .execute_batch("RELEASE one")
-                    .map_err(|e| self.err(e))?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = self.db().execute_batch("ROLLBACK TO one; RELEASE one");
-                Err(e)
-            }
-        }
+        self.bracket(
+            "SAVEPOINT one",
+            "RELEASE one",
+            "ROLLBACK TO one; RELEASE one",
+            f,
+        )
     }
 
     // ---- conversations (MLS groups) ----
@@ -332,6 +336,7 @@ impl Profile {
 
     /// Replaces the identity key (a new registration or link).
     pub fn new_identity(&self) -> Result<SigningKey, ClientError> {
+        *self.mls_keys.lock() = None;
         self.delete("identity_secret")?;
         self.identity()
     }
@@ -358,6 +363,7 @@ impl Profile {
         phone: &str,
         device_id: u64,
     ) -> Result<(), ClientError> {
+        *self.mls_keys.lock() = None;
         self.set("server", server.as_bytes())?;
         self.set("phone", phone.as_bytes())?;
         self.set("device_id", device_id.to_string().as_bytes())
@@ -589,16 +595,25 @@ impl Profile {
         &self,
         f: impl FnOnce(&Profile) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        self.db()
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err(e))?;
+        self.bracket("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK", f)
+    }
+
+    /// Runs `f` between `begin` and `commit`, or `rollback` if it fails.
+    fn bracket<T>(
+        &self,
+        begin: &str,
+        commit: &str,
+        rollback: &str,
+        f: impl FnOnce(&Profile) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.db().execute_batch(begin).map_err(|e| self.err(e))?;
         match f(self) {
             Ok(v) => {
-                self.db().execute_batch("COMMIT").map_err(|e| self.err(e))?;
+                self.db().execute_batch(commit).map_err(|e| self.err(e))?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = self.db().execute_batch("ROLLBACK");
+                let _ = self.db().execute_batch(rollback);
                 Err(e)
             }
         }
