@@ -175,6 +175,7 @@ impl MlsDevice {
                     kind: Some(v1::content::Kind::Text(v1::Text {
                         body: "x".repeat(size),
                         sent_at_ms: i as i64,
+                        ..Default::default()
                     })),
                 };
                 Ok(m.encrypt(group, &content.encode_to_vec())?)

@@ -411,6 +411,7 @@ async fn device_loop(
                     .send(Request::SendMessage(v1::SendMessage {
                         message_id: message_id(step, scheduled),
                         body,
+                        ..Default::default()
                     }))
                     .await?;
                 in_flight.insert(id, scheduled);
@@ -498,6 +499,7 @@ async fn offline(
             s.send(Request::SendMessage(v1::SendMessage {
                 message_id: rand::random::<[u8; 16]>().to_vec(),
                 body: pool[sent % pool.len()].clone(),
+                ..Default::default()
             }))
             .await?;
             sent += 1;

@@ -96,6 +96,7 @@ fn content() -> Vec<u8> {
                 .take(89)
                 .collect(),
             sent_at_ms: 1_767_225_600_000,
+            ..Default::default()
         })),
     };
     c.encode_to_vec()

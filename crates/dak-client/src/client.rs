@@ -704,6 +704,7 @@ impl Client {
                     }
                     // Shown with issue 5's message features; stored nowhere yet.
                     Some(Kind::Reaction(_)) => {}
+                    Some(_) => {}
                     None => undecodable += 1,
                 }
             }
@@ -751,6 +752,7 @@ impl Client {
             let request = Request::SendMessage(v1::SendMessage {
                 message_id: id.to_vec(),
                 body,
+                ..Default::default()
             });
             match self.conn.call(request).await {
                 Ok(Body::SendAck(ack)) => return Ok(ack),
@@ -1257,6 +1259,7 @@ pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, C
         kind: Some(Kind::Text(v1::Text {
             body: text.into(),
             sent_at_ms,
+            ..Default::default()
         })),
     };
     let body = content.encode_to_vec();

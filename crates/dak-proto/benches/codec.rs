@@ -12,6 +12,7 @@ fn send_frame(body: usize) -> v1::ClientFrame {
         request: Some(Request::SendMessage(v1::SendMessage {
             message_id: vec![7; 16],
             body: vec![0x5a; body],
+            ..Default::default()
         })),
     }
 }

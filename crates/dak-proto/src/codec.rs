@@ -237,6 +237,7 @@ mod tests {
             request: Some(Request::SendMessage(v1::SendMessage {
                 message_id: msg_id,
                 body,
+                ..Default::default()
             })),
         }
     }
@@ -271,7 +272,7 @@ mod tests {
 
         #[test]
         fn content_round_trips(text in ".{0,200}", at in any::<i64>()) {
-            let c = v1::Content { kind: Some(v1::content::Kind::Text(v1::Text { body: text, sent_at_ms: at })) };
+            let c = v1::Content { kind: Some(v1::content::Kind::Text(v1::Text { body: text, sent_at_ms: at, ..Default::default() })) };
             prop_assert_eq!(decode_content(&encode(&c)).unwrap(), c);
         }
 

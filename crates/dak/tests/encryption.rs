@@ -297,6 +297,7 @@ async fn corrupted_and_replayed_ciphertext_is_reported_and_later_messages_arrive
             .call(v1::client_frame::Request::SendMessage(v1::SendMessage {
                 message_id: vec![id; 16],
                 body,
+                ..Default::default()
             }))
             .await
             .unwrap();

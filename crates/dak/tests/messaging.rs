@@ -94,6 +94,7 @@ async fn a_resent_message_is_shown_once() {
             kind: Some(dak_proto::v1::content::Kind::Text(dak_proto::v1::Text {
                 body: "only once".into(),
                 sent_at_ms: 1,
+                ..Default::default()
             })),
         }
         .encode_to_vec()

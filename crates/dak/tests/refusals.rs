@@ -174,6 +174,7 @@ async fn oversized_and_malformed_frames_close_only_that_connection() {
         request: Some(Request::SendMessage(v1::SendMessage {
             message_id: vec![1; 16],
             body: vec![0; dak_proto::MAX_BODY_BYTES + 1],
+            ..Default::default()
         })),
     };
     t.send(big.encode_to_vec()).await.unwrap();
