@@ -15,8 +15,12 @@ use serde::Serialize;
 
 use crate::connection::{Connection, unexpected};
 use crate::error::ClientError;
+use crate::groups::{FollowUp, GroupChange};
+use crate::incoming::{self, Delivered};
 use crate::mls::{Incoming, MemberDevice};
-use crate::profile::{MessageView, Profile, RecipientState, Registration, ser_id};
+use crate::profile::{
+    MessageView, Profile, Quote, RecipientState, Registration, parse_group_key, ser_id,
+};
 use crate::transport::{CertTrust, WsTransport};
 
 /// The ticks, in the order they become true.
@@ -74,6 +78,30 @@ pub enum Event {
         conversation: String,
         phone: String,
     },
+    /// Something happened in a group (`by` did it; empty when unknown).
+    Group {
+        conversation: String,
+        by: String,
+        change: GroupChange,
+    },
+    /// An emoji on a message (empty: taken back).
+    Reaction {
+        conversation: String,
+        id: Vec<u8>,
+        from: String,
+        emoji: String,
+    },
+    /// The sender edited a message.
+    Edited {
+        conversation: String,
+        id: Vec<u8>,
+        text: String,
+    },
+    /// The sender deleted a message for everyone.
+    Deleted {
+        conversation: String,
+        id: Vec<u8>,
+    },
 }
 
 /// Largest encoded content: MLS adds a header, a signature and the AEAD tag
@@ -89,11 +117,11 @@ const GROUP_RETRIES: usize = 6;
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What the key directory holds for one account.
-struct Fetched {
+pub(crate) struct Fetched {
     /// Its active devices that can be in groups.
-    active: Vec<u64>,
+    pub active: Vec<u64>,
     /// KeyPackages for those the caller did not name as known.
-    packages: Vec<(u64, openmls::prelude::KeyPackage)>,
+    pub packages: Vec<(u64, openmls::prelude::KeyPackage)>,
 }
 
 /// The state of this device's group with a contact, for tests and `dak safety`.
@@ -137,7 +165,7 @@ fn new_id() -> Vec<u8> {
 /// How long message ids are remembered for dedup: twice the default retention.
 const SEEN_KEEP_MS: i64 = 60 * 24 * 3600 * 1000;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -197,6 +225,8 @@ pub struct Client {
     unsent_receipts: Vec<Outgoing>,
     /// A Welcome used one of our KeyPackages since the last top-up.
     keys_used: bool,
+    /// Group work deliveries called for, done by the next `answer`.
+    follow_ups: Vec<FollowUp>,
 }
 
 impl Client {
@@ -421,6 +451,7 @@ impl Client {
             backlog: Vec::new(),
             unsent_receipts: Vec::new(),
             keys_used: false,
+            follow_ups: Vec::new(),
         };
         match client.flush_outbox().await {
             Ok(_) => Ok(client),
@@ -456,7 +487,17 @@ impl Client {
 
     /// Sends a text. Returns once the server has acknowledged it (✓).
     pub async fn send_text(&mut self, to: &str, text: &str) -> Result<SendOutcome, ClientError> {
-        let (id, to, body) = queue_text(&self.profile, to, text)?;
+        self.send_text_with(to, text, &TextOptions::default()).await
+    }
+
+    /// Sends a text that replies to a message or is forwarded.
+    pub async fn send_text_with(
+        &mut self,
+        to: &str,
+        text: &str,
+        opts: &TextOptions,
+    ) -> Result<SendOutcome, ClientError> {
+        let (id, to, body) = queue_text_with(&self.profile, to, text, opts)?;
         let ack = self.push_outgoing(&id, &to, body).await?;
         Ok(SendOutcome {
             id,
@@ -571,6 +612,13 @@ impl Client {
         if let Err(e) = self.push_queued(receipts).await {
             tracing::debug!(error = %e, "receipts stay in the outbox");
         }
+        let mut work = std::mem::take(&mut self.follow_ups);
+        work.dedup();
+        for w in work {
+            if let Err(e) = self.follow_up(w.clone()).await {
+                tracing::warn!(error = %e, work = ?w, "group work postponed");
+            }
+        }
     }
 
     /// Handles one push without sending anything (a send may be waiting on it).
@@ -603,14 +651,14 @@ impl Client {
         let my_device = self.reg.device_id;
         let now = now_ms();
         let seqs: Vec<u64> = d.envelopes.iter().map(|e| e.seq).collect();
-        let mut events = Vec::new();
-        let mut to_confirm: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut ticked: Vec<Vec<u8>> = Vec::new();
-        let mut undecodable = 0;
-        let mut joined = false;
+        let mut out = Delivered::default();
         let receipts = self.profile.transaction(|p| {
             for e in d.envelopes {
                 if !p.first_sight(&e.message_id, now)? {
+                    continue;
+                }
+                if addressed_to_retired(p, &e.body)? {
+                    // A group this account left or was removed from.
                     continue;
                 }
                 // Each message in its own savepoint: a failure leaves the
@@ -625,94 +673,57 @@ impl Client {
                             // Our own commit, echoed after we merged it on the ack.
                             continue;
                         }
-                        undecodable += 1;
+                        out.undecodable += 1;
                         tracing::warn!(id = %format_id(&e.message_id), from = %e.sender_phone, error = %err, "undecryptable message");
-                        events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
+                        out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
                         continue;
                     }
                 };
                 let (group, phone, device, plaintext) = match incoming {
                     Incoming::Application { group, phone, device_id, plaintext } => (group, phone, device_id, plaintext),
                     Incoming::Joined { group } => {
-                        let members = p.mls(|m| m.members(&group))?;
-                        p.add_conversation(&group, &peer_in(&members, &me), now)?;
-                        joined = true;
+                        incoming::on_joined(p, &me, &group, now, &mut out)?;
                         continue;
                     }
-                    Incoming::Commit { group, changed, removed_me } => {
-                        if removed_me {
-                            p.retire_conversation(&group)?;
-                        }
-                        let conversation = p.peer_of(&group)?.unwrap_or_default();
-                        for phone in changed.into_iter().filter(|c| *c != me) {
-                            events.push(Event::SecurityNotice { conversation: conversation.clone(), phone });
-                        }
+                    Incoming::Commit { group, committer, changed, joined, left, removed_me } => {
+                        let seen = incoming::CommitSeen { committer, changed, joined, left, removed_me };
+                        incoming::on_commit(p, &me, &group, seen, &mut out)?;
                         continue;
                     }
                     Incoming::OwnCommit { .. } => continue,
                 };
                 if phone != e.sender_phone || device != e.sender_device {
-                    undecodable += 1;
+                    out.undecodable += 1;
                     let reason = "the encrypted sender differs from the server's envelope".to_string();
                     tracing::warn!(id = %format_id(&e.message_id), %reason, "message refused");
-                    events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason });
+                    out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason });
                     continue;
                 }
                 let content = match dak_proto::decode_content(&plaintext) {
                     Ok(c) => c,
                     Err(err) => {
-                        undecodable += 1;
+                        out.undecodable += 1;
                         tracing::warn!(id = %format_id(&e.message_id), error = %err, "undecodable message body");
-                        events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
+                        out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
                         continue;
                     }
                 };
-                let outgoing = phone == me;
-                let conversation = p.peer_of(&group)?.unwrap_or_else(|| phone.clone());
-                match content.kind {
-                    Some(Kind::Text(t)) => {
-                        let view = MessageView {
-                            id: e.message_id.clone(),
-                            conversation,
-                            from: phone.clone(),
-                            from_device: device,
-                            outgoing,
-                            text: t.body,
-                            sent_at_ms: t.sent_at_ms,
-                            server_time_ms: e.server_time_ms,
-                            acked: outgoing,
-                            read_ms: 0,
-                        };
-                        p.insert_message(&view)?;
-                        if !outgoing {
-                            to_confirm.entry(phone.clone()).or_default().push(e.message_id.clone());
-                        }
-                        events.push(Event::Message(view));
-                    }
-                    Some(Kind::Receipt(r)) => {
-                        let read = r.r#type == v1::ReceiptType::Read as i32;
-                        for id in r.message_ids {
-                            if outgoing {
-                                // Another of my devices read it: it is read here too.
-                                if read {
-                                    p.mark_read(&id, e.server_time_ms)?;
-                                }
-                            } else if p.record_receipt(&id, &phone, device, read, e.server_time_ms)? {
-                                ticked.push(id);
-                            }
-                        }
-                    }
-                    // Shown with issue 5's message features; stored nowhere yet.
-                    Some(Kind::Reaction(_)) => {}
-                    Some(_) => {}
-                    None => undecodable += 1,
-                }
+                let from = incoming::From {
+                    id: &e.message_id,
+                    phone: &phone,
+                    device,
+                    server_time_ms: e.server_time_ms,
+                    now,
+                };
+                incoming::on_content(p, &me, &group, &from, content, &mut out)?;
             }
-            queue_receipts(p, v1::ReceiptType::Delivered, std::mem::take(&mut to_confirm))
+            p.purge_expired(now)?;
+            queue_receipts(p, v1::ReceiptType::Delivered, std::mem::take(&mut out.to_confirm))
         })?;
-        self.undecodable += undecodable;
-        ticked.dedup();
-        for id in ticked {
+        self.undecodable += out.undecodable;
+        let mut events = out.events;
+        out.ticked.dedup();
+        for id in out.ticked {
             let state = self.tick(&id)?.state;
             events.push(Event::Tick { id, state });
         }
@@ -728,8 +739,9 @@ impl Client {
             tracing::debug!(error = %e, "ack failed; the server will redeliver and we will drop the copies");
             return Ok(events);
         }
-        self.keys_used |= joined;
+        self.keys_used |= out.joined;
         self.unsent_receipts.extend(receipts);
+        self.follow_ups.extend(out.follow_ups);
         Ok(events)
     }
 
@@ -752,7 +764,7 @@ impl Client {
             let request = Request::SendMessage(v1::SendMessage {
                 message_id: id.to_vec(),
                 body,
-                ..Default::default()
+                expires_in_secs: expires_in(plaintext),
             });
             match self.conn.call(request).await {
                 Ok(Body::SendAck(ack)) => return Ok(ack),
@@ -790,8 +802,12 @@ impl Client {
         Ok(true)
     }
 
-    /// The group for the conversation with `peer`, started if there is none.
+    /// The group for the conversation with `peer` (a number, or a named
+    /// group's key), a 1:1 one started if there is none.
     async fn group_with(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
+        if parse_group_key(peer).is_some() {
+            return self.named_group_for_send(peer).await;
+        }
         if let Some(group) = self.profile.group_for(peer)? {
             if self.profile.mls(|m| m.has_group(&group))? && self.settle(&group).await? {
                 return Ok(group);
@@ -800,6 +816,19 @@ impl Client {
             self.profile.retire_conversation(&group)?;
         }
         self.start_group(peer).await
+    }
+
+    /// A named group, ready to send in: pending commits settled and members
+    /// who left removed.
+    async fn named_group_for_send(&mut self, key: &str) -> Result<Vec<u8>, ClientError> {
+        let gone = || ClientError::Usage(format!("you are not a member of the group {key}"));
+        let group = self.profile.group_for(key)?.ok_or_else(gone)?;
+        if !self.profile.mls(|m| m.has_group(&group))? || !self.settle(&group).await? {
+            self.profile.retire_conversation(&group)?;
+            return Err(gone());
+        }
+        self.remove_leavers(&group).await?;
+        Ok(group)
     }
 
     /// Creates a group with every device of `peer` and this account's other
@@ -937,7 +966,7 @@ impl Client {
     /// Sends a commit; merges it on the ack. On STALE_EPOCH it is dropped
     /// and the winner processed (the caller redoes its change); on a lost
     /// connection it stays pending for `settle`.
-    async fn commit(
+    pub(crate) async fn commit(
         &mut self,
         group: &[u8],
         adds: Vec<(u64, openmls::prelude::KeyPackage)>,
@@ -982,7 +1011,11 @@ impl Client {
 
     /// KeyPackages for `phone`'s devices not in `known`, each checked to be
     /// signed by the identity key the server bound to that device.
-    async fn fetch_keys(&mut self, phone: &str, known: &[u64]) -> Result<Fetched, ClientError> {
+    pub(crate) async fn fetch_keys(
+        &mut self,
+        phone: &str,
+        known: &[u64],
+    ) -> Result<Fetched, ClientError> {
         let answer = self
             .conn
             .call(Request::FetchKeyPackages(v1::FetchKeyPackages {
@@ -1066,21 +1099,24 @@ impl Client {
         Ok(crate::mls::safety_number(&members))
     }
 
-    /// Sends a reaction to a message in the conversation with `to`.
+    /// Sends a reaction to a message in the conversation `to` (a number or a group).
     pub async fn react(
         &mut self,
         to: &str,
         message_id: &[u8],
         emoji: &str,
     ) -> Result<SendOutcome, ClientError> {
-        let to = phone(to)?;
+        let to = self.profile.resolve(to)?;
         let content = v1::Content {
             kind: Some(Kind::Reaction(v1::Reaction {
                 message_id: message_id.to_vec(),
                 emoji: emoji.into(),
             })),
         };
-        self.send_content(&to, content).await
+        let sent = self.send_content(&to, content).await?;
+        self.profile
+            .set_reaction(message_id, &self.reg.phone, emoji, sent.server_time_ms)?;
+        Ok(sent)
     }
 
     /// Sends receipts of `kind` for `ids` to `to` (a sender).
@@ -1095,7 +1131,7 @@ impl Client {
     }
 
     /// Sends content that has no message row (through the outbox).
-    async fn send_content(
+    pub(crate) async fn send_content(
         &mut self,
         to: &str,
         content: v1::Content,
@@ -1248,18 +1284,50 @@ fn queue_receipts(
     Ok(queued)
 }
 
+/// What a text carries besides its words.
+#[derive(Debug, Clone, Default)]
+pub struct TextOptions {
+    /// The message it replies to (it quotes it).
+    pub reply_to: Option<Vec<u8>>,
+    /// Times it was forwarded before (see `Client::forward`).
+    pub forwarded: u32,
+}
+
 /// Stores a text as the user's and puts it in the outbox (🕓), without a
 /// connection: it leaves with the next `connect`. Returns the outbox entry.
 pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, ClientError> {
+    queue_text_with(profile, to, text, &TextOptions::default())
+}
+
+/// `queue_text` with a reply or a forward count. `to` is a number or a
+/// group (see `Profile::resolve`).
+pub fn queue_text_with(
+    profile: &Profile,
+    to: &str,
+    text: &str,
+    opts: &TextOptions,
+) -> Result<Outgoing, ClientError> {
     let reg = profile.registration()?;
-    let to = phone(to)?;
+    let to = profile.resolve(to)?;
     let id = new_id();
     let sent_at_ms = now_ms();
+    let reply_to = opts
+        .reply_to
+        .as_ref()
+        .map(|q| quote_of(profile, q))
+        .transpose()?;
+    let expire_secs = timer_of(profile, &to)?;
     let content = v1::Content {
         kind: Some(Kind::Text(v1::Text {
             body: text.into(),
             sent_at_ms,
-            ..Default::default()
+            reply_to: reply_to.clone().map(|q| v1::Quote {
+                message_id: q.id,
+                sender_phone: q.from,
+                snippet: q.snippet,
+            }),
+            forwarded: opts.forwarded,
+            expire_secs,
         })),
     };
     let body = content.encode_to_vec();
@@ -1277,9 +1345,14 @@ pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, C
         outgoing: true,
         text: text.into(),
         sent_at_ms,
-        server_time_ms: 0,
-        acked: false,
-        read_ms: 0,
+        reply_to,
+        forwarded: opts.forwarded,
+        expires_at_ms: if expire_secs > 0 {
+            sent_at_ms + expire_secs as i64 * 1000
+        } else {
+            0
+        },
+        ..Default::default()
     };
     profile.transaction(|p| {
         p.insert_message(&view)?;
@@ -1288,14 +1361,35 @@ pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, C
     Ok((id, to, body))
 }
 
-/// The other account in a conversation's members (this account for notes to self).
-fn peer_in(members: &[MemberDevice], me: &str) -> String {
-    members
-        .iter()
-        .map(|m| m.phone.as_str())
-        .find(|p| *p != me)
-        .unwrap_or(me)
-        .to_string()
+/// How much of a quoted text a reply carries.
+const QUOTE_CHARS: usize = 100;
+
+fn quote_of(profile: &Profile, id: &[u8]) -> Result<Quote, ClientError> {
+    match profile.message(id)? {
+        Some(m) if !m.deleted => Ok(Quote {
+            id: id.to_vec(),
+            from: m.from,
+            snippet: m.text.chars().take(QUOTE_CHARS).collect(),
+        }),
+        _ => Err(ClientError::Usage(format!(
+            "no message {} to reply to in this profile",
+            format_id(id)
+        ))),
+    }
+}
+
+/// The conversation's disappearing-message timer in seconds (0: off).
+pub fn timer_of(profile: &Profile, conversation: &str) -> Result<u32, ClientError> {
+    if parse_group_key(conversation).is_none() {
+        return profile.chat_timer(conversation);
+    }
+    let Some(group) = profile.group_for(conversation)? else {
+        return Ok(0);
+    };
+    Ok(profile
+        .group_state(&group)?
+        .map(|s| s.expire_secs)
+        .unwrap_or(0))
 }
 
 /// Uploads enough one-time KeyPackages to reach the target, and a
@@ -1332,6 +1426,27 @@ async fn top_up_keys(
     }
 }
 
+/// The disappearing-message time a content asks the server for.
+fn expires_in(plaintext: &[u8]) -> u32 {
+    match dak_proto::decode_content(plaintext) {
+        Ok(v1::Content {
+            kind: Some(Kind::Text(t)),
+        }) => t.expire_secs,
+        _ => 0,
+    }
+}
+
+/// Whether an envelope is for a conversation this device has left (a
+/// Welcome, which names no group in the clear, never is).
+fn addressed_to_retired(p: &Profile, body: &[u8]) -> Result<bool, ClientError> {
+    match dak_proto::mls::inspect(body) {
+        Ok(info) if info.kind != dak_proto::mls::MlsKind::Welcome => {
+            Ok(p.conversation_active(&info.group_id)? == Some(false))
+        }
+        _ => Ok(false),
+    }
+}
+
 /// A message's tick from the profile alone (no connection needed).
 pub fn tick_of(profile: &Profile, id: &[u8]) -> Result<Tick, ClientError> {
     let Some(m) = profile.message(id)? else {
@@ -1341,9 +1456,15 @@ pub fn tick_of(profile: &Profile, id: &[u8]) -> Result<Tick, ClientError> {
         )));
     };
     let devices = profile.recipients(id)?;
+    // Read when every recipient account has read it on some device (in a
+    // 1:1 chat, the contact); delivered when every device has it.
+    let mut read_by: BTreeMap<&str, bool> = BTreeMap::new();
+    for d in &devices {
+        *read_by.entry(d.phone.as_str()).or_default() |= d.read_ms > 0;
+    }
     let state = if !m.acked {
         TickState::Pending
-    } else if devices.iter().any(|d| d.read_ms > 0) {
+    } else if !read_by.is_empty() && read_by.values().all(|r| *r) {
         TickState::Read
     } else if !devices.is_empty() && devices.iter().all(|d| d.delivered_ms > 0) {
         TickState::Delivered

@@ -7,21 +7,35 @@
 //! - `profile`: the device's local store (identity key, messages, outbox,
 //!   ticks, dedup).
 //! - `client`: what a user does: register, link, send, sync, read, status.
+//! - `groups`: named groups (title, admins, invite links) and their rules.
+//! - `incoming`: what each decrypted delivery does to the profile.
+//! - `actions`: replies, edits, deletes, timers, forwards, broadcast lists.
 //!
 //! - `mls`: the device's MLS state (openmls): every conversation is an MLS
 //!   group of devices; message bodies (`dak_proto::v1::Content`) travel only
 //!   as MLS ciphertext.
 
+mod actions;
 mod client;
 mod connection;
 mod error;
+pub mod groups;
+mod incoming;
 pub mod mls;
 pub mod profile;
 pub mod transport;
 
+pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
 pub use client::{
-    Client, Event, SendOutcome, Tick, TickState, format_id, parse_id, queue_text, tick_of,
+    Client, Event, SendOutcome, TextOptions, Tick, TickState, format_id, parse_id, queue_text,
+    queue_text_with, tick_of, timer_of,
 };
+pub use groups::{GroupChange, GroupEdit, GroupInfo, GroupMember};
+pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
+
+/// From this many forwards a message is "Forwarded many times" and may go
+/// to only one chat at a time (see `ForwardLimits`).
+pub const FREQUENTLY_FORWARDED: u32 = 5;
 pub use connection::Connection;
 pub use error::ClientError;
-pub use profile::{MessageView, Profile};
+pub use profile::{MessageView, Profile, Quote, group_key};

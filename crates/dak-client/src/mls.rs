@@ -94,6 +94,17 @@ pub struct Outgoing {
     pub welcome: Option<Vec<u8>>,
 }
 
+/// Group ids: a 1:1 chat's has 16 bytes, a named group's (title, admins)
+/// 32. A device joining from a Welcome must know which it is before any
+/// message arrives; the server, which sees ids, learns nothing its member
+/// list does not already tell it.
+pub const CHAT_GROUP_ID_BYTES: usize = 16;
+pub const NAMED_GROUP_ID_BYTES: usize = 32;
+
+pub fn is_named_group(group: &[u8]) -> bool {
+    group.len() == NAMED_GROUP_ID_BYTES
+}
+
 /// What an incoming MLS message turned out to be.
 #[derive(Debug)]
 pub enum Incoming {
@@ -104,10 +115,14 @@ pub enum Incoming {
         plaintext: Vec<u8>,
     },
     /// Another member's commit, merged. `changed` are the accounts whose
-    /// devices were added or removed.
+    /// devices were added or removed; `joined` and `left` those that became
+    /// or stopped being members (all their devices added or removed).
     Commit {
         group: Vec<u8>,
+        committer: String,
         changed: BTreeSet<String>,
+        joined: BTreeSet<String>,
+        left: BTreeSet<String>,
         removed_me: bool,
     },
     /// Our own commit came back (we lost the server's ack): now merged.
@@ -223,7 +238,16 @@ impl<'a> Mls<'a> {
 
     /// A new group with this device as its only member, at epoch 0.
     pub fn create_group(&self) -> Result<Vec<u8>, ClientError> {
-        let mut id = [0u8; 16];
+        self.create_group_with_id_len(CHAT_GROUP_ID_BYTES)
+    }
+
+    /// A group with a title and admins (see `is_named_group`).
+    pub fn create_named_group(&self) -> Result<Vec<u8>, ClientError> {
+        self.create_group_with_id_len(NAMED_GROUP_ID_BYTES)
+    }
+
+    fn create_group_with_id_len(&self, len: usize) -> Result<Vec<u8>, ClientError> {
+        let mut id = vec![0u8; len];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         MlsGroup::new_with_group_id(
             &self.provider,
@@ -376,6 +400,8 @@ impl<'a> Mls<'a> {
                 })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let committer = parse_identity(&sender).map(|(p, _)| p).unwrap_or_default();
+                let before = accounts(&g);
                 let mut changed = BTreeSet::new();
                 for add in staged.add_proposals() {
                     let cred = add.add_proposal().key_package().leaf_node().credential();
@@ -392,9 +418,13 @@ impl<'a> Mls<'a> {
                 let removed_me = staged.self_removed();
                 g.merge_staged_commit(&self.provider, *staged)
                     .map_err(|e| mls_err("cannot apply a commit", e))?;
+                let after = accounts(&g);
                 Ok(Incoming::Commit {
                     group: group_id,
+                    committer,
                     changed,
+                    joined: after.difference(&before).cloned().collect(),
+                    left: before.difference(&after).cloned().collect(),
                     removed_me,
                 })
             }
@@ -406,6 +436,13 @@ impl<'a> Mls<'a> {
             _ => Err(ClientError::Crypto("proposals are not used in Dak".into())),
         }
     }
+}
+
+/// The accounts with a device in the group.
+fn accounts(g: &MlsGroup) -> BTreeSet<String> {
+    g.members()
+        .filter_map(|m| parse_identity(m.credential.serialized_content()).map(|(p, _)| p))
+        .collect()
 }
 
 fn member_device(m: Member) -> Option<MemberDevice> {

@@ -85,7 +85,7 @@ impl Shown {
                 m.server_time_ms
             },
             from: (!m.outgoing).then(|| m.from.clone()),
-            text: m.text.clone(),
+            text: crate::show::message_text(m),
             tick,
             failed: false,
         }
@@ -174,12 +174,27 @@ impl Chat {
             Event::Undecodable { from, reason, .. } => self.push(Item::Notice(format!(
                 "⚠ a message from {from} could not be decrypted ({reason})"
             ))),
-            Event::SecurityNotice { conversation, phone } if conversation == self.peer => {
-                self.push(Item::Notice(format!(
-                    "🔐 {phone}'s devices changed: the safety number changed (dak safety {conversation})"
-                )))
+            Event::Edited { ref id, .. } | Event::Deleted { ref id, .. } => {
+                if let Ok(Some(m)) = profile.message(id)
+                    && let Some(shown) = self.find(id)
+                {
+                    shown.text = crate::show::message_text(&m);
+                }
             }
-            Event::SecurityNotice { .. } => {}
+            Event::SecurityNotice {
+                ref conversation, ..
+            }
+            | Event::Group {
+                ref conversation, ..
+            }
+            | Event::Reaction {
+                ref conversation, ..
+            } if *conversation == self.peer => {
+                if let Some(line) = crate::show::notice_text(&event) {
+                    self.push(Item::Notice(line));
+                }
+            }
+            Event::SecurityNotice { .. } | Event::Group { .. } | Event::Reaction { .. } => {}
         }
     }
 

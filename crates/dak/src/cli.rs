@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dak_client::{Client, Event, MessageView, Profile, TickState, format_id, parse_id, tick_of};
+use dak_client::{Client, Event, Profile, TextOptions, TickState, format_id, parse_id, tick_of};
 use serde_json::json;
 
 use crate::server_cmd::{self, ServerArgs};
+use crate::show::{message_json, print_event};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,10 +62,13 @@ enum Command {
         #[command(subcommand)]
         action: PinAction,
     },
-    /// Send a text message.
+    /// Send a text message to a number or a group (its title or id).
     Send {
         to: String,
         text: String,
+        /// Reply to this message (it is quoted).
+        #[arg(long)]
+        reply_to: Option<String>,
         /// Wait for this tick before exiting.
         #[arg(long, value_enum, default_value = "sent")]
         wait: WaitFor,
@@ -84,22 +88,56 @@ enum Command {
         /// Message ids to mark read.
         ids: Vec<String>,
     },
-    /// Show a sent message's ticks per recipient device.
+    /// Show a sent message's ticks per member and device.
     Status { id: String },
-    /// Show the messages of a conversation stored in this profile.
+    /// Show the messages of a conversation (a number or a group) stored in this profile.
     History {
-        phone: String,
+        conversation: String,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Interactive chat in the terminal.
-    Chat { phone: String },
+    /// Interactive chat in the terminal, with a number or a group.
+    Chat { conversation: String },
     /// React to a message with an emoji (an empty emoji takes it back).
     React {
-        /// The conversation: the sender's number, or the recipient's for your own message.
-        phone: String,
+        /// The conversation: a number (the sender's, or the recipient's for your own message) or a group.
+        conversation: String,
         id: String,
         emoji: String,
+    },
+    /// Change the text of a message you sent (within 15 minutes).
+    Edit { id: String, text: String },
+    /// Delete a message you sent for everyone (within 48 hours).
+    Delete { id: String },
+    /// Disappearing messages: new messages in the chat are deleted after
+    /// this long (e.g. 1h, 7days), on every device and on the server.
+    Timer {
+        conversation: String,
+        /// A duration such as 24h or 7days, or "off".
+        duration: String,
+    },
+    /// Forward a message to chats (numbers or groups); it is labelled
+    /// "Forwarded", and "Forwarded many times" after 5 hops.
+    Forward {
+        id: String,
+        #[arg(required = true)]
+        to: Vec<String>,
+        /// Chats one forward may reach.
+        #[arg(long, env = "DAK_FORWARD_MAX_CHATS", default_value_t = 5)]
+        max_chats: usize,
+        /// Chats one forward may reach when the message was forwarded many times.
+        #[arg(long, env = "DAK_FORWARD_MAX_CHATS_FREQUENT", default_value_t = 1)]
+        max_chats_frequent: usize,
+    },
+    /// Groups: create, add and remove members, admins, settings, invite links.
+    Group {
+        #[command(subcommand)]
+        action: crate::group_cmd::GroupAction,
+    },
+    /// Broadcast lists: one message to many contacts, each in their 1:1 chat.
+    Broadcast {
+        #[command(subcommand)]
+        action: crate::group_cmd::BroadcastAction,
     },
     /// Show the conversation's safety number: compare it with your contact's
     /// (in person or on a call). It changes when either side's devices change.
@@ -164,19 +202,53 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Send {
             to,
             text,
+            reply_to,
             wait,
             timeout,
-        } => send(&dir, &to, &text, wait, timeout.into(), json).await,
+        } => {
+            let opts = TextOptions {
+                reply_to: reply_to.as_deref().map(parse_id).transpose()?,
+                forwarded: 0,
+            };
+            send(&dir, &to, &text, &opts, wait, timeout.into(), json).await
+        }
         Command::Sync => sync(&dir, json).await,
         Command::Listen => listen(&dir, json).await,
         Command::Read { all, ids } => read(&dir, all, &ids, json).await,
         Command::Status { id } => status(&dir, &id, json),
-        Command::History { phone, limit } => history(&dir, &phone, limit, json),
-        Command::Chat { phone } => {
-            let peer = dak_proto::normalize_phone(&phone)?;
+        Command::History {
+            conversation,
+            limit,
+        } => history(&dir, &conversation, limit, json),
+        Command::Chat { conversation } => {
+            let peer = open(&dir)?.resolve(&conversation)?;
             crate::chat::run(connect(&dir).await?, peer).await
         }
-        Command::React { phone, id, emoji } => react(&dir, &phone, &id, &emoji, json).await,
+        Command::React {
+            conversation,
+            id,
+            emoji,
+        } => react(&dir, &conversation, &id, &emoji, json).await,
+        Command::Edit { id, text } => crate::group_cmd::edit(&dir, &id, &text, json).await,
+        Command::Delete { id } => crate::group_cmd::delete(&dir, &id, json).await,
+        Command::Timer {
+            conversation,
+            duration,
+        } => crate::group_cmd::timer(&dir, &conversation, &duration, json).await,
+        Command::Forward {
+            id,
+            to,
+            max_chats,
+            max_chats_frequent,
+        } => {
+            let limits = dak_client::ForwardLimits {
+                max_chats,
+                max_chats_when_frequent: max_chats_frequent,
+            };
+            crate::group_cmd::forward(&dir, &id, &to, limits, json).await
+        }
+        Command::Group { action } => crate::group_cmd::group(&dir, action, json).await,
+        Command::Broadcast { action } => crate::group_cmd::broadcast(&dir, action, json).await,
         Command::Safety { phone } => safety(&dir, &phone, json).await,
         Command::Link { server, name } => link(&dir, &server.join(","), &name, json).await,
         Command::Devices { action } => devices(&dir, action, json).await,
@@ -185,11 +257,11 @@ pub async fn run(args: Args) -> Result<()> {
     }
 }
 
-fn open(dir: &std::path::Path) -> Result<Profile> {
+pub(crate) fn open(dir: &std::path::Path) -> Result<Profile> {
     Profile::open(dir).with_context(|| format!("cannot open profile {}", dir.display()))
 }
 
-async fn connect(dir: &std::path::Path) -> Result<Client> {
+pub(crate) async fn connect(dir: &std::path::Path) -> Result<Client> {
     Ok(Client::connect(open(dir)?).await?)
 }
 
@@ -253,16 +325,17 @@ async fn send(
     dir: &std::path::Path,
     to: &str,
     text: &str,
+    opts: &TextOptions,
     wait: WaitFor,
     timeout: Duration,
     json: bool,
 ) -> Result<()> {
     let mut client = match Client::connect(open(dir)?).await {
         Ok(c) => c,
-        Err(e) if e.is_retryable() => return queue_offline(dir, to, text, e, json),
+        Err(e) if e.is_retryable() => return queue_offline(dir, to, text, opts, e, json),
         Err(e) => return Err(e.into()),
     };
-    let sent = match client.send_text(to, text).await {
+    let sent = match client.send_text_with(to, text, opts).await {
         Ok(sent) => sent,
         Err(e) if e.is_retryable() => bail!(
             "{e}; the message is queued (🕓) and goes out with your next `dak send`, `sync` or `listen`"
@@ -309,10 +382,11 @@ fn queue_offline(
     dir: &std::path::Path,
     to: &str,
     text: &str,
+    opts: &TextOptions,
     why: dak_client::ClientError,
     json: bool,
 ) -> Result<()> {
-    let (id, _, _) = dak_client::queue_text(&open(dir)?, to, text)?;
+    let (id, _, _) = dak_client::queue_text_with(&open(dir)?, to, text, opts)?;
     if json {
         println!(
             "{}",
@@ -322,75 +396,6 @@ fn queue_offline(
         println!("{} 🕓", format_id(&id));
     }
     bail!("{why}; the message is queued and goes out with your next `dak send`, `sync` or `listen`")
-}
-
-fn message_json(m: &MessageView) -> serde_json::Value {
-    json!({
-        "type": "message",
-        "id": format_id(&m.id),
-        "from": m.from,
-        "conversation": m.conversation,
-        "outgoing": m.outgoing,
-        "sent_at": chrono::DateTime::from_timestamp_millis(m.sent_at_ms).map(|t| t.to_rfc3339()),
-        "text": m.text,
-    })
-}
-
-fn print_event(event: &Event, json: bool) {
-    match (event, json) {
-        (Event::Message(m), true) => println!("{}", message_json(m)),
-        (Event::Message(m), false) => {
-            let at = chrono::DateTime::from_timestamp_millis(m.sent_at_ms)
-                .map(|t| {
-                    t.with_timezone(&chrono::Local)
-                        .format("%Y-%m-%d %H:%M")
-                        .to_string()
-                })
-                .unwrap_or_default();
-            if m.outgoing {
-                println!("[{at}] you → {}: {}", m.conversation, m.text);
-            } else {
-                println!("[{at}] {}: {}", m.from, m.text);
-            }
-        }
-        (Event::Tick { id, state }, true) => println!(
-            "{}",
-            json!({"type": "tick", "id": format_id(id), "tick": state})
-        ),
-        (Event::Tick { id, state }, false) => println!("{} {}", format_id(id), state.symbol()),
-        (Event::Undecodable { id, from, reason }, true) => {
-            println!(
-                "{}",
-                json!({"type": "undecodable", "id": format_id(id), "from": from, "reason": reason})
-            )
-        }
-        (Event::Undecodable { id, from, reason }, false) => {
-            println!(
-                "⚠ message {} from {from} could not be decrypted ({reason})",
-                format_id(id)
-            )
-        }
-        (
-            Event::SecurityNotice {
-                conversation,
-                phone,
-            },
-            true,
-        ) => println!(
-            "{}",
-            json!({"type": "security_notice", "conversation": conversation, "phone": phone})
-        ),
-        (
-            Event::SecurityNotice {
-                conversation,
-                phone,
-            },
-            false,
-        ) => println!(
-            "🔐 {phone}'s devices changed in your chat with {conversation}: the safety number changed (dak safety {conversation})"
-        ),
-        (Event::QueueEmpty, _) => {}
-    }
 }
 
 async fn sync(dir: &std::path::Path, json: bool) -> Result<()> {
@@ -463,31 +468,63 @@ fn status(dir: &std::path::Path, id: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{} {}", format_id(&id), tick.state.symbol());
+    let mut members: std::collections::BTreeMap<&str, Vec<&dak_client::profile::RecipientState>> =
+        Default::default();
     for d in &tick.devices {
-        let state = if d.read_ms > 0 {
-            "read"
-        } else if d.delivered_ms > 0 {
-            "delivered"
+        members.entry(d.phone.as_str()).or_default().push(d);
+    }
+    for (phone, devices) in members {
+        let read = devices.iter().any(|d| d.read_ms > 0);
+        let delivered = devices.iter().filter(|d| d.delivered_ms > 0).count();
+        let state = if read {
+            "read ✓✓ (blue)".to_string()
+        } else if delivered == devices.len() {
+            "delivered ✓✓".to_string()
         } else {
-            "sent (the server holds it)"
+            format!("delivered to {delivered} of {} devices ✓", devices.len())
         };
-        println!("  {} device {}: {state}", d.phone, d.device_id);
+        println!("  {phone}: {state}");
+        for d in devices {
+            let s = if d.read_ms > 0 {
+                "read"
+            } else if d.delivered_ms > 0 {
+                "delivered"
+            } else {
+                "sent (the server holds it)"
+            };
+            println!("    device {}: {s}", d.device_id);
+        }
     }
     Ok(())
 }
 
-fn history(dir: &std::path::Path, phone: &str, limit: usize, json: bool) -> Result<()> {
+fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) -> Result<()> {
     let profile = open(dir)?;
-    let phone = dak_proto::normalize_phone(phone)?;
-    for m in profile.conversation(&phone, limit)? {
+    let conversation = profile.resolve(conversation)?;
+    for m in profile.conversation(&conversation, limit)? {
+        let reactions = profile.reactions(&m.id)?;
         if json {
             let mut v = message_json(&m);
             if m.outgoing {
                 v["tick"] = json!(tick_of(&profile, &m.id)?.state);
             }
+            v["reactions"] = json!(
+                reactions
+                    .iter()
+                    .map(|(phone, emoji)| json!({"from": phone, "emoji": emoji}))
+                    .collect::<Vec<_>>()
+            );
             println!("{v}");
         } else {
+            let id = m.id.clone();
             print_event(&Event::Message(m), false);
+            if !reactions.is_empty() {
+                let shown: Vec<String> = reactions
+                    .iter()
+                    .map(|(phone, emoji)| format!("{emoji} {phone}"))
+                    .collect();
+                println!("    {}  ({})", shown.join("  "), format_id(&id));
+            }
         }
     }
     Ok(())

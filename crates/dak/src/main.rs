@@ -3,7 +3,9 @@
 mod bench_cmd;
 mod chat;
 mod cli;
+mod group_cmd;
 mod server_cmd;
+mod show;
 
 use clap::Parser;
 

@@ -1,0 +1,957 @@
+//! Named groups: a title, a description, an avatar, admins, an invite link
+//! and a disappearing-message timer, all in `v1::GroupState`, which travels
+//! only as MLS ciphertext (the server sees the member devices it fans out
+//! to, nothing more).
+//!
+//! Who may do what is the members' business, so the clients enforce it:
+//! a device refuses to make a change its user may not make, and a device
+//! receiving a state from a member who may not set it keeps the old one.
+//! A commit the server accepted is merged by everyone whatever its author
+//! (refusing it would fork the group); one that breaks the rules is shown
+//! as such. The server enforces only that committers are members and the
+//! group's size (`GROUP_FULL`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dak_proto::v1::{self, ErrorCode, content::Kind};
+use serde::Serialize;
+
+use crate::client::{Client, Event, SendOutcome, now_ms};
+use crate::error::ClientError;
+use crate::mls::MemberDevice;
+use crate::profile::{Profile, group_key, parse_group_key};
+
+/// Member accounts a group may have (each with its linked devices).
+pub const MAX_GROUP_MEMBERS: usize = 1024;
+/// Devices added per commit. A Welcome carries the whole ratchet tree plus
+/// a secret per new device, and must fit in `MAX_MLS_BYTES`.
+const ADD_BATCH: usize = 128;
+pub const MAX_TITLE_CHARS: usize = 100;
+pub const MAX_DESCRIPTION_CHARS: usize = 512;
+pub const MAX_AVATAR_BYTES: usize = 64 * 1024;
+const INVITE_SECRET_BYTES: usize = 16;
+/// How often a membership change retries when another commit wins.
+const CHANGE_RETRIES: usize = 6;
+
+/// A change in a group, as shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum GroupChange {
+    /// This device was added.
+    Joined,
+    Added {
+        phones: Vec<String>,
+    },
+    Removed {
+        phones: Vec<String>,
+    },
+    /// This account was removed (or left): nothing more arrives.
+    RemovedMe,
+    Left {
+        phone: String,
+    },
+    Settings {
+        changes: Vec<String>,
+    },
+    /// A member did what the group's rules do not allow it to.
+    RuleBroken {
+        reason: String,
+    },
+    /// Someone asks to join by the invite link (approval is on).
+    JoinRequest {
+        phone: String,
+    },
+}
+
+/// One member account of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMember {
+    pub phone: String,
+    pub admin: bool,
+    pub devices: usize,
+}
+
+/// A group as `dak group info` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupInfo {
+    pub key: String,
+    pub title: String,
+    pub description: String,
+    pub avatar_bytes: usize,
+    pub admins_only: bool,
+    pub expire_secs: u32,
+    pub members: Vec<GroupMember>,
+    pub you_are_admin: bool,
+    /// Shown to admins while a link is active.
+    pub invite_link: Option<String>,
+    pub invite_needs_approval: bool,
+    pub join_requests: Vec<String>,
+    pub epoch: u64,
+}
+
+/// Settings to change; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub struct GroupEdit {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub avatar: Option<Vec<u8>>,
+    pub admins_only: Option<bool>,
+    pub expire_secs: Option<u32>,
+}
+
+/// Work a delivery calls for that needs the network; done after the batch
+/// is stored and acked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FollowUp {
+    /// Add someone who asked with the invite link this device made.
+    AddJoiner { group: Vec<u8>, phone: String },
+    /// Remove the devices of members who left.
+    RemoveLeavers { group: Vec<u8> },
+}
+
+/// The accounts among a group's member devices.
+pub fn accounts(members: &[MemberDevice]) -> BTreeSet<String> {
+    members.iter().map(|m| m.phone.clone()).collect()
+}
+
+/// The admins who are still members; when none is, the member with the
+/// lowest number is, so a group never ends up without one (every device
+/// computes the same from the same members).
+pub fn effective_admins(state: &v1::GroupState, members: &BTreeSet<String>) -> BTreeSet<String> {
+    let admins: BTreeSet<String> = state
+        .admins
+        .iter()
+        .filter(|a| members.contains(*a))
+        .cloned()
+        .collect();
+    if admins.is_empty() {
+        members.iter().next().cloned().into_iter().collect()
+    } else {
+        admins
+    }
+}
+
+/// May `by` replace the group's settings `old` with `new`? Admins may
+/// change anything; other members only the title, description, avatar and
+/// timer, and only when the group is not `admins_only`. A device that has
+/// no state yet (it just joined) takes the first it is sent.
+pub fn may_change(
+    old: Option<&v1::GroupState>,
+    new: &v1::GroupState,
+    by: &str,
+    members: &BTreeSet<String>,
+) -> Result<(), String> {
+    let Some(old) = old else { return Ok(()) };
+    if effective_admins(old, members).contains(by) {
+        return Ok(());
+    }
+    let admin_fields_same = old.admins == new.admins
+        && old.admins_only == new.admins_only
+        && old.invite_secret == new.invite_secret
+        && old.invite_owner == new.invite_owner
+        && old.invite_needs_approval == new.invite_needs_approval;
+    if !admin_fields_same {
+        return Err(format!(
+            "{by} is not an admin but changed the admins, the rules or the invite link"
+        ));
+    }
+    if old.admins_only && old != new {
+        return Err(format!(
+            "{by} is not an admin but changed the settings of a group where only admins may"
+        ));
+    }
+    Ok(())
+}
+
+/// Did the committer `by` have the right to add `joined` and remove `left`?
+/// Anyone may remove members who asked to leave.
+pub fn may_change_members(
+    state: Option<&v1::GroupState>,
+    by: &str,
+    members_before: &BTreeSet<String>,
+    joined: &BTreeSet<String>,
+    left: &BTreeSet<String>,
+    leavers: &[String],
+) -> Result<(), String> {
+    let Some(state) = state else { return Ok(()) };
+    let admin = effective_admins(state, members_before).contains(by);
+    if admin {
+        return Ok(());
+    }
+    let joined_others = joined.iter().any(|p| p != by);
+    if state.admins_only && joined_others {
+        return Err(format!(
+            "{by} is not an admin but added members to a group where only admins may"
+        ));
+    }
+    if let Some(p) = left.iter().find(|p| *p != by && !leavers.contains(p)) {
+        return Err(format!("{by} is not an admin but removed {p}"));
+    }
+    Ok(())
+}
+
+/// What changed between two states, in words.
+pub fn describe_changes(old: Option<&v1::GroupState>, new: &v1::GroupState) -> Vec<String> {
+    let empty = v1::GroupState::default();
+    let old = old.unwrap_or(&empty);
+    let mut out = Vec::new();
+    if old.title != new.title {
+        out.push(format!("title: {}", new.title));
+    }
+    if old.description != new.description {
+        out.push(format!("description: {}", new.description));
+    }
+    if old.avatar != new.avatar {
+        out.push(format!("avatar: {} bytes", new.avatar.len()));
+    }
+    let before: BTreeSet<&String> = old.admins.iter().collect();
+    let after: BTreeSet<&String> = new.admins.iter().collect();
+    for a in after.difference(&before) {
+        out.push(format!("{a} is now an admin"));
+    }
+    for a in before.difference(&after) {
+        out.push(format!("{a} is no longer an admin"));
+    }
+    if old.admins_only != new.admins_only {
+        out.push(if new.admins_only {
+            "only admins may add members and change settings".into()
+        } else {
+            "all members may add members and change settings".into()
+        });
+    }
+    if old.expire_secs != new.expire_secs {
+        out.push(describe_timer(new.expire_secs));
+    }
+    if old.invite_secret != new.invite_secret {
+        out.push(if new.invite_secret.is_empty() {
+            "the invite link was revoked".into()
+        } else {
+            "a new invite link was made".into()
+        });
+    }
+    out
+}
+
+pub fn describe_timer(secs: u32) -> String {
+    if secs == 0 {
+        "disappearing messages: off".into()
+    } else {
+        format!(
+            "disappearing messages: {}",
+            humantime::format_duration(std::time::Duration::from_secs(secs as u64))
+        )
+    }
+}
+
+/// `dak-invite:+919800000001/<group id>/<secret>`: the member whose devices
+/// answer join requests, the group and the link's secret.
+pub fn invite_link(owner: &str, group: &[u8], secret: &[u8]) -> String {
+    format!(
+        "dak-invite:{owner}/{}/{}",
+        hex::encode(group),
+        hex::encode(secret)
+    )
+}
+
+/// (owner, group id, secret) from an invite link.
+pub fn parse_invite_link(link: &str) -> Result<(String, Vec<u8>, Vec<u8>), ClientError> {
+    let bad = || {
+        ClientError::Usage(format!(
+            "{link:?} is not a Dak invite link (dak-invite:+NUMBER/GROUP/SECRET)"
+        ))
+    };
+    let rest = link.trim().strip_prefix("dak-invite:").ok_or_else(bad)?;
+    let mut parts = rest.split('/');
+    let (Some(owner), Some(group), Some(secret), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let owner = dak_proto::normalize_phone(owner).map_err(|_| bad())?;
+    let group = hex::decode(group).map_err(|_| bad())?;
+    let secret = hex::decode(secret).map_err(|_| bad())?;
+    if !crate::mls::is_named_group(&group) || secret.len() != INVITE_SECRET_BYTES {
+        return Err(bad());
+    }
+    Ok((owner, group, secret))
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a device does with a join request that reached it in a 1:1 chat:
+/// `Some(follow-up)` when it should add the sender now, an event when the
+/// request waits for an admin's approval, nothing when the link is not
+/// (or no longer) this device's to answer.
+pub(crate) fn on_join_request(
+    p: &Profile,
+    me: &str,
+    from: &str,
+    req: &v1::JoinRequest,
+    now: i64,
+) -> Result<(Option<FollowUp>, Option<Event>), ClientError> {
+    let key = group_key(&req.group_id);
+    let Some(group) = p.group_for(&key)? else {
+        return Ok((None, None));
+    };
+    let Some(state) = p.group_state(&group)? else {
+        return Ok((None, None));
+    };
+    let valid = !state.invite_secret.is_empty()
+        && state.invite_owner == me
+        && same_secret(&state.invite_secret, &req.invite_secret);
+    if !valid {
+        tracing::info!(group = %key, %from, "a join request with a revoked or wrong invite link was ignored");
+        return Ok((None, None));
+    }
+    let members = accounts(&p.mls(|m| m.members(&group))?);
+    if members.contains(from) {
+        return Ok((None, None));
+    }
+    if state.invite_needs_approval {
+        p.add_join_request(&group, from, now)?;
+        let event = Event::Group {
+            conversation: key,
+            by: from.to_string(),
+            change: GroupChange::JoinRequest {
+                phone: from.to_string(),
+            },
+        };
+        return Ok((None, Some(event)));
+    }
+    Ok((
+        Some(FollowUp::AddJoiner {
+            group,
+            phone: from.to_string(),
+        }),
+        None,
+    ))
+}
+
+fn usage(msg: impl Into<String>) -> ClientError {
+    ClientError::Usage(msg.into())
+}
+
+fn parse_phones(raw: &[String]) -> Result<Vec<String>, ClientError> {
+    let mut out = Vec::new();
+    for r in raw {
+        let p = dak_proto::normalize_phone(r)
+            .map_err(|e| usage(format!("{r:?} is not a phone number: {e}")))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+impl Client {
+    /// Creates a group with this account as its admin and adds `phones`
+    /// (with all their devices, and this account's other devices).
+    pub async fn create_group(
+        &mut self,
+        title: &str,
+        phones: &[String],
+        admins_only: bool,
+    ) -> Result<GroupInfo, ClientError> {
+        check_title(title)?;
+        let me = self.phone().to_string();
+        let phones: Vec<String> = parse_phones(phones)?
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
+        if phones.len() + 1 > MAX_GROUP_MEMBERS {
+            return Err(usage(format!(
+                "a group has at most {MAX_GROUP_MEMBERS} members; {} were given with you",
+                phones.len() + 1
+            )));
+        }
+        let mut adds = self.fetch_keys(&me, &[self.device_id()]).await?.packages;
+        for phone in &phones {
+            adds.extend(self.keys_for_new_member(phone).await?);
+        }
+        let state = v1::GroupState {
+            title: title.trim().to_string(),
+            admins: vec![me.clone()],
+            admins_only,
+            ..Default::default()
+        };
+        let group = self.profile().transaction(|p| {
+            let group = p.mls(|m| m.create_named_group())?;
+            p.add_conversation(&group, &group_key(&group), now_ms())?;
+            p.set_group_state(&group, &state, now_ms())?;
+            Ok(group)
+        })?;
+        if adds.is_empty() {
+            // Epoch 0 creates the group on the server, with only us in it.
+            self.commit(&group, Vec::new(), Vec::new()).await?;
+        }
+        self.add_in_batches(&group, adds).await?;
+        self.publish_state(&group, state).await?;
+        self.group_info(&group_key(&group))
+    }
+
+    /// Adds members (all their devices) to a group.
+    pub async fn add_members(
+        &mut self,
+        conversation: &str,
+        phones: &[String],
+    ) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let phones = parse_phones(phones)?;
+        for _ in 0..CHANGE_RETRIES {
+            let (state, members, admins) = self.rights(&group)?;
+            if state.admins_only && !admins.contains(self.phone()) {
+                return Err(usage(format!(
+                    "only admins may add members to {:?}",
+                    state.title
+                )));
+            }
+            let new: Vec<&String> = phones.iter().filter(|p| !members.contains(*p)).collect();
+            if new.is_empty() {
+                return Ok(());
+            }
+            if members.len() + new.len() > MAX_GROUP_MEMBERS {
+                return Err(usage(format!(
+                    "{:?} has {} members; adding {} would pass the limit of {MAX_GROUP_MEMBERS}",
+                    state.title,
+                    members.len(),
+                    new.len()
+                )));
+            }
+            let mut adds = Vec::new();
+            for phone in new {
+                adds.extend(self.keys_for_new_member(phone).await?);
+            }
+            match self.add_in_batches(&group, adds).await {
+                Ok(()) => {
+                    for p in &phones {
+                        self.profile().remove_join_request(&group, p)?;
+                    }
+                    // The new members learn the title and admins from this.
+                    return self.publish_state(&group, state).await;
+                }
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Timeout(
+            "the group kept changing; try again".into(),
+        ))
+    }
+
+    /// Removes a member (all their devices). Admins only.
+    pub async fn remove_member(
+        &mut self,
+        conversation: &str,
+        phone: &str,
+    ) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let phone = parse_phones(&[phone.to_string()])?.remove(0);
+        if phone == self.phone() {
+            return Err(usage("to remove yourself, use `dak group leave`"));
+        }
+        for _ in 0..CHANGE_RETRIES {
+            let (mut state, members, admins) = self.rights(&group)?;
+            if !admins.contains(self.phone()) {
+                return Err(usage(format!(
+                    "only admins may remove members from {:?}",
+                    state.title
+                )));
+            }
+            if !members.contains(&phone) {
+                return Err(usage(format!(
+                    "{phone} is not a member of {:?}",
+                    state.title
+                )));
+            }
+            let leaves = self.leaves_of(&group, &phone)?;
+            match self.commit(&group, Vec::new(), leaves).await {
+                Ok(()) => {
+                    state.admins.retain(|a| *a != phone);
+                    return self.publish_state(&group, state).await;
+                }
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Timeout(
+            "the group kept changing; try again".into(),
+        ))
+    }
+
+    /// Leaves a group: the members' devices remove ours with their next
+    /// commit, and this device stops reading the group now.
+    pub async fn leave_group(&mut self, conversation: &str) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let content = v1::Content {
+            kind: Some(Kind::Leave(v1::Leave {})),
+        };
+        self.send_content(&group_key(&group), content).await?;
+        self.profile().retire_conversation(&group)
+    }
+
+    /// Makes a member an admin, or not. Admins only.
+    pub async fn set_admin(
+        &mut self,
+        conversation: &str,
+        phone: &str,
+        admin: bool,
+    ) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let phone = parse_phones(&[phone.to_string()])?.remove(0);
+        let (mut state, members, admins) = self.rights(&group)?;
+        if !admins.contains(self.phone()) {
+            return Err(usage(format!(
+                "only admins may promote or demote in {:?}",
+                state.title
+            )));
+        }
+        if !members.contains(&phone) {
+            return Err(usage(format!(
+                "{phone} is not a member of {:?}",
+                state.title
+            )));
+        }
+        // Start from who is admin now (the fallback admin included).
+        state.admins = admins.into_iter().collect();
+        state.admins.retain(|a| *a != phone);
+        if admin {
+            state.admins.push(phone);
+        } else if state.admins.is_empty() {
+            return Err(usage(
+                "a group needs at least one admin: promote someone first",
+            ));
+        }
+        self.publish_state(&group, state).await
+    }
+
+    /// Changes the title, description, avatar, rules or timer.
+    pub async fn update_group(
+        &mut self,
+        conversation: &str,
+        edit: GroupEdit,
+    ) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let (old, members, _) = self.rights(&group)?;
+        let mut state = old.clone();
+        if let Some(t) = edit.title {
+            check_title(&t)?;
+            state.title = t.trim().to_string();
+        }
+        if let Some(d) = edit.description {
+            if d.chars().count() > MAX_DESCRIPTION_CHARS {
+                return Err(usage(format!(
+                    "a description has at most {MAX_DESCRIPTION_CHARS} characters"
+                )));
+            }
+            state.description = d;
+        }
+        if let Some(a) = edit.avatar {
+            if a.len() > MAX_AVATAR_BYTES {
+                return Err(usage(format!(
+                    "the avatar is {} bytes; the limit is {MAX_AVATAR_BYTES}",
+                    a.len()
+                )));
+            }
+            state.avatar = a;
+        }
+        if let Some(a) = edit.admins_only {
+            state.admins_only = a;
+        }
+        if let Some(t) = edit.expire_secs {
+            state.expire_secs = t;
+        }
+        may_change(Some(&old), &state, self.phone(), &members).map_err(|_| {
+            usage(format!(
+                "only admins may change {}",
+                if old.admins_only {
+                    format!("the settings of {:?}", old.title)
+                } else {
+                    "who is admin and who may change settings".to_string()
+                }
+            ))
+        })?;
+        self.publish_state(&group, state).await
+    }
+
+    /// Makes a new invite link (the old one stops working). Admins only.
+    pub async fn create_invite_link(
+        &mut self,
+        conversation: &str,
+        needs_approval: bool,
+    ) -> Result<String, ClientError> {
+        let group = self.named(conversation)?;
+        let (mut state, _, admins) = self.rights(&group)?;
+        if !admins.contains(self.phone()) {
+            return Err(usage("only admins may make invite links"));
+        }
+        let mut secret = vec![0u8; INVITE_SECRET_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        state.invite_secret = secret.clone();
+        state.invite_owner = self.phone().to_string();
+        state.invite_needs_approval = needs_approval;
+        self.publish_state(&group, state).await?;
+        Ok(invite_link(self.phone(), &group, &secret))
+    }
+
+    /// Revokes the group's invite link. Admins only.
+    pub async fn revoke_invite_link(&mut self, conversation: &str) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let (mut state, _, admins) = self.rights(&group)?;
+        if !admins.contains(self.phone()) {
+            return Err(usage("only admins may revoke invite links"));
+        }
+        state.invite_secret.clear();
+        state.invite_owner.clear();
+        state.invite_needs_approval = false;
+        self.publish_state(&group, state).await
+    }
+
+    /// Asks to join a group by its invite link: the request goes, end to
+    /// end encrypted, to the member who made the link, whose devices add
+    /// us (or show the request to approve).
+    pub async fn join_by_link(&mut self, link: &str) -> Result<SendOutcome, ClientError> {
+        let (owner, group_id, invite_secret) = parse_invite_link(link)?;
+        if owner == self.phone() {
+            return Err(usage("this is your own invite link"));
+        }
+        let content = v1::Content {
+            kind: Some(Kind::JoinRequest(v1::JoinRequest {
+                group_id,
+                invite_secret,
+            })),
+        };
+        self.send_content(&owner, content).await
+    }
+
+    /// Adds someone who asked to join (approval on). Admins only.
+    pub async fn approve_join(
+        &mut self,
+        conversation: &str,
+        phone: &str,
+    ) -> Result<(), ClientError> {
+        let group = self.named(conversation)?;
+        let phone = parse_phones(&[phone.to_string()])?.remove(0);
+        if !self.profile().join_requests(&group)?.contains(&phone) {
+            return Err(usage(format!("{phone} has not asked to join")));
+        }
+        self.add_members(&group_key(&group), &[phone]).await
+    }
+
+    /// A group as this device knows it.
+    pub fn group_info(&self, conversation: &str) -> Result<GroupInfo, ClientError> {
+        group_info(self.profile(), conversation)
+    }
+
+    /// The groups this device is in.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, ClientError> {
+        list_groups(self.profile())
+    }
+
+    /// Work that deliveries called for (see `FollowUp`).
+    pub(crate) async fn follow_up(&mut self, work: FollowUp) -> Result<(), ClientError> {
+        match work {
+            FollowUp::AddJoiner { group, phone } => {
+                self.add_members(&group_key(&group), &[phone]).await
+            }
+            FollowUp::RemoveLeavers { group } => self.remove_leavers(&group).await,
+        }
+    }
+
+    /// Commits the removal of members who asked to leave (anyone may).
+    pub(crate) async fn remove_leavers(&mut self, group: &[u8]) -> Result<(), ClientError> {
+        for _ in 0..CHANGE_RETRIES {
+            let leavers = self.profile().leavers(group)?;
+            if leavers.is_empty() || !self.profile().mls(|m| m.has_group(group))? {
+                return Ok(());
+            }
+            let mut leaves = Vec::new();
+            for phone in &leavers {
+                let theirs = self.leaves_of(group, phone)?;
+                if theirs.is_empty() {
+                    self.profile().clear_leaver(group, phone)?;
+                }
+                leaves.extend(theirs);
+            }
+            if leaves.is_empty() {
+                return Ok(());
+            }
+            match self.commit(group, Vec::new(), leaves).await {
+                Ok(()) => {
+                    for phone in &leavers {
+                        self.profile().clear_leaver(group, phone)?;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Timeout(
+            "the group kept changing; try again".into(),
+        ))
+    }
+
+    /// The group id of a named group this device is in.
+    fn named(&self, conversation: &str) -> Result<Vec<u8>, ClientError> {
+        let key = self.profile().resolve(conversation)?;
+        if parse_group_key(&key).is_none() {
+            return Err(usage(format!(
+                "{key} is a 1:1 chat; group commands take a group (see `dak group list`)"
+            )));
+        }
+        match self.profile().group_for(&key)? {
+            Some(g) => Ok(g),
+            None => Err(usage(format!("you are no longer a member of {key}"))),
+        }
+    }
+
+    fn rights(
+        &self,
+        group: &[u8],
+    ) -> Result<(v1::GroupState, BTreeSet<String>, BTreeSet<String>), ClientError> {
+        rights(self.profile(), group)
+    }
+
+    fn leaves_of(&self, group: &[u8], phone: &str) -> Result<Vec<MemberDevice>, ClientError> {
+        Ok(self
+            .profile()
+            .mls(|m| m.members(group))?
+            .into_iter()
+            .filter(|m| m.phone == phone)
+            .collect())
+    }
+
+    /// KeyPackages for every device of someone joining a group.
+    async fn keys_for_new_member(
+        &mut self,
+        phone: &str,
+    ) -> Result<Vec<(u64, openmls::prelude::KeyPackage)>, ClientError> {
+        let fetched = self.fetch_keys(phone, &[]).await?;
+        if fetched.packages.is_empty() {
+            return Err(usage(format!(
+                "{phone} has no device ready for encrypted chat yet; ask them to open Dak once"
+            )));
+        }
+        Ok(fetched.packages)
+    }
+
+    /// Adds devices in commits small enough for their Welcomes, skipping
+    /// any that are already members (another admin may have added them).
+    async fn add_in_batches(
+        &mut self,
+        group: &[u8],
+        adds: Vec<(u64, openmls::prelude::KeyPackage)>,
+    ) -> Result<(), ClientError> {
+        let mut pending = adds;
+        while !pending.is_empty() {
+            let present: BTreeSet<u64> = self
+                .profile()
+                .mls(|m| m.members(group))?
+                .iter()
+                .map(|m| m.device_id)
+                .collect();
+            pending.retain(|(d, _)| !present.contains(d));
+            let rest = pending.split_off(pending.len().min(ADD_BATCH));
+            if !pending.is_empty() {
+                self.commit(group, std::mem::take(&mut pending), Vec::new())
+                    .await?;
+            }
+            pending = rest;
+        }
+        Ok(())
+    }
+
+    /// Stores the new settings and sends them to the members.
+    async fn publish_state(
+        &mut self,
+        group: &[u8],
+        state: v1::GroupState,
+    ) -> Result<(), ClientError> {
+        self.profile().set_group_state(group, &state, now_ms())?;
+        let content = v1::Content {
+            kind: Some(Kind::GroupState(state)),
+        };
+        self.send_content(&group_key(group), content).await?;
+        Ok(())
+    }
+}
+
+/// The group's state, member accounts and admins.
+fn rights(
+    profile: &Profile,
+    group: &[u8],
+) -> Result<(v1::GroupState, BTreeSet<String>, BTreeSet<String>), ClientError> {
+    let state = profile.group_state(group)?.unwrap_or_default();
+    let members = accounts(&profile.mls(|m| m.members(group))?);
+    let admins = effective_admins(&state, &members);
+    Ok((state, members, admins))
+}
+
+/// A group as this device knows it (no connection needed).
+pub fn group_info(profile: &Profile, conversation: &str) -> Result<GroupInfo, ClientError> {
+    let me = profile.registration()?.phone;
+    let key = profile.resolve(conversation)?;
+    let group =
+        parse_group_key(&key).ok_or_else(|| usage(format!("{key} is a 1:1 chat, not a group")))?;
+    let group = profile
+        .group_for(&key)?
+        .filter(|g| *g == group)
+        .ok_or_else(|| usage(format!("you are no longer a member of {key}")))?;
+    let (state, _, admins) = rights(profile, &group)?;
+    let devices = profile.mls(|m| m.members(&group))?;
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &devices {
+        *count.entry(d.phone.clone()).or_default() += 1;
+    }
+    let you_are_admin = admins.contains(&me);
+    let link = (you_are_admin && !state.invite_secret.is_empty())
+        .then(|| invite_link(&state.invite_owner, &group, &state.invite_secret));
+    Ok(GroupInfo {
+        key,
+        title: state.title.clone(),
+        description: state.description.clone(),
+        avatar_bytes: state.avatar.len(),
+        admins_only: state.admins_only,
+        expire_secs: state.expire_secs,
+        members: count
+            .into_iter()
+            .map(|(phone, devices)| GroupMember {
+                admin: admins.contains(&phone),
+                phone,
+                devices,
+            })
+            .collect(),
+        you_are_admin,
+        invite_link: link,
+        invite_needs_approval: state.invite_needs_approval,
+        join_requests: profile.join_requests(&group)?,
+        epoch: profile.mls(|m| m.epoch(&group))?,
+    })
+}
+
+/// The groups this device is in, by title.
+pub fn list_groups(profile: &Profile) -> Result<Vec<GroupInfo>, ClientError> {
+    let mut all = profile
+        .named_groups()?
+        .into_iter()
+        .map(|(_, key)| group_info(profile, &key))
+        .collect::<Result<Vec<_>, _>>()?;
+    all.sort_by(|a, b| a.title.cmp(&b.title).then(a.key.cmp(&b.key)));
+    Ok(all)
+}
+
+fn check_title(title: &str) -> Result<(), ClientError> {
+    let t = title.trim();
+    if t.is_empty() || t.chars().count() > MAX_TITLE_CHARS {
+        return Err(usage(format!(
+            "a group title has 1 to {MAX_TITLE_CHARS} characters"
+        )));
+    }
+    if dak_proto::normalize_phone(t).is_ok() || t.starts_with("group:") {
+        return Err(usage(
+            "a group title cannot look like a phone number or a group id",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(p: &[&str]) -> BTreeSet<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn state(admins: &[&str], admins_only: bool) -> v1::GroupState {
+        v1::GroupState {
+            title: "Family".into(),
+            admins: admins.iter().map(|s| s.to_string()).collect(),
+            admins_only,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_group_without_admins_gets_its_lowest_number() {
+        let members = set(&["+913", "+912"]);
+        assert_eq!(
+            effective_admins(&state(&["+911"], false), &members),
+            set(&["+912"])
+        );
+        assert_eq!(
+            effective_admins(&state(&["+913"], false), &members),
+            set(&["+913"])
+        );
+    }
+
+    #[test]
+    fn members_may_rename_only_open_groups() {
+        let members = set(&["+911", "+912"]);
+        let mut renamed = state(&["+911"], false);
+        renamed.title = "Cousins".into();
+        assert!(may_change(Some(&state(&["+911"], false)), &renamed, "+912", &members).is_ok());
+        renamed.admins_only = true;
+        let err = may_change(Some(&state(&["+911"], true)), &renamed, "+912", &members);
+        assert!(err.unwrap_err().contains("only admins"));
+        assert!(may_change(Some(&state(&["+911"], true)), &renamed, "+911", &members).is_ok());
+    }
+
+    #[test]
+    fn only_admins_change_admins() {
+        let members = set(&["+911", "+912"]);
+        let promoted = state(&["+911", "+912"], false);
+        assert!(may_change(Some(&state(&["+911"], false)), &promoted, "+912", &members).is_err());
+        assert!(may_change(None, &promoted, "+912", &members).is_ok());
+    }
+
+    #[test]
+    fn removals_by_members_need_a_leave() {
+        let before = set(&["+911", "+912", "+913"]);
+        let s = state(&["+911"], false);
+        let left = set(&["+913"]);
+        assert!(may_change_members(Some(&s), "+912", &before, &set(&[]), &left, &[]).is_err());
+        assert!(
+            may_change_members(
+                Some(&s),
+                "+912",
+                &before,
+                &set(&[]),
+                &left,
+                &["+913".into()]
+            )
+            .is_ok()
+        );
+        assert!(may_change_members(Some(&s), "+911", &before, &set(&[]), &left, &[]).is_ok());
+        let closed = state(&["+911"], true);
+        assert!(
+            may_change_members(
+                Some(&closed),
+                "+912",
+                &before,
+                &set(&["+914"]),
+                &set(&[]),
+                &[]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn invite_links_round_trip_and_refuse_junk() {
+        let group = vec![7u8; crate::mls::NAMED_GROUP_ID_BYTES];
+        let link = invite_link("+919800000001", &group, &[1; INVITE_SECRET_BYTES]);
+        let (owner, g, s) = parse_invite_link(&link).unwrap();
+        assert_eq!(
+            (owner.as_str(), g, s),
+            ("+919800000001", group, vec![1; 16])
+        );
+        for junk in ["", "dak-invite:", "dak-invite:+91/zz/00", "https://x/y"] {
+            assert!(parse_invite_link(junk).is_err(), "{junk}");
+        }
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd"));
+    }
+}

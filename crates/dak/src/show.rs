@@ -1,0 +1,184 @@
+//! How messages and events look: one line each for people, one JSON object
+//! each for scripts. Shared by the commands and the chat screen.
+
+use dak_client::{Event, GroupChange, MessageView, format_id};
+use serde_json::json;
+
+pub fn message_json(m: &MessageView) -> serde_json::Value {
+    json!({
+        "type": "message",
+        "id": format_id(&m.id),
+        "from": m.from,
+        "conversation": m.conversation,
+        "outgoing": m.outgoing,
+        "sent_at": chrono::DateTime::from_timestamp_millis(m.sent_at_ms).map(|t| t.to_rfc3339()),
+        "text": m.text,
+        "reply_to": m.reply_to.as_ref().map(|q| json!({"id": format_id(&q.id), "from": q.from, "snippet": q.snippet})),
+        "forwarded": m.forwarded,
+        "forward_label": m.forward_label(),
+        "edited": m.edited_ms > 0,
+        "deleted": m.deleted,
+        "expires_at": (m.expires_at_ms > 0).then(|| chrono::DateTime::from_timestamp_millis(m.expires_at_ms).map(|t| t.to_rfc3339())).flatten(),
+    })
+}
+
+/// The text as shown: labels for forwards, replies, edits and deletions.
+pub fn message_text(m: &MessageView) -> String {
+    if m.deleted {
+        return "🚫 This message was deleted".into();
+    }
+    let mut out = String::new();
+    if let Some(label) = m.forward_label() {
+        out.push_str(&format!("[{label}] "));
+    }
+    if let Some(q) = &m.reply_to {
+        out.push_str(&format!("↪ {}: \"{}\" — ", q.from, q.snippet));
+    }
+    out.push_str(&m.text);
+    if m.edited_ms > 0 {
+        out.push_str(" (edited)");
+    }
+    if m.expires_at_ms > 0 {
+        out.push_str(" ⏱");
+    }
+    out
+}
+
+/// A group change in words.
+pub fn change_text(by: &str, change: &GroupChange) -> String {
+    let by = if by.is_empty() { "someone" } else { by };
+    match change {
+        GroupChange::Joined => "you were added to the group".into(),
+        GroupChange::Added { phones } => format!("{by} added {}", phones.join(", ")),
+        GroupChange::Removed { phones } => format!("{by} removed {}", phones.join(", ")),
+        GroupChange::RemovedMe => {
+            format!("{by} removed you: you no longer receive this group's messages")
+        }
+        GroupChange::Left { phone } => format!("{phone} left"),
+        GroupChange::Settings { changes } => format!("{by} changed {}", changes.join("; ")),
+        GroupChange::RuleBroken { reason } => format!("⚠ against the group's rules: {reason}"),
+        GroupChange::JoinRequest { phone } => {
+            format!("{phone} asks to join by the invite link (dak group approve GROUP {phone})")
+        }
+    }
+}
+
+/// The line for an event other than a message or a tick, if it has one.
+pub fn notice_text(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Undecodable { id, from, reason } => format!(
+            "⚠ message {} from {from} could not be decrypted ({reason})",
+            format_id(id)
+        ),
+        Event::SecurityNotice {
+            conversation,
+            phone,
+        } => format!(
+            "🔐 {phone}'s devices changed in your chat with {conversation}: the safety number changed (dak safety {conversation})"
+        ),
+        Event::Group {
+            conversation,
+            by,
+            change,
+        } => format!("👥 {conversation}: {}", change_text(by, change)),
+        Event::Reaction {
+            conversation,
+            id,
+            from,
+            emoji,
+        } if emoji.is_empty() => format!(
+            "{conversation}: {from} took back their reaction to {}",
+            format_id(id)
+        ),
+        Event::Reaction {
+            conversation,
+            id,
+            from,
+            emoji,
+        } => format!(
+            "{conversation}: {from} reacted {emoji} to {}",
+            format_id(id)
+        ),
+        Event::Edited {
+            conversation,
+            id,
+            text,
+        } => format!("{conversation}: {} was edited: {text}", format_id(id)),
+        Event::Deleted { conversation, id } => {
+            format!("{conversation}: {} was deleted", format_id(id))
+        }
+        Event::Message(_) | Event::Tick { .. } | Event::QueueEmpty => return None,
+    })
+}
+
+fn event_json(event: &Event) -> Option<serde_json::Value> {
+    Some(match event {
+        Event::Message(m) => message_json(m),
+        Event::Tick { id, state } => json!({"type": "tick", "id": format_id(id), "tick": state}),
+        Event::Undecodable { id, from, reason } => {
+            json!({"type": "undecodable", "id": format_id(id), "from": from, "reason": reason})
+        }
+        Event::SecurityNotice {
+            conversation,
+            phone,
+        } => json!({"type": "security_notice", "conversation": conversation, "phone": phone}),
+        Event::Group {
+            conversation,
+            by,
+            change,
+        } => json!({"type": "group", "conversation": conversation, "by": by, "detail": change}),
+        Event::Reaction {
+            conversation,
+            id,
+            from,
+            emoji,
+        } => {
+            json!({"type": "reaction", "conversation": conversation, "id": format_id(id), "from": from, "emoji": emoji})
+        }
+        Event::Edited {
+            conversation,
+            id,
+            text,
+        } => {
+            json!({"type": "edited", "conversation": conversation, "id": format_id(id), "text": text})
+        }
+        Event::Deleted { conversation, id } => {
+            json!({"type": "deleted", "conversation": conversation, "id": format_id(id)})
+        }
+        Event::QueueEmpty => return None,
+    })
+}
+
+pub fn print_event(event: &Event, json: bool) {
+    if json {
+        if let Some(v) = event_json(event) {
+            println!("{v}");
+        }
+        return;
+    }
+    match event {
+        Event::Message(m) => {
+            let at = chrono::DateTime::from_timestamp_millis(m.sent_at_ms)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let text = message_text(m);
+            if m.outgoing {
+                println!("[{at}] you → {}: {text}", m.conversation);
+            } else if m.conversation != m.from {
+                println!("[{at}] {} in {}: {text}", m.from, m.conversation);
+            } else {
+                println!("[{at}] {}: {text}", m.from);
+            }
+        }
+        Event::Tick { id, state } => println!("{} {}", format_id(id), state.symbol()),
+        other => {
+            if let Some(line) = notice_text(other) {
+                println!("{line}");
+            }
+        }
+    }
+}
