@@ -45,6 +45,10 @@ pub struct Config {
     pub pin_lockout: Duration,
     /// Linked (non-primary) devices an account may have.
     pub max_linked_devices: u32,
+    /// Member accounts a group may have (each with all its devices). A
+    /// commit that would bring in an account beyond it is refused with
+    /// GROUP_FULL.
+    pub max_group_members: u32,
     /// Linked devices must re-link after this long; off when absent.
     #[serde(with = "humantime_serde")]
     pub linked_device_max_age: Option<Duration>,
@@ -86,6 +90,7 @@ impl Default for Config {
             pin_attempts: 5,
             pin_lockout: Duration::from_secs(3600),
             max_linked_devices: 4,
+            max_group_members: 1024,
             linked_device_max_age: None,
             link_code_ttl: Duration::from_secs(600),
             sms: SmsConfig::Outbox,
@@ -186,6 +191,12 @@ impl Config {
                 "--bus {bus:?}: give a nats:// URL, or leave it out for one node"
             )));
         }
+        if self.max_group_members < 2 {
+            return Err(ConfigError::Invalid(format!(
+                "max_group_members = {}: a conversation needs two accounts; give 2 or more",
+                self.max_group_members
+            )));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "give both --tls-cert and --tls-key, or neither (a self-signed certificate is then made)".into(),
@@ -220,6 +231,7 @@ const ENV_KEYS: &[&str] = &[
     "pin_attempts",
     "pin_lockout",
     "max_linked_devices",
+    "max_group_members",
     "linked_device_max_age",
     "link_code_ttl",
 ];
@@ -253,6 +265,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_linked_devices, 2);
         assert_eq!(c.linked_device_max_age, Some(Duration::from_secs(6 * 3600)));
+    }
+
+    #[test]
+    fn max_group_members_from_file_env_and_print() {
+        assert_eq!(Config::default().max_group_members, 1024);
+        let mut c: Config = toml::from_str("max_group_members = 300").unwrap();
+        assert_eq!(c.max_group_members, 300);
+        assert!(c.to_toml().contains("max_group_members = 300"));
+        c.apply_env(|k| (k == "DAK_MAX_GROUP_MEMBERS").then(|| "50".into()))
+            .unwrap();
+        assert_eq!(c.max_group_members, 50);
+        c.validate().unwrap();
+        c.max_group_members = 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("max_group_members"), "{err}");
     }
 
     #[test]

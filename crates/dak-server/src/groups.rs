@@ -74,6 +74,13 @@ fn refusal(outcome: GroupOutcome) -> ApiError {
             "a member's devices changed; add or remove them in the group, then retry",
         ),
         GroupOutcome::BadChange(why) => ApiError::new(ErrorCode::BadRequest, why),
+        GroupOutcome::GroupFull { max, accounts } => ApiError::new(
+            ErrorCode::GroupFull,
+            format!(
+                "a group can have at most {max} members and this would make it {accounts}; \
+                 remove someone first"
+            ),
+        ),
     }
 }
 
@@ -147,6 +154,7 @@ pub async fn commit(
         epoch: info.epoch,
         added: req.added_devices.clone(),
         removed: req.removed_devices,
+        max_accounts: state.config.max_group_members,
         commit: commit_env,
         welcome,
     };
@@ -160,8 +168,10 @@ pub async fn commit(
             Ok(ack(req.message_id, now, from, &recipients))
         }
         other => {
-            if matches!(other, GroupOutcome::Stale { .. }) {
-                Metrics::inc(&state.metrics.commits_stale);
+            match other {
+                GroupOutcome::Stale { .. } => Metrics::inc(&state.metrics.commits_stale),
+                GroupOutcome::GroupFull { .. } => Metrics::inc(&state.metrics.commits_group_full),
+                _ => {}
             }
             Err(refusal(other))
         }
@@ -245,4 +255,25 @@ pub async fn fetch_key_packages(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_full_says_the_limit_and_what_to_do() {
+        let e = refusal(GroupOutcome::GroupFull {
+            max: 1024,
+            accounts: 1025,
+        });
+        assert_eq!(e.0.kind(), ErrorCode::GroupFull);
+        assert!(!e.0.retryable);
+        assert!(
+            e.0.message.contains("at most 1024 members"),
+            "{}",
+            e.0.message
+        );
+        assert!(e.0.message.contains("remove someone"), "{}", e.0.message);
+    }
 }

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub registrations: AtomicU64,
     pub commits_accepted: AtomicU64,
     pub commits_stale: AtomicU64,
+    pub commits_group_full: AtomicU64,
 }
 
 impl Metrics {
@@ -87,6 +88,11 @@ impl Metrics {
             "mls_commits_stale_total",
             "MLS commits refused because another commit won the epoch.",
             self.commits_stale.load(Relaxed),
+        );
+        counter(
+            "mls_commits_group_full_total",
+            "MLS commits refused because the group would have more member accounts than max_group_members.",
+            self.commits_group_full.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -26,6 +26,7 @@ pub async fn run_all<S: Store>(s: &S) {
     key_packages_are_claimed_once(s).await;
     groups_take_the_first_commit_per_epoch(s).await;
     group_sends_check_members_and_devices(s).await;
+    groups_are_capped_by_member_accounts(s).await;
 }
 
 fn from(device: &Device, id: u8, body: &[u8]) -> NewEnvelope {
@@ -106,6 +107,7 @@ fn commit(by: &Device, group: &[u8], epoch: u64, added: &[&Device]) -> GroupComm
         epoch,
         added: added.iter().map(|d| d.id).collect(),
         removed: vec![],
+        max_accounts: 1024,
         commit: from(by, 20 + epoch as u8, b"commit"),
         welcome: (!added.is_empty()).then(|| from(by, 40 + epoch as u8, b"welcome")),
     }
@@ -235,6 +237,122 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
         s.send_group(g, 3, from(&a, 8, b"x")).await.unwrap(),
         GroupOutcome::Accepted { .. }
     ));
+}
+
+/// The member ids a message at `epoch` from `by` reaches: the group's other
+/// members, as the store has them.
+async fn reached<S: Store>(s: &S, g: &[u8], epoch: u64, by: &Device, id: u8) -> Vec<DeviceId> {
+    match s
+        .send_group(g, epoch, from(by, id, b"probe"))
+        .await
+        .unwrap()
+    {
+        GroupOutcome::Accepted { recipients } => recipients.iter().map(|d| d.id).collect(),
+        other => panic!("a send at epoch {epoch} was refused: {other:?}"),
+    }
+}
+
+async fn groups_are_capped_by_member_accounts<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000031", 31).await;
+    let bob = ready_device(s, "+911000000032", 32).await;
+    let carol = ready_device(s, "+911000000033", 33).await;
+    let laptop = s
+        .add_linked_device(alice.account_id, &[34; 32], "laptop", 2, 4)
+        .await
+        .unwrap();
+    s.put_key_packages(laptop.id, vec![], Some(vec![34]))
+        .await
+        .unwrap();
+    let g = b"group-capped";
+    let capped = |mut c: GroupCommit, max: u32| {
+        c.max_accounts = max;
+        c
+    };
+    let accepted = |o: &GroupOutcome| matches!(o, GroupOutcome::Accepted { .. });
+    // A new group over the limit is not created.
+    let too_big = s
+        .commit_group(capped(commit(&alice, g, 0, &[&bob, &carol]), 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        too_big,
+        GroupOutcome::GroupFull {
+            max: 2,
+            accounts: 3
+        }
+    );
+    assert_eq!(s.group_epoch(g).await.unwrap(), None);
+    // Exactly at the limit: alice creates the group with bob and her own
+    // laptop, three devices of two accounts (hers counted once).
+    let created = s
+        .commit_group(capped(commit(&alice, g, 0, &[&bob, &laptop]), 2))
+        .await
+        .unwrap();
+    assert!(accepted(&created), "{created:?}");
+    // One account more is refused, and changes nothing: no epoch, no
+    // members, no commit in a mailbox, no Welcome for carol.
+    let everyone = [alice.id, bob.id, laptop.id, carol.id];
+    let mut lens = Vec::new();
+    for d in everyone {
+        lens.push(s.mailbox_len(d).await.unwrap());
+    }
+    let full = s
+        .commit_group(capped(commit(&alice, g, 1, &[&carol]), 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        full,
+        GroupOutcome::GroupFull {
+            max: 2,
+            accounts: 3
+        }
+    );
+    assert_eq!(s.group_epoch(g).await.unwrap(), Some(1));
+    for (d, len) in everyone.iter().zip(&lens) {
+        assert_eq!(s.mailbox_len(*d).await.unwrap(), *len, "device {d}");
+    }
+    let mut members = reached(s, g, 1, &alice, 50).await;
+    members.sort_unstable();
+    assert_eq!(members, vec![bob.id, laptop.id]);
+    // The limit is lowered to 1, so the group is over it. Commits that bring
+    // in no new account still pass: a re-key, a removal, and adding a
+    // member's device (sends would be refused until it is in).
+    let rekey = s
+        .commit_group(capped(commit(&bob, g, 1, &[]), 1))
+        .await
+        .unwrap();
+    assert!(accepted(&rekey), "{rekey:?}");
+    let mut removal = capped(commit(&bob, g, 2, &[]), 1);
+    removal.removed = vec![laptop.id];
+    let removal = s.commit_group(removal).await.unwrap();
+    assert!(accepted(&removal), "{removal:?}");
+    let back = s
+        .commit_group(capped(commit(&bob, g, 3, &[&laptop]), 1))
+        .await
+        .unwrap();
+    assert!(accepted(&back), "{back:?}");
+    // A new account is refused while the result is over the limit, even in
+    // exchange for one that leaves; at exactly the limit the swap passes.
+    let swap = |max| {
+        let mut c = capped(commit(&alice, g, 4, &[&carol]), max);
+        c.removed = vec![bob.id];
+        c
+    };
+    assert_eq!(
+        s.commit_group(swap(1)).await.unwrap(),
+        GroupOutcome::GroupFull {
+            max: 1,
+            accounts: 2
+        }
+    );
+    assert_eq!(s.group_epoch(g).await.unwrap(), Some(4));
+    let swapped = s.commit_group(swap(2)).await.unwrap();
+    assert!(accepted(&swapped), "{swapped:?}");
+    let mut members = reached(s, g, 5, &alice, 51).await;
+    members.sort_unstable();
+    let mut want = vec![laptop.id, carol.id];
+    want.sort_unstable();
+    assert_eq!(members, want);
 }
 
 async fn registration_replaces_old_devices<S: Store>(s: &S) {

@@ -158,6 +158,11 @@ pub struct GroupCommit {
     pub epoch: u64,
     pub added: Vec<DeviceId>,
     pub removed: Vec<DeviceId>,
+    /// Member accounts the group may have after a commit that brings in a
+    /// new account (the server's `max_group_members`). Commits that add no
+    /// new account pass even in a group that is over it (see
+    /// `group_rules::apply_commit`).
+    pub max_accounts: u32,
     /// Sent to every device that was a member before the commit, the
     /// committer and removed devices included: a device that lost the ack
     /// learns from its mailbox that its commit won, and a removed device
@@ -185,12 +190,18 @@ pub enum GroupOutcome {
     DevicesChanged,
     /// A device named in the commit cannot be added or removed.
     BadChange(String),
+    /// The commit brings in a new account and would leave the group with
+    /// `accounts` member accounts, more than its limit of `max`.
+    GroupFull {
+        max: u32,
+        accounts: u32,
+    },
 }
 
 /// The group rules both backends apply to what they read under their lock.
 pub mod group_rules {
     use super::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     /// May `sender` send an application message at `epoch` to a group at
     /// `current` whose members are `members`, when `ready` are the active,
@@ -220,25 +231,37 @@ pub mod group_rules {
     }
 
     /// Checks a commit against the group as read; returns the new member
-    /// list when it may be applied.
+    /// list when it may be applied. `members` are the member devices (revoked
+    /// ones included), `added` those of `c.added` that exist, `added_ready`
+    /// the ready devices of their accounts, and `sender` the committing
+    /// device: a backend must pass it when the group does not exist yet (it
+    /// becomes the first member), and may pass None otherwise.
+    ///
+    /// The size limit: a commit that brings in an account that was not a
+    /// member before is refused with `GroupFull` when the group would then
+    /// have more than `c.max_accounts` member accounts. A commit that brings
+    /// in no new account (removing devices, re-keying, adding a member's new
+    /// device) is never refused for size, so a group that is over the limit
+    /// (the limit was lowered) can still shrink and stays usable.
     pub fn apply_commit(
         current: Option<u64>,
         c: &GroupCommit,
-        members: &[DeviceId],
+        members: &[Device],
         added: &[Device],
         added_ready: &[DeviceId],
+        sender: Option<&Device>,
     ) -> std::result::Result<Vec<DeviceId>, GroupOutcome> {
-        let sender = c.commit.sender_device;
-        let members: Vec<DeviceId> = match current {
-            None if c.epoch == 0 => vec![sender],
+        let sender_id = c.commit.sender_device;
+        let before: Vec<DeviceId> = match current {
+            None if c.epoch == 0 => vec![sender_id],
             None => return Err(GroupOutcome::NoGroup),
             Some(e) if e != c.epoch => return Err(GroupOutcome::Stale { epoch: e }),
-            Some(_) => members.to_vec(),
+            Some(_) => members.iter().map(|d| d.id).collect(),
         };
-        if !members.contains(&sender) {
+        if !before.contains(&sender_id) {
             return Err(GroupOutcome::NotMember);
         }
-        if c.removed.contains(&sender) {
+        if c.removed.contains(&sender_id) {
             return Err(GroupOutcome::BadChange(
                 "a device cannot remove itself by commit".into(),
             ));
@@ -248,7 +271,7 @@ pub mod group_rules {
                 "a commit that adds devices carries a Welcome, and only then".into(),
             ));
         }
-        let mut next: BTreeSet<DeviceId> = members.iter().copied().collect();
+        let mut next: BTreeSet<DeviceId> = before.iter().copied().collect();
         for r in &c.removed {
             if !next.remove(r) {
                 return Err(GroupOutcome::BadChange(format!(
@@ -269,7 +292,52 @@ pub mod group_rules {
                 )));
             }
         }
+        check_size(c, &before, &next, members, added, sender)?;
         Ok(next.into_iter().collect())
+    }
+
+    /// Whose a member device is, for counting accounts.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Owner {
+        Account(AccountId),
+        /// A device the caller did not pass (it should not happen): counted
+        /// as an account of its own, so the limit is never undercounted.
+        Unknown(DeviceId),
+    }
+
+    /// The size rule of `apply_commit`, on the member device ids before and
+    /// after the commit.
+    fn check_size(
+        c: &GroupCommit,
+        before: &[DeviceId],
+        next: &BTreeSet<DeviceId>,
+        members: &[Device],
+        added: &[Device],
+        sender: Option<&Device>,
+    ) -> std::result::Result<(), GroupOutcome> {
+        if c.added.is_empty() {
+            return Ok(()); // no device comes in, so no account does
+        }
+        let account_of: BTreeMap<DeviceId, AccountId> = members
+            .iter()
+            .chain(added)
+            .chain(sender)
+            .map(|d| (d.id, d.account_id))
+            .collect();
+        let owner = |id: &DeviceId| match account_of.get(id) {
+            Some(a) => Owner::Account(*a),
+            None => Owner::Unknown(*id),
+        };
+        let old: BTreeSet<Owner> = before.iter().map(owner).collect();
+        let new: BTreeSet<Owner> = next.iter().map(owner).collect();
+        let count = u32::try_from(new.len()).unwrap_or(u32::MAX);
+        if count > c.max_accounts && !new.is_subset(&old) {
+            return Err(GroupOutcome::GroupFull {
+                max: c.max_accounts,
+                accounts: count,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -783,17 +783,25 @@ impl Store for PgStore {
         let locked = lock_group(&mut tx, &c.group_id).await?;
         let current = if created { None } else { locked };
         let members = group_members(&mut tx, &c.group_id).await?;
-        let member_ids: Vec<DeviceId> = members.iter().map(|d| d.id).collect();
         let added = devices_by_ids(&mut tx, &c.added).await?;
         let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&added))
             .await?
             .iter()
             .map(|d| d.id)
             .collect();
-        let next = match group_rules::apply_commit(current, &c, &member_ids, &added, &ready) {
-            Ok(next) => next,
-            Err(outcome) => return refuse(tx, outcome).await,
+        // A new group's first member is the committer, whose account counts.
+        let sender = match current {
+            None => devices_by_ids(&mut tx, &[c.commit.sender_device])
+                .await?
+                .pop(),
+            Some(_) => None,
         };
+        let next =
+            match group_rules::apply_commit(current, &c, &members, &added, &ready, sender.as_ref())
+            {
+                Ok(next) => next,
+                Err(outcome) => return refuse(tx, outcome).await,
+            };
         sqlx::query("UPDATE mls_groups SET epoch = $2 WHERE group_id = $1")
             .bind(&c.group_id)
             .bind((c.epoch + 1) as i64)

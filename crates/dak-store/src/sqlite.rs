@@ -423,7 +423,6 @@ fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> 
 fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<GroupOutcome> {
     let current = group_epoch(conn, &c.group_id)?;
     let members: Vec<Device> = group_members(conn, &c.group_id)?;
-    let member_ids: Vec<DeviceId> = members.iter().map(|d| d.id).collect();
     let mut added = Vec::new();
     for a in &c.added {
         added.extend(device_by_id(conn, *a)?);
@@ -432,10 +431,16 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
         .iter()
         .map(|d| d.id)
         .collect();
-    let next = match group_rules::apply_commit(current, c, &member_ids, &added, &ready) {
-        Ok(next) => next,
-        Err(outcome) => return Ok(outcome),
+    // A new group's first member is the committer, whose account counts.
+    let sender = match current {
+        None => device_by_id(conn, c.commit.sender_device)?,
+        Some(_) => None,
     };
+    let next =
+        match group_rules::apply_commit(current, c, &members, &added, &ready, sender.as_ref()) {
+            Ok(next) => next,
+            Err(outcome) => return Ok(outcome),
+        };
     conn.execute(
         "INSERT INTO mls_groups (group_id, epoch, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(group_id) DO UPDATE SET epoch = excluded.epoch",
         params![c.group_id, (c.epoch + 1) as i64, now_ms],

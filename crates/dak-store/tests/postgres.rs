@@ -147,6 +147,7 @@ async fn concurrent_creators_of_one_group_one_wins() {
                     epoch: 0,
                     added: vec![],
                     removed: vec![],
+                    max_accounts: 1024,
                     commit: from(d, round, b"create"),
                     welcome: None,
                 },
