@@ -8,6 +8,8 @@
 //! store transaction with the fan-out, so every device's mailbox sees a
 //! group's commits and messages in the order the group accepted them.
 
+use std::time::Duration;
+
 use dak_proto::mls::{self, MlsCheckError, MlsInfo, MlsKind};
 use dak_proto::v1::{self, ErrorCode};
 use dak_store::{Device, GroupCommit, GroupOutcome, NewEnvelope};
@@ -39,7 +41,27 @@ fn inspect(bytes: &[u8], want: MlsKind) -> ApiResult<MlsInfo> {
     Ok(info)
 }
 
-fn envelope(state: &AppState, from: &Device, message_id: Vec<u8>, body: Vec<u8>) -> NewEnvelope {
+/// When the server drops its copy of an envelope accepted at `now_ms`: after
+/// the retention period, or, for a disappearing message (`expires_in_secs`
+/// non-zero), after that many seconds if that is sooner.
+fn expires_at(now_ms: i64, retention: Duration, expires_in_secs: u32) -> i64 {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let keep_ms = match expires_in_secs {
+        0 => retention_ms,
+        secs => retention_ms.min(i64::from(secs) * 1000),
+    };
+    now_ms.saturating_add(keep_ms)
+}
+
+/// An envelope from `from`, accepted now. `expires_in_secs` is 0 for commits
+/// and Welcomes, which are always kept for the retention period.
+fn envelope(
+    state: &AppState,
+    from: &Device,
+    message_id: Vec<u8>,
+    body: Vec<u8>,
+    expires_in_secs: u32,
+) -> NewEnvelope {
     let now = now_ms();
     NewEnvelope {
         message_id,
@@ -47,7 +69,7 @@ fn envelope(state: &AppState, from: &Device, message_id: Vec<u8>, body: Vec<u8>)
         sender_device: from.id,
         conversation_phone: String::new(),
         server_time_ms: now,
-        expires_ms: now + state.config.retention.as_millis() as i64,
+        expires_ms: expires_at(now, state.config.retention, expires_in_secs),
         body,
     }
 }
@@ -111,7 +133,13 @@ fn ack(
 /// stored before the ack (the single tick).
 pub async fn send(state: &AppState, from: &Device, req: v1::SendMessage) -> ApiResult<v1::SendAck> {
     let info = inspect(&req.body, MlsKind::Application)?;
-    let env = envelope(state, from, req.message_id.clone(), req.body);
+    let env = envelope(
+        state,
+        from,
+        req.message_id.clone(),
+        req.body,
+        req.expires_in_secs,
+    );
     let now = env.server_time_ms;
     match state
         .store
@@ -144,9 +172,15 @@ pub async fn commit(
         None
     } else {
         inspect(&req.welcome, MlsKind::Welcome)?;
-        Some(envelope(state, from, req.message_id.clone(), req.welcome))
+        Some(envelope(
+            state,
+            from,
+            req.message_id.clone(),
+            req.welcome,
+            0,
+        ))
     };
-    let commit_env = envelope(state, from, req.message_id.clone(), req.commit);
+    let commit_env = envelope(state, from, req.message_id.clone(), req.commit, 0);
     let now = commit_env.server_time_ms;
     let removed = req.removed_devices.clone();
     let c = GroupCommit {
@@ -260,6 +294,18 @@ pub async fn fetch_key_packages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn a_disappearing_message_expires_at_its_own_time_but_never_after_retention() {
+        let now = 1_700_000_000_000;
+        assert_eq!(expires_at(now, 30 * DAY, 0), now + 30 * 86_400_000);
+        assert_eq!(expires_at(now, 30 * DAY, 60), now + 60_000);
+        assert_eq!(expires_at(now, DAY, 7 * 86_400), now + 86_400_000);
+        assert_eq!(expires_at(now, DAY, u32::MAX), now + 86_400_000);
+        assert_eq!(expires_at(now, Duration::MAX, 0), i64::MAX);
+    }
 
     #[test]
     fn group_full_says_the_limit_and_what_to_do() {

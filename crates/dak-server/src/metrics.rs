@@ -19,11 +19,19 @@ pub struct Metrics {
     pub commits_accepted: AtomicU64,
     pub commits_stale: AtomicU64,
     pub commits_group_full: AtomicU64,
+    /// Envelopes the expiry sweep dropped unacked after the retention period.
+    pub expired_retention: AtomicU64,
+    /// Disappearing messages the expiry sweep dropped at their own expiry.
+    pub expired_disappearing: AtomicU64,
 }
 
 impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -93,6 +101,17 @@ impl Metrics {
             "mls_commits_group_full_total",
             "MLS commits refused because the group would have more member accounts than max_group_members.",
             self.commits_group_full.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dak_envelopes_expired_total Envelopes dropped unacked at their expiry: \
+             after the retention period (reason=\"retention\": a device stayed away that long), \
+             or a disappearing message's own expiry (reason=\"disappearing\").\n\
+             # TYPE dak_envelopes_expired_total counter\n\
+             dak_envelopes_expired_total{{reason=\"retention\"}} {}\n\
+             dak_envelopes_expired_total{{reason=\"disappearing\"}} {}",
+            self.expired_retention.load(Relaxed),
+            self.expired_disappearing.load(Relaxed),
         );
         let _ = writeln!(
             out,

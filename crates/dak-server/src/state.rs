@@ -71,20 +71,103 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Drops envelopes past retention once a minute.
+/// Drops expired envelopes once a minute (and once at start).
 pub fn spawn_expiry(state: AppState) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            match state.store.expire(now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    envelopes = n,
-                    "expired undelivered envelopes past retention"
-                ),
-                Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will retry"),
-            }
+            expire_once(&state).await;
         }
     });
+}
+
+/// One expiry pass. Nobody is told: an envelope a device had not acked by
+/// then is simply never delivered. Envelopes that waited out the retention
+/// period mean a device stayed away that long (and may no longer follow its
+/// groups), so they are logged at info; disappearing messages going at
+/// their own time are the normal case, counted and logged at debug only.
+async fn expire_once(state: &AppState) {
+    let retention_ms = i64::try_from(state.config.retention.as_millis()).unwrap_or(i64::MAX);
+    let expired = match state.store.expire(now_ms(), retention_ms).await {
+        Ok(expired) => expired,
+        Err(e) => {
+            tracing::warn!(error = %e, "expiry sweep failed; will retry");
+            return;
+        }
+    };
+    let past_retention = expired.envelopes.saturating_sub(expired.disappearing);
+    Metrics::add(&state.metrics.expired_retention, past_retention);
+    Metrics::add(&state.metrics.expired_disappearing, expired.disappearing);
+    if past_retention > 0 {
+        tracing::info!(
+            envelopes = past_retention,
+            "expired undelivered envelopes past retention"
+        );
+    }
+    if expired.disappearing > 0 {
+        tracing::debug!(
+            envelopes = expired.disappearing,
+            "dropped disappearing messages at their expiry"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dak_store::{NewEnvelope, SqliteStore};
+
+    #[tokio::test]
+    async fn the_sweep_counts_disappearing_messages_apart_from_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
+        let config = Config {
+            retention: Duration::from_secs(3600),
+            ..Config::default()
+        };
+        let bob = store
+            .register_primary("+919800000002", &[2; 32], "p", 1)
+            .await
+            .unwrap()
+            .device
+            .id;
+        let now = now_ms();
+        let envelope = |id: u8, sent: i64, expires: i64| NewEnvelope {
+            message_id: vec![id; 16],
+            sender_phone: "+919800000001".into(),
+            sender_device: 1,
+            conversation_phone: String::new(),
+            server_time_ms: sent,
+            expires_ms: expires,
+            body: b"secret body".to_vec(),
+        };
+        let hour = 3_600_000;
+        for e in [
+            envelope(1, now - 10_000, now - 5_000), // disappearing, 5 s
+            envelope(2, now - hour - 1, now - 1),   // waited out retention
+            envelope(3, now, now + hour),           // still within retention
+        ] {
+            store.enqueue(e, &[bob]).await.unwrap();
+        }
+        let (_tx, shutdown) = watch::channel(false);
+        let state = AppState::new(
+            config,
+            Arc::new(store.clone()),
+            Arc::new(dak_bus::LocalBus::new()),
+            Arc::new(crate::sms::OutboxSender::new(dir.path().join("sms"))),
+            shutdown,
+            Probes::default(),
+        );
+        expire_once(&state).await;
+        let rendered = state.metrics.render();
+        assert!(
+            rendered.contains("dak_envelopes_expired_total{reason=\"retention\"} 1")
+                && rendered.contains("dak_envelopes_expired_total{reason=\"disappearing\"} 1"),
+            "{rendered}"
+        );
+        let left = store.fetch_mailbox(bob, 0, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].message_id, vec![3; 16]);
+    }
 }

@@ -27,6 +27,7 @@ pub async fn run_all<S: Store>(s: &S) {
     groups_take_the_first_commit_per_epoch(s).await;
     group_sends_check_members_and_devices(s).await;
     groups_are_capped_by_member_accounts(s).await;
+    disappearing_messages_go_at_their_expiry(s).await;
 }
 
 fn from(device: &Device, id: u8, body: &[u8]) -> NewEnvelope {
@@ -355,6 +356,62 @@ async fn groups_are_capped_by_member_accounts<S: Store>(s: &S) {
     assert_eq!(members, want);
 }
 
+async fn disappearing_messages_go_at_their_expiry<S: Store>(s: &S) {
+    const RETENTION: i64 = 30 * 24 * 3_600_000;
+    // Far after every other case's envelopes, which the first pass clears,
+    // so that the counts below are this case's alone.
+    const NOW: i64 = 2_000_000_000_000;
+    let alice = ready_device(s, "+911000000041", 41).await;
+    let bob = ready_device(s, "+911000000042", 42).await;
+    let g = b"group-disappearing";
+    s.commit_group(commit(&alice, g, 0, &[&bob])).await.unwrap();
+    s.expire(NOW, RETENTION).await.unwrap();
+    let sent = |id: u8, body: &[u8], at: i64, expires: i64| NewEnvelope {
+        server_time_ms: at,
+        expires_ms: expires,
+        ..from(&alice, id, body)
+    };
+    for e in [
+        // A disappearing message, to go five seconds after it was sent.
+        sent(1, b"disappearing", NOW, NOW + 5_000),
+        // A message without expiry: kept for the retention period.
+        sent(2, b"kept", NOW, NOW + RETENTION),
+        // An old message that has waited out the retention period.
+        sent(3, b"waited", NOW + 5_000 - RETENTION, NOW + 5_000),
+    ] {
+        let out = s.send_group(g, 1, e).await.unwrap();
+        assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    }
+    let bodies = |d: DeviceId| async move {
+        s.fetch_mailbox(d, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.body)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        s.expire(NOW + 4_999, RETENTION).await.unwrap(),
+        Expired::default()
+    );
+    assert_eq!(
+        bodies(bob.id).await,
+        vec![
+            b"disappearing".to_vec(),
+            b"kept".to_vec(),
+            b"waited".to_vec()
+        ]
+    );
+    assert_eq!(
+        s.expire(NOW + 5_000, RETENTION).await.unwrap(),
+        Expired {
+            envelopes: 2,
+            disappearing: 1
+        }
+    );
+    assert_eq!(bodies(bob.id).await, vec![b"kept".to_vec()]);
+}
+
 async fn registration_replaces_old_devices<S: Store>(s: &S) {
     let first = s
         .register_primary("+911000000001", &[1; 32], "old", 1)
@@ -540,7 +597,7 @@ async fn expiry_drops_old_envelopes<S: Store>(s: &S) {
     )
     .await
     .unwrap();
-    assert!(s.expire(1_000).await.unwrap() >= 1);
+    assert!(s.expire(1_000, 10_000).await.unwrap().envelopes >= 1);
     let left = s.fetch_mailbox(d, 0, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].body, b"new");

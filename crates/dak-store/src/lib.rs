@@ -198,6 +198,17 @@ pub enum GroupOutcome {
     },
 }
 
+/// What an expiry pass dropped (`Store::expire`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expired {
+    /// Envelopes dropped unacked at their expiry, in all.
+    pub envelopes: u64,
+    /// Of those, disappearing messages: envelopes that were given a
+    /// lifetime shorter than the retention period passed to `expire`. The
+    /// rest are envelopes that waited out the whole retention period.
+    pub disappearing: u64,
+}
+
 /// The group rules both backends apply to what they read under their lock.
 pub mod group_rules {
     use super::*;
@@ -435,8 +446,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the given entries, only from this device's mailbox. Returns how many went.
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize>;
     async fn mailbox_len(&self, device: DeviceId) -> Result<u64>;
-    /// Drops envelopes past their retention and link requests past their
-    /// expiry. Returns the number of envelopes dropped. (Verification rows
+    /// Drops envelopes past their `expires_ms` and link requests past their
+    /// expiry, telling no one (a device that had not acked an envelope
+    /// simply never gets it). Returns what was dropped; an envelope whose
+    /// lifetime (`expires_ms - server_time_ms`) was shorter than
+    /// `retention_ms` counts as a disappearing message. (Verification rows
     /// stay: they carry the hourly count of codes sent to a number.)
-    async fn expire(&self, now_ms: i64) -> Result<u64>;
+    async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired>;
 }

@@ -936,18 +936,26 @@ impl Store for PgStore {
         Ok(n as u64)
     }
 
-    async fn expire(&self, now_ms: i64) -> Result<u64> {
-        let n = sqlx::query("DELETE FROM mailbox WHERE expires_ms <= $1")
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?
-            .rows_affected();
+    async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired> {
+        let row = sqlx::query(
+            "WITH gone AS (
+                DELETE FROM mailbox WHERE expires_ms <= $1
+                RETURNING expires_ms - server_time_ms < $2 AS disappearing)
+             SELECT COUNT(*), COUNT(*) FILTER (WHERE disappearing) FROM gone",
+        )
+        .bind(now_ms)
+        .bind(retention_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
         sqlx::query("DELETE FROM link_requests WHERE expires_ms <= $1")
             .bind(now_ms)
             .execute(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(n)
+        Ok(Expired {
+            envelopes: row.get::<i64, _>(0) as u64,
+            disappearing: row.get::<i64, _>(1) as u64,
+        })
     }
 }

@@ -900,14 +900,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn expire(&self, now_ms: i64) -> Result<u64> {
+    async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired> {
         self.write(move |c| {
-            let n = c
-                .execute("DELETE FROM mailbox WHERE expires_ms <= ?1", [now_ms])
+            let mut expired = Expired::default();
+            let mut stmt = c
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE expires_ms <= ?1 RETURNING expires_ms - server_time_ms < ?2",
+                )
                 .map_err(backend)?;
+            let mut rows = stmt.query(params![now_ms, retention_ms]).map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                expired.envelopes += 1;
+                if row.get::<_, bool>(0).map_err(backend)? {
+                    expired.disappearing += 1;
+                }
+            }
             c.execute("DELETE FROM link_requests WHERE expires_ms <= ?1", [now_ms])
                 .map_err(backend)?;
-            Ok(n as u64)
+            Ok(expired)
         })
         .await
     }
