@@ -10,29 +10,6 @@ use dak_proto::v1;
 
 const MARKER: &str = "MARKER-7f3a";
 
-/// Every file under `dir`, as bytes.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                out.push((path, bytes));
-            }
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
 /// Connects `who` afresh, receives everything waiting, and returns the events.
 async fn sync_events(who: &Person) -> Vec<Event> {
     let mut client = who.connect().await;
@@ -109,22 +86,6 @@ async fn a_marker_in_a_message_receipt_and_reaction_reaches_no_server_file_log_o
         !contains(server.log_text().as_bytes(), MARKER),
         "the log holds the marker"
     );
-}
-
-/// Reads the envelope bodies waiting in a device's mailbox in the server's store.
-fn mailbox_bodies(server: &TestServer, device: u64) -> Vec<Vec<u8>> {
-    let db = rusqlite::Connection::open_with_flags(
-        server.dir().join("data").join("dak.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = db
-        .prepare("SELECT body FROM mailbox WHERE device_id = ?1 ORDER BY seq")
-        .unwrap();
-    stmt.query_map([device as i64], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
 }
 
 #[tokio::test]
