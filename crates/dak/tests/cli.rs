@@ -65,6 +65,26 @@ fn every_command_has_help() {
         vec!["devices", "approve", "--help"],
         vec!["safety", "--help"],
         vec!["react", "--help"],
+        vec!["edit", "--help"],
+        vec!["delete", "--help"],
+        vec!["timer", "--help"],
+        vec!["forward", "--help"],
+        vec!["group", "--help"],
+        vec!["group", "create", "--help"],
+        vec!["group", "list", "--help"],
+        vec!["group", "info", "--help"],
+        vec!["group", "add", "--help"],
+        vec!["group", "remove", "--help"],
+        vec!["group", "leave", "--help"],
+        vec!["group", "promote", "--help"],
+        vec!["group", "demote", "--help"],
+        vec!["group", "set", "--help"],
+        vec!["group", "invite-link", "--help"],
+        vec!["group", "join", "--help"],
+        vec!["group", "approve", "--help"],
+        vec!["broadcast", "--help"],
+        vec!["broadcast", "create", "--help"],
+        vec!["broadcast", "send", "--help"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_dak"))
             .args(&cmd)
@@ -149,4 +169,127 @@ async fn a_message_written_while_the_server_is_down_is_queued_and_sent_later() {
     server.restart();
     ok(&alice.dir, &["sync"]); // connecting flushes the outbox
     assert_eq!(bob.sync_texts().await, vec!["written offline"]);
+}
+
+#[tokio::test]
+async fn a_group_and_the_message_features_through_the_cli() {
+    let server = TestServer::start_insecure();
+    let (alice, bob, carol) = registered_trio(&server).await;
+    let created = &json_lines(&ok(
+        &alice.dir,
+        &[
+            "--json",
+            "group",
+            "create",
+            "Family",
+            &bob.phone,
+            &carol.phone,
+        ],
+    ))[0];
+    let key = created["key"].as_str().unwrap().to_string();
+    assert_eq!(created["members"].as_array().unwrap().len(), 3);
+    for p in [&bob, &carol] {
+        let out = ok(&p.dir, &["--json", "sync"]);
+        assert!(out.contains("\"joined\""), "{out}");
+    }
+
+    // Sent by title; read by both; the status shows each member.
+    let sent = &json_lines(&ok(
+        &alice.dir,
+        &["--json", "send", "Family", "hello family"],
+    ))[0];
+    let id = sent["id"].as_str().unwrap().to_string();
+    for p in [&bob, &carol] {
+        let got = json_lines(&ok(&p.dir, &["--json", "sync"]));
+        let msg = got.iter().find(|v| v["type"] == "message").unwrap();
+        assert_eq!(msg["conversation"], key.as_str());
+        ok(&p.dir, &["read", "--all"]);
+    }
+    ok(&alice.dir, &["sync"]);
+    let status = &json_lines(&ok(&alice.dir, &["--json", "status", &id]))[0];
+    assert_eq!(status["tick"], "read");
+    let human = ok(&alice.dir, &["status", &id]);
+    assert!(
+        human.contains(&bob.phone) && human.contains(&carol.phone),
+        "{human}"
+    );
+
+    // A reply, an edit, a reaction; history shows them.
+    ok(&bob.dir, &["send", "--reply-to", &id, &key, "yes!"]);
+    ok(&alice.dir, &["edit", &id, "hello, family"]);
+    ok(&carol.dir, &["react", "Family", &id, "❤"]);
+    ok(&alice.dir, &["sync"]);
+    let history = json_lines(&ok(&alice.dir, &["--json", "history", "Family"]));
+    assert_eq!(history[0]["text"], "hello, family");
+    assert_eq!(history[0]["edited"], true);
+    assert_eq!(history[0]["reactions"][0]["emoji"], "❤");
+    assert_eq!(history[1]["reply_to"]["id"], id.as_str());
+
+    // Admins, settings, the invite link.
+    ok(&alice.dir, &["group", "promote", "Family", &bob.phone]);
+    ok(
+        &alice.dir,
+        &["group", "set", "Family", "--description", "the cousins"],
+    );
+    let link = ok(&alice.dir, &["group", "invite-link", &key, "--approval"]);
+    assert!(link.trim().starts_with("dak-invite:"), "{link}");
+    let info = &json_lines(&ok(&alice.dir, &["--json", "group", "info", "Family"]))[0];
+    assert_eq!(info["description"], "the cousins");
+    assert_eq!(info["invite_needs_approval"], true);
+    let admins: Vec<&str> = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["admin"] == true)
+        .map(|m| m["phone"].as_str().unwrap())
+        .collect();
+    assert_eq!(admins, vec![alice.phone.as_str(), bob.phone.as_str()]);
+    ok(&alice.dir, &["group", "invite-link", "Family", "--revoke"]);
+
+    // carol is removed; bob leaves; the group list follows.
+    ok(&alice.dir, &["group", "remove", "Family", &carol.phone]);
+    let out = ok(&carol.dir, &["--json", "sync"]);
+    assert!(out.contains("\"removed_me\""), "{out}");
+    ok(&bob.dir, &["sync"]);
+    ok(&bob.dir, &["group", "leave", "Family"]);
+    assert!(ok(&bob.dir, &["--json", "group", "list"]).trim().is_empty());
+    ok(&alice.dir, &["sync"]);
+    let info = &json_lines(&ok(&alice.dir, &["--json", "group", "info", "Family"]))[0];
+    assert_eq!(info["members"].as_array().unwrap().len(), 1);
+
+    // Deleting, a timer, forwarding and a broadcast list, in 1:1 chats.
+    ok(&alice.dir, &["delete", &id]);
+    ok(&alice.dir, &["timer", &bob.phone, "1h"]);
+    let fwd = json_lines(&ok(&bob.dir, &["--json", "forward", &id, &carol.phone]));
+    assert_eq!(fwd.len(), 1);
+    let (success, _, stderr) = dak(
+        &bob.dir,
+        &[
+            "forward",
+            &id,
+            "+919800000011",
+            "+919800000012",
+            "+919800000013",
+            "+919800000014",
+            "+919800000015",
+            "+919800000016",
+        ],
+    );
+    assert!(!success && stderr.contains("at most 5"), "{stderr}");
+    ok(
+        &alice.dir,
+        &["broadcast", "create", "friends", &bob.phone, &carol.phone],
+    );
+    assert!(ok(&alice.dir, &["broadcast", "list"]).contains("friends"));
+    let sent = json_lines(&ok(
+        &alice.dir,
+        &["--json", "broadcast", "send", "friends", "party!"],
+    ));
+    assert_eq!(sent.len(), 2);
+    let texts = carol.sync_texts().await;
+    assert!(texts.contains(&"party!".to_string()), "{texts:?}");
+    assert!(
+        texts.contains(&"hello, family".to_string()),
+        "the forward: {texts:?}"
+    );
 }
