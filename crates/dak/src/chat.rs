@@ -31,10 +31,13 @@ use tokio::sync::mpsc;
 /// How many messages of history are shown when the chat opens.
 const HISTORY: usize = 200;
 
-/// Opens the chat with `peer` (an E.164 number) and runs it until the user
+/// Opens the chat with `peer` (a number or a group key) and runs it until the user
 /// quits (Ok) or the connection is lost (Err, after the terminal is restored).
 pub async fn run(mut client: dak_client::Client, peer: String) -> anyhow::Result<()> {
     let mut chat = Chat::new(client.phone().to_string(), peer);
+    if let Ok(info) = dak_client::groups::group_info(client.profile(), &chat.peer) {
+        chat.title = format!("{} ({} members)", info.title, info.members.len());
+    }
     let unread = chat.load_history(client.profile())?;
     let mut tui = Tui::enter()?;
     let (tx, mut rx) = mpsc::channel(256);
@@ -102,6 +105,8 @@ fn tick_state(profile: &Profile, id: &[u8]) -> TickState {
 struct Chat {
     me: String,
     peer: String,
+    /// What the top bar calls the conversation.
+    title: String,
     items: Vec<Item>,
     input: String,
     status: String,
@@ -115,6 +120,7 @@ impl Chat {
     fn new(me: String, peer: String) -> Chat {
         Chat {
             me,
+            title: peer.clone(),
             peer,
             items: Vec::new(),
             input: String::new(),
@@ -545,7 +551,7 @@ fn render_title(frame: &mut ratatui::Frame<'_>, area: Rect, chat: &Chat) {
     ])
     .areas(area);
     frame.render_widget(
-        Paragraph::new(format!(" Dak — chat with {}", chat.peer)).style(bar),
+        Paragraph::new(format!(" Dak — chat with {}", chat.title)).style(bar),
         left,
     );
     frame.render_widget(Paragraph::new(me).style(bar).right_aligned(), right);

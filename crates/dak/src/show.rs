@@ -22,6 +22,15 @@ pub fn message_json(m: &MessageView) -> serde_json::Value {
     })
 }
 
+/// A conversation as people read it: a number, or a group's key cut to
+/// its first 8 hex digits (commands accept that prefix, or the title).
+pub fn short(conversation: &str) -> &str {
+    match conversation.strip_prefix("group:") {
+        Some(hex) if hex.len() > 8 => &conversation[.."group:".len() + 8],
+        _ => conversation,
+    }
+}
+
 /// The text as shown: labels for forwards, replies, edits and deletions.
 pub fn message_text(m: &MessageView) -> String {
     if m.deleted {
@@ -80,14 +89,15 @@ pub fn notice_text(event: &Event) -> Option<String> {
             conversation,
             by,
             change,
-        } => format!("👥 {conversation}: {}", change_text(by, change)),
+        } => format!("👥 {}: {}", short(conversation), change_text(by, change)),
         Event::Reaction {
             conversation,
             id,
             from,
             emoji,
         } if emoji.is_empty() => format!(
-            "{conversation}: {from} took back their reaction to {}",
+            "{}: {from} took back their reaction to {}",
+            short(conversation),
             format_id(id)
         ),
         Event::Reaction {
@@ -103,9 +113,13 @@ pub fn notice_text(event: &Event) -> Option<String> {
             conversation,
             id,
             text,
-        } => format!("{conversation}: {} was edited: {text}", format_id(id)),
+        } => format!(
+            "{}: {} was edited: {text}",
+            short(conversation),
+            format_id(id)
+        ),
         Event::Deleted { conversation, id } => {
-            format!("{conversation}: {} was deleted", format_id(id))
+            format!("{}: {} was deleted", short(conversation), format_id(id))
         }
         Event::Message(_) | Event::Tick { .. } | Event::QueueEmpty => return None,
     })
@@ -166,12 +180,17 @@ pub fn print_event(event: &Event, json: bool) {
                 })
                 .unwrap_or_default();
             let text = message_text(m);
+            let id = format_id(&m.id);
             if m.outgoing {
-                println!("[{at}] you → {}: {text}", m.conversation);
+                println!("[{at}] you → {}: {text}  ({id})", short(&m.conversation));
             } else if m.conversation != m.from {
-                println!("[{at}] {} in {}: {text}", m.from, m.conversation);
+                println!(
+                    "[{at}] {} in {}: {text}  ({id})",
+                    m.from,
+                    short(&m.conversation)
+                );
             } else {
-                println!("[{at}] {}: {text}", m.from);
+                println!("[{at}] {}: {text}  ({id})", m.from);
             }
         }
         Event::Tick { id, state } => println!("{} {}", format_id(id), state.symbol()),
