@@ -369,7 +369,21 @@ impl<'a> Mls<'a> {
     }
 
     fn join(&self, welcome: Welcome) -> Result<Incoming, ClientError> {
-        let group = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+        let processed = ProcessedWelcome::new_from_welcome(&self.provider, &join_config(), welcome)
+            .map_err(|e| mls_err("cannot read the Welcome", e))?;
+        // Added back to a group this device was removed from (or left): the
+        // old state goes. The server sends a Welcome only to devices it does
+        // not count as members, so this never replaces a group in use.
+        let id = processed.unverified_group_info().group_id().clone();
+        if let Some(mut old) = MlsGroup::load(self.provider.storage(), &id)
+            .map_err(|e| mls_err("cannot read the group state", e))?
+        {
+            tracing::info!(group = %hex::encode(id.as_slice()), "rejoining a group; its old state is dropped");
+            old.delete(self.provider.storage())
+                .map_err(|e| mls_err("cannot drop the old group state", e))?;
+        }
+        let group = processed
+            .into_staged_welcome(&self.provider, None)
             .map_err(|e| mls_err("cannot read the Welcome", e))?
             .into_group(&self.provider)
             .map_err(|e| mls_err("cannot join the group", e))?;

@@ -391,3 +391,30 @@ async fn the_server_refuses_a_group_past_its_member_limit() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_removed_member_can_be_added_back_and_reads_again() {
+    let server = TestServer::start();
+    let (alice, bob, carol) = registered_trio(&server).await;
+    let (mut a, key) = family(&server, &alice, &[&bob, &carol], false).await;
+    a.remove_member(&key, &carol.phone).await.unwrap();
+    a.send_text(&key, "while carol was out").await.unwrap();
+    assert!(changes(&sync_events(&carol).await).contains(&GroupChange::RemovedMe));
+
+    a.add_members(&key, &[carol.phone.clone()]).await.unwrap();
+    a.send_text(&key, "welcome back").await.unwrap();
+    a.close().await;
+    let events = sync_events(&carol).await;
+    assert!(
+        changes(&events).contains(&GroupChange::Joined),
+        "{events:?}"
+    );
+    assert_eq!(group_texts(&events, &key), vec!["welcome back"]);
+    let mut c = carol.connect().await;
+    c.send_text(&key, "glad to be back").await.unwrap();
+    c.close().await;
+    assert_eq!(
+        group_texts(&sync_events(&bob).await, &key),
+        vec!["while carol was out", "welcome back", "glad to be back"]
+    );
+}
