@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dak_proto::invite::{INVITE_SECRET_BYTES, InviteLink};
 use dak_proto::v1::{self, ErrorCode, content::Kind};
 use serde::Serialize;
 
@@ -29,7 +30,6 @@ const ADD_BATCH: usize = 128;
 pub const MAX_TITLE_CHARS: usize = 100;
 pub const MAX_DESCRIPTION_CHARS: usize = 512;
 pub const MAX_AVATAR_BYTES: usize = 64 * 1024;
-const INVITE_SECRET_BYTES: usize = 16;
 /// How often a membership change retries when another commit wins.
 const CHANGE_RETRIES: usize = 6;
 
@@ -243,37 +243,14 @@ pub fn describe_timer(secs: u32) -> String {
     }
 }
 
-/// `dak-invite:+919800000001/<group id>/<secret>`: the member whose devices
-/// answer join requests, the group and the link's secret.
+/// The link for a group's invite secret (see `dak_proto::invite`).
 pub fn invite_link(owner: &str, group: &[u8], secret: &[u8]) -> String {
-    format!(
-        "dak-invite:{owner}/{}/{}",
-        hex::encode(group),
-        hex::encode(secret)
-    )
-}
-
-/// (owner, group id, secret) from an invite link.
-pub fn parse_invite_link(link: &str) -> Result<(String, Vec<u8>, Vec<u8>), ClientError> {
-    let bad = || {
-        ClientError::Usage(format!(
-            "{link:?} is not a Dak invite link (dak-invite:+NUMBER/GROUP/SECRET)"
-        ))
-    };
-    let rest = link.trim().strip_prefix("dak-invite:").ok_or_else(bad)?;
-    let mut parts = rest.split('/');
-    let (Some(owner), Some(group), Some(secret), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    let owner = dak_proto::normalize_phone(owner).map_err(|_| bad())?;
-    let group = hex::decode(group).map_err(|_| bad())?;
-    let secret = hex::decode(secret).map_err(|_| bad())?;
-    if !crate::mls::is_named_group(&group) || secret.len() != INVITE_SECRET_BYTES {
-        return Err(bad());
+    InviteLink {
+        owner: owner.to_string(),
+        group_id: group.to_vec(),
+        secret: secret.to_vec(),
     }
-    Ok((owner, group, secret))
+    .to_string()
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -613,7 +590,11 @@ impl Client {
     /// end encrypted, to the member who made the link, whose devices add
     /// us (or show the request to approve).
     pub async fn join_by_link(&mut self, link: &str) -> Result<SendOutcome, ClientError> {
-        let (owner, group_id, invite_secret) = parse_invite_link(link)?;
+        let InviteLink {
+            owner,
+            group_id,
+            secret: invite_secret,
+        } = InviteLink::parse(link).map_err(|e| usage(e.to_string()))?;
         if owner == self.phone() {
             return Err(usage("this is your own invite link"));
         }
@@ -941,17 +922,8 @@ mod tests {
     }
 
     #[test]
-    fn invite_links_round_trip_and_refuse_junk() {
-        let group = vec![7u8; crate::mls::NAMED_GROUP_ID_BYTES];
-        let link = invite_link("+919800000001", &group, &[1; INVITE_SECRET_BYTES]);
-        let (owner, g, s) = parse_invite_link(&link).unwrap();
-        assert_eq!(
-            (owner.as_str(), g, s),
-            ("+919800000001", group, vec![1; 16])
-        );
-        for junk in ["", "dak-invite:", "dak-invite:+91/zz/00", "https://x/y"] {
-            assert!(parse_invite_link(junk).is_err(), "{junk}");
-        }
-        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd"));
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
     }
 }

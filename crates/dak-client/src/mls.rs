@@ -99,7 +99,7 @@ pub struct Outgoing {
 /// message arrives; the server, which sees ids, learns nothing its member
 /// list does not already tell it.
 pub const CHAT_GROUP_ID_BYTES: usize = 16;
-pub const NAMED_GROUP_ID_BYTES: usize = 32;
+pub use dak_proto::invite::NAMED_GROUP_ID_BYTES;
 
 pub fn is_named_group(group: &[u8]) -> bool {
     group.len() == NAMED_GROUP_ID_BYTES

@@ -284,6 +284,91 @@ mod tests {
         }
     }
 
+    /// Writes one encoded `Content` of each kind to fuzz/seeds/content, so
+    /// the fuzzer starts from every branch. Run with `--ignored` after a
+    /// change to `Content`, and commit the files.
+    #[test]
+    #[ignore]
+    fn write_content_seeds() {
+        use v1::content::Kind;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/content");
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = vec![1u8; 16];
+        let kinds = [
+            (
+                "text",
+                Kind::Text(v1::Text {
+                    body: "hi".into(),
+                    sent_at_ms: 1,
+                    reply_to: Some(v1::Quote {
+                        message_id: id.clone(),
+                        sender_phone: "+919800000001".into(),
+                        snippet: "hello".into(),
+                    }),
+                    forwarded: 5,
+                    expire_secs: 3600,
+                }),
+            ),
+            (
+                "receipt",
+                Kind::Receipt(v1::Receipt {
+                    r#type: v1::ReceiptType::Read as i32,
+                    message_ids: vec![id.clone()],
+                }),
+            ),
+            (
+                "reaction",
+                Kind::Reaction(v1::Reaction {
+                    message_id: id.clone(),
+                    emoji: "👍".into(),
+                }),
+            ),
+            (
+                "group_state",
+                Kind::GroupState(v1::GroupState {
+                    title: "Family".into(),
+                    description: "d".into(),
+                    avatar: vec![0x89, b'P', b'N', b'G'],
+                    admins: vec!["+919800000001".into()],
+                    admins_only: true,
+                    expire_secs: 60,
+                    invite_secret: vec![2; 16],
+                    invite_owner: "+919800000001".into(),
+                    invite_needs_approval: true,
+                }),
+            ),
+            (
+                "edit",
+                Kind::Edit(v1::Edit {
+                    message_id: id.clone(),
+                    body: "edited".into(),
+                }),
+            ),
+            (
+                "delete",
+                Kind::Delete(v1::Delete {
+                    message_id: id.clone(),
+                }),
+            ),
+            ("leave", Kind::Leave(v1::Leave {})),
+            (
+                "set_timer",
+                Kind::SetTimer(v1::SetTimer { expire_secs: 86400 }),
+            ),
+            (
+                "join_request",
+                Kind::JoinRequest(v1::JoinRequest {
+                    group_id: vec![3; 32],
+                    invite_secret: vec![2; 16],
+                }),
+            ),
+        ];
+        for (name, kind) in kinds {
+            let c = v1::Content { kind: Some(kind) };
+            std::fs::write(dir.join(name), encode(&c)).unwrap();
+        }
+    }
+
     #[test]
     fn oversized_frame_is_refused_before_parsing() {
         let err = decode_client_frame(&vec![0u8; MAX_FRAME_BYTES + 1]).unwrap_err();
