@@ -227,6 +227,9 @@ pub struct Client {
     keys_used: bool,
     /// Group work deliveries called for, done by the next `answer`.
     follow_ups: Vec<FollowUp>,
+    /// Named groups that gained devices: their state is sent again once
+    /// the send in progress is done.
+    reshare: Vec<Vec<u8>>,
 }
 
 impl Client {
@@ -452,6 +455,7 @@ impl Client {
             unsent_receipts: Vec::new(),
             keys_used: false,
             follow_ups: Vec::new(),
+            reshare: Vec::new(),
         };
         match client.flush_outbox().await {
             Ok(_) => Ok(client),
@@ -536,7 +540,25 @@ impl Client {
             }
             p.remove_outgoing(id)
         })?;
+        for group in std::mem::take(&mut self.reshare) {
+            if let Err(e) = Box::pin(self.reshare_state(&group)).await {
+                tracing::warn!(group = %format_id(&group), error = %e, "group settings not sent to new devices yet");
+            }
+        }
         Ok(ack)
+    }
+
+    /// Sends a named group's settings again (to devices just added).
+    async fn reshare_state(&mut self, group: &[u8]) -> Result<(), ClientError> {
+        let Some(state) = self.profile.group_state(group)? else {
+            return Ok(());
+        };
+        let content = v1::Content {
+            kind: Some(Kind::GroupState(state)),
+        };
+        self.send_content(&crate::profile::group_key(group), content)
+            .await
+            .map(|_| ())
     }
 
     /// Sends everything queued and not yet acked, oldest first.
@@ -943,8 +965,13 @@ impl Client {
             if adds.is_empty() && removes.is_empty() {
                 return Ok(());
             }
+            let added = !adds.is_empty();
             match self.commit(group, adds, removes).await {
                 Ok(()) => {
+                    if added && crate::mls::is_named_group(group) {
+                        // The new devices learn the title and admins from this.
+                        self.reshare.push(group.to_vec());
+                    }
                     // The contact's devices changed: so did the safety number.
                     let conversation = self.profile.peer_of(group)?.unwrap_or_default();
                     self.backlog
@@ -1138,6 +1165,7 @@ impl Client {
     ) -> Result<SendOutcome, ClientError> {
         let id = new_id();
         let body = content.encode_to_vec();
+        check_plaintext_size(&body)?;
         self.profile.queue_outgoing(&id, to, &body)?;
         let ack = self.push_outgoing(&id, to, body).await?;
         Ok(SendOutcome {
@@ -1331,12 +1359,7 @@ pub fn queue_text_with(
         })),
     };
     let body = content.encode_to_vec();
-    if body.len() > MAX_PLAINTEXT_BYTES {
-        return Err(ClientError::Usage(format!(
-            "the message is {} bytes; the limit is {MAX_PLAINTEXT_BYTES} bytes",
-            body.len(),
-        )));
-    }
+    check_plaintext_size(&body)?;
     let view = MessageView {
         id: id.clone(),
         conversation: to.clone(),
@@ -1359,6 +1382,16 @@ pub fn queue_text_with(
         p.queue_outgoing(&id, &to, &body)
     })?;
     Ok((id, to, body))
+}
+
+pub(crate) fn check_plaintext_size(body: &[u8]) -> Result<(), ClientError> {
+    if body.len() > MAX_PLAINTEXT_BYTES {
+        return Err(ClientError::Usage(format!(
+            "the message is {} bytes; the limit is {MAX_PLAINTEXT_BYTES} bytes",
+            body.len(),
+        )));
+    }
+    Ok(())
 }
 
 /// How much of a quoted text a reply carries.

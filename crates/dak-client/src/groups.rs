@@ -29,7 +29,8 @@ pub const MAX_GROUP_MEMBERS: usize = 1024;
 const ADD_BATCH: usize = 128;
 pub const MAX_TITLE_CHARS: usize = 100;
 pub const MAX_DESCRIPTION_CHARS: usize = 512;
-pub const MAX_AVATAR_BYTES: usize = 64 * 1024;
+/// An avatar travels inside the group's state, which must fit one message.
+pub const MAX_AVATAR_BYTES: usize = 48 * 1024;
 /// How often a membership change retries when another commit wins.
 const CHANGE_RETRIES: usize = 6;
 
@@ -360,11 +361,20 @@ impl Client {
             p.set_group_state(&group, &state, now_ms())?;
             Ok(group)
         })?;
-        if adds.is_empty() {
+        let created = if adds.is_empty() {
             // Epoch 0 creates the group on the server, with only us in it.
-            self.commit(&group, Vec::new(), Vec::new()).await?;
+            self.commit(&group, Vec::new(), Vec::new()).await
+        } else {
+            self.add_in_batches(&group, adds).await
+        };
+        if let Err(e) = created {
+            // Refused before the server took anything (too big, a number
+            // not on Dak): the group never existed.
+            if self.profile().mls(|m| m.epoch(&group))? == 0 {
+                self.profile().retire_conversation(&group)?;
+            }
+            return Err(e);
         }
-        self.add_in_batches(&group, adds).await?;
         self.publish_state(&group, state).await?;
         self.group_info(&group_key(&group))
     }
@@ -751,10 +761,13 @@ impl Client {
         group: &[u8],
         state: v1::GroupState,
     ) -> Result<(), ClientError> {
-        self.profile().set_group_state(group, &state, now_ms())?;
         let content = v1::Content {
-            kind: Some(Kind::GroupState(state)),
+            kind: Some(Kind::GroupState(state.clone())),
         };
+        // Checked before it is kept: a state too big to send would be
+        // refused on every later change too.
+        crate::client::check_plaintext_size(&prost::Message::encode_to_vec(&content))?;
+        self.profile().set_group_state(group, &state, now_ms())?;
         self.send_content(&group_key(group), content).await?;
         Ok(())
     }

@@ -235,6 +235,12 @@ pub(crate) fn on_content(
             }
         }
         Some(Kind::Reaction(r)) => {
+            // Only on a message of this chat.
+            if p.message(&r.message_id)?
+                .is_none_or(|m| m.conversation != conversation)
+            {
+                return Ok(());
+            }
             p.set_reaction(&r.message_id, from.phone, &r.emoji, from.server_time_ms)?;
             out.events.push(Event::Reaction {
                 conversation,
@@ -244,7 +250,14 @@ pub(crate) fn on_content(
             });
         }
         Some(Kind::Edit(e)) => {
-            if authored_within(p, &e.message_id, from, EDIT_WINDOW_MS, "edit")? {
+            if authored_within(
+                p,
+                &conversation,
+                &e.message_id,
+                from,
+                EDIT_WINDOW_MS,
+                "edit",
+            )? {
                 p.edit_message(&e.message_id, &e.body, from.server_time_ms)?;
                 out.events.push(Event::Edited {
                     conversation,
@@ -254,7 +267,14 @@ pub(crate) fn on_content(
             }
         }
         Some(Kind::Delete(d)) => {
-            if authored_within(p, &d.message_id, from, DELETE_WINDOW_MS, "delete")? {
+            if authored_within(
+                p,
+                &conversation,
+                &d.message_id,
+                from,
+                DELETE_WINDOW_MS,
+                "delete",
+            )? {
                 p.tombstone_message(&d.message_id)?;
                 out.events.push(Event::Deleted {
                     conversation,
@@ -342,9 +362,10 @@ fn on_group_state(
     Ok(())
 }
 
-/// Is `id` a message by `from`, sent at most `window` before this change?
+/// Is `id` a message by `from` in this chat, sent at most `window` before this change?
 fn authored_within(
     p: &Profile,
+    conversation: &str,
     id: &[u8],
     from: &From<'_>,
     window: i64,
@@ -359,6 +380,7 @@ fn authored_within(
         m.sent_at_ms
     };
     let ok = m.from == from.phone
+        && m.conversation == conversation
         && !m.deleted
         && from.server_time_ms - sent <= window + WINDOW_SLACK_MS;
     if !ok {

@@ -96,8 +96,9 @@ pub struct Outgoing {
 
 /// Group ids: a 1:1 chat's has 16 bytes, a named group's (title, admins)
 /// 32. A device joining from a Welcome must know which it is before any
-/// message arrives; the server, which sees ids, learns nothing its member
-/// list does not already tell it.
+/// message arrives. The server, which sees ids, learns from the length only
+/// whether a two-account group is a chat or a named group; for three or
+/// more accounts its member list already told it.
 pub const CHAT_GROUP_ID_BYTES: usize = 16;
 pub use dak_proto::invite::NAMED_GROUP_ID_BYTES;
 

@@ -950,6 +950,11 @@ impl Profile {
             "UPDATE messages SET body = '', deleted = 1, reply_snippet = '' WHERE id = ?1",
             [id],
         )?;
+        // Replies keep pointing at it, but no longer quote its words.
+        self.exec(
+            "UPDATE messages SET reply_snippet = '' WHERE reply_id = ?1",
+            [id],
+        )?;
         self.exec("DELETE FROM reactions WHERE message_id = ?1", [id])
     }
 

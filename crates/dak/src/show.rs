@@ -64,7 +64,7 @@ pub fn change_text(by: &str, change: &GroupChange) -> String {
             format!("{by} removed you: you no longer receive this group's messages")
         }
         GroupChange::Left { phone } => format!("{phone} left"),
-        GroupChange::Settings { changes } => format!("{by} changed {}", changes.join("; ")),
+        GroupChange::Settings { changes } => format!("{by}: {}", changes.join("; ")),
         GroupChange::RuleBroken { reason } => format!("⚠ against the group's rules: {reason}"),
         GroupChange::JoinRequest { phone } => {
             format!("{phone} asks to join by the invite link (dak group approve GROUP {phone})")
@@ -89,7 +89,18 @@ pub fn notice_text(event: &Event) -> Option<String> {
             conversation,
             by,
             change,
-        } => format!("👥 {}: {}", short(conversation), change_text(by, change)),
+        } => {
+            let mark = if conversation.starts_with("group:") {
+                "👥"
+            } else {
+                "⚙"
+            };
+            format!(
+                "{mark} {}: {}",
+                short(conversation),
+                change_text(by, change)
+            )
+        }
         Event::Reaction {
             conversation,
             id,
@@ -106,7 +117,8 @@ pub fn notice_text(event: &Event) -> Option<String> {
             from,
             emoji,
         } => format!(
-            "{conversation}: {from} reacted {emoji} to {}",
+            "{}: {from} reacted {emoji} to {}",
+            short(conversation),
             format_id(id)
         ),
         Event::Edited {

@@ -386,6 +386,10 @@ async fn the_server_refuses_a_group_past_its_member_limit() {
         "{err}"
     );
     assert!(err.to_string().contains('2'), "{err}");
+    assert!(
+        a.groups().unwrap().is_empty(),
+        "a group the server refused is not listed"
+    );
     // Within the limit it works.
     a.create_group("Pair", &[bob.phone.clone()], false)
         .await
@@ -416,5 +420,42 @@ async fn a_removed_member_can_be_added_back_and_reads_again() {
     assert_eq!(
         group_texts(&sync_events(&bob).await, &key),
         vec!["while carol was out", "welcome back", "glad to be back"]
+    );
+}
+
+#[tokio::test]
+async fn a_members_new_device_learns_the_title_and_a_too_big_avatar_is_refused_whole() {
+    let server = TestServer::start();
+    let (alice, bob) = registered_pair(&server).await;
+    let (mut a, key) = family(&server, &alice, &[&bob], false).await;
+    a.close().await;
+
+    let laptop = Person::new(&bob.phone);
+    link(&server, &bob, &laptop).await;
+    // alice's next message adds the laptop, then sends the settings again.
+    let mut a = alice.connect().await;
+    a.send_text(&key, "hello laptop").await.unwrap();
+    let events = sync_events(&laptop).await;
+    assert_eq!(group_texts(&events, &key), vec!["hello laptop"]);
+    let info = laptop.connect().await.group_info(&key).unwrap();
+    assert_eq!(info.title, format!("Family {MARKER}"));
+
+    let big = dak_client::GroupEdit {
+        avatar: Some(vec![0u8; 60 * 1024]),
+        ..Default::default()
+    };
+    let err = a.update_group(&key, big).await.unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert_eq!(a.group_info(&key).unwrap().avatar_bytes, 0, "nothing kept");
+    let fits = dak_client::GroupEdit {
+        avatar: Some(vec![7u8; 40 * 1024]),
+        ..Default::default()
+    };
+    a.update_group(&key, fits).await.unwrap();
+    a.close().await;
+    sync_events(&bob).await;
+    assert_eq!(
+        bob.connect().await.group_info(&key).unwrap().avatar_bytes,
+        40 * 1024
     );
 }
