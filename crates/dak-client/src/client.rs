@@ -113,6 +113,8 @@ const KEY_PACKAGE_TARGET: u32 = 40;
 const KEY_PACKAGE_LOW: u32 = 10;
 /// How often a send retries after the group moved on or its devices changed.
 const GROUP_RETRIES: usize = 6;
+/// Room in a frame for a SendCommit's other fields (ids, device lists).
+pub(crate) const COMMIT_FRAME_OVERHEAD: usize = 4 * 1024;
 /// How long to wait for the commit that won an epoch to arrive.
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -1010,10 +1012,23 @@ impl Client {
                 )
             })
         })?;
+        let welcome = out.welcome.unwrap_or_default();
+        let size = out.commit.len() + welcome.len();
+        if size + COMMIT_FRAME_OVERHEAD > dak_proto::MAX_FRAME_BYTES
+            || welcome.len() > dak_proto::mls::MAX_MLS_BYTES
+        {
+            self.profile
+                .transaction(|p| p.mls(|m| m.clear_pending(group)))?;
+            return Err(ClientError::TooLarge(format!(
+                "a commit with its Welcome is {size} bytes for {} new devices; one frame holds {}",
+                added_devices.len(),
+                dak_proto::MAX_FRAME_BYTES
+            )));
+        }
         let request = Request::SendCommit(v1::SendCommit {
             message_id: new_id(),
             commit: out.commit,
-            welcome: out.welcome.unwrap_or_default(),
+            welcome,
             added_devices,
             removed_devices,
         });

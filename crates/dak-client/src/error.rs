@@ -21,6 +21,10 @@ pub enum ClientError {
     Usage(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Something this device built is too big to send (a commit and its
+    /// Welcome in one frame); a smaller change may fit.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// MLS refused something (a bad message, a broken group state).
     #[error("encryption: {0}")]
     Crypto(String),

@@ -26,7 +26,7 @@ use crate::profile::{Profile, group_key, parse_group_key};
 pub const MAX_GROUP_MEMBERS: usize = 1024;
 /// Devices added per commit. A Welcome carries the whole ratchet tree plus
 /// a secret per new device, and must fit in `MAX_MLS_BYTES`.
-const ADD_BATCH: usize = 128;
+pub(crate) const ADD_BATCH: usize = 128;
 pub const MAX_TITLE_CHARS: usize = 100;
 pub const MAX_DESCRIPTION_CHARS: usize = 512;
 /// An avatar travels inside the group's state, which must fit one message.
@@ -729,14 +729,16 @@ impl Client {
         Ok(fetched.packages)
     }
 
-    /// Adds devices in commits small enough for their Welcomes, skipping
-    /// any that are already members (another admin may have added them).
+    /// Adds devices in commits small enough for their Welcomes (halving
+    /// the batch while one does not fit a frame), skipping any that are
+    /// already members (another admin may have added them).
     async fn add_in_batches(
         &mut self,
         group: &[u8],
         adds: Vec<(u64, openmls::prelude::KeyPackage)>,
     ) -> Result<(), ClientError> {
         let mut pending = adds;
+        let mut batch = ADD_BATCH;
         while !pending.is_empty() {
             let present: BTreeSet<u64> = self
                 .profile()
@@ -745,12 +747,21 @@ impl Client {
                 .map(|m| m.device_id)
                 .collect();
             pending.retain(|(d, _)| !present.contains(d));
-            let rest = pending.split_off(pending.len().min(ADD_BATCH));
-            if !pending.is_empty() {
-                self.commit(group, std::mem::take(&mut pending), Vec::new())
-                    .await?;
+            let take = pending.len().min(batch);
+            if take == 0 {
+                break;
             }
-            pending = rest;
+            let chunk: Vec<_> = pending[..take].to_vec();
+            match self.commit(group, chunk, Vec::new()).await {
+                Ok(()) => {
+                    pending.drain(..take);
+                }
+                Err(ClientError::TooLarge(why)) if batch > 1 => {
+                    tracing::debug!(%why, batch, "halving the batch of devices to add");
+                    batch /= 2;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -291,11 +291,17 @@ impl<'a> Mls<'a> {
         removes: Vec<LeafNodeIndex>,
     ) -> Result<Outgoing, ClientError> {
         let mut g = self.load(group)?;
+        // A commit that only adds needs no update path (RFC 9420 §12.4):
+        // in a group just created, whose tree has no inner keys yet, a path
+        // would be encrypted to every member, ~82 bytes each, and at a
+        // thousand members it no longer fits beside its Welcome. Removals
+        // and updates always carry one.
+        let add_only = !adds.is_empty() && removes.is_empty();
         let bundle = g
             .commit_builder()
             .propose_adds(adds)
             .propose_removals(removes)
-            .force_self_update(true)
+            .force_self_update(!add_only)
             .load_psks(self.provider.storage())
             .map_err(|e| mls_err("cannot load PSKs", e))?
             .build(
@@ -583,6 +589,36 @@ mod tests {
                 )
                 .unwrap()
         }
+    }
+
+    /// A 1,024-member group built as `Client::create_group` does, 128
+    /// devices per add-only commit: every commit and Welcome fits a frame.
+    /// (With an update path, the fresh tree's commits grow by ~82 bytes per
+    /// member and stop fitting near a thousand.)
+    #[test]
+    fn a_group_of_1024_is_built_in_commits_that_fit_a_frame() {
+        let creator = Device::new("+919800000000", 1);
+        let group = creator.mls().create_named_group().unwrap();
+        let others: Vec<Device> = (2..=1024u64)
+            .map(|i| Device::new(&format!("+91980{i:07}"), i))
+            .collect();
+        let mut largest = 0;
+        for batch in others.chunks(crate::groups::ADD_BATCH) {
+            let adds = batch.iter().map(|d| d.key_package_for(&creator)).collect();
+            let out = creator.mls().commit(&group, adds, vec![]).unwrap();
+            creator.mls().merge_pending(&group).unwrap();
+            let size = out.commit.len() + out.welcome.as_ref().map_or(0, Vec::len);
+            largest = largest.max(size);
+            assert!(
+                size + crate::client::COMMIT_FRAME_OVERHEAD <= dak_proto::MAX_FRAME_BYTES,
+                "a commit and Welcome of {size} bytes do not fit a frame"
+            );
+        }
+        assert_eq!(creator.mls().members(&group).unwrap().len(), 1024);
+        assert!(
+            largest > 100_000,
+            "the last Welcome carries the whole tree: {largest}"
+        );
     }
 
     #[test]
