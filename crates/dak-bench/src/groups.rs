@@ -48,7 +48,8 @@ impl MlsDevice {
         Ok(MlsDevice { device, db })
     }
 
-    fn engine(&self) -> Mls<'_> {
+    /// The device's MLS engine over its own database.
+    pub fn engine(&self) -> Mls<'_> {
         Mls::new(
             &self.db,
             &self.device.key,

@@ -10,10 +10,14 @@
 //! - `groups`: the devices' MLS setup (KeyPackages, a group per
 //!   conversation, pre-encrypted application messages).
 //! - `scenarios`: connect, pairs, offline.
+//! - `large_group`: the group scenario: creating a group of up to 1024
+//!   member devices, fan-out to all of them, and what a removal costs
+//!   next to Sender Keys.
 //! - `report`: latency histograms, the table and the JSON result.
 
 pub mod device;
 pub mod groups;
+pub mod large_group;
 pub mod report;
 pub mod scenarios;
 pub mod target;

@@ -1,5 +1,6 @@
 //! The scenarios. Each registers its devices first (not measured), then
-//! measures one thing and says how in `Report::method`.
+//! measures one thing and says how in `Report::method`. The group scenario
+//! has its own module, `large_group`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub enum Scenario {
     Connect,
     Pairs,
     Offline,
+    Group,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,8 +42,21 @@ pub struct Params {
     /// Text bytes per message, before MLS encryption (the ciphertext the
     /// server carries is larger; the report gives its size).
     pub size: usize,
-    /// Queued messages (offline).
+    /// Queued messages (offline); messages sent to the group (group).
     pub messages: usize,
+    /// Member devices of the group (group).
+    pub members: usize,
+    /// Least time between two messages to the group (group).
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    /// Members that send a self-update before the removal is measured again (group).
+    pub updates: usize,
+    /// Most devices added by one commit while creating the group (group).
+    pub batch: usize,
+    /// Fan-out messages each member decrypts afterwards, from the first (group).
+    pub decrypt: usize,
+    /// Threads for the MLS work of the members that do not act; 0 = one per core (group).
+    pub workers: usize,
     /// Search for the highest rate with p99 under 50 ms (pairs).
     pub max: bool,
     /// Source addresses 127.0.0.1..=k for client sockets.
@@ -67,6 +82,7 @@ pub async fn run(
         Scenario::Connect => connect(target, p, progress).await,
         Scenario::Pairs => pairs(target, p, progress).await,
         Scenario::Offline => offline(target, p, progress).await,
+        Scenario::Group => crate::large_group::run(target, p, progress).await,
     }
 }
 

@@ -10,7 +10,7 @@ use dak_bench::{Params, Scenario};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// connect | pairs | offline
+    /// connect | pairs | offline | group
     #[arg(value_enum)]
     scenario: ScenarioArg,
     /// Simulated devices (connect, pairs).
@@ -28,9 +28,32 @@ pub struct BenchArgs {
     /// Body bytes per message.
     #[arg(long, default_value_t = 256)]
     size: usize,
-    /// Messages queued for the offline device (offline).
-    #[arg(long, default_value_t = 100_000)]
-    messages: usize,
+    /// Messages queued for the offline device (offline; default 100000), or sent to the group
+    /// one at a time (group; default 20).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Member devices of the group, one account each (group).
+    #[arg(long, default_value_t = 1024)]
+    members: usize,
+    /// Least time between two messages to the group; each also waits until the previous one
+    /// reached every member (group).
+    #[arg(long, default_value = "1s")]
+    interval: humantime::Duration,
+    /// Members, spread over the tree, that send a self-update before the removal is measured
+    /// again (group).
+    #[arg(long, default_value_t = 4)]
+    updates: usize,
+    /// Most devices added by one commit while creating the group; halved while the commit and
+    /// its Welcome do not fit in one frame (group).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Fan-out messages each member decrypts after the fan-out, from the first; each decrypt is
+    /// timed alone (group).
+    #[arg(long, default_value_t = 2)]
+    decrypt: usize,
+    /// Threads for the MLS work of the members that do not act; 0 = one per core (group).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Search for the highest rate whose p99 delivery latency stays under 50 ms (pairs).
     #[arg(long)]
     max: bool,
@@ -53,9 +76,15 @@ pub struct BenchArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum ScenarioArg {
+    /// --clients idle authenticated connections: rate and memory per connection.
     Connect,
+    /// --clients devices in 1:1 pairs sending at --rate: delivery and ack latency.
     Pairs,
+    /// --messages queued for an offline device, then drained.
     Offline,
+    /// One MLS group of --members devices: time to create it, fan-out latency, and the bytes of
+    /// a member removal next to Sender Keys.
+    Group,
 }
 
 pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
@@ -68,12 +97,16 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
         _ => Target::spawn(&std::env::current_exe()?, args.insecure)?,
     };
     // Each connection costs a descriptor here and one in a spawned server.
-    let needed = args.clients as u64 + 64;
-    if matches!(args.scenario, ScenarioArg::Connect | ScenarioArg::Pairs) && needed > fd_limit {
+    let devices = match args.scenario {
+        ScenarioArg::Connect | ScenarioArg::Pairs => args.clients,
+        ScenarioArg::Group => args.members,
+        ScenarioArg::Offline => 2,
+    };
+    let needed = devices as u64 + 64;
+    if needed > fd_limit {
         bail!(
-            "{} clients need about {needed} open files, but this machine allows {fd_limit} per process \
-             (hard limit; raise it with `ulimit -Hn` as an administrator)",
-            args.clients
+            "{devices} devices need about {needed} open files, but this machine allows {fd_limit} per \
+             process (hard limit; raise it with `ulimit -Hn` as an administrator)"
         );
     }
     let params = Params {
@@ -81,13 +114,23 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
             ScenarioArg::Connect => Scenario::Connect,
             ScenarioArg::Pairs => Scenario::Pairs,
             ScenarioArg::Offline => Scenario::Offline,
+            ScenarioArg::Group => Scenario::Group,
         },
         clients: args.clients,
         rate: args.rate,
         duration: Duration::from(args.duration),
         warmup: Duration::from(args.warmup),
         size: args.size,
-        messages: args.messages,
+        messages: args.messages.unwrap_or(match args.scenario {
+            ScenarioArg::Group => 20,
+            _ => 100_000,
+        }),
+        members: args.members,
+        interval: Duration::from(args.interval),
+        updates: args.updates,
+        batch: args.batch,
+        decrypt: args.decrypt,
+        workers: args.workers,
         max: args.max,
         source_ips: args.source_ips,
         tls: target.url.starts_with("wss://"),
