@@ -2,21 +2,16 @@
 //! account each, every one a simulated device on its own connection with
 //! its own `dak_client::mls::Mls` engine, as `groups` sets up for pairs.
 //!
-//! 1. **Create.** Member 0 creates the group and adds the others through
+//! 1. **Create.** Member 0 creates the group (a named group, as
+//!    `dak_client` makes for a group chat) and adds the others through
 //!    `SendCommit` in batches. A `SendCommit` frame carries the commit and
 //!    its Welcome together and may not exceed `MAX_FRAME_BYTES`, and the
 //!    Welcome carries the whole ratchet tree (~190 B a leaf), so a batch
-//!    that does not fit is halved until it does. In a fresh tree the
-//!    creator's commits also encrypt a path secret to every earlier member
-//!    (~82 B each, and to every leaf added since a node was last set); near
-//!    1,000 members the two no longer fit in one frame whatever the batch.
-//!    So after each batch but the last, in each subtree beside the
-//!    creator's path (leaves 2–3, 4–7, …, 512–1023) that gained members and
-//!    holds two or more, the first member commits a self-update, which
-//!    gives the subtree's root fresh keys: the creator's next commit
-//!    encrypts to about log2(N) nodes instead of to every member
-//!    ("compaction"). Earlier members process every later commit from their
-//!    mailbox, as a real device would.
+//!    that does not fit is halved until it does (as `dak_client` does; an
+//!    add-only commit carries no update path there, so it grows only with
+//!    the KeyPackages it adds). Earlier members process every later commit
+//!    from their mailbox, as a real device would. The tree this leaves has
+//!    no keys above the leaves: the worst case for what follows.
 //! 2. **Fan-out.** With every member online, one member sends M messages,
 //!    each once the previous one has reached everyone and at least
 //!    `interval` after it. Latency is send → Deliver read by a recipient,
@@ -34,21 +29,20 @@
 //! The devices that act (the creator, the sender, the committers) each get
 //! their own thread, as a real device has its own CPU; the others share
 //! `workers` threads (the machine's cores by default), in arrival order.
+//! Each member is a task (`member`) that reads its mailbox and takes
+//! commands; this module orchestrates them through `Group`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use dak_client::Connection;
-use dak_client::mls::{Incoming, MemberDevice};
+use dak_client::mls::Incoming;
 use dak_proto::v1::{self, client_frame::Request, server_frame::Body};
 use hdrhistogram::Histogram;
 use openmls::prelude::{KeyPackage, LeafNodeIndex};
-use prost::Message;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::device::{self, Device};
 use crate::groups::MlsDevice;
@@ -56,17 +50,11 @@ use crate::report::{Report, histogram, micros};
 use crate::scenarios::Params;
 use crate::target::Target;
 
-/// `Shared::epochs` of a member that has not joined yet, and of one that
-/// was removed.
-const NOT_JOINED: u64 = u64::MAX;
-const REMOVED: u64 = u64::MAX - 1;
+mod member;
 
-/// The first byte of a fan-out message's id; the message's number follows
-/// (4 bytes, big endian), then random bytes.
-const FANOUT_TAG: u8 = 0xF0;
-
-/// How long the group may make no progress before the bench gives up.
-const STALL: Duration = Duration::from_secs(300);
+use member::{
+    Change, Command, CommitOut, Handle, Member, NOT_JOINED, REMOVED, Samples, Shared, lock,
+};
 
 /// Members connecting (TLS, challenge, KeyPackage upload) at a time.
 const CONNECTS_IN_FLIGHT: usize = 64;
@@ -158,506 +146,6 @@ async fn sender_key_channel(url: &str, a: Device, b: Device) -> Result<(usize, u
     ca.close().await;
     cb.close().await;
     Ok((skdm.len(), delivered.len()))
-}
-
-// ---- What the members share with the orchestrator ----
-
-#[derive(Default)]
-struct Samples {
-    /// Processing time of each Welcome.
-    welcomes: Vec<Duration>,
-    /// (epoch reached, processing time) of each commit a member processed.
-    commits: Vec<(u64, Duration)>,
-    /// (message, when read) of each fan-out delivery.
-    deliveries: Vec<(u32, Duration)>,
-}
-
-struct Shared {
-    /// The instant every `Duration` timestamp counts from.
-    base: Instant,
-    /// Each member's epoch (`NOT_JOINED`, `REMOVED`).
-    epochs: Vec<AtomicU64>,
-    /// Members whose MLS work runs on a thread of their own.
-    own_thread: Vec<AtomicBool>,
-    /// For each fan-out message, how many members have it.
-    received: Vec<AtomicUsize>,
-    /// Woken on every change above, and on a failure.
-    changed: Notify,
-    failure: Mutex<Option<String>>,
-    samples: Mutex<Samples>,
-    /// The threads the other members share.
-    workers: Arc<Semaphore>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A member that panicked holding the lock leaves plain data behind.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    fn epoch(&self, i: usize) -> Option<u64> {
-        match self.epochs[i].load(Relaxed) {
-            NOT_JOINED | REMOVED => None,
-            e => Some(e),
-        }
-    }
-
-    fn fail(&self, why: String) {
-        lock(&self.failure).get_or_insert(why);
-        self.changed.notify_waiters();
-    }
-
-    fn failure(&self) -> Option<String> {
-        lock(&self.failure).clone()
-    }
-
-    /// Waits until `done()`, printing `status()` every two seconds; fails
-    /// when a member failed or nothing changed for `STALL`.
-    async fn wait(
-        &self,
-        what: &str,
-        done: impl Fn() -> bool,
-        status: impl Fn() -> String,
-        progress: &(dyn Fn(String) + Sync),
-    ) -> Result<()> {
-        let mut printed = Instant::now();
-        let mut changed = Instant::now();
-        loop {
-            let notified = self.changed.notified();
-            if let Some(why) = self.failure() {
-                bail!("{what}: {why}");
-            }
-            if done() {
-                return Ok(());
-            }
-            if tokio::time::timeout(Duration::from_millis(500), notified)
-                .await
-                .is_ok()
-            {
-                changed = Instant::now();
-            }
-            if printed.elapsed() >= Duration::from_secs(2) {
-                progress(format!("{what}: {}", status()));
-                printed = Instant::now();
-            }
-            if changed.elapsed() > STALL {
-                bail!("{what}: nothing happened for {STALL:?} ({})", status());
-            }
-        }
-    }
-}
-
-// ---- A member: its connection, its MLS state, its task ----
-
-/// A change for `Command::Commit`.
-#[derive(Default)]
-struct Change {
-    adds: Vec<KeyPackage>,
-    added_devices: Vec<u64>,
-    removes: Vec<LeafNodeIndex>,
-    removed_devices: Vec<u64>,
-}
-
-#[derive(Debug, Clone)]
-struct CommitOut {
-    commit_bytes: usize,
-    welcome_bytes: usize,
-    /// The whole `SendCommit` frame (commit, Welcome, device ids).
-    frame_bytes: usize,
-    fits: bool,
-    build: Duration,
-    sent: Option<Sent>,
-}
-
-#[derive(Debug, Clone)]
-struct Sent {
-    /// SendCommit → SendAck.
-    server: Duration,
-    merge: Duration,
-    /// Devices the SendAck names (the members other than the committer).
-    recipients: usize,
-}
-
-struct SendOut {
-    sent_at: Duration,
-    acked_at: Duration,
-    bytes: usize,
-    encrypt: Duration,
-}
-
-enum Command {
-    /// Build a commit at the member's current epoch; send it when asked
-    /// and when it fits in a frame, else drop it.
-    Commit {
-        change: Change,
-        send: bool,
-        reply: oneshot::Sender<Result<CommitOut>>,
-    },
-    /// Encrypt and send fan-out message `index`.
-    Send {
-        index: u32,
-        size: usize,
-        reply: oneshot::Sender<Result<SendOut>>,
-    },
-    Members {
-        reply: oneshot::Sender<Result<Vec<MemberDevice>>>,
-    },
-    /// Decrypt the first `count` fan-out messages received (texts of
-    /// `size` bytes) and check them; their processing times.
-    Decrypt {
-        count: usize,
-        size: usize,
-        reply: oneshot::Sender<Result<Vec<Duration>>>,
-    },
-}
-
-struct Member {
-    index: usize,
-    device_id: u64,
-    /// None only while a blocking task holds it.
-    mls: Option<MlsDevice>,
-    conn: Connection,
-    /// Empty until joined.
-    group: Vec<u8>,
-    epoch: u64,
-    /// Fan-out messages received, kept for `Command::Decrypt`.
-    fanout: Vec<(u32, Vec<u8>)>,
-    shared: Arc<Shared>,
-}
-
-impl Member {
-    /// Runs `f` on the MLS state on a blocking thread: the member's own, or
-    /// one of the shared workers.
-    async fn cpu<T, F>(&mut self, f: F) -> Result<T>
-    where
-        F: FnOnce(&MlsDevice) -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let mls = self.mls.take().context("the MLS state is in use")?;
-        let _permit = if self.shared.own_thread[self.index].load(Relaxed) {
-            None
-        } else {
-            Some(self.shared.workers.clone().acquire_owned().await?)
-        };
-        let (mls, out) = tokio::task::spawn_blocking(move || {
-            let out = f(&mls);
-            (mls, out)
-        })
-        .await
-        .context("an MLS task panicked")?;
-        self.mls = Some(mls);
-        Ok(out)
-    }
-
-    fn set_epoch(&mut self, epoch: u64) {
-        self.epoch = epoch;
-        self.shared.epochs[self.index].store(epoch, Relaxed);
-        self.shared.changed.notify_waiters();
-    }
-
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<Member> {
-        loop {
-            tokio::select! {
-                biased;
-                frame = self.conn.next_frame() => self.on_frame(frame?).await?,
-                command = commands.recv() => match command {
-                    Some(c) => self.on_command(c).await,
-                    None => break,
-                },
-            }
-        }
-        Ok(self)
-    }
-
-    async fn on_frame(&mut self, frame: v1::ServerFrame) -> Result<()> {
-        let Some(Body::Deliver(d)) = frame.body else {
-            return Ok(());
-        };
-        let at = self.shared.base.elapsed();
-        let seqs = d.envelopes.iter().map(|e| e.seq).collect();
-        for e in d.envelopes {
-            if e.sender_device == self.device_id {
-                continue; // the echo of our own commit, merged on the ack
-            }
-            if let Some(k) = fanout_index(&e.message_id) {
-                lock(&self.shared.samples).deliveries.push((k, at));
-                if let Some(r) = self.shared.received.get(k as usize) {
-                    r.fetch_add(1, Relaxed);
-                }
-                self.shared.changed.notify_waiters();
-                self.fanout.push((k, e.body));
-                continue;
-            }
-            self.process(e.body).await?;
-        }
-        self.conn
-            .send(Request::AckDeliveries(v1::AckDeliveries { seqs }))
-            .await?;
-        Ok(())
-    }
-
-    /// A Welcome or another member's commit.
-    async fn process(&mut self, body: Vec<u8>) -> Result<()> {
-        let (result, took, joined_epoch) = self
-            .cpu(move |m| {
-                let started = Instant::now();
-                let result = m.engine().process(&body);
-                let took = started.elapsed();
-                let epoch = match &result {
-                    Ok(Incoming::Joined { group }) => Some(m.engine().epoch(group)),
-                    _ => None,
-                };
-                (result, took, epoch)
-            })
-            .await?;
-        let incoming = result.with_context(|| {
-            format!(
-                "member {} (epoch {}) cannot process a message",
-                self.index, self.epoch
-            )
-        })?;
-        match incoming {
-            Incoming::Joined { group } => {
-                let epoch = joined_epoch.context("no epoch after joining")??;
-                self.group = group;
-                lock(&self.shared.samples).welcomes.push(took);
-                self.set_epoch(epoch);
-            }
-            Incoming::Commit { removed_me, .. } => {
-                let next = self.epoch + 1;
-                lock(&self.shared.samples).commits.push((next, took));
-                self.set_epoch(if removed_me { REMOVED } else { next });
-            }
-            Incoming::OwnCommit { .. } => self.set_epoch(self.epoch + 1),
-            Incoming::Application { .. } => {
-                bail!(
-                    "member {}: an application message outside the fan-out",
-                    self.index
-                )
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_command(&mut self, command: Command) {
-        // The orchestrator may have stopped waiting; nothing to do then.
-        match command {
-            Command::Commit {
-                change,
-                send,
-                reply,
-            } => {
-                let _ = reply.send(self.commit(change, send).await);
-            }
-            Command::Send { index, size, reply } => {
-                let _ = reply.send(self.send(index, size).await);
-            }
-            Command::Members { reply } => {
-                let group = self.group.clone();
-                let members = self
-                    .cpu(move |m| m.engine().members(&group))
-                    .await
-                    .and_then(|r| r.context("cannot list the group's members"));
-                let _ = reply.send(members);
-            }
-            Command::Decrypt { count, size, reply } => {
-                let _ = reply.send(self.decrypt(count, size).await);
-            }
-        }
-    }
-
-    async fn commit(&mut self, change: Change, send: bool) -> Result<CommitOut> {
-        let Change {
-            adds,
-            added_devices,
-            removes,
-            removed_devices,
-        } = change;
-        let group = self.group.clone();
-        let (built, build) = self
-            .cpu({
-                let group = group.clone();
-                move |m| {
-                    let started = Instant::now();
-                    let out = m.engine().commit(&group, adds, removes);
-                    (out, started.elapsed())
-                }
-            })
-            .await?;
-        let built =
-            built.with_context(|| format!("member {} cannot build a commit", self.index))?;
-        let request = v1::SendCommit {
-            message_id: rand::random::<[u8; 16]>().to_vec(),
-            commit: built.commit,
-            welcome: built.welcome.unwrap_or_default(),
-            added_devices,
-            removed_devices,
-        };
-        let frame_bytes = v1::ClientFrame {
-            request_id: u64::MAX,
-            request: Some(Request::SendCommit(request.clone())),
-        }
-        .encoded_len();
-        let max_mls = dak_proto::mls::MAX_MLS_BYTES;
-        let mut out = CommitOut {
-            commit_bytes: request.commit.len(),
-            welcome_bytes: request.welcome.len(),
-            frame_bytes,
-            fits: frame_bytes <= dak_proto::MAX_FRAME_BYTES
-                && request.commit.len() <= max_mls
-                && request.welcome.len() <= max_mls,
-            build,
-            sent: None,
-        };
-        if !send || !out.fits {
-            self.cpu(move |m| m.engine().clear_pending(&group))
-                .await?
-                .context("cannot drop the commit")?;
-            return Ok(out);
-        }
-        let started = Instant::now();
-        let answer = self.conn.call(Request::SendCommit(request)).await;
-        let server = started.elapsed();
-        let ack = match answer {
-            Ok(Body::SendAck(ack)) => ack,
-            other => {
-                let group = group.clone();
-                self.cpu(move |m| m.engine().clear_pending(&group))
-                    .await?
-                    .context("cannot drop the refused commit")?;
-                match other {
-                    Err(e) => return Err(e).context("the server refused the commit"),
-                    Ok(body) => bail!("unexpected answer to SendCommit: {body:?}"),
-                }
-            }
-        };
-        let (merged, merge) = self
-            .cpu(move |m| {
-                let started = Instant::now();
-                (m.engine().merge_pending(&group), started.elapsed())
-            })
-            .await?;
-        merged.context("cannot merge our accepted commit")?;
-        self.set_epoch(self.epoch + 1);
-        out.sent = Some(Sent {
-            server,
-            merge,
-            recipients: ack.recipients.len() + ack.own_devices.len(),
-        });
-        Ok(out)
-    }
-
-    async fn send(&mut self, index: u32, size: usize) -> Result<SendOut> {
-        let group = self.group.clone();
-        let content = fanout_content(index, size);
-        let (ciphertext, encrypt) = self
-            .cpu(move |m| {
-                let started = Instant::now();
-                (m.engine().encrypt(&group, &content), started.elapsed())
-            })
-            .await?;
-        let body = ciphertext.context("cannot encrypt")?;
-        let bytes = body.len();
-        let sent_at = self.shared.base.elapsed();
-        let answer = self
-            .conn
-            .call(Request::SendMessage(v1::SendMessage {
-                message_id: fanout_id(index),
-                body,
-                ..Default::default()
-            }))
-            .await
-            .context("the server refused a fan-out message")?;
-        let acked_at = self.shared.base.elapsed();
-        let Body::SendAck(_) = answer else {
-            bail!("unexpected answer to SendMessage: {answer:?}")
-        };
-        Ok(SendOut {
-            sent_at,
-            acked_at,
-            bytes,
-            encrypt,
-        })
-    }
-
-    async fn decrypt(&mut self, count: usize, size: usize) -> Result<Vec<Duration>> {
-        let mut received = std::mem::take(&mut self.fanout);
-        received.truncate(count);
-        let index = self.index;
-        self.cpu(move |m| {
-            received
-                .into_iter()
-                .map(|(k, body)| {
-                    let started = Instant::now();
-                    let incoming = m.engine().process(&body);
-                    let took = started.elapsed();
-                    match incoming.with_context(|| {
-                        format!("member {index} cannot decrypt fan-out message {k}")
-                    })? {
-                        Incoming::Application { plaintext, .. }
-                            if plaintext == fanout_content(k, size) =>
-                        {
-                            Ok(took)
-                        }
-                        other => Err(anyhow!(
-                            "member {index}: fan-out message {k} decrypted to something else: {other:?}"
-                        )),
-                    }
-                })
-                .collect()
-        })
-        .await?
-    }
-}
-
-/// A fan-out message's content: a text of `size` bytes whose `sent_at_ms`
-/// is the message's number, so a recipient can check what it decrypted.
-fn fanout_content(index: u32, size: usize) -> Vec<u8> {
-    v1::Content {
-        kind: Some(v1::content::Kind::Text(v1::Text {
-            body: "x".repeat(size),
-            sent_at_ms: i64::from(index),
-            ..Default::default()
-        })),
-    }
-    .encode_to_vec()
-}
-
-fn fanout_id(index: u32) -> Vec<u8> {
-    let mut id = Vec::with_capacity(16);
-    id.push(FANOUT_TAG);
-    id.extend_from_slice(&index.to_be_bytes());
-    id.extend_from_slice(&rand::random::<[u8; 11]>());
-    id
-}
-
-fn fanout_index(id: &[u8]) -> Option<u32> {
-    if id.first() != Some(&FANOUT_TAG) {
-        return None;
-    }
-    Some(u32::from_be_bytes(id.get(1..5)?.try_into().ok()?))
-}
-
-/// The orchestrator's side of a member's task.
-struct Handle {
-    commands: mpsc::Sender<Command>,
-    task: JoinHandle<Result<Member>>,
-}
-
-impl Handle {
-    async fn ask<T>(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| anyhow!("the member's task has stopped"))?;
-        answer
-            .await
-            .map_err(|_| anyhow!("the member's task has stopped"))?
-    }
 }
 
 // ---- The group, from the orchestrator's side ----
@@ -837,14 +325,10 @@ pub async fn run(
         workers: Arc::new(Semaphore::new(workers)),
     });
     // The members that act get threads of their own: the creator (0), the
-    // sender (1), the committer of the removal (the last) and the members
-    // expected on leaves 2, 4, 8, … (compaction; leaf i is member i when
-    // the creator adds them in order, which `create` checks).
+    // sender (1) and the committer of the removal (the last); the updaters
+    // get theirs when chosen.
     let (creator, sender, committer) = (0, 1, n - 1);
     for i in [creator, sender, committer] {
-        shared.own_thread[i].store(true, Relaxed);
-    }
-    for i in (1..).map(|k| 1usize << k).take_while(|&i| i < n) {
         shared.own_thread[i].store(true, Relaxed);
     }
 
@@ -873,7 +357,7 @@ pub async fn run(
     let check_time = checked.elapsed();
     key_packages.insert(0, None);
     let group_id = members[creator]
-        .cpu(|m| m.engine().create_group())
+        .cpu(|m| m.engine().create_named_group())
         .await??;
     members[creator].group = group_id;
     members[creator].set_epoch(0);
@@ -960,10 +444,7 @@ fn method(p: &Params, workers: usize) -> String {
          connection with its own MLS engine (openmls over in-memory SQLite), registered and holding \
          KeyPackages. CREATE: member 0 creates the group and adds the others by SendCommit (commit + \
          Welcome in one frame of at most {max} B), in batches of up to {batch}, halved while the frame \
-         does not fit; after each batch but the last, in each subtree beside the creator's path \
-         (leaves 2-3, 4-7, ..., 512-1023) that gained members and holds two or more, the first member \
-         commits a self-update (compaction: without it the creator's path secrets to every member plus \
-         the Welcome's tree outgrow one frame near 1,000 members). Create time = first commit built -> every member at the \
+         does not fit (add-only commits carry no update path, as in dak-client). Create time = first commit built -> every member at the \
          final epoch; it includes every member processing its Welcome and every later commit from its \
          mailbox. FAN-OUT: with all members online, member 1 sends {m} messages ({size}-byte texts), \
          each once the previous one reached everyone and at least {interval:?} after the previous; \
@@ -1087,7 +568,6 @@ async fn create(
     let n = g.members();
     let started = Instant::now();
     let mut batches: Vec<Batch> = Vec::new();
-    let mut updates: Vec<CommitOut> = Vec::new();
     let mut batch = p.batch.max(1);
     let mut next = 1;
     while next < n {
@@ -1143,49 +623,15 @@ async fn create(
             *kp = None;
         }
         next += size;
-        if next == n {
-            break; // compaction helps only the creator's next commit
-        }
-        // Compaction: the creator sits on leaf 0, so its copath is the
-        // subtrees of leaves [1], [2, 3], [4, 8), … [2^k, 2^(k+1)). Each one
-        // that gained members in this batch and holds two or more gets a
-        // self-update from its first member, whose path gives the subtree's
-        // root fresh keys with no unmerged leaves: the creator's next commit
-        // then encrypts to that one node instead of to each leaf below it.
-        let leaves = g.leaves(0).await?;
-        let added = next - size..next;
-        let mut updaters: Vec<(u32, usize)> = Vec::new();
-        for k in 1..u32::BITS - 1 {
-            let subtree = (1u32 << k)..(1u32 << (k + 1));
-            let inside: Vec<(u32, usize)> = leaves
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| l.map(|l| (l.u32(), i)))
-                .filter(|(l, _)| subtree.contains(l))
-                .collect();
-            if inside.len() >= 2 && inside.iter().any(|(_, i)| added.contains(i)) {
-                updaters.extend(inside.iter().min().copied());
-            }
-        }
-        for (leaf, i) in updaters {
-            g.shared.own_thread[i].store(true, Relaxed);
-            let out = g.commit(i, Change::default(), true, progress).await?;
-            progress(format!(
-                "compaction: member {i} (leaf {leaf}) updated: commit {} B",
-                out.commit_bytes
-            ));
-            updates.push(out);
-        }
     }
     let commits_sent = g.epoch;
     g.everyone("create: members joining and catching up", progress)
         .await?;
     let create_time = started.elapsed();
     progress(format!(
-        "group of {n} created in {:.1} s ({} batches, {} compaction updates)",
+        "group of {n} created in {:.1} s ({} commits)",
         create_time.as_secs_f64(),
         batches.len(),
-        updates.len()
     ));
 
     r.add(
@@ -1193,13 +639,7 @@ async fn create(
         create_time.as_secs_f64(),
         "s",
     );
-    r.add(
-        "create: commits (batches + compaction updates)",
-        commits_sent as f64,
-        "",
-    );
-    r.add("create: batches", batches.len() as f64, "");
-    r.add("create: compaction updates", updates.len() as f64, "");
+    r.add("create: commits", commits_sent as f64, "");
     for (k, b) in batches.iter().enumerate() {
         let k = k + 1;
         r.add(format!("batch {k}: devices added"), b.added as f64, "");
@@ -1239,20 +679,8 @@ async fn create(
             );
         }
     }
-    let build: Duration = batches.iter().map(|b| b.out.build).sum::<Duration>()
-        + updates.iter().map(|u| u.build).sum::<Duration>();
-    r.add(
-        "create: creator and updaters building commits, total",
-        ms(build),
-        "ms",
-    );
-    if let Some(max) = updates.iter().map(|u| u.commit_bytes).max() {
-        r.add(
-            "create: compaction update commit bytes, largest",
-            max as f64,
-            "B",
-        );
-    }
+    let build: Duration = batches.iter().map(|b| b.out.build).sum();
+    r.add("create: creator building commits, total", ms(build), "ms");
     let samples = lock(&g.shared.samples);
     let welcomes: Vec<Duration> = samples.welcomes.clone();
     let commits: Vec<Duration> = samples

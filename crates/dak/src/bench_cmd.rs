@@ -43,9 +43,9 @@ pub struct BenchArgs {
     /// again (group).
     #[arg(long, default_value_t = 4)]
     updates: usize,
-    /// Most devices added by one commit while creating the group; halved while the commit and
-    /// its Welcome do not fit in one frame (group).
-    #[arg(long, default_value_t = 256)]
+    /// Most devices added by one commit while creating the group (dak-client adds 128); halved
+    /// while the commit and its Welcome do not fit in one frame (group).
+    #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Fan-out messages each member decrypts after the fan-out, from the first; each decrypt is
     /// timed alone (group).

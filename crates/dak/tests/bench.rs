@@ -12,9 +12,9 @@ fn figure(report: &serde_json::Value, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no figure {name:?} in {report}"))
 }
 
-/// A group of 8: created in batches of 2 (so later commits reach earlier
-/// members), 3 messages to 7 recipients, decrypted; a removal sent and the
-/// Sender Keys comparison computed from the same sizes.
+/// A group of 8: created in commits of 2 devices (so later commits reach
+/// earlier members), 3 messages to 7 recipients, decrypted; a removal sent,
+/// one update, and the Sender Keys comparison computed from the same sizes.
 #[test]
 fn bench_group_small() {
     let out = Command::new(env!("CARGO_BIN_EXE_dak"))
@@ -47,15 +47,14 @@ fn bench_group_small() {
 
     assert_eq!(figure(&report, "members (accounts, one device each)"), 8.0);
     assert_eq!(
-        figure(&report, "create: batches"),
+        figure(&report, "create: commits"),
         4.0,
         "7 devices in batches of 2"
     );
-    // Compaction: the members on leaves 2 and 4 update.
-    assert_eq!(figure(&report, "create: compaction updates"), 2.0);
+    // Members 1-2 process commits 2-4, members 3-4 commits 3-4, 5-6 commit 4.
     assert_eq!(
-        figure(&report, "create: commits (batches + compaction updates)"),
-        6.0
+        figure(&report, "create: commit processing per member, count"),
+        12.0
     );
     assert_eq!(
         figure(&report, "create: Welcome processing per member, count"),
