@@ -120,10 +120,10 @@ async fn forwards_are_labelled_and_limited() {
     let two = vec![carol.phone.clone(), alice.phone.clone()];
     let refused = b.forward(&got[1].id, &two, limits).await;
     assert!(refused.is_err_and(|e| e.to_string().contains("forwarded many times")));
-    b.forward(&got[1].id, &[carol.phone.clone()], limits)
+    b.forward(&got[1].id, std::slice::from_ref(&carol.phone), limits)
         .await
         .unwrap();
-    b.forward(&got[0].id, &[carol.phone.clone()], limits)
+    b.forward(&got[0].id, std::slice::from_ref(&carol.phone), limits)
         .await
         .unwrap();
     // The limits are the user's to configure.

@@ -217,7 +217,7 @@ async fn only_admins_add_remove_and_change_settings_when_the_group_says_so() {
     let (mut a, key) = family(&server, &alice, &[&bob, &carol], true).await;
 
     let mut b = bob.connect().await;
-    let refused = b.add_members(&key, &[dave.phone.clone()]).await;
+    let refused = b.add_members(&key, std::slice::from_ref(&dave.phone)).await;
     assert!(
         refused
             .as_ref()
@@ -244,7 +244,9 @@ async fn only_admins_add_remove_and_change_settings_when_the_group_says_so() {
     let mut b = bob.connect().await;
     b.sync(|_| {}).await.unwrap();
     assert!(b.group_info(&key).unwrap().you_are_admin);
-    b.add_members(&key, &[dave.phone.clone()]).await.unwrap();
+    b.add_members(&key, std::slice::from_ref(&dave.phone))
+        .await
+        .unwrap();
     b.update_group(&key, rename).await.unwrap();
     b.close().await;
 
@@ -276,7 +278,7 @@ async fn only_admins_add_remove_and_change_settings_when_the_group_says_so() {
 async fn a_member_who_leaves_is_removed_and_reads_nothing_more() {
     let server = TestServer::start();
     let (alice, bob, carol) = registered_trio(&server).await;
-    let (mut a, key) = family(&server, &alice, &[&bob, &carol], false).await;
+    let (a, key) = family(&server, &alice, &[&bob, &carol], false).await;
     a.close().await;
 
     let mut b = bob.connect().await;
@@ -391,7 +393,7 @@ async fn the_server_refuses_a_group_past_its_member_limit() {
         "a group the server refused is not listed"
     );
     // Within the limit it works.
-    a.create_group("Pair", &[bob.phone.clone()], false)
+    a.create_group("Pair", std::slice::from_ref(&bob.phone), false)
         .await
         .unwrap();
 }
@@ -405,7 +407,9 @@ async fn a_removed_member_can_be_added_back_and_reads_again() {
     a.send_text(&key, "while carol was out").await.unwrap();
     assert!(changes(&sync_events(&carol).await).contains(&GroupChange::RemovedMe));
 
-    a.add_members(&key, &[carol.phone.clone()]).await.unwrap();
+    a.add_members(&key, std::slice::from_ref(&carol.phone))
+        .await
+        .unwrap();
     a.send_text(&key, "welcome back").await.unwrap();
     a.close().await;
     let events = sync_events(&carol).await;
@@ -427,7 +431,7 @@ async fn a_removed_member_can_be_added_back_and_reads_again() {
 async fn a_members_new_device_learns_the_title_and_a_too_big_avatar_is_refused_whole() {
     let server = TestServer::start();
     let (alice, bob) = registered_pair(&server).await;
-    let (mut a, key) = family(&server, &alice, &[&bob], false).await;
+    let (a, key) = family(&server, &alice, &[&bob], false).await;
     a.close().await;
 
     let laptop = Person::new(&bob.phone);
