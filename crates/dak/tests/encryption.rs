@@ -10,15 +10,6 @@ use dak_proto::v1;
 
 const MARKER: &str = "MARKER-7f3a";
 
-/// Connects `who` afresh, receives everything waiting, and returns the events.
-async fn sync_events(who: &Person) -> Vec<Event> {
-    let mut client = who.connect().await;
-    let mut events = Vec::new();
-    client.sync(|e| events.push(e.clone())).await.unwrap();
-    client.close().await;
-    events
-}
-
 fn texts(events: &[Event]) -> Vec<String> {
     events
         .iter()

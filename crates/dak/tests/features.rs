@@ -9,15 +9,6 @@ mod common;
 use common::*;
 use dak_client::{Event, ForwardLimits, MessageView, TextOptions};
 
-/// Connects `who` afresh, receives everything waiting, and returns the events.
-async fn sync_events(who: &Person) -> Vec<Event> {
-    let mut client = who.connect().await;
-    let mut events = Vec::new();
-    client.sync(|e| events.push(e.clone())).await.unwrap();
-    client.close().await;
-    events
-}
-
 fn messages(events: &[Event]) -> Vec<MessageView> {
     events
         .iter()

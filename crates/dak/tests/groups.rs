@@ -14,16 +14,6 @@ fn dave() -> Person {
     Person::new("+919800000004")
 }
 
-/// Connects `who` afresh, receives everything waiting (and lets the
-/// follow-up work run), and returns the events.
-async fn sync_events(who: &Person) -> Vec<Event> {
-    let mut client = who.connect().await;
-    let mut events = Vec::new();
-    client.sync(|e| events.push(e.clone())).await.unwrap();
-    client.close().await;
-    events
-}
-
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

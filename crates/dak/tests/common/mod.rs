@@ -219,19 +219,25 @@ impl Person {
 
     /// Syncs and returns the texts of new messages.
     pub async fn sync_texts(&self) -> Vec<String> {
-        let mut client = self.connect().await;
-        let mut texts = Vec::new();
-        client
-            .sync(|e| {
-                if let dak_client::Event::Message(m) = e {
-                    texts.push(m.text.clone());
-                }
-            })
+        sync_events(self)
             .await
-            .expect("sync");
-        client.close().await;
-        texts
+            .into_iter()
+            .filter_map(|e| match e {
+                dak_client::Event::Message(m) => Some(m.text),
+                _ => None,
+            })
+            .collect()
     }
+}
+
+/// Connects `who` afresh, receives everything waiting (and lets the
+/// follow-up work run), and returns the events.
+pub async fn sync_events(who: &Person) -> Vec<dak_client::Event> {
+    let mut client = who.connect().await;
+    let mut events = Vec::new();
+    client.sync(|e| events.push(e.clone())).await.expect("sync");
+    client.close().await;
+    events
 }
 
 pub fn alice() -> Person {
