@@ -308,6 +308,11 @@ pub(crate) fn on_join_request(
     ))
 }
 
+/// A change that lost the epoch race `CHANGE_RETRIES` times: retryable.
+fn kept_changing() -> ClientError {
+    ClientError::Timeout("the group kept changing; try again".into())
+}
+
 fn usage(msg: impl Into<String>) -> ClientError {
     ClientError::Usage(msg.into())
 }
@@ -423,9 +428,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Timeout(
-            "the group kept changing; try again".into(),
-        ))
+        Err(kept_changing())
     }
 
     /// Removes a member (all their devices). Admins only.
@@ -463,9 +466,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Timeout(
-            "the group kept changing; try again".into(),
-        ))
+        Err(kept_changing())
     }
 
     /// Leaves a group: the members' devices remove ours with their next
@@ -680,9 +681,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Timeout(
-            "the group kept changing; try again".into(),
-        ))
+        Err(kept_changing())
     }
 
     /// The group id of a named group this device is in.

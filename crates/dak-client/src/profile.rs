@@ -827,6 +827,12 @@ impl Profile {
         if let Ok(phone) = dak_proto::normalize_phone(arg) {
             return Ok(phone);
         }
+        // A full key needs no search: every send to a group comes this way.
+        if let Some(group) = parse_group_key(arg)
+            && self.conversation_active(&group)? == Some(true)
+        {
+            return Ok(group_key(&group));
+        }
         let hex_arg = arg.strip_prefix("group:").unwrap_or(arg).to_lowercase();
         let mut found = Vec::new();
         for (group, key) in self.named_groups()? {
