@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use dak_client::Connection;
-use dak_client::mls::{self, Incoming, Mls};
+use dak_client::mls::{Incoming, Mls};
 use dak_proto::mls::MlsKind;
 use dak_proto::v1::{self, client_frame::Request, server_frame::Body};
 use prost::Message;
@@ -38,20 +38,24 @@ const SETUP_WAIT: Duration = Duration::from_secs(30);
 /// A device with its MLS state.
 pub struct MlsDevice {
     pub device: Device,
-    db: rusqlite::Connection,
+    profile: dak_client::Profile,
 }
 
 impl MlsDevice {
     pub fn new(device: Device) -> Result<Self> {
-        let mut db = rusqlite::Connection::open_in_memory()?;
-        mls::migrate(&mut db).map_err(anyhow::Error::msg)?;
-        Ok(MlsDevice { device, db })
+        // The bench's own members keep their state in memory: what is
+        // measured is the server, not their storage.
+        let profile = dak_client::Profile::new(
+            Box::new(dak_core::memory::MemoryStore::new()),
+            Box::new(dak_client::SystemEnvironment),
+        );
+        Ok(MlsDevice { device, profile })
     }
 
     /// The device's MLS engine over its own database.
     pub fn engine(&self) -> Mls<'_> {
         Mls::new(
-            &self.db,
+            &self.profile,
             &self.device.key,
             &self.device.phone,
             self.device.id,
@@ -60,7 +64,7 @@ impl MlsDevice {
 
     /// Uploads a last-resort KeyPackage (which makes the device addable)
     /// and a few one-time ones. (`&mut self` here and below only so that
-    /// these futures are `Send`: the SQLite connection is not `Sync`.)
+    /// these futures are `Send`.)
     pub async fn upload_keys(&mut self, conn: &mut Connection) -> Result<()> {
         let (key_packages, last_resort) = {
             let m = self.engine();

@@ -1,33 +1,40 @@
 //! What MLS costs a Dak device: `cargo bench -p dak-client --bench mls`.
 //!
-//! 1. Criterion timings, in a 2-member group, of encrypting a ~100-byte
-//!    `Content` (one member) and processing it (the other): together, and
-//!    each alone.
+//! 1. Criterion timings of one ~100-byte `Content`: one member encrypting
+//!    it and another processing it, together and each alone, in a 2-member
+//!    group and in a group of 1,024 devices; next to the floor, one Ed25519
+//!    signature plus its verification (an MLS application message is
+//!    signed by its sender and verified by each recipient, so encrypt +
+//!    decrypt can cost no less). After the criterion runs, a summary table
+//!    puts every median next to the floor.
 //! 2. Sizes, printed once as a table: in groups of 2, 32, 256 and 1024
 //!    devices, the bytes of a commit adding one device and of its Welcome,
 //!    and of a commit removing one device, next to what Signal-style Sender
 //!    Keys would send for the removal.
 //!
 //! Every simulated device is a `dak_client::mls::Mls` engine, as the client
-//! runs it, over its own in-memory SQLite database (the client's profile is
+//! runs it, over its own in-memory `SqliteProfile` (the client's profile is
 //! a file, so its writes cost more than here) with its own Ed25519 identity,
 //! phone "+91980000XXXX" and device id. To build a big group only the
-//! creator and one other member (the observer, which checks each measured
-//! commit by processing it) keep state; the rest only make a KeyPackage.
+//! creator and one other member (the observer, which processes what the
+//! creator sends) keep state; the rest only make a KeyPackage.
 //!
-//! `DAK_MLS_SIZES=2,32` picks the group sizes (`none` skips the table);
-//! under `--test` (one run of each timing) only 2 and 32 are built.
+//! `DAK_MLS_BIG=256` sets the big group's size for the timings (`none`
+//! skips it); `DAK_MLS_SIZES=2,32` picks the group sizes of the table
+//! (`none` skips it). Under `--test` (one run of each timing) the big group
+//! has 8 devices and the table only 2 and 32, so it runs in seconds.
 
+use std::cell::RefCell;
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use dak_client::mls::{self, Incoming, Mls};
 use dak_proto::v1;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use openmls::prelude::KeyPackage;
 use prost::Message;
-use rusqlite::Connection;
 
 /// KeyPackages per commit while building a group.
 const BUILD_BATCH: usize = 256;
@@ -41,7 +48,7 @@ const BUILD_BATCH: usize = 256;
 const SENDER_KEY_MESSAGE_BYTES: usize = 150;
 
 struct Device {
-    db: Connection,
+    profile: dak_client::Profile,
     key: SigningKey,
     phone: String,
     id: u64,
@@ -49,10 +56,14 @@ struct Device {
 
 impl Device {
     fn new(id: u64) -> Device {
-        let mut db = Connection::open_in_memory().expect("sqlite");
-        mls::migrate(&mut db).expect("migrate");
+        // The native backend, in memory as before: SQLite's code paths
+        // without the disk's.
+        let store = dak_client::SqliteProfile::open_in_memory().expect("sqlite");
         Device {
-            db,
+            profile: dak_client::Profile::new(
+                Box::new(store),
+                Box::new(dak_client::SystemEnvironment),
+            ),
             key: SigningKey::generate(&mut rand::rngs::OsRng),
             phone: format!("+91980000{:04}", id % 10_000),
             id,
@@ -60,7 +71,7 @@ impl Device {
     }
 
     fn mls(&self) -> Mls<'_> {
-        Mls::new(&self.db, &self.key, &self.phone, self.id)
+        Mls::new(&self.profile, &self.key, &self.phone, self.id)
     }
 
     /// One of this device's one-time KeyPackages, as `by` reads it from
@@ -157,50 +168,238 @@ fn pair(ids: &mut Ids) -> (Device, Device, Vec<u8>) {
     build_group(2, ids, false)
 }
 
-fn timings(c: &mut Criterion) {
-    let mut ids = Ids(0);
-    let content = content();
-    let mut g = c.benchmark_group(format!("mls 2-member group, {} B Content", content.len()));
-    g.throughput(Throughput::Elements(1));
+/// Criterion's samples of every timing; the summary's medians come from
+/// them (criterion's own median estimate is the median of the same
+/// per-iteration times).
+const SAMPLES: usize = 100;
 
-    // Each measurement has its own group: encrypting alone runs the
-    // sender's ratchet far ahead of what the receiver could then follow.
-    let (alice, bob, group) = pair(&mut ids);
-    let (a, b) = (alice.mls(), bob.mls());
-    g.bench_function("encrypt+decrypt", |it| {
-        it.iter(|| {
-            let ct = a.encrypt(&group, black_box(&content)).expect("encrypt");
+/// Bytes signed for the floor: about what MLS signs for a 100-byte
+/// `Content` (its FramedContentTBS: the content, its framing and the group
+/// context with two 32-byte hashes, ~230 B).
+const FLOOR_INPUT: usize = 256;
+
+/// One benchmark's per-iteration times (seconds), one per criterion call;
+/// the last `SAMPLES` are the measurement, those before the warm-up.
+#[derive(Default)]
+struct Samples(RefCell<Vec<f64>>);
+
+impl Samples {
+    fn median(&self) -> Option<f64> {
+        let all = self.0.borrow();
+        let mut v = all[all.len().saturating_sub(SAMPLES)..].to_vec();
+        if v.is_empty() {
+            return None; // filtered out
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        Some(if v.len() % 2 == 0 {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        })
+    }
+}
+
+/// Criterion's benchmark `name` of `one`, which runs one iteration and
+/// returns the time to count (setup excluded), recording what criterion
+/// gets in `into`.
+fn bench(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    into: &Samples,
+    mut one: impl FnMut() -> Duration,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let total: Duration = (0..iters).map(|_| one()).sum();
+            into.0.borrow_mut().push(total.as_secs_f64() / iters as f64);
+            total
+        })
+    });
+}
+
+fn time(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
+/// The summary's rows: what, its samples.
+#[derive(Default)]
+struct Timings {
+    floor: Samples,
+    floor_decoded: Samples,
+    small: [Samples; 3],
+    big_n: usize,
+    big: [Samples; 3],
+}
+
+/// Encrypt+decrypt, encrypt alone and decrypt alone, in the groups
+/// `(sender, receiver, group)` of `groups`; the first pair is used for
+/// encrypt+decrypt then decrypt, the second for encrypt alone.
+fn message_timings(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    content: &[u8],
+    both: (&Device, &Device, &[u8]),
+    alone: (&Device, &[u8]),
+    into: &[Samples; 3],
+) {
+    let (a, b, group) = (both.0.mls(), both.1.mls(), both.2);
+    bench(g, "encrypt+decrypt", &into[0], || {
+        time(|| {
+            let ct = a.encrypt(group, black_box(content)).expect("encrypt");
             match b.process(&ct).expect("decrypt") {
-                Incoming::Application { plaintext, .. } => plaintext,
+                Incoming::Application { plaintext, .. } => {
+                    black_box(plaintext);
+                }
                 other => panic!("{other:?}"),
             }
         })
     });
-
-    let (alice, _bob, group) = pair(&mut ids);
-    let a = alice.mls();
-    g.bench_function("encrypt", |it| {
-        it.iter(|| a.encrypt(&group, black_box(&content)).expect("encrypt"))
+    bench(g, "decrypt", &into[2], || {
+        let ct = a.encrypt(group, content).expect("encrypt");
+        time(|| {
+            black_box(b.process(black_box(&ct)).expect("decrypt"));
+        })
     });
-
-    let (alice, bob, group) = pair(&mut ids);
-    let (a, b) = (alice.mls(), bob.mls());
-    g.bench_function("decrypt", |it| {
-        it.iter_batched(
-            || a.encrypt(&group, &content).expect("encrypt"),
-            |ct| b.process(&ct).expect("decrypt"),
-            BatchSize::SmallInput,
-        )
+    // Last, or on a group of its own: encrypting alone runs the sender's
+    // ratchet far ahead of what a receiver could then follow.
+    let (a, group) = (alone.0.mls(), alone.1);
+    bench(g, "encrypt", &into[1], || {
+        time(|| {
+            black_box(a.encrypt(group, black_box(content)).expect("encrypt"));
+        })
     });
+}
+
+fn timings(c: &mut Criterion, big_n: Option<usize>) -> Timings {
+    let mut ids = Ids(0);
+    let content = content();
+    let mut t = Timings::default();
+
+    // The floor: one signature and its verification, as the device's
+    // identity key (ed25519-dalek) makes and checks them, keys ready.
+    let mut g = c.benchmark_group(format!("mls floor, {FLOOR_INPUT} B"));
+    g.sample_size(SAMPLES).throughput(Throughput::Elements(1));
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let public = key.verifying_key();
+    let input = [0x5a_u8; FLOOR_INPUT];
+    bench(&mut g, "ed25519 sign+verify", &t.floor, || {
+        time(|| {
+            let sig = key.sign(black_box(&input));
+            public
+                .verify_strict(black_box(&input), &sig)
+                .expect("verify");
+        })
+    });
+    // The same with both keys decoded from bytes first, as openmls's
+    // signer (openmls_basic_credential) and verifier (openmls_rust_crypto)
+    // do on every call: deriving the public key from the secret costs a
+    // scalar multiplication, decoding the public key a point decompression.
+    let (secret, public_bytes) = (key.to_bytes(), public.to_bytes());
+    bench(
+        &mut g,
+        "ed25519 sign+verify, keys decoded each time",
+        &t.floor_decoded,
+        || {
+            time(|| {
+                let key = SigningKey::try_from(black_box(&secret[..])).expect("key");
+                let sig = key.sign(black_box(&input));
+                VerifyingKey::try_from(black_box(&public_bytes[..]))
+                    .expect("public key")
+                    .verify_strict(black_box(&input), &sig)
+                    .expect("verify");
+            })
+        },
+    );
     g.finish();
 
-    let ct = a.encrypt(&group, &content).expect("encrypt");
+    let mut g = c.benchmark_group(format!("mls 2-member group, {} B Content", content.len()));
+    g.sample_size(SAMPLES).throughput(Throughput::Elements(1));
+    // encrypt+decrypt and decrypt share a group, encrypt has its own.
+    let (alice, bob, group) = pair(&mut ids);
+    let (carol, _dave, group2) = pair(&mut ids);
+    message_timings(
+        &mut g,
+        &content,
+        (&alice, &bob, &group),
+        (&carol, &group2),
+        &t.small,
+    );
+    g.finish();
+
+    let ct = alice.mls().encrypt(&group, &content).expect("encrypt");
     println!(
         "\nMLS application message: {} B Content -> {} B PrivateMessage on the wire (+{} B)\n",
         content.len(),
         ct.len(),
         ct.len() - content.len()
     );
+
+    if let Some(n) = big_n {
+        // Built once (the creator adds everyone, as for the size table);
+        // every timing runs in it, encrypt alone last.
+        eprintln!("building a group of {n} devices for the timings");
+        let (creator, observer, group) = build_group(n, &mut ids, true);
+        let mut g = c.benchmark_group(format!("mls {n}-member group, {} B Content", content.len()));
+        g.sample_size(SAMPLES).throughput(Throughput::Elements(1));
+        message_timings(
+            &mut g,
+            &content,
+            (&creator, &observer, &group),
+            (&creator, &group),
+            &t.big,
+        );
+        g.finish();
+        t.big_n = n;
+    }
+    t
+}
+
+fn print_summary(t: &Timings, test_mode: bool) {
+    let floor = t.floor.median();
+    println!(
+        "\nMLS per message against the floor (one Ed25519 signature + its verification, {FLOOR_INPUT} B):\n\
+         medians of criterion's samples{}; targets: encrypt+decrypt <= 2x floor at 2 members, <= 3x at 1,024.\n",
+        if test_mode {
+            " (--test: one run each, not a measurement)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<46} | {:>10} | {:>8} | {:>6}",
+        "what", "median µs", "x floor", "target"
+    );
+    let mut row = |what: String, s: &Samples, target: &str| {
+        let Some(m) = s.median() else { return };
+        let x = floor.map_or("-".to_string(), |f| format!("{:.2}", m / f));
+        println!("{what:<46} | {:>10.1} | {x:>8} | {target:>6}", m * 1e6);
+    };
+    row("floor: ed25519 sign+verify".into(), &t.floor, "");
+    row(
+        "  the same, keys decoded each time (as openmls)".into(),
+        &t.floor_decoded,
+        "",
+    );
+    let names = ["encrypt+decrypt", "encrypt", "decrypt"];
+    for (i, name) in names.iter().enumerate() {
+        row(
+            format!("2 members: {name}"),
+            &t.small[i],
+            if i == 0 { "2x" } else { "" },
+        );
+    }
+    if t.big_n > 0 {
+        for (i, name) in names.iter().enumerate() {
+            row(
+                format!("{} members: {name}", t.big_n),
+                &t.big[i],
+                if i == 0 { "3x" } else { "" },
+            );
+        }
+    }
+    println!();
 }
 
 struct Row {
@@ -383,8 +582,19 @@ fn sizes(test_mode: bool) {
 
 fn main() {
     let test_mode = std::env::args().any(|a| a == "--test");
+    let big_n = match std::env::var("DAK_MLS_BIG") {
+        Ok(s) if s.trim() == "none" => None,
+        Ok(s) => Some(
+            s.trim()
+                .parse()
+                .expect("DAK_MLS_BIG: a group size, e.g. 256"),
+        ),
+        Err(_) if test_mode => Some(8),
+        Err(_) => Some(1024),
+    };
     let mut c = Criterion::default().configure_from_args();
-    timings(&mut c);
+    let t = timings(&mut c, big_n);
     c.final_summary();
+    print_summary(&t, test_mode);
     sizes(test_mode);
 }

@@ -6,9 +6,9 @@
 use dak_proto::v1::{self, content::Kind};
 
 use crate::client::{Client, SendOutcome, TextOptions, format_id, now_ms};
-use crate::error::ClientError;
 use crate::incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
-use crate::profile::{MessageView, parse_group_key};
+use dak_core::ClientError;
+use dak_core::{MessageView, parse_group_key};
 
 /// Recipients of one broadcast list (WhatsApp's limit).
 pub const MAX_BROADCAST_RECIPIENTS: usize = 256;

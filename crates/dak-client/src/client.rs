@@ -14,14 +14,14 @@ use prost::Message;
 use serde::Serialize;
 
 use crate::connection::{Connection, unexpected};
-use crate::error::ClientError;
 use crate::groups::{FollowUp, GroupChange};
 use crate::incoming::{self, Delivered};
-use crate::mls::{Incoming, MemberDevice};
-use crate::profile::{
+use crate::transport::{CertTrust, WsTransport};
+use dak_core::ClientError;
+use dak_core::mls::{Incoming, MemberDevice};
+use dak_core::{
     MessageView, Profile, Quote, RecipientState, Registration, parse_group_key, ser_id,
 };
-use crate::transport::{CertTrust, WsTransport};
 
 /// The ticks, in the order they become true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -143,22 +143,7 @@ pub struct SendOutcome {
     pub recipient_devices: usize,
 }
 
-/// Message ids are shown as UUIDs (they are UUIDv7: time-ordered).
-pub fn format_id(id: &[u8]) -> String {
-    uuid::Uuid::from_slice(id)
-        .map(|u| u.to_string())
-        .unwrap_or_else(|_| hex::encode(id))
-}
-
-pub fn parse_id(s: &str) -> Result<Vec<u8>, ClientError> {
-    uuid::Uuid::parse_str(s.trim())
-        .map(|u| u.as_bytes().to_vec())
-        .map_err(|_| {
-            ClientError::Usage(format!(
-                "{s:?} is not a message id (a UUID, as `dak send` prints)"
-            ))
-        })
-}
+pub use dak_core::{format_id, parse_id};
 
 fn new_id() -> Vec<u8> {
     uuid::Uuid::now_v7().as_bytes().to_vec()
@@ -197,7 +182,7 @@ async fn open_any(
 ) -> Result<(Connection, Option<String>), ClientError> {
     let mut last =
         ClientError::Usage("give a server address, like wss://chat.example.org:7443".into());
-    for server in crate::profile::split_servers(servers) {
+    for server in dak_core::split_servers(servers) {
         match open(&server, trust.clone()).await {
             Ok(c) => return Ok(c),
             Err(e) if e.is_retryable() => last = e,
@@ -558,7 +543,7 @@ impl Client {
         let content = v1::Content {
             kind: Some(Kind::GroupState(state)),
         };
-        self.send_content(&crate::profile::group_key(group), content)
+        self.send_content(&dak_core::group_key(group), content)
             .await
             .map(|_| ())
     }
@@ -970,7 +955,7 @@ impl Client {
             let added = !adds.is_empty();
             match self.commit(group, adds, removes).await {
                 Ok(()) => {
-                    if added && crate::mls::is_named_group(group) {
+                    if added && dak_core::mls::is_named_group(group) {
                         // The new devices learn the title and admins from this.
                         self.reshare.push(group.to_vec());
                     }
@@ -1138,7 +1123,7 @@ impl Client {
         let group = self.group_with(&peer).await?;
         self.reconcile(&group).await?;
         let members = self.profile.mls(|m| m.members(&group))?;
-        Ok(crate::mls::safety_number(&members))
+        Ok(dak_core::mls::safety_number(&members))
     }
 
     /// Sends a reaction to a message in the conversation `to` (a number or a group).
@@ -1302,7 +1287,7 @@ impl Client {
     }
 }
 
-use crate::profile::OutboxEntry as Outgoing;
+use dak_core::OutboxEntry as Outgoing;
 
 fn queue_receipts(
     p: &Profile,

@@ -10,8 +10,8 @@ use dak_proto::{AuthPurpose, auth_payload};
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
 
-use crate::error::ClientError;
 use crate::transport::Transport;
+use dak_core::ClientError;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -18,9 +18,9 @@ use dak_proto::v1::{self, ErrorCode, content::Kind};
 use serde::Serialize;
 
 use crate::client::{Client, Event, SendOutcome, now_ms};
-use crate::error::ClientError;
-use crate::mls::MemberDevice;
-use crate::profile::{Profile, group_key, parse_group_key};
+use dak_core::ClientError;
+use dak_core::mls::MemberDevice;
+use dak_core::{Profile, group_key, parse_group_key};
 
 /// Member accounts a group may have (each with its linked devices).
 pub const MAX_GROUP_MEMBERS: usize = 1024;
@@ -948,5 +948,74 @@ mod tests {
     fn secrets_compare_whole() {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
+
+    /// A device over the in-memory store, for building big groups fast.
+    struct Device {
+        profile: Profile,
+        key: ed25519_dalek::SigningKey,
+        phone: String,
+        id: u64,
+    }
+
+    impl Device {
+        fn new(phone: &str, id: u64) -> Device {
+            Device {
+                profile: Profile::new(
+                    Box::new(dak_core::memory::MemoryStore::new()),
+                    Box::new(crate::SystemEnvironment),
+                ),
+                key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
+                phone: phone.into(),
+                id,
+            }
+        }
+
+        fn mls(&self) -> dak_core::mls::Mls<'_> {
+            dak_core::mls::Mls::new(&self.profile, &self.key, &self.phone, self.id)
+        }
+
+        fn key_package_for(&self, other: &Device) -> openmls::prelude::KeyPackage {
+            let bytes = self.mls().key_packages(1).unwrap().remove(0);
+            other
+                .mls()
+                .fetched_key_package(
+                    &bytes,
+                    &self.phone,
+                    self.id,
+                    self.key.verifying_key().as_bytes(),
+                )
+                .unwrap()
+        }
+    }
+
+    /// A 1,024-member group built as `Client::create_group` does, 128
+    /// devices per add-only commit: every commit and Welcome fits a frame.
+    /// (With an update path, the fresh tree's commits grow by ~82 bytes per
+    /// member and stop fitting near a thousand.)
+    #[test]
+    fn a_group_of_1024_is_built_in_commits_that_fit_a_frame() {
+        let creator = Device::new("+919800000000", 1);
+        let group = creator.mls().create_named_group().unwrap();
+        let others: Vec<Device> = (2..=1024u64)
+            .map(|i| Device::new(&format!("+91980{i:07}"), i))
+            .collect();
+        let mut largest = 0;
+        for batch in others.chunks(ADD_BATCH) {
+            let adds = batch.iter().map(|d| d.key_package_for(&creator)).collect();
+            let out = creator.mls().commit(&group, adds, vec![]).unwrap();
+            creator.mls().merge_pending(&group).unwrap();
+            let size = out.commit.len() + out.welcome.as_ref().map_or(0, Vec::len);
+            largest = largest.max(size);
+            assert!(
+                size + crate::client::COMMIT_FRAME_OVERHEAD <= dak_proto::MAX_FRAME_BYTES,
+                "a commit and Welcome of {size} bytes do not fit a frame"
+            );
+        }
+        assert_eq!(creator.mls().members(&group).unwrap().len(), 1024);
+        assert!(
+            largest > 100_000,
+            "the last Welcome carries the whole tree: {largest}"
+        );
     }
 }

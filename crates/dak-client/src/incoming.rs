@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use dak_proto::v1::{self, content::Kind};
 
 use crate::client::Event;
-use crate::error::ClientError;
 use crate::groups::{self, FollowUp, GroupChange};
-use crate::mls::{MemberDevice, is_named_group};
-use crate::profile::{MessageView, Profile, Quote, group_key};
+use dak_core::ClientError;
+use dak_core::mls::{MemberDevice, is_named_group};
+use dak_core::{MessageView, Profile, Quote, group_key};
 
 /// How long after sending the author may edit a message (WhatsApp's 15 minutes).
 pub const EDIT_WINDOW_MS: i64 = 15 * 60 * 1000;

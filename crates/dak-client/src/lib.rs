@@ -18,12 +18,15 @@
 mod actions;
 mod client;
 mod connection;
-mod error;
+mod env;
 pub mod groups;
 mod incoming;
-pub mod mls;
-pub mod profile;
+pub mod sqlite_profile;
 pub mod transport;
+
+pub use dak_core::{mls, profile};
+pub use env::SystemEnvironment;
+pub use sqlite_profile::{SqliteProfile, open_profile};
 
 pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
 pub use client::{
@@ -33,9 +36,7 @@ pub use client::{
 pub use groups::{GroupChange, GroupEdit, GroupInfo, GroupMember};
 pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
 
-/// From this many forwards a message is "Forwarded many times" and may go
-/// to only one chat at a time (see `ForwardLimits`).
-pub const FREQUENTLY_FORWARDED: u32 = 5;
 pub use connection::Connection;
-pub use error::ClientError;
-pub use profile::{MessageView, Profile, Quote, group_key};
+pub use dak_core::{
+    ClientError, FREQUENTLY_FORWARDED, MessageView, Profile, Quote, RecipientState, group_key,
+};

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::error::ClientError;
+use dak_core::ClientError;
 
 /// Where `DAK_WIRE_TRACE` (or `trace_frames_to`) has every frame the server
 /// sends appended, each as a 4-byte big-endian length and the frame: for

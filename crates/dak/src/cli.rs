@@ -258,7 +258,7 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 pub(crate) fn open(dir: &std::path::Path) -> Result<Profile> {
-    Profile::open(dir).with_context(|| format!("cannot open profile {}", dir.display()))
+    dak_client::open_profile(dir).with_context(|| format!("cannot open profile {}", dir.display()))
 }
 
 pub(crate) async fn connect(dir: &std::path::Path) -> Result<Client> {
@@ -468,7 +468,7 @@ fn status(dir: &std::path::Path, id: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{} {}", format_id(&id), tick.state.symbol());
-    let mut members: std::collections::BTreeMap<&str, Vec<&dak_client::profile::RecipientState>> =
+    let mut members: std::collections::BTreeMap<&str, Vec<&dak_client::RecipientState>> =
         Default::default();
     for d in &tick.devices {
         members.entry(d.phone.as_str()).or_default().push(d);

@@ -149,7 +149,7 @@ async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
         senders.push(tokio::spawn(async move {
             let patience = std::time::Duration::from_secs(60);
             let mut client = dak_client::Client::connect_patiently(
-                dak_client::Profile::open(&from).unwrap(),
+                dak_client::open_profile(&from).unwrap(),
                 patience,
             )
             .await
@@ -164,7 +164,7 @@ async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
                         // Our node died. The message is in the outbox; reconnecting
                         // to any node flushes it, so it is not sent again by hand.
                         client = dak_client::Client::connect_patiently(
-                            dak_client::Profile::open(&from).unwrap(),
+                            dak_client::open_profile(&from).unwrap(),
                             patience,
                         )
                         .await
@@ -357,7 +357,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
             let mut shown: Vec<String> = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let Ok(mut client) = dak_client::Client::connect_patiently(
-                    dak_client::Profile::open(&dir).unwrap(),
+                    dak_client::open_profile(&dir).unwrap(),
                     patience,
                 )
                 .await
@@ -396,7 +396,7 @@ async fn counting_through_node_nats_and_postgres_restarts() {
             people[2 * pair + 1].phone.clone(),
         );
         senders.push(tokio::spawn(async move {
-            let open = || dak_client::Profile::open(&from).unwrap();
+            let open = || dak_client::open_profile(&from).unwrap();
             let mut client = dak_client::Client::connect_patiently(open(), patience)
                 .await
                 .unwrap();

@@ -174,7 +174,7 @@ async fn a_removed_member_cannot_read_what_is_sent_after() {
         !after.is_empty(),
         "the message sent after the removal is fed"
     );
-    let carol_copy = dak_client::Profile::open(copy.path()).unwrap();
+    let carol_copy = dak_client::open_profile(copy.path()).unwrap();
     for body in &after {
         let r = carol_copy.mls(|m| m.process(body));
         assert!(

@@ -178,7 +178,7 @@ impl Person {
     }
 
     pub fn profile(&self) -> Profile {
-        Profile::open(&self.dir).expect("profile")
+        dak_client::open_profile(&self.dir).expect("profile")
     }
 
     pub async fn register(&self, server: &TestServer) {

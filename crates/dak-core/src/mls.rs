@@ -1,77 +1,111 @@
-//! The device's MLS state machine, sans I/O: KeyPackages, groups (one per
+//! The device's MLS engine, sans I/O: KeyPackages, groups (one per
 //! conversation, 1:1 included, whose members are devices), commits, and
-//! encrypting and decrypting. openmls does the cryptography; its state lives
-//! in the profile's SQLite file (openmls_sqlite_storage), written in the same
+//! encrypting and decrypting. openmls does the cryptography; its state goes
+//! through the profile's `ProfileStore` (`mls_storage`), written in the same
 //! transaction as the messages it yields, so a crash never leaves a message
 //! decrypted but unstored, or stored but with its key still unused.
 //!
 //! The device signs MLS with its identity key, the Ed25519 key the server
 //! bound to its account at registration or linking, and its credential
 //! names it ("<phone>/<device id>"), so the server can check both.
+//!
+//! Decoded groups are kept between messages in the profile's `GroupCache`:
+//! reading a group back from storage (its whole ratchet tree) was most of a
+//! message's cost in a large group. The cache holds only what storage
+//! holds: a group goes back into it only after an operation succeeded, it is
+//! emptied when any bracket rolls back, and when another process wrote the
+//! profile (`ProfileStore::data_version` moved).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dak_proto::mls::{CIPHERSUITE, credential_identity, parse_identity};
 use openmls::prelude::tls_codec::{Deserialize, Serialize};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
-use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
-use rusqlite::Connection;
 use sha2::{Digest, Sha512};
 
 use crate::error::ClientError;
+use crate::mls_storage::MlsStorage;
+use crate::profile::Profile;
 
 /// Past epochs whose keys are kept, for a message that was sent just before
 /// a commit and arrives just after it (the server's ordering makes this rare).
 const MAX_PAST_EPOCHS: usize = 2;
 
-/// openmls_sqlite_storage serialises its values with a codec of our choice.
+/// Groups kept decoded at most; past this the cache starts over. A group of
+/// 1,024 devices is a few MB decoded.
+const CACHED_GROUPS: usize = 16;
+
+/// Decoded MLS groups, by group id, valid for one `data_version` of the
+/// store. See the module's comment for when it is emptied.
 #[derive(Default)]
-pub struct JsonCodec;
-
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
-
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
-    }
-
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
-    }
+pub struct GroupCache {
+    inner: parking_lot::Mutex<CacheInner>,
+    crypto: RustCrypto,
 }
 
-type Storage<'a> = SqliteStorageProvider<JsonCodec, &'a Connection>;
+#[derive(Default)]
+struct CacheInner {
+    version: Option<u64>,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+}
 
-/// Creates openmls's tables in the profile (idempotent).
-pub fn migrate(conn: &mut Connection) -> Result<(), String> {
-    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(conn)
-        .run_migrations()
-        .map_err(|e| e.to_string())
+impl GroupCache {
+    pub(crate) fn clear(&self) {
+        let mut inner = self.inner.lock();
+        inner.groups.clear();
+        inner.version = None;
+    }
+
+    /// Takes a group out (None: not cached), first dropping everything if
+    /// the store changed under us.
+    fn take(&self, group: &[u8], version: u64) -> Option<MlsGroup> {
+        let mut inner = self.inner.lock();
+        if inner.version != Some(version) {
+            inner.groups.clear();
+            inner.version = Some(version);
+        }
+        inner.groups.remove(group)
+    }
+
+    fn put(&self, group: Vec<u8>, g: MlsGroup, version: u64) {
+        let mut inner = self.inner.lock();
+        if inner.version != Some(version) {
+            return;
+        }
+        if inner.groups.len() >= CACHED_GROUPS {
+            inner.groups.clear();
+        }
+        inner.groups.insert(group, g);
+    }
+
+    fn forget(&self, group: &[u8]) {
+        self.inner.lock().groups.remove(group);
+    }
 }
 
 pub struct Provider<'a> {
-    crypto: RustCrypto,
-    storage: Storage<'a>,
+    crypto: &'a RustCrypto,
+    storage: MlsStorage<'a>,
 }
 
 impl<'a> OpenMlsProvider for Provider<'a> {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = Storage<'a>;
+    type StorageProvider = MlsStorage<'a>;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
     }
 
     fn crypto(&self) -> &Self::CryptoProvider {
-        &self.crypto
+        self.crypto
     }
 
     fn rand(&self) -> &Self::RandProvider {
-        &self.crypto
+        self.crypto
     }
 }
 
@@ -135,9 +169,10 @@ pub enum Incoming {
     },
 }
 
-/// The MLS engine for one device over one open profile connection.
+/// The MLS engine for one device over its profile.
 pub struct Mls<'a> {
     provider: Provider<'a>,
+    profile: &'a Profile,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
 }
@@ -167,8 +202,10 @@ fn serialize(m: &MlsMessageOut) -> Result<Vec<u8>, ClientError> {
 }
 
 impl<'a> Mls<'a> {
+    /// The engine of the device `identity` (`phone`/`device_id`) over
+    /// `profile`'s store.
     pub fn new(
-        conn: &'a Connection,
+        profile: &'a Profile,
         identity: &ed25519_dalek::SigningKey,
         phone: &str,
         device_id: u64,
@@ -185,12 +222,34 @@ impl<'a> Mls<'a> {
         };
         Mls {
             provider: Provider {
-                crypto: RustCrypto::default(),
-                storage: SqliteStorageProvider::new(conn),
+                crypto: &profile.groups.crypto,
+                storage: MlsStorage::new(profile),
             },
+            profile,
             signer,
             credential,
         }
+    }
+
+    /// Runs `f` on the decoded group: from the cache, or read from storage.
+    /// The group goes back into the cache only if `f` succeeded; on an
+    /// error it is dropped (the caller's savepoint undoes what it wrote).
+    fn with_group<T>(
+        &self,
+        group: &[u8],
+        f: impl FnOnce(&mut MlsGroup) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let cache = &self.profile.groups;
+        let version = self.profile.data_version()?;
+        let mut g = match cache.take(group, version) {
+            Some(g) => g,
+            None => MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group))
+                .map_err(|e| mls_err("cannot read the group state", e))?
+                .ok_or_else(|| ClientError::GroupMissing(crate::ids::format_id(group)))?,
+        };
+        let out = f(&mut g)?;
+        cache.put(group.to_vec(), g, version);
+        Ok(out)
     }
 
     fn key_package(&self, last_resort: bool) -> Result<Vec<u8>, ClientError> {
@@ -223,18 +282,12 @@ impl<'a> Mls<'a> {
         self.key_package(true)
     }
 
-    fn load(&self, group: &[u8]) -> Result<MlsGroup, ClientError> {
-        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group))
-            .map_err(|e| mls_err("cannot read the group state", e))?
-            .ok_or_else(|| ClientError::GroupMissing(crate::client::format_id(group)))
-    }
-
     pub fn has_group(&self, group: &[u8]) -> Result<bool, ClientError> {
-        Ok(
-            MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group))
-                .map_err(|e| mls_err("cannot read the group state", e))?
-                .is_some_and(|g| g.is_active()),
-        )
+        match self.with_group(group, |g| Ok(g.is_active())) {
+            Ok(active) => Ok(active),
+            Err(ClientError::GroupMissing(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// A new group with this device as its only member, at epoch 0.
@@ -249,7 +302,7 @@ impl<'a> Mls<'a> {
 
     fn create_group_with_id_len(&self, len: usize) -> Result<Vec<u8>, ClientError> {
         let mut id = vec![0u8; len];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        self.profile.env().fill_random(&mut id);
         MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
@@ -290,7 +343,15 @@ impl<'a> Mls<'a> {
         adds: Vec<KeyPackage>,
         removes: Vec<LeafNodeIndex>,
     ) -> Result<Outgoing, ClientError> {
-        let mut g = self.load(group)?;
+        self.with_group(group, |g| self.commit_in(g, adds, removes))
+    }
+
+    fn commit_in(
+        &self,
+        g: &mut MlsGroup,
+        adds: Vec<KeyPackage>,
+        removes: Vec<LeafNodeIndex>,
+    ) -> Result<Outgoing, ClientError> {
         // A commit that only adds needs no update path (RFC 9420 §12.4):
         // in a group just created, whose tree has no inner keys yet, a path
         // would be encrypted to every member, ~82 bytes each, and at a
@@ -321,45 +382,46 @@ impl<'a> Mls<'a> {
     }
 
     pub fn merge_pending(&self, group: &[u8]) -> Result<(), ClientError> {
-        self.load(group)?
-            .merge_pending_commit(&self.provider)
-            .map_err(|e| mls_err("cannot merge our commit", e))
+        self.with_group(group, |g| {
+            g.merge_pending_commit(&self.provider)
+                .map_err(|e| mls_err("cannot merge our commit", e))
+        })
     }
 
     pub fn clear_pending(&self, group: &[u8]) -> Result<(), ClientError> {
-        self.load(group)?
-            .clear_pending_commit(self.provider.storage())
-            .map_err(|e| mls_err("cannot drop our commit", e))
+        self.with_group(group, |g| {
+            g.clear_pending_commit(self.provider.storage())
+                .map_err(|e| mls_err("cannot drop our commit", e))
+        })
     }
 
     pub fn has_pending(&self, group: &[u8]) -> Result<bool, ClientError> {
-        Ok(self.load(group)?.pending_commit().is_some())
+        self.with_group(group, |g| Ok(g.pending_commit().is_some()))
     }
 
     pub fn epoch(&self, group: &[u8]) -> Result<u64, ClientError> {
-        Ok(self.load(group)?.epoch().as_u64())
+        self.with_group(group, |g| Ok(g.epoch().as_u64()))
     }
 
     /// The epoch authenticator: equal on two devices only if they share the
     /// same group state (RFC 9420 §8.7).
     pub fn authenticator(&self, group: &[u8]) -> Result<Vec<u8>, ClientError> {
-        Ok(self.load(group)?.epoch_authenticator().as_slice().to_vec())
+        self.with_group(group, |g| Ok(g.epoch_authenticator().as_slice().to_vec()))
     }
 
     pub fn encrypt(&self, group: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let mut g = self.load(group)?;
-        let out = g
-            .create_message(&self.provider, &self.signer, plaintext)
-            .map_err(|e| mls_err("cannot encrypt", e))?;
-        serialize(&out)
+        self.with_group(group, |g| {
+            let out = g
+                .create_message(&self.provider, &self.signer, plaintext)
+                .map_err(|e| mls_err("cannot encrypt", e))?;
+            serialize(&out)
+        })
     }
 
     pub fn members(&self, group: &[u8]) -> Result<Vec<MemberDevice>, ClientError> {
-        Ok(self
-            .load(group)?
-            .members()
-            .filter_map(member_device)
-            .collect())
+        self.with_group(group, |g| {
+            Ok(g.members().filter_map(member_device).collect())
+        })
     }
 
     /// Handles one incoming MLS message (a Welcome, a commit or an
@@ -382,6 +444,7 @@ impl<'a> Mls<'a> {
         // old state goes. The server sends a Welcome only to devices it does
         // not count as members, so this never replaces a group in use.
         let id = processed.unverified_group_info().group_id().clone();
+        self.profile.groups.forget(id.as_slice());
         if let Some(mut old) = MlsGroup::load(self.provider.storage(), &id)
             .map_err(|e| mls_err("cannot read the group state", e))?
         {
@@ -401,7 +464,15 @@ impl<'a> Mls<'a> {
 
     fn process_protocol(&self, m: ProtocolMessage) -> Result<Incoming, ClientError> {
         let group_id = m.group_id().as_slice().to_vec();
-        let mut g = self.load(&group_id)?;
+        self.with_group(&group_id.clone(), |g| self.process_in(g, group_id, m))
+    }
+
+    fn process_in(
+        &self,
+        g: &mut MlsGroup,
+        group_id: Vec<u8>,
+        m: ProtocolMessage,
+    ) -> Result<Incoming, ClientError> {
         let processed = g
             .process_message(&self.provider, m)
             .map_err(|e| mls_err("cannot decrypt", e))?;
@@ -422,7 +493,7 @@ impl<'a> Mls<'a> {
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let committer = parse_identity(&sender).map(|(p, _)| p).unwrap_or_default();
-                let before = accounts(&g);
+                let before = accounts(g);
                 let mut changed = BTreeSet::new();
                 for add in staged.add_proposals() {
                     let cred = add.add_proposal().key_package().leaf_node().credential();
@@ -439,7 +510,7 @@ impl<'a> Mls<'a> {
                 let removed_me = staged.self_removed();
                 g.merge_staged_commit(&self.provider, *staged)
                     .map_err(|e| mls_err("cannot apply a commit", e))?;
-                let after = accounts(&g);
+                let after = accounts(g);
                 Ok(Incoming::Commit {
                     group: group_id,
                     committer,
@@ -543,7 +614,7 @@ mod tests {
     }
 
     struct Device {
-        conn: Connection,
+        profile: Profile,
         key: ed25519_dalek::SigningKey,
         phone: String,
         id: u64,
@@ -551,10 +622,11 @@ mod tests {
 
     impl Device {
         fn new(phone: &str, id: u64) -> Device {
-            let mut conn = Connection::open_in_memory().unwrap();
-            migrate(&mut conn).unwrap();
             Device {
-                conn,
+                profile: Profile::new(
+                    Box::new(crate::memory::MemoryStore::new()),
+                    Box::new(crate::env::TestEnvironment::new(id, 0)),
+                ),
                 key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
                 phone: phone.into(),
                 id,
@@ -562,7 +634,7 @@ mod tests {
         }
 
         fn mls(&self) -> Mls<'_> {
-            Mls::new(&self.conn, &self.key, &self.phone, self.id)
+            Mls::new(&self.profile, &self.key, &self.phone, self.id)
         }
 
         /// A group this device creates with `other`, the commit merged as
@@ -589,36 +661,6 @@ mod tests {
                 )
                 .unwrap()
         }
-    }
-
-    /// A 1,024-member group built as `Client::create_group` does, 128
-    /// devices per add-only commit: every commit and Welcome fits a frame.
-    /// (With an update path, the fresh tree's commits grow by ~82 bytes per
-    /// member and stop fitting near a thousand.)
-    #[test]
-    fn a_group_of_1024_is_built_in_commits_that_fit_a_frame() {
-        let creator = Device::new("+919800000000", 1);
-        let group = creator.mls().create_named_group().unwrap();
-        let others: Vec<Device> = (2..=1024u64)
-            .map(|i| Device::new(&format!("+91980{i:07}"), i))
-            .collect();
-        let mut largest = 0;
-        for batch in others.chunks(crate::groups::ADD_BATCH) {
-            let adds = batch.iter().map(|d| d.key_package_for(&creator)).collect();
-            let out = creator.mls().commit(&group, adds, vec![]).unwrap();
-            creator.mls().merge_pending(&group).unwrap();
-            let size = out.commit.len() + out.welcome.as_ref().map_or(0, Vec::len);
-            largest = largest.max(size);
-            assert!(
-                size + crate::client::COMMIT_FRAME_OVERHEAD <= dak_proto::MAX_FRAME_BYTES,
-                "a commit and Welcome of {size} bytes do not fit a frame"
-            );
-        }
-        assert_eq!(creator.mls().members(&group).unwrap().len(), 1024);
-        assert!(
-            largest > 100_000,
-            "the last Welcome carries the whole tree: {largest}"
-        );
     }
 
     #[test]
