@@ -75,7 +75,11 @@ impl Codes {
 /// Connects (from `local`, if given) without authenticating.
 pub async fn open(url: &str, local: Option<IpAddr>) -> Result<Connection> {
     let (t, _) = WsTransport::connect_from(url, &CertTrust::FirstUse, local).await?;
-    Ok(Connection::open(Box::new(t)).await?)
+    Ok(Connection::open(
+        Box::new(t),
+        std::sync::Arc::new(dak_client::SystemEnvironment),
+    )
+    .await?)
 }
 
 pub async fn register(url: &str, codes: &Codes, phone: String) -> Result<Device> {

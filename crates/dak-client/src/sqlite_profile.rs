@@ -224,6 +224,7 @@ impl SqliteProfile {
         }
         p.add_missing_columns()?;
         p.db().execute_batch(INDEXES).map_err(|e| p.err(e))?;
+        crate::legacy_mls::migrate(&mut p.db(), &p.path)?;
         Ok(p)
     }
 

@@ -1,4 +1,4 @@
-//! Moving frames: the `Transport` trait and the native WebSocket over TLS.
+//! Moving frames natively: `dak_core::Transport` over a WebSocket over TLS.
 //!
 //! Server certificates: a certificate that chains to a public root is
 //! accepted as usual. Otherwise (a self-signed server) the client trusts
@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use dak_core::ClientError;
+pub use dak_core::{CertTrust, Transport};
 
 /// Where `DAK_WIRE_TRACE` (or `trace_frames_to`) has every frame the server
 /// sends appended, each as a 4-byte big-endian length and the frame: for
@@ -51,27 +52,6 @@ fn trace(frame: &[u8]) {
             .write_all(&(frame.len() as u32).to_be_bytes())
             .and_then(|_| file.write_all(frame));
     }
-}
-
-#[async_trait]
-pub trait Transport: Send {
-    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError>;
-    /// The next binary frame; `Ok(None)` when the server closed the connection.
-    async fn recv(&mut self) -> Result<Option<Vec<u8>>, ClientError>;
-    async fn close(&mut self);
-    /// Why the server closed the connection, if it said.
-    fn close_reason(&self) -> Option<String> {
-        None
-    }
-}
-
-/// How to judge the server's certificate when no public root vouches for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertTrust {
-    /// Accept only this SHA-256 fingerprint (hex).
-    Pinned(String),
-    /// Accept whatever is presented and remember it (first registration).
-    FirstUse,
 }
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

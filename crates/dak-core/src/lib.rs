@@ -13,23 +13,47 @@
 //!   state commits and rolls back with the messages it yields.
 //! - `mls`: the device's MLS engine (openmls) and the cache of decoded
 //!   groups.
-//! - `env`: the clock and randomness, behind `Environment`.
+//! - `env`: the clock, randomness, waiting and connecting, behind
+//!   `Environment`; `transport`: the `Transport` trait (one connection's
+//!   frames) and `CertTrust`.
+//! - `connection`: request/response matching and pushes over a transport.
+//! - `client`: what a user does: register, link, send, sync, read, status.
+//! - `groups`: named groups (title, admins, invite links) and their rules.
+//! - `incoming`: what each decrypted delivery does to the profile.
+//! - `actions`: replies, edits, deletes, timers, forwards, broadcast lists.
 //! - `ids`: message ids.
 //!
-//! **Architecture Invariant:** nothing here does I/O. No tokio, rusqlite or
-//! tungstenite; no clock read from the OS (callers pass `now_ms`); storage
-//! only through `ProfileStore`. That is what lets the same code run natively,
-//! in a browser (wasm32) and in tests with no server and no sockets.
+//! **Architecture Invariant:** nothing here does I/O itself. No tokio,
+//! rusqlite or tungstenite; the clock, randomness, sleeping and connecting
+//! come from `Environment`, storage from `ProfileStore`, frames from
+//! `Transport`. That is what lets the same code run natively, in a browser
+//! (wasm32) and in tests with no server and no sockets.
 
+mod actions;
+mod client;
 pub mod conformance;
+mod connection;
 pub mod env;
 mod error;
+pub mod groups;
 pub mod ids;
+mod incoming;
 pub mod memory;
 pub mod mls;
 pub mod mls_storage;
 pub mod profile;
 pub mod store;
+pub mod transport;
+
+pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
+pub use client::{
+    Client, CryptoState, Event, SendOutcome, TextOptions, Tick, TickState, queue_text,
+    queue_text_with, tick_of, timer_of,
+};
+pub use connection::Connection;
+pub use groups::{GroupChange, GroupEdit, GroupInfo, GroupMember};
+pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
+pub use transport::{CertTrust, Opened, Transport};
 
 pub use env::{Environment, TestEnvironment};
 pub use error::ClientError;

@@ -123,7 +123,7 @@ pub struct MemberDevice {
 }
 
 /// A commit ready to send, with the Welcome for the devices it adds.
-pub struct Outgoing {
+pub struct CommitToSend {
     pub commit: Vec<u8>,
     pub welcome: Option<Vec<u8>>,
 }
@@ -342,7 +342,7 @@ impl<'a> Mls<'a> {
         group: &[u8],
         adds: Vec<KeyPackage>,
         removes: Vec<LeafNodeIndex>,
-    ) -> Result<Outgoing, ClientError> {
+    ) -> Result<CommitToSend, ClientError> {
         self.with_group(group, |g| self.commit_in(g, adds, removes))
     }
 
@@ -351,7 +351,7 @@ impl<'a> Mls<'a> {
         g: &mut MlsGroup,
         adds: Vec<KeyPackage>,
         removes: Vec<LeafNodeIndex>,
-    ) -> Result<Outgoing, ClientError> {
+    ) -> Result<CommitToSend, ClientError> {
         // A commit that only adds needs no update path (RFC 9420 §12.4):
         // in a group just created, whose tree has no inner keys yet, a path
         // would be encrypted to every member, ~82 bytes each, and at a
@@ -375,7 +375,7 @@ impl<'a> Mls<'a> {
             .stage_commit(&self.provider)
             .map_err(|e| mls_err("cannot stage a commit", e))?;
         let welcome = bundle.to_welcome_msg().map(|w| serialize(&w)).transpose()?;
-        Ok(Outgoing {
+        Ok(CommitToSend {
             commit: serialize(bundle.commit())?,
             welcome,
         })
@@ -639,7 +639,7 @@ mod tests {
 
         /// A group this device creates with `other`, the commit merged as
         /// on the server's ack; returns the group and the commit + Welcome.
-        fn start_group_with(&self, other: &Device) -> (Vec<u8>, Outgoing) {
+        fn start_group_with(&self, other: &Device) -> (Vec<u8>, CommitToSend) {
             let group = self.mls().create_group().unwrap();
             let out = self
                 .mls()

@@ -69,8 +69,10 @@ impl MlsKv for crate::Profile {
 ///
 /// **On-disk format:** every profile ever written holds records under these
 /// labels. Never change one, and never reuse one for another kind of record;
-/// a new kind gets a new label.
-mod label {
+/// a new kind gets a new label. Public for the one other writer of these
+/// records, the import of profiles from before `mls_kv`
+/// (`dak_client`'s `legacy_mls`).
+pub mod label {
     // Keyed by group id.
     pub const JOIN_CONFIG: &str = "join_config";
     pub const TREE: &str = "tree";
@@ -117,7 +119,12 @@ pub enum MlsStorageError {
     MissingProposal,
 }
 
-fn encode<T: Serialize + ?Sized>(
+/// How a record's key and value are encoded (serde_json, as the SQLite codec
+/// did); `label` only names the record in an error. Public for the import of
+/// old profiles, which must file a record under the very key a getter here
+/// asks for: a composite key is the tuple the getter encodes, e.g.
+/// `encode(label::EPOCH_KEY_PAIRS, &(group_id, epoch, leaf_index))`.
+pub fn encode<T: Serialize + ?Sized>(
     label: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, MlsStorageError> {

@@ -17,6 +17,7 @@
 //!   the same name, e.g. `group_state`) are the ones callers get.
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use dak_proto::v1;
 use ed25519_dalek::SigningKey;
@@ -53,7 +54,7 @@ pub fn split_servers(list: &str) -> Vec<String> {
 
 pub struct Profile {
     store: Box<dyn ProfileStore>,
-    env: Box<dyn Environment>,
+    env: Arc<dyn Environment>,
     /// The registration and identity key MLS signs with, read once: `mls`
     /// runs several times per message. Cleared when either changes.
     mls_keys: parking_lot::Mutex<Option<(Registration, SigningKey)>>,
@@ -74,7 +75,7 @@ impl Profile {
     pub fn new(store: Box<dyn ProfileStore>, env: Box<dyn Environment>) -> Profile {
         Profile {
             store,
-            env,
+            env: Arc::from(env),
             mls_keys: parking_lot::Mutex::new(None),
             groups: crate::mls::GroupCache::default(),
         }
@@ -89,9 +90,27 @@ impl Profile {
         self.env.as_ref()
     }
 
+    /// The environment, for what outlives a borrow of the profile (a
+    /// connection's timeouts).
+    pub fn env_arc(&self) -> Arc<dyn Environment> {
+        self.env.clone()
+    }
+
     /// Milliseconds since the Unix epoch, from the environment's clock.
     pub fn now_ms(&self) -> i64 {
         self.env.now_ms()
+    }
+
+    /// A fresh message id: a UUIDv7 (time-ordered) from the environment's
+    /// clock and randomness.
+    pub fn new_message_id(&self) -> Vec<u8> {
+        let mut random = [0u8; 10];
+        self.env.fill_random(&mut random);
+        let ms = u64::try_from(self.now_ms()).unwrap_or(0);
+        uuid::Builder::from_unix_timestamp_millis(ms, &random)
+            .into_uuid()
+            .as_bytes()
+            .to_vec()
     }
 
     pub(crate) fn err(&self, message: impl Into<String>) -> ClientError {

@@ -67,7 +67,6 @@ fn envelope(
         message_id,
         sender_phone: from.phone.clone(),
         sender_device: from.id,
-        conversation_phone: String::new(),
         server_time_ms: now,
         expires_ms: expires_at(now, state.config.retention, expires_in_secs),
         body,

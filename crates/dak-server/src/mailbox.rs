@@ -48,7 +48,6 @@ mod tests {
                 message_id: vec![0; 16],
                 sender_phone: "+919800000001".into(),
                 sender_device: 1,
-                conversation_phone: "+919800000002".into(),
                 server_time_ms: 0,
                 body: vec![0xab; dak_proto::MAX_BODY_BYTES],
             })

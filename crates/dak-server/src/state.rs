@@ -137,7 +137,6 @@ mod tests {
             message_id: vec![id; 16],
             sender_phone: "+919800000001".into(),
             sender_device: 1,
-            conversation_phone: String::new(),
             server_time_ms: sent,
             expires_ms: expires,
             body: b"secret body".to_vec(),

@@ -12,7 +12,6 @@ fn envelope(i: u64) -> NewEnvelope {
         message_id: i.to_be_bytes().repeat(2),
         sender_phone: "+919800000001".into(),
         sender_device: 1,
-        conversation_phone: "+919800000002".into(),
         server_time_ms: 1,
         expires_ms: i64::MAX,
         body: vec![0x5a; 256],

@@ -9,7 +9,6 @@ fn envelope(id: u8, body: &[u8]) -> NewEnvelope {
         message_id: vec![id; 16],
         sender_phone: "+919800000001".into(),
         sender_device: 1,
-        conversation_phone: "+919800000002".into(),
         server_time_ms: 1_000 + id as i64,
         expires_ms: 10_000,
         body: body.to_vec(),

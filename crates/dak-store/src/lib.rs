@@ -107,7 +107,6 @@ pub struct NewEnvelope {
     pub message_id: Vec<u8>,
     pub sender_phone: String,
     pub sender_device: DeviceId,
-    pub conversation_phone: String,
     pub server_time_ms: i64,
     pub expires_ms: i64,
     pub body: Vec<u8>,
@@ -120,7 +119,6 @@ pub struct MailboxEntry {
     pub message_id: Vec<u8>,
     pub sender_phone: String,
     pub sender_device: DeviceId,
-    pub conversation_phone: String,
     pub server_time_ms: i64,
     pub body: Vec<u8>,
 }

@@ -64,12 +64,14 @@ const SCHEMA: &[&str] = &[
         message_id BYTEA NOT NULL,
         sender_phone TEXT NOT NULL,
         sender_device BIGINT NOT NULL,
-        conversation_phone TEXT NOT NULL,
         server_time_ms BIGINT NOT NULL,
         expires_ms BIGINT NOT NULL,
         body BYTEA NOT NULL,
         PRIMARY KEY (device_id, seq))",
     "CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox(expires_ms)",
+    // Written empty since MLS (the server does not know a conversation);
+    // dropped from stores made before.
+    "ALTER TABLE mailbox DROP COLUMN IF EXISTS conversation_phone",
     // The MLS key directory: one-time KeyPackages are deleted when claimed;
     // a device's last-resort one stays until replaced.
     "CREATE TABLE IF NOT EXISTS key_packages (
@@ -269,14 +271,13 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
             SELECT d, 1 FROM unnest($1::BIGINT[]) AS d ORDER BY d
             ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1
             RETURNING device_id, next)
-         INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body)
-         SELECT device_id, next, $2, $3, $4, $5, $6, $7, $8 FROM heads",
+         INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body)
+         SELECT device_id, next, $2, $3, $4, $5, $6, $7 FROM heads",
     )
     .bind(&ids)
     .bind(&e.message_id)
     .bind(&e.sender_phone)
     .bind(e.sender_device as i64)
-    .bind(&e.conversation_phone)
     .bind(e.server_time_ms)
     .bind(e.expires_ms)
     .bind(&e.body)
@@ -893,7 +894,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<MailboxEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, body FROM mailbox
+            "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, body FROM mailbox
              WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(device as i64)
@@ -909,9 +910,8 @@ impl Store for PgStore {
                 message_id: r.get(1),
                 sender_phone: r.get(2),
                 sender_device: r.get::<i64, _>(3) as u64,
-                conversation_phone: r.get(4),
-                server_time_ms: r.get(5),
-                body: r.get(6),
+                server_time_ms: r.get(4),
+                body: r.get(5),
             })
             .collect())
     }

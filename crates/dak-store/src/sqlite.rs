@@ -70,7 +70,6 @@ CREATE TABLE IF NOT EXISTS mailbox (
     message_id BLOB NOT NULL,
     sender_phone TEXT NOT NULL,
     sender_device INTEGER NOT NULL,
-    conversation_phone TEXT NOT NULL,
     server_time_ms INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL,
     body BLOB NOT NULL
@@ -140,6 +139,7 @@ impl SqliteStore {
             .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(backend)?;
         writer_conn.execute_batch(SCHEMA).map_err(backend)?;
+        drop_conversation_phone(&writer_conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?));
@@ -398,10 +398,27 @@ fn member_accounts(members: &[Device]) -> Vec<AccountId> {
     accounts
 }
 
+/// Stores made before MLS have `mailbox.conversation_phone`, written empty
+/// ever since (the server does not know a conversation): it goes.
+fn drop_conversation_phone(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('mailbox') WHERE name = 'conversation_phone'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+        .map_err(backend)?;
+    if has {
+        conn.execute_batch("ALTER TABLE mailbox DROP COLUMN conversation_phone")
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> Result<()> {
     let mut stmt = conn
         .prepare_cached(
-            "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(backend)?;
     for d in devices {
@@ -410,7 +427,6 @@ fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> 
             e.message_id,
             e.sender_phone,
             e.sender_device as i64,
-            e.conversation_phone,
             e.server_time_ms,
             e.expires_ms,
             e.body
@@ -849,7 +865,7 @@ impl Store for SqliteStore {
             // so the statement cache holds them all.
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT seq, message_id, sender_phone, sender_device, conversation_phone, server_time_ms, body FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}"
+                    "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, body FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}"
                 ))
                 .map_err(backend)?;
             stmt.query_map(params![device as i64, after as i64], |r| {
@@ -858,9 +874,8 @@ impl Store for SqliteStore {
                     message_id: r.get(1)?,
                     sender_phone: r.get(2)?,
                     sender_device: r.get::<_, i64>(3)? as u64,
-                    conversation_phone: r.get(4)?,
-                    server_time_ms: r.get(5)?,
-                    body: r.get(6)?,
+                    server_time_ms: r.get(4)?,
+                    body: r.get(5)?,
                 })
             })
             .map_err(backend)?

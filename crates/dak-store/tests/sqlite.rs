@@ -24,7 +24,6 @@ async fn enqueued_envelopes_survive_reopen() {
             message_id: vec![1; 16],
             sender_phone: "+919800000001".into(),
             sender_device: 1,
-            conversation_phone: "+919800000009".into(),
             server_time_ms: 1,
             expires_ms: i64::MAX,
             body: b"kept".to_vec(),

@@ -93,7 +93,7 @@ async fn a_linked_device_joins_the_chat_and_once_removed_cannot_decrypt() {
     a.send_text(&bob.phone, "hello both").await.unwrap();
     assert_eq!(bob.sync_texts().await, vec!["hello both"]);
     assert_eq!(laptop.sync_texts().await, vec!["hello both"]);
-    let members = a.group_state(&bob.phone).unwrap().unwrap().members;
+    let members = a.crypto_state(&bob.phone).unwrap().unwrap().members;
     assert!(members.contains(&(bob.phone.clone(), laptop_reg.device_id)));
 
     // bob unlinks the laptop: his phone removes it from the conversation.
@@ -102,7 +102,7 @@ async fn a_linked_device_joins_the_chat_and_once_removed_cannot_decrypt() {
     b.close().await;
     let sent = a.send_text(&bob.phone, "after the laptop").await.unwrap();
     assert_eq!(sent.recipient_devices, 1, "only bob's phone");
-    let state = a.group_state(&bob.phone).unwrap().unwrap();
+    let state = a.crypto_state(&bob.phone).unwrap().unwrap();
     assert!(!state.members.iter().any(|m| m.1 == laptop_reg.device_id));
 
     // The laptop kept its keys, and gets hold of the new ciphertext: it
@@ -134,14 +134,14 @@ async fn two_commits_at_one_epoch_one_wins_the_other_retries_no_fork() {
     a.send_text(&bob.phone, "hi").await.unwrap();
     let mut b = bob.connect().await;
     b.sync(|_| {}).await.unwrap();
-    let before = a.group_state(&bob.phone).unwrap().unwrap();
+    let before = a.crypto_state(&bob.phone).unwrap().unwrap();
     assert_eq!(
-        b.group_state(&alice.phone).unwrap().unwrap().epoch,
+        b.crypto_state(&alice.phone).unwrap().unwrap().epoch,
         before.epoch
     );
 
     // Both build a commit at the same epoch before either hears back.
-    let (ra, rb) = tokio::join!(a.update_keys(&bob.phone), b.update_keys(&alice.phone));
+    let (ra, rb) = tokio::join!(a.self_update(&bob.phone), b.self_update(&alice.phone));
     ra.unwrap();
     rb.unwrap();
     // Each processes whatever the other's commit left in its mailbox.
@@ -152,13 +152,13 @@ async fn two_commits_at_one_epoch_one_wins_the_other_retries_no_fork() {
     let sa = alice
         .connect()
         .await
-        .group_state(&bob.phone)
+        .crypto_state(&bob.phone)
         .unwrap()
         .unwrap();
     let sb = bob
         .connect()
         .await
-        .group_state(&alice.phone)
+        .crypto_state(&alice.phone)
         .unwrap()
         .unwrap();
     assert_eq!(sa.group_id, sb.group_id);

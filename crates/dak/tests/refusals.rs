@@ -105,16 +105,22 @@ async fn a_forged_signature_is_refused() {
     let alice = alice();
     alice.register(&server).await;
     let device = alice.profile().registration().unwrap().device_id;
-    let mut conn = Connection::open(Box::new(raw(&server).await))
-        .await
-        .unwrap();
+    let mut conn = Connection::open(
+        Box::new(raw(&server).await),
+        std::sync::Arc::new(dak_client::SystemEnvironment),
+    )
+    .await
+    .unwrap();
     let mallory = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let err = conn.authenticate(&mallory, device).await.unwrap_err();
     assert_eq!(code(&err), ErrorCode::AuthFailed);
     // A signature for another connection's challenge is no better.
-    let other = Connection::open(Box::new(raw(&server).await))
-        .await
-        .unwrap();
+    let other = Connection::open(
+        Box::new(raw(&server).await),
+        std::sync::Arc::new(dak_client::SystemEnvironment),
+    )
+    .await
+    .unwrap();
     let replayed = other.sign(
         &alice.profile().identity().unwrap(),
         dak_proto::AuthPurpose::Authenticate,

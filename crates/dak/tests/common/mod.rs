@@ -208,9 +208,12 @@ impl Person {
         )
         .await
         .expect("connect");
-        let mut conn = dak_client::Connection::open(Box::new(t))
-            .await
-            .expect("challenge");
+        let mut conn = dak_client::Connection::open(
+            Box::new(t),
+            std::sync::Arc::new(dak_client::SystemEnvironment),
+        )
+        .await
+        .expect("challenge");
         conn.authenticate(&profile.identity().unwrap(), reg.device_id)
             .await
             .expect("authenticate");

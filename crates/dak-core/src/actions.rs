@@ -5,10 +5,11 @@
 
 use dak_proto::v1::{self, content::Kind};
 
-use crate::client::{Client, SendOutcome, TextOptions, format_id, now_ms};
+use crate::ClientError;
+use crate::client::{Client, SendOutcome, TextOptions};
+use crate::format_id;
 use crate::incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
-use dak_core::ClientError;
-use dak_core::{MessageView, parse_group_key};
+use crate::{MessageView, parse_group_key};
 
 /// Recipients of one broadcast list (WhatsApp's limit).
 pub const MAX_BROADCAST_RECIPIENTS: usize = 256;
@@ -59,7 +60,7 @@ impl Client {
         } else {
             m.sent_at_ms
         };
-        if now_ms() - sent > window_ms {
+        if self.profile().now_ms() - sent > window_ms {
             return Err(usage(format!(
                 "a message can be {what}ed only within {} of sending",
                 humantime::format_duration(std::time::Duration::from_millis(window_ms as u64))

@@ -10,13 +10,17 @@ use dak_proto::{AuthPurpose, auth_payload};
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
 
+use std::sync::Arc;
+
+use crate::ClientError;
+use crate::env::{Environment, timeout};
 use crate::transport::Transport;
-use dak_core::ClientError;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Connection {
     transport: Box<dyn Transport>,
+    env: Arc<dyn Environment>,
     next_id: u64,
     nonce: Vec<u8>,
     pushes: VecDeque<Body>,
@@ -24,10 +28,13 @@ pub struct Connection {
 
 impl Connection {
     /// Wraps a fresh transport and reads the server's challenge.
-    pub async fn open(mut transport: Box<dyn Transport>) -> Result<Connection, ClientError> {
-        let first = tokio::time::timeout(CALL_TIMEOUT, transport.recv())
+    pub async fn open(
+        mut transport: Box<dyn Transport>,
+        env: Arc<dyn Environment>,
+    ) -> Result<Connection, ClientError> {
+        let first = timeout(env.as_ref(), CALL_TIMEOUT, transport.recv())
             .await
-            .map_err(|_| ClientError::Timeout("no challenge from the server".into()))??
+            .ok_or_else(|| ClientError::Timeout("no challenge from the server".into()))??
             .ok_or_else(|| ClientError::Closed(" before saying hello".into()))?;
         let frame = dak_proto::decode_server_frame(&first)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -38,6 +45,7 @@ impl Connection {
         };
         Ok(Connection {
             transport,
+            env,
             next_id: 1,
             nonce: challenge.nonce,
             pushes: VecDeque::new(),
@@ -85,9 +93,10 @@ impl Connection {
     /// meantime are kept for `next_push`. A server error becomes `Err`.
     pub async fn call(&mut self, request: Request) -> Result<Body, ClientError> {
         let id = self.send(request).await?;
-        tokio::time::timeout(CALL_TIMEOUT, self.wait_for(id))
+        let env = self.env.clone();
+        timeout(env.as_ref(), CALL_TIMEOUT, self.wait_for(id))
             .await
-            .map_err(|_| ClientError::Timeout("the server did not answer".into()))?
+            .ok_or_else(|| ClientError::Timeout("the server did not answer".into()))?
     }
 
     async fn wait_for(&mut self, id: u64) -> Result<Body, ClientError> {

@@ -13,15 +13,13 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 use serde::Serialize;
 
+use crate::ClientError;
 use crate::connection::{Connection, unexpected};
 use crate::groups::{FollowUp, GroupChange};
 use crate::incoming::{self, Delivered};
-use crate::transport::{CertTrust, WsTransport};
-use dak_core::ClientError;
-use dak_core::mls::{Incoming, MemberDevice};
-use dak_core::{
-    MessageView, Profile, Quote, RecipientState, Registration, parse_group_key, ser_id,
-};
+use crate::mls::{Incoming, MemberDevice};
+use crate::transport::CertTrust;
+use crate::{MessageView, Profile, Quote, RecipientState, Registration, parse_group_key, ser_id};
 
 /// The ticks, in the order they become true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -128,7 +126,7 @@ pub(crate) struct Fetched {
 
 /// The state of this device's group with a contact, for tests and `dak safety`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupState {
+pub struct CryptoState {
     pub group_id: Vec<u8>,
     pub epoch: u64,
     pub authenticator: Vec<u8>,
@@ -143,47 +141,48 @@ pub struct SendOutcome {
     pub recipient_devices: usize,
 }
 
-pub use dak_core::{format_id, parse_id};
-
-fn new_id() -> Vec<u8> {
-    uuid::Uuid::now_v7().as_bytes().to_vec()
-}
+pub use crate::format_id;
 
 /// How long message ids are remembered for dedup: twice the default retention.
 const SEEN_KEEP_MS: i64 = 60 * 24 * 3600 * 1000;
-
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 fn phone(raw: &str) -> Result<String, ClientError> {
     normalize_phone(raw)
         .map_err(|e| ClientError::Server(v1::Error::new(ErrorCode::InvalidPhone, e.to_string())))
 }
 
-/// Opens a connection, pinning the certificate if the profile knows one.
-async fn open(server: &str, trust: CertTrust) -> Result<(Connection, Option<String>), ClientError> {
-    let (transport, seen) = WsTransport::connect(server, &trust).await?;
+/// Opens a connection through the profile's environment, pinning the
+/// certificate if the profile knows one.
+async fn open(
+    profile: &Profile,
+    server: &str,
+    trust: CertTrust,
+) -> Result<(Connection, Option<String>), ClientError> {
+    let opened = profile.env().connect(server, &trust).await?;
     Ok((
-        Connection::open(Box::new(transport)).await?,
-        seen.fingerprint,
+        Connection::open(opened.transport, profile.env_arc()).await?,
+        opened.fingerprint,
     ))
 }
 
 /// The first node of a comma-separated list that answers, trusting its
 /// certificate on first use. The nodes of a cluster share one certificate.
-async fn open_first(servers: &str) -> Result<(Connection, Option<String>), ClientError> {
-    open_any(servers, CertTrust::FirstUse).await
+async fn open_first(
+    profile: &Profile,
+    servers: &str,
+) -> Result<(Connection, Option<String>), ClientError> {
+    open_any(profile, servers, CertTrust::FirstUse).await
 }
 
 async fn open_any(
+    profile: &Profile,
     servers: &str,
     trust: CertTrust,
 ) -> Result<(Connection, Option<String>), ClientError> {
     let mut last =
         ClientError::Usage("give a server address, like wss://chat.example.org:7443".into());
-    for server in dak_core::split_servers(servers) {
-        match open(&server, trust.clone()).await {
+    for server in crate::split_servers(servers) {
+        match open(profile, &server, trust.clone()).await {
             Ok(c) => return Ok(c),
             Err(e) if e.is_retryable() => last = e,
             Err(e) => return Err(e),
@@ -209,7 +208,7 @@ pub struct Client {
     backlog: Vec<Event>,
     /// Receipts queued by deliveries handled while catching up; sent by
     /// the next `handle_push` (they are in the outbox meanwhile).
-    unsent_receipts: Vec<Outgoing>,
+    unsent_receipts: Vec<OutboxEntry>,
     /// A Welcome used one of our KeyPackages since the last top-up.
     keys_used: bool,
     /// Group work deliveries called for, done by the next `answer`.
@@ -229,7 +228,7 @@ impl Client {
         raw_phone: &str,
     ) -> Result<u32, ClientError> {
         let number = phone(raw_phone)?;
-        let (mut conn, fingerprint) = open_first(server).await?;
+        let (mut conn, fingerprint) = open_first(profile, server).await?;
         let answer = conn
             .call(Request::RequestCode(v1::RequestCode {
                 phone: number.clone(),
@@ -260,7 +259,7 @@ impl Client {
                 "no registration is in progress in this profile: run `dak register` first".into(),
             ));
         };
-        let (mut conn, _) = open_any(&server, trust_for(profile, "pending_cert")?).await?;
+        let (mut conn, _) = open_any(profile, &server, trust_for(profile, "pending_cert")?).await?;
         let key = profile.identity()?;
         let signature = conn.sign(&key, AuthPurpose::Register, number.as_bytes());
         let answer = conn
@@ -284,7 +283,7 @@ impl Client {
         }
         // Ready for encrypted chats before anyone writes: if this fails, the
         // next connect uploads them.
-        if let Err(e) = top_up_keys(profile, &mut conn, 0, false).await {
+        if let Err(e) = top_up_key_packages(profile, &mut conn, 0, false).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }
         conn.close().await;
@@ -299,7 +298,7 @@ impl Client {
         device_name: &str,
         show_code: impl FnOnce(&str, u32),
     ) -> Result<Registration, ClientError> {
-        let (mut conn, fingerprint) = open_first(server).await?;
+        let (mut conn, fingerprint) = open_first(profile, server).await?;
         let key = profile.new_identity()?;
         let identity_key = key.verifying_key().to_bytes().to_vec();
         let signature = conn.sign(&key, AuthPurpose::Link, &identity_key);
@@ -315,7 +314,7 @@ impl Client {
         };
         show_code(&code.code, code.expires_in_secs);
         let wait = std::time::Duration::from_secs(code.expires_in_secs as u64 + 5);
-        let approved = tokio::time::timeout(wait, async {
+        let approved = crate::env::timeout(profile.env(), wait, async {
             loop {
                 match conn.next_push().await? {
                     Body::LinkApproved(a) => return Ok(a),
@@ -325,14 +324,14 @@ impl Client {
             }
         })
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             ClientError::Timeout(
                 "the link code expired before it was approved; run `dak link` again".into(),
             )
         })??;
         profile.set("cert", fingerprint.unwrap_or_default().as_bytes())?;
         profile.save_registration(server, &approved.phone, approved.device_id)?;
-        if let Err(e) = top_up_keys(profile, &mut conn, 0, false).await {
+        if let Err(e) = top_up_key_packages(profile, &mut conn, 0, false).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }
         conn.close().await;
@@ -357,19 +356,25 @@ impl Client {
         mut profile: Profile,
         patience: std::time::Duration,
     ) -> Result<Client, ClientError> {
-        let deadline = tokio::time::Instant::now() + patience;
+        let deadline = profile.now_ms().saturating_add(patience.as_millis() as i64);
         let mut backoff = std::time::Duration::from_millis(100);
         loop {
             match Self::try_connect(profile).await {
                 Ok(c) => return Ok(c),
                 Err((p, e))
-                    if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
+                    if e.is_retryable()
+                        && p.now_ms().saturating_add(backoff.as_millis() as i64) < deadline =>
                 {
                     // Jitter (50-100% of the backoff): clients that lost the same
                     // node do not all come back in the same instant.
-                    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    let half = backoff / 2;
+                    let wait = half
+                        + std::time::Duration::from_millis(crate::env::random_below(
+                            p.env(),
+                            half.as_millis() as u64 + 1,
+                        ));
                     tracing::debug!(error = %e, ?wait, "no node reachable; backing off");
-                    tokio::time::sleep(wait).await;
+                    p.env().sleep(wait).await;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
                     profile = p;
                 }
@@ -385,7 +390,7 @@ impl Client {
             Ok(reg) => reg.servers(),
             Err(e) => return Err((profile, e)),
         };
-        let start = rand::random::<u32>() as usize % servers.len().max(1);
+        let start = crate::env::random_below(profile.env(), servers.len() as u64) as usize;
         let mut last = ClientError::Transport("no server address in this profile".into());
         for i in 0..servers.len() {
             let server = &servers[(start + i) % servers.len()];
@@ -409,7 +414,7 @@ impl Client {
     ) -> Result<(Connection, Registration, v1::Authenticated), ClientError> {
         let reg = profile.registration()?;
         let key = profile.identity()?;
-        let (mut conn, _) = open(server, trust_for(profile, "cert")?).await?;
+        let (mut conn, _) = open(profile, server, trust_for(profile, "cert")?).await?;
         let auth = conn.authenticate(&key, reg.device_id).await?;
         Ok((conn, reg, auth))
     }
@@ -423,13 +428,13 @@ impl Client {
         server: &str,
     ) -> Result<Client, (Profile, ClientError)> {
         if let Err(e) =
-            top_up_keys(&profile, &mut conn, auth.key_packages, auth.has_last_resort).await
+            top_up_key_packages(&profile, &mut conn, auth.key_packages, auth.has_last_resort).await
         {
             return Err((profile, e));
         }
         // Redeliveries can only come within the server's retention (30 days
         // by default), so older dedup entries can go.
-        if let Err(e) = profile.prune_seen(now_ms() - SEEN_KEEP_MS) {
+        if let Err(e) = profile.prune_seen(profile.now_ms() - SEEN_KEEP_MS) {
             return Err((profile, e));
         }
         let mut client = Client {
@@ -543,7 +548,7 @@ impl Client {
         let content = v1::Content {
             kind: Some(Kind::GroupState(state)),
         };
-        self.send_content(&dak_core::group_key(group), content)
+        self.send_content(&crate::group_key(group), content)
             .await
             .map(|_| ())
     }
@@ -577,7 +582,7 @@ impl Client {
         self.push_queued(queued).await
     }
 
-    async fn push_queued(&mut self, queued: Vec<Outgoing>) -> Result<(), ClientError> {
+    async fn push_queued(&mut self, queued: Vec<OutboxEntry>) -> Result<(), ClientError> {
         for (id, to, body) in queued {
             self.push_outgoing(&id, &to, body).await?;
         }
@@ -613,7 +618,7 @@ impl Client {
     /// Failures wait: receipts stay in the outbox, keys are topped up later.
     async fn answer(&mut self) {
         if std::mem::take(&mut self.keys_used)
-            && let Err(e) = self.refresh_keys().await
+            && let Err(e) = self.refresh_key_packages().await
         {
             tracing::debug!(error = %e, "KeyPackage top-up postponed");
         }
@@ -658,7 +663,7 @@ impl Client {
     async fn on_deliver(&mut self, d: v1::Deliver) -> Result<Vec<Event>, ClientError> {
         let me = self.reg.phone.clone();
         let my_device = self.reg.device_id;
-        let now = now_ms();
+        let now = self.profile.now_ms();
         let seqs: Vec<u64> = d.envelopes.iter().map(|e| e.seq).collect();
         let mut out = Delivered::default();
         let receipts = self.profile.transaction(|p| {
@@ -717,7 +722,7 @@ impl Client {
                         continue;
                     }
                 };
-                let from = incoming::From {
+                let from = incoming::Sender {
                     id: &e.message_id,
                     phone: &phone,
                     device,
@@ -847,7 +852,7 @@ impl Client {
         let me = self.reg.phone.clone();
         let mut adds = Vec::new();
         if peer != me {
-            let theirs = self.fetch_keys(peer, &[]).await?;
+            let theirs = self.fetch_key_packages(peer, &[]).await?;
             if theirs.packages.is_empty() {
                 return Err(ClientError::Usage(format!(
                     "{peer} has no device ready for encrypted chat yet; ask them to open Dak once"
@@ -855,10 +860,14 @@ impl Client {
             }
             adds.extend(theirs.packages);
         }
-        adds.extend(self.fetch_keys(&me, &[self.reg.device_id]).await?.packages);
+        adds.extend(
+            self.fetch_key_packages(&me, &[self.reg.device_id])
+                .await?
+                .packages,
+        );
         let group = self.profile.transaction(|p| {
             let group = p.mls(|m| m.create_group())?;
-            p.add_conversation(&group, peer, now_ms())?;
+            p.add_conversation(&group, peer, p.now_ms())?;
             Ok(group)
         })?;
         self.commit(&group, adds, Vec::new()).await?;
@@ -896,7 +905,7 @@ impl Client {
     /// Handles pushes until the group reaches `epoch` (the commit that won
     /// is in our mailbox, behind whatever came before it).
     async fn catch_up(&mut self, group: &[u8], epoch: u64) -> Result<(), ClientError> {
-        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let deadline = self.profile.now_ms() + CATCH_UP_WAIT.as_millis() as i64;
         loop {
             let (active, local) = self.profile.mls(|m| {
                 let active = m.has_group(group)?;
@@ -905,13 +914,18 @@ impl Client {
             if !active || local >= epoch {
                 return Ok(());
             }
-            let body = tokio::time::timeout_at(deadline, self.conn.next_push())
-                .await
-                .map_err(|_| {
-                    ClientError::Timeout(format!(
-                        "the commit for epoch {epoch} of a conversation did not arrive"
-                    ))
-                })??;
+            let left = deadline - self.profile.now_ms();
+            let pushed = if left > 0 {
+                let wait = std::time::Duration::from_millis(left as u64);
+                crate::env::timeout(self.profile.env(), wait, self.conn.next_push()).await
+            } else {
+                None
+            };
+            let body = pushed.ok_or_else(|| {
+                ClientError::Timeout(format!(
+                    "the commit for epoch {epoch} of a conversation did not arrive"
+                ))
+            })??;
             let events = self.handle_push_inner(body).await?;
             self.backlog.extend(events);
         }
@@ -932,7 +946,7 @@ impl Client {
                     .filter(|m| m.phone == phone)
                     .map(|m| m.device_id)
                     .collect();
-                let fetched = self.fetch_keys(&phone, &known).await?;
+                let fetched = self.fetch_key_packages(&phone, &known).await?;
                 let before = adds.len() + removes.len();
                 adds.extend(fetched.packages);
                 removes.extend(
@@ -955,7 +969,7 @@ impl Client {
             let added = !adds.is_empty();
             match self.commit(group, adds, removes).await {
                 Ok(()) => {
-                    if added && dak_core::mls::is_named_group(group) {
+                    if added && crate::mls::is_named_group(group) {
                         // The new devices learn the title and admins from this.
                         self.reshare.push(group.to_vec());
                     }
@@ -1011,7 +1025,7 @@ impl Client {
             )));
         }
         let request = Request::SendCommit(v1::SendCommit {
-            message_id: new_id(),
+            message_id: self.profile.new_message_id(),
             commit: out.commit,
             welcome,
             added_devices,
@@ -1038,7 +1052,7 @@ impl Client {
 
     /// KeyPackages for `phone`'s devices not in `known`, each checked to be
     /// signed by the identity key the server bound to that device.
-    pub(crate) async fn fetch_keys(
+    pub(crate) async fn fetch_key_packages(
         &mut self,
         phone: &str,
         known: &[u64],
@@ -1067,7 +1081,7 @@ impl Client {
     }
 
     /// Uploads KeyPackages if the server holds few.
-    async fn refresh_keys(&mut self) -> Result<(), ClientError> {
+    async fn refresh_key_packages(&mut self) -> Result<(), ClientError> {
         let answer = self
             .conn
             .call(Request::UploadKeyPackages(v1::UploadKeyPackages::default()))
@@ -1075,13 +1089,13 @@ impl Client {
         let Body::KeyPackageCount(c) = answer else {
             return Err(unexpected(answer));
         };
-        top_up_keys(&self.profile, &mut self.conn, c.one_time, c.has_last_resort).await
+        top_up_key_packages(&self.profile, &mut self.conn, c.one_time, c.has_last_resort).await
     }
 
     /// Makes a commit that only refreshes this device's keys in the
     /// conversation with `peer` (post-compromise security), retrying if
     /// another device's commit wins the epoch.
-    pub async fn update_keys(&mut self, peer: &str) -> Result<(), ClientError> {
+    pub async fn self_update(&mut self, peer: &str) -> Result<(), ClientError> {
         let peer = phone(peer)?;
         for _ in 0..GROUP_RETRIES {
             let group = self.group_with(&peer).await?;
@@ -1097,13 +1111,13 @@ impl Client {
     }
 
     /// This device's view of the conversation with `peer`, if it has one.
-    pub fn group_state(&self, peer: &str) -> Result<Option<GroupState>, ClientError> {
+    pub fn crypto_state(&self, peer: &str) -> Result<Option<CryptoState>, ClientError> {
         let peer = phone(peer)?;
         let Some(group) = self.profile.group_for(&peer)? else {
             return Ok(None);
         };
         self.profile.mls(|m| {
-            Ok(Some(GroupState {
+            Ok(Some(CryptoState {
                 epoch: m.epoch(&group)?,
                 authenticator: m.authenticator(&group)?,
                 members: m
@@ -1123,7 +1137,7 @@ impl Client {
         let group = self.group_with(&peer).await?;
         self.reconcile(&group).await?;
         let members = self.profile.mls(|m| m.members(&group))?;
-        Ok(dak_core::mls::safety_number(&members))
+        Ok(crate::mls::safety_number(&members))
     }
 
     /// Sends a reaction to a message in the conversation `to` (a number or a group).
@@ -1163,7 +1177,7 @@ impl Client {
         to: &str,
         content: v1::Content,
     ) -> Result<SendOutcome, ClientError> {
-        let id = new_id();
+        let id = self.profile.new_message_id();
         let body = content.encode_to_vec();
         check_plaintext_size(&body)?;
         self.profile.queue_outgoing(&id, to, &body)?;
@@ -1195,7 +1209,7 @@ impl Client {
             None => unread,
             Some(ids) => unread.into_iter().filter(|m| ids.contains(&m.id)).collect(),
         };
-        let now = now_ms();
+        let now = self.profile.now_ms();
         let mut by_sender: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for m in &chosen {
             by_sender
@@ -1287,13 +1301,13 @@ impl Client {
     }
 }
 
-use dak_core::OutboxEntry as Outgoing;
+use crate::OutboxEntry;
 
 fn queue_receipts(
     p: &Profile,
     kind: v1::ReceiptType,
     by_sender: BTreeMap<String, Vec<Vec<u8>>>,
-) -> Result<Vec<Outgoing>, ClientError> {
+) -> Result<Vec<OutboxEntry>, ClientError> {
     let mut queued = Vec::new();
     for (to, ids) in by_sender {
         for chunk in ids.chunks(256) {
@@ -1303,7 +1317,7 @@ fn queue_receipts(
                     message_ids: chunk.to_vec(),
                 })),
             };
-            let id = new_id();
+            let id = p.new_message_id();
             let body = content.encode_to_vec();
             p.queue_outgoing(&id, &to, &body)?;
             queued.push((id, to.clone(), body));
@@ -1323,7 +1337,7 @@ pub struct TextOptions {
 
 /// Stores a text as the user's and puts it in the outbox (🕓), without a
 /// connection: it leaves with the next `connect`. Returns the outbox entry.
-pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<Outgoing, ClientError> {
+pub fn queue_text(profile: &Profile, to: &str, text: &str) -> Result<OutboxEntry, ClientError> {
     queue_text_with(profile, to, text, &TextOptions::default())
 }
 
@@ -1334,11 +1348,11 @@ pub fn queue_text_with(
     to: &str,
     text: &str,
     opts: &TextOptions,
-) -> Result<Outgoing, ClientError> {
+) -> Result<OutboxEntry, ClientError> {
     let reg = profile.registration()?;
     let to = profile.resolve(to)?;
-    let id = new_id();
-    let sent_at_ms = now_ms();
+    let id = profile.new_message_id();
+    let sent_at_ms = profile.now_ms();
     let reply_to = opts
         .reply_to
         .as_ref()
@@ -1427,7 +1441,7 @@ pub fn timer_of(profile: &Profile, conversation: &str) -> Result<u32, ClientErro
 
 /// Uploads enough one-time KeyPackages to reach the target, and a
 /// last-resort one if the server has none.
-async fn top_up_keys(
+async fn top_up_key_packages(
     profile: &Profile,
     conn: &mut Connection,
     one_time: u32,

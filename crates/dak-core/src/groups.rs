@@ -17,10 +17,10 @@ use dak_proto::invite::{INVITE_SECRET_BYTES, InviteLink};
 use dak_proto::v1::{self, ErrorCode, content::Kind};
 use serde::Serialize;
 
-use crate::client::{Client, Event, SendOutcome, now_ms};
-use dak_core::ClientError;
-use dak_core::mls::MemberDevice;
-use dak_core::{Profile, group_key, parse_group_key};
+use crate::ClientError;
+use crate::client::{Client, Event, SendOutcome};
+use crate::mls::MemberDevice;
+use crate::{Profile, group_key, parse_group_key};
 
 /// Member accounts a group may have (each with its linked devices).
 pub const MAX_GROUP_MEMBERS: usize = 1024;
@@ -350,7 +350,10 @@ impl Client {
                 phones.len() + 1
             )));
         }
-        let mut adds = self.fetch_keys(&me, &[self.device_id()]).await?.packages;
+        let mut adds = self
+            .fetch_key_packages(&me, &[self.device_id()])
+            .await?
+            .packages;
         for phone in &phones {
             adds.extend(self.keys_for_new_member(phone).await?);
         }
@@ -362,8 +365,8 @@ impl Client {
         };
         let group = self.profile().transaction(|p| {
             let group = p.mls(|m| m.create_named_group())?;
-            p.add_conversation(&group, &group_key(&group), now_ms())?;
-            p.set_group_state(&group, &state, now_ms())?;
+            p.add_conversation(&group, &group_key(&group), p.now_ms())?;
+            p.set_group_state(&group, &state, p.now_ms())?;
             Ok(group)
         })?;
         let created = if adds.is_empty() {
@@ -576,7 +579,7 @@ impl Client {
             return Err(usage("only admins may make invite links"));
         }
         let mut secret = vec![0u8; INVITE_SECRET_BYTES];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        self.profile().env().fill_random(&mut secret);
         state.invite_secret = secret.clone();
         state.invite_owner = self.phone().to_string();
         state.invite_needs_approval = needs_approval;
@@ -719,7 +722,7 @@ impl Client {
         &mut self,
         phone: &str,
     ) -> Result<Vec<(u64, openmls::prelude::KeyPackage)>, ClientError> {
-        let fetched = self.fetch_keys(phone, &[]).await?;
+        let fetched = self.fetch_key_packages(phone, &[]).await?;
         if fetched.packages.is_empty() {
             return Err(usage(format!(
                 "{phone} has no device ready for encrypted chat yet; ask them to open Dak once"
@@ -777,7 +780,8 @@ impl Client {
         // Checked before it is kept: a state too big to send would be
         // refused on every later change too.
         crate::client::check_plaintext_size(&prost::Message::encode_to_vec(&content))?;
-        self.profile().set_group_state(group, &state, now_ms())?;
+        self.profile()
+            .set_group_state(group, &state, self.profile().now_ms())?;
         self.send_content(&group_key(group), content).await?;
         Ok(())
     }
@@ -962,8 +966,8 @@ mod tests {
         fn new(phone: &str, id: u64) -> Device {
             Device {
                 profile: Profile::new(
-                    Box::new(dak_core::memory::MemoryStore::new()),
-                    Box::new(crate::SystemEnvironment),
+                    Box::new(crate::memory::MemoryStore::new()),
+                    Box::new(crate::TestEnvironment::new(id, 0)),
                 ),
                 key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
                 phone: phone.into(),
@@ -971,8 +975,8 @@ mod tests {
             }
         }
 
-        fn mls(&self) -> dak_core::mls::Mls<'_> {
-            dak_core::mls::Mls::new(&self.profile, &self.key, &self.phone, self.id)
+        fn mls(&self) -> crate::mls::Mls<'_> {
+            crate::mls::Mls::new(&self.profile, &self.key, &self.phone, self.id)
         }
 
         fn key_package_for(&self, other: &Device) -> openmls::prelude::KeyPackage {

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dak_proto::v1::{self, content::Kind};
 
+use crate::ClientError;
 use crate::client::Event;
 use crate::groups::{self, FollowUp, GroupChange};
-use dak_core::ClientError;
-use dak_core::mls::{MemberDevice, is_named_group};
-use dak_core::{MessageView, Profile, Quote, group_key};
+use crate::mls::{MemberDevice, is_named_group};
+use crate::{MessageView, Profile, Quote, group_key};
 
 /// How long after sending the author may edit a message (WhatsApp's 15 minutes).
 pub const EDIT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -37,7 +37,7 @@ pub(crate) struct Delivered {
 }
 
 /// An envelope's sender and times, as the server and MLS vouch for them.
-pub(crate) struct From<'a> {
+pub(crate) struct Sender<'a> {
     pub id: &'a [u8],
     pub phone: &'a str,
     pub device: u64,
@@ -173,7 +173,7 @@ pub(crate) fn on_content(
     p: &Profile,
     me: &str,
     group: &[u8],
-    from: &From<'_>,
+    from: &Sender<'_>,
     content: v1::Content,
     out: &mut Delivered,
 ) -> Result<(), ClientError> {
@@ -367,7 +367,7 @@ fn authored_within(
     p: &Profile,
     conversation: &str,
     id: &[u8],
-    from: &From<'_>,
+    from: &Sender<'_>,
     window: i64,
     what: &str,
 ) -> Result<bool, ClientError> {
