@@ -6,9 +6,10 @@
 use dak_proto::v1::{self, content::Kind};
 
 use crate::ClientError;
-use crate::client::{Client, SendOutcome, TextOptions};
+use crate::client::Client;
 use crate::format_id;
 use crate::incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
+use crate::outbox::{SendOutcome, TextOptions};
 use crate::{MessageView, parse_group_key};
 
 /// Recipients of one broadcast list (WhatsApp's limit).

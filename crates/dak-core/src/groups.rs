@@ -18,8 +18,11 @@ use dak_proto::v1::{self, ErrorCode, content::Kind};
 use serde::Serialize;
 
 use crate::ClientError;
-use crate::client::{Client, Event, SendOutcome};
+use crate::client::Client;
+use crate::events::{Event, GroupChange};
 use crate::mls::MemberDevice;
+use crate::outbox::SendOutcome;
+use crate::work::FollowUp;
 use crate::{Profile, group_key, parse_group_key};
 
 /// Member accounts a group may have (each with its linked devices).
@@ -33,36 +36,6 @@ pub const MAX_DESCRIPTION_CHARS: usize = 512;
 pub const MAX_AVATAR_BYTES: usize = 48 * 1024;
 /// How often a membership change retries when another commit wins.
 const CHANGE_RETRIES: usize = 6;
-
-/// A change in a group, as shown to the user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum GroupChange {
-    /// This device was added.
-    Joined,
-    Added {
-        phones: Vec<String>,
-    },
-    Removed {
-        phones: Vec<String>,
-    },
-    /// This account was removed (or left): nothing more arrives.
-    RemovedMe,
-    Left {
-        phone: String,
-    },
-    Settings {
-        changes: Vec<String>,
-    },
-    /// A member did what the group's rules do not allow it to.
-    RuleBroken {
-        reason: String,
-    },
-    /// Someone asks to join by the invite link (approval is on).
-    JoinRequest {
-        phone: String,
-    },
-}
 
 /// One member account of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,16 +71,6 @@ pub struct GroupEdit {
     pub avatar: Option<Vec<u8>>,
     pub admins_only: Option<bool>,
     pub expire_secs: Option<u32>,
-}
-
-/// Work a delivery calls for that needs the network; done after the batch
-/// is stored and acked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum FollowUp {
-    /// Add someone who asked with the invite link this device made.
-    AddJoiner { group: Vec<u8>, phone: String },
-    /// Remove the devices of members who left.
-    RemoveLeavers { group: Vec<u8> },
 }
 
 /// The accounts among a group's member devices.
@@ -779,7 +742,7 @@ impl Client {
         };
         // Checked before it is kept: a state too big to send would be
         // refused on every later change too.
-        crate::client::check_plaintext_size(&prost::Message::encode_to_vec(&content))?;
+        crate::outbox::check_plaintext_size(&prost::Message::encode_to_vec(&content))?;
         self.profile()
             .set_group_state(group, &state, self.profile().now_ms())?;
         self.send_content(&group_key(group), content).await?;
@@ -1012,7 +975,7 @@ mod tests {
             let size = out.commit.len() + out.welcome.as_ref().map_or(0, Vec::len);
             largest = largest.max(size);
             assert!(
-                size + crate::client::COMMIT_FRAME_OVERHEAD <= dak_proto::MAX_FRAME_BYTES,
+                size + crate::group_sync::COMMIT_FRAME_OVERHEAD <= dak_proto::MAX_FRAME_BYTES,
                 "a commit and Welcome of {size} bytes do not fit a frame"
             );
         }

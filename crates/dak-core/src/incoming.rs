@@ -10,9 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use dak_proto::v1::{self, content::Kind};
 
 use crate::ClientError;
-use crate::client::Event;
-use crate::groups::{self, FollowUp, GroupChange};
+use crate::events::Event;
+use crate::events::GroupChange;
+use crate::groups;
 use crate::mls::{MemberDevice, is_named_group};
+use crate::work::FollowUp;
 use crate::{MessageView, Profile, Quote, group_key};
 
 /// How long after sending the author may edit a message (WhatsApp's 15 minutes).

@@ -17,7 +17,11 @@
 //!   `Environment`; `transport`: the `Transport` trait (one connection's
 //!   frames) and `CertTrust`.
 //! - `connection`: request/response matching and pushes over a transport.
-//! - `client`: what a user does: register, link, send, sync, read, status.
+//! - `client`: the `Client` (a connected device): registering, linking,
+//!   connecting, devices and PIN. Its other methods are by concept in
+//!   `outbox` (sending), `receive` (pushes, stored then acked), `ticks`,
+//!   `group_sync` (keeping a conversation's MLS group in step with the
+//!   server) and `key_packages`; `events` is what it tells the user.
 //! - `groups`: named groups (title, admins, invite links) and their rules.
 //! - `incoming`: what each decrypted delivery does to the profile.
 //! - `actions`: replies, edits, deletes, timers, forwards, broadcast lists.
@@ -32,27 +36,37 @@
 mod actions;
 mod client;
 pub mod conformance;
+mod connect;
 mod connection;
 pub mod env;
 mod error;
+mod events;
+mod group_sync;
 pub mod groups;
 pub mod ids;
 mod incoming;
+mod key_packages;
 pub mod memory;
 pub mod mls;
 pub mod mls_storage;
+mod outbox;
 pub mod profile;
+mod receive;
 pub mod store;
+mod ticks;
 pub mod transport;
+mod work;
 
 pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
-pub use client::{
-    Client, CryptoState, Event, SendOutcome, TextOptions, Tick, TickState, queue_text,
-    queue_text_with, tick_of, timer_of,
-};
+pub use client::Client;
 pub use connection::Connection;
-pub use groups::{GroupChange, GroupEdit, GroupInfo, GroupMember};
+pub use events::Event;
+pub use events::{GroupChange, Tick, TickState};
+pub use group_sync::CryptoState;
+pub use groups::{GroupEdit, GroupInfo, GroupMember};
 pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
+pub use outbox::{SendOutcome, TextOptions, queue_text, queue_text_with, timer_of};
+pub use ticks::tick_of;
 pub use transport::{CertTrust, Opened, Transport};
 
 pub use env::{Environment, TestEnvironment};

@@ -1,0 +1,379 @@
+//! Keeping a conversation's MLS group in step with the server: finding or
+//! starting the group to send in, settling a commit a lost connection left
+//! pending, catching up to the epoch that won, and reconciling the group's
+//! devices with the directory (`commit`), then trying the send again.
+
+use crate::ClientError;
+use crate::client::Client;
+use crate::connection::unexpected;
+use crate::events::Event;
+use crate::format_id;
+use crate::ids::phone;
+use crate::mls::MemberDevice;
+use crate::outbox::expires_in;
+use crate::parse_group_key;
+use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
+use std::collections::BTreeSet;
+
+/// How often a send retries after the group moved on or its devices changed.
+pub(crate) const GROUP_RETRIES: usize = 6;
+
+/// Room in a frame for a SendCommit's other fields (ids, device lists).
+pub(crate) const COMMIT_FRAME_OVERHEAD: usize = 4 * 1024;
+
+/// How long to wait for the commit that won an epoch to arrive.
+pub(crate) const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The state of this device's group with a contact, for tests and `dak safety`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CryptoState {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    pub authenticator: Vec<u8>,
+    pub members: Vec<(String, u64)>,
+}
+
+impl Client {
+    // ---- MLS: groups, commits and the key directory ----
+
+    /// Encrypts for the conversation with `to` and sends, bringing the
+    /// group up to date first when the server says it moved on.
+    pub(crate) async fn send_encrypted(
+        &mut self,
+        id: &[u8],
+        to: &str,
+        plaintext: &[u8],
+    ) -> Result<v1::SendAck, ClientError> {
+        let mut last = None;
+        for _ in 0..GROUP_RETRIES {
+            let group = self.group_with(to).await?;
+            let body = self
+                .profile
+                .transaction(|p| p.mls(|m| m.encrypt(&group, plaintext)))?;
+            let request = Request::SendMessage(v1::SendMessage {
+                message_id: id.to_vec(),
+                body,
+                expires_in_secs: expires_in(plaintext),
+            });
+            match self.conn.call(request).await {
+                Ok(Body::SendAck(ack)) => return Ok(ack),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => {
+                    if !self.recover(&group, &e).await? {
+                        return Err(e);
+                    }
+                    last = Some(e.to_string());
+                }
+            }
+        }
+        // Retryable: the message stays in the outbox for the next attempt.
+        Err(ClientError::Timeout(format!(
+            "the conversation kept changing ({}); the message stays queued",
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// Acts on a group refusal so that a retry can succeed. False for any
+    /// other error: there is nothing to fix, the caller gives up.
+    pub(crate) async fn recover(
+        &mut self,
+        group: &[u8],
+        e: &ClientError,
+    ) -> Result<bool, ClientError> {
+        match e.code() {
+            Some(ErrorCode::StaleEpoch) => {
+                let epoch = match e {
+                    ClientError::Server(s) => s.epoch,
+                    _ => 0,
+                };
+                self.catch_up(group, epoch).await?;
+            }
+            Some(ErrorCode::GroupDevicesChanged) => self.reconcile(group).await?,
+            Some(ErrorCode::NotAMember) => self.profile.retire_conversation(group)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The group for the conversation with `peer` (a number, or a named
+    /// group's key), a 1:1 one started if there is none.
+    pub(crate) async fn group_with(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
+        if parse_group_key(peer).is_some() {
+            return self.named_group_for_send(peer).await;
+        }
+        if let Some(group) = self.profile.group_for(peer)? {
+            if self.profile.mls(|m| m.has_group(&group))? && self.settle(&group).await? {
+                return Ok(group);
+            }
+            tracing::warn!(group = %format_id(&group), "conversation state unusable; starting a new one");
+            self.profile.retire_conversation(&group)?;
+        }
+        self.start_group(peer).await
+    }
+
+    /// A named group, ready to send in: pending commits settled and members
+    /// who left removed.
+    pub(crate) async fn named_group_for_send(&mut self, key: &str) -> Result<Vec<u8>, ClientError> {
+        let gone = || ClientError::Usage(format!("you are not a member of the group {key}"));
+        let group = self.profile.group_for(key)?.ok_or_else(gone)?;
+        if !self.profile.mls(|m| m.has_group(&group))? || !self.settle(&group).await? {
+            self.profile.retire_conversation(&group)?;
+            return Err(gone());
+        }
+        self.remove_leavers(&group).await?;
+        Ok(group)
+    }
+
+    /// Creates a group with every device of `peer` and this account's other
+    /// devices: the Welcome goes with the first commit, so the first message
+    /// needs nothing back from the recipient.
+    pub(crate) async fn start_group(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
+        let me = self.reg.phone.clone();
+        let mut adds = Vec::new();
+        if peer != me {
+            let theirs = self.fetch_key_packages(peer, &[]).await?;
+            if theirs.packages.is_empty() {
+                return Err(ClientError::Usage(format!(
+                    "{peer} has no device ready for encrypted chat yet; ask them to open Dak once"
+                )));
+            }
+            adds.extend(theirs.packages);
+        }
+        adds.extend(
+            self.fetch_key_packages(&me, &[self.reg.device_id])
+                .await?
+                .packages,
+        );
+        let group = self.profile.transaction(|p| {
+            let group = p.mls(|m| m.create_group())?;
+            p.add_conversation(&group, peer, p.now_ms())?;
+            Ok(group)
+        })?;
+        self.commit(&group, adds, Vec::new()).await?;
+        Ok(group)
+    }
+
+    /// Resolves a commit left pending by a lost connection: if the server
+    /// took it, it is in our mailbox and merges as our own; if not, it is
+    /// dropped. False when the group does not exist on the server.
+    pub(crate) async fn settle(&mut self, group: &[u8]) -> Result<bool, ClientError> {
+        if !self.profile.mls(|m| m.has_pending(group))? {
+            return Ok(true);
+        }
+        let server = match self
+            .conn
+            .call(Request::GetGroupEpoch(v1::GetGroupEpoch {
+                group_id: group.to_vec(),
+            }))
+            .await?
+        {
+            Body::GroupEpoch(g) => g,
+            other => return Err(unexpected(other)),
+        };
+        let local = self.profile.mls(|m| m.epoch(group))?;
+        if server.exists && server.epoch > local {
+            self.catch_up(group, server.epoch).await?;
+        }
+        if self.profile.mls(|m| m.has_pending(group))? {
+            self.profile
+                .transaction(|p| p.mls(|m| m.clear_pending(group)))?;
+        }
+        Ok(server.exists)
+    }
+
+    /// Handles pushes until the group reaches `epoch` (the commit that won
+    /// is in our mailbox, behind whatever came before it).
+    pub(crate) async fn catch_up(&mut self, group: &[u8], epoch: u64) -> Result<(), ClientError> {
+        let deadline = self.profile.now_ms() + CATCH_UP_WAIT.as_millis() as i64;
+        loop {
+            let (active, local) = self.profile.mls(|m| {
+                let active = m.has_group(group)?;
+                Ok((active, if active { m.epoch(group)? } else { 0 }))
+            })?;
+            if !active || local >= epoch {
+                return Ok(());
+            }
+            let left = deadline - self.profile.now_ms();
+            let pushed = if left > 0 {
+                let wait = std::time::Duration::from_millis(left as u64);
+                crate::env::timeout(self.profile.env(), wait, self.conn.next_push()).await
+            } else {
+                None
+            };
+            let body = pushed.ok_or_else(|| {
+                ClientError::Timeout(format!(
+                    "the commit for epoch {epoch} of a conversation did not arrive"
+                ))
+            })??;
+            let events = self.handle_push_inner(body).await?;
+            self.backlog.extend(events);
+        }
+    }
+
+    /// Brings the group's devices in line with the directory: adds the
+    /// member accounts' new devices and removes their unlinked ones.
+    pub(crate) async fn reconcile(&mut self, group: &[u8]) -> Result<(), ClientError> {
+        for _ in 0..GROUP_RETRIES {
+            let members = self.profile.mls(|m| m.members(group))?;
+            let phones: BTreeSet<String> = members.iter().map(|m| m.phone.clone()).collect();
+            let mut adds = Vec::new();
+            let mut removes = Vec::new();
+            let mut changed = Vec::new();
+            for phone in phones {
+                let known: Vec<u64> = members
+                    .iter()
+                    .filter(|m| m.phone == phone)
+                    .map(|m| m.device_id)
+                    .collect();
+                let fetched = self.fetch_key_packages(&phone, &known).await?;
+                let before = adds.len() + removes.len();
+                adds.extend(fetched.packages);
+                removes.extend(
+                    members
+                        .iter()
+                        .filter(|m| {
+                            m.phone == phone
+                                && !fetched.active.contains(&m.device_id)
+                                && m.device_id != self.reg.device_id
+                        })
+                        .cloned(),
+                );
+                if adds.len() + removes.len() > before && phone != self.reg.phone {
+                    changed.push(phone);
+                }
+            }
+            if adds.is_empty() && removes.is_empty() {
+                return Ok(());
+            }
+            let added = !adds.is_empty();
+            match self.commit(group, adds, removes).await {
+                Ok(()) => {
+                    if added && crate::mls::is_named_group(group) {
+                        // The new devices learn the title and admins from this.
+                        self.reshare.push(group.to_vec());
+                    }
+                    // The contact's devices changed: so did the safety number.
+                    let conversation = self.profile.peer_of(group)?.unwrap_or_default();
+                    self.backlog
+                        .extend(changed.into_iter().map(|phone| Event::SecurityNotice {
+                            conversation: conversation.clone(),
+                            phone,
+                        }));
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the conversation kept changing; try again".into(),
+        ))
+    }
+
+    /// Sends a commit; merges it on the ack. On STALE_EPOCH it is dropped
+    /// and the winner processed (the caller redoes its change); on a lost
+    /// connection it stays pending for `settle`.
+    pub(crate) async fn commit(
+        &mut self,
+        group: &[u8],
+        adds: Vec<(u64, openmls::prelude::KeyPackage)>,
+        removes: Vec<MemberDevice>,
+    ) -> Result<(), ClientError> {
+        let added_devices: Vec<u64> = adds.iter().map(|(d, _)| *d).collect();
+        let removed_devices: Vec<u64> = removes.iter().map(|m| m.device_id).collect();
+        let out = self.profile.transaction(|p| {
+            p.mls(|m| {
+                m.commit(
+                    group,
+                    adds.into_iter().map(|(_, kp)| kp).collect(),
+                    removes.iter().map(|r| r.leaf).collect(),
+                )
+            })
+        })?;
+        let welcome = out.welcome.unwrap_or_default();
+        let size = out.commit.len() + welcome.len();
+        if size + COMMIT_FRAME_OVERHEAD > dak_proto::MAX_FRAME_BYTES
+            || welcome.len() > dak_proto::mls::MAX_MLS_BYTES
+        {
+            self.profile
+                .transaction(|p| p.mls(|m| m.clear_pending(group)))?;
+            return Err(ClientError::TooLarge(format!(
+                "a commit with its Welcome is {size} bytes for {} new devices; one frame holds {}",
+                added_devices.len(),
+                dak_proto::MAX_FRAME_BYTES
+            )));
+        }
+        let request = Request::SendCommit(v1::SendCommit {
+            message_id: self.profile.new_message_id(),
+            commit: out.commit,
+            welcome,
+            added_devices,
+            removed_devices,
+        });
+        match self.conn.call(request).await {
+            Ok(Body::SendAck(_)) => self
+                .profile
+                .transaction(|p| p.mls(|m| m.merge_pending(group))),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) if !matches!(e, ClientError::Server(_)) => Err(e),
+            Err(e) => {
+                self.profile
+                    .transaction(|p| p.mls(|m| m.clear_pending(group)))?;
+                if let ClientError::Server(s) = &e
+                    && s.kind() == ErrorCode::StaleEpoch
+                {
+                    self.catch_up(group, s.epoch).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a commit that only refreshes this device's keys in the
+    /// conversation with `peer` (post-compromise security), retrying if
+    /// another device's commit wins the epoch.
+    pub async fn self_update(&mut self, peer: &str) -> Result<(), ClientError> {
+        let peer = phone(peer)?;
+        for _ in 0..GROUP_RETRIES {
+            let group = self.group_with(&peer).await?;
+            match self.commit(&group, Vec::new(), Vec::new()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the conversation kept changing; try again".into(),
+        ))
+    }
+
+    /// This device's view of the conversation with `peer`, if it has one.
+    pub fn crypto_state(&self, peer: &str) -> Result<Option<CryptoState>, ClientError> {
+        let peer = phone(peer)?;
+        let Some(group) = self.profile.group_for(&peer)? else {
+            return Ok(None);
+        };
+        self.profile.mls(|m| {
+            Ok(Some(CryptoState {
+                epoch: m.epoch(&group)?,
+                authenticator: m.authenticator(&group)?,
+                members: m
+                    .members(&group)?
+                    .into_iter()
+                    .map(|d| (d.phone, d.device_id))
+                    .collect(),
+                group_id: group.clone(),
+            }))
+        })
+    }
+
+    /// The conversation's safety number (see `mls::safety_number`): compare
+    /// it with the contact's, in person or by a call.
+    pub async fn safety_number(&mut self, peer: &str) -> Result<String, ClientError> {
+        let peer = phone(peer)?;
+        let group = self.group_with(&peer).await?;
+        self.reconcile(&group).await?;
+        let members = self.profile.mls(|m| m.members(&group))?;
+        Ok(crate::mls::safety_number(&members))
+    }
+}
