@@ -5,11 +5,10 @@
 //! `actions`); how it comes to exist is `connect`.
 
 use crate::ClientError;
-use crate::OutboxEntry;
 use crate::connection::{Connection, unexpected};
 use crate::events::Event;
 use crate::format_id;
-use crate::work::FollowUp;
+use crate::work::{MAX_WORK_ROUNDS, Work};
 use crate::{Profile, Registration};
 use dak_proto::v1::{self, client_frame::Request, server_frame::Body};
 use ed25519_dalek::SigningKey;
@@ -21,19 +20,15 @@ pub struct Client {
     /// The node this connection went to.
     pub(crate) server: String,
     pub(crate) undecodable: u64,
-    /// Events handled while waiting for a commit (see `catch_up`), given
-    /// out by the next `next_events`.
-    pub(crate) backlog: Vec<Event>,
-    /// Receipts queued by deliveries handled while catching up; sent by
-    /// the next `handle_push` (they are in the outbox meanwhile).
-    pub(crate) unsent_receipts: Vec<OutboxEntry>,
-    /// A Welcome used one of our KeyPackages since the last top-up.
-    pub(crate) keys_used: bool,
-    /// Group work deliveries called for, done by the next `answer`.
-    pub(crate) follow_ups: Vec<FollowUp>,
-    /// Named groups that gained devices: their state is sent again once
-    /// the send in progress is done.
-    pub(crate) reshare: Vec<Vec<u8>>,
+    /// Events that came up inside another step (deliveries handled while
+    /// catching up, a contact's changed devices found by a send), given out
+    /// by the next `next_events` or `handle_push`.
+    pub(crate) pending_events: Vec<Event>,
+    /// Work queued by what the client handled, done by `run_work`.
+    pub(crate) work: Vec<Work>,
+    /// `run_work` is running: work queued meanwhile joins its loop instead
+    /// of starting another.
+    pub(crate) working: bool,
 }
 
 impl Client {
@@ -117,5 +112,36 @@ impl Client {
     pub async fn close(self) -> Profile {
         self.conn.close().await;
         self.profile
+    }
+
+    /// Does the queued work (see `work`), in the order queued, until none is
+    /// left or `MAX_WORK_ROUNDS` have passed. Called after every push is
+    /// handled and every send is acked; a call while it runs returns at
+    /// once (the running loop takes the new work). Failures are logged and
+    /// wait for a later chance.
+    pub(crate) async fn run_work(&mut self) {
+        if self.working {
+            return;
+        }
+        self.working = true;
+        for _ in 0..MAX_WORK_ROUNDS {
+            let mut batch = std::mem::take(&mut self.work);
+            if batch.is_empty() {
+                break;
+            }
+            batch.dedup();
+            for work in batch {
+                let done = match &work {
+                    Work::TopUpKeyPackages => Box::pin(self.refresh_key_packages()).await,
+                    Work::Receipts(queued) => Box::pin(self.push_queued(queued.clone())).await,
+                    Work::Group(w) => Box::pin(self.follow_up(w.clone())).await,
+                    Work::ReshareState { group } => Box::pin(self.reshare_state(group)).await,
+                };
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, ?work, "queued work postponed");
+                }
+            }
+        }
+        self.working = false;
     }
 }

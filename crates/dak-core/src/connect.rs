@@ -287,11 +287,9 @@ impl Client {
             reg,
             server: server.to_string(),
             undecodable: 0,
-            backlog: Vec::new(),
-            unsent_receipts: Vec::new(),
-            keys_used: false,
-            follow_ups: Vec::new(),
-            reshare: Vec::new(),
+            pending_events: Vec::new(),
+            work: Vec::new(),
+            working: false,
         };
         match client.flush_outbox().await {
             Ok(_) => Ok(client),

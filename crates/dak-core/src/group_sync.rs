@@ -12,6 +12,7 @@ use crate::ids::phone;
 use crate::mls::MemberDevice;
 use crate::outbox::expires_in;
 use crate::parse_group_key;
+use crate::work::Work;
 use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
 use std::collections::BTreeSet;
 
@@ -99,7 +100,7 @@ impl Client {
     /// group's key), a 1:1 one started if there is none.
     pub(crate) async fn group_with(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
         if parse_group_key(peer).is_some() {
-            return self.named_group_for_send(peer).await;
+            return self.named_group_without_leavers(peer).await;
         }
         if let Some(group) = self.profile.group_for(peer)? {
             if self.profile.mls(|m| m.has_group(&group))? && self.settle(&group).await? {
@@ -111,9 +112,14 @@ impl Client {
         self.start_group(peer).await
     }
 
-    /// A named group, ready to send in: pending commits settled and members
-    /// who left removed.
-    pub(crate) async fn named_group_for_send(&mut self, key: &str) -> Result<Vec<u8>, ClientError> {
+    /// A named group, ready to send in: pending commits settled, and
+    /// members who asked to leave removed by a commit first (so a message
+    /// never reaches someone who left; this is why a send to a group may
+    /// commit).
+    pub(crate) async fn named_group_without_leavers(
+        &mut self,
+        key: &str,
+    ) -> Result<Vec<u8>, ClientError> {
         let gone = || ClientError::Usage(format!("you are not a member of the group {key}"));
         let group = self.profile.group_for(key)?.ok_or_else(gone)?;
         if !self.profile.mls(|m| m.has_group(&group))? || !self.settle(&group).await? {
@@ -206,7 +212,7 @@ impl Client {
                 ))
             })??;
             let events = self.handle_push_inner(body).await?;
-            self.backlog.extend(events);
+            self.pending_events.extend(events);
         }
     }
 
@@ -250,15 +256,18 @@ impl Client {
                 Ok(()) => {
                     if added && crate::mls::is_named_group(group) {
                         // The new devices learn the title and admins from this.
-                        self.reshare.push(group.to_vec());
+                        self.work.push(Work::ReshareState {
+                            group: group.to_vec(),
+                        });
                     }
                     // The contact's devices changed: so did the safety number.
                     let conversation = self.profile.peer_of(group)?.unwrap_or_default();
-                    self.backlog
-                        .extend(changed.into_iter().map(|phone| Event::SecurityNotice {
+                    self.pending_events.extend(changed.into_iter().map(|phone| {
+                        Event::SecurityNotice {
                             conversation: conversation.clone(),
                             phone,
-                        }));
+                        }
+                    }));
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => continue,

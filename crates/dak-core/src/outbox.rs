@@ -224,11 +224,7 @@ impl Client {
             }
             p.remove_outgoing(id)
         })?;
-        for group in std::mem::take(&mut self.reshare) {
-            if let Err(e) = Box::pin(self.reshare_state(&group)).await {
-                tracing::warn!(group = %format_id(&group), error = %e, "group settings not sent to new devices yet");
-            }
-        }
+        self.run_work().await;
         Ok(ack)
     }
 

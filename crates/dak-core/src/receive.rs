@@ -10,6 +10,7 @@ use crate::format_id;
 use crate::incoming::{self, Delivered};
 use crate::mls::Incoming;
 use crate::outbox::queue_receipts;
+use crate::work::Work;
 use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
 
 /// How long message ids are remembered for dedup: twice the default retention.
@@ -31,8 +32,8 @@ impl Client {
     /// be stored and its events dropped): to time out or `select!`, use
     /// `recv_push` and `handle_push`.
     pub async fn next_events(&mut self) -> Result<Vec<Event>, ClientError> {
-        if !self.backlog.is_empty() {
-            return Ok(std::mem::take(&mut self.backlog));
+        if !self.pending_events.is_empty() {
+            return Ok(std::mem::take(&mut self.pending_events));
         }
         let body = self.conn.next_push().await?;
         self.handle_push(body).await
@@ -46,31 +47,10 @@ impl Client {
 
     /// Stores, acks and answers (receipts) one push. Not cancel-safe: let it finish.
     pub async fn handle_push(&mut self, body: Body) -> Result<Vec<Event>, ClientError> {
-        let mut events = std::mem::take(&mut self.backlog);
+        let mut events = std::mem::take(&mut self.pending_events);
         events.extend(self.handle_push_inner(body).await?);
-        self.answer().await;
+        self.run_work().await;
         Ok(events)
-    }
-
-    /// Sends the receipts and KeyPackages that deliveries called for.
-    /// Failures wait: receipts stay in the outbox, keys are topped up later.
-    pub(crate) async fn answer(&mut self) {
-        if std::mem::take(&mut self.keys_used)
-            && let Err(e) = self.refresh_key_packages().await
-        {
-            tracing::debug!(error = %e, "KeyPackage top-up postponed");
-        }
-        let receipts = std::mem::take(&mut self.unsent_receipts);
-        if let Err(e) = self.push_queued(receipts).await {
-            tracing::debug!(error = %e, "receipts stay in the outbox");
-        }
-        let mut work = std::mem::take(&mut self.follow_ups);
-        work.dedup();
-        for w in work {
-            if let Err(e) = self.follow_up(w.clone()).await {
-                tracing::warn!(error = %e, work = ?w, "group work postponed");
-            }
-        }
     }
 
     /// Handles one push without sending anything (a send may be waiting on it).
@@ -194,9 +174,14 @@ impl Client {
             tracing::debug!(error = %e, "ack failed; the server will redeliver and we will drop the copies");
             return Ok(events);
         }
-        self.keys_used |= out.joined;
-        self.unsent_receipts.extend(receipts);
-        self.follow_ups.extend(out.follow_ups);
+        if out.joined {
+            self.work.push(Work::TopUpKeyPackages);
+        }
+        if !receipts.is_empty() {
+            self.work.push(Work::Receipts(receipts));
+        }
+        self.work
+            .extend(out.follow_ups.into_iter().map(Work::Group));
         Ok(events)
     }
 
