@@ -21,7 +21,7 @@ pub enum Event {
     Undecodable {
         id: Vec<u8>,
         from: String,
-        reason: String,
+        reason: Undecodable,
     },
     /// A contact's devices or keys changed in a conversation: the safety
     /// number changed (`dak safety`).
@@ -69,17 +69,6 @@ pub enum TickState {
     Read,
 }
 
-impl TickState {
-    pub fn symbol(self) -> &'static str {
-        match self {
-            TickState::Pending => "🕓",
-            TickState::Sent => "✓",
-            TickState::Delivered => "✓✓",
-            TickState::Read => "✓✓ (read)",
-        }
-    }
-}
-
 /// A tick of one message and the per-device detail behind it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tick {
@@ -105,14 +94,88 @@ pub enum GroupChange {
         phone: String,
     },
     Settings {
-        changes: Vec<String>,
+        changes: Vec<SettingChange>,
     },
     /// A member did what the group's rules do not allow it to.
     RuleBroken {
-        reason: String,
+        breach: RuleBreach,
     },
     /// Someone asks to join by the invite link (approval is on).
     JoinRequest {
         phone: String,
     },
+}
+
+/// Why a message could not be shown (`Event::Undecodable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Undecodable {
+    /// This device has no state for the conversation (restored from an old
+    /// copy, say): the sender's next message starts a new one.
+    LostState,
+    /// MLS refused it: corrupted, replayed, or from an epoch this device
+    /// no longer has keys for. `detail` is openmls's word, for logs.
+    Crypto { detail: String },
+    /// The encrypted sender is not the one the server's envelope names.
+    SenderMismatch,
+    /// It decrypted, but the content inside is not a valid `Content`.
+    BadContent { detail: String },
+}
+
+impl Undecodable {
+    pub(crate) fn of(e: &crate::ClientError) -> Undecodable {
+        match e {
+            crate::ClientError::GroupMissing(_) => Undecodable::LostState,
+            other => Undecodable::Crypto {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// One change to a group's (or a 1:1 chat's) settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SettingChange {
+    Title {
+        title: String,
+    },
+    Description {
+        description: String,
+    },
+    Avatar {
+        bytes: usize,
+    },
+    AdminAdded {
+        phone: String,
+    },
+    AdminRemoved {
+        phone: String,
+    },
+    /// Only admins may add members and change settings (or, off, everyone).
+    AdminsOnly {
+        on: bool,
+    },
+    /// The disappearing-message timer, in seconds (0: off).
+    Timer {
+        secs: u32,
+    },
+    /// A new invite link was made, or (revoked) the link was revoked.
+    InviteLink {
+        revoked: bool,
+    },
+}
+
+/// How a member broke a group's rules (see `groups::may_change`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RuleBreach {
+    /// `by` is not an admin but changed the admins, the rules or the link.
+    AdminSettings { by: String },
+    /// `by` is not an admin but changed the settings of an admins-only group.
+    LockedSettings { by: String },
+    /// `by` is not an admin but added members to an admins-only group.
+    LockedMembers { by: String },
+    /// `by` is not an admin but removed `phone`, who had not asked to leave.
+    Removed { by: String, phone: String },
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::ClientError;
 use crate::client::Client;
-use crate::events::{Event, GroupChange};
+use crate::events::{Event, GroupChange, RuleBreach, SettingChange};
 use crate::mls::MemberDevice;
 use crate::outbox::SendOutcome;
 use crate::work::FollowUp;
@@ -104,7 +104,7 @@ pub fn may_change(
     new: &v1::GroupState,
     by: &str,
     members: &BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<(), RuleBreach> {
     let Some(old) = old else { return Ok(()) };
     if effective_admins(old, members).contains(by) {
         return Ok(());
@@ -115,14 +115,10 @@ pub fn may_change(
         && old.invite_owner == new.invite_owner
         && old.invite_needs_approval == new.invite_needs_approval;
     if !admin_fields_same {
-        return Err(format!(
-            "{by} is not an admin but changed the admins, the rules or the invite link"
-        ));
+        return Err(RuleBreach::AdminSettings { by: by.to_string() });
     }
     if old.admins_only && old != new {
-        return Err(format!(
-            "{by} is not an admin but changed the settings of a group where only admins may"
-        ));
+        return Err(RuleBreach::LockedSettings { by: by.to_string() });
     }
     Ok(())
 }
@@ -136,7 +132,7 @@ pub fn may_change_members(
     joined: &BTreeSet<String>,
     left: &BTreeSet<String>,
     leavers: &[String],
-) -> Result<(), String> {
+) -> Result<(), RuleBreach> {
     let Some(state) = state else { return Ok(()) };
     let admin = effective_admins(state, members_before).contains(by);
     if admin {
@@ -144,67 +140,65 @@ pub fn may_change_members(
     }
     let joined_others = joined.iter().any(|p| p != by);
     if state.admins_only && joined_others {
-        return Err(format!(
-            "{by} is not an admin but added members to a group where only admins may"
-        ));
+        return Err(RuleBreach::LockedMembers { by: by.to_string() });
     }
     if let Some(p) = left.iter().find(|p| *p != by && !leavers.contains(p)) {
-        return Err(format!("{by} is not an admin but removed {p}"));
+        return Err(RuleBreach::Removed {
+            by: by.to_string(),
+            phone: p.to_string(),
+        });
     }
     Ok(())
 }
 
-/// What changed between two states, in words.
-pub fn describe_changes(old: Option<&v1::GroupState>, new: &v1::GroupState) -> Vec<String> {
+/// What changed between two states of a group's settings, as data.
+pub fn setting_changes(old: Option<&v1::GroupState>, new: &v1::GroupState) -> Vec<SettingChange> {
     let empty = v1::GroupState::default();
     let old = old.unwrap_or(&empty);
     let mut out = Vec::new();
     if old.title != new.title {
-        out.push(format!("title: {}", new.title));
+        out.push(SettingChange::Title {
+            title: new.title.clone(),
+        });
     }
     if old.description != new.description {
-        out.push(format!("description: {}", new.description));
+        out.push(SettingChange::Description {
+            description: new.description.clone(),
+        });
     }
     if old.avatar != new.avatar {
-        out.push(format!("avatar: {} bytes", new.avatar.len()));
+        out.push(SettingChange::Avatar {
+            bytes: new.avatar.len(),
+        });
     }
     let before: BTreeSet<&String> = old.admins.iter().collect();
     let after: BTreeSet<&String> = new.admins.iter().collect();
     for a in after.difference(&before) {
-        out.push(format!("{a} is now an admin"));
+        out.push(SettingChange::AdminAdded {
+            phone: a.to_string(),
+        });
     }
     for a in before.difference(&after) {
-        out.push(format!("{a} is no longer an admin"));
+        out.push(SettingChange::AdminRemoved {
+            phone: a.to_string(),
+        });
     }
     if old.admins_only != new.admins_only {
-        out.push(if new.admins_only {
-            "only admins may add members and change settings".into()
-        } else {
-            "all members may add members and change settings".into()
+        out.push(SettingChange::AdminsOnly {
+            on: new.admins_only,
         });
     }
     if old.expire_secs != new.expire_secs {
-        out.push(describe_timer(new.expire_secs));
+        out.push(SettingChange::Timer {
+            secs: new.expire_secs,
+        });
     }
     if old.invite_secret != new.invite_secret {
-        out.push(if new.invite_secret.is_empty() {
-            "the invite link was revoked".into()
-        } else {
-            "a new invite link was made".into()
+        out.push(SettingChange::InviteLink {
+            revoked: new.invite_secret.is_empty(),
         });
     }
     out
-}
-
-pub fn describe_timer(secs: u32) -> String {
-    if secs == 0 {
-        "disappearing messages: off".into()
-    } else {
-        format!(
-            "disappearing messages: {}",
-            humantime::format_duration(std::time::Duration::from_secs(secs as u64))
-        )
-    }
 }
 
 /// The link for a group's invite secret (see `dak_proto::invite`).
@@ -867,7 +861,7 @@ mod tests {
         assert!(may_change(Some(&state(&["+911"], false)), &renamed, "+912", &members).is_ok());
         renamed.admins_only = true;
         let err = may_change(Some(&state(&["+911"], true)), &renamed, "+912", &members);
-        assert!(err.unwrap_err().contains("only admins"));
+        assert!(matches!(err, Err(RuleBreach::LockedSettings { .. })));
         assert!(may_change(Some(&state(&["+911"], true)), &renamed, "+911", &members).is_ok());
     }
 

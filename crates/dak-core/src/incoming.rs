@@ -11,7 +11,7 @@ use dak_proto::v1::{self, content::Kind};
 
 use crate::ClientError;
 use crate::events::Event;
-use crate::events::GroupChange;
+use crate::events::{GroupChange, SettingChange};
 use crate::groups;
 use crate::mls::{MemberDevice, is_named_group};
 use crate::work::FollowUp;
@@ -132,7 +132,7 @@ pub(crate) fn on_commit(
     members_before.extend(c.left.iter().cloned());
     let leavers = p.leavers(group)?;
     let state = p.group_state(group)?;
-    if let Err(reason) = groups::may_change_members(
+    if let Err(breach) = groups::may_change_members(
         state.as_ref(),
         &c.committer,
         &members_before,
@@ -140,9 +140,9 @@ pub(crate) fn on_commit(
         &c.left,
         &leavers,
     ) {
-        tracing::warn!(group = %conversation, %reason, "a commit broke the group's rules");
+        tracing::warn!(group = %conversation, ?breach, "a commit broke the group's rules");
         out.events
-            .push(group_event(GroupChange::RuleBroken { reason }));
+            .push(group_event(GroupChange::RuleBroken { breach }));
     }
     for phone in &c.left {
         p.clear_leaver(group, phone)?;
@@ -290,7 +290,9 @@ pub(crate) fn on_content(
                 conversation,
                 by: from.phone.to_string(),
                 change: GroupChange::Settings {
-                    changes: vec![groups::describe_timer(t.expire_secs)],
+                    changes: vec![SettingChange::Timer {
+                        secs: t.expire_secs,
+                    }],
                 },
             });
         }
@@ -344,16 +346,16 @@ fn on_group_state(
     let members = groups::accounts(&p.mls(|m| m.members(group))?);
     let change = match groups::may_change(old.as_ref(), &state, by, &members) {
         Ok(()) => {
-            let changes = groups::describe_changes(old.as_ref(), &state);
+            let changes = groups::setting_changes(old.as_ref(), &state);
             p.set_group_state(group, &state, 0)?;
             if changes.is_empty() {
                 return Ok(());
             }
             GroupChange::Settings { changes }
         }
-        Err(reason) => {
-            tracing::warn!(group = %conversation, %reason, "a group state change was refused");
-            GroupChange::RuleBroken { reason }
+        Err(breach) => {
+            tracing::warn!(group = %conversation, ?breach, "a group state change was refused");
+            GroupChange::RuleBroken { breach }
         }
     };
     out.events.push(Event::Group {

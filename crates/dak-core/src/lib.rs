@@ -61,7 +61,7 @@ pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
 pub use client::Client;
 pub use connection::Connection;
 pub use events::Event;
-pub use events::{GroupChange, Tick, TickState};
+pub use events::{GroupChange, RuleBreach, SettingChange, Tick, TickState, Undecodable};
 pub use group_sync::CryptoState;
 pub use groups::{GroupEdit, GroupInfo, GroupMember};
 pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};

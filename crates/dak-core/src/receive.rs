@@ -5,7 +5,7 @@
 use crate::ClientError;
 use crate::Profile;
 use crate::client::Client;
-use crate::events::Event;
+use crate::events::{Event, Undecodable};
 use crate::format_id;
 use crate::incoming::{self, Delivered};
 use crate::mls::Incoming;
@@ -110,7 +110,7 @@ impl Client {
                         }
                         out.undecodable += 1;
                         tracing::warn!(id = %format_id(&e.message_id), from = %e.sender_phone, error = %err, "undecryptable message");
-                        out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
+                        out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: Undecodable::of(&err) });
                         continue;
                     }
                 };
@@ -129,9 +129,8 @@ impl Client {
                 };
                 if phone != e.sender_phone || device != e.sender_device {
                     out.undecodable += 1;
-                    let reason = "the encrypted sender differs from the server's envelope".to_string();
-                    tracing::warn!(id = %format_id(&e.message_id), %reason, "message refused");
-                    out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason });
+                    tracing::warn!(id = %format_id(&e.message_id), "message refused: the encrypted sender differs from the server's envelope");
+                    out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: Undecodable::SenderMismatch });
                     continue;
                 }
                 let content = match dak_proto::decode_content(&plaintext) {
@@ -139,7 +138,7 @@ impl Client {
                     Err(err) => {
                         out.undecodable += 1;
                         tracing::warn!(id = %format_id(&e.message_id), error = %err, "undecodable message body");
-                        out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: err.to_string() });
+                        out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: Undecodable::BadContent { detail: err.to_string() } });
                         continue;
                     }
                 };

@@ -178,7 +178,8 @@ impl Chat {
             }
             Event::QueueEmpty => {}
             Event::Undecodable { from, reason, .. } => self.push(Item::Notice(format!(
-                "⚠ a message from {from} could not be decrypted ({reason})"
+                "⚠ a message from {from} could not be decrypted ({})",
+                crate::show::undecodable_text(&reason)
             ))),
             Event::Edited { ref id, .. } | Event::Deleted { ref id, .. } => {
                 if let Ok(Some(m)) = profile.message(id)

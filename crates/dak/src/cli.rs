@@ -371,7 +371,11 @@ async fn send(
             json!({"id": format_id(&sent.id), "tick": state, "server_time_ms": sent.server_time_ms, "recipient_devices": sent.recipient_devices})
         );
     } else if want > TickState::Sent {
-        println!("{} {}", format_id(&sent.id), state.symbol());
+        println!(
+            "{} {}",
+            format_id(&sent.id),
+            crate::show::tick_symbol(state)
+        );
     }
     client.close().await;
     Ok(())
@@ -467,7 +471,11 @@ fn status(dir: &std::path::Path, id: &str, json: bool) -> Result<()> {
         );
         return Ok(());
     }
-    println!("{} {}", format_id(&id), tick.state.symbol());
+    println!(
+        "{} {}",
+        format_id(&id),
+        crate::show::tick_symbol(tick.state)
+    );
     let mut members: std::collections::BTreeMap<&str, Vec<&dak_client::RecipientState>> =
         Default::default();
     for d in &tick.devices {

@@ -101,7 +101,7 @@ fn print_info(g: &GroupInfo, json: bool) {
         } else {
             "all members add members and change settings"
         },
-        dak_client::groups::describe_timer(g.expire_secs)
+        crate::show::timer_text(g.expire_secs)
     );
     if g.avatar_bytes > 0 {
         println!("  avatar: {} bytes", g.avatar_bytes);
@@ -295,7 +295,7 @@ pub async fn timer(dir: &Path, conversation: &str, duration: &str, json: bool) -
     done(
         json,
         json!({"expire_secs": secs}),
-        &dak_client::groups::describe_timer(secs),
+        &crate::show::timer_text(secs),
     );
     client.close().await;
     Ok(())

@@ -1,7 +1,9 @@
 //! How messages and events look: one line each for people, one JSON object
 //! each for scripts. Shared by the commands and the chat screen.
 
-use dak_client::{Event, GroupChange, MessageView, format_id};
+use dak_client::{
+    Event, GroupChange, MessageView, RuleBreach, SettingChange, TickState, Undecodable, format_id,
+};
 use serde_json::json;
 
 pub fn message_json(m: &MessageView) -> serde_json::Value {
@@ -53,6 +55,76 @@ pub fn message_text(m: &MessageView) -> String {
     out
 }
 
+/// A tick as the CLI shows it.
+pub fn tick_symbol(state: TickState) -> &'static str {
+    match state {
+        TickState::Pending => "🕓",
+        TickState::Sent => "✓",
+        TickState::Delivered => "✓✓",
+        TickState::Read => "✓✓ (read)",
+    }
+}
+
+/// A disappearing-message timer in words.
+pub fn timer_text(secs: u32) -> String {
+    if secs == 0 {
+        "disappearing messages: off".into()
+    } else {
+        format!(
+            "disappearing messages: {}",
+            humantime::format_duration(std::time::Duration::from_secs(secs as u64))
+        )
+    }
+}
+
+/// One settings change in words.
+pub fn setting_text(change: &SettingChange) -> String {
+    match change {
+        SettingChange::Title { title } => format!("title: {title}"),
+        SettingChange::Description { description } => format!("description: {description}"),
+        SettingChange::Avatar { bytes } => format!("avatar: {bytes} bytes"),
+        SettingChange::AdminAdded { phone } => format!("{phone} is now an admin"),
+        SettingChange::AdminRemoved { phone } => format!("{phone} is no longer an admin"),
+        SettingChange::AdminsOnly { on: true } => {
+            "only admins may add members and change settings".into()
+        }
+        SettingChange::AdminsOnly { on: false } => {
+            "all members may add members and change settings".into()
+        }
+        SettingChange::Timer { secs } => timer_text(*secs),
+        SettingChange::InviteLink { revoked: true } => "the invite link was revoked".into(),
+        SettingChange::InviteLink { revoked: false } => "a new invite link was made".into(),
+    }
+}
+
+/// A broken group rule in words.
+pub fn breach_text(breach: &RuleBreach) -> String {
+    match breach {
+        RuleBreach::AdminSettings { by } => {
+            format!("{by} is not an admin but changed the admins, the rules or the invite link")
+        }
+        RuleBreach::LockedSettings { by } => format!(
+            "{by} is not an admin but changed the settings of a group where only admins may"
+        ),
+        RuleBreach::LockedMembers { by } => {
+            format!("{by} is not an admin but added members to a group where only admins may")
+        }
+        RuleBreach::Removed { by, phone } => format!("{by} is not an admin but removed {phone}"),
+    }
+}
+
+/// Why a message could not be shown, in words.
+pub fn undecodable_text(reason: &Undecodable) -> String {
+    match reason {
+        Undecodable::LostState => "this device has lost the encryption state of the conversation; the sender's next message starts a new one".into(),
+        Undecodable::Crypto { detail } => detail.clone(),
+        Undecodable::SenderMismatch => {
+            "the encrypted sender differs from the server's envelope".into()
+        }
+        Undecodable::BadContent { detail } => format!("its content is not valid: {detail}"),
+    }
+}
+
 /// A group change in words.
 pub fn change_text(by: &str, change: &GroupChange) -> String {
     let by = if by.is_empty() { "someone" } else { by };
@@ -64,8 +136,17 @@ pub fn change_text(by: &str, change: &GroupChange) -> String {
             format!("{by} removed you: you no longer receive this group's messages")
         }
         GroupChange::Left { phone } => format!("{phone} left"),
-        GroupChange::Settings { changes } => format!("{by}: {}", changes.join("; ")),
-        GroupChange::RuleBroken { reason } => format!("⚠ against the group's rules: {reason}"),
+        GroupChange::Settings { changes } => format!(
+            "{by}: {}",
+            changes
+                .iter()
+                .map(setting_text)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        GroupChange::RuleBroken { breach } => {
+            format!("⚠ against the group's rules: {}", breach_text(breach))
+        }
         GroupChange::JoinRequest { phone } => {
             format!("{phone} asks to join by the invite link (dak group approve GROUP {phone})")
         }
@@ -76,8 +157,9 @@ pub fn change_text(by: &str, change: &GroupChange) -> String {
 pub fn notice_text(event: &Event) -> Option<String> {
     Some(match event {
         Event::Undecodable { id, from, reason } => format!(
-            "⚠ message {} from {from} could not be decrypted ({reason})",
-            format_id(id)
+            "⚠ message {} from {from} could not be decrypted ({})",
+            format_id(id),
+            undecodable_text(reason)
         ),
         Event::SecurityNotice {
             conversation,
@@ -142,7 +224,7 @@ fn event_json(event: &Event) -> Option<serde_json::Value> {
         Event::Message(m) => message_json(m),
         Event::Tick { id, state } => json!({"type": "tick", "id": format_id(id), "tick": state}),
         Event::Undecodable { id, from, reason } => {
-            json!({"type": "undecodable", "id": format_id(id), "from": from, "reason": reason})
+            json!({"type": "undecodable", "id": format_id(id), "from": from, "reason": undecodable_text(reason), "why": reason})
         }
         Event::SecurityNotice {
             conversation,
@@ -205,7 +287,7 @@ pub fn print_event(event: &Event, json: bool) {
                 println!("[{at}] {}: {text}  ({id})", m.from);
             }
         }
-        Event::Tick { id, state } => println!("{} {}", format_id(id), state.symbol()),
+        Event::Tick { id, state } => println!("{} {}", format_id(id), tick_symbol(*state)),
         other => {
             if let Some(line) = notice_text(other) {
                 println!("{line}");
