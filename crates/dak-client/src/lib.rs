@@ -23,6 +23,6 @@ pub use dak_core::{
     TextOptions, Tick, TickState, group_key, groups, mls, profile, queue_text, queue_text_with,
     save_broadcast_list, tick_of, timer_of,
 };
-pub use dak_core::{RuleBreach, SettingChange, Undecodable, format_id, parse_id};
+pub use dak_core::{ConversationId, RuleBreach, SettingChange, Undecodable, format_id, parse_id};
 pub use env::SystemEnvironment;
 pub use sqlite_profile::{SqliteProfile, open_profile};

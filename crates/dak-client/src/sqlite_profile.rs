@@ -148,7 +148,7 @@ const MESSAGE_COLS: &str = "id, conversation, sender_phone, sender_device, outgo
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
     Ok(MessageView {
         id: r.get(0)?,
-        conversation: r.get(1)?,
+        conversation: dak_core::ConversationId::from_key(&r.get::<_, String>(1)?),
         from: r.get(2)?,
         from_device: r.get::<_, i64>(3)? as u64,
         outgoing: r.get(4)?,
@@ -429,7 +429,7 @@ impl ProfileStore for SqliteProfile {
         let quote = m.reply_to.clone().unwrap_or_default();
         self.exec(
             "INSERT OR IGNORE INTO messages (id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            params![m.id, m.conversation, m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms],
+            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms],
         )
         .map(drop)
     }

@@ -6,11 +6,11 @@
 use dak_proto::v1::{self, content::Kind};
 
 use crate::ClientError;
+use crate::MessageView;
 use crate::client::Client;
 use crate::format_id;
 use crate::incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
 use crate::outbox::{SendOutcome, TextOptions};
-use crate::{MessageView, parse_group_key};
 
 /// Recipients of one broadcast list (WhatsApp's limit).
 pub const MAX_BROADCAST_RECIPIENTS: usize = 256;
@@ -105,10 +105,10 @@ impl Client {
     /// group it is a group setting (see `update_group`).
     pub async fn set_timer(&mut self, conversation: &str, secs: u32) -> Result<(), ClientError> {
         let conversation = self.profile().resolve(conversation)?;
-        if parse_group_key(&conversation).is_some() {
+        if conversation.is_group() {
             return self
                 .update_group(
-                    &conversation,
+                    &conversation.key(),
                     crate::groups::GroupEdit {
                         expire_secs: Some(secs),
                         ..Default::default()
@@ -120,7 +120,7 @@ impl Client {
             kind: Some(Kind::SetTimer(v1::SetTimer { expire_secs: secs })),
         };
         self.send_content(&conversation, content).await?;
-        self.profile().set_chat_timer(&conversation, secs)
+        self.profile().set_chat_timer(&conversation.key(), secs)
     }
 
     /// Forwards a message to several chats, labelled as forwarded, within
@@ -167,7 +167,7 @@ impl Client {
         };
         let mut sent = Vec::new();
         for c in chats {
-            sent.push(self.send_text_with(&c, &m.text, &opts).await?);
+            sent.push(self.send_text_with(&c.key(), &m.text, &opts).await?);
         }
         Ok(sent)
     }

@@ -4,7 +4,7 @@
 use crate::MessageView;
 use serde::Serialize;
 
-use crate::RecipientState;
+use crate::{ConversationId, RecipientState};
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -26,31 +26,31 @@ pub enum Event {
     /// A contact's devices or keys changed in a conversation: the safety
     /// number changed (`dak safety`).
     SecurityNotice {
-        conversation: String,
+        conversation: ConversationId,
         phone: String,
     },
     /// Something happened in a group (`by` did it; empty when unknown).
     Group {
-        conversation: String,
+        conversation: ConversationId,
         by: String,
         change: GroupChange,
     },
     /// An emoji on a message (empty: taken back).
     Reaction {
-        conversation: String,
+        conversation: ConversationId,
         id: Vec<u8>,
         from: String,
         emoji: String,
     },
     /// The sender edited a message.
     Edited {
-        conversation: String,
+        conversation: ConversationId,
         id: Vec<u8>,
         text: String,
     },
     /// The sender deleted a message for everyone.
     Deleted {
-        conversation: String,
+        conversation: ConversationId,
         id: Vec<u8>,
     },
 }

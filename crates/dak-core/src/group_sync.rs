@@ -4,6 +4,7 @@
 //! devices with the directory (`commit`), then trying the send again.
 
 use crate::ClientError;
+use crate::ConversationId;
 use crate::client::Client;
 use crate::connection::unexpected;
 use crate::events::Event;
@@ -11,7 +12,6 @@ use crate::format_id;
 use crate::ids::phone;
 use crate::mls::MemberDevice;
 use crate::outbox::expires_in;
-use crate::parse_group_key;
 use crate::work::Work;
 use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
 use std::collections::BTreeSet;
@@ -42,7 +42,7 @@ impl Client {
     pub(crate) async fn send_encrypted(
         &mut self,
         id: &[u8],
-        to: &str,
+        to: &ConversationId,
         plaintext: &[u8],
     ) -> Result<v1::SendAck, ClientError> {
         let mut last = None;
@@ -98,10 +98,16 @@ impl Client {
 
     /// The group for the conversation with `peer` (a number, or a named
     /// group's key), a 1:1 one started if there is none.
-    pub(crate) async fn group_with(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
-        if parse_group_key(peer).is_some() {
-            return self.named_group_without_leavers(peer).await;
-        }
+    pub(crate) async fn group_with(
+        &mut self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<u8>, ClientError> {
+        let peer = match conversation {
+            ConversationId::Group(_) => {
+                return self.named_group_without_leavers(&conversation.key()).await;
+            }
+            ConversationId::Direct(peer) => peer.as_str(),
+        };
         if let Some(group) = self.profile.group_for(peer)? {
             if self.profile.mls(|m| m.has_group(&group))? && self.settle(&group).await? {
                 return Ok(group);
@@ -264,7 +270,7 @@ impl Client {
                     let conversation = self.profile.peer_of(group)?.unwrap_or_default();
                     self.pending_events.extend(changed.into_iter().map(|phone| {
                         Event::SecurityNotice {
-                            conversation: conversation.clone(),
+                            conversation: conversation.clone().into(),
                             phone,
                         }
                     }));
@@ -342,7 +348,7 @@ impl Client {
     /// conversation with `peer` (post-compromise security), retrying if
     /// another device's commit wins the epoch.
     pub async fn self_update(&mut self, peer: &str) -> Result<(), ClientError> {
-        let peer = phone(peer)?;
+        let peer = ConversationId::Direct(phone(peer)?);
         for _ in 0..GROUP_RETRIES {
             let group = self.group_with(&peer).await?;
             match self.commit(&group, Vec::new(), Vec::new()).await {
@@ -379,7 +385,7 @@ impl Client {
     /// The conversation's safety number (see `mls::safety_number`): compare
     /// it with the contact's, in person or by a call.
     pub async fn safety_number(&mut self, peer: &str) -> Result<String, ClientError> {
-        let peer = phone(peer)?;
+        let peer = ConversationId::Direct(phone(peer)?);
         let group = self.group_with(&peer).await?;
         self.reconcile(&group).await?;
         let members = self.profile.mls(|m| m.members(&group))?;

@@ -18,12 +18,13 @@ use dak_proto::v1::{self, ErrorCode, content::Kind};
 use serde::Serialize;
 
 use crate::ClientError;
+use crate::ConversationId;
 use crate::client::Client;
 use crate::events::{Event, GroupChange, RuleBreach, SettingChange};
 use crate::mls::MemberDevice;
 use crate::outbox::SendOutcome;
 use crate::work::FollowUp;
-use crate::{Profile, group_key, parse_group_key};
+use crate::{Profile, group_key};
 
 /// Member accounts a group may have (each with its linked devices).
 pub const MAX_GROUP_MEMBERS: usize = 1024;
@@ -248,7 +249,7 @@ pub(crate) fn on_join_request(
     if state.invite_needs_approval {
         p.add_join_request(&group, from, now)?;
         let event = Event::Group {
-            conversation: key,
+            conversation: key.into(),
             by: from.to_string(),
             change: GroupChange::JoinRequest {
                 phone: from.to_string(),
@@ -436,7 +437,8 @@ impl Client {
         let content = v1::Content {
             kind: Some(Kind::Leave(v1::Leave {})),
         };
-        self.send_content(&group_key(&group), content).await?;
+        self.send_content(&ConversationId::Group(group.clone()), content)
+            .await?;
         self.profile().retire_conversation(&group)
     }
 
@@ -575,7 +577,8 @@ impl Client {
                 invite_secret,
             })),
         };
-        self.send_content(&owner, content).await
+        self.send_content(&ConversationId::Direct(owner), content)
+            .await
     }
 
     /// Adds someone who asked to join (approval on). Admins only.
@@ -646,12 +649,14 @@ impl Client {
 
     /// The group id of a named group this device is in.
     fn named(&self, conversation: &str) -> Result<Vec<u8>, ClientError> {
-        let key = self.profile().resolve(conversation)?;
-        if parse_group_key(&key).is_none() {
-            return Err(usage(format!(
-                "{key} is a 1:1 chat; group commands take a group (see `dak group list`)"
-            )));
-        }
+        let key = match self.profile().resolve(conversation)? {
+            ConversationId::Direct(phone) => {
+                return Err(usage(format!(
+                    "{phone} is a 1:1 chat; group commands take a group (see `dak group list`)"
+                )));
+            }
+            group => group.key(),
+        };
         match self.profile().group_for(&key)? {
             Some(g) => Ok(g),
             None => Err(usage(format!("you are no longer a member of {key}"))),
@@ -739,7 +744,8 @@ impl Client {
         crate::outbox::check_plaintext_size(&prost::Message::encode_to_vec(&content))?;
         self.profile()
             .set_group_state(group, &state, self.profile().now_ms())?;
-        self.send_content(&group_key(group), content).await?;
+        self.send_content(&ConversationId::Group(group.to_vec()), content)
+            .await?;
         Ok(())
     }
 }
@@ -758,9 +764,12 @@ fn rights(
 /// A group as this device knows it (no connection needed).
 pub fn group_info(profile: &Profile, conversation: &str) -> Result<GroupInfo, ClientError> {
     let me = profile.registration()?.phone;
-    let key = profile.resolve(conversation)?;
-    let group =
-        parse_group_key(&key).ok_or_else(|| usage(format!("{key} is a 1:1 chat, not a group")))?;
+    let (key, group) = match profile.resolve(conversation)? {
+        ConversationId::Group(group) => (crate::group_key(&group), group),
+        ConversationId::Direct(phone) => {
+            return Err(usage(format!("{phone} is a 1:1 chat, not a group")));
+        }
+    };
     let group = profile
         .group_for(&key)?
         .filter(|g| *g == group)

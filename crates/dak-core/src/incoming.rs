@@ -68,7 +68,7 @@ pub(crate) fn on_joined(
         let key = group_key(group);
         p.add_conversation(group, &key, now)?;
         out.events.push(Event::Group {
-            conversation: key,
+            conversation: key.into(),
             by: String::new(),
             change: GroupChange::Joined,
         });
@@ -111,14 +111,14 @@ pub(crate) fn on_commit(
     if !is_named_group(group) {
         for phone in c.changed.into_iter().filter(|x| x != me) {
             out.events.push(Event::SecurityNotice {
-                conversation: conversation.clone(),
+                conversation: conversation.clone().into(),
                 phone,
             });
         }
         return Ok(());
     }
     let group_event = |change| Event::Group {
-        conversation: conversation.clone(),
+        conversation: conversation.clone().into(),
         by: c.committer.clone(),
         change,
     };
@@ -163,7 +163,7 @@ pub(crate) fn on_commit(
         .filter(|x| *x != me && !c.joined.contains(*x) && !c.left.contains(*x))
     {
         out.events.push(Event::SecurityNotice {
-            conversation: conversation.clone(),
+            conversation: conversation.clone().into(),
             phone: phone.clone(),
         });
     }
@@ -186,7 +186,7 @@ pub(crate) fn on_content(
         Some(Kind::Text(t)) => {
             let view = MessageView {
                 id: from.id.to_vec(),
-                conversation,
+                conversation: conversation.into(),
                 from: from.phone.to_string(),
                 from_device: from.device,
                 outgoing,
@@ -245,7 +245,7 @@ pub(crate) fn on_content(
             }
             p.set_reaction(&r.message_id, from.phone, &r.emoji, from.server_time_ms)?;
             out.events.push(Event::Reaction {
-                conversation,
+                conversation: conversation.into(),
                 id: r.message_id,
                 from: from.phone.to_string(),
                 emoji: r.emoji,
@@ -262,7 +262,7 @@ pub(crate) fn on_content(
             )? {
                 p.edit_message(&e.message_id, &e.body, from.server_time_ms)?;
                 out.events.push(Event::Edited {
-                    conversation,
+                    conversation: conversation.into(),
                     id: e.message_id,
                     text: e.body,
                 });
@@ -279,7 +279,7 @@ pub(crate) fn on_content(
             )? {
                 p.tombstone_message(&d.message_id)?;
                 out.events.push(Event::Deleted {
-                    conversation,
+                    conversation: conversation.into(),
                     id: d.message_id,
                 });
             }
@@ -287,7 +287,7 @@ pub(crate) fn on_content(
         Some(Kind::SetTimer(t)) if !named => {
             p.set_chat_timer(&conversation, t.expire_secs)?;
             out.events.push(Event::Group {
-                conversation,
+                conversation: conversation.into(),
                 by: from.phone.to_string(),
                 change: GroupChange::Settings {
                     changes: vec![SettingChange::Timer {
@@ -314,7 +314,7 @@ pub(crate) fn on_content(
                 }
             }
             out.events.push(Event::Group {
-                conversation,
+                conversation: conversation.into(),
                 by: from.phone.to_string(),
                 change: GroupChange::Left {
                     phone: from.phone.to_string(),
@@ -359,7 +359,7 @@ fn on_group_state(
         }
     };
     out.events.push(Event::Group {
-        conversation: conversation.to_string(),
+        conversation: conversation.to_string().into(),
         by: by.to_string(),
         change,
     });

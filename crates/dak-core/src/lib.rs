@@ -71,7 +71,7 @@ pub use transport::{CertTrust, Opened, Transport};
 
 pub use env::{Environment, TestEnvironment};
 pub use error::ClientError;
-pub use ids::{format_id, parse_id, ser_id};
+pub use ids::{ConversationId, format_id, parse_id, ser_id};
 pub use profile::{Profile, Registration, split_servers};
 pub use store::{
     Bracket, MessageView, OutboxEntry, ProfileStore, Quote, RecipientState, group_key,

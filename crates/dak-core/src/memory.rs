@@ -208,7 +208,7 @@ impl Tables {
         if let Some(o) = &old {
             self.message_ids.remove(&o.id);
             self.messages_by_conversation
-                .remove(&(o.conversation.clone(), n));
+                .remove(&(o.conversation.key(), n));
             if let Some(q) = &o.reply_to {
                 self.replies.remove(&(q.id.clone(), n));
             }
@@ -219,7 +219,7 @@ impl Tables {
         if let Some(m) = m {
             self.message_ids.insert(m.id.clone(), n);
             self.messages_by_conversation
-                .insert((m.conversation.clone(), n));
+                .insert((m.conversation.key(), n));
             if let Some(q) = &m.reply_to {
                 self.replies.insert((q.id.clone(), n));
             }

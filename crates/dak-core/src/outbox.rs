@@ -4,6 +4,7 @@
 //! through `push_outgoing`.
 
 use crate::ClientError;
+use crate::ConversationId;
 use crate::OutboxEntry;
 use crate::client::Client;
 use crate::format_id;
@@ -81,7 +82,7 @@ pub fn queue_text_with(
         .as_ref()
         .map(|q| quote_of(profile, q))
         .transpose()?;
-    let expire_secs = timer_of(profile, &to)?;
+    let expire_secs = timer_of(profile, &to.key())?;
     let content = v1::Content {
         kind: Some(Kind::Text(v1::Text {
             body: text.into(),
@@ -99,7 +100,7 @@ pub fn queue_text_with(
     check_plaintext_size(&body)?;
     let view = MessageView {
         id: id.clone(),
-        conversation: to.clone(),
+        conversation: to.clone().into(),
         from: reg.phone,
         from_device: reg.device_id,
         outgoing: true,
@@ -116,9 +117,9 @@ pub fn queue_text_with(
     };
     profile.transaction(|p| {
         p.insert_message(&view)?;
-        p.queue_outgoing(&id, &to, &body)
+        p.queue_outgoing(&id, &to.key(), &body)
     })?;
-    Ok((id, to, body))
+    Ok((id, to.key(), body))
 }
 
 pub(crate) fn check_plaintext_size(body: &[u8]) -> Result<(), ClientError> {
@@ -186,7 +187,9 @@ impl Client {
         opts: &TextOptions,
     ) -> Result<SendOutcome, ClientError> {
         let (id, to, body) = queue_text_with(&self.profile, to, text, opts)?;
-        let ack = self.push_outgoing(&id, &to, body).await?;
+        let ack = self
+            .push_outgoing(&id, &ConversationId::from_key(&to), body)
+            .await?;
         Ok(SendOutcome {
             id,
             server_time_ms: ack.server_time_ms,
@@ -198,7 +201,7 @@ impl Client {
     pub(crate) async fn push_outgoing(
         &mut self,
         id: &[u8],
-        to: &str,
+        to: &ConversationId,
         body: Vec<u8>,
     ) -> Result<v1::SendAck, ClientError> {
         let ack = match self.send_encrypted(id, to, &body).await {
@@ -236,7 +239,7 @@ impl Client {
         let content = v1::Content {
             kind: Some(Kind::GroupState(state)),
         };
-        self.send_content(&crate::group_key(group), content)
+        self.send_content(&ConversationId::Group(group.to_vec()), content)
             .await
             .map(|_| ())
     }
@@ -246,7 +249,10 @@ impl Client {
         let items = self.profile.outbox()?;
         let n = items.len();
         for (id, to, body) in items {
-            match self.push_outgoing(&id, &to, body).await {
+            match self
+                .push_outgoing(&id, &ConversationId::from_key(&to), body)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
@@ -275,7 +281,8 @@ impl Client {
         queued: Vec<OutboxEntry>,
     ) -> Result<(), ClientError> {
         for (id, to, body) in queued {
-            self.push_outgoing(&id, &to, body).await?;
+            self.push_outgoing(&id, &ConversationId::from_key(&to), body)
+                .await?;
         }
         Ok(())
     }
@@ -314,13 +321,13 @@ impl Client {
     /// Sends content that has no message row (through the outbox).
     pub(crate) async fn send_content(
         &mut self,
-        to: &str,
+        to: &ConversationId,
         content: v1::Content,
     ) -> Result<SendOutcome, ClientError> {
         let id = self.profile.new_message_id();
         let body = content.encode_to_vec();
         check_plaintext_size(&body)?;
-        self.profile.queue_outgoing(&id, to, &body)?;
+        self.profile.queue_outgoing(&id, &to.key(), &body)?;
         let ack = self.push_outgoing(&id, to, body).await?;
         Ok(SendOutcome {
             id,

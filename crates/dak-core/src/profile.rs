@@ -23,9 +23,9 @@ use dak_proto::v1;
 use ed25519_dalek::SigningKey;
 use prost::Message;
 
-use crate::ClientError;
 use crate::env::Environment;
 use crate::store::{Bracket, MessageView, ProfileStore, group_key, parse_group_key};
+use crate::{ClientError, ConversationId};
 
 /// The registration this profile holds.
 #[derive(Debug, Clone)]
@@ -314,31 +314,31 @@ impl Profile {
 
     /// The conversation `arg` names: a number (1:1), a group key, a
     /// group's title, or the start of its hex id (at least 4 digits).
-    pub fn resolve(&self, arg: &str) -> Result<String, ClientError> {
+    pub fn resolve(&self, arg: &str) -> Result<ConversationId, ClientError> {
         let arg = arg.trim();
         if let Ok(phone) = dak_proto::normalize_phone(arg) {
-            return Ok(phone);
+            return Ok(ConversationId::Direct(phone));
         }
         // A full key needs no search: every send to a group comes this way.
         if let Some(group) = parse_group_key(arg)
             && self.store.conversation_active(&group)? == Some(true)
         {
-            return Ok(group_key(&group));
+            return Ok(ConversationId::Group(group));
         }
         let hex_arg = arg.strip_prefix("group:").unwrap_or(arg).to_lowercase();
         let mut found = Vec::new();
-        for (group, key) in self.named_groups()? {
+        for (group, _) in self.named_groups()? {
             let title = self
                 .group_state(&group)?
                 .map(|s| s.title)
                 .unwrap_or_default();
             let by_id = hex_arg.len() >= 4 && hex::encode(&group).starts_with(&hex_arg);
             if by_id || title.eq_ignore_ascii_case(arg) {
-                found.push((key, title));
+                found.push((group, title));
             }
         }
         match found.len() {
-            1 => Ok(found.remove(0).0),
+            1 => Ok(ConversationId::Group(found.remove(0).0)),
             0 => Err(ClientError::Usage(format!(
                 "{arg:?} is neither a phone number (like +919800000001) nor a group you are in (see `dak group list`)"
             ))),
@@ -346,7 +346,7 @@ impl Profile {
                 "{arg:?} matches several groups ({}); use the group id from `dak group list`",
                 found
                     .iter()
-                    .map(|(k, t)| format!("{t} {k}"))
+                    .map(|(g, t)| format!("{t} {}", group_key(g)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),

@@ -52,8 +52,7 @@ pub struct Quote {
 pub struct MessageView {
     #[serde(serialize_with = "ser_id")]
     pub id: Vec<u8>,
-    /// The other party's number, or the group's key (`group_key`).
-    pub conversation: String,
+    pub conversation: crate::ConversationId,
     pub from: String,
     pub from_device: u64,
     pub outgoing: bool,

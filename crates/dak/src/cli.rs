@@ -221,7 +221,7 @@ pub async fn run(args: Args) -> Result<()> {
             limit,
         } => history(&dir, &conversation, limit, json),
         Command::Chat { conversation } => {
-            let peer = open(&dir)?.resolve(&conversation)?;
+            let peer = open(&dir)?.resolve(&conversation)?.key();
             crate::chat::run(connect(&dir).await?, peer).await
         }
         Command::React {
@@ -508,7 +508,7 @@ fn status(dir: &std::path::Path, id: &str, json: bool) -> Result<()> {
 
 fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) -> Result<()> {
     let profile = open(dir)?;
-    let conversation = profile.resolve(conversation)?;
+    let conversation = profile.resolve(conversation)?.key();
     for m in profile.conversation(&conversation, limit)? {
         let reactions = profile.reactions(&m.id)?;
         if json {

@@ -2,7 +2,8 @@
 //! each for scripts. Shared by the commands and the chat screen.
 
 use dak_client::{
-    Event, GroupChange, MessageView, RuleBreach, SettingChange, TickState, Undecodable, format_id,
+    ConversationId, Event, GroupChange, MessageView, RuleBreach, SettingChange, TickState,
+    Undecodable, format_id,
 };
 use serde_json::json;
 
@@ -26,10 +27,11 @@ pub fn message_json(m: &MessageView) -> serde_json::Value {
 
 /// A conversation as people read it: a number, or a group's key cut to
 /// its first 8 hex digits (commands accept that prefix, or the title).
-pub fn short(conversation: &str) -> &str {
-    match conversation.strip_prefix("group:") {
-        Some(hex) if hex.len() > 8 => &conversation[.."group:".len() + 8],
-        _ => conversation,
+pub fn short(conversation: &ConversationId) -> String {
+    let key = conversation.key();
+    match key.strip_prefix("group:") {
+        Some(hex) if hex.len() > 8 => key[.."group:".len() + 8].to_string(),
+        _ => key,
     }
 }
 
@@ -172,7 +174,7 @@ pub fn notice_text(event: &Event) -> Option<String> {
             by,
             change,
         } => {
-            let mark = if conversation.starts_with("group:") {
+            let mark = if conversation.is_group() {
                 "👥"
             } else {
                 "⚙"

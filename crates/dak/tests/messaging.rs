@@ -163,7 +163,7 @@ async fn a_linked_device_gets_every_message_and_its_sends_appear_on_the_phone() 
     phone
         .sync(|e| {
             if let Event::Message(m) = e {
-                mine.push((m.outgoing, m.conversation.clone(), m.text.clone()));
+                mine.push((m.outgoing, m.conversation.key(), m.text.clone()));
             }
         })
         .await
