@@ -749,4 +749,68 @@ mod tests {
             Box::new(store)
         });
     }
+
+    /// Two processes on one profile (`dak listen` running while `dak send`
+    /// sends): each one's cache of decoded MLS groups must notice what the
+    /// other wrote, or it would encrypt again under a ratchet step already
+    /// used. Alice's profile is open twice; each handle sends in turn, and
+    /// bob decrypts all of them.
+    #[test]
+    fn two_handles_on_one_profile_never_reuse_a_ratchet_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open_profile(dir.path()).expect("open");
+        first
+            .save_registration("wss://127.0.0.1:1", "+919800000001", 1)
+            .expect("registration");
+        let second = open_profile(dir.path()).expect("open again");
+        let bob = Profile::new(
+            Box::new(dak_core::memory::MemoryStore::new()),
+            Box::new(SystemEnvironment),
+        );
+        bob.save_registration("wss://127.0.0.1:1", "+919800000002", 2)
+            .expect("registration");
+        let bob_key = bob.identity().expect("identity");
+        let kp = bob
+            .mls(|m| m.key_packages(1))
+            .expect("key package")
+            .remove(0);
+        let group = first
+            .transaction(|p| {
+                p.mls(|m| {
+                    let group = m.create_group()?;
+                    let kp = m.fetched_key_package(
+                        &kp,
+                        "+919800000002",
+                        2,
+                        bob_key.verifying_key().as_bytes(),
+                    )?;
+                    let out = m.commit(&group, vec![kp], vec![])?;
+                    m.merge_pending(&group)?;
+                    Ok((group, out))
+                })
+            })
+            .expect("group");
+        let (group, out) = group;
+        bob.transaction(|p| p.mls(|m| m.process(out.welcome.as_deref().expect("welcome"))))
+            .expect("bob joins");
+        // Each handle warms its cache, then they take turns.
+        let mut sent = Vec::new();
+        for round in 0..3 {
+            for (name, p) in [("first", &first), ("second", &second)] {
+                let text = format!("{name} {round}");
+                let ct = p
+                    .transaction(|p| p.mls(|m| m.encrypt(&group, text.as_bytes())))
+                    .expect("encrypt");
+                sent.push((text, ct));
+            }
+        }
+        for (text, ct) in sent {
+            match bob.transaction(|p| p.mls(|m| m.process(&ct))) {
+                Ok(dak_core::mls::Incoming::Application { plaintext, .. }) => {
+                    assert_eq!(plaintext, text.as_bytes())
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
 }
