@@ -56,9 +56,9 @@ for t in "${targets[@]}"; do
     # show the summary, or the tail if the target crashed.
     # Real messages of each kind (fuzz/seeds/<target>, committed) start the
     # corpus, so the fuzzer reaches past the outer framing at once.
-    corpus=(fuzz/corpus/"$t")
-    mkdir -p "fuzz/corpus/$t"
-    if [ -d "fuzz/seeds/$t" ]; then corpus+=("fuzz/seeds/$t"); fi
+    corpus=(corpus/"$t")
+    mkdir -p "corpus/$t"
+    if [ -d "seeds/$t" ]; then corpus+=("seeds/$t"); fi
     if cargo fuzz run --sanitizer "$sanitizer" "$t" "${corpus[@]}" -- \
         -max_total_time="$seconds" -timeout=10 >"$logs/$t.log" 2>&1; then
         grep -E '^#[0-9]+[[:space:]]+DONE' "$logs/$t.log" | tail -n 1 || true

@@ -441,16 +441,38 @@ impl<'a> Mls<'a> {
         let processed = ProcessedWelcome::new_from_welcome(&self.provider, &join_config(), welcome)
             .map_err(|e| mls_err("cannot read the Welcome", e))?;
         // Added back to a group this device was removed from (or left): the
-        // old state goes. The server sends a Welcome only to devices it does
-        // not count as members, so this never replaces a group in use.
+        // old state goes. A group still in use never does: a Welcome for it
+        // is a replay (one made for our last-resort KeyPackage decrypts as
+        // often as it is sent) and would take the device back to an old
+        // epoch, forked from the rest.
         let id = processed.unverified_group_info().group_id().clone();
         self.profile.groups.forget(id.as_slice());
         if let Some(mut old) = MlsGroup::load(self.provider.storage(), &id)
             .map_err(|e| mls_err("cannot read the group state", e))?
         {
+            let retired = self.profile.conversation_active(id.as_slice())? == Some(false);
+            if old.is_active() && !retired {
+                return Err(ClientError::Crypto(
+                    "a Welcome to a group this device is still in (a replay); refused".into(),
+                ));
+            }
             tracing::info!(group = %hex::encode(id.as_slice()), "rejoining a group; its old state is dropped");
+            let (epoch, leaf) = (old.epoch().as_u64(), old.own_leaf_index());
             old.delete(self.provider.storage())
                 .map_err(|e| mls_err("cannot drop the old group state", e))?;
+            // `delete` leaves the key pairs of the epoch before a removal
+            // that this device merged: they go too.
+            if epoch > 0 {
+                use openmls_traits::storage::StorageProvider as _;
+                self.provider
+                    .storage()
+                    .delete_encryption_epoch_key_pairs(
+                        &id,
+                        &GroupEpoch::from(epoch - 1),
+                        leaf.u32(),
+                    )
+                    .map_err(|e| mls_err("cannot drop the old group's keys", e))?;
+            }
         }
         let group = processed
             .into_staged_welcome(&self.provider, None)
@@ -525,7 +547,13 @@ impl<'a> Mls<'a> {
                     .map_err(|e| mls_err("cannot merge our commit", e))?;
                 Ok(Incoming::OwnCommit { group: group_id })
             }
-            _ => Err(ClientError::Crypto("proposals are not used in Dak".into())),
+            ProcessedMessageContent::OwnPrivateMessage => Err(ClientError::Crypto(
+                "this device's own message came back to it; nothing to do".into(),
+            )),
+            ProcessedMessageContent::ProposalMessage(_)
+            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+                Err(ClientError::Crypto("proposals are not used in Dak".into()))
+            }
         }
     }
 }

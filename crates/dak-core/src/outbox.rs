@@ -100,7 +100,7 @@ pub fn queue_text_with(
     check_plaintext_size(&body)?;
     let view = MessageView {
         id: id.clone(),
-        conversation: to.clone().into(),
+        conversation: to.clone(),
         from: reg.phone,
         from_device: reg.device_id,
         outgoing: true,
