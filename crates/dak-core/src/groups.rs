@@ -31,10 +31,8 @@ pub const MAX_GROUP_MEMBERS: usize = 1024;
 /// Devices added per commit. A Welcome carries the whole ratchet tree plus
 /// a secret per new device, and must fit in `MAX_MLS_BYTES`.
 pub(crate) const ADD_BATCH: usize = 128;
-pub const MAX_TITLE_CHARS: usize = 100;
-pub const MAX_DESCRIPTION_CHARS: usize = 512;
-/// An avatar travels inside the group's state, which must fit one message.
-pub const MAX_AVATAR_BYTES: usize = 48 * 1024;
+/// The limits every receiver checks (`dak_proto::content`).
+pub use dak_proto::content::{MAX_AVATAR_BYTES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS};
 /// How often a membership change retries when another commit wins.
 const CHANGE_RETRIES: usize = 6;
 

@@ -133,7 +133,7 @@ pub(crate) fn check_plaintext_size(body: &[u8]) -> Result<(), ClientError> {
 }
 
 /// How much of a quoted text a reply carries.
-pub(crate) const QUOTE_CHARS: usize = 100;
+pub(crate) use dak_proto::content::QUOTE_CHARS;
 
 pub(crate) fn quote_of(profile: &Profile, id: &[u8]) -> Result<Quote, ClientError> {
     match profile.message(id)? {

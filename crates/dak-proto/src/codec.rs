@@ -29,7 +29,7 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
         FrameError::Invalid {
             code,
             message: message.into(),
@@ -103,7 +103,9 @@ pub fn decode_content(bytes: &[u8]) -> Result<v1::Content, FrameError> {
             max: MAX_BODY_BYTES,
         });
     }
-    v1::Content::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
+    let content = v1::Content::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    crate::content::validate_content(&content)?;
+    Ok(content)
 }
 
 pub fn encode<M: Message>(msg: &M) -> Vec<u8> {

@@ -4,6 +4,7 @@
 //! and reused by every client, the browser included.
 
 mod codec;
+pub mod content;
 pub mod invite;
 pub mod mls;
 mod phone;
