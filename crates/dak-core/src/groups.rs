@@ -918,44 +918,7 @@ mod tests {
         assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
     }
 
-    /// A device over the in-memory store, for building big groups fast.
-    struct Device {
-        profile: Profile,
-        key: ed25519_dalek::SigningKey,
-        phone: String,
-        id: u64,
-    }
-
-    impl Device {
-        fn new(phone: &str, id: u64) -> Device {
-            Device {
-                profile: Profile::new(
-                    Box::new(crate::memory::MemoryStore::new()),
-                    Box::new(crate::TestEnvironment::new(id, 0)),
-                ),
-                key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
-                phone: phone.into(),
-                id,
-            }
-        }
-
-        fn mls(&self) -> crate::mls::Mls<'_> {
-            crate::mls::Mls::new(&self.profile, &self.key, &self.phone, self.id)
-        }
-
-        fn key_package_for(&self, other: &Device) -> openmls::prelude::KeyPackage {
-            let bytes = self.mls().key_packages(1).unwrap().remove(0);
-            other
-                .mls()
-                .fetched_key_package(
-                    &bytes,
-                    &self.phone,
-                    self.id,
-                    self.key.verifying_key().as_bytes(),
-                )
-                .unwrap()
-        }
-    }
+    use crate::testing::TestDevice as Device;
 
     /// A 1,024-member group built as `Client::create_group` does, 128
     /// devices per add-only commit: every commit and Welcome fits a frame.
@@ -970,7 +933,10 @@ mod tests {
             .collect();
         let mut largest = 0;
         for batch in others.chunks(ADD_BATCH) {
-            let adds = batch.iter().map(|d| d.key_package_for(&creator)).collect();
+            let adds = batch
+                .iter()
+                .map(|d| d.key_package_for(&creator).unwrap())
+                .collect();
             let out = creator.mls().commit(&group, adds, vec![]).unwrap();
             creator.mls().merge_pending(&group).unwrap();
             let size = out.commit.len() + out.welcome.as_ref().map_or(0, Vec::len);

@@ -53,6 +53,8 @@ mod outbox;
 pub mod profile;
 mod receive;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 mod ticks;
 pub mod transport;
 mod work;

@@ -641,55 +641,7 @@ mod tests {
         }
     }
 
-    struct Device {
-        profile: Profile,
-        key: ed25519_dalek::SigningKey,
-        phone: String,
-        id: u64,
-    }
-
-    impl Device {
-        fn new(phone: &str, id: u64) -> Device {
-            Device {
-                profile: Profile::new(
-                    Box::new(crate::memory::MemoryStore::new()),
-                    Box::new(crate::env::TestEnvironment::new(id, 0)),
-                ),
-                key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
-                phone: phone.into(),
-                id,
-            }
-        }
-
-        fn mls(&self) -> Mls<'_> {
-            Mls::new(&self.profile, &self.key, &self.phone, self.id)
-        }
-
-        /// A group this device creates with `other`, the commit merged as
-        /// on the server's ack; returns the group and the commit + Welcome.
-        fn start_group_with(&self, other: &Device) -> (Vec<u8>, CommitToSend) {
-            let group = self.mls().create_group().unwrap();
-            let out = self
-                .mls()
-                .commit(&group, vec![other.key_package_for(self)], vec![])
-                .unwrap();
-            self.mls().merge_pending(&group).unwrap();
-            (group, out)
-        }
-
-        fn key_package_for(&self, other: &Device) -> KeyPackage {
-            let bytes = self.mls().key_packages(1).unwrap().remove(0);
-            other
-                .mls()
-                .fetched_key_package(
-                    &bytes,
-                    &self.phone,
-                    self.id,
-                    self.key.verifying_key().as_bytes(),
-                )
-                .unwrap()
-        }
-    }
+    use crate::testing::TestDevice as Device;
 
     #[test]
     fn a_conversation_from_welcome_to_removal() {
@@ -697,7 +649,7 @@ mod tests {
         let bob = Device::new("+912", 2);
         let laptop = Device::new("+912", 3);
         // The server echoes the commit to alice; she merged it on the ack.
-        let (group, out) = alice.start_group_with(&bob);
+        let (group, out) = alice.start_group_with(&bob).unwrap();
         assert!(
             alice.mls().process(&out.commit).is_err(),
             "an echo after the merge is stale"
@@ -724,7 +676,7 @@ mod tests {
         // bob adds his laptop; a lost ack: the echo merges as his own commit.
         let out = bob
             .mls()
-            .commit(&group, vec![laptop.key_package_for(&bob)], vec![])
+            .commit(&group, vec![laptop.key_package_for(&bob).unwrap()], vec![])
             .unwrap();
         assert!(matches!(
             bob.mls().process(&out.commit).unwrap(),
@@ -793,7 +745,7 @@ mod tests {
         let bob = Device::new("+919800000002", 2);
         let kp = alice.mls().key_packages(1).unwrap().remove(0);
         let last = alice.mls().last_resort_key_package().unwrap();
-        let (group, out) = alice.start_group_with(&bob);
+        let (group, out) = alice.start_group_with(&bob).unwrap();
         let app = alice.mls().encrypt(&group, b"\x0a\x04\x0a\x02hi").unwrap();
         for (name, bytes) in [
             ("key_package", kp),

@@ -59,6 +59,24 @@ impl TestServer {
         s
     }
 
+    /// A TLS server on an existing data directory (one a previous release
+    /// wrote, say), its certificate and key included; its log goes elsewhere.
+    pub fn start_on(data: &Path) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer {
+            child: None,
+            url: String::new(),
+            data: data.to_path_buf(),
+            log: dir.path().join("server.log"),
+            listen: "127.0.0.1:0".into(),
+            env: Vec::new(),
+            insecure: false,
+            _dir: dir,
+        };
+        s.spawn();
+        s
+    }
+
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }
@@ -174,6 +192,15 @@ impl Person {
             phone: phone.into(),
             dir: tmp.path().join("profile"),
             _tmp: Some(tmp),
+        }
+    }
+
+    /// A person whose profile directory already exists (and outlives them).
+    pub fn at(phone: &str, dir: &Path) -> Person {
+        Person {
+            phone: phone.into(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
         }
     }
 
