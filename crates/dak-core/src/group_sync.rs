@@ -218,7 +218,13 @@ impl Client {
                 ))
             })??;
             let events = self.handle_push_inner(body).await?;
-            self.pending_events.extend(events);
+            // "The mailbox is empty" is stale by the time these are given
+            // out; the server says it again when it is.
+            self.pending_events.extend(
+                events
+                    .into_iter()
+                    .filter(|e| !matches!(e, Event::QueueEmpty)),
+            );
         }
     }
 
@@ -326,9 +332,22 @@ impl Client {
             removed_devices,
         });
         match self.conn.call(request).await {
-            Ok(Body::SendAck(_)) => self
-                .profile
-                .transaction(|p| p.mls(|m| m.merge_pending(group))),
+            Ok(Body::SendAck(_)) => {
+                // Accepted. It is merged where it stands in this device's
+                // mailbox: what others sent at the old epoch before it was
+                // accepted is ahead of its echo there, and decrypts at that
+                // epoch first. So no device needs an old epoch's keys
+                // (`MAX_PAST_EPOCHS` is 0), and none keeps them.
+                let next = self.profile.mls(|m| m.epoch(group))? + 1;
+                if let Err(e) = self.catch_up(group, next).await {
+                    tracing::debug!(error = %e, "the echo of our commit did not come; merging it now");
+                }
+                if self.profile.mls(|m| m.has_pending(group))? {
+                    self.profile
+                        .transaction(|p| p.mls(|m| m.merge_pending(group)))?;
+                }
+                Ok(())
+            }
             Ok(other) => Err(unexpected(other)),
             Err(e) if !matches!(e, ClientError::Server(_)) => Err(e),
             Err(e) => {

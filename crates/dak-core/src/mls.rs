@@ -30,9 +30,15 @@ use crate::error::ClientError;
 use crate::mls_storage::MlsStorage;
 use crate::profile::Profile;
 
-/// Past epochs whose keys are kept, for a message that was sent just before
-/// a commit and arrives just after it (the server's ordering makes this rare).
-const MAX_PAST_EPOCHS: usize = 2;
+/// Past epochs whose keys are kept: none. The server accepts a message only
+/// at its group's current epoch and every mailbox holds a group's messages
+/// and commits in the order they were accepted, and a device merges even
+/// its own commit where its echo stands in its mailbox
+/// (`Client::commit`), so a message always arrives at the epoch it was
+/// sent in. Keeping past epochs would also keep their keys (less forward
+/// secrecy), and openmls rewrites them, with every member of each, on every
+/// message: at 1,024 members that was most of a message's cost.
+const MAX_PAST_EPOCHS: usize = 0;
 
 /// Groups kept decoded at most; past this the cache starts over. A group of
 /// 1,024 devices is a few MB decoded.

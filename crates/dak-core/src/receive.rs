@@ -188,11 +188,17 @@ impl Client {
     /// returns once the server says the mailbox is empty.
     pub async fn sync(&mut self, mut on_event: impl FnMut(&Event)) -> Result<(), ClientError> {
         loop {
+            // Every event of a batch is the user's, those after an empty
+            // mailbox's marker too.
+            let mut empty = false;
             for event in self.next_events().await? {
-                if let Event::QueueEmpty = event {
-                    return Ok(());
+                match event {
+                    Event::QueueEmpty => empty = true,
+                    other => on_event(&other),
                 }
-                on_event(&event);
+            }
+            if empty {
+                return Ok(());
             }
         }
     }

@@ -318,3 +318,46 @@ async fn a_device_that_lost_its_state_says_so_and_the_chat_recovers() {
         .unwrap();
     assert_eq!(bob.sync_texts().await, vec!["three"]);
 }
+
+/// bob writes while alice, who has not read it yet, commits (a key update):
+/// her commit is accepted at the epoch bob's message was sent in, and his
+/// message is ahead of her commit's echo in her mailbox. She merges her
+/// commit only there, so his message decrypts at its own epoch: no device
+/// keeps old epochs' keys, and none needs them.
+#[tokio::test]
+async fn a_message_sent_before_my_commit_was_accepted_still_decrypts() {
+    let server = TestServer::start();
+    let (alice, bob) = registered_pair(&server).await;
+    let mut a = alice.connect().await;
+    a.send_text(&bob.phone, "one").await.unwrap();
+    assert_eq!(bob.sync_texts().await, vec!["one"]);
+    let mut b = bob.connect().await;
+    b.send_text(&alice.phone, "sent at the old epoch")
+        .await
+        .unwrap();
+    b.close().await;
+    let before = a.crypto_state(&bob.phone).unwrap().unwrap().epoch;
+    a.self_update(&bob.phone).await.unwrap();
+    let mut events = Vec::new();
+    a.sync(|e| events.push(e.clone())).await.unwrap();
+    assert_eq!(texts(&events), vec!["sent at the old epoch"]);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Undecodable { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        a.crypto_state(&bob.phone).unwrap().unwrap().epoch,
+        before + 1
+    );
+    a.close().await;
+    // And bob, at the new epoch, reads what alice writes next.
+    alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "two")
+        .await
+        .unwrap();
+    assert_eq!(bob.sync_texts().await, vec!["two"]);
+}
