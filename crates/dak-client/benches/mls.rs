@@ -5,8 +5,10 @@
 //!    group and in a group of 1,024 devices; next to the floor, one Ed25519
 //!    signature plus its verification (an MLS application message is
 //!    signed by its sender and verified by each recipient, so encrypt +
-//!    decrypt can cost no less). After the criterion runs, a summary table
-//!    puts every median next to the floor.
+//!    decrypt can cost no less). Each group first sees two update commits
+//!    (`SETTLE_COMMITS`), so both members hold what a member of a group in
+//!    use holds. After the criterion runs, a summary table puts every
+//!    median next to the floor.
 //! 2. Sizes, printed once as a table: in groups of 2, 32, 256 and 1024
 //!    devices, the bytes of a commit adding one device and of its Welcome,
 //!    and of a commit removing one device, next to what Signal-style Sender
@@ -21,8 +23,9 @@
 //!
 //! `DAK_MLS_BIG=256` sets the big group's size for the timings (`none`
 //! skips it); `DAK_MLS_SIZES=2,32` picks the group sizes of the table
-//! (`none` skips it). Under `--test` (one run of each timing) the big group
-//! has 8 devices and the table only 2 and 32, so it runs in seconds.
+//! (`none` skips it). In test mode (`cargo bench -- --test` or `cargo test
+//! --benches`: one run of each timing) the big group has 8 devices and the
+//! table only 2 and 32, so it runs in seconds.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -168,35 +171,65 @@ fn pair(ids: &mut Ids) -> (Device, Device, Vec<u8>) {
     build_group(2, ids, false)
 }
 
+/// Commits (the creator's self-updates, processed by the observer) made in
+/// a group before its messages are timed. openmls keeps the secrets of up
+/// to `MAX_PAST_EPOCHS` (2, dak-core's mls.rs) past epochs, each with its
+/// epoch's member list, and writes them all with every message sent or
+/// received: a member that has seen two commits holds the full store, as
+/// every member of a group in use does. (Just built, the creator would
+/// hold past epochs and the observer, who joined at the last one, none.)
+const SETTLE_COMMITS: usize = 2;
+
+fn settle(creator: &Device, observer: &Device, group: &[u8]) {
+    for _ in 0..SETTLE_COMMITS {
+        let out = creator
+            .mls()
+            .commit(group, Vec::new(), Vec::new())
+            .expect("update commit");
+        match observer.mls().process(&out.commit).expect("update") {
+            Incoming::Commit { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        creator
+            .mls()
+            .merge_pending(group)
+            .expect("merge the update");
+    }
+}
+
 /// Criterion's samples of every timing; the summary's medians come from
 /// them (criterion's own median estimate is the median of the same
 /// per-iteration times).
 const SAMPLES: usize = 100;
+
+/// Rounds of the interleaved pass (see `interleave`).
+const ROUNDS: usize = 200;
 
 /// Bytes signed for the floor: about what MLS signs for a 100-byte
 /// `Content` (its FramedContentTBS: the content, its framing and the group
 /// context with two 32-byte hashes, ~230 B).
 const FLOOR_INPUT: usize = 256;
 
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 0 => Some((v[mid - 1] + v[mid]) / 2.0),
+        _ => Some(v[mid]),
+    }
+}
+
 /// One benchmark's per-iteration times (seconds), one per criterion call;
-/// the last `SAMPLES` are the measurement, those before the warm-up.
+/// the last `SAMPLES` are the measurement, those before them the warm-up.
 #[derive(Default)]
 struct Samples(RefCell<Vec<f64>>);
 
 impl Samples {
     fn median(&self) -> Option<f64> {
         let all = self.0.borrow();
-        let mut v = all[all.len().saturating_sub(SAMPLES)..].to_vec();
-        if v.is_empty() {
-            return None; // filtered out
-        }
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        Some(if v.len() % 2 == 0 {
-            (v[mid - 1] + v[mid]) / 2.0
-        } else {
-            v[mid]
-        })
+        median(&all[all.len().saturating_sub(SAMPLES)..]) // None: filtered out
     }
 }
 
@@ -218,10 +251,88 @@ fn bench(
     });
 }
 
+/// The median CPU time (`cpu_now`) of each of `work`, run `rounds` times
+/// in turn (per round, one iteration of each after one untimed, so that
+/// none is timed with caches the one before emptied). On a shared machine
+/// wall time counts the waits for a core too, more often within a long
+/// iteration than within a short one; the CPU time of this thread, with all
+/// of them meeting the same load, makes their ratios hold across runs.
+fn interleave(work: &mut [&mut dyn FnMut() -> Duration], rounds: usize) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(rounds); work.len()];
+    for _ in 0..rounds {
+        for (one, t) in work.iter_mut().zip(&mut times) {
+            black_box(one());
+            let start = cpu_now();
+            black_box(one());
+            t.push((cpu_now() - start).as_secs_f64());
+        }
+    }
+    times.iter().map(|t| median(t).unwrap_or(0.0)).collect()
+}
+
+/// The CPU time this thread has used (Linux's CLOCK_THREAD_CPUTIME_ID, one
+/// system call); elsewhere the wall clock.
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn cpu_now() -> Duration {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec (two 64-bit longs on
+    // 64-bit Linux) to `ts`, which lives for the call.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn cpu_now() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
 fn time(f: impl FnOnce()) -> Duration {
     let t = Instant::now();
     f();
     t.elapsed()
+}
+
+/// `a` encrypts `content`, `b` processes it.
+fn encrypt_decrypt(a: &Mls, b: &Mls, group: &[u8], content: &[u8]) -> Duration {
+    time(|| {
+        let ct = a.encrypt(group, black_box(content)).expect("encrypt");
+        match b.process(&ct).expect("decrypt") {
+            Incoming::Application { plaintext, .. } => {
+                black_box(plaintext);
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+/// Only `b` processing what `a` encrypted (not timed) is timed.
+fn decrypt(a: &Mls, b: &Mls, group: &[u8], content: &[u8]) -> Duration {
+    let ct = a.encrypt(group, content).expect("encrypt");
+    time(|| {
+        black_box(b.process(black_box(&ct)).expect("decrypt"));
+    })
+}
+
+/// Encrypting alone runs the sender's ratchet far ahead of what a receiver
+/// could then follow: last in a group, or in a group of its own.
+fn encrypt(a: &Mls, group: &[u8], content: &[u8]) -> Duration {
+    time(|| {
+        black_box(a.encrypt(group, black_box(content)).expect("encrypt"));
+    })
 }
 
 /// The summary's rows: what, its samples.
@@ -229,50 +340,16 @@ fn time(f: impl FnOnce()) -> Duration {
 struct Timings {
     floor: Samples,
     floor_decoded: Samples,
+    /// encrypt+decrypt, encrypt, decrypt.
     small: [Samples; 3],
     big_n: usize,
     big: [Samples; 3],
+    /// Medians of the interleaved pass: floor, 2-member encrypt+decrypt,
+    /// then big-group encrypt+decrypt.
+    interleaved: Vec<f64>,
 }
 
-/// Encrypt+decrypt, encrypt alone and decrypt alone, in the groups
-/// `(sender, receiver, group)` of `groups`; the first pair is used for
-/// encrypt+decrypt then decrypt, the second for encrypt alone.
-fn message_timings(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    content: &[u8],
-    both: (&Device, &Device, &[u8]),
-    alone: (&Device, &[u8]),
-    into: &[Samples; 3],
-) {
-    let (a, b, group) = (both.0.mls(), both.1.mls(), both.2);
-    bench(g, "encrypt+decrypt", &into[0], || {
-        time(|| {
-            let ct = a.encrypt(group, black_box(content)).expect("encrypt");
-            match b.process(&ct).expect("decrypt") {
-                Incoming::Application { plaintext, .. } => {
-                    black_box(plaintext);
-                }
-                other => panic!("{other:?}"),
-            }
-        })
-    });
-    bench(g, "decrypt", &into[2], || {
-        let ct = a.encrypt(group, content).expect("encrypt");
-        time(|| {
-            black_box(b.process(black_box(&ct)).expect("decrypt"));
-        })
-    });
-    // Last, or on a group of its own: encrypting alone runs the sender's
-    // ratchet far ahead of what a receiver could then follow.
-    let (a, group) = (alone.0.mls(), alone.1);
-    bench(g, "encrypt", &into[1], || {
-        time(|| {
-            black_box(a.encrypt(group, black_box(content)).expect("encrypt"));
-        })
-    });
-}
-
-fn timings(c: &mut Criterion, big_n: Option<usize>) -> Timings {
+fn timings(c: &mut Criterion, big_n: Option<usize>, rounds: usize) -> Timings {
     let mut ids = Ids(0);
     let content = content();
     let mut t = Timings::default();
@@ -284,14 +361,15 @@ fn timings(c: &mut Criterion, big_n: Option<usize>) -> Timings {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let public = key.verifying_key();
     let input = [0x5a_u8; FLOOR_INPUT];
-    bench(&mut g, "ed25519 sign+verify", &t.floor, || {
+    let mut floor = || {
         time(|| {
             let sig = key.sign(black_box(&input));
             public
                 .verify_strict(black_box(&input), &sig)
                 .expect("verify");
         })
-    });
+    };
+    bench(&mut g, "ed25519 sign+verify", &t.floor, &mut floor);
     // The same with both keys decoded from bytes first, as openmls's
     // signer (openmls_basic_credential) and verifier (openmls_rust_crypto)
     // do on every call: deriving the public key from the secret costs a
@@ -314,21 +392,28 @@ fn timings(c: &mut Criterion, big_n: Option<usize>) -> Timings {
     );
     g.finish();
 
+    // encrypt+decrypt and decrypt share a group, encrypt has its own;
+    // both settled (see `SETTLE_COMMITS`).
+    let (alice, bob, group) = pair(&mut ids);
+    settle(&alice, &bob, &group);
+    let (carol, dave, group2) = pair(&mut ids);
+    settle(&carol, &dave, &group2);
+    let (a, b) = (alice.mls(), bob.mls());
+    let mut small = || encrypt_decrypt(&a, &b, &group, &content);
     let mut g = c.benchmark_group(format!("mls 2-member group, {} B Content", content.len()));
     g.sample_size(SAMPLES).throughput(Throughput::Elements(1));
-    // encrypt+decrypt and decrypt share a group, encrypt has its own.
-    let (alice, bob, group) = pair(&mut ids);
-    let (carol, _dave, group2) = pair(&mut ids);
-    message_timings(
-        &mut g,
-        &content,
-        (&alice, &bob, &group),
-        (&carol, &group2),
-        &t.small,
-    );
+    bench(&mut g, "encrypt+decrypt", &t.small[0], &mut small);
+    let c2 = carol.mls();
+    bench(&mut g, "encrypt", &t.small[1], || {
+        encrypt(&c2, &group2, &content)
+    });
+    bench(&mut g, "decrypt", &t.small[2], || {
+        decrypt(&a, &b, &group, &content)
+    });
     g.finish();
 
-    let ct = alice.mls().encrypt(&group, &content).expect("encrypt");
+    let ct = a.encrypt(&group, &content).expect("encrypt");
+    b.process(&ct).expect("decrypt");
     println!(
         "\nMLS application message: {} B Content -> {} B PrivateMessage on the wire (+{} B)\n",
         content.len(),
@@ -336,66 +421,87 @@ fn timings(c: &mut Criterion, big_n: Option<usize>) -> Timings {
         ct.len() - content.len()
     );
 
-    if let Some(n) = big_n {
-        // Built once (the creator adds everyone, as for the size table);
-        // every timing runs in it, encrypt alone last.
-        eprintln!("building a group of {n} devices for the timings");
-        let (creator, observer, group) = build_group(n, &mut ids, true);
-        let mut g = c.benchmark_group(format!("mls {n}-member group, {} B Content", content.len()));
-        g.sample_size(SAMPLES).throughput(Throughput::Elements(1));
-        message_timings(
-            &mut g,
-            &content,
-            (&creator, &observer, &group),
-            (&creator, &group),
-            &t.big,
-        );
-        g.finish();
-        t.big_n = n;
-    }
+    let Some(n) = big_n else {
+        t.interleaved = interleave(&mut [&mut floor, &mut small], rounds);
+        return t;
+    };
+    // Built once (the creator adds everyone, as for the size table) and
+    // settled; every timing runs in it, encrypt alone last.
+    eprintln!("building a group of {n} devices for the timings");
+    let (creator, observer, group) = build_group(n, &mut ids, true);
+    settle(&creator, &observer, &group);
+    let (a, b) = (creator.mls(), observer.mls());
+    let mut big = || encrypt_decrypt(&a, &b, &group, &content);
+    let mut g = c.benchmark_group(format!("mls {n}-member group, {} B Content", content.len()));
+    g.sample_size(SAMPLES).throughput(Throughput::Elements(1));
+    bench(&mut g, "encrypt+decrypt", &t.big[0], &mut big);
+    bench(&mut g, "decrypt", &t.big[2], || {
+        decrypt(&a, &b, &group, &content)
+    });
+    eprintln!("interleaved pass: {rounds} rounds of the floor and both encrypt+decrypt");
+    t.interleaved = interleave(&mut [&mut floor, &mut small, &mut big], rounds);
+    bench(&mut g, "encrypt", &t.big[1], || {
+        encrypt(&a, &group, &content)
+    });
+    g.finish();
+    t.big_n = n;
     t
 }
 
 fn print_summary(t: &Timings, test_mode: bool) {
     let floor = t.floor.median();
+    let floor_i = t.interleaved.first().copied();
     println!(
-        "\nMLS per message against the floor (one Ed25519 signature + its verification, {FLOOR_INPUT} B):\n\
-         medians of criterion's samples{}; targets: encrypt+decrypt <= 2x floor at 2 members, <= 3x at 1,024.\n",
+        "\nMLS per message against the floor (one Ed25519 signature + its verification, {FLOOR_INPUT} B).\n\
+         criterion µs: medians of criterion's samples (wall time). CPU µs: medians of {} rounds run\n\
+         after criterion, one warm iteration of each in turn, in this thread's CPU time (which waiting\n\
+         for a core on a shared machine does not inflate). Each group was settled by {SETTLE_COMMITS} update\n\
+         commits first. Targets: encrypt+decrypt <= 2x floor at 2 members, <= 3x at 1,024.{}\n",
+        if test_mode { 1 } else { ROUNDS },
         if test_mode {
-            " (--test: one run each, not a measurement)"
+            "\n(Test mode: one run each, not a measurement.)"
         } else {
             ""
         }
     );
     println!(
-        "{:<46} | {:>10} | {:>8} | {:>6}",
-        "what", "median µs", "x floor", "target"
+        "{:<48} | {:>14} | {:>7} | {:>10} | {:>7} | {:>6}",
+        "what", "criterion µs", "x floor", "CPU µs", "x floor", "target"
     );
-    let mut row = |what: String, s: &Samples, target: &str| {
+    let ratio = |m: f64, f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.2}", m / f));
+    let row = |what: String, s: &Samples, inter: Option<f64>, target: &str| {
         let Some(m) = s.median() else { return };
-        let x = floor.map_or("-".to_string(), |f| format!("{:.2}", m / f));
-        println!("{what:<46} | {:>10.1} | {x:>8} | {target:>6}", m * 1e6);
+        let (i, xi) = match inter {
+            Some(i) => (format!("{:.1}", i * 1e6), ratio(i, floor_i)),
+            None => (String::new(), String::new()),
+        };
+        println!(
+            "{what:<48} | {:>14.1} | {:>7} | {i:>10} | {xi:>7} | {target:>6}",
+            m * 1e6,
+            ratio(m, floor)
+        );
     };
-    row("floor: ed25519 sign+verify".into(), &t.floor, "");
+    let inter = |i: usize| t.interleaved.get(i).copied();
+    row("floor: ed25519 sign+verify".into(), &t.floor, inter(0), "");
     row(
         "  the same, keys decoded each time (as openmls)".into(),
         &t.floor_decoded,
+        None,
         "",
     );
     let names = ["encrypt+decrypt", "encrypt", "decrypt"];
     for (i, name) in names.iter().enumerate() {
-        row(
-            format!("2 members: {name}"),
-            &t.small[i],
-            if i == 0 { "2x" } else { "" },
-        );
+        let (inter, target) = if i == 0 { (inter(1), "2x") } else { (None, "") };
+        row(format!("2 members: {name}"), &t.small[i], inter, target);
     }
     if t.big_n > 0 {
         for (i, name) in names.iter().enumerate() {
+            let (inter, target) = if i == 0 { (inter(2), "3x") } else { (None, "") };
             row(
                 format!("{} members: {name}", t.big_n),
                 &t.big[i],
-                if i == 0 { "3x" } else { "" },
+                inter,
+                target,
             );
         }
     }
@@ -581,7 +687,11 @@ fn sizes(test_mode: bool) {
 }
 
 fn main() {
-    let test_mode = std::env::args().any(|a| a == "--test");
+    // Criterion's own rule: `cargo bench` passes --bench, `cargo bench --
+    // --test` adds --test, `cargo test --benches` passes neither.
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let test_mode = has("--test") || !has("--bench");
     let big_n = match std::env::var("DAK_MLS_BIG") {
         Ok(s) if s.trim() == "none" => None,
         Ok(s) => Some(
@@ -593,7 +703,7 @@ fn main() {
         Err(_) => Some(1024),
     };
     let mut c = Criterion::default().configure_from_args();
-    let t = timings(&mut c, big_n);
+    let t = timings(&mut c, big_n, if test_mode { 1 } else { ROUNDS });
     c.final_summary();
     print_summary(&t, test_mode);
     sizes(test_mode);
