@@ -114,6 +114,22 @@ else
     failed=$(sed -nE 's/^test result: .* ([0-9]+) failed.*/\1/p' "$test_log" | awk '{s+=$1} END {print s+0}')
 fi
 
+# ---- the client core in a browser -----------------------------------------------
+# dak-core built for wasm32 and tested in headless Chromium. wasm-tools.sh
+# (which wasm-test.sh calls) installs what is missing first: the Rust target,
+# Debian's chromium and chromium-driver, and the wasm-bindgen-test-runner of
+# Cargo.lock's wasm-bindgen version. Its runner prints libtest's
+# "test result: ok. N passed; M failed; ..." lines, counted as above.
+section "wasm32: dak-core in headless Chromium (scripts/wasm-test.sh)"
+wasm_log=$(mktemp)
+trap 'rm -f "$test_log" "$wasm_log"' EXIT
+scripts/wasm-test.sh 2>&1 | tee "$wasm_log"
+wasm_passed=$(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed.*/\1/p' "$wasm_log" | awk '{s+=$1} END {print s+0}')
+wasm_failed=$(sed -nE 's/^test result: .* ([0-9]+) failed.*/\1/p' "$wasm_log" | awk '{s+=$1} END {print s+0}')
+echo "wasm32: $wasm_passed passed, $wasm_failed failed"
+passed=$((${passed:-0} + wasm_passed))
+failed=$((${failed:-0} + wasm_failed))
+
 
 fuzz_smoke="${FUZZ_SMOKE:-}"
 if [ -z "$fuzz_smoke" ]; then
