@@ -47,7 +47,8 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_GOING_AWAY: u16 = 1001;
 
-enum Outgoing {
+/// What the session hands its writer task: a frame, or a close.
+enum ToSocket {
     Frame(Vec<u8>),
     Close(u16, String),
 }
@@ -67,7 +68,7 @@ struct Session {
     state: AppState,
     peer: SocketAddr,
     nonce: [u8; dak_proto::NONCE_BYTES],
-    out: mpsc::Sender<Outgoing>,
+    out: mpsc::Sender<ToSocket>,
     device: Option<Device>,
     mail: Option<Subscription>,
     revoke: Option<Subscription>,
@@ -88,12 +89,12 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Metrics::inc(&state.metrics.connections_total);
     let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+    let (out, mut out_rx) = mpsc::channel::<ToSocket>(OUTGOING_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(item) = out_rx.recv().await {
             let result = match item {
-                Outgoing::Frame(bytes) => sink.send(Message::Binary(bytes.into())).await,
-                Outgoing::Close(code, reason) => {
+                ToSocket::Frame(bytes) => sink.send(Message::Binary(bytes.into())).await,
+                ToSocket::Close(code, reason) => {
                     let _ = sink
                         .send(Message::Close(Some(CloseFrame {
                             code,
@@ -195,7 +196,7 @@ impl Session {
                         // tungstenite refuses frames beyond its size limit before we see them.
                         tracing::debug!(peer = %self.peer, error = %e, "websocket error");
                         Metrics::inc(&self.state.metrics.frames_rejected);
-                        let _ = self.out.send(Outgoing::Close(CLOSE_POLICY, close_reason(&e.to_string()))).await;
+                        let _ = self.out.send(ToSocket::Close(CLOSE_POLICY, close_reason(&e.to_string()))).await;
                         Flow::Close
                     }
                 },
@@ -212,7 +213,7 @@ impl Session {
                         kind: v1::NoticeKind::ServerDraining as i32,
                         message: "the server is restarting; reconnect".into(),
                     })).await;
-                    let _ = self.out.send(Outgoing::Close(CLOSE_GOING_AWAY, "server draining".into())).await;
+                    let _ = self.out.send(ToSocket::Close(CLOSE_GOING_AWAY, "server draining".into())).await;
                     Flow::Close
                 }
             };
@@ -224,7 +225,7 @@ impl Session {
 
     async fn send_frame(&self, frame: v1::ServerFrame) {
         // A closed channel means the writer is gone; the read loop ends soon.
-        let _ = self.out.send(Outgoing::Frame(frame.encode_to_vec())).await;
+        let _ = self.out.send(ToSocket::Frame(frame.encode_to_vec())).await;
     }
 
     async fn push(&self, body: Body) {
@@ -241,7 +242,7 @@ impl Session {
             .await;
         let _ = self
             .out
-            .send(Outgoing::Close(close, message.chars().take(120).collect()))
+            .send(ToSocket::Close(close, message.chars().take(120).collect()))
             .await;
         Flow::Close
     }
@@ -288,7 +289,7 @@ impl Session {
                         .await;
                         let _ = self
                             .out
-                            .send(Outgoing::Close(
+                            .send(ToSocket::Close(
                                 CLOSE_POLICY,
                                 "too many failed authentications".into(),
                             ))
@@ -556,7 +557,7 @@ impl Session {
         .await;
         let _ = self
             .out
-            .send(Outgoing::Close(CLOSE_POLICY, "device signed out".into()))
+            .send(ToSocket::Close(CLOSE_POLICY, "device signed out".into()))
             .await;
         Flow::Close
     }
