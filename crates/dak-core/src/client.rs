@@ -28,7 +28,9 @@ pub struct Client {
     pub(crate) work: Vec<Work>,
     /// `run_work` is running: work queued meanwhile joins its loop instead
     /// of starting another.
-    pub(crate) working: bool,
+    /// Shared with a guard that clears it when `run_work` ends or its
+    /// future is dropped (a caller's timeout), so it never sticks.
+    pub(crate) working: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Client {
@@ -120,10 +122,17 @@ impl Client {
     /// once (the running loop takes the new work). Failures are logged and
     /// wait for a later chance.
     pub(crate) async fn run_work(&mut self) {
-        if self.working {
+        use std::sync::atomic::Ordering;
+        if self.working.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.working = true;
+        struct Clear(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _clear = Clear(self.working.clone());
         for _ in 0..MAX_WORK_ROUNDS {
             let mut batch = std::mem::take(&mut self.work);
             if batch.is_empty() {
@@ -142,6 +151,5 @@ impl Client {
                 }
             }
         }
-        self.working = false;
     }
 }

@@ -289,7 +289,7 @@ impl Client {
             undecodable: 0,
             pending_events: Vec::new(),
             work: Vec::new(),
-            working: false,
+            working: Default::default(),
         };
         match client.flush_outbox().await {
             Ok(_) => Ok(client),

@@ -338,13 +338,14 @@ impl Client {
                 // accepted is ahead of its echo there, and decrypts at that
                 // epoch first. So no device needs an old epoch's keys
                 // (`MAX_PAST_EPOCHS` is 0), and none keeps them.
+                // If the echo does not come now (a long backlog, a dropped
+                // connection), the commit stays pending: merging it here
+                // would leave what is ahead of the echo undecryptable.
+                // `settle` before the next send, or the echo itself when
+                // its turn comes, merges it.
                 let next = self.profile.mls(|m| m.epoch(group))? + 1;
                 if let Err(e) = self.catch_up(group, next).await {
-                    tracing::debug!(error = %e, "the echo of our commit did not come; merging it now");
-                }
-                if self.profile.mls(|m| m.has_pending(group))? {
-                    self.profile
-                        .transaction(|p| p.mls(|m| m.merge_pending(group)))?;
+                    tracing::debug!(error = %e, "the echo of our commit has not come yet; it stays pending");
                 }
                 Ok(())
             }

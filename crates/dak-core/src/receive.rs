@@ -47,8 +47,10 @@ impl Client {
 
     /// Stores, acks and answers (receipts) one push. Not cancel-safe: let it finish.
     pub async fn handle_push(&mut self, body: Body) -> Result<Vec<Event>, ClientError> {
+        // The push first: if it fails, the events saved earlier stay saved.
+        let new = self.handle_push_inner(body).await?;
         let mut events = std::mem::take(&mut self.pending_events);
-        events.extend(self.handle_push_inner(body).await?);
+        events.extend(new);
         self.run_work().await;
         Ok(events)
     }
@@ -165,14 +167,8 @@ impl Client {
         // If the connection fails from here on, the events are still the
         // user's (a redelivery would be dropped as already seen) and the
         // receipts leave from the outbox on the next connection.
-        let acked = self
-            .conn
-            .call(Request::AckDeliveries(v1::AckDeliveries { seqs }))
-            .await;
-        if let Err(e) = acked {
-            tracing::debug!(error = %e, "ack failed; the server will redeliver and we will drop the copies");
-            return Ok(events);
-        }
+        // The work they call for is queued first: after a failed ack the
+        // server redelivers them, and the copies are skipped as seen.
         if out.joined {
             self.work.push(Work::TopUpKeyPackages);
         }
@@ -181,6 +177,14 @@ impl Client {
         }
         self.work
             .extend(out.follow_ups.into_iter().map(Work::Group));
+        let acked = self
+            .conn
+            .call(Request::AckDeliveries(v1::AckDeliveries { seqs }))
+            .await;
+        if let Err(e) = acked {
+            tracing::debug!(error = %e, "ack failed; the server will redeliver and we will drop the copies");
+            return Ok(events);
+        }
         Ok(events)
     }
 
