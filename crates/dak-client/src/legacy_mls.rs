@@ -369,6 +369,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
+    use dak_core::mls::Provider;
     use dak_core::mls_storage::MlsStorage;
     use dak_core::{ClientError, ProfileStore};
     use dak_proto::mls::CIPHERSUITE;
@@ -558,34 +559,8 @@ INSERT INTO openmls_sqlite_storage_migrations VALUES (1, 'initial', '', '0');
         }
     }
 
-    struct Provider<'a> {
-        crypto: RustCrypto,
-        storage: MlsStorage<'a>,
-    }
-
-    impl<'a> OpenMlsProvider for Provider<'a> {
-        type CryptoProvider = RustCrypto;
-        type RandProvider = RustCrypto;
-        type StorageProvider = MlsStorage<'a>;
-
-        fn storage(&self) -> &Self::StorageProvider {
-            &self.storage
-        }
-
-        fn crypto(&self) -> &Self::CryptoProvider {
-            &self.crypto
-        }
-
-        fn rand(&self) -> &Self::RandProvider {
-            &self.crypto
-        }
-    }
-
     fn provider(store: &SqliteProfile) -> Provider<'_> {
-        Provider {
-            crypto: RustCrypto::default(),
-            storage: MlsStorage::new(store),
-        }
+        Provider::new(store)
     }
 
     fn identity(name: &str) -> (SignatureKeyPair, CredentialWithKey) {

@@ -59,20 +59,6 @@ impl ConversationId {
         }
     }
 
-    pub fn group_id(&self) -> Option<&[u8]> {
-        match self {
-            ConversationId::Group(id) => Some(id),
-            ConversationId::Direct(_) => None,
-        }
-    }
-
-    pub fn phone(&self) -> Option<&str> {
-        match self {
-            ConversationId::Direct(p) => Some(p),
-            ConversationId::Group(_) => None,
-        }
-    }
-
     pub fn is_group(&self) -> bool {
         matches!(self, ConversationId::Group(_))
     }

@@ -49,7 +49,6 @@ const CACHED_GROUPS: usize = 16;
 #[derive(Default)]
 pub struct GroupCache {
     inner: parking_lot::Mutex<CacheInner>,
-    crypto: RustCrypto,
 }
 
 #[derive(Default)]
@@ -92,9 +91,26 @@ impl GroupCache {
     }
 }
 
+/// openmls's crypto and randomness, one for the process: it holds only a
+/// generator (seeded from the platform) behind a lock.
+fn crypto() -> &'static RustCrypto {
+    static CRYPTO: std::sync::OnceLock<RustCrypto> = std::sync::OnceLock::new();
+    CRYPTO.get_or_init(RustCrypto::default)
+}
+
+/// What openmls runs on: the process's crypto, and a store's MLS records.
 pub struct Provider<'a> {
     crypto: &'a RustCrypto,
     storage: MlsStorage<'a>,
+}
+
+impl<'a> Provider<'a> {
+    pub fn new(kv: &'a dyn crate::mls_storage::MlsKv) -> Provider<'a> {
+        Provider {
+            crypto: crypto(),
+            storage: MlsStorage::new(kv),
+        }
+    }
 }
 
 impl<'a> OpenMlsProvider for Provider<'a> {
@@ -227,10 +243,7 @@ impl<'a> Mls<'a> {
             signature_key: public.into(),
         };
         Mls {
-            provider: Provider {
-                crypto: &profile.groups.crypto,
-                storage: MlsStorage::new(profile),
-            },
+            provider: Provider::new(profile),
             profile,
             signer,
             credential,

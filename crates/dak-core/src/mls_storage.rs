@@ -812,6 +812,7 @@ mod tests {
 
     use super::{MlsKv, MlsStorage, MlsStorageError, label};
     use crate::ClientError;
+    use crate::mls::Provider;
 
     /// Every label whose records belong to one group.
     const GROUP_LABELS: &[&str] = &[
@@ -879,29 +880,6 @@ mod tests {
         }
     }
 
-    struct Provider<'a> {
-        crypto: RustCrypto,
-        storage: MlsStorage<'a>,
-    }
-
-    impl<'a> OpenMlsProvider for Provider<'a> {
-        type CryptoProvider = RustCrypto;
-        type RandProvider = RustCrypto;
-        type StorageProvider = MlsStorage<'a>;
-
-        fn storage(&self) -> &Self::StorageProvider {
-            &self.storage
-        }
-
-        fn crypto(&self) -> &Self::CryptoProvider {
-            &self.crypto
-        }
-
-        fn rand(&self) -> &Self::RandProvider {
-            &self.crypto
-        }
-    }
-
     struct Device {
         kv: MapKv,
         signer: SignatureKeyPair,
@@ -923,10 +901,7 @@ mod tests {
         }
 
         fn provider(&self) -> Provider<'_> {
-            Provider {
-                crypto: RustCrypto::default(),
-                storage: MlsStorage::new(&self.kv),
-            }
+            Provider::new(&self.kv)
         }
 
         /// A KeyPackage as the directory hands it out: encoded, then
