@@ -50,45 +50,13 @@ const BUILD_BATCH: usize = 256;
 /// (160-byte blocks) and sealed sender would make it larger: a low estimate.
 const SENDER_KEY_MESSAGE_BYTES: usize = 150;
 
-struct Device {
-    profile: dak_client::Profile,
-    key: SigningKey,
-    phone: String,
-    id: u64,
-}
+/// A device on the native backend, in memory as before: SQLite's code paths
+/// without the disk's.
+type Device = dak_core::testing::TestDevice;
 
-impl Device {
-    fn new(id: u64) -> Device {
-        // The native backend, in memory as before: SQLite's code paths
-        // without the disk's.
-        let store = dak_client::SqliteProfile::open_in_memory().expect("sqlite");
-        Device {
-            profile: dak_client::Profile::new(
-                Box::new(store),
-                Box::new(dak_client::SystemEnvironment),
-            ),
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
-            phone: format!("+91980000{:04}", id % 10_000),
-            id,
-        }
-    }
-
-    fn mls(&self) -> Mls<'_> {
-        Mls::new(&self.profile, &self.key, &self.phone, self.id)
-    }
-
-    /// One of this device's one-time KeyPackages, as `by` reads it from
-    /// the directory (signature and credential checked).
-    fn key_package_for(&self, by: &Mls) -> KeyPackage {
-        let bytes = self.mls().key_packages(1).expect("key package").remove(0);
-        by.fetched_key_package(
-            &bytes,
-            &self.phone,
-            self.id,
-            self.key.verifying_key().as_bytes(),
-        )
-        .expect("fetched key package")
-    }
+fn device(id: u64) -> Device {
+    let store = dak_client::SqliteProfile::open_in_memory().expect("sqlite");
+    Device::on(Box::new(store), &format!("+91980000{:04}", id % 10_000), id)
 }
 
 /// Device ids (and phones) unique within the run.
@@ -97,7 +65,7 @@ struct Ids(u64);
 impl Ids {
     fn next(&mut self) -> Device {
         self.0 += 1;
-        Device::new(self.0)
+        device(self.0)
     }
 }
 
@@ -131,11 +99,11 @@ fn build_group(n: usize, ids: &mut Ids, progress: bool) -> (Device, Device, Vec<
         let batch = left.min(BUILD_BATCH);
         let c = creator.mls();
         let mut adds: Vec<KeyPackage> = (0..batch - usize::from(batch == left))
-            .map(|_| ids.next().key_package_for(&c))
+            .map(|_| ids.next().key_package_for(&c).expect("key package"))
             .collect();
         let last = batch == left;
         if last {
-            adds.push(observer.key_package_for(&c));
+            adds.push(observer.key_package_for(&c).expect("key package"));
         }
         let out = c.commit(&group, adds, Vec::new()).expect("add commit");
         c.merge_pending(&group).expect("merge");
@@ -529,7 +497,7 @@ fn measure(n: usize, ids: &mut Ids) -> Row {
     // from the Welcome to show it is complete; then the commit is dropped,
     // so that the removal is measured in the group of n.
     let newcomer = ids.next();
-    let kp = newcomer.key_package_for(&c);
+    let kp = newcomer.key_package_for(&c).expect("key package");
     let t = Instant::now();
     let add = c.commit(&group, vec![kp], Vec::new()).expect("add commit");
     let add_ms = t.elapsed().as_secs_f64() * 1e3;

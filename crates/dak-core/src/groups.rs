@@ -935,7 +935,7 @@ mod tests {
         for batch in others.chunks(ADD_BATCH) {
             let adds = batch
                 .iter()
-                .map(|d| d.key_package_for(&creator).unwrap())
+                .map(|d| d.key_package_for(&creator.mls()).unwrap())
                 .collect();
             let out = creator.mls().commit(&group, adds, vec![]).unwrap();
             creator.mls().merge_pending(&group).unwrap();

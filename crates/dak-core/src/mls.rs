@@ -695,7 +695,11 @@ mod tests {
         // bob adds his laptop; a lost ack: the echo merges as his own commit.
         let out = bob
             .mls()
-            .commit(&group, vec![laptop.key_package_for(&bob).unwrap()], vec![])
+            .commit(
+                &group,
+                vec![laptop.key_package_for(&bob.mls()).unwrap()],
+                vec![],
+            )
             .unwrap();
         assert!(matches!(
             bob.mls().process(&out.commit).unwrap(),

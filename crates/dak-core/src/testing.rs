@@ -8,7 +8,7 @@ use openmls::prelude::KeyPackage;
 
 use crate::memory::MemoryStore;
 use crate::mls::{CommitToSend, Mls};
-use crate::{ClientError, Profile, TestEnvironment};
+use crate::{ClientError, Profile, ProfileStore, TestEnvironment};
 
 /// One device of `phone`, id `id`, registered and with its key.
 pub struct TestDevice {
@@ -22,10 +22,12 @@ impl TestDevice {
     /// A fresh device; the environment's seed is the device id, so runs
     /// repeat (openmls's own randomness still comes from the platform).
     pub fn new(phone: &str, id: u64) -> TestDevice {
-        let profile = Profile::new(
-            Box::new(MemoryStore::new()),
-            Box::new(TestEnvironment::new(id, 1_700_000_000_000)),
-        );
+        TestDevice::on(Box::new(MemoryStore::new()), phone, id)
+    }
+
+    /// The same on a store of the caller's (a benchmark's in-memory SQLite).
+    pub fn on(store: Box<dyn ProfileStore>, phone: &str, id: u64) -> TestDevice {
+        let profile = Profile::new(store, Box::new(TestEnvironment::new(id, 1_700_000_000_000)));
         let key = profile
             .identity()
             .unwrap_or_else(|e| panic!("identity: {e}"));
@@ -44,11 +46,11 @@ impl TestDevice {
         Mls::new(&self.profile, &self.key, &self.phone, self.id)
     }
 
-    /// One of this device's one-time KeyPackages as `by` reads it from the
-    /// directory (signature and credential checked).
-    pub fn key_package_for(&self, by: &TestDevice) -> Result<KeyPackage, ClientError> {
+    /// One of this device's one-time KeyPackages as `by` (an engine) reads
+    /// it from the directory (signature and credential checked).
+    pub fn key_package_for(&self, by: &Mls<'_>) -> Result<KeyPackage, ClientError> {
         let bytes = self.mls().key_packages(1)?.remove(0);
-        by.mls().fetched_key_package(
+        by.fetched_key_package(
             &bytes,
             &self.phone,
             self.id,
@@ -65,7 +67,7 @@ impl TestDevice {
         let group = self.mls().create_group()?;
         let out = self
             .mls()
-            .commit(&group, vec![other.key_package_for(self)?], vec![])?;
+            .commit(&group, vec![other.key_package_for(&self.mls())?], vec![])?;
         self.mls().merge_pending(&group)?;
         Ok((group, out))
     }
