@@ -1,6 +1,11 @@
 //! Behaviour every `Store` backend must show. Each backend's tests call
 //! `run_all` on a fresh, empty store, so SQLite and PostgreSQL are held to
 //! one definition of correct.
+//!
+//! The cases run one after another on the one store. Cases that call
+//! `expire` drop what is due by then in every earlier case, so they run
+//! last and pass times past everything before them. Limits are raced by
+//! spawning many callers on clones of the store: exactly the limit may pass.
 
 use crate::*;
 
@@ -15,11 +20,10 @@ fn envelope(id: u8, body: &[u8]) -> NewEnvelope {
     }
 }
 
-pub async fn run_all<S: Store>(s: &S) {
+pub async fn run_all<S: Store + Clone>(s: &S) {
     registration_replaces_old_devices(s).await;
     linked_devices_are_capped(s).await;
     mailbox_is_ordered_and_private(s).await;
-    verification_attempts_count(s).await;
     link_requests_are_taken_once(s).await;
     expiry_drops_old_envelopes(s).await;
     key_packages_are_claimed_once(s).await;
@@ -27,6 +31,34 @@ pub async fn run_all<S: Store>(s: &S) {
     group_sends_check_members_and_devices(s).await;
     groups_are_capped_by_member_accounts(s).await;
     disappearing_messages_go_at_their_expiry(s).await;
+    commits_naming_many_or_repeated_devices_are_refused(s).await;
+    key_packages_are_capped_and_spared(s).await;
+    racing_uploads_never_pass_the_key_package_cap(s).await;
+    pin_attempts_are_counted_before_the_check(s).await;
+    racing_pin_attempts_get_exactly_the_maximum(s).await;
+    rate_limits_take_a_burst_then_refill(s).await;
+    racing_takers_get_exactly_the_burst(s).await;
+    code_attempts_are_counted_per_session(s).await;
+    racing_code_attempts_get_exactly_the_maximum(s).await;
+    mailbox_quota_refuses_before_writing(s).await;
+    mailbox_usage_stays_exact(s).await;
+}
+
+/// Runs `n` calls of `f` at once, each on its own clone of the store, and
+/// returns their results.
+async fn race<S, T, F, Fut>(s: &S, n: usize, f: F) -> Vec<T>
+where
+    S: Store + Clone,
+    T: Send + 'static,
+    F: Fn(S) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(f(s.clone()))).collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
 }
 
 fn from(device: &Device, id: u8, body: &[u8]) -> NewEnvelope {
@@ -46,7 +78,7 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
     assert_eq!(s.key_stock(d).await.unwrap(), KeyStock::default());
     // A device without a last-resort package cannot be added yet.
     assert!(
-        s.claim_key_packages(reg.account_id, &[])
+        s.claim_key_packages(reg.account_id, &[], true)
             .await
             .unwrap()
             .is_empty()
@@ -56,6 +88,7 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
             d,
             vec![b"kp1".to_vec(), b"kp2".to_vec()],
             Some(b"last".to_vec()),
+            100,
         )
         .await
         .unwrap();
@@ -68,7 +101,10 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
     );
     let mut got = Vec::new();
     for _ in 0..4 {
-        let claimed = s.claim_key_packages(reg.account_id, &[]).await.unwrap();
+        let claimed = s
+            .claim_key_packages(reg.account_id, &[], true)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         got.push(claimed[0].key_package.clone().unwrap());
     }
@@ -81,13 +117,19 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
             b"last".to_vec()
         ]
     );
-    let known = s.claim_key_packages(reg.account_id, &[d]).await.unwrap();
-    assert_eq!(known[0].key_package, None, "a known device gets no package");
-    // A replaced last resort; a revoked device has none left.
-    s.put_key_packages(d, vec![], Some(b"last2".to_vec()))
+    let known = s
+        .claim_key_packages(reg.account_id, &[d], true)
         .await
         .unwrap();
-    let claimed = s.claim_key_packages(reg.account_id, &[]).await.unwrap();
+    assert_eq!(known[0].key_package, None, "a known device gets no package");
+    // A replaced last resort; a revoked device has none left.
+    s.put_key_packages(d, vec![], Some(b"last2".to_vec()), 100)
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[], true)
+        .await
+        .unwrap();
     assert_eq!(claimed[0].key_package.as_deref(), Some(&b"last2"[..]));
     s.revoke_device(d, RevokeReason::Removed).await.unwrap();
     assert_eq!(s.key_stock(d).await.unwrap(), KeyStock::default());
@@ -95,7 +137,7 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
 
 async fn ready_device<S: Store>(s: &S, phone: &str, key: u8) -> Device {
     let reg = s.register_primary(phone, &[key; 32], "p", 1).await.unwrap();
-    s.put_key_packages(reg.device.id, vec![], Some(vec![key]))
+    s.put_key_packages(reg.device.id, vec![], Some(vec![key]), 100)
         .await
         .unwrap();
     reg.device
@@ -174,7 +216,10 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
     let g = b"group-two";
     s.commit_group(commit(&a, g, 0, &[&b])).await.unwrap();
     let before = s.mailbox_len(b.id).await.unwrap();
-    let sent = s.send_group(g, 1, from(&a, 1, b"hello")).await.unwrap();
+    let sent = s
+        .send_group(g, 1, from(&a, 1, b"hello"), MailboxQuota::UNLIMITED)
+        .await
+        .unwrap();
     assert_eq!(
         sent,
         GroupOutcome::Accepted {
@@ -184,11 +229,15 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
     assert_eq!(s.mailbox_len(b.id).await.unwrap(), before + 1);
     assert_eq!(s.mailbox_len(a.id).await.unwrap(), 1, "not to the sender");
     assert_eq!(
-        s.send_group(g, 0, from(&a, 2, b"old")).await.unwrap(),
+        s.send_group(g, 0, from(&a, 2, b"old"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap(),
         GroupOutcome::Stale { epoch: 1 }
     );
     assert_eq!(
-        s.send_group(b"nope", 0, from(&a, 3, b"x")).await.unwrap(),
+        s.send_group(b"nope", 0, from(&a, 3, b"x"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap(),
         GroupOutcome::NoGroup
     );
     // b links a laptop with keys: sends are refused until it is added.
@@ -198,20 +247,27 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
         .unwrap();
     assert!(
         matches!(
-            s.send_group(g, 1, from(&a, 4, b"x")).await.unwrap(),
+            s.send_group(g, 1, from(&a, 4, b"x"), MailboxQuota::UNLIMITED)
+                .await
+                .unwrap(),
             GroupOutcome::Accepted { .. }
         ),
         "a device without keys yet does not block the group"
     );
-    s.put_key_packages(laptop.id, vec![], Some(vec![23]))
+    s.put_key_packages(laptop.id, vec![], Some(vec![23]), 100)
         .await
         .unwrap();
     assert_eq!(
-        s.send_group(g, 1, from(&a, 5, b"x")).await.unwrap(),
+        s.send_group(g, 1, from(&a, 5, b"x"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap(),
         GroupOutcome::DevicesChanged
     );
     s.commit_group(commit(&a, g, 1, &[&laptop])).await.unwrap();
-    let sent = s.send_group(g, 2, from(&a, 6, b"x")).await.unwrap();
+    let sent = s
+        .send_group(g, 2, from(&a, 6, b"x"), MailboxQuota::UNLIMITED)
+        .await
+        .unwrap();
     let GroupOutcome::Accepted { recipients } = sent else {
         panic!("{sent:?}")
     };
@@ -224,7 +280,9 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
         .await
         .unwrap();
     assert_eq!(
-        s.send_group(g, 2, from(&a, 7, b"x")).await.unwrap(),
+        s.send_group(g, 2, from(&a, 7, b"x"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap(),
         GroupOutcome::DevicesChanged
     );
     let mut removal = commit(&b, g, 2, &[]);
@@ -234,7 +292,9 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
         GroupOutcome::Accepted { .. }
     ));
     assert!(matches!(
-        s.send_group(g, 3, from(&a, 8, b"x")).await.unwrap(),
+        s.send_group(g, 3, from(&a, 8, b"x"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap(),
         GroupOutcome::Accepted { .. }
     ));
 }
@@ -243,7 +303,7 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
 /// members, as the store has them.
 async fn reached<S: Store>(s: &S, g: &[u8], epoch: u64, by: &Device, id: u8) -> Vec<DeviceId> {
     match s
-        .send_group(g, epoch, from(by, id, b"probe"))
+        .send_group(g, epoch, from(by, id, b"probe"), MailboxQuota::UNLIMITED)
         .await
         .unwrap()
     {
@@ -260,7 +320,7 @@ async fn groups_are_capped_by_member_accounts<S: Store>(s: &S) {
         .add_linked_device(alice.account_id, &[34; 32], "laptop", 2, 4)
         .await
         .unwrap();
-    s.put_key_packages(laptop.id, vec![], Some(vec![34]))
+    s.put_key_packages(laptop.id, vec![], Some(vec![34]), 100)
         .await
         .unwrap();
     let g = b"group-capped";
@@ -378,7 +438,10 @@ async fn disappearing_messages_go_at_their_expiry<S: Store>(s: &S) {
         // An old message that has waited out the retention period.
         sent(3, b"waited", NOW + 5_000 - RETENTION, NOW + 5_000),
     ] {
-        let out = s.send_group(g, 1, e).await.unwrap();
+        let out = s
+            .send_group(g, 1, e, MailboxQuota::UNLIMITED)
+            .await
+            .unwrap();
         assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
     }
     let bodies = |d: DeviceId| async move {
@@ -522,24 +585,6 @@ async fn mailbox_is_ordered_and_private<S: Store>(s: &S) {
     assert_eq!(s.mailbox_len(d2).await.unwrap(), 0);
 }
 
-async fn verification_attempts_count<S: Store>(s: &S) {
-    let v = Verification {
-        phone: "+911000000004".into(),
-        code_hash: "h".into(),
-        expires_ms: 100,
-        attempts: 0,
-        sent_in_window: 1,
-        window_start_ms: 0,
-    };
-    s.put_verification(v.clone()).await.unwrap();
-    assert_eq!(s.bump_verification_attempts(&v.phone).await.unwrap(), 1);
-    assert_eq!(s.bump_verification_attempts(&v.phone).await.unwrap(), 2);
-    assert_eq!(s.verification(&v.phone).await.unwrap().unwrap().attempts, 2);
-    s.delete_verification(&v.phone).await.unwrap();
-    assert!(s.verification(&v.phone).await.unwrap().is_none());
-    assert!(s.bump_verification_attempts(&v.phone).await.is_err());
-}
-
 async fn link_requests_are_taken_once<S: Store>(s: &S) {
     let req = LinkRequest {
         code: "CODE1".into(),
@@ -600,4 +645,500 @@ async fn expiry_drops_old_envelopes<S: Store>(s: &S) {
     let left = s.fetch_mailbox(d, 0, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].body, b"new");
+}
+
+/// Later than anything the earlier cases wrote, so that their `expire`
+/// passes cannot reach what these cases write, and these cases' passes
+/// only drop what earlier cases are done with.
+const LATE: i64 = 3_000_000_000_000;
+
+/// A commit naming a long made-up list of devices is refused without
+/// anything changing; so is one naming a device twice.
+async fn commits_naming_many_or_repeated_devices_are_refused<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000051", 51).await;
+    let bob = ready_device(s, "+911000000052", 52).await;
+    let g = b"group-long-lists";
+    s.commit_group(commit(&alice, g, 0, &[&bob])).await.unwrap();
+    let lens = (
+        s.mailbox_len(alice.id).await.unwrap(),
+        s.mailbox_len(bob.id).await.unwrap(),
+    );
+    let mut many = commit(&alice, g, 1, &[]);
+    many.added = (0..100_000u64).map(|i| 1_000_000_000 + i).collect();
+    many.welcome = Some(from(&alice, 60, b"welcome"));
+    let refused = s.commit_group(many).await.unwrap();
+    assert!(matches!(refused, GroupOutcome::BadChange(_)), "{refused:?}");
+    let carol = ready_device(s, "+911000000053", 53).await;
+    let twice_added = commit(&alice, g, 1, &[&carol, &carol]);
+    let refused = s.commit_group(twice_added).await.unwrap();
+    assert!(matches!(refused, GroupOutcome::BadChange(_)), "{refused:?}");
+    let mut twice_removed = commit(&alice, g, 1, &[]);
+    twice_removed.removed = vec![bob.id, bob.id];
+    let refused = s.commit_group(twice_removed).await.unwrap();
+    assert!(matches!(refused, GroupOutcome::BadChange(_)), "{refused:?}");
+    assert_eq!(s.group_epoch(g).await.unwrap(), Some(1), "nothing changed");
+    assert_eq!(
+        (
+            s.mailbox_len(alice.id).await.unwrap(),
+            s.mailbox_len(bob.id).await.unwrap(),
+        ),
+        lens
+    );
+    assert_eq!(s.mailbox_len(carol.id).await.unwrap(), 0);
+    assert_eq!(reached(s, g, 1, &alice, 61).await, vec![bob.id]);
+}
+
+async fn key_packages_are_capped_and_spared<S: Store>(s: &S) {
+    let reg = s
+        .register_primary("+911000000054", &[54; 32], "p", 1)
+        .await
+        .unwrap();
+    let d = reg.device.id;
+    let kps = |names: &[&str]| names.iter().map(|n| n.as_bytes().to_vec()).collect();
+    // Only up to the cap is kept, first uploaded first.
+    let stock = s
+        .put_key_packages(
+            d,
+            kps(&["a", "b", "c", "d", "e"]),
+            Some(b"last".to_vec()),
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stock,
+        KeyStock {
+            one_time: 3,
+            has_last_resort: true
+        }
+    );
+    let stock = s.put_key_packages(d, kps(&["x"]), None, 3).await.unwrap();
+    assert_eq!(stock.one_time, 3, "a full stock takes no more");
+    // A claim that may not consume gets the last-resort package and leaves
+    // the stock alone.
+    for _ in 0..3 {
+        let spared = s
+            .claim_key_packages(reg.account_id, &[], false)
+            .await
+            .unwrap();
+        assert_eq!(spared.len(), 1);
+        assert_eq!(spared[0].key_package.as_deref(), Some(&b"last"[..]));
+    }
+    let known = s
+        .claim_key_packages(reg.account_id, &[d], false)
+        .await
+        .unwrap();
+    assert_eq!(known[0].key_package, None, "a known device gets no package");
+    assert_eq!(s.key_stock(d).await.unwrap().one_time, 3);
+    // Claiming makes room again.
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[], true)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].key_package.as_deref(), Some(&b"a"[..]));
+    let stock = s
+        .put_key_packages(d, kps(&["f", "g"]), None, 3)
+        .await
+        .unwrap();
+    assert_eq!(stock.one_time, 3);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let claimed = s
+            .claim_key_packages(reg.account_id, &[], true)
+            .await
+            .unwrap();
+        got.push(claimed[0].key_package.clone().unwrap());
+    }
+    assert_eq!(got, kps(&["b", "c", "f", "last"]));
+}
+
+async fn racing_uploads_never_pass_the_key_package_cap<S: Store + Clone>(s: &S) {
+    let reg = s
+        .register_primary("+911000000055", &[55; 32], "p", 1)
+        .await
+        .unwrap();
+    let d = reg.device.id;
+    let uploads = race(s, 20, move |s| async move {
+        s.put_key_packages(d, vec![vec![1], vec![2]], None, 5).await
+    })
+    .await;
+    for u in uploads {
+        assert!(u.unwrap().one_time <= 5);
+    }
+    assert_eq!(s.key_stock(d).await.unwrap().one_time, 5);
+}
+
+async fn pin_attempts_are_counted_before_the_check<S: Store>(s: &S) {
+    const LOCKOUT: i64 = 60_000;
+    let reg = s
+        .register_primary("+911000000056", &[56; 32], "p", 1)
+        .await
+        .unwrap();
+    let a = reg.account_id;
+    let pin = |now| s.take_pin_attempt(a, now, 3, LOCKOUT);
+    assert_eq!(
+        pin(1_000).await.unwrap(),
+        PinAttempt::Counted { attempt: 1 }
+    );
+    assert_eq!(
+        pin(1_000).await.unwrap(),
+        PinAttempt::Counted { attempt: 2 }
+    );
+    // The third attempt is still checked, and locks the account.
+    assert_eq!(
+        pin(2_000).await.unwrap(),
+        PinAttempt::Counted { attempt: 3 }
+    );
+    let locked = PinAttempt::Locked {
+        until_ms: 2_000 + LOCKOUT,
+    };
+    assert_eq!(pin(2_001).await.unwrap(), locked);
+    assert_eq!(pin(2_000 + LOCKOUT - 1).await.unwrap(), locked);
+    let account = s.account_by_phone("+911000000056").await.unwrap().unwrap();
+    assert_eq!(
+        (account.pin_failures, account.pin_locked_until_ms),
+        (3, 2_000 + LOCKOUT),
+        "a refused attempt writes nothing"
+    );
+    // Once the lock has run out the count starts again.
+    let later = 2_000 + LOCKOUT;
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 1 }
+    );
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 2 }
+    );
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 3 }
+    );
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Locked {
+            until_ms: later + LOCKOUT
+        }
+    );
+    // Registering (the right PIN) clears the count and the lock; so does
+    // setting a PIN.
+    s.register_primary("+911000000056", &[57; 32], "p", later)
+        .await
+        .unwrap();
+    let account = s.account_by_phone("+911000000056").await.unwrap().unwrap();
+    assert_eq!((account.pin_failures, account.pin_locked_until_ms), (0, 0));
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 1 }
+    );
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 2 }
+    );
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 3 }
+    );
+    s.set_pin(a, Some("phc".into())).await.unwrap();
+    assert_eq!(
+        pin(later).await.unwrap(),
+        PinAttempt::Counted { attempt: 1 }
+    );
+    assert!(matches!(
+        s.take_pin_attempt(u64::MAX >> 2, 1, 3, LOCKOUT).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn racing_pin_attempts_get_exactly_the_maximum<S: Store + Clone>(s: &S) {
+    let reg = s
+        .register_primary("+911000000058", &[58; 32], "p", 1)
+        .await
+        .unwrap();
+    let a = reg.account_id;
+    let results = race(s, 40, move |s| async move {
+        s.take_pin_attempt(a, 1_000, 5, 60_000).await.unwrap()
+    })
+    .await;
+    let mut counted: Vec<u32> = results
+        .iter()
+        .filter_map(|r| match r {
+            PinAttempt::Counted { attempt } => Some(*attempt),
+            PinAttempt::Locked { .. } => None,
+        })
+        .collect();
+    counted.sort_unstable();
+    assert_eq!(counted, vec![1, 2, 3, 4, 5]);
+    let locked = PinAttempt::Locked { until_ms: 61_000 };
+    assert_eq!(results.iter().filter(|r| **r == locked).count(), 35);
+}
+
+async fn rate_limits_take_a_burst_then_refill<S: Store>(s: &S) {
+    const INTERVAL: i64 = 1_000;
+    let take = |key: &'static str, now| s.take_token(key, now, INTERVAL, 3);
+    // A burst of three at once, then one a second.
+    for _ in 0..3 {
+        assert_eq!(take("ip:a", 10_000).await.unwrap(), None);
+    }
+    assert_eq!(take("ip:a", 10_000).await.unwrap(), Some(1_000));
+    assert_eq!(
+        take("ip:a", 10_000).await.unwrap(),
+        Some(1_000),
+        "a refusal takes nothing"
+    );
+    assert_eq!(take("ip:a", 10_999).await.unwrap(), Some(1));
+    assert_eq!(take("ip:a", 11_000).await.unwrap(), None);
+    assert_eq!(take("ip:a", 11_000).await.unwrap(), Some(1_000));
+    // Keys are independent.
+    assert_eq!(take("ip:b", 11_000).await.unwrap(), None);
+    // A bucket still refilling outlives an expiry pass; a full one may go.
+    s.expire(12_000, 1).await.unwrap();
+    assert_eq!(take("ip:a", 12_000).await.unwrap(), None);
+    assert_eq!(take("ip:a", 12_000).await.unwrap(), Some(1_000));
+    // Long after, the whole burst is back, and no more.
+    for _ in 0..3 {
+        assert_eq!(take("ip:a", 100_000).await.unwrap(), None);
+    }
+    assert!(take("ip:a", 100_000).await.unwrap().is_some());
+    // A burst of 0 allows nothing.
+    let none = s.take_token("ip:c", 100_000, INTERVAL, 0).await.unwrap();
+    assert!(none.is_some_and(|wait| wait >= 1), "{none:?}");
+}
+
+async fn racing_takers_get_exactly_the_burst<S: Store + Clone>(s: &S) {
+    let results = race(s, 40, |s| async move {
+        s.take_token("race", 10_000, 60_000, 5).await.unwrap()
+    })
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_none()).count(), 5);
+    for r in results.iter().flatten() {
+        assert!((1..=60_000).contains(r), "retry after {r}");
+    }
+}
+
+fn code(phone: &str, session: u8, code_hash: &str, expires_ms: i64) -> Verification {
+    Verification {
+        phone: phone.into(),
+        session: vec![session; 32],
+        code_hash: code_hash.into(),
+        expires_ms,
+        attempts: 0,
+    }
+}
+
+async fn code_attempts_are_counted_per_session<S: Store>(s: &S) {
+    const P: &str = "+911000000059";
+    let counted = |h: &str, attempts| CodeAttempt::Counted {
+        code_hash: h.into(),
+        attempts,
+    };
+    s.put_verification(code(P, 1, "mine", LATE + 5_000))
+        .await
+        .unwrap();
+    s.put_verification(code(P, 2, "theirs", LATE + 5_000))
+        .await
+        .unwrap();
+    let attempt =
+        |session: u8, now| async move { s.take_code_attempt(P, &[session; 32], now, 3).await };
+    // The attacker's session uses up its own attempts only.
+    for n in 1..=3 {
+        assert_eq!(attempt(2, LATE).await.unwrap(), counted("theirs", n));
+    }
+    assert_eq!(attempt(2, LATE).await.unwrap(), CodeAttempt::Exhausted);
+    assert_eq!(attempt(1, LATE).await.unwrap(), counted("mine", 1));
+    // A new code for a session starts its count again.
+    s.put_verification(code(P, 2, "again", LATE + 5_000))
+        .await
+        .unwrap();
+    assert_eq!(attempt(2, LATE).await.unwrap(), counted("again", 1));
+    assert_eq!(attempt(1, LATE).await.unwrap(), counted("mine", 2));
+    assert_eq!(
+        attempt(1, LATE + 5_000).await.unwrap(),
+        CodeAttempt::Expired
+    );
+    assert_eq!(attempt(3, LATE).await.unwrap(), CodeAttempt::Missing);
+    assert_eq!(
+        s.take_code_attempt("+911000000060", &[1; 32], LATE, 3)
+            .await
+            .unwrap(),
+        CodeAttempt::Missing
+    );
+    // Expiry drops expired codes only.
+    s.put_verification(code(P, 4, "short", LATE + 1_000))
+        .await
+        .unwrap();
+    s.expire(LATE + 1_000, 1).await.unwrap();
+    assert_eq!(attempt(4, LATE).await.unwrap(), CodeAttempt::Missing);
+    assert_eq!(attempt(1, LATE).await.unwrap(), counted("mine", 3));
+    // Registering deletes every session's code.
+    s.delete_verifications(P).await.unwrap();
+    assert_eq!(attempt(1, LATE).await.unwrap(), CodeAttempt::Missing);
+    assert_eq!(attempt(2, LATE).await.unwrap(), CodeAttempt::Missing);
+}
+
+async fn racing_code_attempts_get_exactly_the_maximum<S: Store + Clone>(s: &S) {
+    const P: &str = "+911000000061";
+    s.put_verification(code(P, 1, "h", LATE + 5_000))
+        .await
+        .unwrap();
+    let results = race(s, 40, |s| async move {
+        s.take_code_attempt(P, &[1; 32], LATE, 5).await.unwrap()
+    })
+    .await;
+    let mut counted: Vec<u32> = results
+        .iter()
+        .filter_map(|r| match r {
+            CodeAttempt::Counted { attempts, .. } => Some(*attempts),
+            _ => None,
+        })
+        .collect();
+    counted.sort_unstable();
+    assert_eq!(counted, vec![1, 2, 3, 4, 5]);
+    let exhausted = results
+        .iter()
+        .filter(|r| **r == CodeAttempt::Exhausted)
+        .count();
+    assert_eq!(exhausted, 35);
+}
+
+/// The device's usage as counted from its mailbox, to hold the counters to.
+async fn counted_usage<S: Store>(s: &S, d: DeviceId) -> (u64, u64) {
+    let all = s.fetch_mailbox(d, 0, 100_000).await.unwrap();
+    let bytes = all.iter().map(|e| e.body.len() as u64).sum();
+    (all.len() as u64, bytes)
+}
+
+async fn mailbox_quota_refuses_before_writing<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000062", 62).await;
+    let bob = ready_device(s, "+911000000063", 63).await;
+    let carol = ready_device(s, "+911000000064", 64).await;
+    let g = b"group-quota";
+    s.commit_group(commit(&alice, g, 0, &[&bob, &carol]))
+        .await
+        .unwrap();
+    // Each holds its Welcome ("welcome", 7 bytes).
+    assert_eq!(s.mailbox_usage(bob.id).await.unwrap(), (1, 7));
+    assert_eq!(s.mailbox_usage(carol.id).await.unwrap(), (1, 7));
+    let quota = MailboxQuota {
+        max_envelopes: 3,
+        max_bytes: 20,
+    };
+    let send = |id: u8, body: &'static [u8]| s.send_group(g, 1, from(&alice, id, body), quota);
+    assert!(matches!(
+        send(1, b"12345").await.unwrap(),
+        GroupOutcome::Accepted { .. }
+    ));
+    // Bob acks everything; carol does not, and would pass 20 bytes.
+    let bobs: Vec<u64> = s
+        .fetch_mailbox(bob.id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    s.ack(bob.id, &bobs).await.unwrap();
+    assert_eq!(s.mailbox_usage(bob.id).await.unwrap(), (0, 0));
+    let before = (
+        counted_usage(s, alice.id).await,
+        counted_usage(s, bob.id).await,
+        counted_usage(s, carol.id).await,
+    );
+    assert_eq!(
+        send(2, b"123456789").await.unwrap(),
+        GroupOutcome::MailboxFull { device: carol.id }
+    );
+    assert_eq!(
+        (
+            counted_usage(s, alice.id).await,
+            counted_usage(s, bob.id).await,
+            counted_usage(s, carol.id).await,
+        ),
+        before,
+        "nothing written for anyone"
+    );
+    // Exactly up to the byte limit passes.
+    assert!(matches!(
+        send(3, b"12345678").await.unwrap(),
+        GroupOutcome::Accepted { .. }
+    ));
+    assert_eq!(s.mailbox_usage(carol.id).await.unwrap(), (3, 20));
+    // The envelope limit: carol holds 3.
+    assert_eq!(
+        send(4, b"").await.unwrap(),
+        GroupOutcome::MailboxFull { device: carol.id }
+    );
+    // Commits and direct envelopes are not subject to it.
+    let rekey = s.commit_group(commit(&bob, g, 1, &[])).await.unwrap();
+    assert!(matches!(rekey, GroupOutcome::Accepted { .. }), "{rekey:?}");
+    s.enqueue(from(&alice, 5, b"direct"), &[carol.id])
+        .await
+        .unwrap();
+    assert_eq!(s.mailbox_usage(carol.id).await.unwrap(), (5, 32));
+    // Acking frees room.
+    let carols: Vec<u64> = s
+        .fetch_mailbox(carol.id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    s.ack(carol.id, &carols).await.unwrap();
+    assert_eq!(s.mailbox_usage(carol.id).await.unwrap(), (0, 0));
+    let sent = s
+        .send_group(g, 2, from(&alice, 6, b"room"), quota)
+        .await
+        .unwrap();
+    assert!(matches!(sent, GroupOutcome::Accepted { .. }), "{sent:?}");
+}
+
+async fn mailbox_usage_stays_exact<S: Store>(s: &S) {
+    let reg = s
+        .register_primary("+911000000065", &[65; 32], "p", 1)
+        .await
+        .unwrap();
+    let linked = s
+        .add_linked_device(reg.account_id, &[66; 32], "l", 1, 4)
+        .await
+        .unwrap();
+    let (d, l) = (reg.device.id, linked.id);
+    // Earlier cases' envelopes go first, so that the counts below are this case's.
+    s.expire(LATE - 1, 1).await.unwrap();
+    let exact = |d: DeviceId| async move {
+        assert_eq!(
+            s.mailbox_usage(d).await.unwrap(),
+            counted_usage(s, d).await,
+            "device {d}"
+        );
+    };
+    assert_eq!(s.mailbox_usage(d).await.unwrap(), (0, 0));
+    for i in 0..10u8 {
+        let e = NewEnvelope {
+            expires_ms: LATE + 1_000 * i64::from(i % 2),
+            ..envelope(i, &vec![i; usize::from(i) * 10])
+        };
+        s.enqueue(e, &[d, l]).await.unwrap();
+    }
+    exact(d).await;
+    exact(l).await;
+    assert_eq!(s.mailbox_usage(d).await.unwrap(), (10, 450));
+    let seqs: Vec<u64> = s
+        .fetch_mailbox(d, 0, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(s.ack(d, &seqs).await.unwrap(), 3);
+    assert_eq!(s.ack(d, &seqs).await.unwrap(), 0);
+    exact(d).await;
+    // The odd ones expire later than the even ones.
+    let expired = s.expire(LATE, 1).await.unwrap();
+    assert_eq!(expired.envelopes, 3 + 5);
+    exact(d).await;
+    exact(l).await;
+    assert_eq!(s.mailbox_usage(l).await.unwrap(), (5, 250));
+    s.revoke_device(l, RevokeReason::Removed).await.unwrap();
+    assert_eq!(s.mailbox_usage(l).await.unwrap(), (0, 0));
+    s.expire(LATE + 1_000, 1).await.unwrap();
+    assert_eq!(s.mailbox_usage(d).await.unwrap(), (0, 0));
 }

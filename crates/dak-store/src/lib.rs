@@ -5,6 +5,13 @@
 //! Invariant: a write method returns `Ok` only after its effect is durably
 //! committed. The server's single tick rests on `send_group` and `commit_group`
 //! keeping that promise.
+//!
+//! Invariant: every counter that guards something expensive or guessable
+//! (`take_token`, `take_code_attempt`, `take_pin_attempt`, the KeyPackage
+//! stock cap, the mailbox quota) is counted in one atomic step (one SQL
+//! statement, or one transaction holding the row's lock) *before* the
+//! caller does the check it guards, so N racing callers can never all pass
+//! a limit of fewer than N. A refusal writes nothing.
 
 pub mod conformance;
 mod postgres;
@@ -80,17 +87,79 @@ impl RevokeReason {
     }
 }
 
-/// A pending one-time registration code for a phone number.
+/// A pending one-time registration code for a phone number, bound to the
+/// registration session that asked for it: wrong guesses made in another
+/// session (an attacker's) count against that session's code only, so
+/// they cannot use up the owner's attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
     pub phone: String,
+    /// Hash of the session token (32 bytes), never the token itself.
+    pub session: Vec<u8>,
     /// Hash of the code (never the code itself).
     pub code_hash: String,
     pub expires_ms: i64,
     pub attempts: u32,
-    /// Codes sent in the current window, and when that window opened.
-    pub sent_in_window: u32,
-    pub window_start_ms: i64,
+}
+
+/// What `Store::take_code_attempt` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeAttempt {
+    /// The attempt is counted; the caller may now compare the code with
+    /// `code_hash`. `attempts` includes this one.
+    Counted { code_hash: String, attempts: u32 },
+    /// No code for this number and session.
+    Missing,
+    /// The code has expired.
+    Expired,
+    /// The session has used all its attempts on this code.
+    Exhausted,
+}
+
+impl CodeAttempt {
+    /// What a refused attempt met, from the row as read afterwards (its
+    /// `expires_ms` and `attempts`, None when there is none). Shared by the
+    /// backends so they tell the cases apart alike. A row that would have
+    /// been counted (it changed in between) is reported as `Exhausted`.
+    pub(crate) fn refused(row: Option<(i64, u32)>, now_ms: i64) -> CodeAttempt {
+        match row {
+            None => CodeAttempt::Missing,
+            Some((expires_ms, _)) if expires_ms <= now_ms => CodeAttempt::Expired,
+            Some(_) => CodeAttempt::Exhausted,
+        }
+    }
+}
+
+/// What `Store::take_pin_attempt` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinAttempt {
+    /// The attempt is counted (`attempt` is its number since the count last
+    /// restarted); the caller may now check the PIN.
+    Counted { attempt: u32 },
+    /// The account is locked until `until_ms`; nothing was counted.
+    Locked { until_ms: i64 },
+}
+
+/// How much one device's mailbox may hold before application messages to
+/// it are refused (`Store::send_group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxQuota {
+    pub max_envelopes: u64,
+    pub max_bytes: u64,
+}
+
+impl MailboxQuota {
+    /// No limit (for callers that do not enforce one, such as tests).
+    pub const UNLIMITED: MailboxQuota = MailboxQuota {
+        max_envelopes: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
+    /// Whether a mailbox holding `envelopes` envelopes of `bytes` bytes in
+    /// all has room for one more body of `body_len` bytes.
+    pub fn has_room(&self, envelopes: u64, bytes: u64, body_len: u64) -> bool {
+        envelopes < self.max_envelopes && bytes.saturating_add(body_len) <= self.max_bytes
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +263,11 @@ pub enum GroupOutcome {
         max: u32,
         accounts: u32,
     },
+    /// `device`'s mailbox is over its quota (`MailboxQuota`); nothing was
+    /// written for any recipient.
+    MailboxFull {
+        device: DeviceId,
+    },
 }
 
 /// What an expiry pass dropped (`Store::expire`).
@@ -239,6 +313,23 @@ pub mod group_rules {
         None
     }
 
+    /// Refuses a commit whose `added` or `removed` names a device twice.
+    /// Backends call it before reading anything, so that a long list a
+    /// client made up costs no queries; `apply_commit` calls it too.
+    pub fn check_lists(c: &GroupCommit) -> Option<GroupOutcome> {
+        for (list, name) in [(&c.added, "added"), (&c.removed, "removed")] {
+            let mut ids = list.clone();
+            ids.sort_unstable();
+            if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+                return Some(GroupOutcome::BadChange(format!(
+                    "device {} is {name} twice",
+                    w[0]
+                )));
+            }
+        }
+        None
+    }
+
     /// Checks a commit against the group as read; returns the new member
     /// list when it may be applied. `members` are the member devices (revoked
     /// ones included), `added` those of `c.added` that exist, `added_ready`
@@ -260,6 +351,9 @@ pub mod group_rules {
         added_ready: &[DeviceId],
         sender: Option<&Device>,
     ) -> std::result::Result<Vec<DeviceId>, GroupOutcome> {
+        if let Some(refusal) = check_lists(c) {
+            return Err(refusal);
+        }
         let sender_id = c.commit.sender_device;
         let before: Vec<DeviceId> = match current {
             None if c.epoch == 0 => vec![sender_id],
@@ -352,17 +446,45 @@ pub mod group_rules {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    // Rate limits.
+    /// Takes a token from the bucket `key` (GCRA, cluster-wide): allows
+    /// `burst` requests at once, then one per `interval_ms`. Returns None
+    /// when allowed, or `Some(retry_after_ms)` (at least 1) when refused; a
+    /// refusal writes nothing. `burst` 0 always refuses; an `interval_ms`
+    /// below 1 counts as 1. One atomic statement, so racing callers never
+    /// take more than the bucket holds.
+    async fn take_token(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        burst: u32,
+    ) -> Result<Option<i64>>;
+
     // Phone verification.
-    async fn verification(&self, phone: &str) -> Result<Option<Verification>>;
+    /// Stores a code for the number and session, replacing that session's
+    /// previous one (its attempts start again from `v.attempts`).
     async fn put_verification(&self, v: Verification) -> Result<()>;
-    /// Counts one more attempt and returns the new count.
-    async fn bump_verification_attempts(&self, phone: &str) -> Result<u32>;
-    async fn delete_verification(&self, phone: &str) -> Result<()>;
+    /// Counts one attempt at the session's code, in one atomic step, before
+    /// the caller compares the code: counted only while the code has not
+    /// expired and fewer than `max_attempts` were counted, so racing guesses
+    /// never get more than `max_attempts` between them. A refusal writes
+    /// nothing and says why.
+    async fn take_code_attempt(
+        &self,
+        phone: &str,
+        session: &[u8],
+        now_ms: i64,
+        max_attempts: u32,
+    ) -> Result<CodeAttempt>;
+    /// Deletes the codes of every session of the number (after it registered).
+    async fn delete_verifications(&self, phone: &str) -> Result<()>;
 
     // Accounts and devices.
     async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>>;
     /// Creates the account if new, revokes every device it had (and empties
-    /// their mailboxes), and registers `identity_key` as its primary device.
+    /// their mailboxes), registers `identity_key` as its primary device, and
+    /// clears the PIN failure count and lock.
     async fn register_primary(
         &self,
         phone: &str,
@@ -370,9 +492,25 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         now_ms: i64,
     ) -> Result<Registration>;
+    /// Sets or removes the registration-lock PIN, and clears the PIN failure
+    /// count and lock.
     async fn set_pin(&self, account: AccountId, pin_hash: Option<String>) -> Result<()>;
-    /// Records a failed PIN attempt; returns the failures so far.
-    async fn record_pin_failure(&self, account: AccountId, locked_until_ms: i64) -> Result<u32>;
+    /// Counts one attempt at the account's registration-lock PIN, in one
+    /// atomic step, before the caller checks the PIN (Argon2). While the
+    /// account is locked (`pin_locked_until_ms > now_ms`) nothing is counted
+    /// and `Locked` is returned. Otherwise the count goes up by one (or
+    /// restarts at 1 if an earlier lock has run out), and the attempt that
+    /// brings it to `max_attempts` locks the account until `now_ms +
+    /// lockout_ms`: that attempt is still checked, none after it until the
+    /// lock ends. Only `register_primary` and `set_pin` clear a lock. A
+    /// `max_attempts` of 0 counts as 1. `NotFound` when there is no account.
+    async fn take_pin_attempt(
+        &self,
+        account: AccountId,
+        now_ms: i64,
+        max_attempts: u32,
+        lockout_ms: i64,
+    ) -> Result<PinAttempt>;
     /// Any device, revoked ones included (see `Device::revoked`).
     async fn device(&self, id: DeviceId) -> Result<Option<Device>>;
     /// The active device holding this identity key.
@@ -390,49 +528,67 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Device>;
     /// Marks a device revoked and empties its mailbox.
     async fn revoke_device(&self, id: DeviceId, reason: RevokeReason) -> Result<()>;
+    /// Records when the device was last seen.
     async fn touch_device(&self, id: DeviceId, now_ms: i64) -> Result<()>;
 
     // Linking.
+    /// Stores a request to link a new device, under its one-time code.
     async fn put_link_request(&self, req: LinkRequest) -> Result<()>;
     /// Removes and returns the request if it exists and has not expired.
     async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>>;
 
     // MLS key directory.
-    /// Adds one-time KeyPackages and replaces the last-resort one (when given).
+    /// Adds one-time KeyPackages, in upload order, until the device holds
+    /// `max_one_time` of them (the rest are dropped; concurrent uploads
+    /// together never pass the cap), replaces the last-resort one (when
+    /// given), and returns the stock.
     async fn put_key_packages(
         &self,
         device: DeviceId,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        max_one_time: u32,
     ) -> Result<KeyStock>;
+    /// How many KeyPackages the device has left.
     async fn key_stock(&self, device: DeviceId) -> Result<KeyStock>;
     /// Every active device of the account that has uploaded keys; for each
-    /// not in `known`, takes one KeyPackage (a one-time one is deleted in the
-    /// same transaction, so two callers never get the same one; the
-    /// last-resort one is shared when none is left).
+    /// not in `known`, a KeyPackage. With `one_time`, the oldest one-time
+    /// one is taken (deleted in the same transaction, so two callers never
+    /// get the same one) and the last-resort one is shared when none is
+    /// left. Without it, every device gets its last-resort one and nothing
+    /// is consumed: for a requester over its budget, who must not drain
+    /// the target's one-time packages.
     async fn claim_key_packages(
         &self,
         account: AccountId,
         known: &[DeviceId],
+        one_time: bool,
     ) -> Result<Vec<ClaimedDevice>>;
 
     // MLS groups (the Delivery Service).
+    /// The group's current epoch; None when there is no such group.
     async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>>;
     /// Applies a commit if the group is at `c.epoch` (first wins), moves it
-    /// to the next epoch and stores the commit and Welcome, in one transaction.
+    /// to the next epoch and stores the commit and Welcome, in one
+    /// transaction. Not subject to the mailbox quota. A commit whose lists
+    /// name a device twice is refused before anything is read; the added
+    /// devices are read with one query, however many are named.
     async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome>;
     /// Stores an application message for every other active member of the
-    /// group, if `group_rules::check_send` allows it, in one transaction.
+    /// group, if `group_rules::check_send` allows it and every recipient's
+    /// mailbox has room under `quota` (else `MailboxFull`, and nothing is
+    /// written for anyone), in one transaction.
     async fn send_group(
         &self,
         group_id: &[u8],
         epoch: u64,
         envelope: NewEnvelope,
+        quota: MailboxQuota,
     ) -> Result<GroupOutcome>;
 
     // Mailboxes.
     /// Appends the envelope to every listed device's mailbox in one durable
-    /// commit. Returns once committed.
+    /// commit. Returns once committed. Not subject to the mailbox quota.
     async fn enqueue(&self, envelope: NewEnvelope, devices: &[DeviceId]) -> Result<()>;
     /// Entries with seq > `after`, oldest first.
     async fn fetch_mailbox(
@@ -443,12 +599,38 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxEntry>>;
     /// Deletes the given entries, only from this device's mailbox. Returns how many went.
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize>;
+    /// How many envelopes the device's mailbox holds (counted).
     async fn mailbox_len(&self, device: DeviceId) -> Result<u64>;
-    /// Drops envelopes past their `expires_ms` and link requests past their
-    /// expiry, telling no one (a device that had not acked an envelope
-    /// simply never gets it). Returns what was dropped; an envelope whose
-    /// lifetime (`expires_ms - server_time_ms`) was shorter than
-    /// `retention_ms` counts as a disappearing message. (Verification rows
-    /// stay: they carry the hourly count of codes sent to a number.)
+    /// The device's mailbox usage as the quota sees it: envelopes and body
+    /// bytes, from counters kept exact on every insert and delete (one
+    /// lookup, not a count over the mailbox).
+    async fn mailbox_usage(&self, device: DeviceId) -> Result<(u64, u64)>;
+    /// Drops envelopes past their `expires_ms`, link requests and
+    /// verification codes past their expiry, and rate-limit buckets that
+    /// have refilled (a full bucket needs no row), telling no one (a device
+    /// that had not acked an envelope simply never gets it). Returns what
+    /// was dropped of the envelopes; an envelope whose lifetime
+    /// (`expires_ms - server_time_ms`) was shorter than `retention_ms`
+    /// counts as a disappearing message.
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired>;
+}
+
+/// The GCRA numbers of `Store::take_token`, shared by the backends.
+pub(crate) mod gcra {
+    /// `interval_ms` as used (at least 1), and how far past `now` the
+    /// theoretical arrival time may run: `burst * interval`.
+    pub fn limits(interval_ms: i64, burst: u32) -> (i64, i64) {
+        let interval = interval_ms.max(1);
+        (interval, interval.saturating_mul(i64::from(burst)))
+    }
+
+    /// How long a refused caller waits, from the bucket's stored arrival
+    /// time (None when it has none): until taking a token would pass.
+    pub fn retry_after(tat_ms: Option<i64>, now_ms: i64, interval: i64, tolerance: i64) -> i64 {
+        let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
+        tat.saturating_add(interval)
+            .saturating_sub(tolerance)
+            .saturating_sub(now_ms)
+            .max(1)
+    }
 }

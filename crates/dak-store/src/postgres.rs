@@ -8,6 +8,20 @@
 //!
 //! The mailbox table is keyed by (device_id, seq): the key a distributed
 //! PostgreSQL-compatible engine would shard it by (see docs/OPERATIONS.md).
+//!
+//! Counters that guard a limit are bumped by one statement that also checks
+//! the limit (rate-limit buckets, code and PIN attempts), or under a row
+//! lock held until commit (the device row for the KeyPackage cap, the
+//! mailbox heads for the quota), so nodes racing each other never pass a
+//! limit together.
+//!
+//! Mailbox heads and lock order: a device's `mailbox_heads` row holds its
+//! next seq and its usage (envelopes, body bytes). Every statement that
+//! inserts into a mailbox updates the heads (in device-id order) in the same
+//! statement; every statement that deletes from one subtracts exactly what
+//! it deleted, and only after its delete has finished. So the usage is
+//! exact, and nobody holding a head ever waits for a mailbox row: with heads
+//! always taken in ascending device order, the locks cannot form a cycle.
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -40,13 +54,31 @@ const SCHEMA: &[&str] = &[
         revoked SMALLINT NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS devices_by_account ON devices(account_id, revoked)",
     "CREATE INDEX IF NOT EXISTS devices_by_key ON devices(identity_key)",
+    // Codes were keyed by phone alone before they were bound to sessions
+    // (with the hourly send count, now a rate limit). That table only ever
+    // holds codes that live minutes, so it is dropped, not converted.
+    "DO $$ BEGIN
+        IF EXISTS (SELECT 1 FROM information_schema.tables
+                   WHERE table_schema = current_schema() AND table_name = 'verifications')
+           AND NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'verifications'
+                   AND column_name = 'session') THEN
+            DROP TABLE verifications;
+        END IF;
+    END $$",
     "CREATE TABLE IF NOT EXISTS verifications (
-        phone TEXT PRIMARY KEY,
+        phone TEXT NOT NULL,
+        session BYTEA NOT NULL,
         code_hash TEXT NOT NULL,
         expires_ms BIGINT NOT NULL,
         attempts INT NOT NULL DEFAULT 0,
-        sent_in_window INT NOT NULL DEFAULT 0,
-        window_start_ms BIGINT NOT NULL DEFAULT 0)",
+        PRIMARY KEY (phone, session))",
+    "CREATE INDEX IF NOT EXISTS verifications_by_expiry ON verifications(expires_ms)",
+    // GCRA buckets: each key's theoretical arrival time. No row is a full bucket.
+    "CREATE TABLE IF NOT EXISTS rate_limits (
+        key TEXT PRIMARY KEY,
+        tat_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rate_limits_by_tat ON rate_limits(tat_ms)",
     "CREATE TABLE IF NOT EXISTS link_requests (
         code TEXT PRIMARY KEY,
         identity_key BYTEA NOT NULL,
@@ -55,9 +87,12 @@ const SCHEMA: &[&str] = &[
     // Each device's next mailbox position. Taking it locks the device's row
     // until commit, so a device's envelopes commit in seq order: a reader
     // that fetches `seq > last seen` can never skip one that commits late.
+    // It also holds the mailbox's usage for the quota (see the module comment).
     "CREATE TABLE IF NOT EXISTS mailbox_heads (
         device_id BIGINT PRIMARY KEY,
-        next BIGINT NOT NULL)",
+        next BIGINT NOT NULL,
+        envelopes BIGINT NOT NULL DEFAULT 0,
+        bytes BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS mailbox (
         device_id BIGINT NOT NULL,
         seq BIGINT NOT NULL,
@@ -69,6 +104,23 @@ const SCHEMA: &[&str] = &[
         body BYTEA NOT NULL,
         PRIMARY KEY (device_id, seq))",
     "CREATE INDEX IF NOT EXISTS mailbox_by_expiry ON mailbox(expires_ms)",
+    // Stores made before the quota: add the usage and fill it from the
+    // mailboxes, once, with the mailbox table locked against writers so the
+    // counts start exact.
+    "DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'mailbox_heads'
+                AND column_name = 'envelopes') THEN
+            LOCK TABLE mailbox IN SHARE MODE;
+            ALTER TABLE mailbox_heads
+                ADD COLUMN envelopes BIGINT NOT NULL DEFAULT 0,
+                ADD COLUMN bytes BIGINT NOT NULL DEFAULT 0;
+            INSERT INTO mailbox_heads (device_id, next, envelopes, bytes)
+                SELECT device_id, MAX(seq), COUNT(*), SUM(length(body)) FROM mailbox GROUP BY device_id
+                ON CONFLICT (device_id) DO UPDATE
+                SET envelopes = EXCLUDED.envelopes, bytes = EXCLUDED.bytes;
+        END IF;
+    END $$",
     // Written empty since MLS (the server does not know a conversation);
     // dropped from stores made before.
     "ALTER TABLE mailbox DROP COLUMN IF EXISTS conversation_phone",
@@ -200,11 +252,7 @@ async fn revoke(
     id: DeviceId,
     reason: RevokeReason,
 ) -> Result<()> {
-    sqlx::query("DELETE FROM mailbox WHERE device_id = $1")
-        .bind(id as i64)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    delete_from_mailbox(&mut **tx, id, None).await?;
     // Its group memberships stay until a member commits its removal: that is
     // how the groups learn (send_group refuses until then).
     sqlx::query("DELETE FROM key_packages WHERE device_id = $1")
@@ -250,10 +298,44 @@ async fn insert_device(
     Ok(row_device(&row))
 }
 
+/// Deletes envelopes from one device's mailbox (those with these seqs, or
+/// all) and subtracts them from its usage, in one statement; returns how
+/// many went. The head is updated from the delete's totals, so the delete
+/// has finished before the head is locked (see the module comment).
+async fn delete_from_mailbox<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    device: DeviceId,
+    seqs: Option<&[i64]>,
+) -> Result<u64> {
+    // Two texts rather than `$2 IS NULL OR ...`, so an ack's plan is
+    // always the (device_id, seq) key lookup.
+    const SOME: &str = "WITH gone AS (
+            DELETE FROM mailbox WHERE device_id = $1 AND seq = ANY($2) RETURNING length(body) AS bytes),
+         total AS (SELECT COUNT(*) AS envelopes, COALESCE(SUM(bytes), 0) AS bytes FROM gone),
+         freed AS (
+            UPDATE mailbox_heads h SET envelopes = h.envelopes - t.envelopes, bytes = h.bytes - t.bytes
+            FROM total t WHERE h.device_id = $1 AND t.envelopes > 0)
+         SELECT envelopes FROM total";
+    const ALL: &str = "WITH gone AS (
+            DELETE FROM mailbox WHERE device_id = $1 RETURNING length(body) AS bytes),
+         total AS (SELECT COUNT(*) AS envelopes, COALESCE(SUM(bytes), 0) AS bytes FROM gone),
+         freed AS (
+            UPDATE mailbox_heads h SET envelopes = h.envelopes - t.envelopes, bytes = h.bytes - t.bytes
+            FROM total t WHERE h.device_id = $1 AND t.envelopes > 0)
+         SELECT envelopes FROM total";
+    let query = match seqs {
+        Some(seqs) => sqlx::query_scalar(SOME).bind(device as i64).bind(seqs),
+        None => sqlx::query_scalar(ALL).bind(device as i64),
+    };
+    let gone: i64 = query.fetch_one(ex).await.map_err(backend)?;
+    Ok(gone as u64)
+}
+
 /// Appends the envelope to every listed device's mailbox, each at its
 /// device's next seq. Heads are taken in device order, so two transactions
 /// writing to overlapping devices lock them in the same order and cannot
 /// deadlock; each head stays locked until the caller's transaction ends.
+/// The heads count the envelope into each device's usage.
 async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     e: &NewEnvelope,
@@ -267,9 +349,10 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
     // One statement for every recipient: unnest the device ids.
     sqlx::query(
         "WITH heads AS (
-            INSERT INTO mailbox_heads (device_id, next)
-            SELECT d, 1 FROM unnest($1::BIGINT[]) AS d ORDER BY d
-            ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1
+            INSERT INTO mailbox_heads (device_id, next, envelopes, bytes)
+            SELECT d, 1, 1, length($7) FROM unnest($1::BIGINT[]) AS d ORDER BY d
+            ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1,
+                envelopes = mailbox_heads.envelopes + 1, bytes = mailbox_heads.bytes + EXCLUDED.bytes
             RETURNING device_id, next)
          INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body)
          SELECT device_id, next, $2, $3, $4, $5, $6, $7 FROM heads",
@@ -291,23 +374,38 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
 /// order until the transaction ends, for a transaction that will then call
 /// `insert_envelope` more than once: without it, each call would lock its
 /// own devices in order but the union would not be, and two transactions
-/// could each hold a head the other waits for.
-async fn lock_heads(tx: &mut Transaction<'static, Postgres>, devices: &[DeviceId]) -> Result<()> {
+/// could each hold a head the other waits for. Returns each device's
+/// usage (envelopes, bytes) as of now, which holds until the transaction
+/// ends: no one else can add to or take from these mailboxes meanwhile.
+async fn lock_heads(
+    tx: &mut Transaction<'static, Postgres>,
+    devices: &[DeviceId],
+) -> Result<Vec<(DeviceId, u64, u64)>> {
     let mut ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
     ids.sort_unstable();
     ids.dedup();
     // `next` is the last seq used: 0 for a new head, so that the
     // enqueue's increment then hands out 1, as a first insert would.
-    sqlx::query(
+    let rows = sqlx::query(
         "INSERT INTO mailbox_heads (device_id, next)
          SELECT d, 0 FROM unnest($1::BIGINT[]) AS d ORDER BY d
-         ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next",
+         ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next
+         RETURNING device_id, envelopes, bytes",
     )
     .bind(&ids)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
-    .map(|_| ())
-    .map_err(backend)
+    .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<i64, _>(0) as u64,
+                r.get::<i64, _>(1).max(0) as u64,
+                r.get::<i64, _>(2).max(0) as u64,
+            )
+        })
+        .collect())
 }
 
 async fn key_stock<'e, E: sqlx::PgExecutor<'e>>(ex: E, device: DeviceId) -> Result<KeyStock> {
@@ -347,13 +445,18 @@ async fn ready_devices<'e, E: sqlx::PgExecutor<'e>>(
     Ok(rows.iter().map(row_device).collect())
 }
 
-/// Takes one KeyPackage of the device: the oldest one-time one, deleted (a
-/// row another transaction is taking is skipped, so concurrent claimers on
-/// any node never get the same one), else the last-resort one, kept.
+/// Takes one KeyPackage of the device: with `one_time`, the oldest one-time
+/// one, deleted (a row another transaction is taking is skipped, so
+/// concurrent claimers on any node never get the same one); else, or when
+/// none is left, the last-resort one, kept.
 async fn take_key_package(
     tx: &mut Transaction<'static, Postgres>,
     device: DeviceId,
+    one_time: bool,
 ) -> Result<Option<Vec<u8>>> {
+    if !one_time {
+        return last_resort_package(&mut **tx, device).await;
+    }
     let one_time: Option<Vec<u8>> = sqlx::query_scalar(
         "DELETE FROM key_packages WHERE id = (
             SELECT id FROM key_packages WHERE device_id = $1 AND NOT last_resort
@@ -367,11 +470,18 @@ async fn take_key_package(
     if one_time.is_some() {
         return Ok(one_time);
     }
+    last_resort_package(&mut **tx, device).await
+}
+
+async fn last_resort_package<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    device: DeviceId,
+) -> Result<Option<Vec<u8>>> {
     sqlx::query_scalar(
         "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort ORDER BY id DESC LIMIT 1",
     )
     .bind(device as i64)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(ex)
     .await
     .map_err(backend)
 }
@@ -441,55 +551,101 @@ async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Re
 
 #[async_trait]
 impl Store for PgStore {
-    async fn verification(&self, phone: &str) -> Result<Option<Verification>> {
-        let row = sqlx::query(
-            "SELECT phone, code_hash, expires_ms, attempts, sent_in_window, window_start_ms FROM verifications WHERE phone = $1",
+    async fn take_token(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        burst: u32,
+    ) -> Result<Option<i64>> {
+        let (interval, tolerance) = gcra::limits(interval_ms, burst);
+        if burst == 0 {
+            return Ok(Some(interval));
+        }
+        // A new bucket starts full: its first token always passes (burst >= 1).
+        // The row lock taken by the upsert orders racing callers on any node;
+        // a refused one leaves the row as it was.
+        let taken: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO rate_limits (key, tat_ms) VALUES ($1, $2 + $3)
+             ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(rate_limits.tat_ms, $2) + $3
+             WHERE GREATEST(rate_limits.tat_ms, $2) + $3 - $2 <= $4
+             RETURNING tat_ms",
         )
-        .bind(phone)
+        .bind(key)
+        .bind(now_ms)
+        .bind(interval)
+        .bind(tolerance)
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(row.map(|r| Verification {
-            phone: r.get(0),
-            code_hash: r.get(1),
-            expires_ms: r.get(2),
-            attempts: r.get::<i32, _>(3) as u32,
-            sent_in_window: r.get::<i32, _>(4) as u32,
-            window_start_ms: r.get(5),
-        }))
+        if taken.is_some() {
+            return Ok(None);
+        }
+        let tat: Option<i64> = sqlx::query_scalar("SELECT tat_ms FROM rate_limits WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(Some(gcra::retry_after(tat, now_ms, interval, tolerance)))
     }
 
     async fn put_verification(&self, v: Verification) -> Result<()> {
         sqlx::query(
-            "INSERT INTO verifications (phone, code_hash, expires_ms, attempts, sent_in_window, window_start_ms) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (phone) DO UPDATE SET code_hash = EXCLUDED.code_hash, expires_ms = EXCLUDED.expires_ms, attempts = EXCLUDED.attempts,
-             sent_in_window = EXCLUDED.sent_in_window, window_start_ms = EXCLUDED.window_start_ms",
+            "INSERT INTO verifications (phone, session, code_hash, expires_ms, attempts) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (phone, session) DO UPDATE SET code_hash = EXCLUDED.code_hash,
+             expires_ms = EXCLUDED.expires_ms, attempts = EXCLUDED.attempts",
         )
         .bind(&v.phone)
+        .bind(&v.session)
         .bind(&v.code_hash)
         .bind(v.expires_ms)
-        .bind(v.attempts as i32)
-        .bind(v.sent_in_window as i32)
-        .bind(v.window_start_ms)
+        .bind(v.attempts.min(i32::MAX as u32) as i32)
         .execute(&self.pool)
         .await
         .map(|_| ())
         .map_err(backend)
     }
 
-    async fn bump_verification_attempts(&self, phone: &str) -> Result<u32> {
-        let n: Option<i32> = sqlx::query_scalar(
-            "UPDATE verifications SET attempts = attempts + 1 WHERE phone = $1 RETURNING attempts",
+    async fn take_code_attempt(
+        &self,
+        phone: &str,
+        session: &[u8],
+        now_ms: i64,
+        max_attempts: u32,
+    ) -> Result<CodeAttempt> {
+        let counted = sqlx::query(
+            "UPDATE verifications SET attempts = attempts + 1
+             WHERE phone = $1 AND session = $2 AND expires_ms > $3 AND attempts < $4
+             RETURNING code_hash, attempts",
         )
         .bind(phone)
+        .bind(session)
+        .bind(now_ms)
+        .bind(i64::from(max_attempts))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        n.map(|n| n as u32)
-            .ok_or(StoreError::NotFound("verification"))
+        if let Some(r) = counted {
+            return Ok(CodeAttempt::Counted {
+                code_hash: r.get(0),
+                attempts: r.get::<i32, _>(1) as u32,
+            });
+        }
+        let row = sqlx::query(
+            "SELECT expires_ms, attempts FROM verifications WHERE phone = $1 AND session = $2",
+        )
+        .bind(phone)
+        .bind(session)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(CodeAttempt::refused(
+            row.map(|r| (r.get(0), r.get::<i32, _>(1) as u32)),
+            now_ms,
+        ))
     }
 
-    async fn delete_verification(&self, phone: &str) -> Result<()> {
+    async fn delete_verifications(&self, phone: &str) -> Result<()> {
         sqlx::query("DELETE FROM verifications WHERE phone = $1")
             .bind(phone)
             .execute(&self.pool)
@@ -563,16 +719,54 @@ impl Store for PgStore {
             .map_err(backend)
     }
 
-    async fn record_pin_failure(&self, account: AccountId, locked_until_ms: i64) -> Result<u32> {
-        let n: i32 = sqlx::query_scalar(
-            "UPDATE accounts SET pin_failures = pin_failures + 1, pin_locked_until_ms = $2 WHERE id = $1 RETURNING pin_failures",
-        )
-        .bind(account as i64)
-        .bind(locked_until_ms)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(n as u32)
+    async fn take_pin_attempt(
+        &self,
+        account: AccountId,
+        now_ms: i64,
+        max_attempts: u32,
+        lockout_ms: i64,
+    ) -> Result<PinAttempt> {
+        let max_attempts = i64::from(max_attempts.max(1));
+        // The UPDATE counts and checks in one step under the row lock. When
+        // it counts nothing the account was locked; the lock is read back.
+        // Only register_primary and set_pin clear a lock, so if one did in
+        // between, the count is simply tried again.
+        for _ in 0..3 {
+            let counted: Option<i32> = sqlx::query_scalar(
+                "UPDATE accounts SET
+                     pin_failures = CASE WHEN pin_locked_until_ms <> 0 THEN 1 ELSE pin_failures + 1 END,
+                     pin_locked_until_ms = CASE
+                         WHEN (CASE WHEN pin_locked_until_ms <> 0 THEN 1 ELSE pin_failures + 1 END) >= $3
+                         THEN $2 + $4 ELSE 0 END
+                 WHERE id = $1 AND pin_locked_until_ms <= $2
+                 RETURNING pin_failures",
+            )
+            .bind(account as i64)
+            .bind(now_ms)
+            .bind(max_attempts)
+            .bind(lockout_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+            if let Some(attempt) = counted {
+                return Ok(PinAttempt::Counted {
+                    attempt: attempt as u32,
+                });
+            }
+            let until_ms: i64 =
+                sqlx::query_scalar("SELECT pin_locked_until_ms FROM accounts WHERE id = $1")
+                    .bind(account as i64)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound("account"))?;
+            if until_ms > now_ms {
+                return Ok(PinAttempt::Locked { until_ms });
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the PIN lock keeps changing; try again".into(),
+        ))
     }
 
     async fn device(&self, id: DeviceId) -> Result<Option<Device>> {
@@ -681,16 +875,19 @@ impl Store for PgStore {
         device: DeviceId,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        max_one_time: u32,
     ) -> Result<KeyStock> {
         let mut tx = self.begin().await?;
+        // The device row lock makes an upload one step: two concurrent
+        // uploads cannot both leave their last-resort package behind, nor
+        // both fill the same room under the cap. (Claims only take packages
+        // away, so they need not wait for it.)
+        sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(device as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         if let Some(lr) = last_resort {
-            // The device row lock makes replacing the last-resort package one
-            // step: two concurrent uploads cannot both leave theirs behind.
-            sqlx::query("SELECT id FROM devices WHERE id = $1 FOR NO KEY UPDATE")
-                .bind(device as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
             sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort")
                 .bind(device as i64)
                 .execute(&mut *tx)
@@ -705,6 +902,8 @@ impl Store for PgStore {
             .await
             .map_err(backend)?;
         }
+        let room = max_one_time.saturating_sub(key_stock(&mut *tx, device).await?.one_time);
+        let one_time: Vec<Vec<u8>> = one_time.into_iter().take(room as usize).collect();
         if !one_time.is_empty() {
             // In upload order, so they are claimed oldest first.
             sqlx::query(
@@ -730,6 +929,7 @@ impl Store for PgStore {
         &self,
         account: AccountId,
         known: &[DeviceId],
+        one_time: bool,
     ) -> Result<Vec<ClaimedDevice>> {
         let mut tx = self.begin().await?;
         let mut out = Vec::new();
@@ -737,7 +937,7 @@ impl Store for PgStore {
             let key_package = if known.contains(&device.id) {
                 None
             } else {
-                take_key_package(&mut tx, device.id).await?
+                take_key_package(&mut tx, device.id, one_time).await?
             };
             out.push(ClaimedDevice {
                 device,
@@ -759,6 +959,9 @@ impl Store for PgStore {
     }
 
     async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome> {
+        if let Some(refusal) = group_rules::check_lists(&c) {
+            return Ok(refusal);
+        }
         let mut tx = self.begin().await?;
         // A commit at epoch 0 may create the group. Its row goes in first:
         // a concurrent creator's insert waits on ours, finds the row once we
@@ -856,6 +1059,7 @@ impl Store for PgStore {
         group_id: &[u8],
         epoch: u64,
         envelope: NewEnvelope,
+        quota: MailboxQuota,
     ) -> Result<GroupOutcome> {
         let mut tx = self.begin().await?;
         let Some(current) = lock_group(&mut tx, group_id).await? else {
@@ -877,6 +1081,16 @@ impl Store for PgStore {
             .filter(|d| d.id != envelope.sender_device)
             .collect();
         let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
+        // The heads stay locked until commit, so the usage read here is the
+        // usage the envelope is added to, whatever other nodes send.
+        let body_len = envelope.body.len() as u64;
+        let usage = lock_heads(&mut tx, &ids).await?;
+        if let Some((device, _, _)) = usage
+            .iter()
+            .find(|(_, envelopes, bytes)| !quota.has_room(*envelopes, *bytes, body_len))
+        {
+            return refuse(tx, GroupOutcome::MailboxFull { device: *device }).await;
+        }
         insert_envelope(&mut *tx, &envelope, &ids).await?;
         tx.commit().await.map_err(backend)?;
         Ok(GroupOutcome::Accepted { recipients })
@@ -918,13 +1132,8 @@ impl Store for PgStore {
 
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize> {
         let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
-        let done = sqlx::query("DELETE FROM mailbox WHERE device_id = $1 AND seq = ANY($2)")
-            .bind(device as i64)
-            .bind(&seqs)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(done.rows_affected() as usize)
+        let gone = delete_from_mailbox(&self.pool, device, Some(&seqs)).await?;
+        Ok(gone as usize)
     }
 
     async fn mailbox_len(&self, device: DeviceId) -> Result<u64> {
@@ -936,26 +1145,75 @@ impl Store for PgStore {
         Ok(n as u64)
     }
 
+    async fn mailbox_usage(&self, device: DeviceId) -> Result<(u64, u64)> {
+        let row = sqlx::query("SELECT envelopes, bytes FROM mailbox_heads WHERE device_id = $1")
+            .bind(device as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row
+            .map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64))
+            .unwrap_or_default())
+    }
+
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired> {
-        let row = sqlx::query(
+        let mut tx = self.begin().await?;
+        // The delete first, totalled per device; then the heads, locked in
+        // device order before they are updated (see the module comment).
+        let per_device = sqlx::query(
             "WITH gone AS (
                 DELETE FROM mailbox WHERE expires_ms <= $1
-                RETURNING expires_ms - server_time_ms < $2 AS disappearing)
-             SELECT COUNT(*), COUNT(*) FILTER (WHERE disappearing) FROM gone",
+                RETURNING device_id, length(body) AS bytes, expires_ms - server_time_ms < $2 AS disappearing)
+             SELECT device_id, COUNT(*), COALESCE(SUM(bytes), 0)::BIGINT, COUNT(*) FILTER (WHERE disappearing)
+             FROM gone GROUP BY device_id ORDER BY device_id",
         )
         .bind(now_ms)
         .bind(retention_ms)
-        .fetch_one(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        sqlx::query("DELETE FROM link_requests WHERE expires_ms <= $1")
-            .bind(now_ms)
-            .execute(&self.pool)
+        let mut expired = Expired::default();
+        let (mut devices, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &per_device {
+            devices.push(r.get::<i64, _>(0));
+            envelopes.push(r.get::<i64, _>(1));
+            bytes.push(r.get::<i64, _>(2));
+            expired.envelopes += r.get::<i64, _>(1) as u64;
+            expired.disappearing += r.get::<i64, _>(3) as u64;
+        }
+        if !devices.is_empty() {
+            sqlx::query(
+                "SELECT 1 FROM mailbox_heads WHERE device_id = ANY($1) ORDER BY device_id FOR NO KEY UPDATE",
+            )
+            .bind(&devices)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(Expired {
-            envelopes: row.get::<i64, _>(0) as u64,
-            disappearing: row.get::<i64, _>(1) as u64,
-        })
+            sqlx::query(
+                "UPDATE mailbox_heads h SET envelopes = h.envelopes - g.envelopes, bytes = h.bytes - g.bytes
+                 FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS g(device_id, envelopes, bytes)
+                 WHERE h.device_id = g.device_id",
+            )
+            .bind(&devices)
+            .bind(&envelopes)
+            .bind(&bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for stmt in [
+            "DELETE FROM link_requests WHERE expires_ms <= $1",
+            "DELETE FROM verifications WHERE expires_ms <= $1",
+            // A bucket whose arrival time has passed is full: no row says the same.
+            "DELETE FROM rate_limits WHERE tat_ms <= $1",
+        ] {
+            sqlx::query(stmt)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(expired)
     }
 }

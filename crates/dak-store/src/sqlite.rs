@@ -6,6 +6,14 @@
 //! answered only after the whole batch has committed, so "Ok" means on disk.
 //! Reads use a small pool of read-only connections on tokio's blocking pool;
 //! WAL lets them run beside the writer.
+//!
+//! Counters that guard a limit (rate-limit buckets, code and PIN attempts,
+//! the KeyPackage cap, the mailbox quota) are read and bumped inside one
+//! writer job, and the single writer runs jobs one at a time, so the check
+//! and the count are one step. Per-device mailbox usage is kept by triggers
+//! on `mailbox`, so no write path can forget it. Lists a client controls
+//! (added devices, acked seqs) go to SQLite as one JSON array bound to one
+//! statement, never as a query per id.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,13 +59,19 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE INDEX IF NOT EXISTS devices_by_account ON devices(account_id, revoked);
 CREATE INDEX IF NOT EXISTS devices_by_key ON devices(identity_key);
 CREATE TABLE IF NOT EXISTS verifications (
-    phone TEXT PRIMARY KEY,
+    phone TEXT NOT NULL,
+    session BLOB NOT NULL,
     code_hash TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    sent_in_window INTEGER NOT NULL DEFAULT 0,
-    window_start_ms INTEGER NOT NULL DEFAULT 0
-) STRICT;
+    PRIMARY KEY (phone, session)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS verifications_by_expiry ON verifications(expires_ms);
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key TEXT PRIMARY KEY,
+    tat_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_limits_by_tat ON rate_limits(tat_ms);
 CREATE TABLE IF NOT EXISTS link_requests (
     code TEXT PRIMARY KEY,
     identity_key BLOB NOT NULL,
@@ -138,8 +152,10 @@ impl SqliteStore {
         writer_conn
             .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(backend)?;
+        drop_old_verifications(&writer_conn)?;
         writer_conn.execute_batch(SCHEMA).map_err(backend)?;
         drop_conversation_phone(&writer_conn)?;
+        create_mailbox_usage(&writer_conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?));
@@ -330,27 +346,52 @@ fn key_stock(conn: &Connection, device: DeviceId) -> Result<KeyStock> {
 
 /// Active devices of these accounts that have a last-resort KeyPackage,
 /// i.e. that can always be added to a group.
+/// By account, then device.
 fn ready_devices(conn: &Connection, accounts: &[AccountId]) -> Result<Vec<Device>> {
-    // One statement per account: this runs on every group message, inside
-    // the writer's batch, so it must stay cheap.
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for all the accounts: this runs on every group message,
+    // inside the writer's batch, so it must stay cheap.
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {DEVICE_COLS} WHERE d.account_id = ?1 AND d.revoked = 0 AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.last_resort = 1) ORDER BY d.id"
+            "SELECT {DEVICE_COLS} WHERE d.account_id IN (SELECT value FROM json_each(?1)) AND d.revoked = 0
+             AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.last_resort = 1)
+             ORDER BY d.account_id, d.id"
         ))
         .map_err(backend)?;
-    let mut out = Vec::new();
-    for a in accounts {
-        let rows = stmt
-            .query_map([*a as i64], row_device)
-            .map_err(backend)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(backend)?;
-        out.extend(rows);
-    }
-    Ok(out)
+    stmt.query_map([json_ids(accounts)], row_device)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)
 }
 
-fn take_key_package(conn: &Connection, device: DeviceId) -> Result<Option<Vec<u8>>> {
+/// Any of these devices, revoked ones included, in id order; one statement.
+fn devices_by_ids(conn: &Connection, ids: &[DeviceId]) -> Result<Vec<Device>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.id"
+        ))
+        .map_err(backend)?;
+    stmt.query_map([json_ids(ids)], row_device)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)
+}
+
+/// Takes one KeyPackage of the device: with `one_time`, the oldest
+/// one-time one (deleted) if any is left; else the last-resort one (kept).
+fn take_key_package(
+    conn: &Connection,
+    device: DeviceId,
+    one_time: bool,
+) -> Result<Option<Vec<u8>>> {
+    if !one_time {
+        return last_resort_package(conn, device);
+    }
     let one_time: Option<Vec<u8>> = conn
         .query_row(
             "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ?1 AND last_resort = 0 ORDER BY id LIMIT 1) RETURNING data",
@@ -362,6 +403,10 @@ fn take_key_package(conn: &Connection, device: DeviceId) -> Result<Option<Vec<u8
     if one_time.is_some() {
         return Ok(one_time);
     }
+    last_resort_package(conn, device)
+}
+
+fn last_resort_package(conn: &Connection, device: DeviceId) -> Result<Option<Vec<u8>>> {
     conn.query_row(
         "SELECT data FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
         [device as i64],
@@ -415,6 +460,92 @@ fn drop_conversation_phone(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Stores made before codes were bound to sessions have `verifications`
+/// keyed by phone alone (with the hourly send count, now a rate limit).
+/// It only ever holds codes that live minutes, so it is dropped and made
+/// anew rather than converted.
+fn drop_old_verifications(conn: &Connection) -> Result<()> {
+    let old: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('verifications'))
+             AND NOT EXISTS (SELECT 1 FROM pragma_table_info('verifications') WHERE name = 'session')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if old {
+        conn.execute_batch("DROP TABLE verifications")
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Each device's mailbox usage (envelopes and body bytes), kept by triggers
+/// on every insert into and delete from `mailbox`, so the quota check is
+/// one lookup. Made, and filled from the mailboxes already there, in one
+/// transaction, so the counts start exact.
+fn create_mailbox_usage(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS mailbox_usage (
+             device_id INTEGER PRIMARY KEY,
+             envelopes INTEGER NOT NULL,
+             bytes INTEGER NOT NULL
+         ) STRICT;",
+    )
+    .map_err(backend)?;
+    let made = (|| {
+        let has_triggers: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'mailbox_usage_insert')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        if !has_triggers {
+            conn.execute_batch(
+                "DELETE FROM mailbox_usage;
+                 INSERT INTO mailbox_usage (device_id, envelopes, bytes)
+                     SELECT device_id, COUNT(*), SUM(length(body)) FROM mailbox GROUP BY device_id;
+                 CREATE TRIGGER mailbox_usage_insert AFTER INSERT ON mailbox BEGIN
+                     INSERT OR IGNORE INTO mailbox_usage (device_id, envelopes, bytes) VALUES (NEW.device_id, 0, 0);
+                     UPDATE mailbox_usage SET envelopes = envelopes + 1, bytes = bytes + length(NEW.body)
+                         WHERE device_id = NEW.device_id;
+                 END;
+                 CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
+                     UPDATE mailbox_usage SET envelopes = envelopes - 1, bytes = bytes - length(OLD.body)
+                         WHERE device_id = OLD.device_id;
+                 END;",
+            )
+            .map_err(backend)?;
+        }
+        Ok(())
+    })();
+    match made {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(backend),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Binds a list of ids as one JSON array, for `IN (SELECT value FROM
+/// json_each(?))`: one statement however long the list is.
+fn json_ids(ids: &[u64]) -> String {
+    let mut out = String::with_capacity(ids.len() * 8 + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // As every id is bound elsewhere: an id past i64::MAX matches nothing.
+        out.push_str(&(*id as i64).to_string());
+    }
+    out.push(']');
+    out
+}
+
 fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> Result<()> {
     let mut stmt = conn
         .prepare_cached(
@@ -437,12 +568,12 @@ fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> 
 }
 
 fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<GroupOutcome> {
+    if let Some(refusal) = group_rules::check_lists(c) {
+        return Ok(refusal);
+    }
     let current = group_epoch(conn, &c.group_id)?;
     let members: Vec<Device> = group_members(conn, &c.group_id)?;
-    let mut added = Vec::new();
-    for a in &c.added {
-        added.extend(device_by_id(conn, *a)?);
-    }
+    let added = devices_by_ids(conn, &c.added)?;
     let ready: Vec<DeviceId> = ready_devices(conn, &member_accounts(&added))?
         .iter()
         .map(|d| d.id)
@@ -467,13 +598,11 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
         [&c.group_id],
     )
     .map_err(backend)?;
-    for d in &next {
-        conn.execute(
-            "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)",
-            params![c.group_id, *d as i64],
-        )
-        .map_err(backend)?;
-    }
+    conn.execute(
+        "INSERT INTO group_members (group_id, device_id) SELECT ?1, value FROM json_each(?2)",
+        params![c.group_id, json_ids(&next)],
+    )
+    .map_err(backend)?;
     let everyone = group_members(conn, &c.group_id)?;
     // Old members (removed ones too) get the commit; added ones join by the Welcome.
     let told: Vec<DeviceId> = members
@@ -498,6 +627,7 @@ fn send_group(
     group_id: &[u8],
     epoch: u64,
     e: &NewEnvelope,
+    quota: MailboxQuota,
 ) -> Result<GroupOutcome> {
     let Some(current) = group_epoch(conn, group_id)? else {
         return Ok(GroupOutcome::NoGroup);
@@ -517,31 +647,86 @@ fn send_group(
         .filter(|d| d.id != e.sender_device)
         .collect();
     let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
+    if let Some(device) = first_full_mailbox(conn, &ids, e.body.len() as u64, quota)? {
+        return Ok(GroupOutcome::MailboxFull { device });
+    }
     insert_envelope(conn, e, &ids)?;
     Ok(GroupOutcome::Accepted { recipients })
 }
 
+/// The first of these devices (by id) whose mailbox has no room under
+/// `quota` for one more body of `body_len` bytes; one lookup in the usage
+/// counters.
+fn first_full_mailbox(
+    conn: &Connection,
+    devices: &[DeviceId],
+    body_len: u64,
+    quota: MailboxQuota,
+) -> Result<Option<DeviceId>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT device_id, envelopes, bytes FROM mailbox_usage
+             WHERE device_id IN (SELECT value FROM json_each(?1)) ORDER BY device_id",
+        )
+        .map_err(backend)?;
+    // A device without a usage row holds nothing: room unless the quota is zero.
+    if !quota.has_room(0, 0, body_len) {
+        return Ok(devices.iter().min().copied());
+    }
+    let mut rows = stmt.query([json_ids(devices)]).map_err(backend)?;
+    while let Some(r) = rows.next().map_err(backend)? {
+        let (device, envelopes, bytes): (i64, i64, i64) = (
+            r.get(0).map_err(backend)?,
+            r.get(1).map_err(backend)?,
+            r.get(2).map_err(backend)?,
+        );
+        if !quota.has_room(envelopes.max(0) as u64, bytes.max(0) as u64, body_len) {
+            return Ok(Some(device as u64));
+        }
+    }
+    Ok(None)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    async fn verification(&self, phone: &str) -> Result<Option<Verification>> {
-        let phone = phone.to_owned();
-        self.read(move |c| {
-            c.query_row(
-                "SELECT phone, code_hash, expires_ms, attempts, sent_in_window, window_start_ms FROM verifications WHERE phone = ?1",
-                [phone],
-                |r| {
-                    Ok(Verification {
-                        phone: r.get(0)?,
-                        code_hash: r.get(1)?,
-                        expires_ms: r.get(2)?,
-                        attempts: r.get(3)?,
-                        sent_in_window: r.get(4)?,
-                        window_start_ms: r.get(5)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(backend)
+    async fn take_token(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        burst: u32,
+    ) -> Result<Option<i64>> {
+        let (interval, tolerance) = gcra::limits(interval_ms, burst);
+        if burst == 0 {
+            return Ok(Some(interval));
+        }
+        let key = key.to_owned();
+        self.write(move |c| {
+            // A new bucket starts full: its first token always passes (burst >= 1).
+            let taken: Option<i64> = c
+                .prepare_cached(
+                    "INSERT INTO rate_limits (key, tat_ms) VALUES (?1, ?2 + ?3)
+                     ON CONFLICT(key) DO UPDATE SET tat_ms = MAX(tat_ms, ?2) + ?3
+                     WHERE MAX(tat_ms, ?2) + ?3 - ?2 <= ?4
+                     RETURNING tat_ms",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![key, now_ms, interval, tolerance], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend)?;
+            if taken.is_some() {
+                return Ok(None);
+            }
+            let tat: Option<i64> = c
+                .query_row(
+                    "SELECT tat_ms FROM rate_limits WHERE key = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(Some(gcra::retry_after(tat, now_ms, interval, tolerance)))
         })
         .await
     }
@@ -549,8 +734,8 @@ impl Store for SqliteStore {
     async fn put_verification(&self, v: Verification) -> Result<()> {
         self.write(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO verifications (phone, code_hash, expires_ms, attempts, sent_in_window, window_start_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![v.phone, v.code_hash, v.expires_ms, v.attempts, v.sent_in_window, v.window_start_ms],
+                "INSERT OR REPLACE INTO verifications (phone, session, code_hash, expires_ms, attempts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![v.phone, v.session, v.code_hash, v.expires_ms, v.attempts],
             )
             .map_err(backend)?;
             Ok(())
@@ -558,22 +743,45 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn bump_verification_attempts(&self, phone: &str) -> Result<u32> {
-        let phone = phone.to_owned();
+    async fn take_code_attempt(
+        &self,
+        phone: &str,
+        session: &[u8],
+        now_ms: i64,
+        max_attempts: u32,
+    ) -> Result<CodeAttempt> {
+        let (phone, session) = (phone.to_owned(), session.to_vec());
         self.write(move |c| {
-            c.query_row(
-                "UPDATE verifications SET attempts = attempts + 1 WHERE phone = ?1 RETURNING attempts",
-                [phone],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound("verification"))
+            let counted: Option<(String, u32)> = c
+                .query_row(
+                    "UPDATE verifications SET attempts = attempts + 1
+                     WHERE phone = ?1 AND session = ?2 AND expires_ms > ?3 AND attempts < ?4
+                     RETURNING code_hash, attempts",
+                    params![phone, session, now_ms, max_attempts],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some((code_hash, attempts)) = counted {
+                return Ok(CodeAttempt::Counted {
+                    code_hash,
+                    attempts,
+                });
+            }
+            let row: Option<(i64, u32)> = c
+                .query_row(
+                    "SELECT expires_ms, attempts FROM verifications WHERE phone = ?1 AND session = ?2",
+                    params![phone, session],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(CodeAttempt::refused(row, now_ms))
         })
         .await
     }
 
-    async fn delete_verification(&self, phone: &str) -> Result<()> {
+    async fn delete_verifications(&self, phone: &str) -> Result<()> {
         let phone = phone.to_owned();
         self.write(move |c| {
             c.execute("DELETE FROM verifications WHERE phone = ?1", [phone])
@@ -654,14 +862,44 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_pin_failure(&self, account: AccountId, locked_until_ms: i64) -> Result<u32> {
+    async fn take_pin_attempt(
+        &self,
+        account: AccountId,
+        now_ms: i64,
+        max_attempts: u32,
+        lockout_ms: i64,
+    ) -> Result<PinAttempt> {
+        let max_attempts = max_attempts.max(1);
         self.write(move |c| {
-            c.query_row(
-                "UPDATE accounts SET pin_failures = pin_failures + 1, pin_locked_until_ms = ?2 WHERE id = ?1 RETURNING pin_failures",
-                params![account as i64, locked_until_ms],
-                |r| r.get(0),
-            )
-            .map_err(backend)
+            // The count restarts at 1 after a lock that has run out; the
+            // attempt that reaches the maximum sets the lock.
+            let counted: Option<u32> = c
+                .query_row(
+                    "UPDATE accounts SET
+                         pin_failures = CASE WHEN pin_locked_until_ms != 0 THEN 1 ELSE pin_failures + 1 END,
+                         pin_locked_until_ms = CASE
+                             WHEN (CASE WHEN pin_locked_until_ms != 0 THEN 1 ELSE pin_failures + 1 END) >= ?3
+                             THEN ?2 + ?4 ELSE 0 END
+                     WHERE id = ?1 AND pin_locked_until_ms <= ?2
+                     RETURNING pin_failures",
+                    params![account as i64, now_ms, max_attempts, lockout_ms],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(attempt) = counted {
+                return Ok(PinAttempt::Counted { attempt });
+            }
+            let until_ms: i64 = c
+                .query_row(
+                    "SELECT pin_locked_until_ms FROM accounts WHERE id = ?1",
+                    [account as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound("account"))?;
+            Ok(PinAttempt::Locked { until_ms })
         })
         .await
     }
@@ -772,6 +1010,7 @@ impl Store for SqliteStore {
         device: DeviceId,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        max_one_time: u32,
     ) -> Result<KeyStock> {
         self.write(move |c| {
             if let Some(lr) = last_resort {
@@ -786,12 +1025,15 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             }
+            // The writer runs one job at a time, so the stock read here is
+            // the stock the inserts add to.
+            let room = max_one_time.saturating_sub(key_stock(c, device)?.one_time) as usize;
             let mut stmt = c
                 .prepare_cached(
                     "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 0, ?2)",
                 )
                 .map_err(backend)?;
-            for kp in one_time {
+            for kp in one_time.into_iter().take(room) {
                 stmt.execute(params![device as i64, kp]).map_err(backend)?;
             }
             key_stock(c, device)
@@ -807,15 +1049,16 @@ impl Store for SqliteStore {
         &self,
         account: AccountId,
         known: &[DeviceId],
+        one_time: bool,
     ) -> Result<Vec<ClaimedDevice>> {
         let known = known.to_vec();
-        self.write(move |c| {
+        let claim = move |c: &Connection| {
             let mut out = Vec::new();
             for device in ready_devices(c, &[account])? {
                 let key_package = if known.contains(&device.id) {
                     None
                 } else {
-                    take_key_package(c, device.id)?
+                    take_key_package(c, device.id, one_time)?
                 };
                 out.push(ClaimedDevice {
                     device,
@@ -823,8 +1066,14 @@ impl Store for SqliteStore {
                 });
             }
             Ok(out)
-        })
-        .await
+        };
+        // Handing out last-resort packages only consumes nothing: a reader
+        // does, and an over-budget requester never waits on the writer.
+        if one_time {
+            self.write(claim).await
+        } else {
+            self.read(claim).await
+        }
     }
 
     async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>> {
@@ -845,9 +1094,10 @@ impl Store for SqliteStore {
         group_id: &[u8],
         epoch: u64,
         envelope: NewEnvelope,
+        quota: MailboxQuota,
     ) -> Result<GroupOutcome> {
         let group_id = group_id.to_vec();
-        self.write(move |c| send_group(c, &group_id, epoch, &envelope))
+        self.write(move |c| send_group(c, &group_id, epoch, &envelope, quota))
             .await
     }
 
@@ -886,18 +1136,13 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize> {
-        let seqs = seqs.to_vec();
+        let seqs = json_ids(seqs);
         self.write(move |c| {
-            let mut stmt = c
-                .prepare_cached("DELETE FROM mailbox WHERE seq = ?1 AND device_id = ?2")
-                .map_err(backend)?;
-            let mut n = 0;
-            for s in seqs {
-                n += stmt
-                    .execute(params![s as i64, device as i64])
-                    .map_err(backend)?;
-            }
-            Ok(n)
+            c.prepare_cached(
+                "DELETE FROM mailbox WHERE device_id = ?1 AND seq IN (SELECT value FROM json_each(?2))",
+            )
+            .and_then(|mut st| st.execute(params![device as i64, seqs]))
+            .map_err(backend)
         })
         .await
     }
@@ -910,6 +1155,20 @@ impl Store for SqliteStore {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn mailbox_usage(&self, device: DeviceId) -> Result<(u64, u64)> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT envelopes, bytes FROM mailbox_usage WHERE device_id = ?1",
+                [device as i64],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
             .map_err(backend)
         })
         .await
@@ -931,6 +1190,11 @@ impl Store for SqliteStore {
                 }
             }
             c.execute("DELETE FROM link_requests WHERE expires_ms <= ?1", [now_ms])
+                .map_err(backend)?;
+            c.execute("DELETE FROM verifications WHERE expires_ms <= ?1", [now_ms])
+                .map_err(backend)?;
+            // A bucket whose arrival time has passed is full: no row says the same.
+            c.execute("DELETE FROM rate_limits WHERE tat_ms <= ?1", [now_ms])
                 .map_err(backend)?;
             Ok(expired)
         })

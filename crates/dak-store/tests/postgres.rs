@@ -128,7 +128,7 @@ async fn concurrent_creators_of_one_group_one_wins() {
             .await
             .unwrap();
         store
-            .put_key_packages(reg.device.id, vec![], Some(vec![key]))
+            .put_key_packages(reg.device.id, vec![], Some(vec![key]), 100)
             .await
             .unwrap();
         ready.push(reg.device);
@@ -181,7 +181,7 @@ async fn concurrent_claims_take_each_one_time_package_once() {
         .unwrap();
     let one_time: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'k', i]).collect();
     let stock = store
-        .put_key_packages(reg.device.id, one_time.clone(), Some(b"last".to_vec()))
+        .put_key_packages(reg.device.id, one_time.clone(), Some(b"last".to_vec()), 100)
         .await
         .unwrap();
     assert_eq!(stock.one_time, 10);
@@ -202,7 +202,7 @@ async fn concurrent_claims_take_each_one_time_package_once() {
     let claims: Vec<_> = (0..20)
         .map(|_| {
             let s = store.clone();
-            tokio::spawn(async move { s.claim_key_packages(reg.account_id, &[]).await })
+            tokio::spawn(async move { s.claim_key_packages(reg.account_id, &[], true).await })
         })
         .collect();
     let mut got = Vec::new();
