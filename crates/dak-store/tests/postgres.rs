@@ -2,7 +2,10 @@
 //! each test and dropped after it (`dak_store::testing::FreshDb`).
 
 use dak_store::testing::FreshDb;
-use dak_store::{GroupCommit, GroupOutcome, NewEnvelope, PgStore, Store, StoreError, conformance};
+use dak_store::{
+    CodeAttempt, GroupCommit, GroupOutcome, MailboxQuota, NewEnvelope, PgStore, Store, StoreError,
+    Verification, conformance,
+};
 use sqlx::Connection;
 
 #[tokio::test]
@@ -221,4 +224,152 @@ async fn concurrent_claims_take_each_one_time_package_once() {
     assert_eq!(taken, one_time, "each one-time package exactly once");
     let left = store.key_stock(reg.device.id).await.unwrap();
     assert_eq!((left.one_time, left.has_last_resort), (0, true));
+}
+
+/// A store made before the edge hardening: `verifications` keyed by phone
+/// alone, and mailbox heads without usage. Connecting replaces the first
+/// and fills the second from the mailboxes, exactly.
+#[tokio::test]
+async fn stores_from_before_the_quota_are_migrated() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 4).await.expect("connect");
+    let reg = store
+        .register_primary("+911000000079", &[79; 32], "p", 1)
+        .await
+        .unwrap();
+    let d = reg.device.id;
+    for i in 0..4u8 {
+        let mut e = from(&reg.device, i, &[i; 100]);
+        e.sender_device = 1;
+        store.enqueue(e, &[d]).await.unwrap();
+    }
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    for stmt in [
+        "ALTER TABLE mailbox_heads DROP COLUMN envelopes, DROP COLUMN bytes",
+        "DROP TABLE verifications",
+        "CREATE TABLE verifications (
+            phone TEXT PRIMARY KEY,
+            code_hash TEXT NOT NULL,
+            expires_ms BIGINT NOT NULL,
+            attempts INT NOT NULL DEFAULT 0,
+            sent_in_window INT NOT NULL DEFAULT 0,
+            window_start_ms BIGINT NOT NULL DEFAULT 0)",
+        "INSERT INTO verifications (phone, code_hash, expires_ms) VALUES ('+911000000079', 'h', 100)",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut admin)
+            .await
+            .expect("make it old");
+    }
+    drop(store);
+    let store = PgStore::connect(&db.url, 4).await.expect("connect");
+    assert_eq!(store.mailbox_usage(d).await.unwrap(), (4, 400));
+    store
+        .put_verification(Verification {
+            phone: "+911000000079".into(),
+            session: vec![7; 32],
+            code_hash: "h2".into(),
+            expires_ms: 100,
+            attempts: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_code_attempt("+911000000079", &[7; 32], 50, 3)
+            .await
+            .unwrap(),
+        CodeAttempt::Counted {
+            code_hash: "h2".into(),
+            attempts: 1
+        }
+    );
+    let seqs: Vec<u64> = store
+        .fetch_mailbox(d, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    store.ack(d, &seqs[..1]).await.unwrap();
+    assert_eq!(store.mailbox_usage(d).await.unwrap(), (3, 300));
+}
+
+/// Concurrent group messages to one recipient on many connections never
+/// fill its mailbox past the quota: the heads are locked before the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_senders_never_pass_the_mailbox_quota() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 16).await.expect("connect");
+    let mut devices = Vec::new();
+    for (phone, key) in [("+911000000084", 84u8), ("+911000000085", 85)] {
+        let reg = store
+            .register_primary(phone, &[key; 32], "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, vec![], Some(vec![key]), 100)
+            .await
+            .unwrap();
+        devices.push(reg.device);
+    }
+    let (a, b) = (devices[0].clone(), devices[1].clone());
+    let quota = MailboxQuota {
+        max_envelopes: 6,
+        max_bytes: u64::MAX,
+    };
+    // Twenty groups, so the sends do not queue on one group's lock.
+    for round in 0..20u8 {
+        let c = GroupCommit {
+            group_id: vec![round],
+            epoch: 0,
+            added: vec![b.id],
+            removed: vec![],
+            max_accounts: 1024,
+            commit: from(&a, round, b"commit"),
+            welcome: Some(from(&a, round, b"")),
+        };
+        let out = store.commit_group(c).await.unwrap();
+        assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    }
+    // The Welcomes are b's; clear them so the quota is all the sends'.
+    let seqs: Vec<u64> = store
+        .fetch_mailbox(b.id, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    store.ack(b.id, &seqs).await.unwrap();
+    // Each send holds its transaction open a while after its insert, so the
+    // sends overlap: one that checked the usage without holding the head
+    // would pass beside the others.
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    for stmt in [
+        "CREATE FUNCTION dak_test_stall() RETURNS trigger AS $$
+         BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER dak_test_stall AFTER INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION dak_test_stall()",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut admin)
+            .await
+            .expect("install trigger");
+    }
+    let sends: Vec<_> = (0..20u8)
+        .map(|round| {
+            let (s, e) = (store.clone(), from(&a, 100 + round, b"hi"));
+            tokio::spawn(async move { s.send_group(&[round], 1, e, quota).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in sends {
+        match t.await.unwrap().unwrap() {
+            GroupOutcome::Accepted { .. } => accepted += 1,
+            GroupOutcome::MailboxFull { device } => assert_eq!(device, b.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(accepted, 6);
+    assert_eq!(store.mailbox_usage(b.id).await.unwrap(), (6, 12));
+    assert_eq!(store.mailbox_len(b.id).await.unwrap(), 6);
 }

@@ -1,7 +1,7 @@
 //! The conformance suite against the embedded store, plus what only a file
 //! on disk can show: committed data survives reopening.
 
-use dak_store::{NewEnvelope, SqliteStore, Store, conformance};
+use dak_store::{CodeAttempt, NewEnvelope, SqliteStore, Store, Verification, conformance};
 
 #[tokio::test]
 async fn sqlite_passes_conformance() {
@@ -43,4 +43,84 @@ async fn enqueued_envelopes_survive_reopen() {
     };
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.mailbox_len(device).await.unwrap(), 200);
+}
+
+/// A store made before the edge hardening: `verifications` keyed by phone
+/// alone, and no mailbox usage. Opening it replaces the first and fills the
+/// second from the mailboxes, exactly.
+#[tokio::test]
+async fn stores_from_before_the_quota_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dak.db");
+    let device = {
+        let store = SqliteStore::open(&path).unwrap();
+        let reg = store
+            .register_primary("+919800000010", &[1; 32], "p", 1)
+            .await
+            .unwrap();
+        for i in 0..4u8 {
+            let env = NewEnvelope {
+                message_id: vec![i; 16],
+                sender_phone: "+919800000001".into(),
+                sender_device: 1,
+                server_time_ms: 1,
+                expires_ms: i64::MAX,
+                body: vec![i; 100],
+            };
+            store.enqueue(env, &[reg.device.id]).await.unwrap();
+        }
+        reg.device.id
+    };
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    old.execute_batch(
+        "DROP TRIGGER mailbox_usage_insert;
+         DROP TRIGGER mailbox_usage_delete;
+         DROP TABLE mailbox_usage;
+         DROP TABLE verifications;
+         CREATE TABLE verifications (
+             phone TEXT PRIMARY KEY,
+             code_hash TEXT NOT NULL,
+             expires_ms INTEGER NOT NULL,
+             attempts INTEGER NOT NULL DEFAULT 0,
+             sent_in_window INTEGER NOT NULL DEFAULT 0,
+             window_start_ms INTEGER NOT NULL DEFAULT 0
+         ) STRICT;
+         INSERT INTO verifications (phone, code_hash, expires_ms) VALUES ('+919800000010', 'h', 100);",
+    )
+    .unwrap();
+    drop(old);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.mailbox_usage(device).await.unwrap(), (4, 400));
+    store
+        .put_verification(Verification {
+            phone: "+919800000010".into(),
+            session: vec![7; 32],
+            code_hash: "h2".into(),
+            expires_ms: 100,
+            attempts: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_code_attempt("+919800000010", &[7; 32], 50, 3)
+            .await
+            .unwrap(),
+        CodeAttempt::Counted {
+            code_hash: "h2".into(),
+            attempts: 1
+        }
+    );
+    // And the triggers are back: usage follows the mailbox.
+    let seqs: Vec<u64> = store
+        .fetch_mailbox(device, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    store.ack(device, &seqs[..1]).await.unwrap();
+    assert_eq!(store.mailbox_usage(device).await.unwrap(), (3, 300));
 }
