@@ -85,10 +85,14 @@ pub async fn open(url: &str, local: Option<IpAddr>) -> Result<Connection> {
 pub async fn register(url: &str, codes: &Codes, phone: String) -> Result<Device> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let mut conn = open(url, None).await?;
-    conn.call(Request::RequestCode(v1::RequestCode {
-        phone: phone.clone(),
-    }))
-    .await?;
+    let sent = conn
+        .call(Request::RequestCode(v1::RequestCode {
+            phone: phone.clone(),
+        }))
+        .await?;
+    let Body::CodeSent(sent) = sent else {
+        bail!("unexpected answer to RequestCode")
+    };
     let code = codes.wait_for(&phone).await?;
     let signature = conn.sign(&key, AuthPurpose::Register, phone.as_bytes());
     let answer = conn
@@ -99,6 +103,7 @@ pub async fn register(url: &str, codes: &Codes, phone: String) -> Result<Device>
             signature,
             pin: String::new(),
             device_name: "bench".into(),
+            session: sent.session,
         }))
         .await?;
     conn.close().await;

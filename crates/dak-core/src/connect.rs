@@ -85,6 +85,8 @@ impl Client {
         profile.set("pending_server", server.as_bytes())?;
         profile.set("pending_phone", number.as_bytes())?;
         profile.set("pending_cert", fingerprint.unwrap_or_default().as_bytes())?;
+        // Only this profile can use the code: the server binds it to the session.
+        profile.set("pending_session", &sent.session)?;
         Ok(sent.expires_in_secs)
     }
 
@@ -114,6 +116,7 @@ impl Client {
                 signature,
                 pin: pin.to_string(),
                 device_name: device_name.to_string(),
+                session: profile.get("pending_session")?.unwrap_or_default(),
             }))
             .await?;
         let Body::Registered(r) = answer else {
@@ -122,7 +125,12 @@ impl Client {
         let cert = profile.get("pending_cert")?.unwrap_or_default();
         profile.set("cert", &cert)?;
         profile.save_registration(&server, &r.phone, r.device_id)?;
-        for k in ["pending_server", "pending_phone", "pending_cert"] {
+        for k in [
+            "pending_server",
+            "pending_phone",
+            "pending_cert",
+            "pending_session",
+        ] {
             profile.delete(k)?;
         }
         // Ready for encrypted chats before anyone writes: if this fails, the

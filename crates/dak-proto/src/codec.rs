@@ -7,9 +7,9 @@ use prost::Message;
 
 use crate::v1::{self, ErrorCode, client_frame::Request};
 use crate::{
-    IDENTITY_KEY_BYTES, MAX_ACKS_PER_FRAME, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_GROUP_ID_BYTES,
-    MAX_KEY_PACKAGES_PER_UPLOAD, MAX_KNOWN_DEVICES, MAX_SHORT_TEXT, MESSAGE_ID_BYTES,
-    SIGNATURE_BYTES,
+    IDENTITY_KEY_BYTES, MAX_ACKS_PER_FRAME, MAX_BODY_BYTES, MAX_COMMIT_DEVICES, MAX_FRAME_BYTES,
+    MAX_GROUP_ID_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_KNOWN_DEVICES, MAX_SHORT_TEXT,
+    MESSAGE_ID_BYTES, SESSION_BYTES, SIGNATURE_BYTES,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,7 +154,8 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
             short_text("pin", &r.pin)?;
             short_text("device_name", &r.device_name)?;
             field_len("identity_key", r.identity_key.len(), IDENTITY_KEY_BYTES)?;
-            field_len("signature", r.signature.len(), SIGNATURE_BYTES)
+            field_len("signature", r.signature.len(), SIGNATURE_BYTES)?;
+            field_len("session", r.session.len(), SESSION_BYTES)
         }
         Request::Authenticate(r) => field_len("signature", r.signature.len(), SIGNATURE_BYTES),
         Request::SendMessage(r) => {
@@ -212,6 +213,14 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
                 return Err(FrameError::invalid(
                     ErrorCode::BadRequest,
                     "commit is empty",
+                ));
+            }
+            if r.added_devices.len() > MAX_COMMIT_DEVICES
+                || r.removed_devices.len() > MAX_COMMIT_DEVICES
+            {
+                return Err(FrameError::invalid(
+                    ErrorCode::BadRequest,
+                    format!("a commit adds or removes at most {MAX_COMMIT_DEVICES} devices"),
                 ));
             }
             Ok(())

@@ -40,6 +40,13 @@ pub const IDENTITY_KEY_BYTES: usize = 32;
 pub const SIGNATURE_BYTES: usize = 64;
 /// Challenge nonces.
 pub const NONCE_BYTES: usize = 32;
+/// Most devices one commit may add or remove: a whole group of 1,024
+/// accounts with every device each may have (a primary and up to seven
+/// linked ones). The server checks its own, usually smaller, configured
+/// product as well.
+pub const MAX_COMMIT_DEVICES: usize = 1024 * 8;
+/// Registration sessions (`CodeSent.session`).
+pub const SESSION_BYTES: usize = 32;
 
 /// What a device signs to prove it holds its identity key on this
 /// connection: a context string, the server's nonce and what it claims.

@@ -34,11 +34,26 @@ pub struct Config {
     pub code_ttl: Duration,
     /// Wrong codes allowed per sent code before a new one must be asked for.
     pub code_attempts: u32,
-    /// Codes that may be sent to one number per hour.
+    /// Codes that may be sent to one number: a burst of
+    /// `codes_per_phone_burst`, then one every hour / `codes_per_phone_per_hour`.
+    /// The refill interval is the longest an attacker who spends the
+    /// number's budget can keep its owner waiting (5 minutes by default).
     pub codes_per_phone_per_hour: u32,
-    /// Code requests and verify attempts allowed from one IP address per hour.
+    pub codes_per_phone_burst: u32,
+    /// Code requests and verify attempts allowed from one network (an IP
+    /// prefix of `ipv4_prefix_len` / `ipv6_prefix_len` bits) per hour, as a
+    /// burst of that many then a steady refill.
     pub codes_per_ip_per_hour: u32,
     pub verifies_per_ip_per_hour: u32,
+    pub ipv4_prefix_len: u8,
+    pub ipv6_prefix_len: u8,
+    /// Codes per hour to one number range: the number without its last
+    /// `number_range_digits` digits (SMS pumping walks a premium range).
+    pub codes_per_range_per_hour: u32,
+    pub number_range_digits: u32,
+    /// Codes per hour to one country calling code, and to everyone.
+    pub codes_per_country_per_hour: u32,
+    pub codes_per_hour: u32,
     /// Wrong registration-lock PINs before the number is locked.
     pub pin_attempts: u32,
     #[serde(with = "humantime_serde")]
@@ -54,6 +69,49 @@ pub struct Config {
     pub linked_device_max_age: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub link_code_ttl: Duration,
+    /// Link requests (`dak link`) from one network per hour.
+    pub links_per_ip_per_hour: u32,
+    /// Connections open at once; 0 derives it from the descriptor limit.
+    pub max_connections: u32,
+    /// Connections from one network not yet authenticated, at once.
+    pub max_unauthenticated_per_ip: u32,
+    /// TLS handshake, HTTP upgrade and authentication must all be done
+    /// within this time of the TCP accept.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The server pings an idle authenticated connection this often, and
+    /// closes one from which no complete frame (a pong counts) arrived for
+    /// `idle_timeout`: a dead peer, or a frame that stopped half-way.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection whose outgoing queue stays full this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
+    /// Connections one device may hold at once; a new one replaces the oldest.
+    pub max_connections_per_device: u32,
+    /// Authenticated requests per device: a burst, then this many per second.
+    pub requests_per_device_per_sec: u32,
+    pub request_burst: u32,
+    /// Registration-lock PIN changes per device per hour (each is an Argon2 hash).
+    pub pin_changes_per_hour: u32,
+    /// Argon2 hashes running at once (0: one per core), and waiting.
+    pub argon2_parallel: u32,
+    pub argon2_queue: u32,
+    /// One-time KeyPackages the directory keeps per device.
+    pub max_key_packages: u32,
+    /// One-time KeyPackages one account may take of another per hour;
+    /// beyond it, the target's last-resort KeyPackage is handed out.
+    pub key_packages_per_target_per_hour: u32,
+    /// Different numbers one account may look up per day (contact discovery).
+    pub lookups_per_day: u32,
+    /// What one device's mailbox may hold of application messages before
+    /// new ones to it are refused (commits and Welcomes still pass).
+    pub mailbox_max_envelopes: u64,
+    pub mailbox_max_bytes: u64,
+    /// Where `/metrics` is served; absent: loopback, the port after `listen`'s.
+    pub metrics_listen: Option<SocketAddr>,
     pub sms: SmsConfig,
 }
 
@@ -84,15 +142,41 @@ impl Default for Config {
             retention: Duration::from_secs(30 * 24 * 3600),
             code_ttl: Duration::from_secs(600),
             code_attempts: 5,
-            codes_per_phone_per_hour: 5,
+            codes_per_phone_per_hour: 12,
+            codes_per_phone_burst: 3,
             codes_per_ip_per_hour: 30,
             verifies_per_ip_per_hour: 60,
+            ipv4_prefix_len: 24,
+            ipv6_prefix_len: 56,
+            codes_per_range_per_hour: 30,
+            number_range_digits: 3,
+            codes_per_country_per_hour: 2_000,
+            codes_per_hour: 10_000,
             pin_attempts: 5,
             pin_lockout: Duration::from_secs(3600),
             max_linked_devices: 4,
             max_group_members: 1024,
             linked_device_max_age: None,
             link_code_ttl: Duration::from_secs(600),
+            links_per_ip_per_hour: 30,
+            max_connections: 0,
+            max_unauthenticated_per_ip: 256,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            write_stall_timeout: Duration::from_secs(30),
+            max_connections_per_device: 3,
+            requests_per_device_per_sec: 50,
+            request_burst: 500,
+            pin_changes_per_hour: 5,
+            argon2_parallel: 0,
+            argon2_queue: 64,
+            max_key_packages: 200,
+            key_packages_per_target_per_hour: 10,
+            lookups_per_day: 500,
+            mailbox_max_envelopes: 50_000,
+            mailbox_max_bytes: 512 * 1024 * 1024,
+            metrics_listen: None,
             sms: SmsConfig::Outbox,
         }
     }
@@ -197,6 +281,17 @@ impl Config {
                 self.max_group_members
             )));
         }
+        if self.ipv4_prefix_len > 32 || self.ipv6_prefix_len > 128 {
+            return Err(ConfigError::Invalid(format!(
+                "ipv4_prefix_len = {} and ipv6_prefix_len = {}: give at most 32 and 128 bits",
+                self.ipv4_prefix_len, self.ipv6_prefix_len
+            )));
+        }
+        if self.max_connections_per_device == 0 || self.codes_per_phone_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections_per_device and codes_per_phone_burst must be at least 1".into(),
+            ));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "give both --tls-cert and --tls-key, or neither (a self-signed certificate is then made)".into(),
@@ -226,14 +321,40 @@ const ENV_KEYS: &[&str] = &[
     "code_ttl",
     "code_attempts",
     "codes_per_phone_per_hour",
+    "codes_per_phone_burst",
     "codes_per_ip_per_hour",
     "verifies_per_ip_per_hour",
+    "ipv4_prefix_len",
+    "ipv6_prefix_len",
+    "codes_per_range_per_hour",
+    "number_range_digits",
+    "codes_per_country_per_hour",
+    "codes_per_hour",
     "pin_attempts",
     "pin_lockout",
     "max_linked_devices",
     "max_group_members",
     "linked_device_max_age",
     "link_code_ttl",
+    "links_per_ip_per_hour",
+    "max_connections",
+    "max_unauthenticated_per_ip",
+    "handshake_timeout",
+    "ping_interval",
+    "idle_timeout",
+    "write_stall_timeout",
+    "max_connections_per_device",
+    "requests_per_device_per_sec",
+    "request_burst",
+    "pin_changes_per_hour",
+    "argon2_parallel",
+    "argon2_queue",
+    "max_key_packages",
+    "key_packages_per_target_per_hour",
+    "lookups_per_day",
+    "mailbox_max_envelopes",
+    "mailbox_max_bytes",
+    "metrics_listen",
 ];
 
 /// Environment values are strings; numbers and booleans are read as such so
@@ -290,6 +411,7 @@ mod tests {
             bus: Some("nats://x".into()),
             tls_key: Some("k".into()),
             linked_device_max_age: Some(Duration::from_secs(1)),
+            metrics_listen: Some("127.0.0.1:1".parse().unwrap()),
             ..Config::default()
         };
         let table = toml::Table::try_from(&full).unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dak_proto::mls::{self, MlsCheckError, MlsInfo, MlsKind};
 use dak_proto::v1::{self, ErrorCode};
-use dak_store::{Device, GroupCommit, GroupOutcome, NewEnvelope};
+use dak_store::{Device, GroupCommit, GroupOutcome, MailboxQuota, NewEnvelope};
 
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -85,16 +85,22 @@ fn refusal(outcome: GroupOutcome) -> ApiError {
             e.0.epoch = epoch;
             e
         }
-        GroupOutcome::NoGroup => ApiError::new(ErrorCode::NotAMember, "no such group"),
-        GroupOutcome::NotMember => ApiError::new(
+        // One answer for both, so a non-member learns nothing of a group.
+        GroupOutcome::NoGroup | GroupOutcome::NotMember => ApiError::new(
             ErrorCode::NotAMember,
-            "this device is not a member of the group",
+            "this device is not a member of that group (or there is no such group)",
         ),
         GroupOutcome::DevicesChanged => ApiError::new(
             ErrorCode::GroupDevicesChanged,
             "a member's devices changed; add or remove them in the group, then retry",
         ),
         GroupOutcome::BadChange(why) => ApiError::new(ErrorCode::BadRequest, why),
+        GroupOutcome::MailboxFull { .. } => ApiError::new(
+            ErrorCode::RateLimited,
+            "a recipient's device has too many undelivered messages waiting; \
+             try again once it has been online",
+        )
+        .retry_after(60),
         GroupOutcome::GroupFull { max, accounts } => ApiError::new(
             ErrorCode::GroupFull,
             format!(
@@ -140,9 +146,13 @@ pub async fn send(state: &AppState, from: &Device, req: v1::SendMessage) -> ApiR
         req.expires_in_secs,
     );
     let now = env.server_time_ms;
+    let quota = MailboxQuota {
+        max_envelopes: state.config.mailbox_max_envelopes,
+        max_bytes: state.config.mailbox_max_bytes,
+    };
     match state
         .store
-        .send_group(&info.group_id, info.epoch, env)
+        .send_group(&info.group_id, info.epoch, env, quota)
         .await?
     {
         GroupOutcome::Accepted { recipients } => {
@@ -161,6 +171,15 @@ pub async fn commit(
     req: v1::SendCommit,
 ) -> ApiResult<v1::SendAck> {
     let info = inspect(&req.commit, MlsKind::Commit)?;
+    // No legitimate commit names more devices than a full group can have.
+    let most =
+        state.config.max_group_members as usize * (state.config.max_linked_devices as usize + 1);
+    if req.added_devices.len() > most || req.removed_devices.len() > most {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("a commit adds or removes at most {most} devices on this server"),
+        ));
+    }
     if req.welcome.is_empty() != req.added_devices.is_empty() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -211,8 +230,14 @@ pub async fn commit(
     }
 }
 
-pub async fn epoch(state: &AppState, req: v1::GetGroupEpoch) -> ApiResult<v1::GroupEpoch> {
-    let epoch = state.store.group_epoch(&req.group_id).await?;
+/// A group's epoch, for its members only: anyone else gets the answer for
+/// a group that does not exist.
+pub async fn epoch(
+    state: &AppState,
+    me: &Device,
+    req: v1::GetGroupEpoch,
+) -> ApiResult<v1::GroupEpoch> {
+    let epoch = state.store.member_epoch(&req.group_id, me.id).await?;
     Ok(v1::GroupEpoch {
         group_id: req.group_id,
         epoch: epoch.unwrap_or(0),
@@ -227,32 +252,49 @@ pub async fn upload_key_packages(
     me: &Device,
     req: v1::UploadKeyPackages,
 ) -> ApiResult<v1::KeyPackageCount> {
-    let check = |kp: &[u8], want_last_resort: bool| -> ApiResult<()> {
-        let last_resort = mls::check_key_package(kp, &me.phone, me.id, &me.identity_key)
-            .map_err(|e| ApiError::new(ErrorCode::KeyPackageInvalid, e.to_string()))?;
-        if last_resort != want_last_resort {
-            return Err(ApiError::new(
-                ErrorCode::KeyPackageInvalid,
-                "one-time KeyPackages must not be marked last-resort, and the last-resort one must be",
-            ));
-        }
-        Ok(())
-    };
-    for kp in &req.key_packages {
-        check(kp, false)?;
+    let max = state.config.max_key_packages;
+    let mut req = req;
+    if !req.key_packages.is_empty() {
+        // Checking a signature costs; none is checked for packages the
+        // directory would not keep.
+        let stock = state.store.key_stock(me.id).await?;
+        let room = max.saturating_sub(stock.one_time) as usize;
+        req.key_packages.truncate(room);
     }
-    let last_resort = if req.last_resort.is_empty() {
-        None
-    } else {
-        check(&req.last_resort, true)?;
-        Some(req.last_resort)
-    };
-    let stock = if req.key_packages.is_empty() && last_resort.is_none() {
+    let me_ = me.clone();
+    let (key_packages, last_resort) = (req.key_packages, req.last_resort);
+    // Signature checks take CPU: off the async runtime.
+    let (key_packages, last_resort) = tokio::task::spawn_blocking(move || {
+        let check = |kp: &[u8], want_last_resort: bool| -> ApiResult<()> {
+            let last_resort = mls::check_key_package(kp, &me_.phone, me_.id, &me_.identity_key)
+                .map_err(|e| ApiError::new(ErrorCode::KeyPackageInvalid, e.to_string()))?;
+            if last_resort != want_last_resort {
+                return Err(ApiError::new(
+                    ErrorCode::KeyPackageInvalid,
+                    "one-time KeyPackages must not be marked last-resort, and the last-resort one must be",
+                ));
+            }
+            Ok(())
+        };
+        for kp in &key_packages {
+            check(kp, false)?;
+        }
+        let last_resort = if last_resort.is_empty() {
+            None
+        } else {
+            check(&last_resort, true)?;
+            Some(last_resort)
+        };
+        Ok::<_, ApiError>((key_packages, last_resort))
+    })
+    .await
+    .map_err(|_| ApiError::new(ErrorCode::Internal, "KeyPackage check failed"))??;
+    let stock = if key_packages.is_empty() && last_resort.is_none() {
         state.store.key_stock(me.id).await?
     } else {
         state
             .store
-            .put_key_packages(me.id, req.key_packages, last_resort)
+            .put_key_packages(me.id, key_packages, last_resort, max)
             .await?
     };
     Ok(v1::KeyPackageCount {
@@ -264,9 +306,56 @@ pub async fn upload_key_packages(
 /// One KeyPackage per device of the number that the caller does not know yet.
 pub async fn fetch_key_packages(
     state: &AppState,
+    me: &Device,
     req: v1::FetchKeyPackages,
 ) -> ApiResult<v1::KeyPackages> {
     let phone = parse_phone(&req.phone)?;
+    let now = now_ms();
+    // Contact discovery is bounded: each different number this account
+    // looks up in a day takes from its daily budget; looking up one it
+    // looked up today again is free.
+    const DAY_MS: i64 = 86_400_000;
+    let seen = format!("seen:{}:{phone}", me.account_id);
+    let seen_today = state
+        .store
+        .token_state(&seen)
+        .await?
+        .is_some_and(|full_at| full_at > now);
+    if !seen_today {
+        let per = DAY_MS / i64::from(state.config.lookups_per_day.max(1));
+        let budget = format!("lookup:{}", me.account_id);
+        if let Some(wait) = state
+            .store
+            .take_token(&budget, now, per, state.config.lookups_per_day)
+            .await?
+        {
+            state.metrics.limited.inc("lookups");
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "this account looked up too many different numbers today; try again later",
+            )
+            .retry_after(((wait + 999) / 1000).max(1) as u64));
+        }
+        state.store.take_token(&seen, now, DAY_MS, 1).await?;
+    }
+    // One-time KeyPackages per (requester, target): beyond the budget the
+    // target's last-resort one is handed out instead, so the requester
+    // still gets a working key and cannot drain the target's stock.
+    let pair = format!("kp:{}:{phone}", me.account_id);
+    let per_target = 3_600_000 / i64::from(state.config.key_packages_per_target_per_hour.max(1));
+    let fresh_one_time = state
+        .store
+        .take_token(
+            &pair,
+            now,
+            per_target,
+            state.config.key_packages_per_target_per_hour,
+        )
+        .await?
+        .is_none();
+    if !fresh_one_time {
+        state.metrics.limited.inc("key_packages_per_target");
+    }
     let Some(account) = state.store.account_by_phone(&phone).await? else {
         return Err(ApiError::new(
             ErrorCode::UnknownAccount,
@@ -275,7 +364,7 @@ pub async fn fetch_key_packages(
     };
     let claimed = state
         .store
-        .claim_key_packages(account.id, &req.known_devices)
+        .claim_key_packages(account.id, &req.known_devices, fresh_one_time)
         .await?;
     Ok(v1::KeyPackages {
         phone,

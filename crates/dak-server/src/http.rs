@@ -1,52 +1,26 @@
-//! The HTTP side: the WebSocket endpoint `/v1/ws`, `/healthz`, `/readyz`
-//! and `/metrics`, served over TLS (or plain on loopback with --insecure).
-//!
-//! TLS handshakes run in their own tasks, so one slow or hostile client
-//! cannot hold up accepting others; finished streams are handed to axum
-//! through a `Listener`.
+//! The HTTP side: the WebSocket endpoint `/v1/ws`, `/healthz` and
+//! `/readyz`, served over TLS (or plain on loopback with --insecure) through
+//! the admission rules of `edge.rs`; and `/metrics` on a listener of its
+//! own, loopback by default, so the public port does not tell an attacker
+//! how its attack is going.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::{IncomingStream, Listener};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 
+use crate::edge::{EdgeListener, Peer};
 use crate::state::AppState;
 
-/// Handshakes that may be waiting to be picked up by axum.
-const HANDSHAKE_QUEUE: usize = 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-connection WebSocket buffers; see docs/BENCHMARKS.md for what they cost.
 const WS_READ_BUFFER: usize = 4 * 1024;
 const WS_WRITE_BUFFER: usize = 8 * 1024;
-
-/// The remote address of a connection, for per-IP limits.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 pub async fn serve(
     listener: TcpListener,
@@ -55,21 +29,22 @@ pub async fn serve(
 ) -> Result<()> {
     let mut shutdown = state.shutdown.clone();
     let signal = async move { crate::session::stopped(&mut shutdown).await };
-    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
-    match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await?
-        }
-        Some(config) => {
-            let tls_listener = TlsListener::spawn(listener, config)?;
-            axum::serve(tls_listener, app)
-                .with_graceful_shutdown(signal)
-                .await?
-        }
-    }
+    let edge = EdgeListener::spawn(listener, tls, state.clone())?;
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    axum::serve(edge, app)
+        .with_graceful_shutdown(signal)
+        .await?;
     Ok(())
+}
+
+/// `/metrics` alone, plain HTTP, for the operator's scraper.
+pub async fn serve_metrics(listener: TcpListener, state: AppState) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
 }
 
 fn router(state: AppState) -> Router {
@@ -77,20 +52,19 @@ fn router(state: AppState) -> Router {
         .route("/v1/ws", get(websocket))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn websocket(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> impl IntoResponse {
-    // Above our own limit so that a frame a little too large still gets a
-    // clear FRAME_TOO_LARGE answer from the codec; far beyond it, tungstenite
-    // closes the connection with 1009 (message too big) on its own.
-    ws.max_message_size(dak_proto::MAX_FRAME_BYTES * 4)
-        .max_frame_size(dak_proto::MAX_FRAME_BYTES * 4)
+    // The protocol's own limit: a larger frame is refused by tungstenite
+    // before it is buffered whole, and the connection closed with 1009
+    // (message too big). Before authentication `edge.rs` allows far less.
+    ws.max_message_size(dak_proto::MAX_FRAME_BYTES)
+        .max_frame_size(dak_proto::MAX_FRAME_BYTES)
         // tungstenite reserves its read buffer up front (128 KiB by default),
         // which dominated an idle connection's memory; frames larger than
         // this still arrive, the buffer grows for them.
@@ -124,61 +98,4 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
-}
-
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn spawn(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(HANDSHAKE_QUEUE);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Usually EMFILE: wait for descriptors to free up.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, ready_tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = ready_tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

@@ -6,16 +6,20 @@
 //! connection's state machine), `registration.rs`, `mailbox.rs`, `linking.rs`.
 
 pub mod config;
+mod edge;
 mod error;
 mod groups;
 mod http;
 mod linking;
 mod mailbox;
 pub mod metrics;
+mod online;
+mod pin_hasher;
 mod ratelimit;
 mod registration;
 mod session;
 pub mod sms;
+mod sms_budget;
 mod state;
 mod tls;
 
@@ -52,6 +56,8 @@ pub struct Server {
     pub url: String,
     /// SHA-256 of the TLS certificate, hex; None when insecure.
     pub cert_fingerprint: Option<String>,
+    /// Where `/metrics` is served (plain HTTP; loopback unless configured).
+    pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -111,12 +117,32 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics_listen = config.metrics_listen.unwrap_or_else(|| {
+            let port = match local_addr.port() {
+                0 | u16::MAX => 0,
+                p => p + 1,
+            };
+            SocketAddr::from(([127, 0, 0, 1], port))
+        });
+        let metrics_listener = match tokio::net::TcpListener::bind(metrics_listen).await {
+            Ok(l) => l,
+            // The next port is taken (another server's, say): any free one.
+            Err(_) if config.metrics_listen.is_none() => {
+                tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot serve metrics on {metrics_listen}"));
+            }
+        };
+        let metrics_addr = metrics_listener.local_addr()?;
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         let url = format!("{scheme}://{local_addr}");
         let cert_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
         state::spawn_expiry(state.clone());
+        tokio::spawn(http::serve_metrics(metrics_listener, state.clone()));
         let task = tokio::spawn(http::serve(listener, tls.map(|t| t.config), state));
         Ok(Server {
+            metrics_addr,
             local_addr,
             url,
             cert_fingerprint,

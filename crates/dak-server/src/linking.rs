@@ -25,7 +25,21 @@ pub fn normalize_code(raw: &str) -> String {
 /// Stores a link request and returns its code. The caller subscribes to the
 /// code's topic before answering; nobody can approve earlier, because
 /// approval needs the code, which only that answer reveals.
-pub async fn start(state: &AppState, nonce: &[u8], req: &v1::LinkStart) -> ApiResult<String> {
+pub async fn start(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    nonce: &[u8],
+    req: &v1::LinkStart,
+) -> ApiResult<String> {
+    // Each start is a store write before anyone is authenticated.
+    state.link_starts.check(state.prefix(ip)).map_err(|secs| {
+        state.metrics.limited.inc("link_starts");
+        ApiError::new(
+            ErrorCode::RateLimited,
+            "too many link requests from your network; try again later",
+        )
+        .retry_after(secs)
+    })?;
     verify_signature(
         &req.identity_key,
         &auth_payload(AuthPurpose::Link, nonce, &req.identity_key),

@@ -1,8 +1,47 @@
 //! Counters served at `/metrics` in Prometheus text format. Plain atomics:
 //! the handful of series we keep does not justify a metrics registry crate.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Distinct label values one family keeps; later ones count as "other", so
+/// an attacker choosing labels (destination numbers) cannot grow memory.
+const MAX_LABELS: usize = 512;
+
+/// A counter family with one label.
+#[derive(Default)]
+pub struct Labelled(Mutex<BTreeMap<String, u64>>);
+
+impl Labelled {
+    pub fn inc(&self, label: &str) {
+        let Ok(mut m) = self.0.lock() else { return };
+        if let Some(v) = m.get_mut(label) {
+            *v += 1;
+        } else if m.len() < MAX_LABELS {
+            m.insert(label.to_owned(), 1);
+        } else {
+            *m.entry("other".into()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| m.get(label).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
+        let _ = writeln!(out, "# HELP dak_{name} {help}\n# TYPE dak_{name} counter");
+        if let Ok(m) = self.0.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(out, "dak_{name}{{{label}=\"{k}\"}} {v}");
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -23,6 +62,18 @@ pub struct Metrics {
     pub expired_retention: AtomicU64,
     /// Disappearing messages the expiry sweep dropped at their own expiry.
     pub expired_disappearing: AtomicU64,
+    /// Connections closed at accept: the node's cap, or the network's cap
+    /// on unauthenticated ones.
+    pub connections_refused_full: AtomicU64,
+    pub connections_refused_network: AtomicU64,
+    /// Requests refused by a limit, by the limit's name.
+    pub limited: Labelled,
+    /// Codes sent, by the destination's country calling code.
+    pub codes_by_country: Labelled,
+    /// Connections the server closed, by why.
+    pub closed: Labelled,
+    /// Log lines about rejected input left out by the log rate limit.
+    pub logs_suppressed: AtomicU64,
 }
 
 impl Metrics {
@@ -36,12 +87,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP dak_{name} {help}\n# TYPE dak_{name} counter\ndak_{name} {v}"
-            );
-        };
+        let mut counter = |name: &str, help: &str, v: u64| counter_into(&mut out, name, help, v);
         counter(
             "connections_total",
             "WebSocket connections accepted.",
@@ -115,9 +161,51 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP dak_connections_refused_total Connections closed at accept: the node's \
+             max_connections (reason=\"full\") or a network's max_unauthenticated_per_ip \
+             (reason=\"network\").\n\
+             # TYPE dak_connections_refused_total counter\n\
+             dak_connections_refused_total{{reason=\"full\"}} {}\n\
+             dak_connections_refused_total{{reason=\"network\"}} {}",
+            self.connections_refused_full.load(Relaxed),
+            self.connections_refused_network.load(Relaxed),
+        );
+        self.limited.render(
+            &mut out,
+            "rate_limited_total",
+            "limit",
+            "Requests refused with RATE_LIMITED (or a closed connection), by the limit that refused them.",
+        );
+        self.codes_by_country.render(
+            &mut out,
+            "sms_codes_by_country_total",
+            "country",
+            "Verification codes sent, by the destination's country calling code: a jump in one country is the mark of SMS pumping.",
+        );
+        self.closed.render(
+            &mut out,
+            "connections_closed_total",
+            "reason",
+            "Connections the server closed, by why.",
+        );
+        counter_into(
+            &mut out,
+            "logs_suppressed_total",
+            "Log lines about rejected input left out by the log rate limit.",
+            self.logs_suppressed.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
             "# HELP dak_connections_open Open WebSocket connections.\n# TYPE dak_connections_open gauge\ndak_connections_open {}",
             self.connections_open.load(Relaxed)
         );
         out
     }
+}
+
+fn counter_into(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP dak_{name} {help}\n# TYPE dak_{name} counter\ndak_{name} {v}"
+    );
 }

@@ -4,11 +4,9 @@
 
 use std::net::IpAddr;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use dak_proto::v1::{self, ErrorCode};
 use dak_proto::{AuthPurpose, auth_payload, normalize_phone};
-use dak_store::{Device, Registration, RevokeReason, Verification};
+use dak_store::{CodeAttempt, Device, PinAttempt, Registration, RevokeReason, Verification};
 use ed25519_dalek::{Signature, VerifyingKey};
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -16,54 +14,38 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::sms::mask;
+use crate::sms_budget;
 use crate::state::{AppState, now_ms};
-
-const HOUR_MS: i64 = 3_600_000;
 
 pub fn parse_phone(raw: &str) -> ApiResult<String> {
     normalize_phone(raw).map_err(|e| ApiError::new(ErrorCode::InvalidPhone, e.to_string()))
 }
 
+/// Sends a code to `raw_phone`, bound to a new registration session whose
+/// token only the requester learns (`CodeSent.session`): wrong guesses made
+/// on any other session cannot use up this code's attempts, so an attacker
+/// cannot lock the owner out by guessing, and each code can be guessed only
+/// by the one who asked for it (see docs/SECURITY.md for the odds).
 pub async fn request_code(
     state: &AppState,
     ip: IpAddr,
     raw_phone: &str,
 ) -> ApiResult<v1::CodeSent> {
     let phone = parse_phone(raw_phone)?;
-    state.code_limiter.check(ip).map_err(|secs| {
-        ApiError::new(
-            ErrorCode::RateLimited,
-            "too many code requests from your network; try again later",
-        )
-        .retry_after(secs)
-    })?;
+    sms_budget::spend(state, ip, &phone).await?;
     let now = now_ms();
-    let (sent, window_start) = match state.store.verification(&phone).await? {
-        Some(v) if now - v.window_start_ms < HOUR_MS => (v.sent_in_window, v.window_start_ms),
-        _ => (0, now),
-    };
-    if sent >= state.config.codes_per_phone_per_hour {
-        let wait = (window_start + HOUR_MS - now) / 1000;
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "{sent} codes were already sent to {} in the last hour; try again later",
-                mask(&phone)
-            ),
-        )
-        .retry_after(wait.max(1) as u64));
-    }
     let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
+    let mut session = [0u8; dak_proto::SESSION_BYTES];
+    rand::rngs::OsRng.fill(&mut session[..]);
     let ttl_ms = state.config.code_ttl.as_millis() as i64;
     state
         .store
         .put_verification(Verification {
             phone: phone.clone(),
+            session: session_hash(&session),
             code_hash: hash_code(&phone, &code),
             expires_ms: now + ttl_ms,
             attempts: 0,
-            sent_in_window: sent + 1,
-            window_start_ms: window_start,
         })
         .await?;
     state.sms.send_code(&phone, &code).await.map_err(|e| {
@@ -76,7 +58,14 @@ pub async fn request_code(
     Metrics::inc(&state.metrics.codes_sent);
     Ok(v1::CodeSent {
         expires_in_secs: state.config.code_ttl.as_secs() as u32,
+        session: session.to_vec(),
     })
+}
+
+/// What the store keeps of a session token: its hash, so a read of the
+/// store gives no one a session to guess on.
+fn session_hash(session: &[u8]) -> Vec<u8> {
+    Sha256::digest([b"dak-session\0".as_slice(), session].concat()).to_vec()
 }
 
 fn hash_code(phone: &str, code: &str) -> String {
@@ -112,38 +101,72 @@ pub async fn verify(
     req: v1::VerifyCode,
 ) -> ApiResult<Registration> {
     let phone = parse_phone(&req.phone)?;
-    state.verify_limiter.check(ip).map_err(|secs| {
-        ApiError::new(
+    let network = state.prefix(ip);
+    let hour = 3_600_000 / i64::from(state.config.verifies_per_ip_per_hour.max(1));
+    if let Some(wait) = state
+        .store
+        .take_token(
+            &format!("verify:net:{network}"),
+            now_ms(),
+            hour,
+            state.config.verifies_per_ip_per_hour,
+        )
+        .await?
+    {
+        state.metrics.limited.inc("verify_network");
+        return Err(ApiError::new(
             ErrorCode::RateLimited,
             "too many verification attempts from your network; try again later",
         )
-        .retry_after(secs)
-    })?;
+        .retry_after(((wait + 999) / 1000).max(1) as u64));
+    }
+    // The signature first: it is cheap, and proves the request is a device's.
+    verify_signature(
+        &req.identity_key,
+        &auth_payload(AuthPurpose::Register, nonce, phone.as_bytes()),
+        &req.signature,
+    )?;
     let now = now_ms();
-    let Some(v) = state.store.verification(&phone).await? else {
-        return Err(ApiError::new(
-            ErrorCode::CodeWrong,
-            format!(
-                "no code is pending for {}; ask for one with `dak register`",
-                mask(&phone)
-            ),
-        ));
+    // The attempt is counted before the code is compared, in one atomic
+    // step: however many requests race, at most `code_attempts` are compared.
+    let attempt = state
+        .store
+        .take_code_attempt(
+            &phone,
+            &session_hash(&req.session),
+            now,
+            state.config.code_attempts,
+        )
+        .await?;
+    let (code_hash, attempts) = match attempt {
+        CodeAttempt::Counted {
+            code_hash,
+            attempts,
+        } => (code_hash, attempts),
+        CodeAttempt::Missing => {
+            return Err(ApiError::new(
+                ErrorCode::CodeWrong,
+                format!(
+                    "no code is pending for {} on this registration; ask for one with `dak register`",
+                    mask(&phone)
+                ),
+            ));
+        }
+        CodeAttempt::Expired => {
+            return Err(ApiError::new(
+                ErrorCode::CodeExpired,
+                "the code has expired; ask for a new one with `dak register`",
+            ));
+        }
+        CodeAttempt::Exhausted => {
+            return Err(ApiError::new(
+                ErrorCode::TooManyAttempts,
+                "too many wrong codes; ask for a new one with `dak register`",
+            ));
+        }
     };
-    if v.expires_ms <= now {
-        return Err(ApiError::new(
-            ErrorCode::CodeExpired,
-            "the code has expired; ask for a new one with `dak register`",
-        ));
-    }
-    if v.attempts >= state.config.code_attempts {
-        return Err(ApiError::new(
-            ErrorCode::TooManyAttempts,
-            "too many wrong codes; ask for a new one with `dak register`",
-        ));
-    }
-    if !same(&hash_code(&phone, req.code.trim()), &v.code_hash) {
-        let n = state.store.bump_verification_attempts(&phone).await?;
-        let left = state.config.code_attempts.saturating_sub(n);
+    if !same(&hash_code(&phone, req.code.trim()), &code_hash) {
+        let left = state.config.code_attempts.saturating_sub(attempts);
         return Err(if left == 0 {
             ApiError::new(
                 ErrorCode::TooManyAttempts,
@@ -156,11 +179,7 @@ pub async fn verify(
             )
         });
     }
-    verify_signature(
-        &req.identity_key,
-        &auth_payload(AuthPurpose::Register, nonce, phone.as_bytes()),
-        &req.signature,
-    )?;
+    // A wrong PIN has used up this attempt at the code as well.
     check_registration_lock(state, &phone, &req.pin, now).await?;
     let name = if req.device_name.is_empty() {
         "primary".to_string()
@@ -171,7 +190,7 @@ pub async fn verify(
         .store
         .register_primary(&phone, &req.identity_key, &name, now)
         .await?;
-    state.store.delete_verification(&phone).await?;
+    state.store.delete_verifications(&phone).await?;
     for old in &reg.revoked {
         state.bus.publish(&dak_bus::revoke_topic(*old));
     }
@@ -180,6 +199,11 @@ pub async fn verify(
     Ok(reg)
 }
 
+/// The registration lock: a number with a PIN takes it as well as the code.
+/// Each attempt is counted before Argon2 runs, in one atomic step that also
+/// sets the lock at the last allowed one, so at most `pin_attempts` PINs are
+/// ever compared per lock period and nothing but a registration or a new
+/// PIN clears the count.
 async fn check_registration_lock(
     state: &AppState,
     phone: &str,
@@ -192,16 +216,19 @@ async fn check_registration_lock(
     let Some(hash) = account.pin_hash.clone() else {
         return Ok(());
     };
-    if account.pin_locked_until_ms > now {
-        let secs = ((account.pin_locked_until_ms - now) / 1000).max(1) as u64;
-        return Err(ApiError::new(
+    let locked = |until_ms: i64| {
+        let secs = ((until_ms - now) / 1000).max(1) as u64;
+        ApiError::new(
             ErrorCode::TooManyAttempts,
             format!(
                 "too many wrong PINs; this number is locked for {} more minutes",
                 secs.div_ceil(60)
             ),
         )
-        .retry_after(secs));
+        .retry_after(secs)
+    };
+    if account.pin_locked_until_ms > now {
+        return Err(locked(account.pin_locked_until_ms));
     }
     if pin.is_empty() {
         return Err(ApiError::new(
@@ -209,21 +236,20 @@ async fn check_registration_lock(
             "this number has two-step verification: give its 6-digit PIN with --pin",
         ));
     }
-    if pin_matches(hash, pin.to_owned()).await {
+    let max = state.config.pin_attempts;
+    let lockout_ms = state.config.pin_lockout.as_millis() as i64;
+    let attempt = match state
+        .store
+        .take_pin_attempt(account.id, now, max, lockout_ms)
+        .await?
+    {
+        PinAttempt::Counted { attempt } => attempt,
+        PinAttempt::Locked { until_ms } => return Err(locked(until_ms)),
+    };
+    if state.pin_hasher.matches(hash, pin.to_owned()).await? {
         return Ok(());
     }
-    let failures = account.pin_failures + 1;
-    let max = state.config.pin_attempts;
-    let locked_until = if failures >= max {
-        now + state.config.pin_lockout.as_millis() as i64
-    } else {
-        0
-    };
-    state
-        .store
-        .record_pin_failure(account.id, locked_until)
-        .await?;
-    Err(if failures >= max {
+    Err(if attempt >= max {
         ApiError::new(
             ErrorCode::TooManyAttempts,
             "wrong PIN, and no attempts left; the number is locked for a while",
@@ -232,24 +258,9 @@ async fn check_registration_lock(
     } else {
         ApiError::new(
             ErrorCode::PinWrong,
-            format!("wrong PIN; {} attempts left", max - failures),
+            format!("wrong PIN; {} attempts left", max - attempt),
         )
     })
-}
-
-/// Argon2 is deliberately slow, so it runs off the async runtime.
-async fn pin_matches(hash: String, pin: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(pin.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
 }
 
 pub async fn set_pin(state: &AppState, device: &Device, pin: &str) -> ApiResult<()> {
@@ -259,6 +270,14 @@ pub async fn set_pin(state: &AppState, device: &Device, pin: &str) -> ApiResult<
             "only the primary device can set the registration-lock PIN",
         ));
     }
+    state.pin_changes.check(device.id).map_err(|secs| {
+        state.metrics.limited.inc("pin_changes");
+        ApiError::new(
+            ErrorCode::RateLimited,
+            "the PIN was changed too often; try again later",
+        )
+        .retry_after(secs)
+    })?;
     let hash = if pin.is_empty() {
         None
     } else {
@@ -268,46 +287,44 @@ pub async fn set_pin(state: &AppState, device: &Device, pin: &str) -> ApiResult<
                 "the PIN must be exactly 6 digits",
             ));
         }
-        let pin = pin.to_owned();
-        let hash = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-            Argon2::default()
-                .hash_password(pin.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "PIN hashing failed"))?
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "PIN hashing failed"))?;
-        Some(hash)
+        Some(state.pin_hasher.hash(pin.to_owned()).await?)
     };
     state.store.set_pin(device.account_id, hash).await?;
     Ok(())
 }
 
 /// Checks a device's challenge signature and that it may still connect.
+///
+/// A device id the server does not know and a signature that does not
+/// match get the same answer, so the answer is no oracle for which device
+/// ids exist; only a device that proves its key learns it was revoked.
 pub async fn authenticate(
     state: &AppState,
     nonce: &[u8],
     req: &v1::Authenticate,
 ) -> ApiResult<Device> {
-    let device = state.store.device(req.device_id).await?.ok_or_else(|| {
+    let failed = || {
         ApiError::new(
-            ErrorCode::UnknownDevice,
-            "this device is not registered on this server; register or link it again",
+            ErrorCode::AuthFailed,
+            "authentication failed: this server has no device with that id and key \
+             (a wrong server, or a device never registered here); register or link it again",
         )
-    })?;
+    };
+    let device = state.store.device(req.device_id).await?;
+    let payload = auth_payload(
+        AuthPurpose::Authenticate,
+        nonce,
+        &req.device_id.to_be_bytes(),
+    );
+    let Some(device) = device else {
+        // The same work as for a known device, against a key nobody holds.
+        let _ = verify_signature(&[0u8; 32], &payload, &req.signature);
+        return Err(failed());
+    };
+    verify_signature(&device.identity_key, &payload, &req.signature).map_err(|_| failed())?;
     if let Some(reason) = device.revoked {
         return Err(revoked_error(reason));
     }
-    verify_signature(
-        &device.identity_key,
-        &auth_payload(
-            AuthPurpose::Authenticate,
-            nonce,
-            &req.device_id.to_be_bytes(),
-        ),
-        &req.signature,
-    )?;
     if link_expired(state, &device, now_ms()) {
         state
             .store

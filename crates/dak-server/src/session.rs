@@ -10,9 +10,25 @@
 //! Outgoing frames go through a bounded channel to a writer task. When the
 //! client reads too slowly the channel fills and this task waits, so it also
 //! stops reading the client's requests: backpressure reaches the client
-//! instead of the server buffering for it.
+//! instead of the server buffering for it. A queue that stays full for
+//! `write_stall_timeout` closes the connection, so what a session holds for
+//! a device that does not read is bounded: one fetch of at most `FETCH`
+//! envelopes plus `OUTGOING_QUEUE` frames.
+//!
+//! Liveness: an authenticated connection is pinged every `ping_interval`
+//! and closed when no complete frame (a pong counts) has arrived for
+//! `idle_timeout`, which also ends a frame that stopped half-way. Before
+//! authentication `edge.rs` holds the connection to its deadline and byte
+//! budget.
+//!
+//! Work: every authenticated request but an ack takes a token of the
+//! device's bucket (`requests_per_device_per_sec`); acks only delete what
+//! this connection delivered, so they cost the writer nothing a client can
+//! inflate.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -25,31 +41,32 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::edge::Admitted;
 use crate::error::{ApiError, ApiResult};
 use crate::groups;
 use crate::linking;
 use crate::mailbox;
 use crate::metrics::Metrics;
+use crate::online::OnlineSlot;
 use crate::registration;
 use crate::state::{AppState, now_ms};
 
 /// Unacknowledged envelopes pushed to one device.
 const WINDOW: usize = 4096;
-/// Envelopes read from the store per fetch.
-const FETCH: usize = 1024;
+/// Envelopes read from the store per fetch (each at most a frame).
+const FETCH: usize = 256;
 const OUTGOING_QUEUE: usize = 64;
-/// An unauthenticated connection must authenticate within this time.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Failed signatures tolerated on one connection before it is closed.
+/// Failed authentications tolerated on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_GOING_AWAY: u16 = 1001;
 
-/// What the session hands its writer task: a frame, or a close.
+/// What the session hands its writer task: a frame, a ping, or a close.
 enum ToSocket {
     Frame(Vec<u8>),
+    Ping,
     Close(u16, String),
 }
 
@@ -59,13 +76,13 @@ enum Flow {
 }
 
 struct PendingLink {
-    code: String,
     identity_key: Vec<u8>,
     sub: Subscription,
 }
 
 struct Session {
     state: AppState,
+    admitted: Arc<Admitted>,
     peer: SocketAddr,
     nonce: [u8; dak_proto::NONCE_BYTES],
     out: mpsc::Sender<ToSocket>,
@@ -73,16 +90,23 @@ struct Session {
     mail: Option<Subscription>,
     revoke: Option<Subscription>,
     link: Option<PendingLink>,
+    /// This device's place among its connections; notified when replaced.
+    online: Option<OnlineSlot>,
     deadline: Option<Instant>,
     auth_failures: u32,
-    /// Highest seq pushed on this connection, pushed-but-unacked count, and
-    /// whether the client has been told it has everything.
+    /// When the last complete frame arrived, and whether the outgoing
+    /// queue stayed full past its deadline.
+    heard_at: Instant,
+    stalled: bool,
+    /// Highest seq pushed on this connection, the pushed-but-unacked seqs,
+    /// and whether the client has been told it has everything.
     pushed_to: u64,
-    in_flight: usize,
+    in_flight: BTreeSet<u64>,
     told_empty: bool,
 }
 
-pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
+pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
+    let peer = admitted.peer;
     state
         .metrics
         .connections_open
@@ -94,6 +118,7 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
         while let Some(item) = out_rx.recv().await {
             let result = match item {
                 ToSocket::Frame(bytes) => sink.send(Message::Binary(bytes.into())).await,
+                ToSocket::Ping => sink.send(Message::Ping(Default::default())).await,
                 ToSocket::Close(code, reason) => {
                     let _ = sink
                         .send(Message::Close(Some(CloseFrame {
@@ -115,6 +140,7 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut session = Session {
         state: state.clone(),
+        admitted,
         peer,
         nonce,
         out,
@@ -122,10 +148,13 @@ pub async fn run(state: AppState, socket: WebSocket, peer: SocketAddr) {
         mail: None,
         revoke: None,
         link: None,
-        deadline: Some(Instant::now() + AUTH_TIMEOUT),
+        online: None,
+        deadline: Some(Instant::now() + state.config.handshake_timeout),
         auth_failures: 0,
+        heard_at: Instant::now(),
+        stalled: false,
         pushed_to: 0,
-        in_flight: 0,
+        in_flight: BTreeSet::new(),
         told_empty: false,
     };
     session
@@ -173,6 +202,14 @@ pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Waits until a newer connection of the same device replaces this one.
+async fn replaced(slot: Option<&OnlineSlot>) {
+    match slot {
+        Some(s) => s.replaced.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -183,9 +220,15 @@ async fn until(deadline: Option<Instant>) {
 impl Session {
     async fn serve(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
         let mut shutdown = self.state.shutdown.clone();
+        let mut ping = tokio::time::interval(self.state.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let flow = tokio::select! {
-                msg = stream.next() => match msg {
+                msg = stream.next() => {
+                    if matches!(msg, Some(Ok(_))) {
+                        self.heard_at = Instant::now();
+                    }
+                    match msg {
                     Some(Ok(Message::Binary(bytes))) => self.on_frame(&bytes).await,
                     Some(Ok(Message::Text(_))) => {
                         self.fail(ErrorCode::MalformedFrame, "Dak speaks binary protobuf frames, not text".into(), CLOSE_POLICY).await
@@ -193,13 +236,28 @@ impl Session {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                     Some(Ok(Message::Close(_))) | None => Flow::Close,
                     Some(Err(e)) => {
-                        // tungstenite refuses frames beyond its size limit before we see them.
-                        tracing::debug!(peer = %self.peer, error = %e, "websocket error");
+                        // tungstenite refuses frames beyond its size limit before
+                        // buffering them; `edge.rs` ends a connection past its
+                        // pre-authentication deadline or byte budget.
+                        if self.state.may_log_rejection() {
+                            tracing::debug!(peer = %self.peer, error = %e, "websocket error");
+                        }
                         Metrics::inc(&self.state.metrics.frames_rejected);
-                        let _ = self.out.send(ToSocket::Close(CLOSE_POLICY, close_reason(&e.to_string()))).await;
+                        self.state.metrics.closed.inc("websocket_error");
+                        let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, close_reason(&e.to_string())));
                         Flow::Close
                     }
-                },
+                }},
+                _ = ping.tick(), if self.device.is_some() => self.keepalive(),
+                _ = replaced(self.online.as_ref()) => {
+                    self.state.metrics.closed.inc("replaced");
+                    self.push(Body::Notice(v1::Notice {
+                        kind: v1::NoticeKind::ServerDraining as i32,
+                        message: "this device opened a newer connection; this one is closed".into(),
+                    })).await;
+                    let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, "replaced by a newer connection".into()));
+                    Flow::Close
+                }
                 ok = changed(self.mail.as_mut()) => {
                     if ok { self.pump().await } else { Flow::Close }
                 }
@@ -217,18 +275,52 @@ impl Session {
                     Flow::Close
                 }
             };
+            if self.stalled {
+                self.state.metrics.closed.inc("write_stall");
+                tracing::debug!(peer = %self.peer, "closing a connection that does not read");
+                return;
+            }
             if let Flow::Close = flow {
                 return;
             }
         }
     }
 
-    async fn send_frame(&self, frame: v1::ServerFrame) {
-        // A closed channel means the writer is gone; the read loop ends soon.
-        let _ = self.out.send(ToSocket::Frame(frame.encode_to_vec())).await;
+    /// Pings, or closes a connection that has sent nothing whole for too long.
+    fn keepalive(&mut self) -> Flow {
+        if self.heard_at.elapsed() >= self.state.config.idle_timeout {
+            self.state.metrics.closed.inc("idle");
+            let _ = self.out.try_send(ToSocket::Close(
+                CLOSE_POLICY,
+                "no complete frame in time (a dead connection, or a frame that stopped)".into(),
+            ));
+            return Flow::Close;
+        }
+        if self.heard_at.elapsed() >= self.state.config.ping_interval {
+            let _ = self.out.try_send(ToSocket::Ping);
+        }
+        Flow::Continue
     }
 
-    async fn push(&self, body: Body) {
+    async fn send_frame(&mut self, frame: v1::ServerFrame) {
+        if self.stalled {
+            return;
+        }
+        // A closed channel means the writer is gone; the read loop ends soon.
+        // A channel that stays full means the client does not read.
+        let bytes = frame.encode_to_vec();
+        match tokio::time::timeout(
+            self.state.config.write_stall_timeout,
+            self.out.send(ToSocket::Frame(bytes)),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(_) => self.stalled = true,
+        }
+    }
+
+    async fn push(&mut self, body: Body) {
         self.send_frame(v1::ServerFrame {
             request_id: 0,
             body: Some(body),
@@ -237,7 +329,7 @@ impl Session {
     }
 
     /// Reports an error that ends the connection.
-    async fn fail(&self, code: ErrorCode, message: String, close: u16) -> Flow {
+    async fn fail(&mut self, code: ErrorCode, message: String, close: u16) -> Flow {
         self.push(Body::Error(v1::Error::new(code, message.clone())))
             .await;
         let _ = self
@@ -253,7 +345,9 @@ impl Session {
             Ok(f) => f,
             Err(e) => {
                 Metrics::inc(&self.state.metrics.frames_rejected);
-                tracing::debug!(peer = %self.peer, error = %e, "rejected frame");
+                if self.state.may_log_rejection() {
+                    tracing::debug!(peer = %self.peer, error = %e, "rejected frame");
+                }
                 if e.is_fatal() {
                     let close = if e.code() == ErrorCode::FrameTooLarge {
                         CLOSE_TOO_BIG
@@ -278,7 +372,7 @@ impl Session {
         let body = match result {
             Ok(body) => body,
             Err(ApiError(e)) => {
-                if e.kind() == ErrorCode::AuthFailed {
+                if matches!(e.kind(), ErrorCode::AuthFailed | ErrorCode::UnknownDevice) {
                     Metrics::inc(&self.state.metrics.auth_failures);
                     self.auth_failures += 1;
                     if self.auth_failures >= MAX_AUTH_FAILURES {
@@ -287,13 +381,11 @@ impl Session {
                             body: Some(Body::Error(e)),
                         })
                         .await;
-                        let _ = self
-                            .out
-                            .send(ToSocket::Close(
-                                CLOSE_POLICY,
-                                "too many failed authentications".into(),
-                            ))
-                            .await;
+                        let _ = self.out.try_send(ToSocket::Close(
+                            CLOSE_POLICY,
+                            "too many failed authentications".into(),
+                        ));
+                        self.state.metrics.closed.inc("auth_failures");
                         return Flow::Close;
                     }
                 }
@@ -309,7 +401,7 @@ impl Session {
         if self.device.is_some()
             && self.mail.is_some()
             && !self.told_empty
-            && self.in_flight <= WINDOW / 2
+            && self.in_flight.len() <= WINDOW / 2
         {
             return self.pump().await;
         }
@@ -325,8 +417,27 @@ impl Session {
         })
     }
 
+    /// Takes a token of the device's request bucket (not for acks).
+    fn spend(&self, request: &Request) -> ApiResult<()> {
+        let Some(device) = &self.device else {
+            return Ok(()); // unauthenticated requests have limits of their own
+        };
+        if matches!(request, Request::AckDeliveries(_)) {
+            return Ok(());
+        }
+        self.state.device_requests.check(device.id).map_err(|secs| {
+            self.state.metrics.limited.inc("device_requests");
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests from this device; slow down",
+            )
+            .retry_after(secs)
+        })
+    }
+
     async fn dispatch(&mut self, request: Request) -> ApiResult<Body> {
         let ip = self.peer.ip();
+        self.spend(&request)?;
         match request {
             Request::RequestCode(r) => Ok(Body::CodeSent(
                 registration::request_code(&self.state, ip, &r.phone).await?,
@@ -356,11 +467,17 @@ impl Session {
             }
             Request::LinkStart(r) => {
                 self.not_yet_device()?;
-                let sub_code = linking::start(&self.state, &self.nonce, &r).await?;
+                if self.link.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        "this connection already waits for a link approval",
+                    ));
+                }
+                let sub_code = linking::start(&self.state, ip, &self.nonce, &r).await?;
                 let sub = self.state.bus.subscribe(&dak_bus::link_topic(&sub_code));
                 self.deadline = Some(Instant::now() + self.state.config.link_code_ttl);
+                self.admitted.extend(self.state.config.link_code_ttl);
                 self.link = Some(PendingLink {
-                    code: sub_code.clone(),
                     identity_key: r.identity_key,
                     sub,
                 });
@@ -382,8 +499,10 @@ impl Session {
                 ))
             }
             Request::GetGroupEpoch(r) => {
-                self.device()?;
-                Ok(Body::GroupEpoch(groups::epoch(&self.state, r).await?))
+                let device = self.device()?.clone();
+                Ok(Body::GroupEpoch(
+                    groups::epoch(&self.state, &device, r).await?,
+                ))
             }
             Request::UploadKeyPackages(r) => {
                 let device = self.device()?.clone();
@@ -392,19 +511,28 @@ impl Session {
                 ))
             }
             Request::FetchKeyPackages(r) => {
-                self.device()?;
+                let device = self.device()?.clone();
                 Ok(Body::KeyPackages(
-                    groups::fetch_key_packages(&self.state, r).await?,
+                    groups::fetch_key_packages(&self.state, &device, r).await?,
                 ))
             }
             Request::AckDeliveries(r) => {
                 let id = self.device()?.id;
-                let n = self.state.store.ack(id, &r.seqs).await?;
-                self.state
-                    .metrics
-                    .envelopes_acked
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                self.in_flight = self.in_flight.saturating_sub(n);
+                // Only what this connection delivered and is unacked: an ack
+                // of anything else is already done (or never was).
+                let seqs: Vec<u64> = r
+                    .seqs
+                    .iter()
+                    .copied()
+                    .filter(|s| self.in_flight.remove(s))
+                    .collect();
+                if !seqs.is_empty() {
+                    let n = self.state.store.ack(id, &seqs).await?;
+                    self.state
+                        .metrics
+                        .envelopes_acked
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.told_empty = false;
                 Ok(Body::Ok(v1::Ok {}))
             }
@@ -481,6 +609,12 @@ impl Session {
             Instant::now() + Duration::from_millis(wait)
         });
         self.link = None;
+        self.admitted.authenticated();
+        self.online = Some(self.state.online.join(
+            device.id,
+            self.state.config.max_connections_per_device as usize,
+        ));
+        self.heard_at = Instant::now();
         tracing::debug!(peer = %self.peer, device = device.id, "device connected");
         self.device = Some(device);
     }
@@ -491,7 +625,7 @@ impl Session {
             return Flow::Continue;
         };
         loop {
-            let room = WINDOW.saturating_sub(self.in_flight);
+            let room = WINDOW.saturating_sub(self.in_flight.len());
             if room == 0 {
                 return Flow::Continue;
             }
@@ -517,7 +651,7 @@ impl Session {
                 return Flow::Continue;
             };
             self.pushed_to = last.seq;
-            self.in_flight += entries.len();
+            self.in_flight.extend(entries.iter().map(|e| e.seq));
             self.told_empty = false;
             self.state
                 .metrics
@@ -525,6 +659,9 @@ impl Session {
                 .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
             for frame in mailbox::into_frames(entries) {
                 self.push(Body::Deliver(frame)).await;
+                if self.stalled {
+                    return Flow::Close;
+                }
             }
         }
     }
@@ -543,7 +680,7 @@ impl Session {
         self.notify_revoked(reason).await
     }
 
-    async fn notify_revoked(&self, reason: RevokeReason) -> Flow {
+    async fn notify_revoked(&mut self, reason: RevokeReason) -> Flow {
         let kind = match reason {
             RevokeReason::Removed => v1::NoticeKind::DeviceRemoved,
             RevokeReason::NumberMoved => v1::NoticeKind::NumberMoved,
@@ -574,7 +711,8 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        tracing::debug!(code = %link.code, device = device.id, "link approved");
+        // Never the code: it is what approves a device.
+        tracing::debug!(device = device.id, "link approved");
         let answer = v1::LinkApproved {
             phone: device.phone.clone(),
             device_id: device.id,

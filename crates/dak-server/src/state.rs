@@ -9,11 +9,12 @@ use dak_store::Store;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::edge::Admission;
 use crate::metrics::Metrics;
-use crate::ratelimit::IpLimiter;
+use crate::online::Online;
+use crate::pin_hasher::PinHasher;
+use crate::ratelimit::{IpPrefix, Limiter};
 use crate::sms::SmsSender;
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -23,9 +24,18 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub sms: Arc<dyn SmsSender>,
-    pub code_limiter: IpLimiter,
-    pub verify_limiter: IpLimiter,
     pub metrics: Metrics,
+    /// Connection caps and pre-authentication deadlines (`edge.rs`).
+    pub admission: Arc<Admission>,
+    /// Connections per device (`online.rs`).
+    pub online: Arc<Online>,
+    /// This node's limits on work (cluster-wide ones are `Store::take_token`).
+    pub device_requests: Limiter<u64>,
+    pub pin_changes: Limiter<u64>,
+    pub link_starts: Limiter<IpPrefix>,
+    /// Log lines about rejected input: a burst, then a few a second.
+    pub rejected_logs: Limiter<()>,
+    pub pin_hasher: PinHasher,
     pub shutdown: watch::Receiver<bool>,
     pub probes: Probes,
 }
@@ -54,8 +64,22 @@ impl AppState {
         probes: Probes,
     ) -> Self {
         AppState(Arc::new(Inner {
-            code_limiter: IpLimiter::new(config.codes_per_ip_per_hour, HOUR),
-            verify_limiter: IpLimiter::new(config.verifies_per_ip_per_hour, HOUR),
+            admission: Arc::new(Admission::new(&config)),
+            online: Arc::new(Online::default()),
+            device_requests: Limiter::per_second(
+                config.requests_per_device_per_sec,
+                config.request_burst,
+            ),
+            pin_changes: Limiter::per_hour(
+                config.pin_changes_per_hour,
+                config.pin_changes_per_hour,
+            ),
+            link_starts: Limiter::per_hour(
+                config.links_per_ip_per_hour,
+                config.links_per_ip_per_hour,
+            ),
+            rejected_logs: Limiter::per_second(10, 50),
+            pin_hasher: PinHasher::new(config.argon2_parallel, config.argon2_queue),
             config,
             store,
             bus,
@@ -64,6 +88,23 @@ impl AppState {
             shutdown,
             probes,
         }))
+    }
+}
+
+impl AppState {
+    /// The network `ip` is counted under.
+    pub fn prefix(&self, ip: std::net::IpAddr) -> IpPrefix {
+        self.admission.prefix(ip)
+    }
+
+    /// Whether a line about rejected input may be logged now; counts the
+    /// ones left out, so a flood of bad frames cannot flood the log.
+    pub fn may_log_rejection(&self) -> bool {
+        let ok = self.rejected_logs.check(()).is_ok();
+        if !ok {
+            Metrics::inc(&self.metrics.logs_suppressed);
+        }
+        ok
     }
 }
 

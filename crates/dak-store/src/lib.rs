@@ -453,6 +453,10 @@ pub trait Store: Send + Sync + 'static {
     /// refusal writes nothing. `burst` 0 always refuses; an `interval_ms`
     /// below 1 counts as 1. One atomic statement, so racing callers never
     /// take more than the bucket holds.
+    /// When the bucket `key` is next full (its theoretical arrival time),
+    /// or None when it is full already. Reads only: for "was this key used
+    /// lately" questions asked before deciding what to take.
+    async fn token_state(&self, key: &str) -> Result<Option<i64>>;
     async fn take_token(
         &self,
         key: &str,
@@ -568,6 +572,9 @@ pub trait Store: Send + Sync + 'static {
     // MLS groups (the Delivery Service).
     /// The group's current epoch; None when there is no such group.
     async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>>;
+    /// The group's epoch if `device` is a member; None when it is not or
+    /// there is no such group (one answer, so a non-member learns nothing).
+    async fn member_epoch(&self, group_id: &[u8], device: DeviceId) -> Result<Option<u64>>;
     /// Applies a commit if the group is at `c.epoch` (first wins), moves it
     /// to the next epoch and stores the commit and Welcome, in one
     /// transaction. Not subject to the mailbox quota. A commit whose lists

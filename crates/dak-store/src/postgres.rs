@@ -551,6 +551,14 @@ async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Re
 
 #[async_trait]
 impl Store for PgStore {
+    async fn token_state(&self, key: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT tat_ms FROM rate_limits WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
     async fn take_token(
         &self,
         key: &str,
@@ -946,6 +954,19 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(out)
+    }
+
+    async fn member_epoch(&self, group_id: &[u8], device: DeviceId) -> Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "SELECT g.epoch FROM mls_groups g JOIN group_members m ON m.group_id = g.group_id \
+             WHERE g.group_id = $1 AND m.device_id = $2",
+        )
+        .bind(group_id)
+        .bind(device as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(epoch.map(|e| e as u64))
     }
 
     async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>> {

@@ -689,6 +689,20 @@ fn first_full_mailbox(
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn token_state(&self, key: &str) -> Result<Option<i64>> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT tat_ms FROM rate_limits WHERE key = ?1",
+                [key],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn take_token(
         &self,
         key: &str,
@@ -1074,6 +1088,22 @@ impl Store for SqliteStore {
         } else {
             self.read(claim).await
         }
+    }
+
+    async fn member_epoch(&self, group_id: &[u8], device: DeviceId) -> Result<Option<u64>> {
+        let group_id = group_id.to_vec();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT g.epoch FROM mls_groups g JOIN group_members m ON m.group_id = g.group_id \
+                 WHERE g.group_id = ?1 AND m.device_id = ?2",
+                params![group_id, device as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|e| e.map(|e| e as u64))
+            .map_err(backend)
+        })
+        .await
     }
 
     async fn group_epoch(&self, group_id: &[u8]) -> Result<Option<u64>> {

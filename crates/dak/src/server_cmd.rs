@@ -93,6 +93,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let server = Server::start(config.clone()).await?;
     // The first line on stdout is the contract scripts and tests rely on.
     println!("listening on {}", server.url);
+    eprintln!("metrics on http://{}/metrics", server.metrics_addr);
     if let Some(fp) = &server.cert_fingerprint {
         eprintln!("TLS certificate sha256 {fp} (clients pin it on first use)");
     }

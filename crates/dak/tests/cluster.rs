@@ -23,6 +23,7 @@ fn node(db: &FreshDb, cluster: &str) -> TestServer {
             // Every test client registers from 127.0.0.1.
             ("DAK_CODES_PER_IP_PER_HOUR", "100000"),
             ("DAK_VERIFIES_PER_IP_PER_HOUR", "100000"),
+            ("DAK_CODES_PER_RANGE_PER_HOUR", "100000"),
         ],
         true,
     )

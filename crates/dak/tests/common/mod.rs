@@ -167,6 +167,35 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no code sent to {phone}"))
     }
 
+    /// The running server's process id, to read its memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// `http://127.0.0.1:PORT/metrics`, as the server logged it at start.
+    pub fn metrics_url(&self) -> String {
+        for _ in 0..100 {
+            // The last one: a restarted server logs again.
+            let log = self.log_text();
+            if let Some(line) = log.lines().rev().find(|l| l.starts_with("metrics on ")) {
+                return line.trim_start_matches("metrics on ").trim().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not log its metrics address")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
