@@ -4,10 +4,10 @@
 //! clear. Decoding is openmls's; this module only decides what to accept.
 //! Pure, like the rest of the crate, so the fuzz targets can reach it.
 
-use openmls::prelude::tls_codec::Deserialize;
+use openmls::prelude::tls_codec::{Deserialize, Serialize, VLBytes};
 use openmls::prelude::{
-    ContentType, KeyPackage, KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage,
-    ProtocolVersion, Sender,
+    BasicCredential, ContentType, GroupEpoch, GroupId, KeyPackage, KeyPackageIn, MlsMessageBodyIn,
+    MlsMessageIn, ProposalIn, ProposalOrRefIn, ProtocolMessage, ProtocolVersion, Sender,
 };
 use openmls_rust_crypto::RustCrypto;
 
@@ -120,6 +120,143 @@ fn info(kind: MlsKind, m: &ProtocolMessage) -> Result<MlsInfo, MlsCheckError> {
     })
 }
 
+/// The member list change a commit makes, as the commit itself says it
+/// (not as its sender declares it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitChanges {
+    pub group_id: Vec<u8>,
+    /// The epoch the commit was made in (it moves the group to `epoch + 1`).
+    pub epoch: u64,
+    /// The committer's leaf index.
+    pub sender_leaf: u32,
+    /// The devices the commit adds, as (phone, device id), in the order of
+    /// its Add proposals: the order in which they take the free leaves
+    /// (RFC 9420 §12.3).
+    pub adds: Vec<(String, u64)>,
+    /// The leaf indices the commit's Remove proposals blank, in their order.
+    pub removed_leaves: Vec<u32>,
+}
+
+/// Reads the member changes out of a commit, for the Delivery Service to
+/// keep its fan-out list from the commit rather than from what its sender
+/// declares. Only what our clients send passes: a PublicMessage commit from
+/// a member whose proposals are all inline Add and Remove proposals, every
+/// added device named by one of our basic credentials. A self-update is a
+/// commit with no proposals (its path does the update): openmls never puts
+/// an Update proposal inline (RFC 9420 §12.4, the committer's own update
+/// is its path; other members' would come by reference, and our clients
+/// never send proposals on their own), so an inline Update is refused too.
+///
+/// Nothing here is verified cryptographically (the server holds no group
+/// state): the receiving members check the commit's signature, membership
+/// tag and KeyPackages, and reject a commit that lies. What this gives the
+/// server is the change every member who accepts the commit will apply.
+///
+/// Decoding: openmls decodes the whole message first (`parse`). openmls 0.9
+/// keeps a PublicMessage's content (`FramedContentBodyIn`, `CommitIn`) and
+/// an Add proposal's KeyPackage crate-private, so the commit's proposal
+/// list is read from the bytes with openmls's own public TLS types: the
+/// FramedContent fields before it are walked (`GroupId`, `GroupEpoch`,
+/// `Sender`, authenticated data, `ContentType`), then the list is decoded
+/// as `Vec<ProposalOrRefIn>`, and an Add proposal (whose encoding is its
+/// KeyPackage alone) is re-encoded and decoded as a `KeyPackageIn`. The
+/// walk is checked against what openmls read, and every step is bounded by
+/// the input and returns an error rather than panicking.
+pub fn read_commit(bytes: &[u8]) -> Result<CommitChanges, MlsCheckError> {
+    let m = match parse(bytes)?.extract() {
+        MlsMessageBodyIn::PublicMessage(m) => m,
+        _ => return Err(MlsCheckError::Refused("a commit must be a PublicMessage")),
+    };
+    if m.content_type() != ContentType::Commit {
+        return Err(MlsCheckError::Refused("not a commit"));
+    }
+    let sender_leaf = match m.sender() {
+        Sender::Member(leaf) => leaf.u32(),
+        _ => return Err(MlsCheckError::Refused("commits must come from a member")),
+    };
+    let info = info(MlsKind::Commit, &ProtocolMessage::from(m))?;
+    let proposals = commit_proposals(bytes, &info, sender_leaf)?;
+    let mut adds = Vec::new();
+    let mut removed_leaves = Vec::new();
+    for p in proposals {
+        let p = match p {
+            ProposalOrRefIn::Proposal(p) => p,
+            ProposalOrRefIn::Reference(_) => {
+                return Err(MlsCheckError::Refused(
+                    "a commit must carry its proposals inline, not by reference",
+                ));
+            }
+        };
+        match *p {
+            ProposalIn::Add(add) => adds.push(added_device(&add)?),
+            ProposalIn::Remove(r) => removed_leaves.push(r.removed().u32()),
+            _ => {
+                return Err(MlsCheckError::Refused(
+                    "a commit may only add and remove members (a self-update is a commit with no proposals)",
+                ));
+            }
+        }
+    }
+    Ok(CommitChanges {
+        group_id: info.group_id,
+        epoch: info.epoch,
+        sender_leaf,
+        adds,
+        removed_leaves,
+    })
+}
+
+fn undecodable(e: impl std::fmt::Display) -> MlsCheckError {
+    MlsCheckError::Undecodable(e.to_string())
+}
+
+/// The proposal list of a PublicMessage commit that openmls has already
+/// decoded whole (see `read_commit`):
+///
+/// ```text
+/// MLSMessage   { u16 version; u16 wire_format; PublicMessage }
+/// PublicMessage { FramedContent content; ... }
+/// FramedContent { opaque group_id<V>; u64 epoch; Sender sender;
+///                 opaque authenticated_data<V>; ContentType content_type;
+///                 Commit commit; }
+/// Commit       { ProposalOrRef proposals<V>; optional<UpdatePath> path; }
+/// ```
+fn commit_proposals(
+    bytes: &[u8],
+    info: &MlsInfo,
+    sender_leaf: u32,
+) -> Result<Vec<ProposalOrRefIn>, MlsCheckError> {
+    let mut r = bytes.get(4..).ok_or_else(|| undecodable("truncated"))?;
+    let group_id = GroupId::tls_deserialize(&mut r).map_err(undecodable)?;
+    let epoch = GroupEpoch::tls_deserialize(&mut r).map_err(undecodable)?;
+    let sender = Sender::tls_deserialize(&mut r).map_err(undecodable)?;
+    VLBytes::tls_deserialize(&mut r).map_err(undecodable)?; // authenticated_data
+    let content_type = ContentType::tls_deserialize(&mut r).map_err(undecodable)?;
+    let same = group_id.as_slice() == info.group_id.as_slice()
+        && epoch.as_u64() == info.epoch
+        && matches!(sender, Sender::Member(leaf) if leaf.u32() == sender_leaf)
+        && content_type == ContentType::Commit;
+    if !same {
+        // Cannot happen while openmls's framing is RFC 9420's.
+        return Err(MlsCheckError::Undecodable(
+            "the commit's framing does not read as openmls read it".into(),
+        ));
+    }
+    Vec::<ProposalOrRefIn>::tls_deserialize(&mut r).map_err(undecodable)
+}
+
+/// The (phone, device id) an Add proposal's KeyPackage credential names.
+fn added_device(add: &openmls::prelude::AddProposalIn) -> Result<(String, u64), MlsCheckError> {
+    let encoded = add.tls_serialize_detached().map_err(undecodable)?;
+    let kp = KeyPackageIn::tls_deserialize_exact(encoded.as_slice()).map_err(undecodable)?;
+    BasicCredential::try_from(kp.unverified_credential().credential)
+        .ok()
+        .and_then(|c| parse_identity(c.identity()))
+        .ok_or(MlsCheckError::Refused(
+            "an added device's credential is not one of ours",
+        ))
+}
+
 /// Checks an uploaded KeyPackage: its signatures (openmls), our ciphersuite,
 /// a credential naming this device, and the device's own identity key as
 /// its signature key. Returns whether it is marked last-resort.
@@ -179,5 +316,317 @@ mod tests {
         ));
         assert!(inspect(&[]).is_err());
         assert!(check_key_package(&[0; 40], "+1", 1, &[0; 32]).is_err());
+        assert!(matches!(
+            read_commit(&[1, 2, 3]),
+            Err(MlsCheckError::Undecodable(_))
+        ));
+        assert!(read_commit(&[]).is_err());
+        assert!(read_commit(&vec![0; MAX_MLS_BYTES + 1]).is_err());
+    }
+
+    /// Real commits, made by openmls as our clients make them.
+    mod commits {
+        use super::super::*;
+        use openmls::prelude::{
+            CredentialWithKey, Extensions, LeafNodeIndex, LeafNodeParameters,
+            MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+            MlsMessageOut, StagedWelcome,
+        };
+        use openmls_basic_credential::SignatureKeyPair;
+        use openmls_rust_crypto::OpenMlsRustCrypto;
+
+        struct Client {
+            provider: OpenMlsRustCrypto,
+            signer: SignatureKeyPair,
+            credential: CredentialWithKey,
+        }
+
+        fn client(identity: &[u8]) -> Client {
+            let provider = OpenMlsRustCrypto::default();
+            let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+            let credential = CredentialWithKey {
+                credential: BasicCredential::new(identity.to_vec()).into(),
+                signature_key: signer.public().to_vec().into(),
+            };
+            Client {
+                provider,
+                signer,
+                credential,
+            }
+        }
+
+        fn device(phone: &str, id: u64) -> Client {
+            client(&credential_identity(phone, id))
+        }
+
+        impl Client {
+            fn key_package(&self) -> KeyPackage {
+                KeyPackage::builder()
+                    .build(
+                        CIPHERSUITE,
+                        &self.provider,
+                        &self.signer,
+                        self.credential.clone(),
+                    )
+                    .unwrap()
+                    .key_package()
+                    .clone()
+            }
+
+            fn create_group(&self) -> MlsGroup {
+                let config = MlsGroupCreateConfig::builder()
+                    .ciphersuite(CIPHERSUITE)
+                    .use_ratchet_tree_extension(true)
+                    .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+                    .build();
+                MlsGroup::new(
+                    &self.provider,
+                    &self.signer,
+                    &config,
+                    self.credential.clone(),
+                )
+                .unwrap()
+            }
+
+            fn join(&self, welcome: &[u8]) -> MlsGroup {
+                let welcome = match MlsMessageIn::tls_deserialize_exact(welcome)
+                    .unwrap()
+                    .extract()
+                {
+                    MlsMessageBodyIn::Welcome(w) => w,
+                    _ => panic!("not a Welcome"),
+                };
+                let config = MlsGroupJoinConfig::builder()
+                    .use_ratchet_tree_extension(true)
+                    .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+                    .build();
+                StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+                    .unwrap()
+                    .into_group(&self.provider)
+                    .unwrap()
+            }
+
+            /// A commit as dak-core makes one (`Mls::commit_in`), merged
+            /// at once; returns the commit and its Welcome.
+            fn commit(
+                &self,
+                g: &mut MlsGroup,
+                adds: Vec<KeyPackage>,
+                removes: Vec<u32>,
+            ) -> (Vec<u8>, Option<Vec<u8>>) {
+                let add_only = !adds.is_empty() && removes.is_empty();
+                let bundle = g
+                    .commit_builder()
+                    .propose_adds(adds)
+                    .propose_removals(removes.into_iter().map(LeafNodeIndex::new))
+                    .force_self_update(!add_only)
+                    .load_psks(self.provider.storage())
+                    .unwrap()
+                    .build(
+                        self.provider.rand(),
+                        self.provider.crypto(),
+                        &self.signer,
+                        |_| true,
+                    )
+                    .unwrap()
+                    .stage_commit(&self.provider)
+                    .unwrap();
+                let commit = bytes(bundle.commit());
+                let welcome = bundle.to_welcome_msg().map(|w| bytes(&w));
+                g.merge_pending_commit(&self.provider).unwrap();
+                (commit, welcome)
+            }
+        }
+
+        use openmls::prelude::OpenMlsProvider;
+
+        fn bytes(m: &MlsMessageOut) -> Vec<u8> {
+            m.tls_serialize_detached().unwrap()
+        }
+
+        /// The group's members by leaf index, as (phone, device id).
+        fn leaves(g: &MlsGroup) -> Vec<(u32, (String, u64))> {
+            g.members()
+                .map(|m| {
+                    let c = BasicCredential::try_from(m.credential).unwrap();
+                    (m.index.u32(), parse_identity(c.identity()).unwrap())
+                })
+                .collect()
+        }
+
+        fn id(phone: &str, device: u64) -> (String, u64) {
+            (phone.to_owned(), device)
+        }
+
+        const A: &str = "+919800000001";
+        const B: &str = "+919800000002";
+        const C: &str = "+919800000003";
+
+        #[test]
+        fn reads_adds_removes_and_self_updates() {
+            let a1 = device(A, 1);
+            let b7 = device(B, 7);
+            let c9 = device(C, 9);
+            let mut g = a1.create_group();
+            let group_id = g.group_id().as_slice().to_vec();
+
+            // The creating commit adds two devices: they take leaves 1 and 2.
+            let (commit, welcome) =
+                a1.commit(&mut g, vec![b7.key_package(), c9.key_package()], vec![]);
+            let read = read_commit(&commit).unwrap();
+            assert_eq!(
+                read,
+                CommitChanges {
+                    group_id: group_id.clone(),
+                    epoch: 0,
+                    sender_leaf: 0,
+                    adds: vec![id(B, 7), id(C, 9)],
+                    removed_leaves: vec![],
+                }
+            );
+            assert_eq!(
+                leaves(&g),
+                vec![(0, id(A, 1)), (1, id(B, 7)), (2, id(C, 9))]
+            );
+
+            // A member's self-update: no proposals, its own leaf.
+            let mut gb = b7.join(&welcome.unwrap());
+            let update = gb
+                .self_update(&b7.provider, &b7.signer, LeafNodeParameters::default())
+                .unwrap();
+            let read = read_commit(&bytes(update.commit())).unwrap();
+            assert_eq!((read.epoch, read.sender_leaf), (1, 1));
+            assert!(read.adds.is_empty() && read.removed_leaves.is_empty());
+
+            // A removal (it carries a path).
+            let (commit, welcome) = a1.commit(&mut g, vec![], vec![1]);
+            assert!(welcome.is_none());
+            let read = read_commit(&commit).unwrap();
+            assert_eq!((read.epoch, read.sender_leaf), (1, 0));
+            assert!(read.adds.is_empty());
+            assert_eq!(read.removed_leaves, vec![1]);
+            assert_eq!(leaves(&g), vec![(0, id(A, 1)), (2, id(C, 9))]);
+
+            // Removes first, then each add takes the lowest free leaf:
+            // removing leaf 2 and adding two puts them at 1 and 2.
+            let (c10, b8) = (device(C, 10), device(B, 8));
+            let (commit, _) = a1.commit(&mut g, vec![c10.key_package(), b8.key_package()], vec![2]);
+            let read = read_commit(&commit).unwrap();
+            assert_eq!(read.epoch, 2);
+            assert_eq!(read.adds, vec![id(C, 10), id(B, 8)]);
+            assert_eq!(read.removed_leaves, vec![2]);
+            assert_eq!(
+                leaves(&g),
+                vec![(0, id(A, 1)), (1, id(C, 10)), (2, id(B, 8))]
+            );
+
+            // Adds past the last member extend the tree; a removal of an
+            // inner leaf leaves a hole the next add fills.
+            let (d1, d2) = (device("+919800000004", 1), device("+919800000005", 2));
+            let (commit, _) = a1.commit(&mut g, vec![d1.key_package()], vec![1]);
+            assert_eq!(read_commit(&commit).unwrap().removed_leaves, vec![1]);
+            let (commit, _) = a1.commit(&mut g, vec![d2.key_package()], vec![]);
+            assert_eq!(
+                read_commit(&commit).unwrap().adds,
+                vec![id("+919800000005", 2)]
+            );
+            assert_eq!(
+                leaves(&g),
+                vec![
+                    (0, id(A, 1)),
+                    (1, id("+919800000004", 1)),
+                    (2, id(B, 8)),
+                    (3, id("+919800000005", 2))
+                ]
+            );
+
+            // A self-update by the committer (dak-core's force_self_update).
+            let (commit, _) = a1.commit(&mut g, vec![], vec![]);
+            let read = read_commit(&commit).unwrap();
+            assert_eq!(
+                read,
+                CommitChanges {
+                    group_id,
+                    epoch: 5,
+                    sender_leaf: 0,
+                    adds: vec![],
+                    removed_leaves: vec![],
+                }
+            );
+        }
+
+        #[test]
+        fn truncated_or_altered_commits_are_errors() {
+            let a1 = device(A, 1);
+            let b7 = device(B, 7);
+            let mut g = a1.create_group();
+            let (commit, _) = a1.commit(&mut g, vec![b7.key_package()], vec![]);
+            assert!(read_commit(&commit).is_ok());
+            for n in 0..commit.len() {
+                assert!(read_commit(&commit[..n]).is_err(), "prefix of {n} bytes");
+            }
+            let mut longer = commit.clone();
+            longer.push(0);
+            assert!(read_commit(&longer).is_err());
+            // Flipping any byte never panics (the error, if any, is ours).
+            for i in 0..commit.len() {
+                let mut c = commit.clone();
+                c[i] ^= 0xa5;
+                let _ = read_commit(&c);
+            }
+        }
+
+        #[test]
+        fn refuses_what_our_clients_do_not_send() {
+            let a1 = device(A, 1);
+            let mut g = a1.create_group();
+
+            // A device whose credential is not one of ours.
+            let stranger = client(b"bob");
+            let (commit, welcome) = a1.commit(&mut g, vec![stranger.key_package()], vec![]);
+            assert!(matches!(
+                read_commit(&commit),
+                Err(MlsCheckError::Refused(m)) if m.contains("credential")
+            ));
+            // A Welcome is not a commit.
+            assert!(matches!(
+                read_commit(&welcome.unwrap()),
+                Err(MlsCheckError::Refused(_))
+            ));
+
+            // A proposal by reference.
+            let (proposal, _) = g
+                .propose_remove_member(&a1.provider, &a1.signer, LeafNodeIndex::new(1))
+                .unwrap();
+            assert!(read_commit(&bytes(&proposal)).is_err()); // a proposal, not a commit
+            let (commit, _, _) = g
+                .commit_to_pending_proposals(&a1.provider, &a1.signer)
+                .unwrap();
+            assert!(matches!(
+                read_commit(&bytes(&commit)),
+                Err(MlsCheckError::Refused(m)) if m.contains("reference")
+            ));
+            g.clear_pending_commit(a1.provider.storage()).unwrap();
+            g.clear_pending_proposals(a1.provider.storage()).unwrap();
+
+            // Another proposal type (group context extensions, inline).
+            let (commit, _, _) = g
+                .update_group_context_extensions(&a1.provider, Extensions::empty(), &a1.signer)
+                .unwrap();
+            assert!(matches!(
+                read_commit(&bytes(&commit)),
+                Err(MlsCheckError::Refused(m)) if m.contains("only add and remove")
+            ));
+            g.clear_pending_commit(a1.provider.storage()).unwrap();
+
+            // An application message is not a commit.
+            let app = g
+                .create_message(&a1.provider, &a1.signer, b"hello")
+                .unwrap();
+            assert!(matches!(
+                read_commit(&bytes(&app)),
+                Err(MlsCheckError::Refused(_))
+            ));
+        }
     }
 }

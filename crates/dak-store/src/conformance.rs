@@ -32,6 +32,8 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     groups_are_capped_by_member_accounts(s).await;
     disappearing_messages_go_at_their_expiry(s).await;
     commits_naming_many_or_repeated_devices_are_refused(s).await;
+    added_devices_take_the_lowest_free_leaf(s).await;
+    removals_must_match_the_removed_leaves(s).await;
     key_packages_are_capped_and_spared(s).await;
     racing_uploads_never_pass_the_key_package_cap(s).await;
     pin_attempts_are_counted_before_the_check(s).await;
@@ -149,6 +151,7 @@ fn commit(by: &Device, group: &[u8], epoch: u64, added: &[&Device]) -> GroupComm
         epoch,
         added: added.iter().map(|d| d.id).collect(),
         removed: vec![],
+        removed_leaves: vec![],
         max_accounts: 1024,
         commit: from(by, 20 + epoch as u8, b"commit"),
         welcome: (!added.is_empty()).then(|| from(by, 40 + epoch as u8, b"welcome")),
@@ -287,6 +290,7 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
     );
     let mut removal = commit(&b, g, 2, &[]);
     removal.removed = vec![laptop.id];
+    removal.removed_leaves = vec![2]; // a 0 and b 1 (creation), laptop 2
     assert!(matches!(
         s.commit_group(removal).await.unwrap(),
         GroupOutcome::Accepted { .. }
@@ -384,6 +388,7 @@ async fn groups_are_capped_by_member_accounts<S: Store>(s: &S) {
     assert!(accepted(&rekey), "{rekey:?}");
     let mut removal = capped(commit(&bob, g, 2, &[]), 1);
     removal.removed = vec![laptop.id];
+    removal.removed_leaves = vec![2]; // alice 0, bob 1, laptop 2
     let removal = s.commit_group(removal).await.unwrap();
     assert!(accepted(&removal), "{removal:?}");
     let back = s
@@ -396,6 +401,7 @@ async fn groups_are_capped_by_member_accounts<S: Store>(s: &S) {
     let swap = |max| {
         let mut c = capped(commit(&alice, g, 4, &[&carol]), max);
         c.removed = vec![bob.id];
+        c.removed_leaves = vec![1]; // the laptop came back to leaf 2
         c
     };
     assert_eq!(
@@ -652,6 +658,210 @@ async fn expiry_drops_old_envelopes<S: Store>(s: &S) {
 /// only drop what earlier cases are done with.
 const LATE: i64 = 3_000_000_000_000;
 
+fn removing(mut c: GroupCommit, devices: &[&Device], leaves: &[u32]) -> GroupCommit {
+    c.removed = devices.iter().map(|d| d.id).collect();
+    c.removed_leaves = leaves.to_vec();
+    c
+}
+
+fn is_accepted(o: &GroupOutcome) -> bool {
+    matches!(o, GroupOutcome::Accepted { .. })
+}
+
+/// Leaves are placed as the members' MLS groups place them (RFC 9420
+/// §12.3): the creator at 0, then removals blank their leaves and each
+/// added device, in commit order, takes the lowest free one. A removal is
+/// accepted only when it names the leaf its device is at, so each
+/// accepted removal below shows where the store put the device.
+async fn added_devices_take_the_lowest_free_leaf<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000121", 121).await;
+    let bob = ready_device(s, "+911000000122", 122).await;
+    let carol = ready_device(s, "+911000000123", 123).await;
+    let dave = ready_device(s, "+911000000124", 124).await;
+    let erin = ready_device(s, "+911000000125", 125).await;
+    let g = b"group-leaves";
+    // alice 0 (the creator), bob 1, carol 2.
+    let o = s
+        .commit_group(commit(&alice, g, 0, &[&bob, &carol]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    // bob leaves leaf 1 free.
+    let o = s
+        .commit_group(removing(commit(&alice, g, 1, &[]), &[&bob], &[1]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    // dave takes the free leaf 1, bob (back) a new one, 3.
+    let o = s
+        .commit_group(commit(&alice, g, 2, &[&dave, &bob]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    // In one commit, removing carol (2) frees her leaf for erin.
+    let o = s
+        .commit_group(removing(commit(&bob, g, 3, &[&erin]), &[&carol], &[2]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    // Where each one is: erin 2, then dave 1 and bob 3 together.
+    let o = s
+        .commit_group(removing(commit(&alice, g, 4, &[]), &[&erin], &[2]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    let o = s
+        .commit_group(removing(commit(&alice, g, 5, &[]), &[&dave], &[1]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    let o = s
+        .commit_group(removing(commit(&alice, g, 6, &[]), &[&bob], &[3]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    assert_eq!(reached(s, g, 7, &alice, 120).await, Vec::<DeviceId>::new());
+    // The tree shrank back to alice alone: the next two take 1 and 2.
+    let o = s
+        .commit_group(commit(&alice, g, 7, &[&carol, &dave]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    let o = s
+        .commit_group(removing(commit(&alice, g, 8, &[]), &[&dave], &[2]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    assert_eq!(reached(s, g, 9, &alice, 121).await, vec![carol.id]);
+}
+
+/// A commit whose Remove proposals do not blank the leaves of exactly the
+/// devices it names is refused, and changes nothing: a member cannot cut a
+/// device out of the fan-out without removing it from the MLS group, nor
+/// remove one from the group while the server keeps delivering to it.
+async fn removals_must_match_the_removed_leaves<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000131", 131).await;
+    let bob = ready_device(s, "+911000000132", 132).await;
+    let carol = ready_device(s, "+911000000133", 133).await;
+    let dave = ready_device(s, "+911000000134", 134).await;
+    let g = b"group-removals";
+    // alice 0, bob 1, carol 2.
+    let o = s
+        .commit_group(commit(&alice, g, 0, &[&bob, &carol]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    let devices = [alice.id, bob.id, carol.id, dave.id];
+    let mut lens = Vec::new();
+    for d in devices {
+        lens.push(s.mailbox_len(d).await.unwrap());
+    }
+    let mismatch =
+        GroupOutcome::BadChange("the commit's removals do not match the devices named".into());
+    let cases: [(&[&Device], &[u32], &[&Device]); 9] = [
+        // Named, but the commit removes nothing (or someone else).
+        (&[&bob], &[], &[]),
+        (&[&bob], &[2], &[]),
+        // Removed by the commit, but not named.
+        (&[], &[1], &[]),
+        (&[&bob], &[1, 2], &[]),
+        (&[&bob], &[1, 2], &[&dave]),
+        // A leaf nobody is at, or the committer's own.
+        (&[&bob], &[1, 3], &[]),
+        (&[&bob], &[7], &[]),
+        (&[&bob], &[u32::MAX], &[]),
+        (&[&bob], &[0, 1], &[]),
+    ];
+    for (named, leaves, added) in cases {
+        let c = removing(commit(&alice, g, 1, added), named, leaves);
+        assert_eq!(s.commit_group(c).await.unwrap(), mismatch, "{leaves:?}");
+    }
+    assert_eq!(s.group_epoch(g).await.unwrap(), Some(1), "nothing changed");
+    for (d, len) in devices.iter().zip(&lens) {
+        assert_eq!(s.mailbox_len(*d).await.unwrap(), *len, "device {d}");
+    }
+    let mut members = reached(s, g, 1, &alice, 130).await;
+    members.sort_unstable();
+    assert_eq!(members, vec![bob.id, carol.id]);
+    // Named and removed alike: accepted.
+    let o = s
+        .commit_group(removing(
+            commit(&alice, g, 1, &[]),
+            &[&carol, &bob],
+            &[1, 2],
+        ))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    assert_eq!(reached(s, g, 2, &alice, 131).await, Vec::<DeviceId>::new());
+}
+
+/// The devices of `legacy_group_setup`'s group.
+pub struct LegacyGroup {
+    pub group_id: Vec<u8>,
+    pub alice: Device,
+    pub bob: Device,
+    pub carol: Device,
+    pub dave: Device,
+}
+
+/// A group for a backend's migration test: alice made it with bob and
+/// carol, and it is at epoch 1. The backend then forgets every member's
+/// leaf index (as a store from before leaf indices has none) and calls
+/// `legacy_group_check`.
+pub async fn legacy_group_setup<S: Store>(s: &S) -> LegacyGroup {
+    let alice = ready_device(s, "+911000000141", 141).await;
+    let bob = ready_device(s, "+911000000142", 142).await;
+    let carol = ready_device(s, "+911000000143", 143).await;
+    let dave = ready_device(s, "+911000000144", 144).await;
+    let group_id = b"group-legacy".to_vec();
+    let o = s
+        .commit_group(commit(&alice, &group_id, 0, &[&bob, &carol]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    LegacyGroup {
+        group_id,
+        alice,
+        bob,
+        carol,
+        dave,
+    }
+}
+
+/// A group whose leaves the store does not know still takes the declared
+/// removals, whatever leaves the commit names, and goes on adding.
+pub async fn legacy_group_check<S: Store>(s: &S, l: &LegacyGroup) {
+    let g = &l.group_id[..];
+    // The leaves named do not matter: there is nothing to check them against.
+    let o = s
+        .commit_group(removing(commit(&l.alice, g, 1, &[]), &[&l.bob], &[2]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    assert_eq!(reached(s, g, 2, &l.alice, 140).await, vec![l.carol.id]);
+    let o = s
+        .commit_group(commit(&l.alice, g, 2, &[&l.dave]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    let o = s
+        .commit_group(removing(commit(&l.alice, g, 3, &[]), &[&l.carol], &[]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&o), "{o:?}");
+    assert_eq!(reached(s, g, 4, &l.alice, 141).await, vec![l.dave.id]);
+    // The declared list is still checked against the members.
+    let o = s
+        .commit_group(removing(commit(&l.alice, g, 4, &[]), &[&l.bob], &[1]))
+        .await
+        .unwrap();
+    assert_eq!(
+        o,
+        GroupOutcome::BadChange(format!("device {} is not a member", l.bob.id))
+    );
+}
+
 /// A commit naming a long made-up list of devices is refused without
 /// anything changing; so is one naming a device twice.
 async fn commits_naming_many_or_repeated_devices_are_refused<S: Store>(s: &S) {
@@ -675,6 +885,11 @@ async fn commits_naming_many_or_repeated_devices_are_refused<S: Store>(s: &S) {
     let mut twice_removed = commit(&alice, g, 1, &[]);
     twice_removed.removed = vec![bob.id, bob.id];
     let refused = s.commit_group(twice_removed).await.unwrap();
+    assert!(matches!(refused, GroupOutcome::BadChange(_)), "{refused:?}");
+    let mut leaf_twice = commit(&alice, g, 1, &[]);
+    leaf_twice.removed = vec![bob.id];
+    leaf_twice.removed_leaves = vec![1, 1];
+    let refused = s.commit_group(leaf_twice).await.unwrap();
     assert!(matches!(refused, GroupOutcome::BadChange(_)), "{refused:?}");
     assert_eq!(s.group_epoch(g).await.unwrap(), Some(1), "nothing changed");
     assert_eq!(

@@ -217,14 +217,23 @@ pub struct ClaimedDevice {
 }
 
 /// An MLS commit for the group's epoch `epoch`, with the member list change
-/// the committer declares (the server cannot read the commit's proposals
-/// against devices, so it keeps its fan-out list from these).
+/// it makes. The server reads the commit (`dak_proto::mls::read_commit`):
+/// its Add proposals name the added devices, its Remove proposals name
+/// leaf indices, which the store maps to devices by the leaf index it keeps
+/// for each member (see `group_rules::apply_commit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupCommit {
     pub group_id: Vec<u8>,
     pub epoch: u64,
+    /// The added devices in the order of the commit's Add proposals: the
+    /// order in which they take the free leaves.
     pub added: Vec<DeviceId>,
+    /// The removed devices, as the committer declares them.
     pub removed: Vec<DeviceId>,
+    /// The leaf indices the commit's Remove proposals blank, as read from
+    /// the commit. In a group whose members' leaves are all known, the
+    /// devices at these leaves must be exactly `removed`.
+    pub removed_leaves: Vec<u32>,
     /// Member accounts the group may have after a commit that brings in a
     /// new account (the server's `max_group_members`). Commits that add no
     /// new account pass even in a group that is over it (see
@@ -313,9 +322,10 @@ pub mod group_rules {
         None
     }
 
-    /// Refuses a commit whose `added` or `removed` names a device twice.
-    /// Backends call it before reading anything, so that a long list a
-    /// client made up costs no queries; `apply_commit` calls it too.
+    /// Refuses a commit whose `added` or `removed` names a device twice, or
+    /// whose `removed_leaves` names a leaf twice. Backends call it before
+    /// reading anything, so that a long list a client made up costs no
+    /// queries; `apply_commit` calls it too.
     pub fn check_lists(c: &GroupCommit) -> Option<GroupOutcome> {
         for (list, name) in [(&c.added, "added"), (&c.removed, "removed")] {
             let mut ids = list.clone();
@@ -327,15 +337,37 @@ pub mod group_rules {
                 )));
             }
         }
+        let mut leaves = c.removed_leaves.clone();
+        leaves.sort_unstable();
+        if let Some(w) = leaves.windows(2).find(|w| w[0] == w[1]) {
+            return Some(GroupOutcome::BadChange(format!(
+                "leaf {} is removed twice",
+                w[0]
+            )));
+        }
         None
     }
 
+    /// A member device and its MLS leaf index; None when the store does not
+    /// know it (a group made before leaf indices were kept).
+    pub type Member = (Device, Option<u32>);
+
+    /// A member of the group after a commit: its device and leaf index.
+    pub type NextMember = (DeviceId, Option<u32>);
+
     /// Checks a commit against the group as read; returns the new member
-    /// list when it may be applied. `members` are the member devices (revoked
-    /// ones included), `added` those of `c.added` that exist, `added_ready`
+    /// list, with each member's leaf index, when it may be applied.
+    /// `members` are the member devices (revoked ones included) with their
+    /// leaf indices, `added` those of `c.added` that exist, `added_ready`
     /// the ready devices of their accounts, and `sender` the committing
     /// device: a backend must pass it when the group does not exist yet (it
-    /// becomes the first member), and may pass None otherwise.
+    /// becomes the first member, at leaf 0), and may pass None otherwise.
+    ///
+    /// Leaves: when every member's leaf index is known, the devices at
+    /// `c.removed_leaves` must be exactly `c.removed`, every one of those
+    /// leaves occupied; else `BadChange`. The new members are then placed
+    /// as RFC 9420 §12.3 places them (see `place`). In a group where some
+    /// leaf is unknown, see `apply_commit`'s body.
     ///
     /// The size limit: a commit that brings in an account that was not a
     /// member before is refused with `GroupFull` when the group would then
@@ -346,17 +378,18 @@ pub mod group_rules {
     pub fn apply_commit(
         current: Option<u64>,
         c: &GroupCommit,
-        members: &[Device],
+        members: &[Member],
         added: &[Device],
         added_ready: &[DeviceId],
         sender: Option<&Device>,
-    ) -> std::result::Result<Vec<DeviceId>, GroupOutcome> {
+    ) -> std::result::Result<Vec<NextMember>, GroupOutcome> {
         if let Some(refusal) = check_lists(c) {
             return Err(refusal);
         }
         let sender_id = c.commit.sender_device;
-        let before: Vec<DeviceId> = match current {
-            None if c.epoch == 0 => vec![sender_id],
+        let before_leaves: Vec<NextMember> = match current {
+            // The creator is the group's first member: leaf 0.
+            None if c.epoch == 0 => vec![(sender_id, Some(0))],
             None => return Err(GroupOutcome::NoGroup),
             // Membership before the epoch: a non-member learns nothing of
             // the group, not even its epoch; except the loser of a race to
@@ -365,8 +398,9 @@ pub mod group_rules {
                 return Err(GroupOutcome::NotMember);
             }
             Some(e) if e != c.epoch => return Err(GroupOutcome::Stale { epoch: e }),
-            Some(_) => members.iter().map(|d| d.id).collect(),
+            Some(_) => members.iter().map(|(d, leaf)| (d.id, *leaf)).collect(),
         };
+        let before: Vec<DeviceId> = before_leaves.iter().map(|(d, _)| *d).collect();
         if !before.contains(&sender_id) {
             return Err(GroupOutcome::NotMember);
         }
@@ -402,7 +436,59 @@ pub mod group_rules {
             }
         }
         check_size(c, &before, &next, members, added, sender)?;
-        Ok(next.into_iter().collect())
+        // Every member's leaf, or None when some are unknown.
+        let leaves: Option<BTreeMap<u32, DeviceId>> = before_leaves
+            .iter()
+            .map(|(d, leaf)| leaf.map(|l| (l, *d)))
+            .collect();
+        let Some(leaves) = leaves else {
+            // A group from before the store kept leaf indices (a legacy
+            // group): it has no map from leaves to devices, so the declared
+            // `removed` stands, as it always did, and the added devices'
+            // leaves stay unknown too. Quietly: every commit of such a group
+            // would log it.
+            return Ok(next.into_iter().map(|d| (d, None)).collect());
+        };
+        let placed = place(&leaves, c)?;
+        Ok(next
+            .into_iter()
+            .map(|d| (d, placed.get(&d).copied()))
+            .collect())
+    }
+
+    /// The leaf of every member after the commit, from every member's leaf
+    /// before it (`leaves`, leaf to device), as RFC 9420 §12.3 has the
+    /// members apply it: the Remove proposals blank their leaves first
+    /// (the devices there must be exactly `c.removed`), then each added
+    /// device, in the order of `c.added` (the commit's Add proposals),
+    /// takes the leftmost blank leaf, or a new one at the right end of the
+    /// tree. As the tree is truncated to its rightmost non-blank leaf, that
+    /// is always the smallest index no remaining member holds.
+    fn place(
+        leaves: &BTreeMap<u32, DeviceId>,
+        c: &GroupCommit,
+    ) -> std::result::Result<BTreeMap<DeviceId, u32>, GroupOutcome> {
+        let mismatch = || {
+            GroupOutcome::BadChange("the commit's removals do not match the devices named".into())
+        };
+        let mut occupied = leaves.clone();
+        let mut gone = BTreeSet::new();
+        for leaf in &c.removed_leaves {
+            gone.insert(occupied.remove(leaf).ok_or_else(mismatch)?);
+        }
+        if gone != c.removed.iter().copied().collect::<BTreeSet<_>>() {
+            return Err(mismatch());
+        }
+        let mut free: u32 = 0;
+        for d in &c.added {
+            while occupied.contains_key(&free) {
+                free = free
+                    .checked_add(1)
+                    .ok_or_else(|| GroupOutcome::BadChange("the group has no free leaf".into()))?;
+            }
+            occupied.insert(free, *d);
+        }
+        Ok(occupied.into_iter().map(|(leaf, d)| (d, leaf)).collect())
     }
 
     /// Whose a member device is, for counting accounts.
@@ -420,7 +506,7 @@ pub mod group_rules {
         c: &GroupCommit,
         before: &[DeviceId],
         next: &BTreeSet<DeviceId>,
-        members: &[Device],
+        members: &[Member],
         added: &[Device],
         sender: Option<&Device>,
     ) -> std::result::Result<(), GroupOutcome> {
@@ -429,6 +515,7 @@ pub mod group_rules {
         }
         let account_of: BTreeMap<DeviceId, AccountId> = members
             .iter()
+            .map(|(d, _)| d)
             .chain(added)
             .chain(sender)
             .map(|d| (d.id, d.account_id))
@@ -584,8 +671,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a commit if the group is at `c.epoch` (first wins), moves it
     /// to the next epoch and stores the commit and Welcome, in one
     /// transaction. Not subject to the mailbox quota. A commit whose lists
-    /// name a device twice is refused before anything is read; the added
-    /// devices are read with one query, however many are named.
+    /// name a device or leaf twice is refused before anything is read; the
+    /// added devices are read with one query, however many are named. Each
+    /// member's leaf index is kept (`group_rules::apply_commit`).
     async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome>;
     /// Stores an application message for every other active member of the
     /// group, if `group_rules::check_send` allows it and every recipient's

@@ -141,7 +141,12 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS group_members (
         group_id BYTEA NOT NULL,
         device_id BIGINT NOT NULL,
+        leaf_index BIGINT,
         PRIMARY KEY (group_id, device_id))",
+    // Stores made before the leaf indices were kept: the column is added,
+    // NULL (unknown) for the members already there, whose groups go on as
+    // legacy groups (`group_rules::apply_commit`).
+    "ALTER TABLE group_members ADD COLUMN IF NOT EXISTS leaf_index BIGINT",
     "CREATE INDEX IF NOT EXISTS group_members_by_device ON group_members(device_id)",
 ];
 
@@ -217,7 +222,23 @@ impl PgStore {
     }
 }
 
-const DEVICE_COLS: &str = "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked FROM devices d JOIN accounts a ON a.id = d.account_id";
+/// The columns `row_device` reads, in its order.
+macro_rules! device_fields {
+    () => {
+        "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked"
+    };
+}
+
+const DEVICE_COLS: &str = concat!(
+    device_fields!(),
+    " FROM devices d JOIN accounts a ON a.id = d.account_id"
+);
+
+/// A group's member devices with their leaf index (column 9).
+const MEMBER_COLS: &str = concat!(
+    device_fields!(),
+    ", m.leaf_index FROM group_members m JOIN devices d ON d.id = m.device_id JOIN accounts a ON a.id = d.account_id"
+);
 
 fn row_device(r: &PgRow) -> Device {
     Device {
@@ -514,6 +535,28 @@ async fn group_members(
     .await
     .map_err(backend)?;
     Ok(rows.iter().map(row_device).collect())
+}
+
+/// Member devices as `group_members` has them, each with its leaf index
+/// (None when unknown: a group from before leaf indices were kept).
+async fn group_members_with_leaves(
+    tx: &mut Transaction<'static, Postgres>,
+    group_id: &[u8],
+) -> Result<Vec<group_rules::Member>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MEMBER_COLS} WHERE m.group_id = $1 ORDER BY d.id"
+    )))
+    .bind(group_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let leaf: Option<i64> = r.get(9);
+            (row_device(r), leaf.and_then(|l| u32::try_from(l).ok()))
+        })
+        .collect())
 }
 
 /// Any of these devices, revoked ones included, in id order.
@@ -1007,7 +1050,7 @@ impl Store for PgStore {
         // messages of one group are accepted, and enqueued, one at a time.
         let locked = lock_group(&mut tx, &c.group_id).await?;
         let current = if created { None } else { locked };
-        let members = group_members(&mut tx, &c.group_id).await?;
+        let members = group_members_with_leaves(&mut tx, &c.group_id).await?;
         let added = devices_by_ids(&mut tx, &c.added).await?;
         let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&added))
             .await?
@@ -1038,12 +1081,16 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let next_ids: Vec<i64> = next.iter().map(|d| *d as i64).collect();
+        let next_ids: Vec<i64> = next.iter().map(|(d, _)| *d as i64).collect();
+        let next_leaves: Vec<Option<i64>> =
+            next.iter().map(|(_, leaf)| leaf.map(i64::from)).collect();
         sqlx::query(
-            "INSERT INTO group_members (group_id, device_id) SELECT $1, d FROM unnest($2::BIGINT[]) AS d",
+            "INSERT INTO group_members (group_id, device_id, leaf_index)
+             SELECT $1, d, l FROM unnest($2::BIGINT[], $3::BIGINT[]) AS t(d, l)",
         )
         .bind(&c.group_id)
         .bind(&next_ids)
+        .bind(&next_leaves)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -1051,8 +1098,8 @@ impl Store for PgStore {
         // Old members (removed ones too) get the commit; added ones join by the Welcome.
         let told: Vec<DeviceId> = members
             .iter()
-            .filter(|d| d.revoked.is_none())
-            .map(|d| d.id)
+            .filter(|(d, _)| d.revoked.is_none())
+            .map(|(d, _)| d.id)
             .chain(current.is_none().then_some(c.commit.sender_device))
             .collect();
         if let Some(w) = &c.welcome {

@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS mls_groups (
 CREATE TABLE IF NOT EXISTS group_members (
     group_id BLOB NOT NULL,
     device_id INTEGER NOT NULL,
+    leaf_index INTEGER,
     PRIMARY KEY (group_id, device_id)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_members_by_device ON group_members(device_id);
@@ -156,6 +157,7 @@ impl SqliteStore {
         writer_conn.execute_batch(SCHEMA).map_err(backend)?;
         drop_conversation_phone(&writer_conn)?;
         create_mailbox_usage(&writer_conn)?;
+        add_leaf_index(&writer_conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?));
@@ -274,7 +276,23 @@ fn row_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
     })
 }
 
-const DEVICE_COLS: &str = "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked FROM devices d JOIN accounts a ON a.id = d.account_id";
+/// The columns `row_device` reads, in its order.
+macro_rules! device_fields {
+    () => {
+        "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked"
+    };
+}
+
+const DEVICE_COLS: &str = concat!(
+    device_fields!(),
+    " FROM devices d JOIN accounts a ON a.id = d.account_id"
+);
+
+/// A group's member devices with their leaf index (column 9).
+const MEMBER_COLS: &str = concat!(
+    device_fields!(),
+    ", m.leaf_index FROM group_members m JOIN devices d ON d.id = m.device_id JOIN accounts a ON a.id = d.account_id"
+);
 
 fn device_by_id(conn: &Connection, id: DeviceId) -> Result<Option<Device>> {
     conn.query_row(
@@ -436,6 +454,26 @@ fn group_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<Device>> {
         .map_err(backend)
 }
 
+/// Member devices as `group_members` has them, each with its leaf index
+/// (None when unknown: a group from before leaf indices were kept).
+fn group_members_with_leaves(
+    conn: &Connection,
+    group_id: &[u8],
+) -> Result<Vec<group_rules::Member>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {MEMBER_COLS} WHERE m.group_id = ?1 ORDER BY d.id"
+        ))
+        .map_err(backend)?;
+    stmt.query_map([group_id], |r| {
+        let leaf: Option<i64> = r.get(9)?;
+        Ok((row_device(r)?, leaf.and_then(|l| u32::try_from(l).ok())))
+    })
+    .map_err(backend)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(backend)
+}
+
 fn member_accounts(members: &[Device]) -> Vec<AccountId> {
     let mut accounts: Vec<AccountId> = members.iter().map(|d| d.account_id).collect();
     accounts.sort_unstable();
@@ -455,6 +493,25 @@ fn drop_conversation_phone(conn: &Connection) -> Result<()> {
         .map_err(backend)?;
     if has {
         conn.execute_batch("ALTER TABLE mailbox DROP COLUMN conversation_phone")
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Stores made before the leaf indices were kept have `group_members`
+/// without `leaf_index`: it is added, NULL (unknown) for the members
+/// already there, whose groups go on as legacy groups
+/// (`group_rules::apply_commit`).
+fn add_leaf_index(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('group_members') WHERE name = 'leaf_index'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+        .map_err(backend)?;
+    if !has {
+        conn.execute_batch("ALTER TABLE group_members ADD COLUMN leaf_index INTEGER")
             .map_err(backend)?;
     }
     Ok(())
@@ -546,6 +603,28 @@ fn json_ids(ids: &[u64]) -> String {
     out
 }
 
+/// Binds the members after a commit as one JSON array of `[device id,
+/// leaf index or null]` pairs.
+fn json_members(members: &[group_rules::NextMember]) -> String {
+    let mut out = String::with_capacity(members.len() * 16 + 2);
+    out.push('[');
+    for (i, (id, leaf)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        out.push_str(&(*id as i64).to_string());
+        out.push(',');
+        match leaf {
+            Some(leaf) => out.push_str(&leaf.to_string()),
+            None => out.push_str("null"),
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
 fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> Result<()> {
     let mut stmt = conn
         .prepare_cached(
@@ -572,7 +651,7 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
         return Ok(refusal);
     }
     let current = group_epoch(conn, &c.group_id)?;
-    let members: Vec<Device> = group_members(conn, &c.group_id)?;
+    let members = group_members_with_leaves(conn, &c.group_id)?;
     let added = devices_by_ids(conn, &c.added)?;
     let ready: Vec<DeviceId> = ready_devices(conn, &member_accounts(&added))?
         .iter()
@@ -599,16 +678,17 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
     )
     .map_err(backend)?;
     conn.execute(
-        "INSERT INTO group_members (group_id, device_id) SELECT ?1, value FROM json_each(?2)",
-        params![c.group_id, json_ids(&next)],
+        "INSERT INTO group_members (group_id, device_id, leaf_index)
+         SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2)",
+        params![c.group_id, json_members(&next)],
     )
     .map_err(backend)?;
     let everyone = group_members(conn, &c.group_id)?;
     // Old members (removed ones too) get the commit; added ones join by the Welcome.
     let told: Vec<DeviceId> = members
         .iter()
-        .filter(|d| d.revoked.is_none())
-        .map(|d| d.id)
+        .filter(|(d, _)| d.revoked.is_none())
+        .map(|(d, _)| d.id)
         .chain((current.is_none()).then_some(c.commit.sender_device))
         .collect();
     insert_envelope(conn, &c.commit, &told)?;

@@ -29,6 +29,40 @@ async fn nodes_starting_together_migrate_once() {
     }
 }
 
+/// A store made before leaf indices were kept: `group_members` has no
+/// `leaf_index`. Connecting adds the column, NULL for the members already
+/// there, and their group goes on taking the declared removals.
+#[tokio::test]
+async fn groups_from_before_leaf_indices_take_declared_removals() {
+    let db = FreshDb::new("dak_test").await;
+    let group = {
+        let store = PgStore::connect(&db.url, 2).await.expect("connect");
+        conformance::legacy_group_setup(&store).await
+    };
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("ALTER TABLE group_members DROP COLUMN leaf_index")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let store = PgStore::connect(&db.url, 2).await.expect("connect");
+    let leaves = async |admin: &mut sqlx::PgConnection| {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT leaf_index FROM group_members WHERE group_id = $1 ORDER BY device_id",
+        )
+        .bind(&group.group_id)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+    };
+    assert_eq!(leaves(&mut admin).await, vec![None, None, None]);
+    conformance::legacy_group_check(&store, &group).await;
+    assert_eq!(
+        leaves(&mut admin).await,
+        vec![None, None],
+        "added devices' leaves stay unknown"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_links_never_exceed_the_cap() {
     let db = FreshDb::new("dak_test").await;
@@ -148,6 +182,7 @@ async fn concurrent_creators_of_one_group_one_wins() {
                     epoch: 0,
                     added: vec![],
                     removed: vec![],
+                    removed_leaves: vec![],
                     max_accounts: 1024,
                     commit: from(d, round, b"create"),
                     welcome: None,
@@ -325,6 +360,7 @@ async fn racing_senders_never_pass_the_mailbox_quota() {
             epoch: 0,
             added: vec![b.id],
             removed: vec![],
+            removed_leaves: vec![],
             max_accounts: 1024,
             commit: from(&a, round, b"commit"),
             welcome: Some(from(&a, round, b"")),

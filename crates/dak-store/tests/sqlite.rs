@@ -124,3 +124,40 @@ async fn stores_from_before_the_quota_are_migrated() {
     store.ack(device, &seqs[..1]).await.unwrap();
     assert_eq!(store.mailbox_usage(device).await.unwrap(), (3, 300));
 }
+
+/// A store made before leaf indices were kept: `group_members` has no
+/// `leaf_index`. Opening it adds the column, NULL for the members already
+/// there, and their group goes on taking the declared removals.
+#[tokio::test]
+async fn groups_from_before_leaf_indices_take_declared_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dak.db");
+    let group = {
+        let store = SqliteStore::open(&path).unwrap();
+        conformance::legacy_group_setup(&store).await
+    };
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    old.execute_batch("ALTER TABLE group_members DROP COLUMN leaf_index")
+        .unwrap();
+    drop(old);
+    let store = SqliteStore::open(&path).unwrap();
+    let leaves = || {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT leaf_index FROM group_members WHERE group_id = ?1 ORDER BY device_id")
+            .unwrap();
+        stmt.query_map([&group.group_id], |r| r.get::<_, Option<i64>>(0))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+    };
+    assert_eq!(leaves(), vec![None, None, None]);
+    conformance::legacy_group_check(&store, &group).await;
+    assert_eq!(
+        leaves(),
+        vec![None, None],
+        "added devices' leaves stay unknown"
+    );
+}
