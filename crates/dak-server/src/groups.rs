@@ -170,7 +170,9 @@ pub async fn commit(
     from: &Device,
     req: v1::SendCommit,
 ) -> ApiResult<v1::SendAck> {
-    let info = inspect(&req.commit, MlsKind::Commit)?;
+    // The member changes are read from the commit itself (a PublicMessage),
+    // not taken on the committer's word.
+    let read = mls::read_commit(&req.commit).map_err(invalid)?;
     // No legitimate commit names more devices than a full group can have.
     let most =
         state.config.max_group_members as usize * (state.config.max_linked_devices as usize + 1);
@@ -180,11 +182,32 @@ pub async fn commit(
             format!("a commit adds or removes at most {most} devices on this server"),
         ));
     }
-    if req.welcome.is_empty() != req.added_devices.is_empty() {
+    let mut declared = req.added_devices.clone();
+    let mut in_commit: Vec<u64> = read.adds.iter().map(|(_, id)| *id).collect();
+    declared.sort_unstable();
+    in_commit.sort_unstable();
+    if declared != in_commit {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "the devices named as added are not the ones the commit adds",
+        ));
+    }
+    if req.welcome.is_empty() != read.adds.is_empty() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             "a commit that adds devices carries a Welcome, and only then",
         ));
+    }
+    // Each added device's credential must name its own number: a member
+    // cannot add a device under another account's name.
+    for (phone, id) in &read.adds {
+        let owner = state.store.device(*id).await?;
+        if owner.is_none_or(|d| &d.phone != phone) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("the commit adds device {id} under a number that is not its own"),
+            ));
+        }
     }
     let welcome = if req.welcome.is_empty() {
         None
@@ -202,10 +225,11 @@ pub async fn commit(
     let now = commit_env.server_time_ms;
     let removed = req.removed_devices.clone();
     let c = GroupCommit {
-        group_id: info.group_id,
-        epoch: info.epoch,
-        added: req.added_devices.clone(),
+        group_id: read.group_id,
+        epoch: read.epoch,
+        added: read.adds.iter().map(|(_, id)| *id).collect(),
         removed: req.removed_devices,
+        removed_leaves: read.removed_leaves,
         max_accounts: state.config.max_group_members,
         commit: commit_env,
         welcome,

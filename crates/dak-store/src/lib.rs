@@ -394,7 +394,7 @@ pub mod group_rules {
             // Membership before the epoch: a non-member learns nothing of
             // the group, not even its epoch; except the loser of a race to
             // create it (an epoch-0 commit), who is told the group moved on.
-            Some(_) if c.epoch != 0 && !members.iter().any(|d| d.id == sender_id) => {
+            Some(_) if c.epoch != 0 && !members.iter().any(|(d, _)| d.id == sender_id) => {
                 return Err(GroupOutcome::NotMember);
             }
             Some(e) if e != c.epoch => return Err(GroupOutcome::Stale { epoch: e }),
