@@ -33,6 +33,8 @@ impl Target {
             .env("DAK_MAX_UNAUTHENTICATED_PER_IP", "1000000")
             .env("DAK_REQUESTS_PER_DEVICE_PER_SEC", "1000000")
             .env("DAK_REQUEST_BURST", "1000000")
+            .env("DAK_MAX_CONNECTIONS_PER_DEVICE", "1000")
+            .env("DAK_HANDSHAKE_TIMEOUT", "60s")
             .env("DAK_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
