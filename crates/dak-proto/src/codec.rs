@@ -188,6 +188,8 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
         }
         Request::ApproveLink(r) => short_text("code", &r.code),
         Request::ListDevices(_) | Request::RemoveDevice(_) => Ok(()),
+        Request::BlockAccount(r) => short_text("phone", &r.phone),
+        Request::ReportAccount(r) => short_text("phone", &r.phone),
         Request::UploadKeyPackages(r) => {
             if r.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
                 return Err(FrameError::invalid(
