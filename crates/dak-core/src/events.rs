@@ -53,6 +53,13 @@ pub enum Event {
         conversation: ConversationId,
         id: Vec<u8>,
     },
+    /// A number this account does not know started a conversation (a 1:1
+    /// chat, or added it to a group): accept, block or report it
+    /// (`requests.rs`). No read receipts go out until it is accepted.
+    MessageRequest {
+        conversation: ConversationId,
+        from: String,
+    },
 }
 
 /// The ticks, in the order they become true.

@@ -300,6 +300,10 @@ impl Client {
             .into_iter()
             .filter(|p| *p != me)
             .collect();
+        // Numbers this account brings into a group are ones it knows.
+        for phone in &phones {
+            crate::requests::mark_known(&self.profile, phone)?;
+        }
         if phones.len() + 1 > MAX_GROUP_MEMBERS {
             return Err(usage(format!(
                 "a group has at most {MAX_GROUP_MEMBERS} members; {} were given with you",
@@ -351,6 +355,9 @@ impl Client {
     ) -> Result<(), ClientError> {
         let group = self.named(conversation)?;
         let phones = parse_phones(phones)?;
+        for phone in &phones {
+            crate::requests::mark_known(&self.profile, phone)?;
+        }
         for _ in 0..CHANGE_RETRIES {
             let (state, members, admins) = self.rights(&group)?;
             if state.admins_only && !admins.contains(self.phone()) {

@@ -56,26 +56,34 @@ fn conversation_of(p: &Profile, group: &[u8], fallback: &str) -> Result<String, 
     Ok(p.peer_of(group)?.unwrap_or_else(|| fallback.to_string()))
 }
 
+/// This device joined `group` by a Welcome that `from` sent.
 pub(crate) fn on_joined(
     p: &Profile,
     me: &str,
     group: &[u8],
+    from: &str,
     now: i64,
     out: &mut Delivered,
 ) -> Result<(), ClientError> {
     out.joined = true;
-    if is_named_group(group) {
+    let key = if is_named_group(group) {
         let key = group_key(group);
         p.add_conversation(group, &key, now)?;
         out.events.push(Event::Group {
-            conversation: key.into(),
-            by: String::new(),
+            conversation: key.clone().into(),
+            by: from.to_string(),
             change: GroupChange::Joined,
         });
-        return Ok(());
-    }
-    let members = p.mls(|m| m.members(group))?;
-    p.add_conversation(group, &peer_in(&members, me), now)
+        key
+    } else {
+        let members = p.mls(|m| m.members(group))?;
+        let peer = peer_in(&members, me);
+        p.add_conversation(group, &peer, now)?;
+        peer
+    };
+    out.events
+        .extend(crate::requests::on_joined_by(p, me, &key, from)?);
+    Ok(())
 }
 
 /// The other account in a conversation's members (this account for notes to self).

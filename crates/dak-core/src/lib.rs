@@ -52,6 +52,7 @@ pub mod mls_storage;
 mod outbox;
 pub mod profile;
 mod receive;
+pub mod requests;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -75,6 +75,7 @@ pub fn queue_text_with(
 ) -> Result<OutboxEntry, ClientError> {
     let reg = profile.registration()?;
     let to = profile.resolve(to)?;
+    crate::requests::accept_by_writing(profile, &to)?;
     let id = profile.new_message_id();
     let sent_at_ms = profile.now_ms();
     let reply_to = opts

@@ -119,7 +119,7 @@ impl Client {
                 let (group, phone, device, plaintext) = match incoming {
                     Incoming::Application { group, phone, device_id, plaintext } => (group, phone, device_id, plaintext),
                     Incoming::Joined { group } => {
-                        incoming::on_joined(p, &me, &group, now, &mut out)?;
+                        incoming::on_joined(p, &me, &group, &e.sender_phone, now, &mut out)?;
                         continue;
                     }
                     Incoming::Commit { group, committer, changed, joined, left, removed_me } => {
@@ -133,6 +133,10 @@ impl Client {
                     out.undecodable += 1;
                     tracing::warn!(id = %format_id(&e.message_id), "message refused: the encrypted sender differs from the server's envelope");
                     out.events.push(Event::Undecodable { id: e.message_id, from: e.sender_phone, reason: Undecodable::SenderMismatch });
+                    continue;
+                }
+                if crate::requests::is_blocked(p, &phone)? {
+                    // Blocked: dropped unseen (the server stops new ones).
                     continue;
                 }
                 let content = match dak_proto::decode_content(&plaintext) {

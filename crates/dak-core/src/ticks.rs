@@ -45,6 +45,12 @@ impl Client {
             None => unread,
             Some(ids) => unread.into_iter().filter(|m| ids.contains(&m.id)).collect(),
         };
+        // A message request tells its sender nothing until it is accepted.
+        let requests = crate::requests::message_requests(&self.profile)?;
+        let chosen: Vec<MessageView> = chosen
+            .into_iter()
+            .filter(|m| !requests.contains_key(&m.conversation.key()))
+            .collect();
         let now = self.profile.now_ms();
         let mut by_sender: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for m in &chosen {

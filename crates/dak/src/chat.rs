@@ -202,6 +202,16 @@ impl Chat {
                 }
             }
             Event::SecurityNotice { .. } | Event::Group { .. } | Event::Reaction { .. } => {}
+            Event::MessageRequest {
+                ref conversation, ..
+            } if *conversation == self.peer => {
+                if let Some(line) = crate::show::notice_text(&event) {
+                    self.push(Item::Notice(line));
+                }
+            }
+            Event::MessageRequest { from, .. } => {
+                self.status = format!("message request from {from} (dak requests)")
+            }
         }
     }
 

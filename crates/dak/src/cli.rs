@@ -157,6 +157,19 @@ enum Command {
     },
     /// Show this profile's number, device and server.
     Whoami,
+    /// Message requests: chats that numbers you do not know started.
+    Requests,
+    /// Accept a message request (a number or a group): read receipts go
+    /// out from now on. Writing in the chat accepts it too.
+    Accept { conversation: String },
+    /// Block a number: its messages and group invitations stop reaching
+    /// every device of your account.
+    Block { phone: String },
+    /// Unblock a number.
+    Unblock { phone: String },
+    /// Report a number for spam or abuse (the server's operator counts
+    /// reports; they never see your messages), and block it.
+    Report { phone: String },
     /// Load-test a server with simulated devices (see docs/BENCHMARKS.md).
     Bench(crate::bench_cmd::BenchArgs),
 }
@@ -253,6 +266,29 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Link { server, name } => link(&dir, &server.join(","), &name, json).await,
         Command::Devices { action } => devices(&dir, action, json).await,
         Command::Whoami => whoami(&dir, json),
+        Command::Requests => requests(&dir, json),
+        Command::Accept { conversation } => {
+            let profile = open(&dir)?;
+            let mut client = Client::connect(profile).await?;
+            client.accept_request(&conversation)?;
+            done(json, "accepted", &conversation);
+            Ok(())
+        }
+        Command::Block { phone } => {
+            connect(&dir).await?.block(&phone, true).await?;
+            done(json, "blocked", &phone);
+            Ok(())
+        }
+        Command::Unblock { phone } => {
+            connect(&dir).await?.block(&phone, false).await?;
+            done(json, "unblocked", &phone);
+            Ok(())
+        }
+        Command::Report { phone } => {
+            connect(&dir).await?.report(&phone).await?;
+            done(json, "reported", &phone);
+            Ok(())
+        }
         Command::Bench(b) => crate::bench_cmd::run(b, json).await,
     }
 }
@@ -658,6 +694,31 @@ async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
         );
     }
     client.close().await;
+    Ok(())
+}
+
+/// One line saying what was done to whom.
+fn done(json: bool, what: &str, to: &str) {
+    if json {
+        println!("{}", json!({ what: to }));
+    } else {
+        println!("{what} {to}");
+    }
+}
+
+fn requests(dir: &std::path::Path, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let requests = dak_client::requests::message_requests(&profile)?;
+    for (conversation, from) in &requests {
+        if json {
+            println!("{}", json!({"conversation": conversation, "from": from}));
+        } else {
+            println!("{conversation}: from {from} (dak accept, dak block or dak report)");
+        }
+    }
+    if requests.is_empty() && !json {
+        println!("no message requests");
+    }
     Ok(())
 }
 

@@ -217,6 +217,10 @@ pub fn notice_text(event: &Event) -> Option<String> {
         Event::Deleted { conversation, id } => {
             format!("{}: {} was deleted", short(conversation), format_id(id))
         }
+        Event::MessageRequest { conversation, from } => format!(
+            "✉ message request from {from} in {}: dak accept {conversation}, dak block {from} or dak report {from}",
+            short(conversation)
+        ),
         Event::Message(_) | Event::Tick { .. } | Event::QueueEmpty => return None,
     })
 }
@@ -254,6 +258,9 @@ fn event_json(event: &Event) -> Option<serde_json::Value> {
         }
         Event::Deleted { conversation, id } => {
             json!({"type": "deleted", "conversation": conversation, "id": format_id(id)})
+        }
+        Event::MessageRequest { conversation, from } => {
+            json!({"type": "message_request", "conversation": conversation, "from": from})
         }
         Event::QueueEmpty => return None,
     })

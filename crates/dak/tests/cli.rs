@@ -119,7 +119,15 @@ async fn two_phones_chat_through_the_cli() {
     let id = sent["id"].as_str().unwrap().to_string();
 
     let out = ok(&bob.dir, &["--json", "sync"]);
-    let msgs = json_lines(&out);
+    let lines = json_lines(&out);
+    // The first message from a number bob does not know comes with its request.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "message_request" && l["from"] == alice.phone.as_str()),
+        "{out}"
+    );
+    let msgs: Vec<_> = lines.into_iter().filter(|l| l["type"] == "message").collect();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0]["id"], id.as_str());
     assert_eq!(msgs[0]["from"], alice.phone.as_str());
@@ -131,6 +139,10 @@ async fn two_phones_chat_through_the_cli() {
     assert_eq!(status["tick"], "delivered");
     assert_eq!(status["devices"].as_array().unwrap().len(), 1);
 
+    // alice is a stranger to bob: her chat is a message request until he accepts.
+    let requests = json_lines(&ok(&bob.dir, &["--json", "requests"]));
+    assert_eq!(requests[0]["from"], alice.phone.as_str());
+    ok(&bob.dir, &["accept", &alice.phone]);
     let out = ok(&bob.dir, &["--json", "read", "--all"]);
     assert_eq!(json_lines(&out)[0]["marked_read"], 1);
     ok(&alice.dir, &["sync"]);
@@ -203,6 +215,7 @@ async fn a_group_and_the_message_features_through_the_cli() {
         let got = json_lines(&ok(&p.dir, &["--json", "sync"]));
         let msg = got.iter().find(|v| v["type"] == "message").unwrap();
         assert_eq!(msg["conversation"], key.as_str());
+        ok(&p.dir, &["accept", &key]);
         ok(&p.dir, &["read", "--all"]);
     }
     ok(&alice.dir, &["sync"]);

@@ -46,6 +46,7 @@ async fn a_marker_in_a_message_receipt_and_reaction_reaches_no_server_file_log_o
     )
     .await
     .unwrap();
+    b.accept_request(&alice.phone).unwrap();
     b.mark_read(None).await.unwrap();
     a.wait_for_tick(&sent.id, dak_client::TickState::Read, |_| {})
         .await

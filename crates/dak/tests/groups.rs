@@ -117,7 +117,10 @@ async fn a_group_message_ticks_per_member_and_the_server_sees_no_title_or_text()
         TickState::Delivered
     );
     // bob reads: not blue until carol reads as well.
-    bob.connect().await.mark_read(None).await.unwrap();
+    let mut b = bob.connect().await;
+    b.accept_request(&key).unwrap(); // alice's group, from a stranger
+    b.mark_read(None).await.unwrap();
+    drop(b);
     sync_events(&alice).await;
     let tick = alice.connect().await.tick(&sent.id).unwrap();
     assert_eq!(tick.state, TickState::Delivered);
@@ -126,7 +129,10 @@ async fn a_group_message_ticks_per_member_and_the_server_sees_no_title_or_text()
             .iter()
             .any(|d| d.phone == bob.phone && d.read_ms > 0)
     );
-    carol.connect().await.mark_read(None).await.unwrap();
+    let mut c = carol.connect().await;
+    c.accept_request(&key).unwrap();
+    c.mark_read(None).await.unwrap();
+    drop(c);
     sync_events(&alice).await;
     assert_eq!(
         alice.connect().await.tick(&sent.id).unwrap().state,

@@ -30,6 +30,9 @@ async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
         .unwrap();
 
     let mut b = bob.connect().await;
+    // alice is a stranger to bob: no read receipt until he accepts.
+    assert_eq!(b.mark_read(None).await.unwrap(), 0);
+    b.accept_request(&alice.phone).unwrap();
     assert_eq!(b.mark_read(None).await.unwrap(), 1);
     b.close().await;
     a.wait_for_tick(&sent.id, TickState::Read, |_| {})
@@ -174,6 +177,7 @@ async fn a_linked_device_gets_every_message_and_its_sends_appear_on_the_phone() 
     );
 
     // Reading on the phone turns alice's tick blue and marks it read on the laptop too.
+    phone.accept_request(&alice.phone).unwrap();
     assert_eq!(phone.mark_read(None).await.unwrap(), 1);
     phone.close().await;
     a.wait_for_tick(&sent.id, TickState::Read, |_| {})
