@@ -5,6 +5,7 @@
 //! Start reading at `Server::start`, then `session.rs` (one WebSocket
 //! connection's state machine), `registration.rs`, `mailbox.rs`, `linking.rs`.
 
+mod blocks;
 pub mod config;
 mod edge;
 mod error;

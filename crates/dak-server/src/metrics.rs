@@ -58,6 +58,8 @@ pub struct Metrics {
     pub commits_accepted: AtomicU64,
     pub commits_stale: AtomicU64,
     pub commits_group_full: AtomicU64,
+    /// Reports of accounts on Dak recorded (each also blocks).
+    pub reports: AtomicU64,
     /// Envelopes the expiry sweep dropped unacked after the retention period.
     pub expired_retention: AtomicU64,
     /// Disappearing messages the expiry sweep dropped at their own expiry.
@@ -147,6 +149,11 @@ impl Metrics {
             "mls_commits_group_full_total",
             "MLS commits refused because the group would have more member accounts than max_group_members.",
             self.commits_group_full.load(Relaxed),
+        );
+        counter(
+            "reports_total",
+            "Accounts reported for spam or abuse by another account (each report also blocks).",
+            self.reports.load(Relaxed),
         );
         let _ = writeln!(
             out,

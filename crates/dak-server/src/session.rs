@@ -41,6 +41,7 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::blocks;
 use crate::edge::Admitted;
 use crate::error::{ApiError, ApiResult};
 use crate::groups;
@@ -556,6 +557,16 @@ impl Session {
             Request::RemoveDevice(r) => {
                 let me = self.device()?.clone();
                 self.remove_device(&me, r.device_id).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::BlockAccount(r) => {
+                let me = self.device()?.clone();
+                blocks::block(&self.state, &me, &r.phone, r.blocked).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::ReportAccount(r) => {
+                let me = self.device()?.clone();
+                blocks::report(&self.state, &me, &r.phone).await?;
                 Ok(Body::Ok(v1::Ok {}))
             }
         }

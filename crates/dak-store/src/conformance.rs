@@ -44,6 +44,9 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     racing_code_attempts_get_exactly_the_maximum(s).await;
     mailbox_quota_refuses_before_writing(s).await;
     mailbox_usage_stays_exact(s).await;
+    blocked_senders_reach_everyone_but_the_blocker(s).await;
+    blocked_committers_cannot_add_the_blocker(s).await;
+    reports_block_and_count_distinct_reporters(s).await;
 }
 
 /// Runs `n` calls of `f` at once, each on its own clone of the store, and
@@ -1356,4 +1359,194 @@ async fn mailbox_usage_stays_exact<S: Store>(s: &S) {
     assert_eq!(s.mailbox_usage(l).await.unwrap(), (0, 0));
     s.expire(LATE + 1_000, 1).await.unwrap();
     assert_eq!(s.mailbox_usage(d).await.unwrap(), (0, 0));
+}
+
+fn sorted(mut ids: Vec<DeviceId>) -> Vec<DeviceId> {
+    ids.sort_unstable();
+    ids
+}
+
+/// A block is kept by the store: none of the blocked account's messages
+/// reaches the blocker's devices (nor names them as recipients), every
+/// other member still gets them, and the blocker's full mailboxes do not
+/// hold the message back. It is one way, and unblocking restores delivery.
+async fn blocked_senders_reach_everyone_but_the_blocker<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000151", 151).await;
+    let bob = ready_device(s, "+911000000152", 152).await;
+    let carol = ready_device(s, "+911000000153", 153).await;
+    let laptop = s
+        .add_linked_device(bob.account_id, &[154; 32], "laptop", 2, 4)
+        .await
+        .unwrap();
+    s.put_key_packages(laptop.id, vec![], Some(vec![154]), 100)
+        .await
+        .unwrap();
+    let g = b"group-blocked";
+    let created = s
+        .commit_group(commit(&alice, g, 0, &[&bob, &laptop, &carol]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&created), "{created:?}");
+    let everyone = sorted(vec![bob.id, laptop.id, carol.id]);
+    assert_eq!(sorted(reached(s, g, 1, &alice, 60).await), everyone);
+
+    // bob blocks alice (twice: it is idempotent).
+    s.set_block(bob.account_id, alice.account_id, true)
+        .await
+        .unwrap();
+    s.set_block(bob.account_id, alice.account_id, true)
+        .await
+        .unwrap();
+    let lens = async || {
+        let mut lens = Vec::new();
+        for d in [bob.id, laptop.id, carol.id] {
+            lens.push(s.mailbox_len(d).await.unwrap());
+        }
+        lens
+    };
+    let before = lens().await;
+    assert_eq!(reached(s, g, 1, &alice, 61).await, vec![carol.id]);
+    assert_eq!(
+        lens().await,
+        vec![before[0], before[1], before[2] + 1],
+        "nothing stored for bob's devices"
+    );
+    // One way: bob's messages still reach alice (and his own laptop).
+    assert_eq!(
+        sorted(reached(s, g, 1, &bob, 62).await),
+        sorted(vec![alice.id, laptop.id, carol.id])
+    );
+
+    // bob's mailboxes fill up: alice's message is not held back by them,
+    // carol's (bob has not blocked her) is.
+    let filler: Vec<NewEnvelope> = (0..6).map(|i| from(&carol, 63 + i, b"fill")).collect();
+    for e in filler {
+        s.enqueue(e, &[bob.id, laptop.id]).await.unwrap();
+    }
+    let carol_len = s.mailbox_len(carol.id).await.unwrap();
+    let quota = MailboxQuota {
+        max_envelopes: carol_len + 1,
+        max_bytes: u64::MAX,
+    };
+    assert!(s.mailbox_len(bob.id).await.unwrap() > carol_len + 1);
+    let sent = s
+        .send_group(g, 1, from(&alice, 70, b"over"), quota)
+        .await
+        .unwrap();
+    assert_eq!(
+        sent,
+        GroupOutcome::Accepted {
+            recipients: vec![carol.clone()]
+        }
+    );
+    let refused = s
+        .send_group(g, 1, from(&carol, 71, b"over"), quota)
+        .await
+        .unwrap();
+    assert_eq!(refused, GroupOutcome::MailboxFull { device: bob.id });
+
+    // Commits still reach everyone, and a blocked member may still commit
+    // when it adds no one.
+    let rekey = s.commit_group(commit(&alice, g, 1, &[])).await.unwrap();
+    let GroupOutcome::Accepted { recipients } = rekey else {
+        panic!("{rekey:?}")
+    };
+    assert_eq!(sorted(recipients.iter().map(|d| d.id).collect()), everyone);
+
+    // Unblocked (twice: idempotent), alice reaches bob again.
+    s.set_block(bob.account_id, alice.account_id, false)
+        .await
+        .unwrap();
+    s.set_block(bob.account_id, alice.account_id, false)
+        .await
+        .unwrap();
+    assert_eq!(sorted(reached(s, g, 2, &alice, 72).await), everyone);
+}
+
+/// An account that was blocked cannot add the blocker's devices, neither
+/// creating a group nor later, and the refusal changes nothing; anyone
+/// else can add them, and the blocked account can still remove them.
+async fn blocked_committers_cannot_add_the_blocker<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000155", 155).await;
+    let bob = ready_device(s, "+911000000156", 156).await;
+    let carol = ready_device(s, "+911000000157", 157).await;
+    s.set_block(bob.account_id, alice.account_id, true)
+        .await
+        .unwrap();
+    let g = b"group-blocked-adds";
+    let cannot = GroupOutcome::BadChange(group_rules::ADD_BLOCKED.into());
+    let bob_len = s.mailbox_len(bob.id).await.unwrap();
+    assert_eq!(
+        s.commit_group(commit(&alice, g, 0, &[&bob])).await.unwrap(),
+        cannot
+    );
+    assert_eq!(
+        s.commit_group(commit(&alice, g, 0, &[&bob, &carol]))
+            .await
+            .unwrap(),
+        cannot
+    );
+    assert_eq!(s.group_epoch(g).await.unwrap(), None, "no group was made");
+    let created = s
+        .commit_group(commit(&alice, g, 0, &[&carol]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&created), "{created:?}");
+    let carol_len = s.mailbox_len(carol.id).await.unwrap();
+    assert_eq!(
+        s.commit_group(commit(&alice, g, 1, &[&bob])).await.unwrap(),
+        cannot
+    );
+    assert_eq!(s.group_epoch(g).await.unwrap(), Some(1));
+    assert_eq!(s.mailbox_len(carol.id).await.unwrap(), carol_len);
+    assert_eq!(s.mailbox_len(bob.id).await.unwrap(), bob_len, "no Welcome");
+    // carol may add bob; alice may then remove him (never refused).
+    let added = s.commit_group(commit(&carol, g, 1, &[&bob])).await.unwrap();
+    assert!(is_accepted(&added), "{added:?}");
+    // alice 0, carol 1, bob 2
+    let removal = removing(commit(&alice, g, 2, &[]), &[&bob], &[2]);
+    let removed = s.commit_group(removal).await.unwrap();
+    assert!(is_accepted(&removed), "{removed:?}");
+    assert_eq!(reached(s, g, 3, &alice, 73).await, vec![carol.id]);
+}
+
+/// A report is one row per (reporter, reported) pair, counted once however
+/// often it is repeated, and it blocks; unblocking keeps the report.
+async fn reports_block_and_count_distinct_reporters<S: Store>(s: &S) {
+    let spammer = ready_device(s, "+911000000161", 161).await;
+    let first = ready_device(s, "+911000000162", 162).await;
+    let second = ready_device(s, "+911000000163", 163).await;
+    assert_eq!(s.reports_against(spammer.account_id).await.unwrap(), 0);
+    s.report(first.account_id, spammer.account_id, 1_000)
+        .await
+        .unwrap();
+    s.report(first.account_id, spammer.account_id, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(s.reports_against(spammer.account_id).await.unwrap(), 1);
+    s.report(second.account_id, spammer.account_id, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(s.reports_against(spammer.account_id).await.unwrap(), 2);
+    assert_eq!(s.reports_against(first.account_id).await.unwrap(), 0);
+    // The report blocked the spammer for its reporter.
+    let g = b"group-reported";
+    assert_eq!(
+        s.commit_group(commit(&spammer, g, 0, &[&first]))
+            .await
+            .unwrap(),
+        GroupOutcome::BadChange(group_rules::ADD_BLOCKED.into())
+    );
+    let created = s
+        .commit_group(commit(&first, g, 0, &[&spammer]))
+        .await
+        .unwrap();
+    assert!(is_accepted(&created), "{created:?}");
+    assert_eq!(reached(s, g, 1, &spammer, 80).await, Vec::<DeviceId>::new());
+    assert_eq!(reached(s, g, 1, &first, 81).await, vec![spammer.id]);
+    s.set_block(first.account_id, spammer.account_id, false)
+        .await
+        .unwrap();
+    assert_eq!(reached(s, g, 1, &spammer, 82).await, vec![first.id]);
+    assert_eq!(s.reports_against(spammer.account_id).await.unwrap(), 2);
 }

@@ -6,6 +6,12 @@
 //! committed. The server's single tick rests on `send_group` and `commit_group`
 //! keeping that promise.
 //!
+//! Invariant: a block holds on the server, not only in the blocker's
+//! client: `send_group` never stores an application message for a device
+//! whose account blocked the sender's account, and `commit_group` refuses a
+//! commit that adds such a device. Removals are never refused for a block,
+//! so every group stays repairable.
+//!
 //! Invariant: every counter that guards something expensive or guessable
 //! (`take_token`, `take_code_attempt`, `take_pin_attempt`, the KeyPackage
 //! stock cap, the mailbox quota) is counted in one atomic step (one SQL
@@ -321,6 +327,46 @@ pub mod group_rules {
         }
         None
     }
+
+    /// The sender's account, when the sender is among `members`.
+    pub fn sender_account(members: &[Device], sender: DeviceId) -> Option<AccountId> {
+        members
+            .iter()
+            .find(|d| d.id == sender)
+            .map(|d| d.account_id)
+    }
+
+    /// The recipients of an application message once the devices of the
+    /// accounts in `blockers` (those that blocked the sender's account) are
+    /// left out: they are not given the envelope, and the sender's ack does
+    /// not name them.
+    pub fn without_blockers(recipients: Vec<Device>, blockers: &[AccountId]) -> Vec<Device> {
+        if blockers.is_empty() {
+            return recipients;
+        }
+        recipients
+            .into_iter()
+            .filter(|d| !blockers.contains(&d.account_id))
+            .collect()
+    }
+
+    /// Refuses a commit that would add a device (`added`, as read) whose
+    /// account is among `blockers` (those that blocked the committer's
+    /// account). Only adds are checked: removals and other commits are never
+    /// refused for a block, so a group can always be repaired.
+    pub fn check_adds_not_blocked(
+        added: &[Device],
+        blockers: &[AccountId],
+    ) -> Option<GroupOutcome> {
+        added
+            .iter()
+            .any(|d| blockers.contains(&d.account_id))
+            .then(|| GroupOutcome::BadChange(ADD_BLOCKED.into()))
+    }
+
+    /// The refusal of a commit adding a device whose account blocked the
+    /// committer's (`check_adds_not_blocked`).
+    pub const ADD_BLOCKED: &str = "this member cannot be added";
 
     /// Refuses a commit whose `added` or `removed` names a device twice, or
     /// whose `removed_leaves` names a leaf twice. Backends call it before
@@ -673,12 +719,19 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. Not subject to the mailbox quota. A commit whose lists
     /// name a device or leaf twice is refused before anything is read; the
     /// added devices are read with one query, however many are named. Each
-    /// member's leaf index is kept (`group_rules::apply_commit`).
+    /// member's leaf index is kept (`group_rules::apply_commit`). A commit
+    /// that `apply_commit` allows but that adds a device whose account
+    /// blocked the committer's account is refused with
+    /// `BadChange(group_rules::ADD_BLOCKED)` and changes nothing (one query
+    /// for the blockers, only when the commit adds devices).
     async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome>;
     /// Stores an application message for every other active member of the
     /// group, if `group_rules::check_send` allows it and every recipient's
     /// mailbox has room under `quota` (else `MailboxFull`, and nothing is
-    /// written for anyone), in one transaction.
+    /// written for anyone), in one transaction. Devices of accounts that
+    /// blocked the sender's account are left out (one query for the
+    /// blockers): they get nothing, are not in `Accepted::recipients`, and
+    /// their mailboxes are not held to the quota for this message.
     async fn send_group(
         &self,
         group_id: &[u8],
@@ -686,6 +739,21 @@ pub trait Store: Send + Sync + 'static {
         envelope: NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<GroupOutcome>;
+
+    // Blocks and reports.
+    /// Blocks (`on`) or unblocks `blocked` for `account`: while blocked, no
+    /// application message from any device of `blocked` reaches a device of
+    /// `account`, and `blocked` cannot add `account`'s devices to a group.
+    /// Idempotent: blocking twice keeps the first block's time, unblocking
+    /// what is not blocked does nothing.
+    async fn set_block(&self, account: AccountId, blocked: AccountId, on: bool) -> Result<()>;
+    /// Records that `reporter` reported `reported` (one row per pair: a
+    /// repeat only updates its time to `now_ms`) and blocks `reported` for
+    /// `reporter`, in one transaction.
+    async fn report(&self, reporter: AccountId, reported: AccountId, now_ms: i64) -> Result<()>;
+    /// How many distinct accounts have reported `account` (for the
+    /// operator, and tests).
+    async fn reports_against(&self, account: AccountId) -> Result<u64>;
 
     // Mailboxes.
     /// Appends the envelope to every listed device's mailbox in one durable
@@ -714,6 +782,15 @@ pub trait Store: Send + Sync + 'static {
     /// (`expires_ms - server_time_ms`) was shorter than `retention_ms`
     /// counts as a disappearing message.
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired>;
+}
+
+/// The wall clock in milliseconds, for rows whose caller passes no time
+/// (a block's `created_ms`, kept for the operator only).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The GCRA numbers of `Store::take_token`, shared by the backends.

@@ -148,6 +148,21 @@ const SCHEMA: &[&str] = &[
     // legacy groups (`group_rules::apply_commit`).
     "ALTER TABLE group_members ADD COLUMN IF NOT EXISTS leaf_index BIGINT",
     "CREATE INDEX IF NOT EXISTS group_members_by_device ON group_members(device_id)",
+    // Who blocked whom (account ids). Read by blocked account on every
+    // group message, hence the second index.
+    "CREATE TABLE IF NOT EXISTS blocks (
+        account_id BIGINT NOT NULL,
+        blocked_id BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (account_id, blocked_id))",
+    "CREATE INDEX IF NOT EXISTS blocks_by_blocked ON blocks(blocked_id, account_id)",
+    // One row per (reporter, reported) pair; a repeat updates its time.
+    "CREATE TABLE IF NOT EXISTS reports (
+        reporter_id BIGINT NOT NULL,
+        reported_id BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (reporter_id, reported_id))",
+    "CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id)",
 ];
 
 #[derive(Clone)]
@@ -583,6 +598,41 @@ fn member_accounts(members: &[Device]) -> Vec<AccountId> {
     accounts.sort_unstable();
     accounts.dedup();
     accounts
+}
+
+/// The accounts that blocked `account` (itself never counts); one
+/// statement on the `blocks_by_blocked` index.
+async fn blockers_of(
+    tx: &mut Transaction<'static, Postgres>,
+    account: AccountId,
+) -> Result<Vec<AccountId>> {
+    let rows: Vec<i64> = sqlx::query_scalar(
+        "SELECT account_id FROM blocks WHERE blocked_id = $1 AND account_id <> $1 ORDER BY account_id",
+    )
+    .bind(account as i64)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(rows.into_iter().map(|a| a as u64).collect())
+}
+
+async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    account: AccountId,
+    blocked: AccountId,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO blocks (account_id, blocked_id, created_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (account_id, blocked_id) DO NOTHING",
+    )
+    .bind(account as i64)
+    .bind(blocked as i64)
+    .bind(now_ms)
+    .execute(ex)
+    .await
+    .map(|_| ())
+    .map_err(backend)
 }
 
 /// Ends a transaction that wrote nothing that should stay (a refusal), so
@@ -1070,6 +1120,22 @@ impl Store for PgStore {
                 Ok(next) => next,
                 Err(outcome) => return refuse(tx, outcome).await,
             };
+        if !added.is_empty() {
+            // apply_commit found the committer among the members (or it is
+            // the new group's creator, read above).
+            let committer = members
+                .iter()
+                .map(|(d, _)| d)
+                .chain(sender.as_ref())
+                .find(|d| d.id == c.commit.sender_device)
+                .map(|d| d.account_id);
+            if let Some(committer) = committer {
+                let blockers = blockers_of(&mut tx, committer).await?;
+                if let Some(refusal) = group_rules::check_adds_not_blocked(&added, &blockers) {
+                    return refuse(tx, refusal).await;
+                }
+            }
+        }
         sqlx::query("UPDATE mls_groups SET epoch = $2 WHERE group_id = $1")
             .bind(&c.group_id)
             .bind((c.epoch + 1) as i64)
@@ -1144,10 +1210,18 @@ impl Store for PgStore {
         {
             return refuse(tx, refusal).await;
         }
-        let recipients: Vec<Device> = members
-            .into_iter()
-            .filter(|d| d.id != envelope.sender_device)
-            .collect();
+        // check_send found the sender among the members.
+        let blockers = match group_rules::sender_account(&members, envelope.sender_device) {
+            Some(account) => blockers_of(&mut tx, account).await?,
+            None => Vec::new(),
+        };
+        let recipients: Vec<Device> = group_rules::without_blockers(
+            members
+                .into_iter()
+                .filter(|d| d.id != envelope.sender_device)
+                .collect(),
+            &blockers,
+        );
         let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
         // The heads stay locked until commit, so the usage read here is the
         // usage the envelope is added to, whatever other nodes send.
@@ -1162,6 +1236,44 @@ impl Store for PgStore {
         insert_envelope(&mut *tx, &envelope, &ids).await?;
         tx.commit().await.map_err(backend)?;
         Ok(GroupOutcome::Accepted { recipients })
+    }
+
+    async fn set_block(&self, account: AccountId, blocked: AccountId, on: bool) -> Result<()> {
+        if on {
+            return insert_block(&self.pool, account, blocked, now_ms()).await;
+        }
+        sqlx::query("DELETE FROM blocks WHERE account_id = $1 AND blocked_id = $2")
+            .bind(account as i64)
+            .bind(blocked as i64)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    async fn report(&self, reporter: AccountId, reported: AccountId, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO reports (reporter_id, reported_id, created_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (reporter_id, reported_id) DO UPDATE SET created_ms = EXCLUDED.created_ms",
+        )
+        .bind(reporter as i64)
+        .bind(reported as i64)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_block(&mut *tx, reporter, reported, now_ms).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn reports_against(&self, account: AccountId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE reported_id = $1")
+            .bind(account as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n as u64)
     }
 
     async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {

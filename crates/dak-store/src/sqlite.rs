@@ -109,6 +109,20 @@ CREATE TABLE IF NOT EXISTS group_members (
     PRIMARY KEY (group_id, device_id)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_members_by_device ON group_members(device_id);
+CREATE TABLE IF NOT EXISTS blocks (
+    account_id INTEGER NOT NULL,
+    blocked_id INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (account_id, blocked_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_blocked ON blocks(blocked_id, account_id);
+CREATE TABLE IF NOT EXISTS reports (
+    reporter_id INTEGER NOT NULL,
+    reported_id INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (reporter_id, reported_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id);
 "#;
 
 #[derive(Clone)]
@@ -646,6 +660,35 @@ fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> 
     Ok(())
 }
 
+/// The accounts that blocked `account` (itself never counts); one
+/// statement on the `blocks_by_blocked` index.
+fn blockers_of(conn: &Connection, account: AccountId) -> Result<Vec<AccountId>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT account_id FROM blocks WHERE blocked_id = ?1 AND account_id != ?1 ORDER BY account_id",
+        )
+        .map_err(backend)?;
+    stmt.query_map([account as i64], |r| r.get::<_, i64>(0).map(|a| a as u64))
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)
+}
+
+fn insert_block(
+    conn: &Connection,
+    account: AccountId,
+    blocked: AccountId,
+    now_ms: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO blocks (account_id, blocked_id, created_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account_id, blocked_id) DO NOTHING",
+    )
+    .and_then(|mut st| st.execute(params![account as i64, blocked as i64, now_ms]))
+    .map(|_| ())
+    .map_err(backend)
+}
+
 fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<GroupOutcome> {
     if let Some(refusal) = group_rules::check_lists(c) {
         return Ok(refusal);
@@ -667,6 +710,21 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
             Ok(next) => next,
             Err(outcome) => return Ok(outcome),
         };
+    if !added.is_empty() {
+        // apply_commit found the committer among the members (or it is the
+        // new group's creator, read above).
+        let committer = members
+            .iter()
+            .map(|(d, _)| d)
+            .chain(sender.as_ref())
+            .find(|d| d.id == c.commit.sender_device);
+        if let Some(committer) = committer {
+            let blockers = blockers_of(conn, committer.account_id)?;
+            if let Some(refusal) = group_rules::check_adds_not_blocked(&added, &blockers) {
+                return Ok(refusal);
+            }
+        }
+    }
     conn.execute(
         "INSERT INTO mls_groups (group_id, epoch, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(group_id) DO UPDATE SET epoch = excluded.epoch",
         params![c.group_id, (c.epoch + 1) as i64, now_ms],
@@ -722,10 +780,18 @@ fn send_group(
     {
         return Ok(refusal);
     }
-    let recipients: Vec<Device> = members
-        .into_iter()
-        .filter(|d| d.id != e.sender_device)
-        .collect();
+    // check_send found the sender among the members.
+    let blockers = match group_rules::sender_account(&members, e.sender_device) {
+        Some(account) => blockers_of(conn, account)?,
+        None => Vec::new(),
+    };
+    let recipients: Vec<Device> = group_rules::without_blockers(
+        members
+            .into_iter()
+            .filter(|d| d.id != e.sender_device)
+            .collect(),
+        &blockers,
+    );
     let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
     if let Some(device) = first_full_mailbox(conn, &ids, e.body.len() as u64, quota)? {
         return Ok(GroupOutcome::MailboxFull { device });
@@ -1279,6 +1345,48 @@ impl Store for SqliteStore {
             )
             .optional()
             .map(Option::unwrap_or_default)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_block(&self, account: AccountId, blocked: AccountId, on: bool) -> Result<()> {
+        self.write(move |c| {
+            if on {
+                insert_block(c, account, blocked, now_ms())
+            } else {
+                c.execute(
+                    "DELETE FROM blocks WHERE account_id = ?1 AND blocked_id = ?2",
+                    params![account as i64, blocked as i64],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            }
+        })
+        .await
+    }
+
+    async fn report(&self, reporter: AccountId, reported: AccountId, now_ms: i64) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO reports (reporter_id, reported_id, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (reporter_id, reported_id) DO UPDATE SET created_ms = excluded.created_ms",
+                params![reporter as i64, reported as i64, now_ms],
+            )
+            .map_err(backend)?;
+            insert_block(c, reporter, reported, now_ms)
+        })
+        .await
+    }
+
+    async fn reports_against(&self, account: AccountId) -> Result<u64> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM reports WHERE reported_id = ?1",
+                [account as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
             .map_err(backend)
         })
         .await

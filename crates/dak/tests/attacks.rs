@@ -678,3 +678,161 @@ async fn a_foreign_group_looks_exactly_like_a_missing_one() {
     assert_eq!(strip(missing), (0, false));
     drop(db);
 }
+
+/// `BlockAccount` for `phone`, sent on a raw connection; the answer.
+async fn set_block(conn: &mut Connection, phone: &str, blocked: bool) -> Result<Body, ClientError> {
+    conn.call(Request::BlockAccount(v1::BlockAccount {
+        phone: phone.into(),
+        blocked,
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_blocked_sender_no_longer_reaches_the_blocker() {
+    let server = TestServer::start();
+    let (alice, bob, carol) = registered_trio(&server).await;
+    // The first message makes the chat (a commit adding bob's device).
+    let first = alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "before the block")
+        .await
+        .unwrap();
+    assert_eq!(first.recipient_devices, 1);
+    assert_eq!(bob.sync_texts().await, vec!["before the block"]);
+
+    let mut b = bob.raw_connection(&server).await;
+    let answer = set_block(&mut b, &alice.phone, true).await.unwrap();
+    assert!(matches!(answer, Body::Ok(_)), "{answer:?}");
+    // Blocking twice is the same as once.
+    set_block(&mut b, &alice.phone, true).await.unwrap();
+
+    // alice's messages are acked (a single tick) but stored for no device
+    // of bob's; carol's chat with her is untouched.
+    let mut a = alice.connect().await;
+    for text in ["blocked one", "blocked two"] {
+        let sent = a.send_text(&bob.phone, text).await.unwrap();
+        assert_eq!(sent.recipient_devices, 0, "{text}");
+    }
+    let to_carol = a.send_text(&carol.phone, "to carol").await.unwrap();
+    assert_eq!(to_carol.recipient_devices, 1);
+    drop(a);
+    assert_eq!(bob.sync_texts().await, Vec::<String>::new());
+    assert_eq!(carol.sync_texts().await, vec!["to carol"]);
+    // A block is one way: bob still reaches alice.
+    bob.connect()
+        .await
+        .send_text(&alice.phone, "from bob")
+        .await
+        .unwrap();
+    assert!(alice.sync_texts().await.contains(&"from bob".to_string()));
+
+    // Unblocked, alice reaches bob again (what was sent meanwhile is gone).
+    set_block(&mut b, &alice.phone, false).await.unwrap();
+    let after = alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "after the block")
+        .await
+        .unwrap();
+    assert_eq!(after.recipient_devices, 1);
+    assert_eq!(bob.sync_texts().await, vec!["after the block"]);
+}
+
+#[tokio::test]
+async fn a_blocker_cannot_be_added_and_blocks_reveal_no_numbers() {
+    let server = TestServer::start();
+    let (alice, bob) = registered_pair(&server).await;
+    let mut b = bob.raw_connection(&server).await;
+    // Blocked before alice ever wrote: the commit that would make the chat
+    // (adding bob's device) is refused, so nothing reaches bob.
+    set_block(&mut b, &alice.phone, true).await.unwrap();
+    let refused = alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "hello?")
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&refused), ErrorCode::BadRequest, "{refused}");
+    assert!(
+        said(&refused).contains("this member cannot be added"),
+        "{refused}"
+    );
+    assert_eq!(bob.sync_texts().await, Vec::<String>::new());
+
+    // A number that is not on Dak answers as one that is.
+    let unknown = set_block(&mut b, "+919811100000", true).await.unwrap();
+    assert!(matches!(unknown, Body::Ok(_)), "{unknown:?}");
+    let unknown = b
+        .call(Request::ReportAccount(v1::ReportAccount {
+            phone: "+919811100001".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(unknown, Body::Ok(_)), "{unknown:?}");
+    // One's own number is refused; a malformed one is not a number.
+    let own = set_block(&mut b, &bob.phone, true).await.unwrap_err();
+    assert_eq!(code_of(&own), ErrorCode::BadRequest, "{own}");
+    let bad = set_block(&mut b, "not a number", true).await.unwrap_err();
+    assert_eq!(code_of(&bad), ErrorCode::InvalidPhone, "{bad}");
+    // Only an authenticated device may block.
+    let mut anonymous = conn_from(&server, None).await;
+    let e = set_block(&mut anonymous, &alice.phone, true)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), ErrorCode::NotAuthenticated, "{e}");
+}
+
+#[tokio::test]
+async fn a_report_is_counted_and_blocks() {
+    let server = TestServer::start();
+    let (alice, bob) = registered_pair(&server).await;
+    alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "hi")
+        .await
+        .unwrap();
+    assert_eq!(bob.sync_texts().await, vec!["hi"]);
+
+    let mut b = bob.raw_connection(&server).await;
+    let answer = b
+        .call(Request::ReportAccount(v1::ReportAccount {
+            phone: alice.phone.clone(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Body::Ok(_)), "{answer:?}");
+    // An unknown number's report answers Ok and is not counted.
+    b.call(Request::ReportAccount(v1::ReportAccount {
+        phone: "+919811100002".into(),
+    }))
+    .await
+    .unwrap();
+    let metrics = http_get(&server.metrics_url()).await;
+    assert!(
+        metrics.lines().any(|l| l == "dak_reports_total 1"),
+        "{metrics}"
+    );
+    // The report blocked alice.
+    let sent = alice
+        .connect()
+        .await
+        .send_text(&bob.phone, "spam")
+        .await
+        .unwrap();
+    assert_eq!(sent.recipient_devices, 0);
+    assert_eq!(bob.sync_texts().await, Vec::<String>::new());
+    // The operator's log names both by masked number only.
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("account reported"))
+        .unwrap_or_else(|| panic!("no report logged: {log}"));
+    assert!(
+        !line.contains(&alice.phone) && !line.contains(&bob.phone),
+        "{line}"
+    );
+    assert!(line.contains("+…001") && line.contains("+…002"), "{line}");
+}
