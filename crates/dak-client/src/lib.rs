@@ -21,8 +21,7 @@ pub use dak_core::{
     Event, FREQUENTLY_FORWARDED, ForwardLimits, GroupChange, GroupEdit, GroupInfo, GroupMember,
     MAX_BROADCAST_RECIPIENTS, MessageView, Profile, Quote, RecipientState, SendOutcome,
     TextOptions, Tick, TickState, group_key, groups, mls, profile, queue_text, queue_text_with,
-    requests,
-    save_broadcast_list, tick_of, timer_of,
+    requests, save_broadcast_list, tick_of, timer_of,
 };
 pub use dak_core::{ConversationId, RuleBreach, SettingChange, Undecodable, format_id, parse_id};
 pub use env::SystemEnvironment;

@@ -127,7 +127,10 @@ async fn two_phones_chat_through_the_cli() {
             .any(|l| l["type"] == "message_request" && l["from"] == alice.phone.as_str()),
         "{out}"
     );
-    let msgs: Vec<_> = lines.into_iter().filter(|l| l["type"] == "message").collect();
+    let msgs: Vec<_> = lines
+        .into_iter()
+        .filter(|l| l["type"] == "message")
+        .collect();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0]["id"], id.as_str());
     assert_eq!(msgs[0]["from"], alice.phone.as_str());

@@ -35,11 +35,17 @@ async fn a_strangers_chat_is_a_request_until_accepted() {
     let server = TestServer::start();
     let (alice, bob) = registered_pair(&server).await;
     let mut a = alice.connect().await;
-    let sent = a.send_text(&bob.phone, "hi, we met at the fair").await.unwrap();
+    let sent = a
+        .send_text(&bob.phone, "hi, we met at the fair")
+        .await
+        .unwrap();
     a.close().await;
 
     let events = sync_events(&bob).await;
-    assert_eq!(requests_in(&events), vec![(alice.phone.clone(), alice.phone.clone())]);
+    assert_eq!(
+        requests_in(&events),
+        vec![(alice.phone.clone(), alice.phone.clone())]
+    );
     assert_eq!(texts(&events), vec!["hi, we met at the fair"]);
     let profile = bob.profile();
     assert!(dak_client::requests::is_request(&profile, &alice.phone).unwrap());
@@ -49,7 +55,10 @@ async fn a_strangers_chat_is_a_request_until_accepted() {
     assert_eq!(b.mark_read(None).await.unwrap(), 0);
     b.close().await;
     sync_events(&alice).await;
-    assert_eq!(alice.connect().await.tick(&sent.id).unwrap().state, TickState::Delivered);
+    assert_eq!(
+        alice.connect().await.tick(&sent.id).unwrap().state,
+        TickState::Delivered
+    );
 
     // Answering accepts it: the read receipt goes out, and alice is known.
     let mut b = bob.connect().await;
@@ -82,7 +91,10 @@ async fn a_group_a_stranger_adds_you_to_is_a_request() {
     a.send_text(&group.key, "cheap phones").await.unwrap();
     a.close().await;
     let events = sync_events(&bob).await;
-    assert_eq!(requests_in(&events), vec![(group.key.clone(), alice.phone.clone())]);
+    assert_eq!(
+        requests_in(&events),
+        vec![(group.key.clone(), alice.phone.clone())]
+    );
     let mut b = bob.connect().await;
     b.accept_request(&group.key).unwrap();
     assert!(b.accept_request(&group.key).is_err(), "accepted already");
@@ -105,7 +117,10 @@ async fn blocking_stops_a_stranger_and_a_report_blocks_too() {
     let mut a = alice.connect().await;
     a.send_text(&bob.phone, "buy now!!").await.unwrap();
     a.close().await;
-    assert!(texts(&sync_events(&bob).await).is_empty(), "a blocked number's message arrived");
+    assert!(
+        texts(&sync_events(&bob).await).is_empty(),
+        "a blocked number's message arrived"
+    );
 
     // Unblocked, she reaches him again.
     let mut b = bob.connect().await;
