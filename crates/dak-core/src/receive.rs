@@ -70,6 +70,9 @@ impl Client {
                     }
                     Ok(v1::NoticeKind::LinkExpired) => ErrorCode::LinkExpired,
                     Ok(v1::NoticeKind::ServerDraining) => ErrorCode::Unavailable,
+                    // Not retryable: reconnecting would only replace the
+                    // newer connection in turn.
+                    Ok(v1::NoticeKind::Replaced) => ErrorCode::ConnectionReplaced,
                     // A notice this build does not know (from a newer server): not a reason to stop.
                     _ => {
                         tracing::info!(kind = n.kind, message = %n.message, "server notice");

@@ -253,8 +253,8 @@ impl Session {
                 _ = replaced(self.online.as_ref()) => {
                     self.state.metrics.closed.inc("replaced");
                     self.push(Body::Notice(v1::Notice {
-                        kind: v1::NoticeKind::ServerDraining as i32,
-                        message: "this device opened a newer connection; this one is closed".into(),
+                        kind: v1::NoticeKind::Replaced as i32,
+                        message: "this device connected again elsewhere (another window or process with this profile); this connection is closed".into(),
                     })).await;
                     let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, "replaced by a newer connection".into()));
                     Flow::Close

@@ -836,3 +836,90 @@ async fn a_report_is_counted_and_blocks() {
     );
     assert!(line.contains("+…001") && line.contains("+…002"), "{line}");
 }
+
+#[tokio::test]
+async fn a_device_holds_a_few_connections_and_a_new_one_replaces_the_oldest() {
+    let server = TestServer::start();
+    let alice = alice();
+    alice.register(&server).await;
+    let mut oldest = alice.raw_connection(&server).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(alice.raw_connection(&server).await);
+    }
+    // The oldest is told why and closed; it must not reconnect on its own.
+    let told = loop {
+        match oldest.next_push().await {
+            Ok(Body::Notice(n)) => break n,
+            Ok(_) => continue,
+            Err(e) => panic!("closed without a notice: {e}"),
+        }
+    };
+    assert_eq!(told.kind, v1::NoticeKind::Replaced as i32);
+    assert!(
+        oldest.next_push().await.is_err(),
+        "the replaced connection is closed"
+    );
+    // The client reads it as an error that is not worth retrying.
+    drop(others);
+    let mut a = alice.connect().await;
+    let mut newer = Vec::new();
+    for _ in 0..3 {
+        newer.push(alice.raw_connection(&server).await);
+    }
+    let err = loop {
+        match a.next_events().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(code_of(&err), ErrorCode::ConnectionReplaced);
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_device_that_does_not_read_is_cut_off_and_loses_nothing() {
+    let server = TestServer::with_env(&[("DAK_WRITE_STALL_TIMEOUT", "1s")]);
+    let (alice, bob) = registered_pair(&server).await;
+    let mut a = alice.connect().await;
+    a.send_text(&bob.phone, "first").await.unwrap();
+    // bob's device connects and authenticates, then stops reading.
+    let (t, _) = WsTransport::connect(
+        &server.url,
+        &CertTrust::Pinned(bob.profile().get_str("cert").unwrap().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut stuck = Connection::open(Box::new(t), Arc::new(dak_client::SystemEnvironment))
+        .await
+        .unwrap();
+    stuck
+        .authenticate(
+            &bob.profile().identity().unwrap(),
+            bob.profile().registration().unwrap().device_id,
+        )
+        .await
+        .unwrap();
+    // Several MiB for it: more than the socket buffers and the session's queue hold.
+    let big = "x".repeat(40_000);
+    let mut sent = 1;
+    for _ in 0..200 {
+        a.send_text(&bob.phone, &big).await.unwrap();
+        sent += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Reading now finds the connection closed once the buffered data is out.
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if stuck.next_push().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    assert!(closed, "a connection that did not read stayed open");
+    drop(stuck);
+    // Nothing acknowledged is lost: bob's next connection gets every message.
+    assert_eq!(bob.sync_texts().await.len(), sent);
+}
