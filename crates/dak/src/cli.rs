@@ -487,10 +487,23 @@ async fn read(dir: &std::path::Path, all: bool, ids: &[String], json: bool) -> R
     let n = client
         .mark_read(if all { None } else { Some(&parsed) })
         .await?;
+    // Messages in requests stay unread for their senders until accepted.
+    let requests = dak_client::requests::message_requests(client.profile())?;
+    let held = client
+        .profile()
+        .unread()?
+        .iter()
+        .filter(|m| requests.contains_key(&m.conversation.key()))
+        .count();
     if json {
-        println!("{}", json!({"marked_read": n}));
+        println!("{}", json!({"marked_read": n, "in_requests": held}));
     } else {
         println!("Marked {n} message(s) read.");
+        if held > 0 {
+            println!(
+                "{held} message(s) in message requests were not: their senders learn nothing until you accept (dak requests)."
+            );
+        }
     }
     client.close().await;
     Ok(())
