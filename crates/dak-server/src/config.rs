@@ -287,6 +287,18 @@ impl Config {
                 self.ipv4_prefix_len, self.ipv6_prefix_len
             )));
         }
+        for (name, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("write_stall_timeout", self.write_stall_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} = 0: give a duration such as 10s"
+                )));
+            }
+        }
         if self.max_connections_per_device == 0 || self.codes_per_phone_burst == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections_per_device and codes_per_phone_burst must be at least 1".into(),

@@ -33,7 +33,10 @@ impl PinHasher {
         }
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    /// A place to run one hash: at once, after a bounded wait, or refused
+    /// with RATE_LIMITED. Taken before anything is counted, so a busy
+    /// server never costs a user an attempt.
+    pub async fn slot(&self) -> ApiResult<HashSlot> {
         let busy = || {
             ApiError::new(
                 ErrorCode::RateLimited,
@@ -41,38 +44,44 @@ impl PinHasher {
             )
             .retry_after(1)
         };
-        let permit = match self.running.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(busy());
-                }
-                let p = self.running.clone().acquire_owned().await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                p.map_err(|_| busy())?
-            }
-        };
+        if let Ok(p) = self.running.clone().try_acquire_owned() {
+            return Ok(HashSlot(p));
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(busy());
+        }
+        // Counted out again even if this future is dropped while it waits.
+        let _waiting = Waiting(&self.waiting);
+        let p = self.running.clone().acquire_owned().await;
+        p.map(HashSlot).map_err(|_| busy())
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+        let slot = self.slot().await?;
+        Self::run_in(slot, f).await
+    }
+
+    async fn run_in<T: Send + 'static>(
+        slot: HashSlot,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _slot = slot;
             f()
         })
         .await
         .map_err(|_| ApiError::new(ErrorCode::Internal, "PIN hashing failed"))
     }
 
+    /// Does `pin` match the PHC string `hash`, in a slot taken beforehand?
+    pub async fn matches_in(slot: HashSlot, hash: String, pin: String) -> ApiResult<bool> {
+        Self::run_in(slot, move || verify(&hash, &pin)).await
+    }
+
     /// Does `pin` match the PHC string `hash`?
     pub async fn matches(&self, hash: String, pin: String) -> ApiResult<bool> {
-        self.run(move || {
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(pin.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
+        self.run(move || verify(&hash, &pin)).await
     }
 
     /// The PHC string for a new PIN.
@@ -86,6 +95,28 @@ impl PinHasher {
         .await?
         .map_err(|_| ApiError::new(ErrorCode::Internal, "PIN hashing failed"))
     }
+}
+
+/// A running hash's share of the pool, held until the hash is done.
+pub struct HashSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// One waiter, counted out when it stops waiting (or is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn verify(hash: &str, pin: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(pin.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -25,8 +25,15 @@ const SWEEP_AT: usize = 100_000;
 pub struct Limiter<K> {
     interval: Duration,
     burst: u32,
+    state: Mutex<Buckets<K>>,
+}
+
+struct Buckets<K> {
     /// Theoretical arrival time per key: when its bucket will be full again.
-    tat: Mutex<HashMap<K, Instant>>,
+    tat: HashMap<K, Instant>,
+    /// Size at which the next sweep runs: twice what the last one left, so
+    /// that sweeping costs O(1) per check however many keys stay live.
+    sweep_at: usize,
 }
 
 impl<K: Hash + Eq> Limiter<K> {
@@ -43,7 +50,10 @@ impl<K: Hash + Eq> Limiter<K> {
         Limiter {
             interval,
             burst,
-            tat: Mutex::new(HashMap::new()),
+            state: Mutex::new(Buckets {
+                tat: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
         }
     }
 
@@ -53,12 +63,14 @@ impl<K: Hash + Eq> Limiter<K> {
     }
 
     fn check_at(&self, key: K, now: Instant) -> Result<(), u64> {
-        let Ok(mut tat) = self.tat.lock() else {
+        let Ok(mut buckets) = self.state.lock() else {
             return Err(1); // poisoned: refuse rather than let everything through
         };
-        if tat.len() >= SWEEP_AT {
-            tat.retain(|_, t| *t > now);
+        if buckets.tat.len() >= buckets.sweep_at {
+            buckets.tat.retain(|_, t| *t > now);
+            buckets.sweep_at = (buckets.tat.len() * 2).max(SWEEP_AT);
         }
+        let tat = &mut buckets.tat;
         let window = self.interval * self.burst;
         let current = tat.get(&key).copied().unwrap_or(now).max(now);
         let next = current + self.interval;

@@ -102,6 +102,16 @@ pub async fn verify(
 ) -> ApiResult<Registration> {
     let phone = parse_phone(&req.phone)?;
     let network = state.prefix(ip);
+    let too_many = |secs: u64| {
+        state.metrics.limited.inc("verify_network");
+        ApiError::new(
+            ErrorCode::RateLimited,
+            "too many verification attempts from your network; try again later",
+        )
+        .retry_after(secs)
+    };
+    // This node's copy first, then the cluster's, in the store.
+    state.verify_requests.check(network).map_err(too_many)?;
     let hour = 3_600_000 / i64::from(state.config.verifies_per_ip_per_hour.max(1));
     if let Some(wait) = state
         .store
@@ -113,12 +123,7 @@ pub async fn verify(
         )
         .await?
     {
-        state.metrics.limited.inc("verify_network");
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many verification attempts from your network; try again later",
-        )
-        .retry_after(((wait + 999) / 1000).max(1) as u64));
+        return Err(too_many(((wait + 999) / 1000).max(1) as u64));
     }
     // The signature first: it is cheap, and proves the request is a device's.
     verify_signature(
@@ -238,6 +243,9 @@ async fn check_registration_lock(
     }
     let max = state.config.pin_attempts;
     let lockout_ms = state.config.pin_lockout.as_millis() as i64;
+    // A place to hash first: a busy server refuses before counting, so it
+    // never costs the owner an attempt.
+    let slot = state.pin_hasher.slot().await?;
     let attempt = match state
         .store
         .take_pin_attempt(account.id, now, max, lockout_ms)
@@ -246,7 +254,7 @@ async fn check_registration_lock(
         PinAttempt::Counted { attempt } => attempt,
         PinAttempt::Locked { until_ms } => return Err(locked(until_ms)),
     };
-    if state.pin_hasher.matches(hash, pin.to_owned()).await? {
+    if crate::pin_hasher::PinHasher::matches_in(slot, hash, pin.to_owned()).await? {
         return Ok(());
     }
     Err(if attempt >= max {
@@ -318,7 +326,7 @@ pub async fn authenticate(
     );
     let Some(device) = device else {
         // The same work as for a known device, against a key nobody holds.
-        let _ = verify_signature(&[0u8; 32], &payload, &req.signature);
+        let _ = verify_signature(&state.decoy_key, &payload, &req.signature);
         return Err(failed());
     };
     verify_signature(&device.identity_key, &payload, &req.signature).map_err(|_| failed())?;

@@ -59,6 +59,9 @@ const FETCH: usize = 256;
 const OUTGOING_QUEUE: usize = 64;
 /// Failed authentications tolerated on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
+/// Requests one connection may make before it authenticates: enough to
+/// register (a code, a few tries at it) or link, not to hammer the store.
+const MAX_UNAUTHENTICATED_REQUESTS: u32 = 16;
 
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -95,6 +98,7 @@ struct Session {
     online: Option<OnlineSlot>,
     deadline: Option<Instant>,
     auth_failures: u32,
+    unauthenticated_requests: u32,
     /// When the last complete frame arrived, and whether the outgoing
     /// queue stayed full past its deadline.
     heard_at: Instant,
@@ -115,26 +119,29 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
     Metrics::inc(&state.metrics.connections_total);
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<ToSocket>(OUTGOING_QUEUE);
+    // Every write has the stall deadline: a peer that stops reading (a TCP
+    // window held at zero) cannot hold the writer, and with it the
+    // connection's slots, forever.
+    let stall = state.config.write_stall_timeout;
     let writer = tokio::spawn(async move {
         while let Some(item) = out_rx.recv().await {
-            let result = match item {
-                ToSocket::Frame(bytes) => sink.send(Message::Binary(bytes.into())).await,
-                ToSocket::Ping => sink.send(Message::Ping(Default::default())).await,
-                ToSocket::Close(code, reason) => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: reason.into(),
-                        })))
-                        .await;
-                    break;
-                }
+            let (message, last) = match item {
+                ToSocket::Frame(bytes) => (Message::Binary(bytes.into()), false),
+                ToSocket::Ping => (Message::Ping(Default::default()), false),
+                ToSocket::Close(code, reason) => (
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })),
+                    true,
+                ),
             };
-            if result.is_err() {
+            let sent = tokio::time::timeout(stall, sink.send(message)).await;
+            if last || !matches!(sent, Ok(Ok(()))) {
                 break;
             }
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(stall, sink.close()).await;
     });
 
     let mut nonce = [0u8; dak_proto::NONCE_BYTES];
@@ -152,6 +159,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         online: None,
         deadline: Some(Instant::now() + state.config.handshake_timeout),
         auth_failures: 0,
+        unauthenticated_requests: 0,
         heard_at: Instant::now(),
         stalled: false,
         pushed_to: 0,
@@ -167,7 +175,15 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         .await;
     session.serve(&mut stream).await;
     drop(session);
-    let _ = writer.await;
+    // The writer sends what is queued, within the stall deadline per frame;
+    // past one more deadline it is cut off, and dropping both halves closes
+    // the socket.
+    let mut writer = writer;
+    if tokio::time::timeout(stall, &mut writer).await.is_err() {
+        writer.abort();
+        state.metrics.closed.inc("write_stall");
+    }
+    drop(stream);
     state
         .metrics
         .connections_open
@@ -272,7 +288,7 @@ impl Session {
                         kind: v1::NoticeKind::ServerDraining as i32,
                         message: "the server is restarting; reconnect".into(),
                     })).await;
-                    let _ = self.out.send(ToSocket::Close(CLOSE_GOING_AWAY, "server draining".into())).await;
+                    let _ = self.out.try_send(ToSocket::Close(CLOSE_GOING_AWAY, "server draining".into()));
                     Flow::Close
                 }
             };
@@ -333,10 +349,11 @@ impl Session {
     async fn fail(&mut self, code: ErrorCode, message: String, close: u16) -> Flow {
         self.push(Body::Error(v1::Error::new(code, message.clone())))
             .await;
+        // Never waits: a queue that is full stays full for a peer that
+        // does not read, and the connection ends either way.
         let _ = self
             .out
-            .send(ToSocket::Close(close, message.chars().take(120).collect()))
-            .await;
+            .try_send(ToSocket::Close(close, message.chars().take(120).collect()));
         Flow::Close
     }
 
@@ -369,11 +386,24 @@ impl Session {
         let Some(request) = frame.request else {
             return Flow::Continue; // validate_client guarantees a request
         };
+        if self.device.is_none() {
+            self.unauthenticated_requests += 1;
+            if self.unauthenticated_requests > MAX_UNAUTHENTICATED_REQUESTS {
+                self.state.metrics.limited.inc("unauthenticated_requests");
+                return self
+                    .fail(
+                        ErrorCode::RateLimited,
+                        "too many requests before authenticating; connect again".into(),
+                        CLOSE_POLICY,
+                    )
+                    .await;
+            }
+        }
         let result = self.dispatch(request).await;
         let body = match result {
             Ok(body) => body,
             Err(ApiError(e)) => {
-                if matches!(e.kind(), ErrorCode::AuthFailed | ErrorCode::UnknownDevice) {
+                if e.kind() == ErrorCode::AuthFailed && self.device.is_none() {
                     Metrics::inc(&self.state.metrics.auth_failures);
                     self.auth_failures += 1;
                     if self.auth_failures >= MAX_AUTH_FAILURES {
@@ -527,13 +557,24 @@ impl Session {
                     .copied()
                     .filter(|s| self.in_flight.remove(s))
                     .collect();
-                if !seqs.is_empty() {
-                    let n = self.state.store.ack(id, &seqs).await?;
-                    self.state
-                        .metrics
-                        .envelopes_acked
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if seqs.is_empty() {
+                    // Nothing of ours: it costs a token like any request,
+                    // and does not wake the mailbox.
+                    self.state.device_requests.check(id).map_err(|secs| {
+                        self.state.metrics.limited.inc("device_requests");
+                        ApiError::new(
+                            ErrorCode::RateLimited,
+                            "too many requests from this device; slow down",
+                        )
+                        .retry_after(secs)
+                    })?;
+                    return Ok(Body::Ok(v1::Ok {}));
                 }
+                let n = self.state.store.ack(id, &seqs).await?;
+                self.state
+                    .metrics
+                    .envelopes_acked
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 self.told_empty = false;
                 Ok(Body::Ok(v1::Ok {}))
             }
@@ -705,8 +746,7 @@ impl Session {
         .await;
         let _ = self
             .out
-            .send(ToSocket::Close(CLOSE_POLICY, "device signed out".into()))
-            .await;
+            .try_send(ToSocket::Close(CLOSE_POLICY, "device signed out".into()));
         Flow::Close
     }
 

@@ -98,6 +98,16 @@ pub async fn spend(state: &AppState, ip: IpAddr, phone: &str) -> ApiResult<()> {
             "the server has sent all the codes it may this hour; try again later".to_string(),
         ),
     ];
+    // This node's copy of the network budget first: a flood from one
+    // network is refused without touching the store.
+    if let Err(secs) = state.code_requests.check(network) {
+        state.metrics.limited.inc("sms_network");
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many code requests from your network; try again later",
+        )
+        .retry_after(secs));
+    }
     let now = now_ms();
     for (key, interval, burst, limit, message) in budgets {
         if let Some(wait_ms) = state.store.take_token(&key, now, interval, burst).await? {

@@ -33,9 +33,16 @@ pub struct Inner {
     pub device_requests: Limiter<u64>,
     pub pin_changes: Limiter<u64>,
     pub link_starts: Limiter<IpPrefix>,
+    /// This node's copies of the per-network code and verify budgets, in
+    /// front of the store's: a flood is refused here without a store write.
+    pub code_requests: Limiter<IpPrefix>,
+    pub verify_requests: Limiter<IpPrefix>,
     /// Log lines about rejected input: a burst, then a few a second.
     pub rejected_logs: Limiter<()>,
     pub pin_hasher: PinHasher,
+    /// A valid public key no device has: an unknown device id is checked
+    /// against it, the same work as a known one with a wrong signature.
+    pub decoy_key: [u8; 32],
     pub shutdown: watch::Receiver<bool>,
     pub probes: Probes,
 }
@@ -79,7 +86,18 @@ impl AppState {
                 config.links_per_ip_per_hour,
             ),
             rejected_logs: Limiter::per_second(10, 50),
+            code_requests: Limiter::per_hour(
+                config.codes_per_ip_per_hour,
+                config.codes_per_ip_per_hour,
+            ),
+            verify_requests: Limiter::per_hour(
+                config.verifies_per_ip_per_hour,
+                config.verifies_per_ip_per_hour,
+            ),
             pin_hasher: PinHasher::new(config.argon2_parallel, config.argon2_queue),
+            decoy_key: ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng)
+                .verifying_key()
+                .to_bytes(),
             config,
             store,
             bus,

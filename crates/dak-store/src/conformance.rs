@@ -155,6 +155,7 @@ fn commit(by: &Device, group: &[u8], epoch: u64, added: &[&Device]) -> GroupComm
         added: added.iter().map(|d| d.id).collect(),
         removed: vec![],
         removed_leaves: vec![],
+        added_phones: vec![],
         max_accounts: 1024,
         commit: from(by, 20 + epoch as u8, b"commit"),
         welcome: (!added.is_empty()).then(|| from(by, 40 + epoch as u8, b"welcome")),

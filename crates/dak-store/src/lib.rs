@@ -240,6 +240,10 @@ pub struct GroupCommit {
     /// the commit. In a group whose members' leaves are all known, the
     /// devices at these leaves must be exactly `removed`.
     pub removed_leaves: Vec<u32>,
+    /// The number each added device's credential names, in `added`'s
+    /// order (empty: not checked). Each must be the device's own number,
+    /// so a member cannot add a device under another account's name.
+    pub added_phones: Vec<String>,
     /// Member accounts the group may have after a commit that brings in a
     /// new account (the server's `max_group_members`). Commits that add no
     /// new account pass even in a group that is over it (see
@@ -438,9 +442,10 @@ pub mod group_rules {
             None if c.epoch == 0 => vec![(sender_id, Some(0))],
             None => return Err(GroupOutcome::NoGroup),
             // Membership before the epoch: a non-member learns nothing of
-            // the group, not even its epoch; except the loser of a race to
-            // create it (an epoch-0 commit), who is told the group moved on.
-            Some(_) if c.epoch != 0 && !members.iter().any(|(d, _)| d.id == sender_id) => {
+            // the group, not even its epoch. (Group ids are random, so only
+            // a forged epoch-0 commit can race to create an existing group;
+            // its creator's own retry finds itself a member.)
+            Some(_) if !members.iter().any(|(d, _)| d.id == sender_id) => {
                 return Err(GroupOutcome::NotMember);
             }
             Some(e) if e != c.epoch => return Err(GroupOutcome::Stale { epoch: e }),
@@ -466,6 +471,20 @@ pub mod group_rules {
                 return Err(GroupOutcome::BadChange(format!(
                     "device {r} is not a member"
                 )));
+            }
+        }
+        if !c.added_phones.is_empty() {
+            if c.added_phones.len() != c.added.len() {
+                return Err(GroupOutcome::BadChange(
+                    "the added devices and their numbers do not pair up".into(),
+                ));
+            }
+            for (a, phone) in c.added.iter().zip(&c.added_phones) {
+                if !added.iter().any(|d| d.id == *a && d.phone == *phone) {
+                    return Err(GroupOutcome::BadChange(format!(
+                        "the commit adds device {a} under a number that is not its own"
+                    )));
+                }
             }
         }
         for a in &c.added {

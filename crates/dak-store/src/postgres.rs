@@ -1200,9 +1200,16 @@ impl Store for PgStore {
             return refuse(tx, GroupOutcome::NoGroup).await;
         };
         let members = group_members(&mut tx, group_id).await?;
+        let blockers = match group_rules::sender_account(&members, envelope.sender_device) {
+            Some(account) => blockers_of(&mut tx, account).await?,
+            None => Vec::new(),
+        };
+        // A blocker's new device is not one the sender must add first: that
+        // would stall the sender's group and tell it about the block.
         let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&members))
             .await?
             .iter()
+            .filter(|d| !blockers.contains(&d.account_id))
             .map(|d| d.id)
             .collect();
         if let Some(refusal) =
@@ -1210,11 +1217,6 @@ impl Store for PgStore {
         {
             return refuse(tx, refusal).await;
         }
-        // check_send found the sender among the members.
-        let blockers = match group_rules::sender_account(&members, envelope.sender_device) {
-            Some(account) => blockers_of(&mut tx, account).await?,
-            None => Vec::new(),
-        };
         let recipients: Vec<Device> = group_rules::without_blockers(
             members
                 .into_iter()

@@ -771,8 +771,15 @@ fn send_group(
         return Ok(GroupOutcome::NoGroup);
     };
     let members = group_members(conn, group_id)?;
+    let blockers = match group_rules::sender_account(&members, e.sender_device) {
+        Some(account) => blockers_of(conn, account)?,
+        None => Vec::new(),
+    };
+    // A blocker's new device is not one the sender must add first: that
+    // would stall the sender's group and tell it about the block.
     let ready: Vec<DeviceId> = ready_devices(conn, &member_accounts(&members))?
         .iter()
+        .filter(|d| !blockers.contains(&d.account_id))
         .map(|d| d.id)
         .collect();
     if let Some(refusal) =
@@ -780,11 +787,6 @@ fn send_group(
     {
         return Ok(refusal);
     }
-    // check_send found the sender among the members.
-    let blockers = match group_rules::sender_account(&members, e.sender_device) {
-        Some(account) => blockers_of(conn, account)?,
-        None => Vec::new(),
-    };
     let recipients: Vec<Device> = group_rules::without_blockers(
         members
             .into_iter()

@@ -183,6 +183,7 @@ async fn concurrent_creators_of_one_group_one_wins() {
                     added: vec![],
                     removed: vec![],
                     removed_leaves: vec![],
+                    added_phones: vec![],
                     max_accounts: 1024,
                     commit: from(d, round, b"create"),
                     welcome: None,
@@ -199,7 +200,8 @@ async fn concurrent_creators_of_one_group_one_wins() {
             "round {round}: exactly one wins: {ra:?} / {rb:?}"
         );
         let lost = if won(&ra) { rb } else { ra };
-        assert_eq!(lost, GroupOutcome::Stale { epoch: 1 }, "round {round}");
+        // The loser is no member of the winner's group: it learns nothing of it.
+        assert_eq!(lost, GroupOutcome::NotMember, "round {round}");
         assert_eq!(store.group_epoch(&group).await.unwrap(), Some(1));
     }
     // Each creator's mailbox holds exactly the commits it won.
@@ -361,6 +363,7 @@ async fn racing_senders_never_pass_the_mailbox_quota() {
             added: vec![b.id],
             removed: vec![],
             removed_leaves: vec![],
+            added_phones: vec![],
             max_accounts: 1024,
             commit: from(&a, round, b"commit"),
             welcome: Some(from(&a, round, b"")),
