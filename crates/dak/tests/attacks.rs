@@ -908,6 +908,12 @@ async fn a_device_that_does_not_read_is_cut_off_and_loses_nothing() {
         sent += 1;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Closed while it still did not read: the session gave up on it.
+    let metrics = http_get(&server.metrics_url()).await;
+    assert!(
+        metrics.contains("dak_connections_closed_total{reason=\"write_stall\"}"),
+        "{metrics}"
+    );
     // Reading now finds the connection closed once the buffered data is out.
     let closed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
