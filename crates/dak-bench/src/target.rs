@@ -34,6 +34,7 @@ impl Target {
             .env("DAK_REQUESTS_PER_DEVICE_PER_SEC", "1000000")
             .env("DAK_REQUEST_BURST", "1000000")
             .env("DAK_MAX_CONNECTIONS_PER_DEVICE", "1000")
+            .env("DAK_LOOKUPS_PER_DAY", "100000000")
             .env("DAK_HANDSHAKE_TIMEOUT", "60s")
             .env("DAK_LOG", "warn")
             .stdout(Stdio::piped())

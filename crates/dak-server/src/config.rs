@@ -173,7 +173,8 @@ impl Default for Config {
             argon2_queue: 64,
             max_key_packages: 200,
             key_packages_per_target_per_hour: 10,
-            lookups_per_day: 500,
+            // Two full groups' worth: creating a group of 1,024 looks up 1,023.
+            lookups_per_day: 2_048,
             mailbox_max_envelopes: 50_000,
             mailbox_max_bytes: 512 * 1024 * 1024,
             metrics_listen: None,
