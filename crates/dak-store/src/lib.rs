@@ -21,6 +21,7 @@
 
 pub mod conformance;
 mod postgres;
+mod sql;
 mod sqlite;
 pub mod testing;
 
@@ -611,10 +612,6 @@ pub trait Store: Send + Sync + 'static {
     /// refusal writes nothing. `burst` 0 always refuses; an `interval_ms`
     /// below 1 counts as 1. One atomic statement, so racing callers never
     /// take more than the bucket holds.
-    /// When the bucket `key` is next full (its theoretical arrival time),
-    /// or None when it is full already. Reads only: for "was this key used
-    /// lately" questions asked before deciding what to take.
-    async fn token_state(&self, key: &str) -> Result<Option<i64>>;
     async fn take_token(
         &self,
         key: &str,
@@ -622,6 +619,10 @@ pub trait Store: Send + Sync + 'static {
         interval_ms: i64,
         burst: u32,
     ) -> Result<Option<i64>>;
+    /// When the bucket `key` is next full (its theoretical arrival time),
+    /// or None when it is full already. Reads only: for "was this key used
+    /// lately" questions asked before deciding what to take.
+    async fn token_state(&self, key: &str) -> Result<Option<i64>>;
 
     // Phone verification.
     /// Stores a code for the number and session, replacing that session's

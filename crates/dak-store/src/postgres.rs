@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
+use crate::sql::{DEVICE_COLS, MEMBER_COLS};
 use crate::*;
 
 // The dynamic SQL here only splices in the constant column list
@@ -237,23 +238,6 @@ impl PgStore {
     }
 }
 
-/// The columns `row_device` reads, in its order.
-macro_rules! device_fields {
-    () => {
-        "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked"
-    };
-}
-
-const DEVICE_COLS: &str = concat!(
-    device_fields!(),
-    " FROM devices d JOIN accounts a ON a.id = d.account_id"
-);
-
-/// A group's member devices with their leaf index (column 9).
-const MEMBER_COLS: &str = concat!(
-    device_fields!(),
-    ", m.leaf_index FROM group_members m JOIN devices d ON d.id = m.device_id JOIN accounts a ON a.id = d.account_id"
-);
 
 fn row_device(r: &PgRow) -> Device {
     Device {

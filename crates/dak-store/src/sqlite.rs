@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sql::{DEVICE_COLS, MEMBER_COLS};
 use crate::*;
 
 /// Jobs waiting for the writer. When full, callers wait (backpressure on
@@ -290,23 +291,6 @@ fn row_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
     })
 }
 
-/// The columns `row_device` reads, in its order.
-macro_rules! device_fields {
-    () => {
-        "d.id, d.account_id, a.phone, d.identity_key, d.name, d.is_primary, d.created_ms, d.last_seen_ms, d.revoked"
-    };
-}
-
-const DEVICE_COLS: &str = concat!(
-    device_fields!(),
-    " FROM devices d JOIN accounts a ON a.id = d.account_id"
-);
-
-/// A group's member devices with their leaf index (column 9).
-const MEMBER_COLS: &str = concat!(
-    device_fields!(),
-    ", m.leaf_index FROM group_members m JOIN devices d ON d.id = m.device_id JOIN accounts a ON a.id = d.account_id"
-);
 
 fn device_by_id(conn: &Connection, id: DeviceId) -> Result<Option<Device>> {
     conn.query_row(
