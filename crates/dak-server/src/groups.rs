@@ -338,20 +338,17 @@ pub async fn fetch_key_packages(
         .await?
         .is_some_and(|full_at| full_at > now);
     if !seen_today {
-        let per = DAY_MS / i64::from(state.config.lookups_per_day.max(1));
-        let budget = format!("lookup:{}", me.account_id);
-        if let Some(wait) = state
-            .store
-            .take_token(&budget, now, per, state.config.lookups_per_day)
-            .await?
-        {
-            state.metrics.limited.inc("lookups");
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
+        let per_day = state.config.lookups_per_day;
+        state
+            .take_cluster_token(
+                &format!("lookup:{}", me.account_id),
+                Duration::from_millis(DAY_MS as u64),
+                per_day,
+                per_day,
+                "lookups",
                 "this account looked up too many different numbers today; try again later",
             )
-            .retry_after(((wait + 999) / 1000).max(1) as u64));
-        }
+            .await?;
         state.store.take_token(&seen, now, DAY_MS, 1).await?;
     }
     // One-time KeyPackages per (requester, target): beyond the budget the

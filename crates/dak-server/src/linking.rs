@@ -33,12 +33,11 @@ pub async fn start(
 ) -> ApiResult<String> {
     // Each start is a store write before anyone is authenticated.
     state.link_starts.check(state.prefix(ip)).map_err(|secs| {
-        state.metrics.limited.inc("link_starts");
-        ApiError::new(
-            ErrorCode::RateLimited,
+        state.limited(
+            "link_starts",
             "too many link requests from your network; try again later",
+            secs,
         )
-        .retry_after(secs)
     })?;
     verify_signature(
         &req.identity_key,

@@ -102,29 +102,23 @@ pub async fn verify(
 ) -> ApiResult<Registration> {
     let phone = parse_phone(&req.phone)?;
     let network = state.prefix(ip);
-    let too_many = |secs: u64| {
-        state.metrics.limited.inc("verify_network");
-        ApiError::new(
-            ErrorCode::RateLimited,
-            "too many verification attempts from your network; try again later",
-        )
-        .retry_after(secs)
-    };
+    const TOO_MANY: &str = "too many verification attempts from your network; try again later";
     // This node's copy first, then the cluster's, in the store.
-    state.verify_requests.check(network).map_err(too_many)?;
-    let hour = 3_600_000 / i64::from(state.config.verifies_per_ip_per_hour.max(1));
-    if let Some(wait) = state
-        .store
-        .take_token(
+    state
+        .verify_requests
+        .check(network)
+        .map_err(|secs| state.limited("verify_network", TOO_MANY, secs))?;
+    let per_hour = state.config.verifies_per_ip_per_hour;
+    state
+        .take_cluster_token(
             &format!("verify:net:{network}"),
-            now_ms(),
-            hour,
-            state.config.verifies_per_ip_per_hour,
+            std::time::Duration::from_secs(3600),
+            per_hour,
+            per_hour,
+            "verify_network",
+            TOO_MANY,
         )
-        .await?
-    {
-        return Err(too_many(((wait + 999) / 1000).max(1) as u64));
-    }
+        .await?;
     // The signature first: it is cheap, and proves the request is a device's.
     verify_signature(
         &req.identity_key,
@@ -279,12 +273,11 @@ pub async fn set_pin(state: &AppState, device: &Device, pin: &str) -> ApiResult<
         ));
     }
     state.pin_changes.check(device.id).map_err(|secs| {
-        state.metrics.limited.inc("pin_changes");
-        ApiError::new(
-            ErrorCode::RateLimited,
+        state.limited(
+            "pin_changes",
             "the PIN was changed too often; try again later",
+            secs,
         )
-        .retry_after(secs)
     })?;
     let hash = if pin.is_empty() {
         None

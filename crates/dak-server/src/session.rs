@@ -389,6 +389,7 @@ impl Session {
         if self.device.is_none() {
             self.unauthenticated_requests += 1;
             if self.unauthenticated_requests > MAX_UNAUTHENTICATED_REQUESTS {
+                // Counted as a refusal; the connection ends, so no retry_after.
                 self.state.metrics.limited.inc("unauthenticated_requests");
                 return self
                     .fail(
@@ -456,13 +457,17 @@ impl Session {
         if matches!(request, Request::AckDeliveries(_)) {
             return Ok(());
         }
-        self.state.device_requests.check(device.id).map_err(|secs| {
-            self.state.metrics.limited.inc("device_requests");
-            ApiError::new(
-                ErrorCode::RateLimited,
+        self.take_request_token(device.id)
+    }
+
+    /// One token of `device`'s request bucket, or RATE_LIMITED.
+    fn take_request_token(&self, device: u64) -> ApiResult<()> {
+        self.state.device_requests.check(device).map_err(|secs| {
+            self.state.limited(
+                "device_requests",
                 "too many requests from this device; slow down",
+                secs,
             )
-            .retry_after(secs)
         })
     }
 
@@ -560,14 +565,7 @@ impl Session {
                 if seqs.is_empty() {
                     // Nothing of ours: it costs a token like any request,
                     // and does not wake the mailbox.
-                    self.state.device_requests.check(id).map_err(|secs| {
-                        self.state.metrics.limited.inc("device_requests");
-                        ApiError::new(
-                            ErrorCode::RateLimited,
-                            "too many requests from this device; slow down",
-                        )
-                        .retry_after(secs)
-                    })?;
+                    self.take_request_token(id)?;
                     return Ok(Body::Ok(v1::Ok {}));
                 }
                 let n = self.state.store.ack(id, &seqs).await?;

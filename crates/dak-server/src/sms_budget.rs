@@ -20,12 +20,10 @@
 
 use std::net::IpAddr;
 
-use dak_proto::v1::ErrorCode;
+use crate::error::ApiResult;
+use crate::state::AppState;
 
-use crate::error::{ApiError, ApiResult};
-use crate::state::{AppState, now_ms};
-
-const HOUR_MS: i64 = 3_600_000;
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Two-digit ITU-T E.164 country calling codes; of the rest, 1 and 7 are
 /// one digit and every other code is three.
@@ -57,18 +55,17 @@ pub async fn spend(state: &AppState, ip: IpAddr, phone: &str) -> ApiResult<()> {
     let c = &state.config;
     let network = state.prefix(ip);
     let country = country_code(phone);
-    let per_hour = |n: u32| HOUR_MS / i64::from(n.max(1));
     let budgets = [
         (
             format!("sms:net:{network}"),
-            per_hour(c.codes_per_ip_per_hour),
+            c.codes_per_ip_per_hour,
             c.codes_per_ip_per_hour,
             "sms_network",
             "too many code requests from your network; try again later".to_string(),
         ),
         (
             format!("sms:phone:{phone}"),
-            per_hour(c.codes_per_phone_per_hour),
+            c.codes_per_phone_per_hour,
             c.codes_per_phone_burst,
             "sms_number",
             format!(
@@ -78,21 +75,21 @@ pub async fn spend(state: &AppState, ip: IpAddr, phone: &str) -> ApiResult<()> {
         ),
         (
             format!("sms:range:{}", number_range(phone, c.number_range_digits)),
-            per_hour(c.codes_per_range_per_hour),
+            c.codes_per_range_per_hour,
             c.codes_per_range_per_hour,
             "sms_range",
             "too many codes were sent to numbers like this one; try again later".to_string(),
         ),
         (
             format!("sms:country:{country}"),
-            per_hour(c.codes_per_country_per_hour),
+            c.codes_per_country_per_hour,
             c.codes_per_country_per_hour,
             "sms_country",
             format!("too many codes were sent to +{country} numbers; try again later"),
         ),
         (
             "sms:all".to_string(),
-            per_hour(c.codes_per_hour),
+            c.codes_per_hour,
             c.codes_per_hour,
             "sms_global",
             "the server has sent all the codes it may this hour; try again later".to_string(),
@@ -100,21 +97,17 @@ pub async fn spend(state: &AppState, ip: IpAddr, phone: &str) -> ApiResult<()> {
     ];
     // This node's copy of the network budget first: a flood from one
     // network is refused without touching the store.
-    if let Err(secs) = state.code_requests.check(network) {
-        state.metrics.limited.inc("sms_network");
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
+    state.code_requests.check(network).map_err(|secs| {
+        state.limited(
+            "sms_network",
             "too many code requests from your network; try again later",
+            secs,
         )
-        .retry_after(secs));
-    }
-    let now = now_ms();
-    for (key, interval, burst, limit, message) in budgets {
-        if let Some(wait_ms) = state.store.take_token(&key, now, interval, burst).await? {
-            state.metrics.limited.inc(limit);
-            return Err(ApiError::new(ErrorCode::RateLimited, message)
-                .retry_after(((wait_ms + 999) / 1000).max(1) as u64));
-        }
+    })?;
+    for (key, per_hour, burst, limit, message) in budgets {
+        state
+            .take_cluster_token(&key, HOUR, per_hour, burst, limit, &message)
+            .await?;
     }
     state.metrics.codes_by_country.inc(country);
     Ok(())

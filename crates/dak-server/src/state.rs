@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dak_bus::Bus;
+use dak_proto::v1::ErrorCode;
 use dak_store::Store;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::edge::Admission;
+use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::online::Online;
 use crate::pin_hasher::PinHasher;
@@ -113,6 +115,43 @@ impl AppState {
     /// The network `ip` is counted under.
     pub fn prefix(&self, ip: std::net::IpAddr) -> IpPrefix {
         self.admission.prefix(ip)
+    }
+
+    /// The refusal when a limit is spent: RATE_LIMITED with when to retry,
+    /// counted under `limit` in `dak_rate_limited_total`.
+    pub fn limited(
+        &self,
+        limit: &str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> ApiError {
+        self.metrics.limited.inc(limit);
+        ApiError::new(ErrorCode::RateLimited, message).retry_after(retry_after_secs.max(1))
+    }
+
+    /// Takes a token of the cluster-wide bucket `key` (`Store::take_token`):
+    /// a burst of `per_period`, then that many per `period`; or the
+    /// `limited` refusal.
+    pub async fn take_cluster_token(
+        &self,
+        key: &str,
+        period: std::time::Duration,
+        per_period: u32,
+        burst: u32,
+        limit: &str,
+        message: &str,
+    ) -> ApiResult<()> {
+        let interval_ms = period.as_millis() as i64 / i64::from(per_period.max(1));
+        match self
+            .store
+            .take_token(key, now_ms(), interval_ms, burst)
+            .await?
+        {
+            None => Ok(()),
+            Some(wait_ms) => {
+                Err(self.limited(limit, message, (wait_ms.max(0) as u64).div_ceil(1000)))
+            }
+        }
     }
 
     /// Whether a line about rejected input may be logged now; counts the
