@@ -238,7 +238,6 @@ impl PgStore {
     }
 }
 
-
 fn row_device(r: &PgRow) -> Device {
     Device {
         id: r.get::<i64, _>(0) as u64,

@@ -291,7 +291,6 @@ fn row_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
     })
 }
 
-
 fn device_by_id(conn: &Connection, id: DeviceId) -> Result<Option<Device>> {
     conn.query_row(
         &format!("SELECT {DEVICE_COLS} WHERE d.id = ?1"),

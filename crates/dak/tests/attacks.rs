@@ -300,9 +300,18 @@ async fn sms_budgets_hold_across_a_network_and_across_a_number_range() {
         metrics.contains("dak_rate_limited_total{limit=\"sms_range\"} 12"),
         "{metrics}"
     );
-    // And the public port does not serve them.
-    let public = server.url.replace("wss://", "https://");
-    assert!(!public.is_empty());
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_their_own_listener_not_the_public_port() {
+    let server = TestServer::start_insecure();
+    let public = server.url.replace("ws://", "http://");
+    let answer = http_get(&format!("{public}/metrics")).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(http_get(&format!("{public}/healthz")).await.contains("ok"));
+    let metrics = http_get(&server.metrics_url()).await;
+    assert!(metrics.contains("dak_connections_open"), "{metrics}");
+    assert!(server.metrics_url().starts_with("http://127.0.0.1:"));
 }
 
 /// A plain HTTP GET; the body.

@@ -10,16 +10,6 @@ use dak_proto::v1;
 
 const MARKER: &str = "MARKER-7f3a";
 
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.text.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_marker_in_a_message_receipt_and_reaction_reaches_no_server_file_log_or_frame() {
     let trace_dir = tempfile::tempdir().unwrap();

@@ -20,16 +20,6 @@ fn requests_in(events: &[Event]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.text.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_strangers_chat_is_a_request_until_accepted() {
     let server = TestServer::start();

@@ -278,15 +278,19 @@ impl Person {
 
     /// Syncs and returns the texts of new messages.
     pub async fn sync_texts(&self) -> Vec<String> {
-        sync_events(self)
-            .await
-            .into_iter()
-            .filter_map(|e| match e {
-                dak_client::Event::Message(m) => Some(m.text),
-                _ => None,
-            })
-            .collect()
+        texts(&sync_events(self).await)
     }
+}
+
+/// The texts of the messages among `events`, in order.
+pub fn texts(events: &[dak_client::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            dak_client::Event::Message(m) => Some(m.text.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Connects `who` afresh, receives everything waiting (and lets the
