@@ -55,7 +55,12 @@ pub async fn request_code(
             format!("{e}; ask for a new code in a moment"),
         )
     })?;
+    // Counted once the code is out, like codes_sent: a failed send is no code.
     Metrics::inc(&state.metrics.codes_sent);
+    state
+        .metrics
+        .codes_by_country
+        .inc(sms_budget::country_code(&phone));
     Ok(v1::CodeSent {
         expires_in_secs: state.config.code_ttl.as_secs() as u32,
         session: session.to_vec(),

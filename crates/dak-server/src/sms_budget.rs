@@ -109,7 +109,6 @@ pub async fn spend(state: &AppState, ip: IpAddr, phone: &str) -> ApiResult<()> {
             .take_cluster_token(&key, HOUR, per_hour, burst, limit, &message)
             .await?;
     }
-    state.metrics.codes_by_country.inc(country);
     Ok(())
 }
 
