@@ -24,6 +24,12 @@ pub trait Bus: Send + Sync + 'static {
     /// A receiver that changes whenever `topic` is published. Dropping it
     /// unsubscribes.
     fn subscribe(&self, topic: &str) -> Subscription;
+    /// Whether a publish can reach other nodes (a cluster's bus). When it
+    /// cannot, a node may deliver new mail to its own connections by other
+    /// means (the server's fast path) and skip the mail wake.
+    fn spans_nodes(&self) -> bool {
+        true
+    }
 }
 
 /// Wakes on each publish; several publishes before a wait count as one,
@@ -97,6 +103,10 @@ impl Drop for Unsubscribe {
 }
 
 impl Bus for LocalBus {
+    fn spans_nodes(&self) -> bool {
+        false
+    }
+
     fn publish(&self, topic: &str) {
         if let Ok(t) = self.topics.lock()
             && let Some(tx) = t.get(topic)

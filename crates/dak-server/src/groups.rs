@@ -111,7 +111,12 @@ fn refusal(outcome: GroupOutcome) -> ApiError {
     }
 }
 
+/// Tells the recipients' connections there is new mail, unless the fast
+/// path has already handed it to them.
 fn wake(state: &AppState, recipients: &[u64]) {
+    if state.fast_path {
+        return;
+    }
     for d in recipients {
         state.bus.publish(&dak_bus::mail_topic(*d));
     }

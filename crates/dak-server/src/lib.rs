@@ -11,6 +11,7 @@ mod edge;
 mod error;
 mod groups;
 mod http;
+mod inbox;
 mod linking;
 mod mailbox;
 pub mod metrics;

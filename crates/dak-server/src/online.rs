@@ -3,6 +3,10 @@
 //! WebSocket's buffers): at most `max_connections_per_device`, and a new
 //! connection replaces the oldest, which is told why and closed.
 //!
+//! It is also where the store's commit listener finds a device's
+//! connections (the fast path): each connection has an `Inbox` of the
+//! envelopes committed for its device since it joined.
+//!
 //! Invariant: an entry lives exactly as long as its `OnlineSlot`; the map
 //! holds no device with no slot.
 
@@ -10,10 +14,20 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use dak_store::{CommitListener, CommittedEnvelope};
 use tokio::sync::Notify;
 
-/// One device's connections, oldest first: (connection id, its replace signal).
-type Connections = VecDeque<(u64, Arc<Notify>)>;
+use crate::inbox::Inbox;
+
+/// One device's connection on this node.
+struct Connection {
+    id: u64,
+    replaced: Arc<Notify>,
+    inbox: Arc<Inbox>,
+}
+
+/// One device's connections, oldest first.
+type Connections = VecDeque<Connection>;
 
 #[derive(Default)]
 pub struct Online {
@@ -28,6 +42,8 @@ pub struct OnlineSlot {
     id: u64,
     /// Notified when a newer connection of the same device replaces this one.
     pub replaced: Arc<Notify>,
+    /// Envelopes committed for the device since this slot joined.
+    pub inbox: Arc<Inbox>,
 }
 
 impl Online {
@@ -35,14 +51,19 @@ impl Online {
     pub fn join(self: &Arc<Self>, device: u64, max: usize) -> OnlineSlot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let replaced = Arc::new(Notify::new());
+        let inbox = Arc::new(Inbox::default());
         if let Ok(mut devices) = self.devices.lock() {
             let conns = devices.entry(device).or_default();
-            conns.push_back((id, replaced.clone()));
+            conns.push_back(Connection {
+                id,
+                replaced: replaced.clone(),
+                inbox: inbox.clone(),
+            });
             while conns.len() > max.max(1) {
-                if let Some((_, old)) = conns.pop_front() {
+                if let Some(old) = conns.pop_front() {
                     // notify_one stores a permit, so a session that is busy
                     // right now still sees it at its next wait.
-                    old.notify_one();
+                    old.replaced.notify_one();
                 }
             }
         }
@@ -51,6 +72,7 @@ impl Online {
             device,
             id,
             replaced,
+            inbox,
         }
     }
 
@@ -62,12 +84,31 @@ impl Online {
     }
 }
 
+impl CommitListener for Online {
+    /// Offers each envelope to every connection of its devices on this
+    /// node; devices with none here read their mailbox when they connect.
+    fn committed(&self, envelopes: &[CommittedEnvelope]) {
+        let Ok(devices) = self.devices.lock() else {
+            return;
+        };
+        for e in envelopes {
+            for (device, seq) in &e.placed {
+                if let Some(conns) = devices.get(device) {
+                    for c in conns {
+                        c.inbox.offer(*seq, &e.envelope);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Drop for OnlineSlot {
     fn drop(&mut self) {
         if let Ok(mut devices) = self.online.devices.lock()
             && let Some(conns) = devices.get_mut(&self.device)
         {
-            conns.retain(|(id, _)| *id != self.id);
+            conns.retain(|c| c.id != self.id);
             if conns.is_empty() {
                 devices.remove(&self.device);
             }

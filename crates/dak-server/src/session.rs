@@ -7,6 +7,14 @@
 //! wakes on the bus when new mail arrives. A device can only read and ack its
 //! own mailbox: the device id comes from the authentication, never a request.
 //!
+//! The fast path: on one node the store hands every committed envelope to
+//! the device's connections (`inbox.rs`). A session that is `synced` (its
+//! last mailbox read came back short, and no hint was dropped since) pushes
+//! hints as they come, with no store read; one that is not reads its
+//! mailbox as before, and hints at or below what it pushed are skipped. The
+//! store stays the truth: a hint only saves reading back what was just
+//! written.
+//!
 //! Outgoing frames go through a bounded channel to a writer task. When the
 //! client reads too slowly the channel fills and this task waits, so it also
 //! stops reading the client's requests: backpressure reaches the client
@@ -108,6 +116,9 @@ struct Session {
     pushed_to: u64,
     in_flight: BTreeSet<u64>,
     told_empty: bool,
+    /// Everything committed for this device up to now has been pushed, or
+    /// is waiting in the inbox (see the fast path above).
+    synced: bool,
 }
 
 pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
@@ -165,6 +176,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         pushed_to: 0,
         in_flight: BTreeSet::new(),
         told_empty: false,
+        synced: false,
     };
     session
         .push(Body::Challenge(v1::Challenge {
@@ -216,6 +228,14 @@ pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return std::future::pending().await;
         }
+    }
+}
+
+/// Waits until the store hands this connection something (the fast path).
+async fn hinted(slot: Option<&OnlineSlot>) {
+    match slot {
+        Some(s) => s.inbox.ready.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -275,6 +295,7 @@ impl Session {
                     let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, "replaced by a newer connection".into()));
                     Flow::Close
                 }
+                _ = hinted(self.online.as_ref()) => self.on_hints().await,
                 ok = changed(self.mail.as_mut()) => {
                     if ok { self.pump().await } else { Flow::Close }
                 }
@@ -573,7 +594,10 @@ impl Session {
                     .metrics
                     .envelopes_acked
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                self.told_empty = false;
+                // Room in the window: read on if the last read stopped at it.
+                if !self.synced {
+                    self.told_empty = false;
+                }
                 Ok(Body::Ok(v1::Ok {}))
             }
             Request::SetPin(r) => {
@@ -669,7 +693,8 @@ impl Session {
         self.device = Some(device);
     }
 
-    /// Pushes as much of the mailbox as the window allows.
+    /// Pushes as much of the mailbox as the window allows, reading the
+    /// store; a short read means everything committed so far is pushed.
     async fn pump(&mut self) -> Flow {
         let Some(id) = self.device.as_ref().map(|d| d.id) else {
             return Flow::Continue;
@@ -677,43 +702,111 @@ impl Session {
         loop {
             let room = WINDOW.saturating_sub(self.in_flight.len());
             if room == 0 {
+                self.synced = false;
                 return Flow::Continue;
             }
+            let asked = room.min(FETCH);
             let entries = match self
                 .state
                 .store
-                .fetch_mailbox(id, self.pushed_to, room.min(FETCH))
+                .fetch_mailbox(id, self.pushed_to, asked)
                 .await
             {
                 Ok(e) => e,
                 Err(e) => {
                     // The envelopes stay in the store; the next wake-up or
                     // reconnect tries again.
+                    self.synced = false;
                     tracing::warn!(device = id, error = %e, "mailbox fetch failed");
                     return Flow::Continue;
                 }
             };
-            let Some(last) = entries.last() else {
+            let caught_up = entries.len() < asked;
+            if self.deliver(entries).await {
+                return Flow::Close;
+            }
+            if caught_up {
+                self.synced = true;
                 if !self.told_empty {
                     self.told_empty = true;
                     self.push(Body::QueueEmpty(v1::QueueEmpty {})).await;
                 }
                 return Flow::Continue;
-            };
-            self.pushed_to = last.seq;
-            self.in_flight.extend(entries.iter().map(|e| e.seq));
-            self.told_empty = false;
-            self.state
-                .metrics
-                .envelopes_delivered
-                .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            for frame in mailbox::into_frames(entries) {
-                self.push(Body::Deliver(frame)).await;
-                if self.stalled {
-                    return Flow::Close;
-                }
             }
         }
+    }
+
+    /// Pushes what the store handed over since the last take, when this
+    /// session is synced and has room; otherwise reads the store.
+    async fn on_hints(&mut self) -> Flow {
+        let Some(slot) = &self.online else {
+            return Flow::Continue;
+        };
+        let taken = slot.inbox.take();
+        if taken.lagged {
+            self.synced = false;
+        }
+        if !self.synced {
+            // The store has all of it; hints at or below what a read pushes
+            // are skipped later.
+            self.told_empty = false;
+            return self.pump().await;
+        }
+        let room = WINDOW.saturating_sub(self.in_flight.len());
+        let mut entries = Vec::new();
+        for hint in taken.hints {
+            if hint.seq <= self.pushed_to {
+                continue;
+            }
+            if entries.len() == room {
+                // No room: these wait in the store until acks free the window.
+                self.synced = false;
+                self.told_empty = false;
+                break;
+            }
+            let e = &*hint.envelope;
+            entries.push(dak_store::MailboxEntry {
+                seq: hint.seq,
+                message_id: e.message_id.clone(),
+                sender_phone: e.sender_phone.clone(),
+                sender_device: e.sender_device,
+                server_time_ms: e.server_time_ms,
+                body: e.body.clone(),
+            });
+        }
+        if entries.is_empty() {
+            return Flow::Continue;
+        }
+        if self.deliver(entries).await {
+            return Flow::Close;
+        }
+        if self.synced {
+            self.told_empty = true;
+            self.push(Body::QueueEmpty(v1::QueueEmpty {})).await;
+        }
+        Flow::Continue
+    }
+
+    /// Pushes envelopes (in seq order, all above `pushed_to`) in Deliver
+    /// frames and counts them in flight. True when the client stopped reading.
+    async fn deliver(&mut self, entries: Vec<dak_store::MailboxEntry>) -> bool {
+        let Some(last) = entries.last() else {
+            return false;
+        };
+        self.pushed_to = last.seq;
+        self.in_flight.extend(entries.iter().map(|e| e.seq));
+        self.told_empty = false;
+        self.state
+            .metrics
+            .envelopes_delivered
+            .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for frame in mailbox::into_frames(entries) {
+            self.push(Body::Deliver(frame)).await;
+            if self.stalled {
+                return true;
+            }
+        }
+        false
     }
 
     async fn on_revoked(&mut self) -> Flow {

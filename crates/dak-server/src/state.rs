@@ -47,6 +47,10 @@ pub struct Inner {
     pub decoy_key: [u8; 32],
     pub shutdown: watch::Receiver<bool>,
     pub probes: Probes,
+    /// The fast path is on: the store hands committed envelopes to
+    /// `online` (in commit order), and with a bus that reaches no other
+    /// node, nobody needs a mail wake.
+    pub fast_path: bool,
 }
 
 /// What `/readyz` checks besides the store's answer to a read.
@@ -72,9 +76,14 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
         probes: Probes,
     ) -> Self {
+        let online = Arc::new(Online::default());
+        // Only on one node: in a cluster a device's connection may be on
+        // another node, which only the bus reaches.
+        let fast_path = !bus.spans_nodes() && store.set_commit_listener(online.clone());
         AppState(Arc::new(Inner {
             admission: Arc::new(Admission::new(&config)),
-            online: Arc::new(Online::default()),
+            online,
+            fast_path,
             device_requests: Limiter::per_second(
                 config.requests_per_device_per_sec,
                 config.request_burst,

@@ -188,6 +188,27 @@ pub struct NewEnvelope {
     pub body: Vec<u8>,
 }
 
+/// An envelope as a transaction committed it, with the seq it took in each
+/// device's mailbox: what a store with a `CommitListener` hands over after
+/// the commit, so the server can deliver it without reading it back.
+#[derive(Debug, Clone)]
+pub struct CommittedEnvelope {
+    pub envelope: std::sync::Arc<NewEnvelope>,
+    /// (device, seq), one per mailbox the envelope went into.
+    pub placed: Vec<(DeviceId, u64)>,
+}
+
+/// Told of every envelope a store commits (`Store::set_commit_listener`).
+///
+/// Contract: called only after the transaction is durable, and in commit
+/// order, so each device's envelopes arrive in ascending seq order and
+/// every envelope committed after the listener was set is passed exactly
+/// once. It runs on the store's writer and must not block: hand the
+/// envelopes on and return.
+pub trait CommitListener: Send + Sync + 'static {
+    fn committed(&self, envelopes: &[CommittedEnvelope]);
+}
+
 /// An envelope in one device's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEntry {
@@ -605,6 +626,15 @@ pub mod group_rules {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Installs the listener told of every committed envelope, under
+    /// `CommitListener`'s contract. Returns false when this store cannot
+    /// keep that contract (its writers commit concurrently, so commit order
+    /// is not seq order: PostgreSQL), and then never calls it. At most one
+    /// listener; a second call is refused.
+    fn set_commit_listener(&self, _listener: std::sync::Arc<dyn CommitListener>) -> bool {
+        false
+    }
+
     // Rate limits.
     /// Takes a token from the bucket `key` (GCRA, cluster-wide): allows
     /// `burst` requests at once, then one per `interval_ms`. Returns None

@@ -14,10 +14,24 @@
 //! on `mailbox`, so no write path can forget it. Lists a client controls
 //! (added devices, acked seqs) go to SQLite as one JSON array bound to one
 //! statement, never as a query per id.
+//!
+//! The send cache: the writer keeps, per group, what every application
+//! message is checked against (the epoch, the member devices, the member
+//! accounts' ready devices) and each sender account's blockers, so a send
+//! reads none of it. It is exact because the writer is the only writer:
+//! every write job clears it unless it is one of the jobs listed as leaving
+//! groups, devices, KeyPackages' last-resort rows and blocks alone
+//! (`write_keeping_cache`); a commit forgets its own group; a batch that
+//! fails to commit clears it (it may hold what the failed batch read).
+//!
+//! The commit listener (`CommitListener`) is called from the writer thread
+//! right after a batch commits, job by job in the order the jobs ran, before
+//! their callers are answered: with one writer, that order is seq order.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -34,9 +48,35 @@ const MAX_BATCH: usize = 1024;
 const READERS: usize = 3;
 
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
-/// Runs with the connection inside the batch's transaction, or with None
-/// when no transaction could be begun (it must then fail without writing).
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
+/// Runs with the connection inside the batch's transaction (and the
+/// writer's send cache), or with None when no transaction could be begun
+/// (it must then fail without writing).
+type Job = Box<dyn FnOnce(Option<(&Connection, &mut SendCache)>) -> Reply + Send>;
+/// Groups the send cache holds before it starts again from empty.
+const CACHED_GROUPS_MAX: usize = 4096;
+
+/// What the writer remembers between jobs (see "The send cache" above).
+#[derive(Default)]
+struct SendCache {
+    groups: HashMap<Vec<u8>, CachedGroup>,
+    blockers: HashMap<AccountId, Vec<AccountId>>,
+}
+
+/// A group as `send_group` checks it.
+struct CachedGroup {
+    epoch: u64,
+    /// Member devices, revoked ones included (`group_members`).
+    members: Vec<Device>,
+    /// The member accounts' ready devices (`ready_devices`).
+    ready: Vec<Device>,
+}
+
+impl SendCache {
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.blockers.clear();
+    }
+}
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS accounts (
@@ -129,6 +169,7 @@ CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id);
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
+    listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<AtomicUsize>,
 }
@@ -184,24 +225,64 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
+            listener: Arc::new(OnceLock::new()),
             readers: Arc::new(readers),
             next_reader: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// A write job that may change groups, devices, KeyPackages or blocks:
+    /// it clears the send cache.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.submit(move |c, cache| {
+            cache.clear();
+            f(c).map(|v| (v, Vec::new()))
+        })
+        .await
+    }
+
+    /// A write job that changes none of what the send cache holds (rate
+    /// limits, codes, PIN attempts, link requests, last-seen times,
+    /// mailboxes, expiry).
+    async fn write_keeping_cache<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.submit(move |c, _| f(c).map(|v| (v, Vec::new()))).await
+    }
+
+    /// Runs a job in the writer's next batch. What it placed in mailboxes
+    /// goes to the commit listener once the batch has committed, before
+    /// the caller is answered.
+    async fn submit<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut SendCache) -> Result<(T, Vec<CommittedEnvelope>)>
+            + Send
+            + 'static,
+    {
+        let listener = self.listener.get().cloned();
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = match conn {
-                Some(conn) => in_savepoint(conn, f),
+        let job: Job = Box::new(move |writer| {
+            let result = match writer {
+                Some((conn, cache)) => in_savepoint(conn, |c| f(c, cache)),
                 None => Err(StoreError::Unavailable("cannot begin a transaction".into())),
             };
             Box::new(move |commit: Result<()>| {
-                let _ = tx.send(commit.and(result));
+                let answer = commit.and(result).map(|(value, placed)| {
+                    if let Some(listener) = &listener
+                        && !placed.is_empty()
+                    {
+                        listener.committed(&placed);
+                    }
+                    value
+                });
+                let _ = tx.send(answer);
             })
         });
         self.writer
@@ -246,6 +327,7 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
 }
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut cache = SendCache::default();
     while let Some(first) = rx.blocking_recv() {
         let mut replies: Vec<Reply> = Vec::new();
         let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
@@ -255,10 +337,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             reply(Err(e));
             continue;
         }
-        replies.push(first(Some(&conn)));
+        replies.push(first(Some((&conn, &mut cache))));
         while replies.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => replies.push(job(Some(&conn))),
+                Ok(job) => replies.push(job(Some((&conn, &mut cache)))),
                 Err(_) => break,
             }
         }
@@ -266,6 +348,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = replies.len(), "sqlite: commit failed; batch rolled back");
             let _ = conn.execute_batch("ROLLBACK");
+            cache.clear();
         }
         for reply in replies {
             reply(match &committed {
@@ -622,12 +705,18 @@ fn json_members(members: &[group_rules::NextMember]) -> String {
     out
 }
 
-fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> Result<()> {
+/// Appends `e` to each device's mailbox; returns the seq each got.
+fn insert_envelope(
+    conn: &Connection,
+    e: &NewEnvelope,
+    devices: &[DeviceId],
+) -> Result<Vec<(DeviceId, u64)>> {
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(backend)?;
+    let mut placed = Vec::with_capacity(devices.len());
     for d in devices {
         stmt.execute(params![
             *d as i64,
@@ -639,8 +728,17 @@ fn insert_envelope(conn: &Connection, e: &NewEnvelope, devices: &[DeviceId]) -> 
             e.body
         ])
         .map_err(backend)?;
+        placed.push((*d, conn.last_insert_rowid() as u64));
     }
-    Ok(())
+    Ok(placed)
+}
+
+/// What `insert_envelope` placed, for the commit listener.
+fn committed(e: NewEnvelope, placed: Vec<(DeviceId, u64)>) -> CommittedEnvelope {
+    CommittedEnvelope {
+        envelope: Arc::new(e),
+        placed,
+    }
 }
 
 /// The accounts that blocked `account` (itself never counts); one
@@ -672,9 +770,16 @@ fn insert_block(
     .map_err(backend)
 }
 
-fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<GroupOutcome> {
+/// What a group write decided, and the envelopes it placed if accepted.
+type Placed = (GroupOutcome, Vec<CommittedEnvelope>);
+
+fn refused(outcome: GroupOutcome) -> Result<Placed> {
+    Ok((outcome, Vec::new()))
+}
+
+fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Placed> {
     if let Some(refusal) = group_rules::check_lists(c) {
-        return Ok(refusal);
+        return refused(refusal);
     }
     let current = group_epoch(conn, &c.group_id)?;
     let members = group_members_with_leaves(conn, &c.group_id)?;
@@ -691,7 +796,7 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
     let next =
         match group_rules::apply_commit(current, c, &members, &added, &ready, sender.as_ref()) {
             Ok(next) => next,
-            Err(outcome) => return Ok(outcome),
+            Err(outcome) => return refused(outcome),
         };
     if !added.is_empty() {
         // apply_commit found the committer among the members (or it is the
@@ -704,7 +809,7 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
         if let Some(committer) = committer {
             let blockers = blockers_of(conn, committer.account_id)?;
             if let Some(refusal) = group_rules::check_adds_not_blocked(&added, &blockers) {
-                return Ok(refusal);
+                return refused(refusal);
             }
         }
     }
@@ -732,57 +837,87 @@ fn commit_group(conn: &Connection, c: &GroupCommit, now_ms: i64) -> Result<Group
         .map(|(d, _)| d.id)
         .chain((current.is_none()).then_some(c.commit.sender_device))
         .collect();
-    insert_envelope(conn, &c.commit, &told)?;
+    let mut placed = vec![committed(
+        c.commit.clone(),
+        insert_envelope(conn, &c.commit, &told)?,
+    )];
     if let Some(w) = &c.welcome {
-        insert_envelope(conn, w, &c.added)?;
+        placed.push(committed(w.clone(), insert_envelope(conn, w, &c.added)?));
     }
     let recipients = everyone
         .into_iter()
         .filter(|d| d.revoked.is_none() && d.id != c.commit.sender_device)
         .collect();
-    Ok(GroupOutcome::Accepted { recipients })
+    Ok((GroupOutcome::Accepted { recipients }, placed))
 }
 
 fn send_group(
     conn: &Connection,
+    cache: &mut SendCache,
     group_id: &[u8],
     epoch: u64,
     e: &NewEnvelope,
     quota: MailboxQuota,
-) -> Result<GroupOutcome> {
-    let Some(current) = group_epoch(conn, group_id)? else {
-        return Ok(GroupOutcome::NoGroup);
-    };
-    let members = group_members(conn, group_id)?;
-    let blockers = match group_rules::sender_account(&members, e.sender_device) {
-        Some(account) => blockers_of(conn, account)?,
-        None => Vec::new(),
+) -> Result<Placed> {
+    if !cache.groups.contains_key(group_id) {
+        let Some(epoch) = group_epoch(conn, group_id)? else {
+            return refused(GroupOutcome::NoGroup);
+        };
+        let members = group_members(conn, group_id)?;
+        let ready = ready_devices(conn, &member_accounts(&members))?;
+        if cache.groups.len() >= CACHED_GROUPS_MAX {
+            cache.clear();
+        }
+        cache.groups.insert(
+            group_id.to_vec(),
+            CachedGroup {
+                epoch,
+                members,
+                ready,
+            },
+        );
+    }
+    let group = &cache.groups[group_id];
+    let (current, members) = (group.epoch, &group.members);
+    let blockers: &[AccountId] = match group_rules::sender_account(members, e.sender_device) {
+        Some(account) => {
+            if !cache.blockers.contains_key(&account) {
+                let read = blockers_of(conn, account)?;
+                cache.blockers.insert(account, read);
+            }
+            &cache.blockers[&account]
+        }
+        None => &[],
     };
     // A blocker's new device is not one the sender must add first: that
     // would stall the sender's group and tell it about the block.
-    let ready: Vec<DeviceId> = ready_devices(conn, &member_accounts(&members))?
+    let ready: Vec<DeviceId> = group
+        .ready
         .iter()
         .filter(|d| !blockers.contains(&d.account_id))
         .map(|d| d.id)
         .collect();
-    if let Some(refusal) =
-        group_rules::check_send(current, epoch, e.sender_device, &members, &ready)
+    if let Some(refusal) = group_rules::check_send(current, epoch, e.sender_device, members, &ready)
     {
-        return Ok(refusal);
+        return refused(refusal);
     }
     let recipients: Vec<Device> = group_rules::without_blockers(
         members
-            .into_iter()
+            .iter()
             .filter(|d| d.id != e.sender_device)
+            .cloned()
             .collect(),
-        &blockers,
+        blockers,
     );
     let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
     if let Some(device) = first_full_mailbox(conn, &ids, e.body.len() as u64, quota)? {
-        return Ok(GroupOutcome::MailboxFull { device });
+        return refused(GroupOutcome::MailboxFull { device });
     }
-    insert_envelope(conn, e, &ids)?;
-    Ok(GroupOutcome::Accepted { recipients })
+    let placed = insert_envelope(conn, e, &ids)?;
+    Ok((
+        GroupOutcome::Accepted { recipients },
+        vec![committed(e.clone(), placed)],
+    ))
 }
 
 /// The first of these devices (by id) whose mailbox has no room under
@@ -820,6 +955,10 @@ fn first_full_mailbox(
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) -> bool {
+        self.listener.set(listener).is_ok()
+    }
+
     async fn token_state(&self, key: &str) -> Result<Option<i64>> {
         let key = key.to_owned();
         self.read(move |c| {
@@ -846,7 +985,7 @@ impl Store for SqliteStore {
             return Ok(Some(interval));
         }
         let key = key.to_owned();
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             // A new bucket starts full: its first token always passes (burst >= 1).
             let taken: Option<i64> = c
                 .prepare_cached(
@@ -877,7 +1016,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_verification(&self, v: Verification) -> Result<()> {
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO verifications (phone, session, code_hash, expires_ms, attempts) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![v.phone, v.session, v.code_hash, v.expires_ms, v.attempts],
@@ -896,7 +1035,7 @@ impl Store for SqliteStore {
         max_attempts: u32,
     ) -> Result<CodeAttempt> {
         let (phone, session) = (phone.to_owned(), session.to_vec());
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             let counted: Option<(String, u32)> = c
                 .query_row(
                     "UPDATE verifications SET attempts = attempts + 1
@@ -928,7 +1067,7 @@ impl Store for SqliteStore {
 
     async fn delete_verifications(&self, phone: &str) -> Result<()> {
         let phone = phone.to_owned();
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.execute("DELETE FROM verifications WHERE phone = ?1", [phone])
                 .map_err(backend)?;
             Ok(())
@@ -996,7 +1135,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_pin(&self, account: AccountId, pin_hash: Option<String>) -> Result<()> {
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.execute(
                 "UPDATE accounts SET pin_hash = ?2, pin_failures = 0, pin_locked_until_ms = 0 WHERE id = ?1",
                 params![account as i64, pin_hash],
@@ -1015,7 +1154,7 @@ impl Store for SqliteStore {
         lockout_ms: i64,
     ) -> Result<PinAttempt> {
         let max_attempts = max_attempts.max(1);
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             // The count restarts at 1 after a lock that has run out; the
             // attempt that reaches the maximum sets the lock.
             let counted: Option<u32> = c
@@ -1101,7 +1240,7 @@ impl Store for SqliteStore {
     }
 
     async fn touch_device(&self, id: DeviceId, now_ms: i64) -> Result<()> {
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.execute(
                 "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
                 params![id as i64, now_ms],
@@ -1113,7 +1252,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_link_request(&self, req: LinkRequest) -> Result<()> {
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.execute(
                 "INSERT INTO link_requests (code, identity_key, device_name, expires_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![req.code, req.identity_key, req.device_name, req.expires_ms],
@@ -1126,7 +1265,7 @@ impl Store for SqliteStore {
 
     async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>> {
         let code = code.to_owned();
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.query_row(
                 "DELETE FROM link_requests WHERE code = ?1 AND expires_ms > ?2 RETURNING code, identity_key, device_name, expires_ms",
                 params![code, now_ms],
@@ -1147,7 +1286,11 @@ impl Store for SqliteStore {
 
     async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
         let devices = devices.to_vec();
-        self.write(move |c| insert_envelope(c, &e, &devices)).await
+        self.submit(move |c, _| {
+            let placed = insert_envelope(c, &e, &devices)?;
+            Ok(((), vec![committed(e, placed)]))
+        })
+        .await
     }
 
     async fn put_key_packages(
@@ -1215,7 +1358,7 @@ impl Store for SqliteStore {
         // Handing out last-resort packages only consumes nothing: a reader
         // does, and an over-budget requester never waits on the writer.
         if one_time {
-            self.write(claim).await
+            self.write_keeping_cache(claim).await
         } else {
             self.read(claim).await
         }
@@ -1243,7 +1386,10 @@ impl Store for SqliteStore {
     }
 
     async fn commit_group(&self, commit: GroupCommit) -> Result<GroupOutcome> {
-        self.write(move |c| {
+        self.submit(move |c, cache| {
+            // A commit changes its group's members and epoch, nothing else
+            // the cache holds.
+            cache.groups.remove(&commit.group_id);
             let now = commit.commit.server_time_ms;
             commit_group(c, &commit, now)
         })
@@ -1258,7 +1404,7 @@ impl Store for SqliteStore {
         quota: MailboxQuota,
     ) -> Result<GroupOutcome> {
         let group_id = group_id.to_vec();
-        self.write(move |c| send_group(c, &group_id, epoch, &envelope, quota))
+        self.submit(move |c, cache| send_group(c, cache, &group_id, epoch, &envelope, quota))
             .await
     }
 
@@ -1298,7 +1444,7 @@ impl Store for SqliteStore {
 
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize> {
         let seqs = json_ids(seqs);
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             c.prepare_cached(
                 "DELETE FROM mailbox WHERE device_id = ?1 AND seq IN (SELECT value FROM json_each(?2))",
             )
@@ -1378,7 +1524,7 @@ impl Store for SqliteStore {
     }
 
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired> {
-        self.write(move |c| {
+        self.write_keeping_cache(move |c| {
             let mut expired = Expired::default();
             let mut stmt = c
                 .prepare_cached(

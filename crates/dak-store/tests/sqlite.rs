@@ -161,3 +161,81 @@ async fn groups_from_before_leaf_indices_take_declared_removals() {
         "added devices' leaves stay unknown"
     );
 }
+
+/// Records what the commit listener is told, per device, in call order.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>>);
+
+impl dak_store::CommitListener for Recorder {
+    fn committed(&self, envelopes: &[dak_store::CommittedEnvelope]) {
+        let mut seen = self.0.lock().unwrap();
+        for e in envelopes {
+            for (device, seq) in &e.placed {
+                seen.entry(*device)
+                    .or_default()
+                    .push((*seq, e.envelope.message_id.clone()));
+            }
+        }
+    }
+}
+
+/// The fast path's contract: every committed envelope is passed once, in
+/// commit order, so each device's seqs rise and match its mailbox exactly.
+#[tokio::test]
+async fn the_commit_listener_sees_each_envelope_once_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    assert!(store.set_commit_listener(recorder.clone()));
+    assert!(
+        !store.set_commit_listener(recorder.clone()),
+        "one listener only"
+    );
+    let mut devices = Vec::new();
+    for i in 0..3u8 {
+        let phone = format!("+91980000002{i}");
+        let reg = store
+            .register_primary(&phone, &[i + 1; 32], "p", 1)
+            .await
+            .unwrap();
+        devices.push(reg.device.id);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..300u16 {
+        let s = store.clone();
+        // Each envelope to one or two of the three devices.
+        let to: Vec<u64> = match i % 3 {
+            0 => vec![devices[0]],
+            1 => vec![devices[1], devices[2]],
+            _ => vec![devices[0], devices[2]],
+        };
+        let env = NewEnvelope {
+            message_id: i.to_be_bytes().to_vec(),
+            sender_phone: "+919800000001".into(),
+            sender_device: 1,
+            server_time_ms: 1,
+            expires_ms: i64::MAX,
+            body: vec![1; 10],
+        };
+        tasks.push(tokio::spawn(async move { s.enqueue(env, &to).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let seen = recorder.0.lock().unwrap().clone();
+    for d in devices {
+        let told = &seen[&d];
+        assert!(
+            told.windows(2).all(|w| w[0].0 < w[1].0),
+            "device {d}: seqs in commit order"
+        );
+        let stored: Vec<(u64, Vec<u8>)> = store
+            .fetch_mailbox(d, 0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.message_id))
+            .collect();
+        assert_eq!(told, &stored, "device {d}: exactly what was committed");
+    }
+}

@@ -1,0 +1,134 @@
+//! The fast path's hand-over: envelopes the store has committed for a
+//! device, given to that device's connections on this node in memory, so a
+//! session that is caught up pushes them without reading them back.
+//!
+//! Invariants:
+//! - Hints arrive in the order the store committed them (the store's
+//!   `CommitListener` contract), so per device in ascending seq order.
+//! - An inbox never holds more than `INBOX_CAP` hints. One more and the
+//!   inbox drops them all and is marked lagged: its session must then read
+//!   its mailbox from the store (still the truth) before trusting a hint
+//!   again. So a slow session costs bounded memory and loses nothing.
+//! - Every offer notifies (a stored permit): a session never misses that
+//!   there is something to take.
+
+use std::sync::{Arc, Mutex};
+
+use dak_store::NewEnvelope;
+use tokio::sync::Notify;
+
+/// Hints one connection may have waiting. Above the session's refill point
+/// (half its window): a session behind by more reads the store anyway.
+pub const INBOX_CAP: usize = 2048;
+
+/// One committed envelope for this connection's device.
+pub struct Hint {
+    pub seq: u64,
+    pub envelope: Arc<NewEnvelope>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    hints: Vec<Hint>,
+    lagged: bool,
+}
+
+/// A connection's queue of hints.
+#[derive(Default)]
+pub struct Inbox {
+    waiting: Mutex<Waiting>,
+    /// Notified after each offer.
+    pub ready: Notify,
+}
+
+/// What a session takes from its inbox.
+pub struct Taken {
+    pub hints: Vec<Hint>,
+    /// Hints were dropped since the last take: read the store.
+    pub lagged: bool,
+}
+
+impl Inbox {
+    /// Queues one hint (never blocks: the store's writer calls this).
+    pub fn offer(&self, seq: u64, envelope: &Arc<NewEnvelope>) {
+        if let Ok(mut w) = self.waiting.lock()
+            && !w.lagged
+        {
+            if w.hints.len() >= INBOX_CAP {
+                w.lagged = true;
+                w.hints = Vec::new();
+            } else {
+                w.hints.push(Hint {
+                    seq,
+                    envelope: envelope.clone(),
+                });
+            }
+        }
+        self.ready.notify_one();
+    }
+
+    /// Everything waiting, and whether some was dropped; empties the inbox.
+    pub fn take(&self) -> Taken {
+        match self.waiting.lock() {
+            Ok(mut w) => Taken {
+                hints: std::mem::take(&mut w.hints),
+                lagged: std::mem::take(&mut w.lagged),
+            },
+            // A poisoned lock: treat as lagged, so the store is read.
+            Err(_) => Taken {
+                hints: Vec::new(),
+                lagged: true,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Arc<NewEnvelope> {
+        Arc::new(NewEnvelope {
+            message_id: vec![1; 16],
+            sender_phone: "+919800000001".into(),
+            sender_device: 1,
+            server_time_ms: 0,
+            expires_ms: 0,
+            body: vec![7; 8],
+        })
+    }
+
+    #[tokio::test]
+    async fn hints_come_out_in_order_and_wake_the_taker() {
+        let inbox = Inbox::default();
+        let e = envelope();
+        inbox.offer(3, &e);
+        inbox.offer(9, &e);
+        tokio::time::timeout(std::time::Duration::from_secs(1), inbox.ready.notified())
+            .await
+            .expect("an offer leaves a permit");
+        let taken = inbox.take();
+        assert!(!taken.lagged);
+        assert_eq!(
+            taken.hints.iter().map(|h| h.seq).collect::<Vec<_>>(),
+            [3, 9]
+        );
+        assert!(inbox.take().hints.is_empty());
+    }
+
+    #[test]
+    fn an_overfull_inbox_drops_everything_and_says_so_until_taken() {
+        let inbox = Inbox::default();
+        let e = envelope();
+        for seq in 0..INBOX_CAP as u64 + 5 {
+            inbox.offer(seq, &e);
+        }
+        let taken = inbox.take();
+        assert!(taken.lagged, "the session must read the store");
+        assert!(taken.hints.is_empty(), "no hint after a gap may be trusted");
+        inbox.offer(7, &e);
+        let again = inbox.take();
+        assert!(!again.lagged);
+        assert_eq!(again.hints.len(), 1);
+    }
+}
