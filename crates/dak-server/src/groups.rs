@@ -140,8 +140,15 @@ fn ack(
 }
 
 /// An application message: one ciphertext for every other member device,
-/// stored before the ack (the single tick).
-pub async fn send(state: &AppState, from: &Device, req: v1::SendMessage) -> ApiResult<v1::SendAck> {
+/// stored before the ack (the single tick). Returns once the store has
+/// queued the write (so a later send from the same connection lands after
+/// it), with the future that answers at its commit: a session pipelines its
+/// sends with it.
+pub async fn submit_send(
+    state: &AppState,
+    from: &Device,
+    req: v1::SendMessage,
+) -> ApiResult<impl std::future::Future<Output = ApiResult<v1::SendAck>> + Send + Sync + 'static> {
     let info = inspect(&req.body, MlsKind::Application)?;
     let env = envelope(
         state,
@@ -155,18 +162,21 @@ pub async fn send(state: &AppState, from: &Device, req: v1::SendMessage) -> ApiR
         max_envelopes: state.config.mailbox_max_envelopes,
         max_bytes: state.config.mailbox_max_bytes,
     };
-    match state
+    let pending = state
         .store
-        .send_group(&info.group_id, info.epoch, env, quota)
-        .await?
-    {
-        GroupOutcome::Accepted { recipients } => {
-            wake(state, &recipients.iter().map(|d| d.id).collect::<Vec<_>>());
-            Metrics::inc(&state.metrics.messages_accepted);
-            Ok(ack(req.message_id, now, from, &recipients))
+        .submit_send_group(&info.group_id, info.epoch, env, quota)
+        .await?;
+    let (state, from, message_id) = (state.clone(), from.clone(), req.message_id);
+    Ok(async move {
+        match pending.await? {
+            GroupOutcome::Accepted { recipients } => {
+                wake(&state, &recipients.iter().map(|d| d.id).collect::<Vec<_>>());
+                Metrics::inc(&state.metrics.messages_accepted);
+                Ok(ack(message_id, now, &from, &recipients))
+            }
+            other => Err(refusal(other)),
         }
-        other => Err(refusal(other)),
-    }
+    })
 }
 
 /// A commit (and its Welcome): accepted only for the group's current epoch.

@@ -15,6 +15,13 @@
 //! store stays the truth: a hint only saves reading back what was just
 //! written.
 //!
+//! Pipelining: a `SendMessage` is answered when its commit lands, but the
+//! session reads on as soon as the store has queued it (`MAX_PIPELINED` at
+//! most), so one connection fills a group commit. The store runs queued
+//! writes in the order they were queued, so a connection's sends keep
+//! their order; their SendAcks go out in that order too. Other requests
+//! are answered as before, possibly before an earlier send's SendAck.
+//!
 //! Outgoing frames go through a bounded channel to a writer task. When the
 //! client reads too slowly the channel fills and this task waits, so it also
 //! stops reading the client's requests: backpressure reaches the client
@@ -65,6 +72,9 @@ const WINDOW: usize = 4096;
 /// Envelopes read from the store per fetch (each at most a frame).
 const FETCH: usize = 256;
 const OUTGOING_QUEUE: usize = 64;
+/// Sends one connection may have submitted and not yet answered; past it
+/// the session stops reading frames until the oldest commits.
+const MAX_PIPELINED: usize = 64;
 /// Failed authentications tolerated on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// Requests one connection may make before it authenticates: enough to
@@ -86,6 +96,10 @@ enum Flow {
     Continue,
     Close,
 }
+
+/// A submitted send's answer, in submission order: (request id, answer).
+type SendAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, ApiResult<Body>)> + Send + Sync>>;
 
 struct PendingLink {
     identity_key: Vec<u8>,
@@ -119,6 +133,8 @@ struct Session {
     /// Everything committed for this device up to now has been pushed, or
     /// is waiting in the inbox (see the fast path above).
     synced: bool,
+    /// Sends queued in the store and not yet answered (see pipelining).
+    sends: futures_util::stream::FuturesOrdered<SendAnswer>,
 }
 
 pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
@@ -177,6 +193,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         in_flight: BTreeSet::new(),
         told_empty: false,
         synced: false,
+        sends: futures_util::stream::FuturesOrdered::new(),
     };
     session
         .push(Body::Challenge(v1::Challenge {
@@ -261,7 +278,7 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let flow = tokio::select! {
-                msg = stream.next() => {
+                msg = stream.next(), if self.sends.len() < MAX_PIPELINED => {
                     if matches!(msg, Some(Ok(_))) {
                         self.heard_at = Instant::now();
                     }
@@ -294,6 +311,9 @@ impl Session {
                     })).await;
                     let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, "replaced by a newer connection".into()));
                     Flow::Close
+                }
+                Some((request_id, answer)) = self.sends.next(), if !self.sends.is_empty() => {
+                    self.answer(request_id, answer).await
                 }
                 _ = hinted(self.online.as_ref()) => self.on_hints().await,
                 ok = changed(self.mail.as_mut()) => {
@@ -421,7 +441,13 @@ impl Session {
                     .await;
             }
         }
-        let result = self.dispatch(request).await;
+        let result = match request {
+            Request::SendMessage(r) => match self.submit_send(frame.request_id, r).await {
+                Ok(()) => return Flow::Continue, // answered at its commit
+                Err(e) => Err(e),
+            },
+            other => self.dispatch(other).await,
+        };
         let body = match result {
             Ok(body) => body,
             Err(ApiError(e)) => {
@@ -458,6 +484,28 @@ impl Session {
         {
             return self.pump().await;
         }
+        Flow::Continue
+    }
+
+    /// Queues a send in the store and its answer here (see pipelining).
+    async fn submit_send(&mut self, request_id: u64, r: v1::SendMessage) -> ApiResult<()> {
+        let device = self.device()?.clone();
+        self.take_request_token(device.id)?;
+        let answer = groups::submit_send(&self.state, &device, r).await?;
+        self.sends.push_back(Box::pin(async move {
+            (request_id, answer.await.map(Body::SendAck))
+        }));
+        Ok(())
+    }
+
+    /// Sends a pipelined send's answer.
+    async fn answer(&mut self, request_id: u64, answer: ApiResult<Body>) -> Flow {
+        let body = answer.unwrap_or_else(|ApiError(e)| Body::Error(e));
+        self.send_frame(v1::ServerFrame {
+            request_id,
+            body: Some(body),
+        })
+        .await;
         Flow::Continue
     }
 
@@ -545,10 +593,10 @@ impl Session {
                     expires_in_secs: self.state.config.link_code_ttl.as_secs() as u32,
                 }))
             }
-            Request::SendMessage(r) => {
-                let device = self.device()?.clone();
-                Ok(Body::SendAck(groups::send(&self.state, &device, r).await?))
-            }
+            Request::SendMessage(_) => Err(ApiError::new(
+                ErrorCode::Internal,
+                "sends are submitted, not dispatched",
+            )),
             Request::SendCommit(r) => {
                 let device = self.device()?.clone();
                 Ok(Body::SendAck(

@@ -198,6 +198,10 @@ pub struct CommittedEnvelope {
     pub placed: Vec<(DeviceId, u64)>,
 }
 
+/// A write already queued in the store's order, still to be answered:
+/// awaiting it waits for its commit.
+pub type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + Sync>>;
+
 /// Told of every envelope a store commits (`Store::set_commit_listener`).
 ///
 /// Contract: called only after the transaction is durable, and in commit
@@ -789,6 +793,22 @@ pub trait Store: Send + Sync + 'static {
         envelope: NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<GroupOutcome>;
+
+    /// `send_group`, split in two: returns once the write has its place in
+    /// the store's order (before any write submitted after this returns),
+    /// with what resolves at its commit. A connection pipelines its sends
+    /// with it and keeps their order. The default runs the whole write
+    /// first (stores whose concurrent writes have no order to queue in).
+    async fn submit_send_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        envelope: NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<Pending<GroupOutcome>> {
+        let outcome = self.send_group(group_id, epoch, envelope, quota).await;
+        Ok(Box::pin(std::future::ready(outcome)))
+    }
 
     // Blocks and reports.
     /// Blocks (`on`) or unblocks `blocked` for `account`: while blocked, no

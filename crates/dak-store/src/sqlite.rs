@@ -266,6 +266,18 @@ impl SqliteStore {
             + Send
             + 'static,
     {
+        self.queue(f).await?.await
+    }
+
+    /// Queues a job (`submit`'s first half): once this returns, the job
+    /// runs before any queued later; the returned future is its answer.
+    async fn queue<T, F>(&self, f: F) -> Result<Pending<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut SendCache) -> Result<(T, Vec<CommittedEnvelope>)>
+            + Send
+            + 'static,
+    {
         let listener = self.listener.get().cloned();
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |writer| {
@@ -289,8 +301,10 @@ impl SqliteStore {
             .send(job)
             .await
             .map_err(|_| StoreError::Unavailable("writer thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer thread has stopped".into()))?
+        Ok(Box::pin(async move {
+            rx.await
+                .map_err(|_| StoreError::Unavailable("writer thread has stopped".into()))?
+        }))
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -1405,6 +1419,18 @@ impl Store for SqliteStore {
     ) -> Result<GroupOutcome> {
         let group_id = group_id.to_vec();
         self.submit(move |c, cache| send_group(c, cache, &group_id, epoch, &envelope, quota))
+            .await
+    }
+
+    async fn submit_send_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        envelope: NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<Pending<GroupOutcome>> {
+        let group_id = group_id.to_vec();
+        self.queue(move |c, cache| send_group(c, cache, &group_id, epoch, &envelope, quota))
             .await
     }
 
