@@ -22,6 +22,12 @@
 //! their order; their SendAcks go out in that order too. Other requests
 //! are answered as before, possibly before an earlier send's SendAck.
 //!
+//! Acks: an `AckDeliveries` is answered at once and its seqs leave the
+//! window at once; the store deletes them in a batch (`ACK_BATCH` seqs or
+//! `ACK_DELAY` after the first, and when the connection ends). A delete
+//! lost in a crash only means the device gets those envelopes again at its
+//! next connect, which it drops by message id, as after any lost ack.
+//!
 //! Outgoing frames go through a bounded channel to a writer task. When the
 //! client reads too slowly the channel fills and this task waits, so it also
 //! stops reading the client's requests: backpressure reaches the client
@@ -75,6 +81,10 @@ const OUTGOING_QUEUE: usize = 64;
 /// Sends one connection may have submitted and not yet answered; past it
 /// the session stops reading frames until the oldest commits.
 const MAX_PIPELINED: usize = 64;
+/// Acks are written to the store in batches: at most this many seqs wait,
+/// for at most `ACK_DELAY` (see "Acks" above).
+const ACK_BATCH: usize = 512;
+const ACK_DELAY: Duration = Duration::from_millis(10);
 /// Failed authentications tolerated on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// Requests one connection may make before it authenticates: enough to
@@ -135,6 +145,9 @@ struct Session {
     synced: bool,
     /// Sends queued in the store and not yet answered (see pipelining).
     sends: futures_util::stream::FuturesOrdered<SendAnswer>,
+    /// Acked seqs not yet deleted from the store, and when to delete them.
+    acked: Vec<u64>,
+    ack_deadline: Option<Instant>,
 }
 
 pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
@@ -194,6 +207,8 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         told_empty: false,
         synced: false,
         sends: futures_util::stream::FuturesOrdered::new(),
+        acked: Vec::new(),
+        ack_deadline: None,
     };
     session
         .push(Body::Challenge(v1::Challenge {
@@ -203,6 +218,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         }))
         .await;
     session.serve(&mut stream).await;
+    session.flush_acks().await;
     drop(session);
     // The writer sends what is queued, within the stall deadline per frame;
     // past one more deadline it is cut off, and dropping both halves closes
@@ -324,6 +340,10 @@ impl Session {
                     if ok { self.on_link_approved().await } else { Flow::Close }
                 }
                 _ = until(self.deadline) => self.on_deadline().await,
+                _ = until(self.ack_deadline) => {
+                    self.flush_acks().await;
+                    Flow::Continue
+                }
                 _ = stopped(&mut shutdown) => {
                     self.push(Body::Notice(v1::Notice {
                         kind: v1::NoticeKind::ServerDraining as i32,
@@ -498,6 +518,29 @@ impl Session {
         Ok(())
     }
 
+    /// Deletes the acked envelopes from the store (see "Acks").
+    async fn flush_acks(&mut self) {
+        self.ack_deadline = None;
+        let Some(id) = self.device.as_ref().map(|d| d.id) else {
+            return;
+        };
+        if self.acked.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.acked);
+        match self.state.store.ack(id, &seqs).await {
+            Ok(n) => {
+                self.state
+                    .metrics
+                    .envelopes_acked
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            // They stay in the store and come back at the next connect,
+            // where the device drops them as duplicates.
+            Err(e) => tracing::warn!(device = id, error = %e, "deleting acked envelopes failed"),
+        }
+    }
+
     /// Sends a pipelined send's answer.
     async fn answer(&mut self, request_id: u64, answer: ApiResult<Body>) -> Flow {
         let body = answer.unwrap_or_else(|ApiError(e)| Body::Error(e));
@@ -637,11 +680,12 @@ impl Session {
                     self.take_request_token(id)?;
                     return Ok(Body::Ok(v1::Ok {}));
                 }
-                let n = self.state.store.ack(id, &seqs).await?;
-                self.state
-                    .metrics
-                    .envelopes_acked
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                self.acked.extend(seqs);
+                if self.acked.len() >= ACK_BATCH {
+                    self.flush_acks().await;
+                } else if self.ack_deadline.is_none() {
+                    self.ack_deadline = Some(Instant::now() + ACK_DELAY);
+                }
                 // Room in the window: read on if the last read stopped at it.
                 if !self.synced {
                     self.told_empty = false;
