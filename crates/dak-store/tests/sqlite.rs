@@ -239,3 +239,132 @@ async fn the_commit_listener_sees_each_envelope_once_in_seq_order() {
         assert_eq!(told, &stored, "device {d}: exactly what was committed");
     }
 }
+
+/// The send cache under concurrency: sends at the old and the new epoch
+/// race a commit that removes one member and adds another. Each send is
+/// checked against the group as the writer's order has it at that send: a
+/// send before the commit reaches the removed member and not the new one,
+/// a send after it the other way round, and the removed member's mailbox
+/// holds nothing after its removal.
+#[tokio::test]
+async fn sends_racing_a_commit_reach_exactly_the_members_of_their_epoch() {
+    use dak_store::{Device, GroupCommit, GroupOutcome, MailboxQuota};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
+    let mut people: Vec<Device> = Vec::new();
+    for i in 0..4u8 {
+        let reg = store
+            .register_primary(&format!("+91980000003{i}"), &[40 + i; 32], "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, vec![], Some(vec![i]), 100)
+            .await
+            .unwrap();
+        people.push(reg.device);
+    }
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| people[i].clone());
+    let env = |by: &Device, id: u16, body: &[u8]| NewEnvelope {
+        message_id: id.to_be_bytes().to_vec(),
+        sender_phone: by.phone.clone(),
+        sender_device: by.id,
+        server_time_ms: 1,
+        expires_ms: i64::MAX,
+        body: body.to_vec(),
+    };
+    let g = b"racing-group".to_vec();
+    let create = GroupCommit {
+        group_id: g.clone(),
+        epoch: 0,
+        added: vec![b.id, c.id],
+        removed: vec![],
+        removed_leaves: vec![],
+        added_phones: vec![],
+        max_accounts: 1024,
+        commit: env(&a, 60000, b"create"),
+        welcome: Some(env(&a, 60001, b"welcome-1")),
+    };
+    assert!(matches!(
+        store.commit_group(create).await.unwrap(),
+        GroupOutcome::Accepted { .. }
+    ));
+    // Warm the cache at epoch 1.
+    assert!(matches!(
+        store
+            .send_group(&g, 1, env(&a, 60002, b"warm"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap(),
+        GroupOutcome::Accepted { .. }
+    ));
+    let change = GroupCommit {
+        group_id: g.clone(),
+        epoch: 1,
+        added: vec![d.id],
+        removed: vec![c.id],
+        removed_leaves: vec![2], // a 0, b 1, c 2
+        added_phones: vec![],
+        max_accounts: 1024,
+        commit: env(&b, 60003, b"change"),
+        welcome: Some(env(&b, 60004, b"welcome-2")),
+    };
+    let mut tasks = Vec::new();
+    for i in 0..400u16 {
+        let (s, g) = (store.clone(), g.clone());
+        if i == 200 {
+            let (s, change) = (store.clone(), change.clone());
+            tasks.push(tokio::spawn(async move {
+                (u16::MAX, 0, s.commit_group(change).await.unwrap())
+            }));
+        }
+        let epoch = 1 + u64::from(i % 2);
+        let e = env(&a, i, format!("m{epoch}").as_bytes());
+        tasks.push(tokio::spawn(async move {
+            let outcome = s
+                .send_group(&g, epoch, e, MailboxQuota::UNLIMITED)
+                .await
+                .unwrap();
+            (i, epoch, outcome)
+        }));
+    }
+    let mut accepted = [0usize; 3];
+    for t in tasks {
+        let (i, epoch, outcome) = t.await.unwrap();
+        if i == u16::MAX {
+            assert!(matches!(outcome, GroupOutcome::Accepted { .. }), "{outcome:?}");
+            continue;
+        }
+        match outcome {
+            GroupOutcome::Accepted { recipients } => {
+                let ids: Vec<u64> = recipients.iter().map(|r| r.id).collect();
+                let want = if epoch == 1 {
+                    vec![b.id, c.id]
+                } else {
+                    vec![b.id, d.id]
+                };
+                assert_eq!(ids, want, "send {i} at epoch {epoch}");
+                accepted[epoch as usize] += 1;
+            }
+            GroupOutcome::Stale { .. } => {}
+            other => panic!("send {i}: {other:?}"),
+        }
+    }
+    let bodies = |device: u64| {
+        let s = store.clone();
+        async move {
+            s.fetch_mailbox(device, 0, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8(e.body).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let of_c = bodies(c.id).await;
+    let removal = of_c.iter().position(|b| b == "change").expect("c is told");
+    assert_eq!(removal, of_c.len() - 1, "nothing reaches c after its removal");
+    assert_eq!(of_c.iter().filter(|b| *b == "m1").count(), accepted[1]);
+    let of_d = bodies(d.id).await;
+    assert_eq!(of_d[0], "welcome-2", "d joins first, then reads");
+    assert_eq!(of_d.iter().filter(|b| *b == "m2").count(), accepted[2]);
+    assert_eq!(of_d.len(), 1 + accepted[2], "d gets no epoch-1 message");
+}
