@@ -78,6 +78,8 @@ const WINDOW: usize = 4096;
 /// Envelopes read from the store per fetch (each at most a frame).
 const FETCH: usize = 256;
 const OUTGOING_QUEUE: usize = 64;
+/// Queued frames the writer task writes before it flushes.
+const WRITE_COALESCE: usize = 64;
 /// Sends one connection may have submitted and not yet answered; past it
 /// the session stops reading frames until the oldest commits.
 const MAX_PIPELINED: usize = 64;
@@ -163,21 +165,41 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
     // window held at zero) cannot hold the writer, and with it the
     // connection's slots, forever.
     let stall = state.config.write_stall_timeout;
+    // Frames already queued are written together and flushed once (up to
+    // `WRITE_COALESCE`): one TLS record and one syscall for a SendAck, a
+    // Deliver and a QueueEmpty that are ready at the same time, instead of
+    // three.
     let writer = tokio::spawn(async move {
-        while let Some(item) = out_rx.recv().await {
-            let (message, last) = match item {
-                ToSocket::Frame(bytes) => (Message::Binary(bytes.into()), false),
-                ToSocket::Ping => (Message::Ping(Default::default()), false),
-                ToSocket::Close(code, reason) => (
-                    Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })),
-                    true,
-                ),
-            };
-            let sent = tokio::time::timeout(stall, sink.send(message)).await;
-            if last || !matches!(sent, Ok(Ok(()))) {
+        'connection: while let Some(first) = out_rx.recv().await {
+            let mut next = Some(first);
+            let mut fed = 0;
+            while let Some(item) = next.take() {
+                let (message, last) = match item {
+                    ToSocket::Frame(bytes) => (Message::Binary(bytes.into()), false),
+                    ToSocket::Ping => (Message::Ping(Default::default()), false),
+                    ToSocket::Close(code, reason) => (
+                        Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })),
+                        true,
+                    ),
+                };
+                let fed_ok = tokio::time::timeout(stall, sink.feed(message)).await;
+                if !matches!(fed_ok, Ok(Ok(()))) {
+                    break 'connection;
+                }
+                if last {
+                    let _ = tokio::time::timeout(stall, sink.flush()).await;
+                    break 'connection;
+                }
+                fed += 1;
+                if fed < WRITE_COALESCE {
+                    next = out_rx.try_recv().ok();
+                }
+            }
+            let flushed = tokio::time::timeout(stall, sink.flush()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
                 break;
             }
         }

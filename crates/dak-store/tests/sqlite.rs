@@ -330,7 +330,10 @@ async fn sends_racing_a_commit_reach_exactly_the_members_of_their_epoch() {
     for t in tasks {
         let (i, epoch, outcome) = t.await.unwrap();
         if i == u16::MAX {
-            assert!(matches!(outcome, GroupOutcome::Accepted { .. }), "{outcome:?}");
+            assert!(
+                matches!(outcome, GroupOutcome::Accepted { .. }),
+                "{outcome:?}"
+            );
             continue;
         }
         match outcome {
@@ -361,7 +364,11 @@ async fn sends_racing_a_commit_reach_exactly_the_members_of_their_epoch() {
     };
     let of_c = bodies(c.id).await;
     let removal = of_c.iter().position(|b| b == "change").expect("c is told");
-    assert_eq!(removal, of_c.len() - 1, "nothing reaches c after its removal");
+    assert_eq!(
+        removal,
+        of_c.len() - 1,
+        "nothing reaches c after its removal"
+    );
     assert_eq!(of_c.iter().filter(|b| *b == "m1").count(), accepted[1]);
     let of_d = bodies(d.id).await;
     assert_eq!(of_d[0], "welcome-2", "d joins first, then reads");
