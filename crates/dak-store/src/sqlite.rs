@@ -10,8 +10,10 @@
 //! Counters that guard a limit (rate-limit buckets, code and PIN attempts,
 //! the KeyPackage cap, the mailbox quota) are read and bumped inside one
 //! writer job, and the single writer runs jobs one at a time, so the check
-//! and the count are one step. Per-device mailbox usage is kept by triggers
-//! on `mailbox`, so no write path can forget it. Lists a client controls
+//! and the count are one step. Per-device mailbox usage is counted where
+//! envelopes go in (`count_into_usage`, called by every insert path, which
+//! also checks the quota) and by a trigger where they go out, so no delete
+//! path can forget it. Lists a client controls
 //! (added devices, acked seqs) go to SQLite as one JSON array bound to one
 //! statement, never as a query per id.
 //!
@@ -655,9 +657,15 @@ fn create_mailbox_usage(conn: &Connection) -> Result<()> {
     )
     .map_err(backend)?;
     let made = (|| {
+        // Inserts are counted by `count_into_usage` (one statement per
+        // device and envelope, which also checks the quota); deletes, which
+        // many paths make, by this trigger. Stores from before kept an
+        // insert trigger too: it goes.
+        conn.execute_batch("DROP TRIGGER IF EXISTS mailbox_usage_insert;")
+            .map_err(backend)?;
         let has_triggers: bool = conn
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'mailbox_usage_insert')",
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'mailbox_usage_delete')",
                 [],
                 |r| r.get(0),
             )
@@ -667,11 +675,6 @@ fn create_mailbox_usage(conn: &Connection) -> Result<()> {
                 "DELETE FROM mailbox_usage;
                  INSERT INTO mailbox_usage (device_id, envelopes, bytes)
                      SELECT device_id, COUNT(*), SUM(length(body)) FROM mailbox GROUP BY device_id;
-                 CREATE TRIGGER mailbox_usage_insert AFTER INSERT ON mailbox BEGIN
-                     INSERT OR IGNORE INTO mailbox_usage (device_id, envelopes, bytes) VALUES (NEW.device_id, 0, 0);
-                     UPDATE mailbox_usage SET envelopes = envelopes + 1, bytes = bytes + length(NEW.body)
-                         WHERE device_id = NEW.device_id;
-                 END;
                  CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
                      UPDATE mailbox_usage SET envelopes = envelopes - 1, bytes = bytes - length(OLD.body)
                          WHERE device_id = OLD.device_id;
@@ -728,8 +731,21 @@ fn json_members(members: &[group_rules::NextMember]) -> String {
     out
 }
 
-/// Appends `e` to each device's mailbox; returns the seq each got.
+/// Appends `e` to each device's mailbox, counted in the devices' usage
+/// (not held to the quota: commits, Welcomes, `enqueue`); returns the seq
+/// each got.
 fn insert_envelope(
+    conn: &Connection,
+    e: &NewEnvelope,
+    devices: &[DeviceId],
+) -> Result<Vec<(DeviceId, u64)>> {
+    count_into_usage(conn, devices, e.body.len() as u64, None)?;
+    insert_rows(conn, e, devices)
+}
+
+/// The mailbox rows themselves; the caller has counted them
+/// (`count_into_usage`). Every insert into `mailbox` is here.
+fn insert_rows(
     conn: &Connection,
     e: &NewEnvelope,
     devices: &[DeviceId],
@@ -933,44 +949,58 @@ fn send_group(
         blockers,
     );
     let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
-    if let Some(device) = first_full_mailbox(conn, &ids, e.body.len() as u64, quota)? {
+    if let Some(device) = count_into_usage(conn, &ids, e.body.len() as u64, Some(quota))? {
         return refused(GroupOutcome::MailboxFull { device });
     }
-    let placed = insert_envelope(conn, e, &ids)?;
+    let placed = insert_rows(conn, e, &ids)?;
     Ok((
         GroupOutcome::Accepted { recipients },
         vec![committed(e.clone(), placed)],
     ))
 }
 
-/// The first of these devices (by id) whose mailbox has no room under
-/// `quota` for one more body of `body_len` bytes; one lookup in the usage
-/// counters.
-fn first_full_mailbox(
+/// Counts one more envelope of `body_len` bytes in each device's usage,
+/// one statement per device that also reads the new counts back. With a
+/// quota, the first device (by id) that had no room for it is returned
+/// instead, and every count this call made is taken back first.
+fn count_into_usage(
     conn: &Connection,
     devices: &[DeviceId],
     body_len: u64,
-    quota: MailboxQuota,
+    quota: Option<MailboxQuota>,
 ) -> Result<Option<DeviceId>> {
-    let mut stmt = conn
+    let mut count = conn
         .prepare_cached(
-            "SELECT device_id, envelopes, bytes FROM mailbox_usage
-             WHERE device_id IN (SELECT value FROM json_each(?1)) ORDER BY device_id",
+            "INSERT INTO mailbox_usage (device_id, envelopes, bytes) VALUES (?1, 1, ?2)
+             ON CONFLICT (device_id) DO UPDATE SET envelopes = envelopes + 1, bytes = bytes + ?2
+             RETURNING envelopes, bytes",
         )
         .map_err(backend)?;
-    // A device without a usage row holds nothing: room unless the quota is zero.
-    if !quota.has_room(0, 0, body_len) {
-        return Ok(devices.iter().min().copied());
-    }
-    let mut rows = stmt.query([json_ids(devices)]).map_err(backend)?;
-    while let Some(r) = rows.next().map_err(backend)? {
-        let (device, envelopes, bytes): (i64, i64, i64) = (
-            r.get(0).map_err(backend)?,
-            r.get(1).map_err(backend)?,
-            r.get(2).map_err(backend)?,
+    let mut sorted = devices.to_vec();
+    sorted.sort_unstable();
+    for (i, d) in sorted.iter().enumerate() {
+        let (envelopes, bytes): (i64, i64) = count
+            .query_row(params![*d as i64, body_len as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(backend)?;
+        let before = (
+            (envelopes - 1).max(0) as u64,
+            (bytes.max(0) as u64).saturating_sub(body_len),
         );
-        if !quota.has_room(envelopes.max(0) as u64, bytes.max(0) as u64, body_len) {
-            return Ok(Some(device as u64));
+        if let Some(quota) = quota
+            && !quota.has_room(before.0, before.1, body_len)
+        {
+            let mut undo = conn
+                .prepare_cached(
+                    "UPDATE mailbox_usage SET envelopes = envelopes - 1, bytes = bytes - ?2 WHERE device_id = ?1",
+                )
+                .map_err(backend)?;
+            for done in &sorted[..=i] {
+                undo.execute(params![*done as i64, body_len as i64])
+                    .map_err(backend)?;
+            }
+            return Ok(Some(*d));
         }
     }
     Ok(None)

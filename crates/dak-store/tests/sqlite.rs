@@ -75,7 +75,7 @@ async fn stores_from_before_the_quota_are_migrated() {
     old.busy_timeout(std::time::Duration::from_secs(10))
         .unwrap();
     old.execute_batch(
-        "DROP TRIGGER mailbox_usage_insert;
+        "DROP TRIGGER IF EXISTS mailbox_usage_insert;
          DROP TRIGGER mailbox_usage_delete;
          DROP TABLE mailbox_usage;
          DROP TABLE verifications;
@@ -374,4 +374,46 @@ async fn sends_racing_a_commit_reach_exactly_the_members_of_their_epoch() {
     assert_eq!(of_d[0], "welcome-2", "d joins first, then reads");
     assert_eq!(of_d.iter().filter(|b| *b == "m2").count(), accepted[2]);
     assert_eq!(of_d.len(), 1 + accepted[2], "d gets no epoch-1 message");
+}
+
+/// A store from the edge hardening counted inserts with a trigger; this
+/// release counts them in `count_into_usage`. Opening such a store drops
+/// the old trigger, so an insert is counted once, not twice.
+#[tokio::test]
+async fn stores_with_the_insert_trigger_count_each_envelope_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dak.db");
+    let envelope = |i: u8| NewEnvelope {
+        message_id: vec![i; 16],
+        sender_phone: "+919800000001".into(),
+        sender_device: 1,
+        server_time_ms: 1,
+        expires_ms: i64::MAX,
+        body: vec![i; 100],
+    };
+    let device = {
+        let store = SqliteStore::open(&path).unwrap();
+        let reg = store
+            .register_primary("+919800000011", &[1; 32], "p", 1)
+            .await
+            .unwrap();
+        store.enqueue(envelope(1), &[reg.device.id]).await.unwrap();
+        reg.device.id
+    };
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    old.execute_batch(
+        "CREATE TRIGGER mailbox_usage_insert AFTER INSERT ON mailbox BEGIN
+             INSERT OR IGNORE INTO mailbox_usage (device_id, envelopes, bytes) VALUES (NEW.device_id, 0, 0);
+             UPDATE mailbox_usage SET envelopes = envelopes + 1, bytes = bytes + length(NEW.body)
+                 WHERE device_id = NEW.device_id;
+         END;",
+    )
+    .unwrap();
+    drop(old);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.mailbox_usage(device).await.unwrap(), (1, 100));
+    store.enqueue(envelope(2), &[device]).await.unwrap();
+    assert_eq!(store.mailbox_usage(device).await.unwrap(), (2, 200));
 }
