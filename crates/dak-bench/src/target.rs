@@ -35,6 +35,8 @@ impl Target {
             .env("DAK_REQUEST_BURST", "1000000")
             .env("DAK_MAX_CONNECTIONS_PER_DEVICE", "1000")
             .env("DAK_LOOKUPS_PER_DAY", "100000000")
+            // `offline` queues more for one device than a mailbox may hold.
+            .env("DAK_MAILBOX_MAX_ENVELOPES", "100000000")
             .env("DAK_HANDSHAKE_TIMEOUT", "60s")
             .env("DAK_LOG", "warn")
             .stdout(Stdio::piped())

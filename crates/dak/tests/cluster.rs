@@ -352,73 +352,34 @@ async fn counting_through_node_nats_and_postgres_restarts() {
     // Recipients stay online and record every message as it is shown.
     let mut listeners = Vec::new();
     for pair in 0..pairs {
-        let dir = people[2 * pair + 1].dir.clone();
-        let stop = stop.clone();
-        listeners.push(tokio::spawn(async move {
-            let mut shown: Vec<String> = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(mut client) = dak_client::Client::connect_patiently(
-                    dak_client::open_profile(&dir).unwrap(),
-                    patience,
-                )
-                .await
-                else {
-                    continue;
-                };
-                loop {
-                    // Only the wait is timed out: recv_push is cancel-safe, handle_push is not.
-                    let next = tokio::time::timeout(
-                        std::time::Duration::from_millis(300),
-                        client.recv_push(),
-                    )
-                    .await;
-                    let push = match next {
-                        Ok(Ok(push)) => push,
-                        Ok(Err(_)) => break, // node, NATS or PostgreSQL trouble: reconnect
-                        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => break,
-                        Err(_) => continue,
-                    };
-                    match client.handle_push(push).await {
-                        Ok(events) => shown.extend(events.into_iter().filter_map(|e| match e {
-                            Event::Message(m) => Some(m.text),
-                            _ => None,
-                        })),
-                        Err(_) => break,
-                    }
-                }
-            }
-            shown
-        }));
+        listeners.push(listen(
+            people[2 * pair + 1].dir.clone(),
+            stop.clone(),
+            patience,
+        ));
+    }
+    // Groups of 2 to 50 members (the seeds' outage was groups going
+    // silent): the creator sends, every other member listens.
+    let groups = make_groups(&nodes, &[2, 5, 12, 50]).await;
+    let mut group_listeners = Vec::new();
+    for (_, _, members) in &groups {
+        for m in members {
+            group_listeners.push(listen(m.dir.clone(), stop.clone(), patience));
+        }
     }
     let mut senders = Vec::new();
     for pair in 0..pairs {
-        let (from, to) = (
+        let texts = (0..per_sender).map(|i| format!("m{i:03}")).collect();
+        senders.push(send_all(
             people[2 * pair].dir.clone(),
             people[2 * pair + 1].phone.clone(),
-        );
-        senders.push(tokio::spawn(async move {
-            let open = || dak_client::open_profile(&from).unwrap();
-            let mut client = dak_client::Client::connect_patiently(open(), patience)
-                .await
-                .unwrap();
-            for i in 0..per_sender {
-                if let Err(e) = client.send_text(&to, &format!("m{i:03}")).await {
-                    assert!(e.is_retryable(), "refused: {e}");
-                    // In the outbox; the next connection flushes it.
-                    client = dak_client::Client::connect_patiently(open(), patience)
-                        .await
-                        .unwrap();
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            // Whatever the last failure left in the outbox goes out now.
-            while !open().outbox().unwrap().is_empty() {
-                client = dak_client::Client::connect_patiently(open(), patience)
-                    .await
-                    .unwrap();
-            }
-            client.close().await;
-        }));
+            texts,
+            patience,
+        ));
+    }
+    for (g, (creator, key, _)) in groups.iter().enumerate() {
+        let texts = (0..per_sender).map(|i| format!("g{g}-{i:03}")).collect();
+        senders.push(send_all(creator.dir.clone(), key.clone(), texts, patience));
     }
     let pause = std::time::Duration::from_millis(600);
     tokio::time::sleep(pause).await;
@@ -438,10 +399,192 @@ async fn counting_through_node_nats_and_postgres_restarts() {
     for l in listeners {
         live.push(l.await.unwrap());
     }
+    let mut group_live: Vec<Vec<String>> = Vec::new();
+    for l in group_listeners {
+        group_live.push(l.await.unwrap());
+    }
 
     let (acked, delivered, lost, duplicates) = count(&people, live).await;
     println!("acked {acked}, delivered {delivered}, lost {lost}, duplicates shown {duplicates}");
     assert_eq!(acked, pairs * per_sender);
     assert_eq!((lost, duplicates), (0, 0));
     assert_eq!(delivered, acked);
+    let (acked, delivered, lost, duplicates) = count_groups(&groups, group_live).await;
+    println!(
+        "groups: acked {acked}, delivered to members {delivered}, lost {lost}, duplicates shown {duplicates}"
+    );
+    assert_eq!(acked, groups.len() * per_sender);
+    assert_eq!((lost, duplicates), (0, 0));
+}
+
+/// A device that stays online through everything and records every text as
+/// it is shown, reconnecting (to any node) whenever its connection breaks.
+fn listen(
+    dir: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    patience: std::time::Duration,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut shown: Vec<String> = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(mut client) = dak_client::Client::connect_patiently(
+                dak_client::open_profile(&dir).unwrap(),
+                patience,
+            )
+            .await
+            else {
+                continue;
+            };
+            loop {
+                // Only the wait is timed out: recv_push is cancel-safe, handle_push is not.
+                let next =
+                    tokio::time::timeout(std::time::Duration::from_millis(300), client.recv_push())
+                        .await;
+                let push = match next {
+                    Ok(Ok(push)) => push,
+                    Ok(Err(_)) => break, // node, NATS or PostgreSQL trouble: reconnect
+                    Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => break,
+                    Err(_) => continue,
+                };
+                match client.handle_push(push).await {
+                    Ok(events) => shown.extend(events.into_iter().filter_map(|e| match e {
+                        Event::Message(m) => Some(m.text),
+                        _ => None,
+                    })),
+                    Err(_) => break,
+                }
+            }
+        }
+        shown
+    })
+}
+
+/// Sends `texts` to the chat `to` (a number or a group key), 50 ms apart,
+/// reconnecting through failures; ends with an empty outbox.
+fn send_all(
+    dir: std::path::PathBuf,
+    to: String,
+    texts: Vec<String>,
+    patience: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let open = || dak_client::open_profile(&dir).unwrap();
+        let mut client = dak_client::Client::connect_patiently(open(), patience)
+            .await
+            .unwrap();
+        for text in texts {
+            if let Err(e) = client.send_text(&to, &text).await {
+                assert!(e.is_retryable(), "refused: {e}");
+                // In the outbox; the next connection flushes it.
+                client = dak_client::Client::connect_patiently(open(), patience)
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Whatever the last failure left in the outbox goes out now.
+        while !open().outbox().unwrap().is_empty() {
+            client = dak_client::Client::connect_patiently(open(), patience)
+                .await
+                .unwrap();
+        }
+        client.close().await;
+    })
+}
+
+/// One group per size: (its creator, its chat key, the other members),
+/// each registered on the nodes in turn, the group created before the
+/// counting starts.
+async fn make_groups(nodes: &[TestServer], sizes: &[usize]) -> Vec<(Person, String, Vec<Person>)> {
+    let refs: Vec<&TestServer> = nodes.iter().collect();
+    let mut groups = Vec::new();
+    for (g, size) in sizes.iter().enumerate() {
+        let people: Vec<Person> = (0..*size)
+            .map(|m| Person::new(&format!("+9198210{g}{m:04}")))
+            .collect();
+        for (i, p) in people.iter().enumerate() {
+            register_on_cluster(p, &refs, i % refs.len()).await;
+        }
+        let mut people = people.into_iter();
+        let creator = people.next().unwrap();
+        let members: Vec<Person> = people.collect();
+        let phones: Vec<String> = members.iter().map(|m| m.phone.clone()).collect();
+        let mut client = dak_client::Client::connect_patiently(
+            creator.profile(),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let info = client
+            .create_group(&format!("group {g}"), &phones, false)
+            .await
+            .unwrap();
+        client.close().await;
+        groups.push((creator, info.key, members));
+    }
+    groups
+}
+
+/// For each group: every text its creator got a single tick for is stored
+/// once by every other member, shown once as it arrived, in order.
+/// `live` holds what each member was shown, members in `groups` order.
+async fn count_groups(
+    groups: &[(Person, String, Vec<Person>)],
+    live: Vec<Vec<String>>,
+) -> (usize, usize, usize, usize) {
+    let (mut acked, mut delivered, mut lost, mut duplicates) = (0, 0, 0, 0);
+    let mut live = live.into_iter();
+    for (creator, key, members) in groups {
+        let sent: Vec<String> = creator
+            .profile()
+            .conversation(key, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.outgoing && m.acked)
+            .map(|m| m.text)
+            .collect();
+        assert!(creator.profile().outbox().unwrap().is_empty());
+        acked += sent.len();
+        for member in members {
+            let mut shown = live.next().expect("one record per member");
+            let mut client = dak_client::Client::connect_patiently(
+                member.profile(),
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            client
+                .sync(|e| {
+                    if let Event::Message(m) = e {
+                        shown.push(m.text.clone());
+                    }
+                })
+                .await
+                .unwrap();
+            let mut unique = shown.clone();
+            unique.sort();
+            unique.dedup();
+            duplicates += shown.len() - unique.len();
+            let stored: Vec<String> = member
+                .profile()
+                .conversation(key, 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|m| !m.outgoing)
+                .map(|m| m.text)
+                .collect();
+            assert_eq!(
+                unique.len(),
+                stored.len(),
+                "{}: every stored group message was shown once as it arrived",
+                member.phone
+            );
+            let mut ordered = stored.clone();
+            ordered.sort();
+            assert_eq!(stored, ordered, "order in the group");
+            delivered += stored.len();
+            lost += sent.iter().filter(|t| !stored.contains(t)).count();
+        }
+    }
+    (acked, delivered, lost, duplicates)
 }
