@@ -23,10 +23,14 @@
 //! are answered as before, possibly before an earlier send's SendAck.
 //!
 //! Acks: an `AckDeliveries` is answered at once and its seqs leave the
-//! window at once; the store deletes them in a batch (`ACK_BATCH` seqs or
-//! `ACK_DELAY` after the first, and when the connection ends). A delete
-//! lost in a crash only means the device gets those envelopes again at its
-//! next connect, which it drops by message id, as after any lost ack.
+//! window at once; with the fast path the store deletes them in a batch
+//! (`ACK_BATCH` seqs or `ACK_DELAY` after the first, and when the
+//! connection ends). A delete lost in a crash only means the device gets
+//! those envelopes again at its next connect, which it drops by message id,
+//! as after any lost ack. Without it (PostgreSQL) each ack is deleted at
+//! once: a delete held back 10 ms met the partner's next send on the
+//! device's `mailbox_heads` row and doubled `pairs` latency (measured,
+//! docs/BENCHMARKS.md).
 //!
 //! Outgoing frames go through a bounded channel to a writer task. When the
 //! client reads too slowly the channel fills and this task waits, so it also
@@ -703,7 +707,7 @@ impl Session {
                     return Ok(Body::Ok(v1::Ok {}));
                 }
                 self.acked.extend(seqs);
-                if self.acked.len() >= ACK_BATCH {
+                if self.acked.len() >= ACK_BATCH || !self.state.fast_path {
                     self.flush_acks().await;
                 } else if self.ack_deadline.is_none() {
                     self.ack_deadline = Some(Instant::now() + ACK_DELAY);
