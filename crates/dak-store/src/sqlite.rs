@@ -920,9 +920,8 @@ fn send_group(
     let (current, members) = (group.epoch, &group.members);
     let blockers: &[AccountId] = match group_rules::sender_account(members, e.sender_device) {
         Some(account) => {
-            if !cache.blockers.contains_key(&account) {
-                let read = blockers_of(conn, account)?;
-                cache.blockers.insert(account, read);
+            if let std::collections::hash_map::Entry::Vacant(e) = cache.blockers.entry(account) {
+                e.insert(blockers_of(conn, account)?);
             }
             &cache.blockers[&account]
         }

@@ -162,9 +162,12 @@ async fn groups_from_before_leaf_indices_take_declared_removals() {
     );
 }
 
-/// Records what the commit listener is told, per device, in call order.
+/// Per device, (seq, message id) in the order the listener was told.
+type Told = std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>;
+
+/// Records what the commit listener is told.
 #[derive(Default)]
-struct Recorder(std::sync::Mutex<std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>>);
+struct Recorder(std::sync::Mutex<Told>);
 
 impl dak_store::CommitListener for Recorder {
     fn committed(&self, envelopes: &[dak_store::CommittedEnvelope]) {
