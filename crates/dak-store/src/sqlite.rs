@@ -54,13 +54,19 @@ type Reply = Box<dyn FnOnce(Result<()>) + Send>;
 /// writer's send cache), or with None when no transaction could be begun
 /// (it must then fail without writing).
 type Job = Box<dyn FnOnce(Option<(&Connection, &mut SendCache)>) -> Reply + Send>;
-/// Groups the send cache holds before it starts again from empty.
+/// What the send cache may hold before it starts again from empty: groups,
+/// device entries over all of them (members and ready devices; ~60 MiB at
+/// most), and sender accounts' blocker lists.
 const CACHED_GROUPS_MAX: usize = 4096;
+const CACHED_DEVICES_MAX: usize = 1 << 18;
+const CACHED_SENDERS_MAX: usize = 1 << 16;
 
 /// What the writer remembers between jobs (see "The send cache" above).
 #[derive(Default)]
 struct SendCache {
     groups: HashMap<Vec<u8>, CachedGroup>,
+    /// Device entries held in `groups`.
+    devices: usize,
     blockers: HashMap<AccountId, Vec<AccountId>>,
 }
 
@@ -76,7 +82,26 @@ struct CachedGroup {
 impl SendCache {
     fn clear(&mut self) {
         self.groups.clear();
+        self.devices = 0;
         self.blockers.clear();
+    }
+
+    /// Keeps `group`, first emptying the cache if it is at a bound.
+    fn keep_group(&mut self, id: &[u8], group: CachedGroup) {
+        let size = group.members.len() + group.ready.len();
+        if self.groups.len() >= CACHED_GROUPS_MAX || self.devices + size > CACHED_DEVICES_MAX {
+            self.clear();
+        }
+        self.devices += size;
+        if let Some(old) = self.groups.insert(id.to_vec(), group) {
+            self.devices -= old.members.len() + old.ready.len();
+        }
+    }
+
+    fn forget_group(&mut self, id: &[u8]) {
+        if let Some(old) = self.groups.remove(id) {
+            self.devices -= old.members.len() + old.ready.len();
+        }
     }
 }
 
@@ -904,11 +929,8 @@ fn send_group(
         };
         let members = group_members(conn, group_id)?;
         let ready = ready_devices(conn, &member_accounts(&members))?;
-        if cache.groups.len() >= CACHED_GROUPS_MAX {
-            cache.clear();
-        }
-        cache.groups.insert(
-            group_id.to_vec(),
+        cache.keep_group(
+            group_id,
             CachedGroup {
                 epoch,
                 members,
@@ -920,8 +942,12 @@ fn send_group(
     let (current, members) = (group.epoch, &group.members);
     let blockers: &[AccountId] = match group_rules::sender_account(members, e.sender_device) {
         Some(account) => {
-            if let std::collections::hash_map::Entry::Vacant(e) = cache.blockers.entry(account) {
-                e.insert(blockers_of(conn, account)?);
+            if !cache.blockers.contains_key(&account) {
+                let read = blockers_of(conn, account)?;
+                if cache.blockers.len() >= CACHED_SENDERS_MAX {
+                    cache.blockers.clear();
+                }
+                cache.blockers.insert(account, read);
             }
             &cache.blockers[&account]
         }
@@ -1441,7 +1467,7 @@ impl Store for SqliteStore {
         self.submit(move |c, cache| {
             // A commit changes its group's members and epoch, nothing else
             // the cache holds.
-            cache.groups.remove(&commit.group_id);
+            cache.forget_group(&commit.group_id);
             let now = commit.commit.server_time_ms;
             commit_group(c, &commit, now)
         })
@@ -1612,5 +1638,49 @@ impl Store for SqliteStore {
             Ok(expired)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod send_cache_tests {
+    use super::*;
+
+    fn group(devices: usize) -> CachedGroup {
+        let d = Device {
+            id: 1,
+            account_id: 1,
+            phone: "+919800000001".into(),
+            identity_key: vec![0; 32],
+            name: String::new(),
+            primary: true,
+            created_ms: 0,
+            last_seen_ms: 0,
+            revoked: None,
+        };
+        CachedGroup {
+            epoch: 1,
+            members: vec![d.clone(); devices],
+            ready: vec![d; devices],
+        }
+    }
+
+    #[test]
+    fn the_cache_counts_its_devices_and_empties_at_its_bounds() {
+        let mut cache = SendCache::default();
+        cache.keep_group(b"a", group(10));
+        cache.keep_group(b"b", group(5));
+        assert_eq!(cache.devices, 30);
+        cache.keep_group(b"a", group(1)); // replaced, not added
+        assert_eq!(cache.devices, 12);
+        cache.forget_group(b"b");
+        assert_eq!((cache.groups.len(), cache.devices), (1, 2));
+        // One more group past the device bound empties the cache first.
+        cache.keep_group(b"big", group(CACHED_DEVICES_MAX / 2));
+        assert_eq!(cache.groups.len(), 1, "emptied, then kept");
+        assert_eq!(cache.devices, CACHED_DEVICES_MAX);
+        for i in 0..CACHED_GROUPS_MAX + 1 {
+            cache.keep_group(&i.to_be_bytes(), group(0));
+        }
+        assert!(cache.groups.len() <= CACHED_GROUPS_MAX);
     }
 }
