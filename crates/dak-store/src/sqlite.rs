@@ -1487,8 +1487,8 @@ impl Store for SqliteStore {
         envelope: NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<GroupOutcome> {
-        let group_id = group_id.to_vec();
-        self.submit(move |c, cache| send_group(c, cache, &group_id, epoch, &envelope, quota))
+        self.submit_send_group(group_id, epoch, envelope, quota)
+            .await?
             .await
     }
 

@@ -3,6 +3,18 @@
 
 use dak_store::{CodeAttempt, NewEnvelope, SqliteStore, Store, Verification, conformance};
 
+/// An envelope from a fixed sender that never expires.
+fn envelope(message_id: Vec<u8>, body: Vec<u8>) -> NewEnvelope {
+    NewEnvelope {
+        message_id,
+        sender_phone: "+919800000001".into(),
+        sender_device: 1,
+        server_time_ms: 1,
+        expires_ms: i64::MAX,
+        body,
+    }
+}
+
 #[tokio::test]
 async fn sqlite_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
@@ -20,14 +32,7 @@ async fn enqueued_envelopes_survive_reopen() {
             .register_primary("+919800000009", &[1; 32], "p", 1)
             .await
             .unwrap();
-        let env = NewEnvelope {
-            message_id: vec![1; 16],
-            sender_phone: "+919800000001".into(),
-            sender_device: 1,
-            server_time_ms: 1,
-            expires_ms: i64::MAX,
-            body: b"kept".to_vec(),
-        };
+        let env = envelope(vec![1; 16], b"kept".to_vec());
         // Many concurrent writers are folded into few commits; all must land.
         let mut tasks = Vec::new();
         for i in 0..200u8 {
@@ -59,14 +64,7 @@ async fn stores_from_before_the_quota_are_migrated() {
             .await
             .unwrap();
         for i in 0..4u8 {
-            let env = NewEnvelope {
-                message_id: vec![i; 16],
-                sender_phone: "+919800000001".into(),
-                sender_device: 1,
-                server_time_ms: 1,
-                expires_ms: i64::MAX,
-                body: vec![i; 100],
-            };
+            let env = envelope(vec![i; 16], vec![i; 100]);
             store.enqueue(env, &[reg.device.id]).await.unwrap();
         }
         reg.device.id
@@ -212,14 +210,7 @@ async fn the_commit_listener_sees_each_envelope_once_in_seq_order() {
             1 => vec![devices[1], devices[2]],
             _ => vec![devices[0], devices[2]],
         };
-        let env = NewEnvelope {
-            message_id: i.to_be_bytes().to_vec(),
-            sender_phone: "+919800000001".into(),
-            sender_device: 1,
-            server_time_ms: 1,
-            expires_ms: i64::MAX,
-            body: vec![1; 10],
-        };
+        let env = envelope(i.to_be_bytes().to_vec(), vec![1; 10]);
         tasks.push(tokio::spawn(async move { s.enqueue(env, &to).await }));
     }
     for t in tasks {
@@ -386,14 +377,7 @@ async fn sends_racing_a_commit_reach_exactly_the_members_of_their_epoch() {
 async fn stores_with_the_insert_trigger_count_each_envelope_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dak.db");
-    let envelope = |i: u8| NewEnvelope {
-        message_id: vec![i; 16],
-        sender_phone: "+919800000001".into(),
-        sender_device: 1,
-        server_time_ms: 1,
-        expires_ms: i64::MAX,
-        body: vec![i; 100],
-    };
+    let envelope = |i: u8| envelope(vec![i; 16], vec![i; 100]);
     let device = {
         let store = SqliteStore::open(&path).unwrap();
         let reg = store

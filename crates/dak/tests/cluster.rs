@@ -223,7 +223,7 @@ async fn killing_a_node_loses_nothing_acked_and_shows_nothing_twice() {
 /// Returns (acked, delivered, lost, duplicates shown).
 async fn count(people: &[Person], live: Vec<Vec<String>>) -> (usize, usize, usize, usize) {
     let (mut acked, mut delivered, mut lost, mut duplicates) = (0, 0, 0, 0);
-    for (pair, mut shown) in live.into_iter().enumerate() {
+    for (pair, shown) in live.into_iter().enumerate() {
         let (sender, receiver) = (&people[2 * pair], &people[2 * pair + 1]);
         let sent: Vec<String> = sender
             .profile()
@@ -237,34 +237,10 @@ async fn count(people: &[Person], live: Vec<Vec<String>>) -> (usize, usize, usiz
             sender.profile().outbox().unwrap().is_empty(),
             "every message left the outbox"
         );
-        let mut client = dak_client::Client::connect_patiently(
-            receiver.profile(),
-            std::time::Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-        client
-            .sync(|e| {
-                if let Event::Message(m) = e {
-                    shown.push(m.text.clone());
-                }
-            })
-            .await
-            .unwrap();
-        let mut unique = shown.clone();
-        unique.sort();
-        unique.dedup();
-        duplicates += shown.len() - unique.len();
-        // What the recipient has is what its profile holds (the history the user sees).
-        let stored: Vec<String> = receiver
-            .profile()
-            .conversation(&sender.phone, 1000)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
+        let (unique, repeats, stored) = shown_and_stored(receiver, shown, &sender.phone).await;
+        duplicates += repeats;
         assert_eq!(
-            unique.len(),
+            unique,
             stored.len(),
             "every stored message was shown once as it arrived"
         );
@@ -276,6 +252,40 @@ async fn count(people: &[Person], live: Vec<Vec<String>>) -> (usize, usize, usiz
         lost += sent.iter().filter(|t| !stored.contains(t)).count();
     }
     (acked, delivered, lost, duplicates)
+}
+
+/// After one more sync by `who`: how many distinct texts it was shown as
+/// they arrived, how many it was shown more than once, and the incoming
+/// texts its profile holds in `chat` (the history the user sees).
+async fn shown_and_stored(
+    who: &Person,
+    mut shown: Vec<String>,
+    chat: &str,
+) -> (usize, usize, Vec<String>) {
+    let mut client =
+        dak_client::Client::connect_patiently(who.profile(), std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+    client
+        .sync(|e| {
+            if let Event::Message(m) = e {
+                shown.push(m.text.clone());
+            }
+        })
+        .await
+        .unwrap();
+    let mut unique = shown.clone();
+    unique.sort();
+    unique.dedup();
+    let stored = who
+        .profile()
+        .conversation(chat, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.outgoing)
+        .map(|m| m.text)
+        .collect();
+    (unique.len(), shown.len() - unique.len(), stored)
 }
 
 /// Runs a shell command of the machine's (restarting a shared service).
@@ -546,35 +556,11 @@ async fn count_groups(
         assert!(creator.profile().outbox().unwrap().is_empty());
         acked += sent.len();
         for member in members {
-            let mut shown = live.next().expect("one record per member");
-            let mut client = dak_client::Client::connect_patiently(
-                member.profile(),
-                std::time::Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
-            client
-                .sync(|e| {
-                    if let Event::Message(m) = e {
-                        shown.push(m.text.clone());
-                    }
-                })
-                .await
-                .unwrap();
-            let mut unique = shown.clone();
-            unique.sort();
-            unique.dedup();
-            duplicates += shown.len() - unique.len();
-            let stored: Vec<String> = member
-                .profile()
-                .conversation(key, 1000)
-                .unwrap()
-                .into_iter()
-                .filter(|m| !m.outgoing)
-                .map(|m| m.text)
-                .collect();
+            let shown = live.next().expect("one record per member");
+            let (unique, repeats, stored) = shown_and_stored(member, shown, key).await;
+            duplicates += repeats;
             assert_eq!(
-                unique.len(),
+                unique,
                 stored.len(),
                 "{}: every stored group message was shown once as it arrived",
                 member.phone
