@@ -191,14 +191,16 @@ impl MlsDevice {
 
 /// A 1:1 conversation between `a` and `b` (both connected and
 /// authenticated): both upload KeyPackages, `a` creates the group adding
-/// `b`'s device, `b` joins from the Welcome, and each encrypts `POOL`
-/// messages of `size` text bytes. Returns the connections and the pools.
+/// `b`'s device, `b` joins from the Welcome, and each encrypts `pool`
+/// messages of `size` text bytes (the scenarios use `POOL`), each a
+/// distinct ciphertext. Returns the connections and the pools.
 pub async fn conversation(
     a: Device,
     b: Device,
     mut ca: Connection,
     mut cb: Connection,
     size: usize,
+    pool: usize,
 ) -> Result<((Connection, Vec<Vec<u8>>), (Connection, Vec<Vec<u8>>))> {
     let mut ma = MlsDevice::new(a)?;
     let mut mb = MlsDevice::new(b)?;
@@ -214,7 +216,7 @@ pub async fn conversation(
         bail!("{peer} did not join the group from the Welcome");
     }
     ma.settle(&mut ca, 1).await?;
-    let pa = ma.pool(&group, size, POOL)?;
-    let pb = mb.pool(&group, size, POOL)?;
+    let pa = ma.pool(&group, size, pool)?;
+    let pb = mb.pool(&group, size, pool)?;
     Ok(((ca, pa), (cb, pb)))
 }

@@ -190,7 +190,7 @@ async fn pair_groups(
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            groups::conversation(a, b, ca, cb, size).await
+            groups::conversation(a, b, ca, cb, size, groups::POOL).await
         }));
     }
     let pairs = tasks.len();
@@ -499,8 +499,15 @@ async fn offline(
     progress("setting up the MLS group".into());
     let s = device::connect(&target.url, sender, None).await?;
     let r_setup = device::connect(&target.url, receiver, None).await?;
-    let ((mut s, pool), (r_setup, _)) =
-        groups::conversation(sender.clone(), receiver.clone(), s, r_setup, p.size).await?;
+    let ((mut s, pool), (r_setup, _)) = groups::conversation(
+        sender.clone(),
+        receiver.clone(),
+        s,
+        r_setup,
+        p.size,
+        groups::POOL,
+    )
+    .await?;
     r_setup.close().await;
     progress(format!(
         "queueing {} messages for an offline device",

@@ -44,6 +44,7 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     racing_code_attempts_get_exactly_the_maximum(s).await;
     mailbox_quota_refuses_before_writing(s).await;
     mailbox_usage_stays_exact(s).await;
+    bodies_for_many_devices_are_stored_once(s).await;
     blocked_senders_reach_everyone_but_the_blocker(s).await;
     blocked_committers_cannot_add_the_blocker(s).await;
     reports_block_and_count_distinct_reporters(s).await;
@@ -1360,6 +1361,85 @@ async fn mailbox_usage_stays_exact<S: Store>(s: &S) {
     assert_eq!(s.mailbox_usage(l).await.unwrap(), (0, 0));
     s.expire(LATE + 1_000, 1).await.unwrap();
     assert_eq!(s.mailbox_usage(d).await.unwrap(), (0, 0));
+}
+
+/// A commit to every member and a group message are stored once, not once
+/// per device; each device reads the whole body, its usage counts it, and
+/// the body goes once every device has acked it (at the next `expire`).
+async fn bodies_for_many_devices_are_stored_once<S: Store>(s: &S) {
+    let creator = ready_device(s, "+911000000070", 70).await;
+    let mut members = Vec::new();
+    for i in 0..40u8 {
+        members.push(ready_device(s, &format!("+9120000001{i:02}"), 200 + i).await);
+    }
+    let g = b"group-stored-once";
+    let added: Vec<&Device> = members.iter().collect();
+    // Sweeps what earlier cases left (nothing is due at time 1).
+    s.expire(1, 1).await.unwrap();
+    let before = s.stored_body_bytes().await.unwrap();
+    s.commit_group(commit(&creator, g, 0, &added))
+        .await
+        .unwrap();
+    // The creator's own "commit" (one device, inline) and one "welcome" for 40.
+    assert_eq!(s.stored_body_bytes().await.unwrap() - before, 6 + 7);
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut rekey = commit(&members[0], g, 1, &[]);
+    rekey.commit = from(&members[0], 90, &big);
+    let outcome = s.commit_group(rekey).await.unwrap();
+    assert!(
+        matches!(outcome, GroupOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+    let sent = s
+        .send_group(
+            g,
+            2,
+            from(&creator, 91, &big[..500]),
+            MailboxQuota::UNLIMITED,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(sent, GroupOutcome::Accepted { .. }), "{sent:?}");
+    let stored = s.stored_body_bytes().await.unwrap() - before;
+    assert_eq!(stored, 13 + 10_000 + 500, "each body once, for 41 devices");
+    for d in std::iter::once(&creator).chain(&members) {
+        let mailbox = s.fetch_mailbox(d.id, 0, 100).await.unwrap();
+        let rekey = mailbox.iter().find(|e| e.message_id == vec![90; 16]);
+        assert_eq!(rekey.map(|e| &e.body), Some(&big), "device {}", d.id);
+        let message = mailbox.iter().find(|e| e.message_id == vec![91; 16]);
+        let expected = (d.id != creator.id).then(|| big[..500].to_vec());
+        assert_eq!(message.map(|e| e.body.clone()), expected, "device {}", d.id);
+        assert_eq!(
+            s.mailbox_usage(d.id).await.unwrap(),
+            counted_usage(s, d.id).await
+        );
+    }
+    // Acked by all but one: the bodies stay for that one.
+    let ack_all = |d: DeviceId| async move {
+        let seqs: Vec<u64> = s
+            .fetch_mailbox(d, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        s.ack(d, &seqs).await.unwrap();
+        assert_eq!(s.mailbox_usage(d).await.unwrap(), (0, 0));
+    };
+    for d in std::iter::once(&creator).chain(&members[1..]) {
+        ack_all(d.id).await;
+    }
+    s.expire(1, 1).await.unwrap();
+    assert_eq!(
+        s.stored_body_bytes().await.unwrap() - before,
+        7 + 10_000 + 500,
+        "its Welcome, the commit and the message"
+    );
+    let last = s.fetch_mailbox(members[0].id, 0, 100).await.unwrap();
+    assert!(last.iter().any(|e| e.body == big[..500]));
+    ack_all(members[0].id).await;
+    s.expire(1, 1).await.unwrap();
+    assert_eq!(s.stored_body_bytes().await.unwrap(), before);
 }
 
 fn sorted(mut ids: Vec<DeviceId>) -> Vec<DeviceId> {

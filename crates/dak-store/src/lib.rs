@@ -18,6 +18,13 @@
 //! statement, or one transaction holding the row's lock) *before* the
 //! caller does the check it guards, so N racing callers can never all pass
 //! a limit of fewer than N. A refusal writes nothing.
+//!
+//! Invariant: an envelope body that goes to more than one device is stored
+//! once (`shares_body`), in `shared_bodies`, and each device's mailbox row
+//! refers to it; a device reads exactly the bytes the sender handed over,
+//! and each device's usage still counts the whole body. A removal commit
+//! at 1,024 members is one commit's bytes, not 1,023 copies. Shared bodies
+//! no row refers to any more go at the next `expire`.
 
 pub mod conformance;
 mod postgres;
@@ -186,6 +193,15 @@ pub struct NewEnvelope {
     pub server_time_ms: i64,
     pub expires_ms: i64,
     pub body: Vec<u8>,
+}
+
+/// Whether an envelope for `devices` mailboxes has its body stored once
+/// and referred to from each row, rather than copied into each: from two
+/// devices up. One more row for a body that goes to one device; against
+/// that, a group message or commit to N devices is stored once, not N
+/// times (a removal at 1,024 members: 84.6 KB, not 86.5 MB).
+pub fn shares_body(devices: usize) -> bool {
+    devices >= 2
 }
 
 /// An envelope as a transaction committed it, with the seq it took in each
@@ -844,6 +860,12 @@ pub trait Store: Send + Sync + 'static {
     /// bytes, from counters kept exact on every insert and delete (one
     /// lookup, not a count over the mailbox).
     async fn mailbox_usage(&self, device: DeviceId) -> Result<(u64, u64)>;
+
+    /// Bytes of envelope bodies the store holds, each shared body counted
+    /// once (`shares_body`). A scan of every mailbox: for tests and an
+    /// operator's check, not for a hot path.
+    async fn stored_body_bytes(&self) -> Result<u64>;
+
     /// Drops envelopes past their `expires_ms`, link requests and
     /// verification codes past their expiry, and rate-limit buckets that
     /// have refilled (a full bucket needs no row), telling no one (a device

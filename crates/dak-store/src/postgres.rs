@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use crate::sql::{DEVICE_COLS, MEMBER_COLS};
+use crate::sql::{DEVICE_COLS, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
 use crate::*;
 
 // The dynamic SQL here only splices in the constant column list
@@ -125,6 +125,17 @@ const SCHEMA: &[&str] = &[
     // Written empty since MLS (the server does not know a conversation);
     // dropped from stores made before.
     "ALTER TABLE mailbox DROP COLUMN IF EXISTS conversation_phone",
+    // Bodies stored once (`crate::shares_body`): a row refers to its shared
+    // body, or keeps its body inline (`shared_body` NULL, `shared_len` 0,
+    // which is what rows from before are). The heads count `shared_len`
+    // in each device's bytes as they count an inline body.
+    "ALTER TABLE mailbox ADD COLUMN IF NOT EXISTS shared_body BIGINT",
+    "ALTER TABLE mailbox ADD COLUMN IF NOT EXISTS shared_len BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE IF NOT EXISTS shared_bodies (
+        id BIGSERIAL PRIMARY KEY,
+        body BYTEA NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS mailbox_by_shared_body ON mailbox(shared_body)
+        WHERE shared_body IS NOT NULL",
     // The MLS key directory: one-time KeyPackages are deleted when claimed;
     // a device's last-resort one stays until replaced.
     "CREATE TABLE IF NOT EXISTS key_packages (
@@ -329,14 +340,14 @@ async fn delete_from_mailbox<'e, E: sqlx::PgExecutor<'e>>(
     // Two texts rather than `$2 IS NULL OR ...`, so an ack's plan is
     // always the (device_id, seq) key lookup.
     const SOME: &str = "WITH gone AS (
-            DELETE FROM mailbox WHERE device_id = $1 AND seq = ANY($2) RETURNING length(body) AS bytes),
+            DELETE FROM mailbox WHERE device_id = $1 AND seq = ANY($2) RETURNING length(body) + shared_len AS bytes),
          total AS (SELECT COUNT(*) AS envelopes, COALESCE(SUM(bytes), 0) AS bytes FROM gone),
          freed AS (
             UPDATE mailbox_heads h SET envelopes = h.envelopes - t.envelopes, bytes = h.bytes - t.bytes
             FROM total t WHERE h.device_id = $1 AND t.envelopes > 0)
          SELECT envelopes FROM total";
     const ALL: &str = "WITH gone AS (
-            DELETE FROM mailbox WHERE device_id = $1 RETURNING length(body) AS bytes),
+            DELETE FROM mailbox WHERE device_id = $1 RETURNING length(body) + shared_len AS bytes),
          total AS (SELECT COUNT(*) AS envelopes, COALESCE(SUM(bytes), 0) AS bytes FROM gone),
          freed AS (
             UPDATE mailbox_heads h SET envelopes = h.envelopes - t.envelopes, bytes = h.bytes - t.bytes
@@ -365,16 +376,23 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
     }
     let mut ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
     ids.sort_unstable();
-    // One statement for every recipient: unnest the device ids.
+    // One statement for every recipient: unnest the device ids. A body for
+    // more than one device is inserted once ($8) and referred to.
     sqlx::query(
-        "WITH heads AS (
+        "WITH shared AS (
+            INSERT INTO shared_bodies (body) SELECT $7 WHERE $8 RETURNING id),
+         heads AS (
             INSERT INTO mailbox_heads (device_id, next, envelopes, bytes)
             SELECT d, 1, 1, length($7) FROM unnest($1::BIGINT[]) AS d ORDER BY d
             ON CONFLICT (device_id) DO UPDATE SET next = mailbox_heads.next + 1,
                 envelopes = mailbox_heads.envelopes + 1, bytes = mailbox_heads.bytes + EXCLUDED.bytes
             RETURNING device_id, next)
-         INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body)
-         SELECT device_id, next, $2, $3, $4, $5, $6, $7 FROM heads",
+         INSERT INTO mailbox (device_id, seq, message_id, sender_phone, sender_device, server_time_ms, expires_ms,
+                              body, shared_body, shared_len)
+         SELECT device_id, next, $2, $3, $4, $5, $6,
+                CASE WHEN $8 THEN ''::BYTEA ELSE $7 END, (SELECT id FROM shared),
+                CASE WHEN $8 THEN length($7) ELSE 0 END
+         FROM heads",
     )
     .bind(&ids)
     .bind(&e.message_id)
@@ -383,6 +401,7 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
     .bind(e.server_time_ms)
     .bind(e.expires_ms)
     .bind(&e.body)
+    .bind(crate::shares_body(ids.len()))
     .execute(ex)
     .await
     .map(|_| ())
@@ -1273,8 +1292,9 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<MailboxEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, body FROM mailbox
-             WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT m.seq, m.message_id, m.sender_phone, m.sender_device, m.server_time_ms, COALESCE(s.body, m.body)
+             FROM mailbox m LEFT JOIN shared_bodies s ON s.id = m.shared_body
+             WHERE m.device_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
         )
         .bind(device as i64)
         .bind(after as i64)
@@ -1321,6 +1341,14 @@ impl Store for PgStore {
             .unwrap_or_default())
     }
 
+    async fn stored_body_bytes(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(STORED_BODY_BYTES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n as u64)
+    }
+
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired> {
         let mut tx = self.begin().await?;
         // The delete first, totalled per device; then the heads, locked in
@@ -1328,7 +1356,7 @@ impl Store for PgStore {
         let per_device = sqlx::query(
             "WITH gone AS (
                 DELETE FROM mailbox WHERE expires_ms <= $1
-                RETURNING device_id, length(body) AS bytes, expires_ms - server_time_ms < $2 AS disappearing)
+                RETURNING device_id, length(body) + shared_len AS bytes, expires_ms - server_time_ms < $2 AS disappearing)
              SELECT device_id, COUNT(*), COALESCE(SUM(bytes), 0)::BIGINT, COUNT(*) FILTER (WHERE disappearing)
              FROM gone GROUP BY device_id ORDER BY device_id",
         )
@@ -1366,6 +1394,10 @@ impl Store for PgStore {
             .await
             .map_err(backend)?;
         }
+        sqlx::query(SWEEP_SHARED_BODIES)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         for stmt in [
             "DELETE FROM link_requests WHERE expires_ms <= $1",
             "DELETE FROM verifications WHERE expires_ms <= $1",

@@ -1,6 +1,6 @@
 //! SQL both backends share word for word: the device columns their
-//! `row_device` reads, in its order. Kept here so that the two can never
-//! read different columns.
+//! `row_device` reads, in its order, and the shared bodies' sweep. Kept
+//! here so that the two can never read different columns.
 
 macro_rules! device_fields {
     () => {
@@ -19,3 +19,16 @@ pub(crate) const MEMBER_COLS: &str = concat!(
     device_fields!(),
     ", m.leaf_index FROM group_members m JOIN devices d ON d.id = m.device_id JOIN accounts a ON a.id = d.account_id"
 );
+
+/// Deletes the shared bodies (`shares_body`) that no mailbox row refers to
+/// any more, on the `mailbox_by_shared_body` index; run by `expire`. Safe
+/// beside writers: a body is referred to only by rows inserted in the
+/// transaction that inserted it, so a body this statement can see has
+/// all its rows visible too, and no row ever comes to refer to it later.
+pub(crate) const SWEEP_SHARED_BODIES: &str = "DELETE FROM shared_bodies WHERE NOT EXISTS \
+     (SELECT 1 FROM mailbox WHERE mailbox.shared_body = shared_bodies.id)";
+
+/// `Store::stored_body_bytes`: inline bodies plus each shared body once.
+pub(crate) const STORED_BODY_BYTES: &str = "SELECT \
+     (SELECT COALESCE(SUM(length(body)), 0) FROM mailbox) \
+     + (SELECT COALESCE(SUM(length(body)), 0) FROM shared_bodies)";

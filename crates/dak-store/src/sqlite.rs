@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sql::{DEVICE_COLS, MEMBER_COLS};
+use crate::sql::{DEVICE_COLS, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
 use crate::*;
 
 /// Jobs waiting for the writer. When full, callers wait (backpressure on
@@ -240,6 +240,7 @@ impl SqliteStore {
         drop_old_verifications(&writer_conn)?;
         writer_conn.execute_batch(SCHEMA).map_err(backend)?;
         drop_conversation_phone(&writer_conn)?;
+        add_shared_bodies(&writer_conn)?;
         create_mailbox_usage(&writer_conn)?;
         add_leaf_index(&writer_conn)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -634,6 +635,37 @@ fn drop_conversation_phone(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Bodies stored once (`insert_rows`): the `shared_bodies` table, and in
+/// `mailbox` the reference (`shared_body`, NULL for a body kept inline) and
+/// the shared body's length (`shared_len`, 0 inline), which the usage
+/// trigger subtracts. Stores from before get the two columns, NULL and 0,
+/// which is what their inline rows are.
+fn add_shared_bodies(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('mailbox') WHERE name = 'shared_body'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+        .map_err(backend)?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE mailbox ADD COLUMN shared_body INTEGER;
+             ALTER TABLE mailbox ADD COLUMN shared_len INTEGER NOT NULL DEFAULT 0;",
+        )
+        .map_err(backend)?;
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS shared_bodies (
+             id INTEGER PRIMARY KEY,
+             body BLOB NOT NULL
+         ) STRICT;
+         CREATE INDEX IF NOT EXISTS mailbox_by_shared_body ON mailbox(shared_body)
+             WHERE shared_body IS NOT NULL;",
+    )
+    .map_err(backend)
+}
+
 /// Stores made before the leaf indices were kept have `group_members`
 /// without `leaf_index`: it is added, NULL (unknown) for the members
 /// already there, whose groups go on as legacy groups
@@ -705,14 +737,22 @@ fn create_mailbox_usage(conn: &Connection) -> Result<()> {
             conn.execute_batch(
                 "DELETE FROM mailbox_usage;
                  INSERT INTO mailbox_usage (device_id, envelopes, bytes)
-                     SELECT device_id, COUNT(*), SUM(length(body)) FROM mailbox GROUP BY device_id;
-                 CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
-                     UPDATE mailbox_usage SET envelopes = envelopes - 1, bytes = bytes - length(OLD.body)
-                         WHERE device_id = OLD.device_id;
-                 END;",
+                     SELECT device_id, COUNT(*), SUM(length(body) + shared_len) FROM mailbox GROUP BY device_id;",
             )
             .map_err(backend)?;
         }
+        // The trigger from before bodies were shared subtracted the inline
+        // body only: it is replaced (the counts it kept are exact, as every
+        // row was inline).
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS mailbox_usage_delete;
+             CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
+                 UPDATE mailbox_usage SET envelopes = envelopes - 1,
+                     bytes = bytes - length(OLD.body) - OLD.shared_len
+                     WHERE device_id = OLD.device_id;
+             END;",
+        )
+        .map_err(backend)?;
         Ok(())
     })();
     match made {
@@ -781,9 +821,23 @@ fn insert_rows(
     e: &NewEnvelope,
     devices: &[DeviceId],
 ) -> Result<Vec<(DeviceId, u64)>> {
+    // A body for more than one device is stored once and referenced.
+    let shared = match crate::shares_body(devices.len()) {
+        true => {
+            conn.prepare_cached("INSERT INTO shared_bodies (body) VALUES (?1)")
+                .and_then(|mut st| st.execute([&e.body]))
+                .map_err(backend)?;
+            Some(conn.last_insert_rowid())
+        }
+        false => None,
+    };
+    let (body, shared_len): (&[u8], i64) = match shared {
+        Some(_) => (&[], e.body.len() as i64),
+        None => (&e.body, 0),
+    };
     let mut stmt = conn
         .prepare_cached(
-            "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO mailbox (device_id, message_id, sender_phone, sender_device, server_time_ms, expires_ms, body, shared_body, shared_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(backend)?;
     let mut placed = Vec::with_capacity(devices.len());
@@ -795,7 +849,9 @@ fn insert_rows(
             e.sender_device as i64,
             e.server_time_ms,
             e.expires_ms,
-            e.body
+            body,
+            shared,
+            shared_len
         ])
         .map_err(backend)?;
         placed.push((*d, conn.last_insert_rowid() as u64));
@@ -1518,7 +1574,9 @@ impl Store for SqliteStore {
             // so the statement cache holds them all.
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, body FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}"
+                    "SELECT m.seq, m.message_id, m.sender_phone, m.sender_device, m.server_time_ms, coalesce(s.body, m.body)
+                     FROM mailbox m LEFT JOIN shared_bodies s ON s.id = m.shared_body
+                     WHERE m.device_id = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT {limit}"
                 ))
                 .map_err(backend)?;
             stmt.query_map(params![device as i64, after as i64], |r| {
@@ -1573,6 +1631,15 @@ impl Store for SqliteStore {
             .optional()
             .map(Option::unwrap_or_default)
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn stored_body_bytes(&self) -> Result<u64> {
+        self.read(move |c| {
+            c.query_row(STORED_BODY_BYTES, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(backend)
         })
         .await
     }
@@ -1634,6 +1701,8 @@ impl Store for SqliteStore {
                     expired.disappearing += 1;
                 }
             }
+            drop(rows);
+            c.execute(SWEEP_SHARED_BODIES, []).map_err(backend)?;
             c.execute("DELETE FROM link_requests WHERE expires_ms <= ?1", [now_ms])
                 .map_err(backend)?;
             c.execute("DELETE FROM verifications WHERE expires_ms <= ?1", [now_ms])

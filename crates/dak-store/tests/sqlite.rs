@@ -404,3 +404,169 @@ async fn stores_with_the_insert_trigger_count_each_envelope_once() {
     store.enqueue(envelope(2), &[device]).await.unwrap();
     assert_eq!(store.mailbox_usage(device).await.unwrap(), (2, 200));
 }
+
+/// A store made before bodies were shared: `mailbox` without `shared_body`
+/// and `shared_len`, and a usage trigger that subtracts the inline body
+/// only. Opening it adds both, replaces the trigger, and the usage of rows
+/// from before and of shared rows stays exact.
+#[tokio::test]
+async fn stores_from_before_shared_bodies_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dak.db");
+    let (a, b) = {
+        let store = SqliteStore::open(&path).unwrap();
+        let reg = store
+            .register_primary("+919800000012", &[1; 32], "p", 1)
+            .await
+            .unwrap();
+        let linked = store
+            .add_linked_device(reg.account_id, &[2; 32], "l", 1, 4)
+            .await
+            .unwrap();
+        store
+            .enqueue(envelope(vec![1; 16], vec![1; 100]), &[reg.device.id])
+            .await
+            .unwrap();
+        (reg.device.id, linked.id)
+    };
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    old.execute_batch(
+        "DROP INDEX mailbox_by_shared_body;
+         DROP TABLE shared_bodies;
+         DROP TRIGGER mailbox_usage_delete;
+         ALTER TABLE mailbox DROP COLUMN shared_body;
+         ALTER TABLE mailbox DROP COLUMN shared_len;
+         CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
+             UPDATE mailbox_usage SET envelopes = envelopes - 1, bytes = bytes - length(OLD.body)
+                 WHERE device_id = OLD.device_id;
+         END;",
+    )
+    .unwrap();
+    drop(old);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.mailbox_usage(a).await.unwrap(), (1, 100));
+    store
+        .enqueue(envelope(vec![2; 16], vec![2; 300]), &[a, b])
+        .await
+        .unwrap();
+    assert_eq!(store.stored_body_bytes().await.unwrap(), 100 + 300);
+    assert_eq!(store.mailbox_usage(a).await.unwrap(), (2, 400));
+    for d in [a, b] {
+        let seqs: Vec<u64> = store
+            .fetch_mailbox(d, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        store.ack(d, &seqs).await.unwrap();
+        assert_eq!(store.mailbox_usage(d).await.unwrap(), (0, 0), "device {d}");
+    }
+    store.expire(1, 1).await.unwrap();
+    assert_eq!(store.stored_body_bytes().await.unwrap(), 0);
+    // Going back (docs/OPERATIONS.md): the statement that puts shared
+    // bodies back inline keeps every body and the usage counts.
+    store
+        .enqueue(envelope(vec![3; 16], vec![3; 200]), &[a, b])
+        .await
+        .unwrap();
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    old.execute_batch(INLINE_SHARED_BODIES).unwrap();
+    drop(old);
+    for d in [a, b] {
+        let got = store.fetch_mailbox(d, 0, 10).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, vec![3; 200]);
+        assert_eq!(store.mailbox_usage(d).await.unwrap(), (1, 200));
+        store.ack(d, &[got[0].seq]).await.unwrap();
+        assert_eq!(store.mailbox_usage(d).await.unwrap(), (0, 0));
+    }
+}
+
+/// docs/OPERATIONS.md's statement for going back to a release before
+/// shared bodies, word for word.
+const INLINE_SHARED_BODIES: &str = "UPDATE mailbox SET body = (SELECT body FROM shared_bodies WHERE id = mailbox.shared_body), shared_body = NULL, shared_len = 0 WHERE shared_body IS NOT NULL;";
+
+/// The issue's figure: a removal commit at 1,024 members (84,560 bytes,
+/// the fresh-tree removal `dak bench group --members 1024` measures) used
+/// to be stored 1,023 times, 86.5 MB. It is now stored once: the database
+/// file grows by the commit plus one small row per member, and every member
+/// reads the whole commit.
+#[tokio::test]
+async fn a_removal_at_1024_members_stores_its_commit_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dak.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut members = Vec::new();
+    for i in 0..1024u32 {
+        let key: Vec<u8> = (0..32).map(|j| (i.wrapping_mul(31) + j) as u8).collect();
+        let reg = store
+            .register_primary(&format!("+91980{i:07}"), &key, "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, vec![], Some(vec![1]), 100)
+            .await
+            .unwrap();
+        members.push(reg.device);
+    }
+    let created = store
+        .commit_group(dak_store::GroupCommit {
+            group_id: b"g1024".to_vec(),
+            epoch: 0,
+            added: members[1..].iter().map(|d| d.id).collect(),
+            removed: vec![],
+            removed_leaves: vec![],
+            added_phones: vec![],
+            max_accounts: 1024,
+            commit: envelope(vec![1; 16], b"create".to_vec()),
+            welcome: Some(envelope(vec![2; 16], vec![2; 1000])),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(created, dak_store::GroupOutcome::Accepted { .. }),
+        "{created:?}"
+    );
+    let file_bytes = || {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    let before = file_bytes();
+    let commit: Vec<u8> = (0..84_560u32).map(|i| (i % 253) as u8).collect();
+    let mut removal = dak_store::GroupCommit {
+        group_id: b"g1024".to_vec(),
+        epoch: 1,
+        added: vec![],
+        removed: vec![members[1023].id],
+        removed_leaves: vec![1023],
+        added_phones: vec![],
+        max_accounts: 1024,
+        commit: envelope(vec![3; 16], commit.clone()),
+        welcome: None,
+    };
+    removal.commit.sender_device = members[0].id;
+    let removed = store.commit_group(removal).await.unwrap();
+    assert!(
+        matches!(removed, dak_store::GroupOutcome::Accepted { .. }),
+        "{removed:?}"
+    );
+    let grown = file_bytes() - before;
+    println!("a removal at 1,024 members grew the store by {grown} bytes");
+    assert!(grown <= 200_000, "grew by {grown} bytes");
+    for d in &members[1..] {
+        let got = store.fetch_mailbox(d.id, 0, 10).await.unwrap();
+        let last = got.last().unwrap();
+        assert_eq!(last.message_id, vec![3; 16], "device {}", d.id);
+        assert!(last.body == commit, "device {} read the whole commit", d.id);
+    }
+}

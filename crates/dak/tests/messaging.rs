@@ -311,3 +311,80 @@ async fn kill9_mid_stream_loses_no_acked_message_and_shows_none_twice() {
         acked.len()
     );
 }
+
+/// One connection sends a burst without waiting for its SendAcks (the
+/// server pipelines up to 64 of them into its writer), and the server is
+/// killed with SIGKILL mid-burst. What the recipient's mailbox holds after
+/// the restart is exactly a prefix of the burst, in the order sent: every
+/// acked message is in it, and nothing after a missing one.
+#[tokio::test]
+async fn a_pipelined_burst_keeps_its_order_across_kill9() {
+    use dak_bench::{device, groups};
+    use dak_proto::v1::{self, client_frame::Request, server_frame::Body};
+    const BURST: usize = 3_000;
+    // The burst is above a device's default request rate (50/s).
+    let mut server = TestServer::with_env(&[
+        ("DAK_REQUESTS_PER_DEVICE_PER_SEC", "100000"),
+        ("DAK_REQUEST_BURST", "100000"),
+    ]);
+    let devices = device::register_many(
+        &server.url,
+        server.data.join("sms-outbox.jsonl"),
+        2,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let (a, b) = (devices[0].clone(), devices[1].clone());
+    let ca = device::connect(&server.url, &a, None).await.unwrap();
+    let cb = device::connect(&server.url, &b, None).await.unwrap();
+    let ((mut ca, burst), (cb, _)) = groups::conversation(a, b, ca, cb, 20, BURST).await.unwrap();
+    cb.close().await;
+    // Everything is written at once; the acks are read as they come.
+    let (mut acked, mut sent) = (0usize, 0usize);
+    while acked < 600 {
+        while sent < BURST && sent < acked + 512 {
+            ca.send(Request::SendMessage(v1::SendMessage {
+                message_id: rand::random::<[u8; 16]>().to_vec(),
+                body: burst[sent].clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+            sent += 1;
+        }
+        match ca.next_frame().await.unwrap().body {
+            Some(Body::SendAck(_)) => acked += 1,
+            Some(Body::Error(e)) => panic!("refused: {e:?}"),
+            _ => {}
+        }
+    }
+    server.kill9();
+    assert!(sent > acked, "the kill came with sends in flight");
+    let stored = mailbox_bodies(&server, devices[1].id);
+    println!("sent {sent}, acked {acked}, stored {}", stored.len());
+    assert!(
+        stored.len() >= acked,
+        "{} stored, {acked} acked",
+        stored.len()
+    );
+    assert!(stored.len() <= sent);
+    for (i, body) in stored.iter().enumerate() {
+        assert!(
+            *body == burst[i],
+            "the mailbox's envelope {i} is not the burst's message {i}"
+        );
+    }
+    // And the restarted server delivers them so.
+    server.restart();
+    let mut cb = device::connect(&server.url, &devices[1], None)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < stored.len() {
+        if let Some(Body::Deliver(d)) = cb.next_frame().await.unwrap().body {
+            got.extend(d.envelopes.into_iter().map(|e| e.body));
+        }
+    }
+    assert_eq!(got, stored);
+}

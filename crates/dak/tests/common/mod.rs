@@ -379,7 +379,8 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// Reads the envelope bodies waiting in a device's mailbox in the server's store.
+/// Reads the envelope bodies waiting in a device's mailbox in the server's
+/// store, shared bodies (stored once for many devices) included.
 pub fn mailbox_bodies(server: &TestServer, device: u64) -> Vec<Vec<u8>> {
     let db = rusqlite::Connection::open_with_flags(
         server.dir().join("data").join("dak.db"),
@@ -387,7 +388,11 @@ pub fn mailbox_bodies(server: &TestServer, device: u64) -> Vec<Vec<u8>> {
     )
     .unwrap();
     let mut stmt = db
-        .prepare("SELECT body FROM mailbox WHERE device_id = ?1 ORDER BY seq")
+        .prepare(
+            "SELECT coalesce(s.body, m.body) FROM mailbox m
+             LEFT JOIN shared_bodies s ON s.id = m.shared_body
+             WHERE m.device_id = ?1 ORDER BY m.seq",
+        )
         .unwrap();
     stmt.query_map([device as i64], |r| r.get(0))
         .unwrap()
