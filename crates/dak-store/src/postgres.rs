@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use crate::sql::{DEVICE_COLS, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
+use crate::sql::{DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
 use crate::*;
 
 // The dynamic SQL here only splices in the constant column list
@@ -1291,11 +1291,10 @@ impl Store for PgStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<MailboxEntry>> {
-        let rows = sqlx::query(
-            "SELECT m.seq, m.message_id, m.sender_phone, m.sender_device, m.server_time_ms, COALESCE(s.body, m.body)
-             FROM mailbox m LEFT JOIN shared_bodies s ON s.id = m.shared_body
-             WHERE m.device_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, {MAILBOX_BODY}
+                 FROM mailbox WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )))
         .bind(device as i64)
         .bind(after as i64)
         .bind(limit as i64)

@@ -32,3 +32,8 @@ pub(crate) const SWEEP_SHARED_BODIES: &str = "DELETE FROM shared_bodies WHERE NO
 pub(crate) const STORED_BODY_BYTES: &str = "SELECT \
      (SELECT COALESCE(SUM(length(body)), 0) FROM mailbox) \
      + (SELECT COALESCE(SUM(length(body)), 0) FROM shared_bodies)";
+
+/// A mailbox row's body: inline, or its shared body, looked up only for
+/// the rows that have one (no join for the common inline row).
+pub(crate) const MAILBOX_BODY: &str = "CASE WHEN shared_body IS NULL THEN body \
+     ELSE (SELECT s.body FROM shared_bodies s WHERE s.id = mailbox.shared_body) END";

@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sql::{DEVICE_COLS, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
+use crate::sql::{DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
 use crate::*;
 
 /// Jobs waiting for the writer. When full, callers wait (backpressure on
@@ -822,14 +822,13 @@ fn insert_rows(
     devices: &[DeviceId],
 ) -> Result<Vec<(DeviceId, u64)>> {
     // A body for more than one device is stored once and referenced.
-    let shared = match crate::shares_body(devices.len()) {
-        true => {
-            conn.prepare_cached("INSERT INTO shared_bodies (body) VALUES (?1)")
-                .and_then(|mut st| st.execute([&e.body]))
-                .map_err(backend)?;
-            Some(conn.last_insert_rowid())
-        }
-        false => None,
+    let shared = if crate::shares_body(devices.len()) {
+        conn.prepare_cached("INSERT INTO shared_bodies (body) VALUES (?1)")
+            .and_then(|mut st| st.execute([&e.body]))
+            .map_err(backend)?;
+        Some(conn.last_insert_rowid())
+    } else {
+        None
     };
     let (body, shared_len): (&[u8], i64) = match shared {
         Some(_) => (&[], e.body.len() as i64),
@@ -1574,9 +1573,8 @@ impl Store for SqliteStore {
             // so the statement cache holds them all.
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT m.seq, m.message_id, m.sender_phone, m.sender_device, m.server_time_ms, coalesce(s.body, m.body)
-                     FROM mailbox m LEFT JOIN shared_bodies s ON s.id = m.shared_body
-                     WHERE m.device_id = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT {limit}"
+                    "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, {MAILBOX_BODY}
+                     FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}"
                 ))
                 .map_err(backend)?;
             stmt.query_map(params![device as i64, after as i64], |r| {
