@@ -67,6 +67,17 @@ where
     out
 }
 
+/// The seqs waiting in `d`'s mailbox, oldest first: what a device acks
+/// to empty it.
+pub async fn waiting_seqs<S: Store>(s: &S, d: DeviceId) -> Vec<u64> {
+    s.fetch_mailbox(d, 0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
 fn from(device: &Device, id: u8, body: &[u8]) -> NewEnvelope {
     NewEnvelope {
         sender_phone: device.phone.clone(),
@@ -570,13 +581,7 @@ async fn mailbox_is_ordered_and_private<S: Store>(s: &S) {
     // An ack only ever touches the acking device's own mailbox (seq numbers
     // may be per device, so d2's ack of the same numbers is about its own).
     let d1_seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
-    let d2_seqs: Vec<u64> = s
-        .fetch_mailbox(d2, 0, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let d2_seqs = waiting_seqs(s, d2).await;
     s.ack(d2, &d1_seqs).await.unwrap();
     assert_eq!(s.mailbox_len(d1).await.unwrap(), 5);
     let d2_left = s.mailbox_len(d2).await.unwrap();
@@ -1249,13 +1254,7 @@ async fn mailbox_quota_refuses_before_writing<S: Store>(s: &S) {
         GroupOutcome::Accepted { .. }
     ));
     // Bob acks everything; carol does not, and would pass 20 bytes.
-    let bobs: Vec<u64> = s
-        .fetch_mailbox(bob.id, 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let bobs = waiting_seqs(s, bob.id).await;
     s.ack(bob.id, &bobs).await.unwrap();
     assert_eq!(s.mailbox_usage(bob.id).await.unwrap(), (0, 0));
     let before = (
@@ -1295,13 +1294,7 @@ async fn mailbox_quota_refuses_before_writing<S: Store>(s: &S) {
         .unwrap();
     assert_eq!(s.mailbox_usage(carol.id).await.unwrap(), (5, 32));
     // Acking frees room.
-    let carols: Vec<u64> = s
-        .fetch_mailbox(carol.id, 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let carols = waiting_seqs(s, carol.id).await;
     s.ack(carol.id, &carols).await.unwrap();
     assert_eq!(s.mailbox_usage(carol.id).await.unwrap(), (0, 0));
     let sent = s
@@ -1416,14 +1409,7 @@ async fn bodies_for_many_devices_are_stored_once<S: Store>(s: &S) {
     }
     // Acked by all but one: the bodies stay for that one.
     let ack_all = |d: DeviceId| async move {
-        let seqs: Vec<u64> = s
-            .fetch_mailbox(d, 0, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        s.ack(d, &seqs).await.unwrap();
+        s.ack(d, &waiting_seqs(s, d).await).await.unwrap();
         assert_eq!(s.mailbox_usage(d).await.unwrap(), (0, 0));
     };
     for d in std::iter::once(&creator).chain(&members[1..]) {

@@ -618,17 +618,20 @@ fn member_accounts(members: &[Device]) -> Vec<AccountId> {
     accounts
 }
 
+/// Whether `table` has `column` (for migrations of stores made before it).
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )
+    .map_err(backend)
+}
+
 /// Stores made before MLS have `mailbox.conversation_phone`, written empty
 /// ever since (the server does not know a conversation): it goes.
 fn drop_conversation_phone(conn: &Connection) -> Result<()> {
-    let has: bool = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('mailbox') WHERE name = 'conversation_phone'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )
-        .map_err(backend)?;
-    if has {
+    if has_column(conn, "mailbox", "conversation_phone")? {
         conn.execute_batch("ALTER TABLE mailbox DROP COLUMN conversation_phone")
             .map_err(backend)?;
     }
@@ -641,14 +644,7 @@ fn drop_conversation_phone(conn: &Connection) -> Result<()> {
 /// trigger subtracts. Stores from before get the two columns, NULL and 0,
 /// which is what their inline rows are.
 fn add_shared_bodies(conn: &Connection) -> Result<()> {
-    let has: bool = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('mailbox') WHERE name = 'shared_body'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )
-        .map_err(backend)?;
-    if !has {
+    if !has_column(conn, "mailbox", "shared_body")? {
         conn.execute_batch(
             "ALTER TABLE mailbox ADD COLUMN shared_body INTEGER;
              ALTER TABLE mailbox ADD COLUMN shared_len INTEGER NOT NULL DEFAULT 0;",
@@ -671,14 +667,7 @@ fn add_shared_bodies(conn: &Connection) -> Result<()> {
 /// already there, whose groups go on as legacy groups
 /// (`group_rules::apply_commit`).
 fn add_leaf_index(conn: &Connection) -> Result<()> {
-    let has: bool = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('group_members') WHERE name = 'leaf_index'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )
-        .map_err(backend)?;
-    if !has {
+    if !has_column(conn, "group_members", "leaf_index")? {
         conn.execute_batch("ALTER TABLE group_members ADD COLUMN leaf_index INTEGER")
             .map_err(backend)?;
     }
@@ -726,14 +715,15 @@ fn create_mailbox_usage(conn: &Connection) -> Result<()> {
         // insert trigger too: it goes.
         conn.execute_batch("DROP TRIGGER IF EXISTS mailbox_usage_insert;")
             .map_err(backend)?;
-        let has_triggers: bool = conn
+        let trigger: Option<String> = conn
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'mailbox_usage_delete')",
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'mailbox_usage_delete'",
                 [],
                 |r| r.get(0),
             )
+            .optional()
             .map_err(backend)?;
-        if !has_triggers {
+        if trigger.is_none() {
             conn.execute_batch(
                 "DELETE FROM mailbox_usage;
                  INSERT INTO mailbox_usage (device_id, envelopes, bytes)
@@ -743,16 +733,18 @@ fn create_mailbox_usage(conn: &Connection) -> Result<()> {
         }
         // The trigger from before bodies were shared subtracted the inline
         // body only: it is replaced (the counts it kept are exact, as every
-        // row was inline).
-        conn.execute_batch(
-            "DROP TRIGGER IF EXISTS mailbox_usage_delete;
-             CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
-                 UPDATE mailbox_usage SET envelopes = envelopes - 1,
-                     bytes = bytes - length(OLD.body) - OLD.shared_len
-                     WHERE device_id = OLD.device_id;
-             END;",
-        )
-        .map_err(backend)?;
+        // row was inline). A current one is left alone.
+        if !trigger.is_some_and(|sql| sql.contains("shared_len")) {
+            conn.execute_batch(
+                "DROP TRIGGER IF EXISTS mailbox_usage_delete;
+                 CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
+                     UPDATE mailbox_usage SET envelopes = envelopes - 1,
+                         bytes = bytes - length(OLD.body) - OLD.shared_len
+                         WHERE device_id = OLD.device_id;
+                 END;",
+            )
+            .map_err(backend)?;
+        }
         Ok(())
     })();
     match made {

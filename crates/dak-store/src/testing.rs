@@ -2,6 +2,8 @@
 //! test, dropped afterwards. Used by this crate's tests and the server's
 //! cluster tests. `DAK_TEST_POSTGRES_URL` (an admin URL) points elsewhere
 //! than the local server; `scripts/services.sh` starts the local one.
+//! Also: reading a running server's embedded store from outside it
+//! (`sqlite_mailbox_bodies`), as the server's tests do.
 
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -66,4 +68,24 @@ impl Drop for FreshDb {
         })
         .join();
     }
+}
+
+/// The envelope bodies waiting in `device`'s mailbox in the embedded store
+/// at `path`, oldest first, read-only beside the server that has it open
+/// (or after it was killed); shared bodies are read as the store reads
+/// them (`crate::sql::MAILBOX_BODY`).
+pub fn sqlite_mailbox_bodies(path: &std::path::Path, device: u64) -> Vec<Vec<u8>> {
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut stmt = db
+        .prepare(&format!(
+            "SELECT {} FROM mailbox WHERE device_id = ?1 ORDER BY seq",
+            crate::sql::MAILBOX_BODY
+        ))
+        .unwrap();
+    stmt.query_map([device as i64], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
 }

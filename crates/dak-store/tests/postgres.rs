@@ -321,13 +321,7 @@ async fn stores_from_before_the_quota_are_migrated() {
             attempts: 1
         }
     );
-    let seqs: Vec<u64> = store
-        .fetch_mailbox(d, 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let seqs = conformance::waiting_seqs(&store, d).await;
     store.ack(d, &seqs[..1]).await.unwrap();
     assert_eq!(store.mailbox_usage(d).await.unwrap(), (3, 300));
 }

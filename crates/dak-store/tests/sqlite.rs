@@ -3,6 +3,14 @@
 
 use dak_store::{CodeAttempt, NewEnvelope, SqliteStore, Store, Verification, conformance};
 
+/// A plain connection to the store's file, as an older release (or an
+/// operator's `sqlite3`) would open it beside the store.
+fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
 /// An envelope from a fixed sender that never expires.
 fn envelope(message_id: Vec<u8>, body: Vec<u8>) -> NewEnvelope {
     NewEnvelope {
@@ -69,9 +77,7 @@ async fn stores_from_before_the_quota_are_migrated() {
         }
         reg.device.id
     };
-    let old = rusqlite::Connection::open(&path).unwrap();
-    old.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let old = raw(&path);
     old.execute_batch(
         "DROP TRIGGER IF EXISTS mailbox_usage_insert;
          DROP TRIGGER mailbox_usage_delete;
@@ -112,13 +118,7 @@ async fn stores_from_before_the_quota_are_migrated() {
         }
     );
     // And the triggers are back: usage follows the mailbox.
-    let seqs: Vec<u64> = store
-        .fetch_mailbox(device, 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let seqs = conformance::waiting_seqs(&store, device).await;
     store.ack(device, &seqs[..1]).await.unwrap();
     assert_eq!(store.mailbox_usage(device).await.unwrap(), (3, 300));
 }
@@ -134,15 +134,13 @@ async fn groups_from_before_leaf_indices_take_declared_removals() {
         let store = SqliteStore::open(&path).unwrap();
         conformance::legacy_group_setup(&store).await
     };
-    let old = rusqlite::Connection::open(&path).unwrap();
-    old.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let old = raw(&path);
     old.execute_batch("ALTER TABLE group_members DROP COLUMN leaf_index")
         .unwrap();
     drop(old);
     let store = SqliteStore::open(&path).unwrap();
     let leaves = || {
-        let conn = rusqlite::Connection::open(&path).unwrap();
+        let conn = raw(&path);
         let mut stmt = conn
             .prepare("SELECT leaf_index FROM group_members WHERE group_id = ?1 ORDER BY device_id")
             .unwrap();
@@ -387,9 +385,7 @@ async fn stores_with_the_insert_trigger_count_each_envelope_once() {
         store.enqueue(envelope(1), &[reg.device.id]).await.unwrap();
         reg.device.id
     };
-    let old = rusqlite::Connection::open(&path).unwrap();
-    old.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let old = raw(&path);
     old.execute_batch(
         "CREATE TRIGGER mailbox_usage_insert AFTER INSERT ON mailbox BEGIN
              INSERT OR IGNORE INTO mailbox_usage (device_id, envelopes, bytes) VALUES (NEW.device_id, 0, 0);
@@ -429,9 +425,7 @@ async fn stores_from_before_shared_bodies_are_migrated() {
             .unwrap();
         (reg.device.id, linked.id)
     };
-    let old = rusqlite::Connection::open(&path).unwrap();
-    old.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let old = raw(&path);
     old.execute_batch(
         "DROP INDEX mailbox_by_shared_body;
          DROP TABLE shared_bodies;
@@ -454,13 +448,7 @@ async fn stores_from_before_shared_bodies_are_migrated() {
     assert_eq!(store.stored_body_bytes().await.unwrap(), 100 + 300);
     assert_eq!(store.mailbox_usage(a).await.unwrap(), (2, 400));
     for d in [a, b] {
-        let seqs: Vec<u64> = store
-            .fetch_mailbox(d, 0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs = conformance::waiting_seqs(&store, d).await;
         store.ack(d, &seqs).await.unwrap();
         assert_eq!(store.mailbox_usage(d).await.unwrap(), (0, 0), "device {d}");
     }
@@ -472,9 +460,7 @@ async fn stores_from_before_shared_bodies_are_migrated() {
         .enqueue(envelope(vec![3; 16], vec![3; 200]), &[a, b])
         .await
         .unwrap();
-    let old = rusqlite::Connection::open(&path).unwrap();
-    old.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let old = raw(&path);
     old.execute_batch(INLINE_SHARED_BODIES).unwrap();
     drop(old);
     for d in [a, b] {
@@ -533,13 +519,13 @@ async fn a_removal_at_1024_members_stores_its_commit_once() {
         "{created:?}"
     );
     let file_bytes = || {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.query_row(
-            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap()
+        raw(&path)
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
     };
     let before = file_bytes();
     let commit: Vec<u8> = (0..84_560u32).map(|i| (i % 253) as u8).collect();

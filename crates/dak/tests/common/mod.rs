@@ -382,20 +382,5 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
 /// Reads the envelope bodies waiting in a device's mailbox in the server's
 /// store, shared bodies (stored once for many devices) included.
 pub fn mailbox_bodies(server: &TestServer, device: u64) -> Vec<Vec<u8>> {
-    let db = rusqlite::Connection::open_with_flags(
-        server.dir().join("data").join("dak.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = db
-        .prepare(
-            "SELECT coalesce(s.body, m.body) FROM mailbox m
-             LEFT JOIN shared_bodies s ON s.id = m.shared_body
-             WHERE m.device_id = ?1 ORDER BY m.seq",
-        )
-        .unwrap();
-    stmt.query_map([device as i64], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
+    dak_store::testing::sqlite_mailbox_bodies(&server.dir().join("data").join("dak.db"), device)
 }
