@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds the dak binary (release) and runs its server.
+# Builds the dak binary (release) and the web client (scripts/web-build.sh,
+# into target/web), and runs the server with both: the WebSocket and the
+# web client on one listener, https://127.0.0.1:7443/ by default.
 #
 #   scripts/run-server.sh [SERVER ARGS...]
 #
 # Arguments go to `dak server`; `dak server --help` lists them. The server
 # keeps its data in ./dak-data (relative to where you run this) by default.
+# DAK_NO_WEB=1 skips the web client (its build needs the wasm32 target and
+# wasm-bindgen-cli, which scripts/wasm-tools.sh installs the first time).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,8 +51,15 @@ fi
 echo "==> building dak (release; the first build takes a few minutes)" >&2
 cargo build --release -p dak --manifest-path "$root/Cargo.toml"
 
-bin="${CARGO_TARGET_DIR:-$root/target}/release/dak"
+target="${CARGO_TARGET_DIR:-$root/target}"
 # cargo reads a relative CARGO_TARGET_DIR against the current directory.
-case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-echo "==> starting: $bin server $*" >&2
-exec "$bin" server "$@"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+bin="$target/release/dak"
+web=()
+if [ "${DAK_NO_WEB:-}" != 1 ]; then
+    echo "==> building the web client (release; scripts/web-build.sh)" >&2
+    "$root/scripts/web-build.sh" --out "$target/web" >&2
+    web=(--web "$target/web")
+fi
+echo "==> starting: $bin server ${web[*]} $*" >&2
+exec "$bin" server ${web[@]+"${web[@]}"} "$@"

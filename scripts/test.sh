@@ -88,6 +88,13 @@ fi
 section "services: PostgreSQL and NATS"
 scripts/services.sh
 
+# ---- the web client, for tests/web.rs ----------------------------------------------
+# Built before the tests (the dev profile: it shares its build with the
+# wasm32 tests below), with Chromium and chromedriver for the browser tests.
+section "web client for the browser tests (scripts/web-build.sh --dev)"
+scripts/wasm-tools.sh
+scripts/web-build.sh --dev
+
 # The runner's counts, kept for the closing line.
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT

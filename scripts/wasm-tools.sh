@@ -9,8 +9,14 @@
 #     wasm-bindgen version in Cargo.lock: the runner refuses a test binary
 #     built with another one.
 #
-#   scripts/wasm-tools.sh
+#   scripts/wasm-tools.sh [--no-browser]
+#
+# --no-browser skips Chromium (building the web client needs only the
+# target and wasm-bindgen; testing it needs the browser too).
 set -euo pipefail
+
+browser=true
+[ "${1:-}" = --no-browser ] && browser=false
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -31,7 +37,9 @@ else
 fi
 
 # ---- Chromium and chromedriver -------------------------------------------------
-if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+if ! $browser; then
+    step "chromium: not needed (--no-browser)"
+elif [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
     step "chromium and chromedriver: installed"
 else
     step "chromium, chromedriver: installing (apt-get install chromium chromium-driver)"
@@ -51,7 +59,7 @@ else
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
 fi
-step "$(/usr/bin/chromium --version 2>/dev/null | head -1); $(/usr/bin/chromedriver --version 2>/dev/null | head -1 | cut -d' ' -f1-2)"
+$browser && step "$(/usr/bin/chromium --version 2>/dev/null | head -1); $(/usr/bin/chromedriver --version 2>/dev/null | head -1 | cut -d' ' -f1-2)"
 
 # ---- wasm-bindgen-cli ------------------------------------------------------------
 # The version of the `wasm-bindgen` package in Cargo.lock (the one entry

@@ -236,8 +236,9 @@ impl Client {
     }
 
     /// One round over the profile's nodes; on failure the profile comes back
-    /// with the error, so the caller can try again.
-    async fn try_connect(profile: Profile) -> Result<Client, (Profile, ClientError)> {
+    /// with the error, so the caller can try again (or answer its user from
+    /// the profile meanwhile, as the browser's engine does while offline).
+    pub async fn try_connect(profile: Profile) -> Result<Client, (Profile, ClientError)> {
         let servers = match profile.registration() {
             Ok(reg) => reg.servers(),
             Err(e) => return Err((profile, e)),

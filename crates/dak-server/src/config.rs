@@ -26,6 +26,9 @@ pub struct Config {
     pub insecure: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The web client's files (what `scripts/web-build.sh` writes to
+    /// `target/web`), served at `/`; absent: no web client.
+    pub web: Option<PathBuf>,
     /// Undelivered envelopes are dropped after this long.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -139,6 +142,7 @@ impl Default for Config {
             insecure: false,
             tls_cert: None,
             tls_key: None,
+            web: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             code_ttl: Duration::from_secs(600),
             code_attempts: 5,
@@ -330,6 +334,7 @@ const ENV_KEYS: &[&str] = &[
     "insecure",
     "tls_cert",
     "tls_key",
+    "web",
     "retention",
     "code_ttl",
     "code_attempts",

@@ -1,5 +1,5 @@
-//! The HTTP side: the WebSocket endpoint `/v1/ws`, `/healthz` and
-//! `/readyz`, served over TLS (or plain on loopback with --insecure) through
+//! The HTTP side: the WebSocket endpoint `/v1/ws`, `/healthz`,
+//! `/readyz` and the web client (`web.rs`), served over TLS (or plain on loopback with --insecure) through
 //! the admission rules of `edge.rs`; and `/metrics` on a listener of its
 //! own, loopback by default, so the public port does not tell an attacker
 //! how its attack is going.
@@ -26,11 +26,14 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
+    web: Option<Arc<crate::web::WebAssets>>,
 ) -> Result<()> {
     let mut shutdown = state.shutdown.clone();
     let signal = async move { crate::session::stopped(&mut shutdown).await };
     let edge = EdgeListener::spawn(listener, tls, state.clone())?;
-    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    let app = router(state)
+        .merge(crate::web::router(web))
+        .into_make_service_with_connect_info::<Peer>();
     axum::serve(edge, app)
         .with_graceful_shutdown(signal)
         .await?;

@@ -24,6 +24,7 @@ pub mod sms;
 mod sms_budget;
 mod state;
 mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct Server {
     pub cert_fingerprint: Option<String>,
     /// Where `/metrics` is served (plain HTTP; loopback unless configured).
     pub metrics_addr: SocketAddr,
+    /// The web client's bundle hash (`web.rs`), when it serves one.
+    pub web_bundle: Option<String>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -112,6 +115,11 @@ impl Server {
                 config.tls_key.as_deref(),
             )?)
         };
+        let web = match &config.web {
+            Some(dir) => Some(Arc::new(web::WebAssets::load(dir)?)),
+            None => None,
+        };
+        let web_bundle = web.as_ref().map(|w| w.bundle_sha256.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let probes = state::Probes { postgres: pg, nats };
         let state = AppState::new(config.clone(), store, bus, sms, shutdown_rx, probes);
@@ -142,12 +150,13 @@ impl Server {
         let cert_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
         state::spawn_expiry(state.clone());
         tokio::spawn(http::serve_metrics(metrics_listener, state.clone()));
-        let task = tokio::spawn(http::serve(listener, tls.map(|t| t.config), state));
+        let task = tokio::spawn(http::serve(listener, tls.map(|t| t.config), state, web));
         Ok(Server {
             metrics_addr,
             local_addr,
             url,
             cert_fingerprint,
+            web_bundle,
             shutdown,
             task,
         })

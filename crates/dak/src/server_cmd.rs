@@ -36,6 +36,9 @@ pub struct ServerArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Serve the web client from this directory at https://HOST:PORT/ (what scripts/web-build.sh writes to target/web).
+    #[arg(long)]
+    web: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -78,6 +81,9 @@ impl ServerArgs {
         if self.tls_key.is_some() {
             config.tls_key = self.tls_key.clone();
         }
+        if self.web.is_some() {
+            config.web = self.web.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -96,6 +102,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     eprintln!("metrics on http://{}/metrics", server.metrics_addr);
     if let Some(fp) = &server.cert_fingerprint {
         eprintln!("TLS certificate sha256 {fp} (clients pin it on first use)");
+    }
+    if let Some(sha) = &server.web_bundle {
+        let page = server.url.replacen("ws", "http", 1);
+        eprintln!("web client at {page}/ (bundle sha256 {sha})");
     }
     tracing::info!(url = %server.url, data = %config.data.display(), "dak server started");
     let stop = server.shutdown_handle();

@@ -1,0 +1,288 @@
+//! The web client's files, served on the same listener as the WebSocket:
+//! `/` is its page and `/web/NAME` each of its files (what
+//! `scripts/web-build.sh` puts in one directory: the page, its script and
+//! style, and the client core as WebAssembly with wasm-bindgen's glue).
+//!
+//! Invariants:
+//! - **Read once, at start.** The directory's plain files are read into
+//!   memory when the server starts and never again: no request names a
+//!   path on disk, so there is nothing to traverse, and what is served is
+//!   exactly what was hashed. A name outside `[A-Za-z0-9._-]`, a
+//!   subdirectory, or more than `MAX_BUNDLE_BYTES` in all refuses to start.
+//! - **One hash names the bundle.** `bundle_sha256` is SHA-256 over every
+//!   file's name, length and bytes in name order; the server logs it,
+//!   `/web/bundle.json` lists it with each file's own hash, and the page
+//!   shows it, so anyone can compare the served code with a published
+//!   build (WhatsApp's Code Verify answers the same worry).
+//! - **Strict headers on everything.** A Content-Security-Policy allows
+//!   scripts only from this origin (plus the compilation of WebAssembly,
+//!   which `'wasm-unsafe-eval'` permits and nothing else: no `eval`), no
+//!   inline script or style, connections only to this origin (its
+//!   WebSocket), and no framing; `nosniff`, no referrer. Responses carry
+//!   the file's hash as ETag and are revalidated on each load.
+//! - **Slow networks finish.** A file's response lifts the pre-authentication
+//!   deadline (`edge.rs`) for as long as the file needs at 16 KiB/s, so a
+//!   phone on a poor network can fetch the WebAssembly; the connection
+//!   still holds its network's unauthenticated slot meanwhile.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sha2::{Digest, Sha256};
+
+use crate::edge::Peer;
+
+/// What one web client bundle may weigh in all.
+pub const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
+/// Files a bundle may have.
+const MAX_FILES: usize = 64;
+/// The slowest download a file's deadline allows for.
+const SLOW_NETWORK_BYTES_PER_SEC: u64 = 16 * 1024;
+
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
+     script-src 'self' 'wasm-unsafe-eval'; \
+     style-src 'self'; \
+     img-src 'self' data: blob:; \
+     connect-src 'self'; \
+     manifest-src 'self'; \
+     base-uri 'none'; \
+     form-action 'none'; \
+     frame-ancestors 'none'";
+
+struct Asset {
+    bytes: axum::body::Bytes,
+    content_type: &'static str,
+    etag: HeaderValue,
+}
+
+/// The bundle, in memory.
+pub struct WebAssets {
+    files: BTreeMap<String, Asset>,
+    pub bundle_sha256: String,
+}
+
+impl WebAssets {
+    /// Reads every plain file of `dir` (see the invariants).
+    pub fn load(dir: &Path) -> Result<WebAssets> {
+        let mut found = BTreeMap::new();
+        let mut total = 0u64;
+        let entries = std::fs::read_dir(dir).with_context(|| {
+            format!(
+                "cannot read the web client in {} (build it with scripts/web-build.sh)",
+                dir.display()
+            )
+        })?;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.file_type()?.is_file() {
+                bail!(
+                    "{}: the web client's directory holds only files",
+                    entry.path().display()
+                );
+            }
+            if name.is_empty()
+                || name.starts_with('.')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                bail!(
+                    "{}: a web client file name is letters, digits, '.', '_' and '-'",
+                    entry.path().display()
+                );
+            }
+            let bytes = std::fs::read(entry.path())?;
+            total += bytes.len() as u64;
+            if total > MAX_BUNDLE_BYTES || found.len() >= MAX_FILES {
+                bail!(
+                    "{}: the web client is over {} MiB or {MAX_FILES} files",
+                    dir.display(),
+                    MAX_BUNDLE_BYTES >> 20
+                );
+            }
+            found.insert(name, bytes);
+        }
+        if !found.contains_key("index.html") {
+            bail!(
+                "{}: no index.html (build it with scripts/web-build.sh)",
+                dir.display()
+            );
+        }
+        let mut bundle = Sha256::new();
+        let mut files = BTreeMap::new();
+        let mut listing = serde_json::Map::new();
+        for (name, bytes) in found {
+            bundle.update((name.len() as u64).to_le_bytes());
+            bundle.update(name.as_bytes());
+            bundle.update((bytes.len() as u64).to_le_bytes());
+            bundle.update(&bytes);
+            let sha = hex::encode(Sha256::digest(&bytes));
+            listing.insert(name.clone(), serde_json::Value::String(sha.clone()));
+            files.insert(
+                name.clone(),
+                Asset {
+                    content_type: content_type(&name),
+                    etag: HeaderValue::from_str(&format!("\"{sha}\""))?,
+                    bytes: bytes.into(),
+                },
+            );
+        }
+        let bundle_sha256 = hex::encode(bundle.finalize());
+        let manifest = serde_json::json!({"sha256": bundle_sha256, "files": listing}).to_string();
+        let sha = hex::encode(Sha256::digest(manifest.as_bytes()));
+        files.insert(
+            "bundle.json".into(),
+            Asset {
+                content_type: "application/json",
+                etag: HeaderValue::from_str(&format!("\"{sha}\""))?,
+                bytes: manifest.into(),
+            },
+        );
+        Ok(WebAssets {
+            files,
+            bundle_sha256,
+        })
+    }
+
+    fn respond(&self, name: &str, request: &HeaderMap, peer: &Peer) -> Response {
+        let Some(asset) = self.files.get(name) else {
+            return (StatusCode::NOT_FOUND, "no such file\n").into_response();
+        };
+        let wait = asset.bytes.len() as u64 / SLOW_NETWORK_BYTES_PER_SEC;
+        peer.0.extend(Duration::from_secs(10 + wait));
+        let mut headers = security_headers();
+        headers.insert(header::ETAG, asset.etag.clone());
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if request.get(header::IF_NONE_MATCH) == Some(&asset.etag) {
+            return (StatusCode::NOT_MODIFIED, headers).into_response();
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        );
+        (StatusCode::OK, headers, asset.bytes.clone()).into_response()
+    }
+}
+
+/// `/` and `/web/NAME`; without a bundle, `/` says how to get one.
+pub fn router(assets: Option<Arc<WebAssets>>) -> Router {
+    match assets {
+        Some(assets) => Router::new()
+            .route("/", get(index))
+            .route("/web/{name}", get(file))
+            .with_state(assets),
+        None => Router::new().route("/", get(not_built)),
+    }
+}
+
+async fn index(
+    State(assets): State<Arc<WebAssets>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: HeaderMap,
+) -> Response {
+    assets.respond("index.html", &request, &peer)
+}
+
+async fn file(
+    State(assets): State<Arc<WebAssets>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(name): UrlPath<String>,
+    request: HeaderMap,
+) -> Response {
+    assets.respond(&name, &request, &peer)
+}
+
+async fn not_built() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        security_headers(),
+        "This Dak server does not serve the web client. Build it with scripts/web-build.sh \
+         and start the server with --web target/web (scripts/run-server.sh does both).\n",
+    )
+}
+
+fn security_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next().unwrap_or_default() {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "wasm" => "application/wasm",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "txt" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_is_read_whole_and_hashed_by_name_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "<!doctype html>").unwrap();
+        std::fs::write(dir.path().join("app.js"), "export {}").unwrap();
+        let a = WebAssets::load(dir.path()).unwrap();
+        assert!(a.files.contains_key("bundle.json"));
+        assert_eq!(
+            a.files["app.js"].content_type,
+            "text/javascript; charset=utf-8"
+        );
+        std::fs::write(dir.path().join("app.js"), "export {} ").unwrap();
+        let b = WebAssets::load(dir.path()).unwrap();
+        assert_ne!(
+            a.bundle_sha256, b.bundle_sha256,
+            "one byte more is another bundle"
+        );
+    }
+
+    #[test]
+    fn odd_names_subdirectories_and_missing_pages_refuse_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.js"), "").unwrap();
+        let e = WebAssets::load(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("no index.html"), "{e}");
+        std::fs::write(dir.path().join("index.html"), "").unwrap();
+        std::fs::write(dir.path().join("a b.js"), "").unwrap();
+        let e = WebAssets::load(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("letters, digits"), "{e}");
+        std::fs::remove_file(dir.path().join("a b.js")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let e = WebAssets::load(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("only files"), "{e}");
+    }
+}

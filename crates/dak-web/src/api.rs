@@ -1,0 +1,121 @@
+//! `WebClient`: what the page's JavaScript sees (through wasm-bindgen).
+//! Each method sends one `Command` to the engine and returns a Promise of
+//! its answer: a JSON string, or a rejection with an `Error` whose
+//! `message` is the core's words and whose `code` is stable (a server
+//! `ErrorCode` name, `OFFLINE`, `USAGE`, ...) for the page to translate.
+//!
+//! Events reach the page through the callback given to the constructor,
+//! one JSON string per call (see `engine.rs` for their shapes).
+
+use futures_channel::{mpsc, oneshot};
+use wasm_bindgen::prelude::*;
+
+use dak_core::Profile;
+use dak_core::memory::MemoryStore;
+
+use crate::engine::{Command, Engine, Reply};
+use crate::env::BrowserEnvironment;
+
+#[wasm_bindgen]
+pub struct WebClient {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+#[wasm_bindgen]
+impl WebClient {
+    /// A device for this tab; `on_event` is called with each event's JSON.
+    #[wasm_bindgen(constructor)]
+    pub fn new(on_event: js_sys::Function) -> WebClient {
+        let (commands, rx) = mpsc::unbounded();
+        let emit = Box::new(move |event: serde_json::Value| {
+            let _ = on_event.call1(&JsValue::NULL, &JsValue::from_str(&event.to_string()));
+        });
+        let profile = Profile::new(Box::new(MemoryStore::new()), Box::new(BrowserEnvironment));
+        wasm_bindgen_futures::spawn_local(Engine::new(rx, emit).run(profile));
+        WebClient { commands }
+    }
+
+    pub fn status(&self) -> js_sys::Promise {
+        self.ask(Command::Status)
+    }
+
+    /// Asks `server` to text a registration code to `phone`.
+    #[wasm_bindgen(js_name = requestCode)]
+    pub fn request_code(&self, server: String, phone: String) -> js_sys::Promise {
+        self.ask(|reply| Command::RequestCode {
+            server,
+            phone,
+            reply,
+        })
+    }
+
+    /// Completes the registration with the texted code (and the number's
+    /// registration-lock PIN, if it has one; else empty).
+    pub fn verify(&self, code: String, pin: String, device_name: String) -> js_sys::Promise {
+        self.ask(|reply| Command::Verify {
+            code,
+            pin,
+            device_name,
+            reply,
+        })
+    }
+
+    /// Links this tab to an existing account: a `link_code` event shows the
+    /// code; the Promise resolves once the primary device approved it.
+    pub fn link(&self, server: String, device_name: String) -> js_sys::Promise {
+        self.ask(|reply| Command::Link {
+            server,
+            device_name,
+            reply,
+        })
+    }
+
+    pub fn chats(&self) -> js_sys::Promise {
+        self.ask(Command::Chats)
+    }
+
+    pub fn messages(&self, chat: String) -> js_sys::Promise {
+        self.ask(|reply| Command::Messages { chat, reply })
+    }
+
+    /// Sends a text to `chat` (a number or a group key). Resolves once the
+    /// server holds it (✓), or once it is queued (🕓) while offline.
+    pub fn send(&self, chat: String, text: String) -> js_sys::Promise {
+        self.ask(|reply| Command::Send { chat, text, reply })
+    }
+
+    /// The chat is on screen and the tab visible: its messages are read.
+    #[wasm_bindgen(js_name = markRead)]
+    pub fn mark_read(&self, chat: String) -> js_sys::Promise {
+        self.ask(|reply| Command::MarkRead { chat, reply })
+    }
+
+    /// The network is back: reconnect now rather than at the next backoff.
+    pub fn reconnect(&self) {
+        let _ = self.commands.unbounded_send(Command::Reconnect);
+    }
+}
+
+impl WebClient {
+    fn ask(&self, command: impl FnOnce(Reply) -> Command) -> js_sys::Promise {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.commands.unbounded_send(command(reply)).is_ok();
+        wasm_bindgen_futures::future_to_promise(async move {
+            if !sent {
+                return Err(failure("STOPPED", "the client stopped; reload the page"));
+            }
+            match answer.await {
+                Ok(Ok(value)) => Ok(JsValue::from_str(&value.to_string())),
+                Ok(Err(f)) => Err(failure(&f.code, &f.message)),
+                Err(_) => Err(failure("STOPPED", "the client stopped; reload the page")),
+            }
+        })
+    }
+}
+
+/// A JS `Error` with a `code` property.
+fn failure(code: &str, message: &str) -> JsValue {
+    let error = js_sys::Error::new(message);
+    let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(code));
+    error.into()
+}

@@ -1,0 +1,488 @@
+//! `Engine`: the one task that owns this browser's device. The page talks
+//! to it only through `Command`s (from `api.rs`) and hears from it only
+//! through JSON events, so no two calls from the page ever touch the
+//! profile or the connection at once.
+//!
+//! Its states: `Idle(Profile)` (not registered yet, or offline) and
+//! `Online(Client)`. Online it waits on either a command or a push from
+//! the server (`recv_push` is cancel-safe; the push is then handled to
+//! completion outside the wait, as the CLI's chat does). Offline it
+//! reconnects with backoff (1 s doubling to 30 s, and at once when the
+//! page says the network is back), and meanwhile still answers the page:
+//! the chat list, a chat's messages, and a text typed while offline, which
+//! is stored with 🕓 and goes out when the connection returns.
+//!
+//! Events (one JSON object each, to the page's callback):
+//! - `{"type":"status","state":"no_account"|"connecting"|"online"|"offline"|"signed_out","phone","device_id","detail"}`
+//! - `{"type":"message","chat","from","text"}`: a new incoming message
+//!   (the page may notify); followed by `changed`.
+//! - `{"type":"changed"}`: something shown may have changed (ticks, new
+//!   messages, a group): the page reads the list and the open chat again.
+//! - `{"type":"link_code","code","expires_in_secs"}`: show this code to
+//!   the primary device (`dak devices approve CODE`).
+
+use std::time::Duration;
+
+use futures_channel::{mpsc, oneshot};
+use futures_util::StreamExt;
+use futures_util::future::{Either, select};
+use serde_json::{Value, json};
+
+use dak_core::{Client, ClientError, Event, Profile};
+
+use crate::views;
+
+/// How the engine answers a command: a JSON value, or an error.
+pub type Reply = oneshot::Sender<Result<Value, Failure>>;
+
+/// An error for the page: a stable code it can translate, and the core's
+/// (English) words.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = match &e {
+            ClientError::Server(s) => s.kind().as_str_name().to_string(),
+            ClientError::Transport(_) | ClientError::Closed(_) | ClientError::Timeout(_) => {
+                "OFFLINE".into()
+            }
+            ClientError::NotRegistered => "NOT_REGISTERED".into(),
+            ClientError::Usage(_) => "USAGE".into(),
+            _ => "ERROR".into(),
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub enum Command {
+    Status(Reply),
+    RequestCode {
+        server: String,
+        phone: String,
+        reply: Reply,
+    },
+    Verify {
+        code: String,
+        pin: String,
+        device_name: String,
+        reply: Reply,
+    },
+    Link {
+        server: String,
+        device_name: String,
+        reply: Reply,
+    },
+    Chats(Reply),
+    Messages {
+        chat: String,
+        reply: Reply,
+    },
+    Send {
+        chat: String,
+        text: String,
+        reply: Reply,
+    },
+    /// The chat is on screen and the tab visible: its messages are read.
+    MarkRead {
+        chat: String,
+        reply: Reply,
+    },
+    /// The network is back (the browser's `online` event): retry now.
+    Reconnect,
+}
+
+enum Device {
+    Idle(Profile),
+    Online(Client),
+}
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Engine {
+    commands: mpsc::UnboundedReceiver<Command>,
+    emit: Box<dyn Fn(Value)>,
+    /// Why the device cannot connect for good (revoked, unknown): no more
+    /// retries until the page registers or links again.
+    stopped: Option<Failure>,
+    /// The last `status` event's state, for `Command::Status`.
+    state: &'static str,
+}
+
+impl Engine {
+    pub fn new(commands: mpsc::UnboundedReceiver<Command>, emit: Box<dyn Fn(Value)>) -> Engine {
+        Engine {
+            commands,
+            emit,
+            stopped: None,
+            state: "no_account",
+        }
+    }
+
+    /// Runs until the page drops its `WebClient`.
+    pub async fn run(mut self, profile: Profile) {
+        let mut device = Device::Idle(profile);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            device = match device {
+                Device::Online(client) => match self.online(client).await {
+                    Some(d) => d,
+                    None => return,
+                },
+                Device::Idle(profile) => {
+                    let registered = profile.registration().is_ok();
+                    if !registered || self.stopped.is_some() {
+                        self.status(&profile, "no_account", None);
+                        match self.commands.next().await {
+                            Some(cmd) => Device::Idle(self.idle_command(profile, cmd).await),
+                            None => return,
+                        }
+                    } else {
+                        match self.connect(profile).await {
+                            Ok(client) => {
+                                backoff = Duration::from_secs(1);
+                                Device::Online(client)
+                            }
+                            Err(profile) => {
+                                let wait = backoff;
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                                match self.wait_offline(profile, wait).await {
+                                    Some((p, reset)) => {
+                                        if reset {
+                                            backoff = Duration::from_secs(1);
+                                        }
+                                        Device::Idle(p)
+                                    }
+                                    None => return,
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// One connection attempt; the profile comes back when it fails.
+    /// Every step is bounded: the socket's opening (`socket.rs`) and each
+    /// request (`Connection`'s own timeouts).
+    async fn connect(&mut self, profile: Profile) -> Result<Client, Profile> {
+        self.status(&profile, "connecting", None);
+        match Client::try_connect(profile).await {
+            Ok(client) => {
+                self.status(client.profile(), "online", None);
+                // The outbox went out on connecting: its ticks moved.
+                self.changed();
+                Ok(client)
+            }
+            Err((profile, e)) => {
+                let retry = e.is_retryable();
+                let failure = Failure::from(e);
+                if retry {
+                    self.status(&profile, "offline", Some(&failure));
+                } else {
+                    self.status(&profile, "signed_out", Some(&failure));
+                    self.stopped = Some(failure);
+                }
+                Err(profile)
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Online: one command or one push, then back to the loop. `None`
+    /// when the page is gone.
+    async fn online(&mut self, mut client: Client) -> Option<Device> {
+        let wake = {
+            let command = self.commands.next();
+            let push = client.recv_push();
+            futures_util::pin_mut!(push);
+            match select(command, push).await {
+                Either::Left((command, _)) => Either::Left(command),
+                Either::Right((push, _)) => Either::Right(push),
+            }
+        };
+        let lost = match wake {
+            Either::Left(None) => {
+                client.close().await;
+                return None;
+            }
+            Either::Left(Some(command)) => self.online_command(&mut client, command).await,
+            Either::Right(Ok(body)) => match client.handle_push(body).await {
+                Ok(events) => {
+                    self.events(&events);
+                    None
+                }
+                Err(e) if e.is_retryable() => Some(Failure::from(e)),
+                Err(e) => {
+                    // Something in the store or the crypto failed on one
+                    // push: it was not acked, so it comes again; say so.
+                    tracing::warn!(error = %e, "a push could not be handled");
+                    Some(Failure::from(e))
+                }
+            },
+            Either::Right(Err(e)) => Some(Failure::from(e)),
+        };
+        match lost {
+            None => Some(Device::Online(client)),
+            Some(why) => {
+                let profile = client.close().await;
+                self.status(&profile, "offline", Some(&why));
+                Some(Device::Idle(profile))
+            }
+        }
+    }
+
+    /// Handles a command with a connection; `Some` when the connection
+    /// turned out to be lost.
+    async fn online_command(&mut self, client: &mut Client, command: Command) -> Option<Failure> {
+        match command {
+            Command::Send { chat, text, reply } => {
+                let key = match views::chat_key(client.profile(), &chat) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return None;
+                    }
+                };
+                let result = client.send_text(&key, &text).await;
+                self.changed();
+                match result {
+                    Ok(outcome) => {
+                        let _ = reply.send(Ok(json!({
+                            "chat": key,
+                            "id": dak_core::format_id(&outcome.id),
+                            "queued": false,
+                        })));
+                        None
+                    }
+                    // Kept in the outbox (🕓): it goes out on the next connection.
+                    Err(e) if e.is_retryable() => {
+                        let connection_lost = !matches!(e, ClientError::Server(_));
+                        let _ = reply.send(Ok(json!({"chat": key, "queued": true})));
+                        connection_lost.then(|| Failure::from(e))
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        None
+                    }
+                }
+            }
+            Command::MarkRead { chat, reply } => {
+                let result = self.mark_read(client, &chat).await;
+                let lost = match &result {
+                    Err(e) if e.is_retryable() && !matches!(e, ClientError::Server(_)) => {
+                        Some(Failure::from(ClientError::Transport(e.to_string())))
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(result.map(|n| json!(n)).map_err(Failure::from));
+                if lost.is_none() {
+                    self.changed();
+                }
+                lost
+            }
+            Command::Reconnect => None,
+            other => {
+                let profile = client.profile();
+                self.local_command(profile, other);
+                None
+            }
+        }
+    }
+
+    async fn mark_read(&mut self, client: &mut Client, chat: &str) -> Result<usize, ClientError> {
+        let key = views::chat_key(client.profile(), chat)?;
+        let ids: Vec<Vec<u8>> = client
+            .profile()
+            .unread()?
+            .into_iter()
+            .filter(|m| m.conversation.key() == key)
+            .map(|m| m.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        client.mark_read(Some(&ids)).await
+    }
+
+    /// Offline and registered: answer the page until `wait` has passed (or
+    /// the page says the network is back: then `true`). `None` when the
+    /// page is gone.
+    async fn wait_offline(
+        &mut self,
+        mut profile: Profile,
+        wait: Duration,
+    ) -> Option<(Profile, bool)> {
+        let env = profile.env_arc();
+        let timer = env.sleep(wait);
+        futures_util::pin_mut!(timer);
+        loop {
+            match select(self.commands.next(), timer.as_mut()).await {
+                Either::Right(((), _)) => return Some((profile, false)),
+                Either::Left((None, _)) => return None,
+                Either::Left((Some(Command::Reconnect), _)) => return Some((profile, true)),
+                Either::Left((Some(command), _)) => {
+                    profile = self.idle_command(profile, command).await;
+                }
+            }
+        }
+    }
+
+    /// Handles a command without a connection: registration and linking,
+    /// reads, and texts typed offline (queued with 🕓).
+    async fn idle_command(&mut self, profile: Profile, command: Command) -> Profile {
+        match command {
+            Command::RequestCode {
+                server,
+                phone,
+                reply,
+            } => {
+                let result = Client::request_code(&profile, &server, &phone).await;
+                let _ = reply.send(
+                    result
+                        .map(|secs| json!({"expires_in_secs": secs}))
+                        .map_err(Failure::from),
+                );
+            }
+            Command::Verify {
+                code,
+                pin,
+                device_name,
+                reply,
+            } => {
+                let result = Client::verify(&profile, &code, &pin, &device_name).await;
+                if result.is_ok() {
+                    self.stopped = None;
+                }
+                let _ = reply.send(
+                    result
+                        .map(|r| json!({"phone": r.phone, "device_id": r.device_id}))
+                        .map_err(Failure::from),
+                );
+            }
+            Command::Link {
+                server,
+                device_name,
+                reply,
+            } => {
+                let emit = &self.emit;
+                let result = Client::link(&profile, &server, &device_name, |code, secs| {
+                    emit(json!({"type": "link_code", "code": code, "expires_in_secs": secs}));
+                })
+                .await;
+                if result.is_ok() {
+                    self.stopped = None;
+                }
+                let _ = reply.send(
+                    result
+                        .map(|r| json!({"phone": r.phone, "device_id": r.device_id}))
+                        .map_err(Failure::from),
+                );
+            }
+            Command::Send { chat, text, reply } => {
+                let result = views::chat_key(&profile, &chat).and_then(|key| {
+                    let (id, _, _) = dak_core::queue_text(&profile, &key, &text)?;
+                    Ok(json!({
+                        "chat": key,
+                        "id": dak_core::format_id(&id),
+                        "queued": true,
+                    }))
+                });
+                let _ = reply.send(result.map_err(Failure::from));
+                self.changed();
+            }
+            // Receipts need the server; the chat is still unread when it
+            // is opened again online.
+            Command::MarkRead { reply, .. } => {
+                let _ = reply.send(Ok(json!(0)));
+            }
+            Command::Reconnect => {}
+            other => self.local_command(&profile, other),
+        }
+        profile
+    }
+
+    /// Commands answered from the profile alone, in any state.
+    fn local_command(&self, profile: &Profile, command: Command) {
+        let (reply, result) = match command {
+            Command::Status(reply) => (reply, Ok(self.status_json(profile, None))),
+            Command::Chats(reply) => (reply, views::chat_list(profile).map(|rows| json!(rows))),
+            Command::Messages { chat, reply } => (
+                reply,
+                views::chat_key(profile, &chat).and_then(|key| {
+                    let rows = views::messages(profile, &key, views::CHAT_PAGE)?;
+                    Ok(json!({"chat": key, "messages": rows}))
+                }),
+            ),
+            // Registration, linking and sends are the callers' business.
+            Command::RequestCode { reply, .. }
+            | Command::Verify { reply, .. }
+            | Command::Link { reply, .. }
+            | Command::Send { reply, .. }
+            | Command::MarkRead { reply, .. } => {
+                let _ = reply.send(Err(Failure {
+                    code: "USAGE".into(),
+                    message: "this browser is already registered".into(),
+                }));
+                return;
+            }
+            Command::Reconnect => return,
+        };
+        let _ = reply.send(result.map_err(Failure::from));
+    }
+
+    // ---- events ----
+
+    fn events(&self, events: &[Event]) {
+        let mut changed = false;
+        for event in events {
+            changed = true;
+            if let Event::Message(m) = event
+                && !m.outgoing
+            {
+                (self.emit)(json!({
+                    "type": "message",
+                    "chat": m.conversation.key(),
+                    "from": m.from,
+                    "text": m.text,
+                }));
+            }
+        }
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn changed(&self) {
+        (self.emit)(json!({"type": "changed"}));
+    }
+
+    fn status(&mut self, profile: &Profile, state: &'static str, detail: Option<&Failure>) {
+        self.state = state;
+        let mut v = self.status_json(profile, detail);
+        v["type"] = json!("status");
+        (self.emit)(v);
+    }
+
+    fn status_json(&self, profile: &Profile, detail: Option<&Failure>) -> Value {
+        let reg = profile.registration().ok();
+        json!({
+            "state": self.state,
+            "registered": reg.is_some(),
+            "phone": reg.as_ref().map(|r| r.phone.clone()),
+            "device_id": reg.as_ref().map(|r| r.device_id),
+            "detail": detail.or(self.stopped.as_ref()),
+            // Nothing outlives the tab yet (MemoryStore): the page says so.
+            "persistent": false,
+        })
+    }
+}

@@ -1,0 +1,161 @@
+//! What the page shows, read from a `Profile`: the chat list and a chat's
+//! messages with their ticks, as plain structs that serialise to the JSON
+//! the page renders. Pure (no I/O, no browser), so they are tested
+//! natively; `engine.rs` hands them to the page.
+//!
+//! Invariants:
+//! - Every string here is data, never markup: the page puts each into a
+//!   text node (`textContent`), whatever it contains.
+//! - A chat is listed once, by its conversation key (a number for a 1:1
+//!   chat, `group:<hex>` for a group), the key `send` and `messages` take.
+//! - The list is ordered by its last message, newest first; chats with no
+//!   message yet come last, by key.
+
+use dak_core::mls::is_named_group;
+use dak_core::{ClientError, ConversationId, MessageView, Profile, TickState, format_id, tick_of};
+use serde::Serialize;
+
+/// Messages a chat view loads at once (the newest).
+pub const CHAT_PAGE: usize = 200;
+
+/// One row of the chat list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatRow {
+    pub key: String,
+    /// The number for a 1:1 chat, the title for a group.
+    pub title: String,
+    pub is_group: bool,
+    pub last_text: String,
+    pub last_outgoing: bool,
+    /// 0 when the chat has no message.
+    pub last_at_ms: i64,
+    /// The last message's tick, when it is one of ours.
+    pub last_tick: Option<TickState>,
+    pub unread: usize,
+    /// A number this account does not know wrote first: no read receipts go
+    /// out until it is accepted.
+    pub request: bool,
+}
+
+/// One message of a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageRow {
+    /// The message id in hex (`dak` prints the same).
+    pub id: String,
+    pub from: String,
+    pub outgoing: bool,
+    pub text: String,
+    pub at_ms: i64,
+    /// Ours only: 🕓 pending, ✓ sent, ✓✓ delivered, blue ✓✓ read.
+    pub tick: Option<TickState>,
+    pub read: bool,
+    pub forwarded: Option<&'static str>,
+    pub edited: bool,
+    pub deleted: bool,
+    pub reply_to: Option<String>,
+    pub reactions: Vec<(String, String)>,
+}
+
+/// Every chat this device is in, newest first.
+pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
+    let requests = dak_core::requests::message_requests(profile)?;
+    let unread = profile.unread()?;
+    let mut rows = Vec::new();
+    for (group, peer) in profile.active_groups()? {
+        let (key, title, is_group) = if is_named_group(&group) {
+            let title = profile
+                .group_state(&group)?
+                .map(|s| s.title)
+                .unwrap_or_default();
+            (dak_core::group_key(&group), title, true)
+        } else {
+            (peer.clone(), peer, false)
+        };
+        let last = profile.conversation(&key, 1)?.pop();
+        let last_tick = match &last {
+            Some(m) if m.outgoing => Some(tick_of(profile, &m.id)?.state),
+            _ => None,
+        };
+        rows.push(ChatRow {
+            unread: unread
+                .iter()
+                .filter(|m| m.conversation.key() == key)
+                .count(),
+            request: requests.contains_key(&key),
+            last_text: last.as_ref().map(shown_text).unwrap_or_default(),
+            last_outgoing: last.as_ref().is_some_and(|m| m.outgoing),
+            last_at_ms: last.as_ref().map(at_ms).unwrap_or(0),
+            last_tick,
+            key,
+            title,
+            is_group,
+        });
+    }
+    rows.sort_by(|a, b| {
+        b.last_at_ms
+            .cmp(&a.last_at_ms)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    Ok(rows)
+}
+
+/// The newest `limit` messages of `chat` (a key or anything
+/// `Profile::resolve` takes), oldest first.
+pub fn messages(
+    profile: &Profile,
+    chat: &str,
+    limit: usize,
+) -> Result<Vec<MessageRow>, ClientError> {
+    let key = profile.resolve(chat)?.key();
+    profile
+        .conversation(&key, limit)?
+        .into_iter()
+        .map(|m| {
+            Ok(MessageRow {
+                id: format_id(&m.id),
+                tick: if m.outgoing {
+                    Some(tick_of(profile, &m.id)?.state)
+                } else {
+                    None
+                },
+                reactions: profile.reactions(&m.id)?,
+                from: m.from.clone(),
+                outgoing: m.outgoing,
+                text: shown_text(&m),
+                at_ms: at_ms(&m),
+                read: m.read_ms > 0,
+                forwarded: m.forward_label(),
+                edited: m.edited_ms > 0,
+                deleted: m.deleted,
+                reply_to: m.reply_to.as_ref().map(|q| q.snippet.clone()),
+            })
+        })
+        .collect()
+}
+
+/// The conversation key of `chat` (a number, a key, a group's title).
+pub fn chat_key(profile: &Profile, chat: &str) -> Result<String, ClientError> {
+    Ok(profile.resolve(chat)?.key())
+}
+
+/// Whether `key` names a group.
+pub fn is_group_key(key: &str) -> bool {
+    ConversationId::from_key(key).is_group()
+}
+
+fn shown_text(m: &MessageView) -> String {
+    if m.deleted {
+        String::new()
+    } else {
+        m.text.clone()
+    }
+}
+
+/// When the message happened: the server's time once it has one.
+fn at_ms(m: &MessageView) -> i64 {
+    if m.server_time_ms > 0 {
+        m.server_time_ms
+    } else {
+        m.sent_at_ms
+    }
+}

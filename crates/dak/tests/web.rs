@@ -1,0 +1,433 @@
+//! Dak Web in real headless Chromium, against the real server: the page
+//! that `dak server --web DIR` serves, the client core compiled to
+//! WebAssembly, and a person on the CLI (`dak_client`) at the other end.
+//!
+//! Needs Chromium and chromedriver (scripts/wasm-tools.sh installs them)
+//! and the web client built for tests (`scripts/web-build.sh --dev`, into
+//! target/web-dev; DAK_TEST_WEB_DIR points elsewhere). scripts/test.sh
+//! does both before the tests run; without them these tests fail and say
+//! what to run.
+//!
+//! A screenshot of the chat view is kept at target/web-screenshots/ for
+//! people to look at.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestServer, bob, contains, files_under};
+use dak_client::TickState;
+use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// cargo's target directory, where scripts/web-build.sh puts the bundle.
+fn target_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// The web client built by `scripts/web-build.sh --dev`.
+fn web_dir() -> PathBuf {
+    let dir = std::env::var_os("DAK_TEST_WEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("web-dev"));
+    assert!(
+        dir.join("index.html").exists() && dir.join("dak_web_bg.wasm").exists(),
+        "no web client in {}: run scripts/web-build.sh --dev (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A server that serves the web client, plain HTTP on loopback.
+fn web_server() -> TestServer {
+    let web = web_dir();
+    TestServer::build_with(&[("DAK_WEB", web.to_str().unwrap())], true)
+}
+
+fn page_url(server: &TestServer) -> String {
+    server.url.replace("ws://", "http://") + "/"
+}
+
+/// chromedriver on a free port, and one headless Chromium session on it.
+struct Browser {
+    driver: WebDriver,
+    chromedriver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// A browser whose user prefers `lang` (e.g. "en-US", "hi").
+    async fn open(lang: &str) -> Browser {
+        let chromedriver_bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("no chromedriver: run scripts/wasm-tools.sh (apt-get install chromium chromium-driver)");
+        let chromium = ["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("no chromium: run scripts/wasm-tools.sh");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let chromedriver = Command::new(chromedriver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-dev-shm-usage",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--window-size=1000,800",
+                    format!("--lang={lang}"),
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+                "prefs": {"intl.accept_languages": lang},
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let mut last = String::new();
+        for _ in 0..100 {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(driver) => {
+                    return Browser {
+                        driver,
+                        chromedriver,
+                        _profile: profile,
+                    };
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not start a browser: {last}");
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.driver
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
+    }
+
+    /// Polls `script` (a function body returning a value) until it is
+    /// truthy; returns that value.
+    async fn wait_for(&self, script: &str, what: &str) -> Value {
+        for _ in 0..600 {
+            let v = self.js(script).await;
+            let truthy = match &v {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::String(s) => !s.is_empty(),
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                _ => true,
+            };
+            if truthy {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let state = self
+            .js("return document.body.dataset.state + ' / ' + document.getElementById('error').textContent + ' / ' + document.getElementById('status').textContent")
+            .await;
+        panic!("the page never showed {what} (state / error / status: {state})");
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let el = self.driver.find(Locator::Css(css)).await.unwrap();
+        el.clear().await.unwrap();
+        el.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.driver
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Loads the page and waits until its core runs.
+    async fn load(&self, server: &TestServer) {
+        self.driver.goto(&page_url(server)).await.unwrap();
+        self.wait_for(
+            "return document.body.dataset.ready === 'true'",
+            "the client core started",
+        )
+        .await;
+    }
+
+    /// Registers the page's number as a new primary device.
+    async fn register(&self, server: &TestServer, phone: &str) {
+        self.fill("#phone", phone).await;
+        self.click("#register-form button[type=submit]").await;
+        self.wait_for(
+            "return !document.getElementById('verify-form').hidden",
+            "the code form",
+        )
+        .await;
+        self.fill("#code", &server.code_for(phone)).await;
+        self.click("#verify-form button[type=submit]").await;
+        self.wait_for("return document.body.dataset.state === 'online'", "online")
+            .await;
+    }
+
+    /// The tick on the outgoing message whose text is `text`, if shown.
+    async fn tick_of(&self, text: &str) -> Value {
+        self.js(&format!(
+            "for (const li of document.querySelectorAll('#messages li.outgoing')) {{
+                 if (li.querySelector('.text').textContent === {text}) {{
+                     const t = li.querySelector('.tick'); return t ? t.dataset.tick : '';
+                 }}
+             }}
+             return null;",
+            text = json!(text)
+        ))
+        .await
+    }
+
+    async fn wait_tick(&self, text: &str, tick: &str) {
+        let script = format!(
+            "for (const li of document.querySelectorAll('#messages li.outgoing')) {{
+                 if (li.querySelector('.text').textContent === {text}) {{
+                     const t = li.querySelector('.tick'); return t && t.dataset.tick === {tick};
+                 }}
+             }}
+             return false;",
+            text = json!(text),
+            tick = json!(tick)
+        );
+        self.wait_for(&script, &format!("{tick} on {text:?}")).await;
+    }
+
+    async fn send(&self, text: &str) {
+        self.fill("#message", text).await;
+        self.click("#send").await;
+        self.wait_for(
+            "return document.getElementById('message').value === ''",
+            "the message box emptied (the core took the text)",
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.driver.screenshot().await.unwrap();
+        let dir = target_dir().join("web-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    async fn close(mut self) {
+        let _ = self.driver.clone().close().await;
+        let _ = self.chromedriver.kill();
+        let _ = self.chromedriver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.chromedriver.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9() {
+    let mut server = web_server();
+    let page_phone = "+919800000301";
+    let bob = bob();
+    bob.register(&server).await;
+
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, page_phone).await;
+
+    // A new chat with bob, from the page.
+    browser.fill("#new-chat", &bob.phone).await;
+    browser.click("#new-chat-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "return !document.getElementById('chat').hidden",
+            "the chat view",
+        )
+        .await;
+    let first = "hello from the browser PLAINTEXT-MARKER-web-7f3a";
+    browser.send(first).await;
+    browser.wait_tick(first, "sent").await;
+
+    // ✓✓ once bob's device has it.
+    assert_eq!(bob.sync_texts().await, vec![first.to_string()]);
+    browser.wait_tick(first, "delivered").await;
+
+    // Bob answers (which accepts the page's message request) and reads:
+    // blue on the page. The page, showing the chat, reads his answer and
+    // says so: blue on bob's side.
+    let mut b = bob.connect().await;
+    let reply = b.send_text(page_phone, "hi from the CLI").await.unwrap();
+    b.mark_read(None).await.unwrap();
+    browser.wait_tick(first, "read").await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === 'hi from the CLI')",
+            "bob's reply",
+        )
+        .await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        b.wait_for_tick(&reply.id, TickState::Read, |_| {}),
+    )
+    .await
+    .expect("the page's read receipt within 60 s")
+    .unwrap();
+
+    // Markup in a message is text: shown as typed, never run.
+    let payload = r#"<img src=x onerror="window.__dak_pwned=1"><script>window.__dak_pwned=2</script><b>bold</b>"#;
+    b.send_text(page_phone, payload).await.unwrap();
+    b.close().await;
+    browser
+        .wait_for(
+            &format!(
+                "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === {})",
+                json!(payload)
+            ),
+            "the markup payload as text",
+        )
+        .await;
+    let ran = browser
+        .js("return [window.__dak_pwned === undefined, document.querySelectorAll('#messages img, #messages script, #messages b').length]")
+        .await;
+    assert_eq!(ran, json!([true, 0]), "a message's markup was rendered");
+
+    // The server dies (kill -9) mid-conversation: the page says it is
+    // offline, keeps what is typed (🕓), and sends it once the server is back.
+    server.kill9();
+    browser
+        .wait_for(
+            "return document.body.dataset.state === 'offline'",
+            "offline",
+        )
+        .await;
+    let offline = "typed while the server was down";
+    browser.send(offline).await;
+    browser.wait_tick(offline, "pending").await;
+    server.restart();
+    browser.wait_tick(offline, "sent").await;
+    assert_eq!(browser.tick_of(first).await, json!("read"));
+    browser.screenshot("chat.png").await;
+
+    // Bob has each message exactly once.
+    let texts = bob.sync_texts().await;
+    assert_eq!(texts, vec![offline.to_string()], "after the restart");
+
+    // The marker reached no file in the server's data directory, nor its log.
+    for (path, bytes) in files_under(&server.data) {
+        assert!(
+            !contains(&bytes, "PLAINTEXT-MARKER-web-7f3a"),
+            "{} holds the plaintext",
+            path.display()
+        );
+    }
+    assert!(!server.log_text().contains("PLAINTEXT-MARKER-web-7f3a"));
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_speaks_hindi_and_bengali_and_is_served_with_a_strict_policy() {
+    let server = web_server();
+
+    // The headers: a strict Content-Security-Policy, no sniffing, no framing.
+    let authority = server.url.trim_start_matches("ws://").to_string();
+    let mut tcp = std::net::TcpStream::connect(&authority).unwrap();
+    write!(
+        tcp,
+        "GET / HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    let head = response.split("\r\n\r\n").next().unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(
+            "content-security-policy: default-src 'none'; script-src 'self' 'wasm-unsafe-eval'"
+        ),
+        "{head}"
+    );
+    assert!(!head.contains("unsafe-inline"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(head.contains("frame-ancestors 'none'"), "{head}");
+
+    let browser = Browser::open("hi").await;
+    browser.load(&server).await;
+    let words = browser
+        .js("return [document.documentElement.lang, document.querySelector('[data-t=send_code]').textContent, document.querySelector('#send').textContent, document.querySelector('#message').getAttribute('aria-label'), document.querySelector('label[for=phone]').textContent]")
+        .await;
+    assert_eq!(
+        words,
+        json!(["hi", "कोड भेजें", "भेजें", "संदेश", "फ़ोन नंबर"]),
+        "a Hindi browser gets Hindi"
+    );
+    // Switched to Bengali from the page, and remembered across a reload.
+    browser
+        .js("const s = document.getElementById('language'); s.value = 'bn'; s.dispatchEvent(new Event('change')); return true")
+        .await;
+    browser.load(&server).await;
+    let words = browser
+        .js("return [document.documentElement.lang, document.querySelector('#send').textContent, document.querySelector('#message').getAttribute('aria-label'), document.querySelector('#back').getAttribute('aria-label')]")
+        .await;
+    assert_eq!(words, json!(["bn", "পাঠান", "বার্তা", "চ্যাটের তালিকায় ফিরুন"]));
+
+    // A wrong code gets a clear, translated error, and the number stays typed.
+    let phone = "+919800000302";
+    browser.fill("#phone", phone).await;
+    browser.click("#register-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "return !document.getElementById('verify-form').hidden",
+            "the code form",
+        )
+        .await;
+    let right = server.code_for(phone);
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    browser.fill("#code", wrong).await;
+    browser.click("#verify-form button[type=submit]").await;
+    let error = browser
+        .wait_for("return document.getElementById('error').hidden ? '' : document.getElementById('error').textContent", "an error")
+        .await;
+    assert_eq!(error, json!("কোডটি ভুল। SMS দেখে আবার চেষ্টা করুন।"));
+    assert_eq!(
+        browser
+            .js("return document.getElementById('phone').value")
+            .await,
+        json!(phone)
+    );
+    browser.close().await;
+}

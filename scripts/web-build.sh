@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds Dak Web into one directory that `dak server --web DIR` serves:
+# the client core for the browser (crates/dak-web, wasm32, through
+# wasm-bindgen's `--target web` glue) and the page from web/.
+#
+#   scripts/web-build.sh [--dev] [--out DIR]
+#
+#   --dev      the dev profile (what the tests use: it shares its build with
+#              scripts/wasm-test.sh); default: release, for people
+#   --out DIR  where the bundle goes (default target/web; target/web-dev
+#              with --dev; under $CARGO_TARGET_DIR when it is set)
+#
+# It installs what it needs first, if missing (scripts/wasm-tools.sh
+# --no-browser): the wasm32 target and wasm-bindgen-cli. It prints each
+# file's size, gzipped, and the bundle's SHA-256 as the server computes it.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+profile=release
+out=
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --dev) profile=dev ;;
+    --out) out="$2"; shift ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+target=${CARGO_TARGET_DIR:-target}
+[ -n "$out" ] || { [ $profile = dev ] && out=$target/web-dev || out=$target/web; }
+dir=$([ $profile = dev ] && echo debug || echo release)
+
+cargo_flags=()
+case "${CI:-}" in true | 1 | yes) cargo_flags+=(--locked) ;; esac
+
+scripts/wasm-tools.sh --no-browser
+echo "-- cargo build -p dak-web --target wasm32-unknown-unknown --profile $profile"
+cargo build ${cargo_flags[@]+"${cargo_flags[@]}"} -p dak-web --target wasm32-unknown-unknown --profile "$profile"
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/dak-web.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+wasm-bindgen --target web --no-typescript --out-dir "$stage" \
+    "$target/wasm32-unknown-unknown/$dir/dak_web.wasm"
+cp web/index.html web/app.js web/i18n.js web/style.css "$stage"/
+mkdir -p "$(dirname "$out")"
+rm -rf "$out"
+mv "$stage" "$out"
+trap - EXIT
+
+echo "-- $out"
+total=0
+total_gz=0
+for f in "$out"/*; do
+    size=$(stat -c %s "$f")
+    gz=$(gzip -9 -c "$f" | wc -c)
+    total=$((total + size))
+    total_gz=$((total_gz + gz))
+    printf '  %-22s %9d bytes  %9d gzipped\n' "$(basename "$f")" "$size" "$gz"
+done
+printf '  %-22s %9d bytes  %9d gzipped\n' total "$total" "$total_gz"
+# The bundle hash, as dak-server's web.rs computes it: per file in name
+# order, its name's length, name, length and bytes (lengths as u64 LE).
+python3 - "$out" <<'PY'
+import hashlib, os, struct, sys
+d = sys.argv[1]
+h = hashlib.sha256()
+for name in sorted(os.listdir(d)):
+    data = open(os.path.join(d, name), "rb").read()
+    h.update(struct.pack("<Q", len(name.encode())) + name.encode())
+    h.update(struct.pack("<Q", len(data)) + data)
+print("  bundle sha256", h.hexdigest())
+PY

@@ -1,0 +1,416 @@
+// Dak Web's page: it draws what the client core (dak_web.wasm, through
+// wasm-bindgen's dak_web.js) tells it, and hands it what the user does.
+//
+// Invariants:
+// - Nothing from a message, a name or the server is ever markup: every
+//   such string goes into a text node (textContent), and nothing here uses
+//   innerHTML, insertAdjacentHTML, document.write or eval. The
+//   Content-Security-Policy the server sends forbids inline script anyway.
+// - What the user typed is cleared only once the core has taken it (sent,
+//   or queued with 🕓 while offline); on an error it stays in the box.
+// - Every control has an accessible name in the page's language.
+
+import init, { WebClient } from "./dak_web.js";
+import { LANGUAGES, has, initialLanguage, language, setLanguage, t } from "./i18n.js";
+
+const $ = (id) => document.getElementById(id);
+const server = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+
+const ui = {
+  client: null,
+  status: { state: "no_account" },
+  chats: [],
+  open: null, // the open chat's key
+  pendingPhone: "",
+  refreshQueued: false,
+};
+
+// ---- words ----
+
+function translatePage() {
+  document.documentElement.lang = language();
+  for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+  for (const el of document.querySelectorAll("[data-t-label]")) {
+    el.setAttribute("aria-label", t(el.dataset.tLabel));
+    el.title = t(el.dataset.tLabel);
+  }
+  $("message").placeholder = t("message");
+  $("language").value = language();
+  showStatus();
+  renderChats();
+  renderMessages();
+}
+
+function showError(e) {
+  const box = $("error");
+  if (!e) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  const code = e.code ? "error_" + e.code : "";
+  box.textContent = code && has(code) ? t(code) : String(e.message || e);
+  box.hidden = false;
+}
+
+const timeFormat = () =>
+  new Intl.DateTimeFormat(language(), { hour: "2-digit", minute: "2-digit" });
+const dateFormat = () => new Intl.DateTimeFormat(language(), { day: "numeric", month: "short" });
+const numberFormat = () => new Intl.NumberFormat(language());
+
+function when(ms) {
+  if (!ms) return "";
+  const d = new Date(ms);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? timeFormat().format(d) : dateFormat().format(d);
+}
+
+// ---- status ----
+
+function showStatus() {
+  const s = ui.status;
+  document.body.dataset.state = s.state;
+  $("status").textContent = t("status_" + s.state);
+  const registered = s.registered && s.state !== "signed_out";
+  $("welcome").hidden = registered;
+  $("chats").hidden = !registered;
+  $("chat").hidden = !registered || !ui.open;
+  document.body.classList.toggle("chat-open", Boolean(registered && ui.open));
+  const banner = $("banner");
+  banner.hidden = !registered || s.persistent;
+  banner.textContent = t("not_persistent");
+  $("notify").hidden = !("Notification" in window) || Notification.permission !== "default";
+}
+
+// ---- the chat list ----
+
+function tickMark(tick) {
+  return { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓" }[tick] ?? "";
+}
+
+function tickElement(tick) {
+  const span = document.createElement("span");
+  span.className = "tick tick-" + tick;
+  span.dataset.tick = tick;
+  span.textContent = tickMark(tick);
+  span.setAttribute("aria-label", t("tick_" + tick));
+  span.title = t("tick_" + tick);
+  return span;
+}
+
+function renderChats() {
+  const list = $("chat-list");
+  list.replaceChildren();
+  $("no-chats").hidden = ui.chats.length > 0;
+  for (const chat of ui.chats) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "chat-row";
+    button.dataset.chat = chat.key;
+    if (chat.key === ui.open) button.setAttribute("aria-current", "true");
+    const title = document.createElement("span");
+    title.className = "chat-title";
+    title.textContent = chat.title || chat.key;
+    const time = document.createElement("span");
+    time.className = "chat-time";
+    time.textContent = when(chat.last_at_ms);
+    const last = document.createElement("span");
+    last.className = "chat-last";
+    if (chat.last_tick) last.append(tickElement(chat.last_tick), " ");
+    last.append(chat.last_text);
+    button.append(title, time, last);
+    if (chat.request) {
+      const req = document.createElement("span");
+      req.className = "chat-request";
+      req.textContent = t("request");
+      button.append(req);
+    }
+    if (chat.unread > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = numberFormat().format(chat.unread);
+      badge.setAttribute("aria-label", t("unread", { n: numberFormat().format(chat.unread) }));
+      button.append(badge);
+    }
+    button.addEventListener("click", () => openChat(chat.key));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+// ---- one chat ----
+
+let shownMessages = [];
+
+function renderMessages() {
+  const chat = ui.chats.find((c) => c.key === ui.open);
+  $("chat-title").textContent = chat ? chat.title || chat.key : ui.open || "";
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.replaceChildren();
+  for (const m of shownMessages) {
+    const item = document.createElement("li");
+    item.className = m.outgoing ? "message outgoing" : "message incoming";
+    item.dataset.id = m.id;
+    if (!m.outgoing && chat && chat.is_group) {
+      const from = document.createElement("span");
+      from.className = "from";
+      from.textContent = m.from;
+      item.append(from);
+    }
+    if (m.forwarded) {
+      const label = document.createElement("span");
+      label.className = "forwarded";
+      label.textContent = m.forwarded === "Forwarded" ? t("forwarded") : t("forwarded_many");
+      item.append(label);
+    }
+    if (m.reply_to) {
+      const quote = document.createElement("blockquote");
+      quote.textContent = m.reply_to;
+      item.append(quote);
+    }
+    const text = document.createElement("p");
+    text.className = "text";
+    if (m.deleted) {
+      text.classList.add("deleted");
+      text.textContent = t("deleted");
+    } else {
+      text.textContent = m.text;
+    }
+    item.append(text);
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    if (m.edited) meta.append(t("edited") + " ");
+    meta.append(when(m.at_ms));
+    if (m.tick) meta.append(" ", tickElement(m.tick));
+    item.append(meta);
+    if (m.reactions.length) {
+      const r = document.createElement("span");
+      r.className = "reactions";
+      r.textContent = m.reactions.map(([, emoji]) => emoji).join(" ");
+      item.append(r);
+    }
+    list.append(item);
+  }
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+async function openChat(key) {
+  ui.open = key;
+  shownMessages = [];
+  showStatus();
+  await refresh();
+  $("message").focus();
+}
+
+// ---- reading from the core ----
+
+async function refresh() {
+  if (!ui.client || !ui.status.registered) return;
+  try {
+    ui.chats = JSON.parse(await ui.client.chats());
+    if (ui.open) shownMessages = JSON.parse(await ui.client.messages(ui.open)).messages;
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  renderChats();
+  renderMessages();
+  const open = ui.chats.find((c) => c.key === ui.open);
+  if (open && open.unread > 0 && document.visibilityState === "visible" && ui.status.state === "online") {
+    ui.client.markRead(ui.open).catch(() => {});
+  }
+}
+
+// Many events in a row (a mailbox of 500 messages) cost one redraw.
+function refreshSoon() {
+  if (ui.refreshQueued) return;
+  ui.refreshQueued = true;
+  setTimeout(() => {
+    ui.refreshQueued = false;
+    refresh();
+  }, 50);
+}
+
+function onEvent(json) {
+  const event = JSON.parse(json);
+  switch (event.type) {
+    case "status":
+      ui.status = event;
+      showStatus();
+      refreshSoon();
+      break;
+    case "changed":
+      refreshSoon();
+      break;
+    case "message":
+      if (document.visibilityState !== "visible" && "Notification" in window && Notification.permission === "granted") {
+        // A notification's text is plain text, never markup.
+        new Notification(t("new_message", { from: event.from }), { body: event.text, tag: event.chat });
+      }
+      break;
+    case "link_code": {
+      const box = $("link-code");
+      box.textContent = t("link_code", { code: event.code, minutes: Math.ceil(event.expires_in_secs / 60) });
+      box.dataset.code = event.code;
+      box.hidden = false;
+      break;
+    }
+  }
+}
+
+// ---- what the user does ----
+
+function deviceName() {
+  const ua = navigator.userAgent;
+  const browser = /Firefox\//.test(ua) ? "Firefox" : /Edg\//.test(ua) ? "Edge" : /Chrom/.test(ua) ? "Chrome" : /Safari\//.test(ua) ? "Safari" : "Browser";
+  return "Dak Web (" + browser + ")";
+}
+
+function busy(form, on) {
+  for (const el of form.querySelectorAll("button, input, textarea")) el.disabled = on;
+}
+
+function wire() {
+  $("language").addEventListener("change", (e) => {
+    setLanguage(e.target.value);
+    localStorage.setItem("dak.language", language());
+    translatePage();
+  });
+
+  $("notify").addEventListener("click", async () => {
+    await Notification.requestPermission();
+    showStatus();
+  });
+
+  $("register-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.target;
+    busy(form, true);
+    showError(null);
+    try {
+      const phone = $("phone").value.trim();
+      const answer = JSON.parse(await ui.client.requestCode(server, phone));
+      ui.pendingPhone = phone;
+      $("verify-form").hidden = false;
+      $("link-code").hidden = false;
+      $("link-code").textContent = t("code_sent", { phone, minutes: Math.ceil(answer.expires_in_secs / 60) });
+      $("code").focus();
+    } catch (err) {
+      showError(err);
+    } finally {
+      busy(form, false);
+    }
+  });
+
+  $("verify-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.target;
+    busy(form, true);
+    showError(null);
+    try {
+      await ui.client.verify($("code").value.trim(), $("pin").value, deviceName());
+      $("code").value = "";
+      $("pin").value = "";
+      $("link-code").hidden = true;
+    } catch (err) {
+      showError(err);
+    } finally {
+      busy(form, false);
+    }
+  });
+
+  $("link").addEventListener("click", async (e) => {
+    const button = e.target;
+    button.disabled = true;
+    showError(null);
+    try {
+      await ui.client.link(server, deviceName());
+      $("link-code").hidden = true;
+    } catch (err) {
+      showError(err);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $("new-chat-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const phone = $("new-chat").value.trim();
+    if (!phone) return;
+    // The core says what the number's chat is called (its normal form).
+    try {
+      const answer = JSON.parse(await ui.client.messages(phone));
+      $("new-chat").value = "";
+      showError(null);
+      await openChat(answer.chat);
+    } catch (err) {
+      showError(err);
+    }
+  });
+
+  $("back").addEventListener("click", () => {
+    ui.open = null;
+    showStatus();
+    renderChats();
+  });
+
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    send();
+  });
+  $("message").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") refresh();
+  });
+  window.addEventListener("online", () => ui.client && ui.client.reconnect());
+}
+
+async function send() {
+  const box = $("message");
+  const text = box.value;
+  if (!text.trim() || !ui.open) return;
+  showError(null);
+  try {
+    const answer = JSON.parse(await ui.client.send(ui.open, text));
+    // The box may have more in it by now; take out only what was sent.
+    if (box.value === text) box.value = "";
+    if (answer.chat && answer.chat !== ui.open) ui.open = answer.chat;
+    refreshSoon();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// ---- start ----
+
+async function start() {
+  setLanguage(initialLanguage(localStorage.getItem("dak.language"), navigator.languages || [navigator.language]));
+  wire();
+  translatePage();
+  if (typeof WebAssembly !== "object") {
+    showError({ code: "", message: t("no_wasm") });
+    return;
+  }
+  await init({ module_or_path: "/web/dak_web_bg.wasm" });
+  ui.client = new WebClient(onEvent);
+  ui.status = JSON.parse(await ui.client.status());
+  showStatus();
+  fetch("/web/bundle.json")
+    .then((r) => r.json())
+    .then((b) => {
+      $("bundle").textContent = b.sha256.slice(0, 16);
+      $("bundle").title = b.sha256;
+    })
+    .catch(() => {});
+  document.body.dataset.ready = "true";
+}
+
+start().catch((e) => showError(e));
