@@ -428,6 +428,7 @@ mod tests {
             store: Some("postgres://x".into()),
             bus: Some("nats://x".into()),
             tls_key: Some("k".into()),
+            web: Some("w".into()),
             linked_device_max_age: Some(Duration::from_secs(1)),
             metrics_listen: Some("127.0.0.1:1".parse().unwrap()),
             ..Config::default()
