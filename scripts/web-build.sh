@@ -43,7 +43,7 @@ stage=$(mktemp -d "${TMPDIR:-/tmp}/dak-web.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 wasm-bindgen --target web --no-typescript --out-dir "$stage" \
     "$target/wasm32-unknown-unknown/$dir/dak_web.wasm"
-cp web/index.html web/app.js web/i18n.js web/style.css "$stage"/
+cp web/index.html web/app.js web/worker.js web/i18n.js web/style.css "$stage"/
 mkdir -p "$(dirname "$out")"
 rm -rf "$out"
 mv "$stage" "$out"

@@ -1,5 +1,7 @@
-// Dak Web's page: it draws what the client core (dak_web.wasm, through
-// wasm-bindgen's dak_web.js) tells it, and hands it what the user does.
+// Dak Web's page: it draws what the client core tells it, and hands it
+// what the user does. The core (dak_web.wasm, through wasm-bindgen's
+// dak_web.js) runs in a worker (worker.js), which owns the profile; this
+// page talks to it through `Core`, one message each way per call.
 //
 // Invariants:
 // - Nothing from a message, a name or the server is ever markup: every
@@ -10,10 +12,49 @@
 //   or queued with 🕓 while offline); on an error it stays in the box.
 // - Every control has an accessible name in the page's language.
 
-import init, { WebClient } from "./dak_web.js";
 import { LANGUAGES, has, initialLanguage, language, setLanguage, t } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
+
+// The engine in the worker, as methods that return Promises.
+class Core {
+  constructor(worker, onEvent) {
+    this.worker = worker;
+    this.next = 1;
+    this.waiting = new Map();
+    worker.onmessage = (e) => {
+      const { id, value, error, event } = e.data;
+      if (event !== undefined) return onEvent(event);
+      const call = this.waiting.get(id);
+      if (!call) return;
+      this.waiting.delete(id);
+      if (error) {
+        const err = new Error(error.message);
+        err.code = error.code;
+        call.reject(err);
+      } else {
+        call.resolve(value);
+      }
+    };
+    worker.onerror = () => onEvent(JSON.stringify({ type: "open_failed", code: "NO_WASM", message: t("no_wasm") }));
+  }
+  call(method, ...args) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.worker.postMessage({ id, method, args });
+    });
+  }
+  status() { return this.call("status"); }
+  requestCode(server, phone) { return this.call("requestCode", server, phone); }
+  verify(code, pin, name) { return this.call("verify", code, pin, name); }
+  link(server, name) { return this.call("link", server, name); }
+  chats() { return this.call("chats"); }
+  messages(chat) { return this.call("messages", chat); }
+  send(chat, text) { return this.call("send", chat, text); }
+  markRead(chat) { return this.call("markRead", chat); }
+  reconnect() { this.call("reconnect").catch(() => {}); }
+}
 const server = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
 
 const ui = {
@@ -22,6 +63,7 @@ const ui = {
   chats: [],
   open: null, // the open chat's key
   pendingPhone: "",
+  openFailed: "",
   refreshQueued: false,
 };
 
@@ -77,8 +119,15 @@ function showStatus() {
   $("chat").hidden = !registered || !ui.open;
   document.body.classList.toggle("chat-open", Boolean(registered && ui.open));
   const banner = $("banner");
-  banner.hidden = !registered || s.persistent;
-  banner.textContent = t("not_persistent");
+  const storage = s.storage || {};
+  let warning = "";
+  if (ui.openFailed) warning = ui.openFailed;
+  else if (storage.persistent === false && registered) warning = t("not_persistent");
+  else if (storage.dropped_bytes > 0) warning = t("storage_damaged_tail");
+  else if (!s.registered && localStorage.getItem("dak.registered")) warning = t("storage_lost");
+  banner.hidden = !warning;
+  banner.textContent = warning;
+  if (s.registered && s.phone) localStorage.setItem("dak.registered", s.phone);
   $("notify").hidden = !("Notification" in window) || Notification.permission !== "default";
 }
 
@@ -250,6 +299,10 @@ function onEvent(json) {
         new Notification(t("new_message", { from: event.from }), { body: event.text, tag: event.chat });
       }
       break;
+    case "open_failed":
+      ui.openFailed = has("error_" + event.code) ? t("error_" + event.code) : event.message;
+      showStatus();
+      break;
     case "link_code": {
       const box = $("link-code");
       box.textContent = t("link_code", { code: event.code, minutes: Math.ceil(event.expires_in_secs / 60) });
@@ -399,9 +452,17 @@ async function start() {
     showError({ code: "", message: t("no_wasm") });
     return;
   }
-  await init({ module_or_path: "/web/dak_web_bg.wasm" });
-  ui.client = new WebClient(onEvent);
-  ui.status = JSON.parse(await ui.client.status());
+  // Ask the browser not to evict the profile under storage pressure (it
+  // may say no; the page then says so if the profile ever goes missing).
+  if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
+  ui.client = new Core(new Worker("/web/worker.js", { type: "module" }), onEvent);
+  try {
+    ui.status = JSON.parse(await ui.client.status());
+  } catch (e) {
+    showError(e);
+    document.body.dataset.ready = "failed";
+    return;
+  }
   showStatus();
   fetch("/web/bundle.json")
     .then((r) => r.json())

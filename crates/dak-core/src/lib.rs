@@ -9,6 +9,8 @@
 //! - `profile`: `Profile`, the device's store as the rest of the core sees
 //!   it: transactions, the registration and identity key, lookups built from
 //!   the trait's primitives.
+//! - `journal`: `JournaledStore`, any store made durable by a journal of
+//!   its committed writes (the browser's profile: an OPFS file).
 //! - `mls_storage`: openmls's `StorageProvider` over the same trait, so MLS
 //!   state commits and rolls back with the messages it yields.
 //! - `mls`: the device's MLS engine (openmls) and the cache of decoded
@@ -45,6 +47,7 @@ mod group_sync;
 pub mod groups;
 pub mod ids;
 mod incoming;
+pub mod journal;
 mod key_packages;
 pub mod memory;
 pub mod mls;

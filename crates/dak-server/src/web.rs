@@ -52,6 +52,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
      style-src 'self'; \
      img-src 'self' data: blob:; \
      connect-src 'self'; \
+     worker-src 'self'; \
      manifest-src 'self'; \
      base-uri 'none'; \
      form-action 'none'; \

@@ -10,11 +10,13 @@
 use futures_channel::{mpsc, oneshot};
 use wasm_bindgen::prelude::*;
 
-use dak_core::Profile;
+use dak_core::journal::{JournaledStore, replay};
 use dak_core::memory::MemoryStore;
+use dak_core::{Profile, ProfileStore};
 
 use crate::engine::{Command, Engine, Reply};
 use crate::env::BrowserEnvironment;
+use crate::opfs::{JOURNAL_FILE, OpenError, OpfsJournal};
 
 #[wasm_bindgen]
 pub struct WebClient {
@@ -23,16 +25,61 @@ pub struct WebClient {
 
 #[wasm_bindgen]
 impl WebClient {
-    /// A device for this tab; `on_event` is called with each event's JSON.
-    #[wasm_bindgen(constructor)]
-    pub fn new(on_event: js_sys::Function) -> WebClient {
+    /// Opens this browser's profile and starts its engine; `on_event` is
+    /// called with each event's JSON. In a dedicated worker the profile is
+    /// the journal in the origin's private file system (it outlives the
+    /// tab); elsewhere (no OPFS) it lives in memory, and the status says
+    /// `storage.persistent: false`. Rejects with code `ANOTHER_TAB` when
+    /// another tab has the profile open, and `STORAGE_DAMAGED` when its
+    /// journal cannot be replayed.
+    pub async fn open(on_event: js_sys::Function) -> Result<WebClient, JsValue> {
+        let (store, storage): (Box<dyn ProfileStore>, serde_json::Value) =
+            match OpfsJournal::open(JOURNAL_FILE).await {
+                Ok((journal, bytes)) => {
+                    let memory = MemoryStore::new();
+                    let replayed = replay(&memory, &bytes).map_err(|e| {
+                        failure(
+                            "STORAGE_DAMAGED",
+                            &format!("this browser's stored profile cannot be read: {e}"),
+                        )
+                    })?;
+                    if replayed.dropped_bytes > 0 {
+                        journal
+                            .truncate(replayed.kept_bytes)
+                            .map_err(|e| failure("STORAGE_DAMAGED", &e.to_string()))?;
+                    }
+                    let storage = serde_json::json!({
+                        "persistent": true,
+                        "frames": replayed.frames,
+                        "bytes": replayed.kept_bytes,
+                        "dropped_bytes": replayed.dropped_bytes,
+                    });
+                    (
+                        Box::new(JournaledStore::new(memory, Box::new(journal))),
+                        storage,
+                    )
+                }
+                Err(OpenError::InUse) => {
+                    return Err(failure(
+                        "ANOTHER_TAB",
+                        "Dak is open in another tab of this browser",
+                    ));
+                }
+                Err(OpenError::Unsupported(why) | OpenError::Failed(why)) => {
+                    tracing::warn!(%why, "no persistent storage; the profile lives in memory");
+                    (
+                        Box::new(MemoryStore::new()),
+                        serde_json::json!({"persistent": false, "why": why}),
+                    )
+                }
+            };
         let (commands, rx) = mpsc::unbounded();
         let emit = Box::new(move |event: serde_json::Value| {
             let _ = on_event.call1(&JsValue::NULL, &JsValue::from_str(&event.to_string()));
         });
-        let profile = Profile::new(Box::new(MemoryStore::new()), Box::new(BrowserEnvironment));
-        wasm_bindgen_futures::spawn_local(Engine::new(rx, emit).run(profile));
-        WebClient { commands }
+        let profile = Profile::new(store, Box::new(BrowserEnvironment));
+        wasm_bindgen_futures::spawn_local(Engine::new(rx, emit, storage).run(profile));
+        Ok(WebClient { commands })
     }
 
     pub fn status(&self) -> js_sys::Promise {

@@ -114,15 +114,22 @@ pub struct Engine {
     stopped: Option<Failure>,
     /// The last `status` event's state, for `Command::Status`.
     state: &'static str,
+    /// Where the profile lives: `{"persistent": bool, "dropped_bytes": n}`.
+    storage: Value,
 }
 
 impl Engine {
-    pub fn new(commands: mpsc::UnboundedReceiver<Command>, emit: Box<dyn Fn(Value)>) -> Engine {
+    pub fn new(
+        commands: mpsc::UnboundedReceiver<Command>,
+        emit: Box<dyn Fn(Value)>,
+        storage: Value,
+    ) -> Engine {
         Engine {
             commands,
             emit,
             stopped: None,
             state: "no_account",
+            storage,
         }
     }
 
@@ -481,8 +488,7 @@ impl Engine {
             "phone": reg.as_ref().map(|r| r.phone.clone()),
             "device_id": reg.as_ref().map(|r| r.device_id),
             "detail": detail.or(self.stopped.as_ref()),
-            // Nothing outlives the tab yet (MemoryStore): the page says so.
-            "persistent": false,
+            "storage": self.storage,
         })
     }
 }

@@ -5,6 +5,9 @@
 //! - `env`: `BrowserEnvironment`, the core's clock, randomness, timers and
 //!   network from the browser; `socket`: `BrowserSocket`, the core's
 //!   `Transport` over the browser's WebSocket;
+//! - `opfs`: `OpfsJournal`, the profile's journal (`dak_core::journal`) in
+//!   the origin's private file system, through a synchronous access handle
+//!   (so the engine runs in a dedicated worker, `web/worker.js`);
 //! - `engine`: the one task that owns the device (profile, connection) and
 //!   answers the page's commands;
 //! - `api`: `WebClient`, the class the page's JavaScript uses.
@@ -26,6 +29,8 @@ mod api;
 mod engine;
 #[cfg(target_arch = "wasm32")]
 mod env;
+#[cfg(target_arch = "wasm32")]
+mod opfs;
 #[cfg(target_arch = "wasm32")]
 mod socket;
 

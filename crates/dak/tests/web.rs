@@ -343,6 +343,52 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
     let texts = bob.sync_texts().await;
     assert_eq!(texts, vec![offline.to_string()], "after the restart");
 
+    // A reload keeps the history and the keys (the profile's journal in
+    // the browser's private file system): the chat is there with its
+    // ticks, and a new message from bob decrypts.
+    browser.load(&server).await;
+    browser
+        .wait_for(
+            "return document.body.dataset.state === 'online'",
+            "online after the reload",
+        )
+        .await;
+    let row = format!("button[data-chat='{}']", bob.phone);
+    browser
+        .wait_for(
+            &format!("return document.querySelector({}) !== null", json!(row)),
+            "bob's chat in the list after the reload",
+        )
+        .await;
+    browser.click(&row).await;
+    browser.wait_tick(first, "read").await;
+    browser.wait_tick(offline, "delivered").await;
+    let mut b = bob.connect().await;
+    b.send_text(page_phone, "after the reload").await.unwrap();
+    b.close().await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === 'after the reload')",
+            "a message after the reload",
+        )
+        .await;
+    let shown = browser
+        .js("return document.querySelectorAll('#messages li').length")
+        .await;
+    assert_eq!(shown, json!(5), "each message once, after the reload too");
+
+    // A second tab of the same browser cannot open the profile, and says so.
+    let tab = browser.driver.new_window(true).await.unwrap();
+    browser.driver.switch_to_window(tab.handle).await.unwrap();
+    browser.driver.goto(&page_url(&server)).await.unwrap();
+    let error = browser
+        .wait_for(
+            "return document.getElementById('error').hidden ? '' : document.getElementById('error').textContent",
+            "the second tab's message",
+        )
+        .await;
+    assert!(error.as_str().unwrap().contains("another tab"), "{error}");
+
     // The marker reached no file in the server's data directory, nor its log.
     for (path, bytes) in files_under(&server.data) {
         assert!(
