@@ -46,7 +46,7 @@ fn a_journaled_store_passes_the_conformance_suite() {
 #[test]
 fn the_conformance_suite_replayed_from_its_journals_passes_again_on_what_it_left() {
     // Each case's journal, replayed, gives a store that reads the same.
-    let sinks: Arc<Mutex<Vec<(VecSink, Arc<dyn ProfileStore>)>>> = Arc::default();
+    let sinks: Arc<Mutex<Vec<Case>>> = Arc::default();
     let made = sinks.clone();
     conformance::run_all(&move || {
         let sink = VecSink::default();
@@ -80,6 +80,9 @@ fn the_conformance_suite_replayed_from_its_journals_passes_again_on_what_it_left
         }
     }
 }
+
+/// A conformance case's journal and the store that wrote it.
+type Case = (VecSink, Arc<dyn ProfileStore>);
 
 /// A store shared with the test, so it can be read after the case.
 struct Shared(Arc<dyn ProfileStore>);
