@@ -178,6 +178,10 @@ fn a_device_rebuilt_from_its_journal_goes_on_with_its_conversation() {
 
     // The tab closes; a new one rebuilds alice from the journal alone.
     let journal = sink.bytes.lock().clone();
+    // fuzz/seeds/journal/conversation is this journal (see fuzz/README.md).
+    if let Some(path) = std::env::var_os("DAK_WRITE_JOURNAL_SEED") {
+        std::fs::write(path, &journal).unwrap();
+    }
     let store = MemoryStore::new();
     let r = replay(&store, &journal).unwrap();
     assert!(r.frames > 10, "{r:?}");

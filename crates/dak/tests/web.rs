@@ -477,3 +477,65 @@ async fn the_page_speaks_hindi_and_bengali_and_is_served_with_a_strict_policy() 
     );
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
+    let server = web_server();
+    let alice = common::alice();
+    let bob = bob();
+    alice.register(&server).await;
+    bob.register(&server).await;
+
+    // The page asks to be linked and shows a code; alice approves it on
+    // her phone (the CLI), as with `dak devices approve CODE`.
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.click("#link").await;
+    let code = browser
+        .wait_for(
+            "return document.getElementById('link-code').dataset.code || ''",
+            "a link code",
+        )
+        .await;
+    let mut a = alice.connect().await;
+    let linked = a.approve_link(code.as_str().unwrap()).await.unwrap();
+    a.close().await;
+    browser
+        .wait_for(
+            "return document.body.dataset.state === 'online'",
+            "online as alice's device",
+        )
+        .await;
+    let status = browser
+        .js("return document.getElementById('status').textContent")
+        .await;
+    assert_eq!(status, json!("Online"));
+    assert!(linked.device_id > 0);
+
+    // Bob writes to alice: every one of her devices gets it, the page too.
+    let mut b = bob.connect().await;
+    b.send_text(&alice.phone, "to all of alice's devices")
+        .await
+        .unwrap();
+    b.close().await;
+    let row = format!("button[data-chat='{}']", bob.phone);
+    browser
+        .wait_for(
+            &format!("return document.querySelector({}) !== null", json!(row)),
+            "bob's chat on the linked page",
+        )
+        .await;
+    browser.click(&row).await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === \"to all of alice's devices\")",
+            "bob's message on the linked page",
+        )
+        .await;
+    assert_eq!(
+        alice.sync_texts().await,
+        vec!["to all of alice's devices".to_string()],
+        "and on her phone"
+    );
+    browser.close().await;
+}
