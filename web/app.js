@@ -53,6 +53,10 @@ class Core {
   messages(chat) { return this.call("messages", chat); }
   send(chat, text) { return this.call("send", chat, text); }
   markRead(chat) { return this.call("markRead", chat); }
+  groupInfo(chat) { return this.call("groupInfo", chat); }
+  createGroup(title, members) { return this.call("createGroup", title, members); }
+  addMembers(chat, members) { return this.call("addMembers", chat, members); }
+  removeMember(chat, member) { return this.call("removeMember", chat, member); }
   reconnect() { this.call("reconnect").catch(() => {}); }
 }
 const server = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
@@ -248,9 +252,68 @@ function renderMessages() {
 async function openChat(key) {
   ui.open = key;
   shownMessages = [];
+  $("group-panel").hidden = true;
+  $("group-toggle").setAttribute("aria-expanded", "false");
+  $("group-toggle").hidden = !key.startsWith("group:");
   showStatus();
   await refresh();
   $("message").focus();
+}
+
+// ---- a group's members ----
+
+async function renderGroup() {
+  if (!ui.open || !ui.open.startsWith("group:") || $("group-panel").hidden) return;
+  let info;
+  try {
+    info = JSON.parse(await ui.client.groupInfo(ui.open));
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  const list = $("group-members-list");
+  list.replaceChildren();
+  for (const m of info.members) {
+    const item = document.createElement("li");
+    item.dataset.phone = m.phone;
+    const name = document.createElement("span");
+    name.textContent = m.phone === ui.status.phone ? m.phone + " (" + t("you") + ")" : m.phone;
+    item.append(name);
+    if (m.admin) {
+      const badge = document.createElement("span");
+      badge.className = "admin";
+      badge.textContent = t("admin");
+      item.append(" ", badge);
+    }
+    if (info.you_are_admin && m.phone !== ui.status.phone) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = t("remove");
+      remove.setAttribute("aria-label", t("remove_member", { phone: m.phone }));
+      remove.addEventListener("click", () => groupChange(() => ui.client.removeMember(ui.open, m.phone), remove));
+      item.append(" ", remove);
+    }
+    list.append(item);
+  }
+  $("add-member-form").hidden = !info.you_are_admin;
+}
+
+async function groupChange(change, control) {
+  control.disabled = true;
+  showError(null);
+  try {
+    await change();
+    await renderGroup();
+  } catch (e) {
+    showError(e);
+  } finally {
+    control.disabled = false;
+  }
+}
+
+function phoneList(raw) {
+  return raw.split(/[,;\n]/).map((p) => p.trim()).filter(Boolean);
 }
 
 // ---- reading from the core ----
@@ -266,6 +329,7 @@ async function refresh() {
   }
   renderChats();
   renderMessages();
+  renderGroup();
   const open = ui.chats.find((c) => c.key === ui.open);
   if (open && open.unread > 0 && document.visibilityState === "visible" && ui.status.state === "online") {
     ui.client.markRead(ui.open).catch(() => {});
@@ -401,6 +465,40 @@ function wire() {
     } catch (err) {
       showError(err);
     }
+  });
+
+  $("new-group-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.target;
+    busy(form, true);
+    showError(null);
+    try {
+      const group = JSON.parse(await ui.client.createGroup($("group-title").value.trim(), phoneList($("group-members").value)));
+      $("group-title").value = "";
+      $("group-members").value = "";
+      form.closest("details").open = false;
+      await openChat(group.key);
+    } catch (err) {
+      showError(err);
+    } finally {
+      busy(form, false);
+    }
+  });
+
+  $("group-toggle").addEventListener("click", () => {
+    const panel = $("group-panel");
+    panel.hidden = !panel.hidden;
+    $("group-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+    renderGroup();
+  });
+
+  $("add-member-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("add-member");
+    groupChange(async () => {
+      await ui.client.addMembers(ui.open, phoneList(input.value));
+      input.value = "";
+    }, e.target.querySelector("button"));
   });
 
   $("back").addEventListener("click", () => {

@@ -137,6 +137,40 @@ impl WebClient {
         self.ask(|reply| Command::MarkRead { chat, reply })
     }
 
+    /// A group's members, admins and settings.
+    #[wasm_bindgen(js_name = groupInfo)]
+    pub fn group_info(&self, chat: String) -> js_sys::Promise {
+        self.ask(|reply| Command::GroupInfo { chat, reply })
+    }
+
+    /// Creates a group with these numbers (this device's account is its admin).
+    #[wasm_bindgen(js_name = createGroup)]
+    pub fn create_group(&self, title: String, members: Vec<String>) -> js_sys::Promise {
+        self.ask(|reply| Command::CreateGroup {
+            title,
+            members,
+            reply,
+        })
+    }
+
+    #[wasm_bindgen(js_name = addMembers)]
+    pub fn add_members(&self, chat: String, members: Vec<String>) -> js_sys::Promise {
+        self.ask(|reply| Command::AddMembers {
+            chat,
+            members,
+            reply,
+        })
+    }
+
+    #[wasm_bindgen(js_name = removeMember)]
+    pub fn remove_member(&self, chat: String, member: String) -> js_sys::Promise {
+        self.ask(|reply| Command::RemoveMember {
+            chat,
+            member,
+            reply,
+        })
+    }
+
     /// The network is back: reconnect now rather than at the next backoff.
     pub fn reconnect(&self) {
         let _ = self.commands.unbounded_send(Command::Reconnect);

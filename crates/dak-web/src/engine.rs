@@ -96,6 +96,26 @@ pub enum Command {
     },
     /// The network is back (the browser's `online` event): retry now.
     Reconnect,
+    /// A named group: its members, admins and settings (`GroupInfo`).
+    GroupInfo {
+        chat: String,
+        reply: Reply,
+    },
+    CreateGroup {
+        title: String,
+        members: Vec<String>,
+        reply: Reply,
+    },
+    AddMembers {
+        chat: String,
+        members: Vec<String>,
+        reply: Reply,
+    },
+    RemoveMember {
+        chat: String,
+        member: String,
+        reply: Reply,
+    },
 }
 
 enum Device {
@@ -297,6 +317,30 @@ impl Engine {
                 }
                 lost
             }
+            Command::CreateGroup {
+                title,
+                members,
+                reply,
+            } => {
+                let result = client.create_group(&title, &members, false).await;
+                self.group_answer(reply, result.map(|g| json!(g)))
+            }
+            Command::AddMembers {
+                chat,
+                members,
+                reply,
+            } => {
+                let result = client.add_members(&chat, &members).await;
+                self.group_answer(reply, result.map(|()| json!(true)))
+            }
+            Command::RemoveMember {
+                chat,
+                member,
+                reply,
+            } => {
+                let result = client.remove_member(&chat, &member).await;
+                self.group_answer(reply, result.map(|()| json!(true)))
+            }
             Command::Reconnect => None,
             other => {
                 let profile = client.profile();
@@ -304,6 +348,19 @@ impl Engine {
                 None
             }
         }
+    }
+
+    /// Answers a group change; `Some` when it failed for want of a connection.
+    fn group_answer(&self, reply: Reply, result: Result<Value, ClientError>) -> Option<Failure> {
+        self.changed();
+        let lost = match &result {
+            Err(e) if e.is_retryable() && !matches!(e, ClientError::Server(_)) => {
+                Some(Failure::from(ClientError::Transport(e.to_string())))
+            }
+            _ => None,
+        };
+        let _ = reply.send(result.map_err(Failure::from));
+        lost
     }
 
     async fn mark_read(&mut self, client: &mut Client, chat: &str) -> Result<usize, ClientError> {
@@ -423,6 +480,10 @@ impl Engine {
         let (reply, result) = match command {
             Command::Status(reply) => (reply, Ok(self.status_json(profile, None))),
             Command::Chats(reply) => (reply, views::chat_list(profile).map(|rows| json!(rows))),
+            Command::GroupInfo { chat, reply } => (
+                reply,
+                dak_core::groups::group_info(profile, &chat).map(|g| json!(g)),
+            ),
             Command::Messages { chat, reply } => (
                 reply,
                 views::chat_key(profile, &chat).and_then(|key| {
@@ -430,6 +491,16 @@ impl Engine {
                     Ok(json!({"chat": key, "messages": rows}))
                 }),
             ),
+            // Group changes need the server: not while offline.
+            Command::CreateGroup { reply, .. }
+            | Command::AddMembers { reply, .. }
+            | Command::RemoveMember { reply, .. } => {
+                let _ = reply.send(Err(Failure {
+                    code: "OFFLINE".into(),
+                    message: "not connected to the server".into(),
+                }));
+                return;
+            }
             // Registration, linking and sends are the callers' business.
             Command::RequestCode { reply, .. }
             | Command::Verify { reply, .. }

@@ -539,3 +539,84 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
     );
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_made_in_the_browser_with_two_cli_users_and_a_removal() {
+    let server = web_server();
+    let bob = bob();
+    let carol = common::carol();
+    bob.register(&server).await;
+    carol.register(&server).await;
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, "+919800000311").await;
+
+    // The page makes a group with bob and carol, and writes in it.
+    browser.click(".new-group summary").await;
+    browser.fill("#group-title", "Family").await;
+    browser
+        .fill("#group-members", &format!("{}, {}", bob.phone, carol.phone))
+        .await;
+    browser.click("#new-group-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "return !document.getElementById('chat').hidden && document.getElementById('chat-title').textContent === 'Family'",
+            "the new group's chat",
+        )
+        .await;
+    browser.send("dinner at 8?").await;
+    browser.wait_tick("dinner at 8?", "sent").await;
+    assert_eq!(bob.sync_texts().await, vec!["dinner at 8?".to_string()]);
+    assert_eq!(carol.sync_texts().await, vec!["dinner at 8?".to_string()]);
+    browser.wait_tick("dinner at 8?", "delivered").await;
+
+    // Bob answers in the group; the page shows who wrote it.
+    let key = browser
+        .js("return document.querySelector('#chat-list button[aria-current=true]').dataset.chat")
+        .await;
+    let key = key.as_str().unwrap().to_string();
+    assert!(key.starts_with("group:"), "{key}");
+    let mut b = bob.connect().await;
+    b.send_text(&key, "yes, I'll bring rice").await.unwrap();
+    b.close().await;
+    let from = browser
+        .wait_for(
+            "for (const li of document.querySelectorAll('#messages li.incoming')) { if (li.querySelector('.text').textContent === \"yes, I'll bring rice\") return li.querySelector('.from').textContent; } return '';",
+            "bob's answer with his number",
+        )
+        .await;
+    assert_eq!(from, json!(bob.phone));
+
+    // The page removes carol from the group's panel: what follows does
+    // not reach her.
+    browser.click("#group-toggle").await;
+    let remove = format!(
+        "#group-members-list li[data-phone='{}'] button.remove",
+        carol.phone
+    );
+    browser
+        .wait_for(
+            &format!("return document.querySelector({}) !== null", json!(remove)),
+            "carol's remove button",
+        )
+        .await;
+    browser.click(&remove).await;
+    browser
+        .wait_for(
+            &format!(
+                "return document.querySelector('#group-members-list li[data-phone=\"{}\"]') === null",
+                carol.phone
+            ),
+            "carol gone from the members",
+        )
+        .await;
+    browser.send("after carol left").await;
+    browser.wait_tick("after carol left", "sent").await;
+    assert_eq!(bob.sync_texts().await, vec!["after carol left".to_string()]);
+    assert_eq!(
+        carol.sync_texts().await,
+        vec!["yes, I'll bring rice".to_string()],
+        "a removed member reads what came before her removal, nothing after"
+    );
+    browser.close().await;
+}
