@@ -372,9 +372,42 @@ function onEvent(json) {
       box.textContent = t("link_code", { code: event.code, minutes: Math.ceil(event.expires_in_secs / 60) });
       box.dataset.code = event.code;
       box.hidden = false;
+      drawQr($("link-qr"), event.qr);
       break;
     }
   }
+}
+
+// The link code's QR code, drawn as one SVG path (no markup from strings).
+function drawQr(holder, qr) {
+  holder.replaceChildren();
+  if (!qr) {
+    holder.hidden = true;
+    return;
+  }
+  const ns = "http://www.w3.org/2000/svg";
+  const quiet = 4;
+  const size = qr.width + 2 * quiet;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${size} ${size}`);
+  svg.setAttribute("width", "200");
+  svg.setAttribute("height", "200");
+  const background = document.createElementNS(ns, "rect");
+  background.setAttribute("width", String(size));
+  background.setAttribute("height", String(size));
+  background.setAttribute("fill", "#fff");
+  let d = "";
+  for (let y = 0; y < qr.width; y++) {
+    for (let x = 0; x < qr.width; x++) {
+      if (qr.modules[y * qr.width + x] === "1") d += `M${x + quiet} ${y + quiet}h1v1h-1z`;
+    }
+  }
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", d);
+  path.setAttribute("fill", "#000");
+  svg.append(background, path);
+  holder.append(svg);
+  holder.hidden = false;
 }
 
 // ---- what the user does ----
@@ -445,6 +478,7 @@ function wire() {
     try {
       await ui.client.link(server, deviceName());
       $("link-code").hidden = true;
+      $("link-qr").hidden = true;
     } catch (err) {
       showError(err);
     } finally {

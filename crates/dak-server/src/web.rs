@@ -20,6 +20,10 @@
 //!   inline script or style, connections only to this origin (its
 //!   WebSocket), and no framing; `nosniff`, no referrer. Responses carry
 //!   the file's hash as ETag and are revalidated on each load.
+//! - **Compressed once.** Each file is gzipped when it is read (the
+//!   WebAssembly shrinks to about a third) and sent so to a browser that
+//!   accepts gzip: a request costs no compression, so asking again and
+//!   again costs an attacker more than it costs the server.
 //! - **Slow networks finish.** A file's response lifts the pre-authentication
 //!   deadline (`edge.rs`) for as long as the file needs at 16 KiB/s, so a
 //!   phone on a poor network can fetch the WebAssembly; the connection
@@ -60,8 +64,18 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
 
 struct Asset {
     bytes: axum::body::Bytes,
+    /// The same, gzipped, when that is smaller.
+    gzipped: Option<axum::body::Bytes>,
     content_type: &'static str,
     etag: HeaderValue,
+}
+
+fn gzip(bytes: &[u8]) -> Option<axum::body::Bytes> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).ok()?;
+    let out = encoder.finish().ok()?;
+    (out.len() < bytes.len()).then(|| out.into())
 }
 
 /// The bundle, in memory.
@@ -133,6 +147,7 @@ impl WebAssets {
                 Asset {
                     content_type: content_type(&name),
                     etag: HeaderValue::from_str(&format!("\"{sha}\""))?,
+                    gzipped: gzip(&bytes),
                     bytes: bytes.into(),
                 },
             );
@@ -145,6 +160,7 @@ impl WebAssets {
             Asset {
                 content_type: "application/json",
                 etag: HeaderValue::from_str(&format!("\"{sha}\""))?,
+                gzipped: None,
                 bytes: manifest.into(),
             },
         );
@@ -158,11 +174,10 @@ impl WebAssets {
         let Some(asset) = self.files.get(name) else {
             return (StatusCode::NOT_FOUND, "no such file\n").into_response();
         };
-        let wait = asset.bytes.len() as u64 / SLOW_NETWORK_BYTES_PER_SEC;
-        peer.0.extend(Duration::from_secs(10 + wait));
         let mut headers = security_headers();
         headers.insert(header::ETAG, asset.etag.clone());
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         if request.get(header::IF_NONE_MATCH) == Some(&asset.etag) {
             return (StatusCode::NOT_MODIFIED, headers).into_response();
         }
@@ -170,8 +185,32 @@ impl WebAssets {
             header::CONTENT_TYPE,
             HeaderValue::from_static(asset.content_type),
         );
-        (StatusCode::OK, headers, asset.bytes.clone()).into_response()
+        let body = match &asset.gzipped {
+            Some(gz) if accepts_gzip(request) => {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                gz.clone()
+            }
+            _ => asset.bytes.clone(),
+        };
+        let wait = body.len() as u64 / SLOW_NETWORK_BYTES_PER_SEC;
+        peer.0.extend(Duration::from_secs(10 + wait));
+        (StatusCode::OK, headers, body).into_response()
     }
+}
+
+/// Whether the request's `Accept-Encoding` lists gzip (not refused with q=0).
+fn accepts_gzip(request: &HeaderMap) -> bool {
+    request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 /// `/` and `/web/NAME`; without a bundle, `/` says how to get one.
@@ -269,6 +308,31 @@ mod tests {
             a.bundle_sha256, b.bundle_sha256,
             "one byte more is another bundle"
         );
+        // What compresses is kept gzipped too, and that decompresses back.
+        let big = "let x = 1;\n".repeat(1000);
+        std::fs::write(dir.path().join("app.js"), &big).unwrap();
+        let c = WebAssets::load(dir.path()).unwrap();
+        let gz = c.files["app.js"].gzipped.clone().expect("gzipped");
+        assert!(gz.len() < big.len() / 10);
+        let mut back = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back)
+            .unwrap();
+        assert_eq!(back, big);
+    }
+
+    #[test]
+    fn gzip_is_sent_only_to_who_accepts_it() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(accepts_gzip(&h("gzip, deflate, br, zstd")));
+        assert!(accepts_gzip(&h("br;q=1.0, gzip;q=0.8")));
+        assert!(accepts_gzip(&h("*")));
+        assert!(!accepts_gzip(&h("gzip;q=0")));
+        assert!(!accepts_gzip(&h("br")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 
     #[test]

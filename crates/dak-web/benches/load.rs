@@ -28,7 +28,9 @@ use dak_core::journal::{JournalSink, JournaledStore, replay};
 use dak_core::memory::MemoryStore;
 use dak_core::mls::Incoming;
 use dak_core::testing::TestDevice;
-use dak_core::{Bracket, ClientError, ConversationId, MessageView, Profile, ProfileStore, TestEnvironment};
+use dak_core::{
+    Bracket, ClientError, ConversationId, MessageView, Profile, ProfileStore, TestEnvironment,
+};
 use dak_web::views::{CHAT_PAGE, chat_list, messages};
 use parking_lot::Mutex;
 
@@ -102,14 +104,20 @@ fn big_journal(chats: usize, per_chat: usize) -> Vec<u8> {
 fn open(journal: &[u8]) -> Profile {
     let store = MemoryStore::new();
     replay(&store, journal).unwrap();
-    Profile::new(Box::new(store), Box::new(TestEnvironment::new(1, 1_800_000_000_000)))
+    Profile::new(
+        Box::new(store),
+        Box::new(TestEnvironment::new(1, 1_800_000_000_000)),
+    )
 }
 
 /// Journal bytes per message in a real MLS 1:1 conversation.
 fn bytes_per_message(rounds: usize) -> f64 {
     let sink = VecSink::default();
     let alice = TestDevice::on(
-        Box::new(JournaledStore::new(MemoryStore::new(), Box::new(sink.clone()))),
+        Box::new(JournaledStore::new(
+            MemoryStore::new(),
+            Box::new(sink.clone()),
+        )),
         ME,
         1,
     );
@@ -121,7 +129,10 @@ fn bytes_per_message(rounds: usize) -> f64 {
     ));
     let before = sink.0.lock().len();
     for i in 0..rounds {
-        let ct = bob.mls().encrypt(&group, format!("hello {i}").as_bytes()).unwrap();
+        let ct = bob
+            .mls()
+            .encrypt(&group, format!("hello {i}").as_bytes())
+            .unwrap();
         let id = format!("{i:016}").into_bytes();
         alice
             .profile
@@ -157,20 +168,31 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let has = |flag: &str| args.iter().any(|a| a == flag);
     let test_mode = has("--test") || !has("--bench");
-    let (chats, per_chat, rounds) = if test_mode { (100, 10, 10) } else { (1000, 100, 200) };
+    let (chats, per_chat, rounds) = if test_mode {
+        (100, 10, 10)
+    } else {
+        (1000, 100, 200)
+    };
 
     let journal = big_journal(chats, per_chat);
     let profile = open(&journal);
     let list = chat_list(&profile).unwrap();
     assert_eq!(list.len(), chats);
     let busiest = list[0].key.clone();
-    assert_eq!(messages(&profile, &busiest, CHAT_PAGE).unwrap().len(), per_chat.min(CHAT_PAGE));
+    assert_eq!(
+        messages(&profile, &busiest, CHAT_PAGE).unwrap().len(),
+        per_chat.min(CHAT_PAGE)
+    );
 
     let mut c = Criterion::default().configure_from_args();
     let mut g = c.benchmark_group(format!("profile of {chats} chats x {per_chat} messages"));
     g.sample_size(10);
-    g.bench_function("replay the journal", |b| b.iter(|| black_box(open(&journal))));
-    g.bench_function("chat list", |b| b.iter(|| black_box(chat_list(&profile).unwrap())));
+    g.bench_function("replay the journal", |b| {
+        b.iter(|| black_box(open(&journal)))
+    });
+    g.bench_function("chat list", |b| {
+        b.iter(|| black_box(chat_list(&profile).unwrap()))
+    });
     g.bench_function("open a chat (newest 200)", |b| {
         b.iter(|| black_box(messages(&profile, &busiest, CHAT_PAGE).unwrap()))
     });

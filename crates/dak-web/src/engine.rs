@@ -224,6 +224,22 @@ impl Engine {
     }
 }
 
+/// The link code as a QR code, as `dak link` shows it (`dak-link:CODE`):
+/// its width and its modules row by row ("1" dark), for the page to draw.
+fn link_qr(code: &str) -> Value {
+    match qrcode::QrCode::new(format!("dak-link:{code}")) {
+        Ok(qr) => json!({
+            "width": qr.width(),
+            "modules": qr
+                .to_colors()
+                .iter()
+                .map(|c| if *c == qrcode::Color::Dark { '1' } else { '0' })
+                .collect::<String>(),
+        }),
+        Err(_) => Value::Null,
+    }
+}
+
 impl Engine {
     /// Online: one command or one push, then back to the loop. `None`
     /// when the page is gone.
@@ -440,7 +456,12 @@ impl Engine {
             } => {
                 let emit = &self.emit;
                 let result = Client::link(&profile, &server, &device_name, |code, secs| {
-                    emit(json!({"type": "link_code", "code": code, "expires_in_secs": secs}));
+                    emit(json!({
+                        "type": "link_code",
+                        "code": code,
+                        "expires_in_secs": secs,
+                        "qr": link_qr(code),
+                    }));
                 })
                 .await;
                 if result.is_ok() {

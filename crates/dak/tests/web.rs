@@ -426,6 +426,27 @@ async fn the_page_speaks_hindi_and_bengali_and_is_served_with_a_strict_policy() 
     assert!(!head.contains("unsafe-inline"), "{head}");
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
     assert!(head.contains("frame-ancestors 'none'"), "{head}");
+    // The WebAssembly goes gzipped to a browser that accepts it.
+    let mut tcp = std::net::TcpStream::connect(&authority).unwrap();
+    write!(
+        tcp,
+        "GET /web/dak_web_bg.wasm HTTP/1.1\r\nHost: {authority}\r\nAccept-Encoding: gzip, br\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).unwrap();
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..end]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("content-type: application/wasm"), "{head}");
+    let served = response.len() - end - 4;
+    let on_disk = std::fs::metadata(web_dir().join("dak_web_bg.wasm"))
+        .unwrap()
+        .len() as usize;
+    assert!(
+        served < on_disk / 2,
+        "{served} bytes served for {on_disk} on disk"
+    );
 
     let browser = Browser::open("hi").await;
     browser.load(&server).await;
@@ -497,6 +518,11 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
             "a link code",
         )
         .await;
+    // The code comes with its QR code, drawn from dark modules.
+    let qr = browser
+        .js("const s = document.querySelector('#link-qr svg'); return s && !document.getElementById('link-qr').hidden ? s.querySelector('path').getAttribute('d').length : 0")
+        .await;
+    assert!(qr.as_u64().unwrap() > 100, "no QR code: {qr}");
     let mut a = alice.connect().await;
     let linked = a.approve_link(code.as_str().unwrap()).await.unwrap();
     a.close().await;
