@@ -97,8 +97,7 @@ fn big_journal(chats: usize, per_chat: usize) -> Vec<u8> {
         }
         store.commit(Bracket::Transaction).unwrap();
     }
-    let bytes = sink.0.lock().clone();
-    bytes
+    sink.0.lock().clone()
 }
 
 fn open(journal: &[u8]) -> Profile {
