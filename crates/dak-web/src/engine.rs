@@ -166,7 +166,14 @@ impl Engine {
                 Device::Idle(profile) => {
                     let registered = profile.registration().is_ok();
                     if !registered || self.stopped.is_some() {
-                        self.status(&profile, "no_account", None);
+                        // Stopped: revoked or unknown to the server; the page
+                        // offers to register or link again.
+                        let state = if registered {
+                            "signed_out"
+                        } else {
+                            "no_account"
+                        };
+                        self.status(&profile, state, None);
                         match self.commands.next().await {
                             Some(cmd) => Device::Idle(self.idle_command(profile, cmd).await),
                             None => return,
@@ -440,14 +447,7 @@ impl Engine {
                 reply,
             } => {
                 let result = Client::verify(&profile, &code, &pin, &device_name).await;
-                if result.is_ok() {
-                    self.stopped = None;
-                }
-                let _ = reply.send(
-                    result
-                        .map(|r| json!({"phone": r.phone, "device_id": r.device_id}))
-                        .map_err(Failure::from),
-                );
+                self.registered(reply, result);
             }
             Command::Link {
                 server,
@@ -464,14 +464,7 @@ impl Engine {
                     }));
                 })
                 .await;
-                if result.is_ok() {
-                    self.stopped = None;
-                }
-                let _ = reply.send(
-                    result
-                        .map(|r| json!({"phone": r.phone, "device_id": r.device_id}))
-                        .map_err(Failure::from),
-                );
+                self.registered(reply, result);
             }
             Command::Send { chat, text, reply } => {
                 let result = views::chat_key(&profile, &chat).and_then(|key| {
@@ -494,6 +487,19 @@ impl Engine {
             other => self.local_command(&profile, other),
         }
         profile
+    }
+
+    /// Answers a registration or a link; once one succeeds the device may
+    /// connect again, whatever stopped it before.
+    fn registered(&mut self, reply: Reply, result: Result<dak_core::Registration, ClientError>) {
+        if result.is_ok() {
+            self.stopped = None;
+        }
+        let _ = reply.send(
+            result
+                .map(|r| json!({"phone": r.phone, "device_id": r.device_id}))
+                .map_err(Failure::from),
+        );
     }
 
     /// Commands answered from the profile alone, in any state.

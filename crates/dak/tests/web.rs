@@ -563,6 +563,28 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
         vec!["to all of alice's devices".to_string()],
         "and on her phone"
     );
+
+    // Alice removes the browser from her devices: the page says it is no
+    // longer registered and offers to register or link again.
+    let mut a = alice.connect().await;
+    a.remove_device(linked.device_id).await.unwrap();
+    a.close().await;
+    browser
+        .wait_for(
+            "return document.body.dataset.state === 'signed_out'",
+            "signed out",
+        )
+        .await;
+    let shown = browser
+        .js("return [document.getElementById('welcome').hidden, document.getElementById('status').textContent]")
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            false,
+            "This browser is no longer registered: register or link it again"
+        ])
+    );
     browser.close().await;
 }
 
