@@ -105,7 +105,7 @@ impl Browser {
         );
         let url = format!("http://127.0.0.1:{port}");
         let mut last = String::new();
-        for _ in 0..100 {
+        for _ in 0..300 {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match ClientBuilder::new(connector)
                 .capabilities(caps.clone())
