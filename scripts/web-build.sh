@@ -8,7 +8,8 @@
 #   --dev      the dev profile (what the tests use: it shares its build with
 #              scripts/wasm-test.sh); default: release, for people
 #   --out DIR  where the bundle goes (default target/web; target/web-dev
-#              with --dev; under $CARGO_TARGET_DIR when it is set)
+#              with --dev; under $CARGO_TARGET_DIR when it is set; a
+#              relative DIR is taken from the repository's root)
 #
 # It installs what it needs first, if missing (scripts/wasm-tools.sh
 # --no-browser): the wasm32 target and wasm-bindgen-cli. It prints each
@@ -22,7 +23,11 @@ out=
 while [ $# -gt 0 ]; do
     case "$1" in
     --dev) profile=dev ;;
-    --out) out="$2"; shift ;;
+    --out)
+        [ $# -ge 2 ] || { echo "error: --out needs a directory" >&2; exit 2; }
+        out="$2"
+        shift
+        ;;
     -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -44,6 +49,13 @@ trap 'rm -rf "$stage"' EXIT
 wasm-bindgen --target web --no-typescript --out-dir "$stage" \
     "$target/wasm32-unknown-unknown/$dir/dak_web.wasm"
 cp web/index.html web/app.js web/worker.js web/i18n.js web/style.css "$stage"/
+# The directory is replaced whole; refuse to replace one that is not a
+# previous build (a mistyped --out must not delete someone's files).
+if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ] && [ ! -e "$out/dak_web_bg.wasm" ]; then
+    echo "error: $out exists and is not a web client build; not replacing it" >&2
+    exit 1
+fi
+chmod 755 "$stage" # mktemp's 0700 would hide it from a server run as another user
 mkdir -p "$(dirname "$out")"
 rm -rf "$out"
 mv "$stage" "$out"
@@ -53,8 +65,8 @@ echo "-- $out"
 total=0
 total_gz=0
 for f in "$out"/*; do
-    size=$(stat -c %s "$f")
-    gz=$(gzip -9 -c "$f" | wc -c)
+    size=$(wc -c <"$f" | tr -d ' ')
+    gz=$(gzip -9 -c "$f" | wc -c | tr -d ' ')
     total=$((total + size))
     total_gz=$((total_gz + gz))
     printf '  %-22s %9d bytes  %9d gzipped\n' "$(basename "$f")" "$size" "$gz"

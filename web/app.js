@@ -36,7 +36,17 @@ class Core {
         call.resolve(value);
       }
     };
-    worker.onerror = () => onEvent(JSON.stringify({ type: "open_failed", code: "NO_WASM", message: t("no_wasm") }));
+    worker.onerror = () => {
+      // The worker is gone (it could not load, or the core stopped): no
+      // call waiting on it will be answered.
+      for (const call of this.waiting.values()) {
+        const err = new Error(t("error_STOPPED"));
+        err.code = "STOPPED";
+        call.reject(err);
+      }
+      this.waiting.clear();
+      onEvent(JSON.stringify({ type: "open_failed", code: "NO_WASM", message: t("no_wasm") }));
+    };
   }
   call(method, ...args) {
     const id = this.next++;
@@ -146,6 +156,7 @@ function tickElement(tick) {
   span.className = "tick tick-" + tick;
   span.dataset.tick = tick;
   span.textContent = tickMark(tick);
+  span.setAttribute("role", "img");
   span.setAttribute("aria-label", t("tick_" + tick));
   span.title = t("tick_" + tick);
   return span;
@@ -183,6 +194,7 @@ function renderChats() {
       const badge = document.createElement("span");
       badge.className = "unread";
       badge.textContent = numberFormat().format(chat.unread);
+      badge.setAttribute("role", "img");
       badge.setAttribute("aria-label", t("unread", { n: numberFormat().format(chat.unread) }));
       button.append(badge);
     }
@@ -331,7 +343,8 @@ async function refresh() {
   renderMessages();
   renderGroup();
   const open = ui.chats.find((c) => c.key === ui.open);
-  if (open && open.unread > 0 && document.visibilityState === "visible" && ui.status.state === "online") {
+  // A message request tells its sender nothing until it is accepted.
+  if (open && open.unread > 0 && !open.request && document.visibilityState === "visible" && ui.status.state === "online") {
     ui.client.markRead(ui.open).catch(() => {});
   }
 }
@@ -558,19 +571,31 @@ function wire() {
   window.addEventListener("online", () => ui.client && ui.client.reconnect());
 }
 
+let sending = false;
+
 async function send() {
   const box = $("message");
   const text = box.value;
-  if (!text.trim() || !ui.open) return;
+  const chat = ui.open;
+  // One send at a time: Enter pressed twice while the server is slow
+  // does not send the text twice.
+  if (sending || !text.trim() || !chat) return;
+  sending = true;
+  $("send").disabled = true;
   showError(null);
   try {
-    const answer = JSON.parse(await ui.client.send(ui.open, text));
+    const answer = JSON.parse(await ui.client.send(chat, text));
     // The box may have more in it by now; take out only what was sent.
     if (box.value === text) box.value = "";
-    if (answer.chat && answer.chat !== ui.open) ui.open = answer.chat;
+    // The core's name for the chat (a number's normal form), if the user
+    // is still in it.
+    if (answer.chat && ui.open === chat) ui.open = answer.chat;
     refreshSoon();
   } catch (err) {
     showError(err);
+  } finally {
+    sending = false;
+    $("send").disabled = false;
   }
 }
 

@@ -13,7 +13,8 @@
 //!   the journal. (The core acks a delivery only after its commit.)
 //! - **Only what committed.** Writes inside a bracket are buffered per
 //!   bracket; a savepoint's rollback drops its buffer, its commit hands the
-//!   buffer to its parent. A write outside any bracket is its own frame.
+//!   buffer to its parent. A write outside any bracket gets a transaction
+//!   of its own (one frame), so it too is journalled before it is stored.
 //! - **Replay is the same calls.** A frame is the trait's write calls with
 //!   their arguments; the inner store is deterministic (counters included),
 //!   so replaying them in order on an empty store rebuilds the same state.
@@ -363,8 +364,8 @@ pub fn next_frame(bytes: &[u8]) -> Option<(usize, JournalFrame)> {
 pub struct JournaledStore<S: ProfileStore> {
     inner: S,
     sink: Box<dyn JournalSink>,
-    /// One buffer per open bracket, outermost first.
-    open: parking_lot::Mutex<Vec<Vec<Op>>>,
+    /// Each open bracket and its writes, outermost first.
+    open: parking_lot::Mutex<Vec<(Bracket, Vec<Op>)>>,
 }
 
 impl<S: ProfileStore> JournaledStore<S> {
@@ -377,31 +378,35 @@ impl<S: ProfileStore> JournaledStore<S> {
         }
     }
 
-    /// Records a write that the inner store has made.
-    fn record(&self, write: Write) -> Result<(), ClientError> {
-        let op = Op { write: Some(write) };
-        let mut open = self.open.lock();
-        match open.last_mut() {
-            Some(buffer) => {
-                buffer.push(op);
-                Ok(())
-            }
-            None => {
-                drop(open);
-                self.sink
-                    .append(&encode_frame(&JournalFrame { ops: vec![op] }))
-            }
-        }
-    }
-
     /// Does `f` on the inner store and records `write` if it succeeded.
+    /// Outside any bracket the write gets a transaction of its own, so it
+    /// too is in the journal before it is in the store.
     fn write<T>(
         &self,
         f: impl FnOnce(&S) -> Result<T, ClientError>,
         write: impl FnOnce() -> Write,
     ) -> Result<T, ClientError> {
-        let out = f(&self.inner)?;
-        self.record(write())?;
+        let alone = self.open.lock().is_empty();
+        if alone {
+            self.begin(Bracket::Transaction)?;
+        }
+        let out = match f(&self.inner) {
+            Ok(out) => out,
+            Err(e) => {
+                if alone {
+                    self.rollback(Bracket::Transaction)?;
+                }
+                return Err(e);
+            }
+        };
+        if let Some((_, buffer)) = self.open.lock().last_mut() {
+            buffer.push(Op {
+                write: Some(write()),
+            });
+        }
+        if alone {
+            self.commit(Bracket::Transaction)?;
+        }
         Ok(out)
     }
 }
@@ -413,34 +418,37 @@ impl<S: ProfileStore> ProfileStore for JournaledStore<S> {
 
     fn begin(&self, bracket: Bracket) -> Result<(), ClientError> {
         self.inner.begin(bracket)?;
-        self.open.lock().push(Vec::new());
+        self.open.lock().push((bracket, Vec::new()));
         Ok(())
     }
 
     fn commit(&self, bracket: Bracket) -> Result<(), ClientError> {
         let mut open = self.open.lock();
-        let outermost = open.len() == 1;
-        if outermost {
-            let ops = std::mem::take(&mut open[0]);
-            if !ops.is_empty()
-                && let Err(e) = self.sink.append(&encode_frame(&JournalFrame { ops }))
-            {
-                open.pop();
+        // Only the innermost bracket closes (the inner store refuses the
+        // rest, and so must the journal, before it writes anything).
+        match open.last() {
+            Some((b, _)) if *b == bracket => {}
+            _ => {
                 drop(open);
-                self.inner.rollback(bracket)?;
-                return Err(e);
+                return self.inner.commit(bracket);
             }
+        }
+        let Some((_, ops)) = open.pop() else {
+            unreachable!("checked above")
+        };
+        if let Some((_, parent)) = open.last_mut() {
             self.inner.commit(bracket)?;
-            open.pop();
+            parent.extend(ops);
             return Ok(());
         }
-        self.inner.commit(bracket)?;
-        if let Some(done) = open.pop()
-            && let Some(parent) = open.last_mut()
+        drop(open);
+        if !ops.is_empty()
+            && let Err(e) = self.sink.append(&encode_frame(&JournalFrame { ops }))
         {
-            parent.extend(done);
+            self.inner.rollback(bracket)?;
+            return Err(e);
         }
-        Ok(())
+        self.inner.commit(bracket)
     }
 
     fn rollback(&self, bracket: Bracket) -> Result<(), ClientError> {

@@ -1,8 +1,9 @@
 //! `MemoryStore`: a `ProfileStore` held in memory.
 //!
-//! It is the store of tests (no files, no server) and, until an
-//! IndexedDB-backed one exists, of the browser: nothing in it outlives the
-//! process, so a page reload starts a new, empty profile. It keeps exactly
+//! It is the store of tests (no files, no server) and, wrapped in a
+//! `journal::JournaledStore` whose journal is a file of the browser's
+//! private file system, of the browser: alone, nothing in it outlives the
+//! process. It keeps exactly
 //! the semantics of `dak_client`'s SQLite store (same orders, same
 //! insert-if-absent and upsert rules); `conformance::run_all` holds both to
 //! them.

@@ -135,6 +135,7 @@ impl Admission {
             authenticated: AtomicBool::new(false),
             released: AtomicBool::new(false),
             deadline_ms: AtomicU64::new(0),
+            accepted_ms: self.now_ms(),
             _permit: permit,
         });
         admitted.extend(self.timeout);
@@ -174,6 +175,8 @@ pub struct Admitted {
     released: AtomicBool,
     /// Millis since `Admission::epoch`; 0 once authenticated.
     deadline_ms: AtomicU64,
+    /// When the connection was accepted, in the same millis.
+    accepted_ms: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -191,6 +194,20 @@ impl Admitted {
         if !self.authenticated.load(Ordering::Acquire) {
             let at = self.admission.now_ms() + wait.as_millis() as u64;
             self.deadline_ms.store(at.max(1), Ordering::Release);
+        }
+    }
+
+    /// Moves the deadline to `wait` from now for a download (the web
+    /// client's files), but never past `cap` after the connection was
+    /// accepted: asking for file after file does not keep an
+    /// unauthenticated connection for ever.
+    pub fn extend_for_download(&self, wait: Duration, cap: Duration) {
+        let now = self.admission.now_ms();
+        let want = now + wait.as_millis() as u64;
+        let limit = self.accepted_ms + cap.as_millis() as u64;
+        let current = self.deadline_ms.load(Ordering::Acquire);
+        if current != 0 && want.min(limit) > current {
+            self.extend(Duration::from_millis(want.min(limit) - now));
         }
     }
 

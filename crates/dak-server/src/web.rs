@@ -26,8 +26,9 @@
 //!   again costs an attacker more than it costs the server.
 //! - **Slow networks finish.** A file's response lifts the pre-authentication
 //!   deadline (`edge.rs`) for as long as the file needs at 16 KiB/s, so a
-//!   phone on a poor network can fetch the WebAssembly; the connection
-//!   still holds its network's unauthenticated slot meanwhile.
+//!   phone on a poor network can fetch the WebAssembly, but never past 5
+//!   minutes after the connection was accepted; the connection still holds
+//!   its network's unauthenticated slot meanwhile.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +51,9 @@ pub const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_FILES: usize = 64;
 /// The slowest download a file's deadline allows for.
 const SLOW_NETWORK_BYTES_PER_SEC: u64 = 16 * 1024;
+/// However many files it asks for, an unauthenticated connection is cut
+/// this long after it was accepted.
+const MAX_DOWNLOAD_TIME: Duration = Duration::from_secs(300);
 
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
      script-src 'self' 'wasm-unsafe-eval'; \
@@ -64,8 +68,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
 
 struct Asset {
     bytes: axum::body::Bytes,
-    /// The same, gzipped, when that is smaller.
-    gzipped: Option<axum::body::Bytes>,
+    /// The same, gzipped, when that is smaller, with its own ETag (a strong
+    /// ETag names one representation).
+    gzipped: Option<(axum::body::Bytes, HeaderValue)>,
     content_type: &'static str,
     etag: HeaderValue,
 }
@@ -147,7 +152,10 @@ impl WebAssets {
                 Asset {
                     content_type: content_type(&name),
                     etag: HeaderValue::from_str(&format!("\"{sha}\""))?,
-                    gzipped: gzip(&bytes),
+                    gzipped: match gzip(&bytes) {
+                        Some(gz) => Some((gz, HeaderValue::from_str(&format!("\"{sha}-gzip\""))?)),
+                        None => None,
+                    },
                     bytes: bytes.into(),
                 },
             );
@@ -172,28 +180,29 @@ impl WebAssets {
 
     fn respond(&self, name: &str, request: &HeaderMap, peer: &Peer) -> Response {
         let Some(asset) = self.files.get(name) else {
-            return (StatusCode::NOT_FOUND, "no such file\n").into_response();
+            return (StatusCode::NOT_FOUND, security_headers(), "no such file\n").into_response();
+        };
+        let (body, etag, gzipped) = match &asset.gzipped {
+            Some((gz, tag)) if accepts_gzip(request) => (gz.clone(), tag, true),
+            _ => (asset.bytes.clone(), &asset.etag, false),
         };
         let mut headers = security_headers();
-        headers.insert(header::ETAG, asset.etag.clone());
+        headers.insert(header::ETAG, etag.clone());
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        if request.get(header::IF_NONE_MATCH) == Some(&asset.etag) {
+        if request.get(header::IF_NONE_MATCH) == Some(etag) {
             return (StatusCode::NOT_MODIFIED, headers).into_response();
         }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(asset.content_type),
         );
-        let body = match &asset.gzipped {
-            Some(gz) if accepts_gzip(request) => {
-                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                gz.clone()
-            }
-            _ => asset.bytes.clone(),
-        };
+        if gzipped {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         let wait = body.len() as u64 / SLOW_NETWORK_BYTES_PER_SEC;
-        peer.0.extend(Duration::from_secs(10 + wait));
+        peer.0
+            .extend_for_download(Duration::from_secs(10 + wait), MAX_DOWNLOAD_TIME);
         (StatusCode::OK, headers, body).into_response()
     }
 }
@@ -208,7 +217,12 @@ fn accepts_gzip(request: &HeaderMap) -> bool {
         .any(|coding| {
             let mut parts = coding.split(';').map(str::trim);
             let name = parts.next().unwrap_or_default();
-            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+            let refused = parts.any(|p| {
+                p.replace(' ', "")
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    == Some(0.0)
+            });
             (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
         })
 }
@@ -312,7 +326,11 @@ mod tests {
         let big = "let x = 1;\n".repeat(1000);
         std::fs::write(dir.path().join("app.js"), &big).unwrap();
         let c = WebAssets::load(dir.path()).unwrap();
-        let gz = c.files["app.js"].gzipped.clone().expect("gzipped");
+        let (gz, tag) = c.files["app.js"].gzipped.clone().expect("gzipped");
+        assert_ne!(
+            tag, c.files["app.js"].etag,
+            "each representation its own ETag"
+        );
         assert!(gz.len() < big.len() / 10);
         let mut back = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back)
@@ -331,6 +349,7 @@ mod tests {
         assert!(accepts_gzip(&h("br;q=1.0, gzip;q=0.8")));
         assert!(accepts_gzip(&h("*")));
         assert!(!accepts_gzip(&h("gzip;q=0")));
+        assert!(!accepts_gzip(&h("gzip; q=0.0, br")));
         assert!(!accepts_gzip(&h("br")));
         assert!(!accepts_gzip(&HeaderMap::new()));
     }

@@ -65,7 +65,15 @@ impl WebClient {
                         "Dak is open in another tab of this browser",
                     ));
                 }
-                Err(OpenError::Unsupported(why) | OpenError::Failed(why)) => {
+                // The profile is there but cannot be read now: never
+                // start an empty one in its place.
+                Err(OpenError::Failed(why)) => {
+                    return Err(failure(
+                        "STORAGE_FAILED",
+                        &format!("this browser's storage cannot be read: {why}"),
+                    ));
+                }
+                Err(OpenError::Unsupported(why)) => {
                     tracing::warn!(%why, "no persistent storage; the profile lives in memory");
                     (
                         Box::new(MemoryStore::new()),

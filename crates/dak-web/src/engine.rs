@@ -6,11 +6,18 @@
 //! Its states: `Idle(Profile)` (not registered yet, or offline) and
 //! `Online(Client)`. Online it waits on either a command or a push from
 //! the server (`recv_push` is cancel-safe; the push is then handled to
-//! completion outside the wait, as the CLI's chat does). Offline it
-//! reconnects with backoff (1 s doubling to 30 s, and at once when the
-//! page says the network is back), and meanwhile still answers the page:
-//! the chat list, a chat's messages, and a text typed while offline, which
-//! is stored with 🕓 and goes out when the connection returns.
+//! completion outside the wait, as the CLI's chat does). A connection
+//! that worked and is lost is retried at once (a server restart); after a
+//! failed attempt, or a connection that never handled anything, it waits
+//! (1 s doubling to 30 s, jittered; at once when the page says the network
+//! is back), and while waiting still answers the page: the chat list, a
+//! chat's messages, and a text typed while offline, which is stored with
+//! 🕓 and goes out when the connection returns. It answers nothing during
+//! a connection attempt (each is bounded: 10 s to open a socket, the
+//! core's timeouts after) or while a link code waits for its approval.
+//!
+//! Only the server saying this device is gone (`device_gone`) stops the
+//! retries (`signed_out`); any other failure is `offline`.
 //!
 //! Events (one JSON object each, to the page's callback):
 //! - `{"type":"status","state":"no_account"|"connecting"|"online"|"offline"|"signed_out","phone","device_id","detail"}`
@@ -123,8 +130,19 @@ enum Device {
     Online(Client),
 }
 
-/// Longest wait between reconnection attempts.
+/// Waits between reconnection attempts: 1 s doubling to 30 s, each
+/// jittered to 50-100% so that the tabs a server restart dropped do not
+/// all come back in the same instant.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+fn jittered(profile: &Profile, d: Duration) -> Duration {
+    let half = d / 2;
+    half + Duration::from_millis(dak_core::env::random_below(
+        profile.env(),
+        half.as_millis() as u64 + 1,
+    ))
+}
 
 pub struct Engine {
     commands: mpsc::UnboundedReceiver<Command>,
@@ -134,6 +152,8 @@ pub struct Engine {
     stopped: Option<Failure>,
     /// The last `status` event's state, for `Command::Status`.
     state: &'static str,
+    /// The current connection handled a push or a command: it works.
+    healthy: bool,
     /// Where the profile lives: `{"persistent": bool, "dropped_bytes": n}`.
     storage: Value,
 }
@@ -149,6 +169,7 @@ impl Engine {
             emit,
             stopped: None,
             state: "no_account",
+            healthy: false,
             storage,
         }
     }
@@ -156,46 +177,73 @@ impl Engine {
     /// Runs until the page drops its `WebClient`.
     pub async fn run(mut self, profile: Profile) {
         let mut device = Device::Idle(profile);
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = FIRST_BACKOFF;
+        // A connection was lost (or never made) since the last one that
+        // worked: wait before the next attempt.
+        let mut wait_first = false;
         loop {
             device = match device {
-                Device::Online(client) => match self.online(client).await {
-                    Some(d) => d,
-                    None => return,
-                },
+                Device::Online(client) => {
+                    self.healthy = false;
+                    match self.online(client).await {
+                        Some(Device::Online(c)) => {
+                            if self.healthy {
+                                backoff = FIRST_BACKOFF;
+                            }
+                            Device::Online(c)
+                        }
+                        // Lost: reconnect at once if the connection had
+                        // worked (a server restart), else after the backoff
+                        // (a push that fails every time must not spin).
+                        Some(Device::Idle(p)) => {
+                            wait_first = !self.healthy;
+                            Device::Idle(p)
+                        }
+                        None => return,
+                    }
+                }
                 Device::Idle(profile) => {
                     let registered = profile.registration().is_ok();
                     if !registered || self.stopped.is_some() {
                         // Stopped: revoked or unknown to the server; the page
-                        // offers to register or link again.
+                        // offers to register or link again. Said once, not
+                        // after every command (the page reads on each status).
                         let state = if registered {
                             "signed_out"
                         } else {
                             "no_account"
                         };
-                        self.status(&profile, state, None);
+                        if self.state != state {
+                            self.status(&profile, state, None);
+                        }
                         match self.commands.next().await {
                             Some(cmd) => Device::Idle(self.idle_command(profile, cmd).await),
                             None => return,
                         }
                     } else {
+                        let profile = if wait_first {
+                            let wait = jittered(&profile, backoff);
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            match self.wait_offline(profile, wait).await {
+                                Some((p, reset)) => {
+                                    if reset {
+                                        backoff = FIRST_BACKOFF;
+                                    }
+                                    p
+                                }
+                                None => return,
+                            }
+                        } else {
+                            profile
+                        };
                         match self.connect(profile).await {
                             Ok(client) => {
-                                backoff = Duration::from_secs(1);
+                                wait_first = false;
                                 Device::Online(client)
                             }
                             Err(profile) => {
-                                let wait = backoff;
-                                backoff = (backoff * 2).min(MAX_BACKOFF);
-                                match self.wait_offline(profile, wait).await {
-                                    Some((p, reset)) => {
-                                        if reset {
-                                            backoff = Duration::from_secs(1);
-                                        }
-                                        Device::Idle(p)
-                                    }
-                                    None => return,
-                                }
+                                wait_first = true;
+                                Device::Idle(profile)
                             }
                         }
                     }
@@ -217,17 +265,37 @@ impl Engine {
                 Ok(client)
             }
             Err((profile, e)) => {
-                let retry = e.is_retryable();
+                let gone = device_gone(&e);
                 let failure = Failure::from(e);
-                if retry {
-                    self.status(&profile, "offline", Some(&failure));
-                } else {
+                if gone {
                     self.status(&profile, "signed_out", Some(&failure));
                     self.stopped = Some(failure);
+                } else {
+                    // Anything else (the network, a full disk, a proxy
+                    // that mangles frames) may pass: keep trying.
+                    self.status(&profile, "offline", Some(&failure));
                 }
                 Err(profile)
             }
         }
+    }
+}
+
+/// Whether the server says this device is gone for good (removed,
+/// revoked, or its account re-registered elsewhere): then only registering
+/// or linking again helps.
+fn device_gone(e: &ClientError) -> bool {
+    use dak_proto::v1::ErrorCode;
+    match e {
+        ClientError::NotRegistered => true,
+        ClientError::Server(s) => matches!(
+            s.kind(),
+            ErrorCode::AuthFailed
+                | ErrorCode::UnknownDevice
+                | ErrorCode::DeviceRevoked
+                | ErrorCode::UnknownAccount
+        ),
+        _ => false,
     }
 }
 
@@ -268,6 +336,7 @@ impl Engine {
             Either::Left(Some(command)) => self.online_command(&mut client, command).await,
             Either::Right(Ok(body)) => match client.handle_push(body).await {
                 Ok(events) => {
+                    self.healthy = true;
                     self.events(&events);
                     None
                 }
@@ -307,6 +376,7 @@ impl Engine {
                 self.changed();
                 match result {
                     Ok(outcome) => {
+                        self.healthy = true;
                         let _ = reply.send(Ok(json!({
                             "chat": key,
                             "id": dak_core::format_id(&outcome.id),
@@ -334,10 +404,10 @@ impl Engine {
                     }
                     _ => None,
                 };
-                let _ = reply.send(result.map(|n| json!(n)).map_err(Failure::from));
-                if lost.is_none() {
+                if matches!(result, Ok(n) if n > 0) {
                     self.changed();
                 }
+                let _ = reply.send(result.map(|n| json!(n)).map_err(Failure::from));
                 lost
             }
             Command::CreateGroup {

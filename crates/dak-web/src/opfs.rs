@@ -10,7 +10,10 @@
 //!   write one journal.
 //! - **Appends only, at the end.** After replay the file is cut to its
 //!   last whole frame (a torn write is dropped, `Replayed::dropped_bytes`);
-//!   each append writes at the end and flushes, or fails the commit.
+//!   each append writes at the end and flushes, or cuts the file back to
+//!   where it was and fails the commit.
+//! - The whole file is read into memory to be replayed: until the journal
+//!   is compacted, a profile's open costs its whole history.
 
 use std::cell::Cell;
 
@@ -83,20 +86,24 @@ impl OpfsJournal {
                 }
             })?
             .unchecked_into::<FileSystemSyncAccessHandle>();
-        let size = handle
+        // From here the handle is closed on every way out (`Drop`).
+        let journal = OpfsJournal {
+            handle,
+            size: Cell::new(0.0),
+        };
+        let size = journal
+            .handle
             .get_size()
             .map_err(|e| OpenError::Failed(js_text(&e)))?;
         let mut bytes = vec![0u8; size as usize];
         let at = FileSystemReadWriteOptions::new();
         at.set_at(0.0);
-        let read = handle
+        let read = journal
+            .handle
             .read_with_u8_array_and_options(&mut bytes, &at)
             .map_err(|e| OpenError::Failed(js_text(&e)))?;
         bytes.truncate(read as usize);
-        let journal = OpfsJournal {
-            handle,
-            size: Cell::new(read),
-        };
+        journal.size.set(read);
         Ok((journal, bytes))
     }
 
@@ -115,22 +122,40 @@ impl JournalSink for OpfsJournal {
     fn append(&self, frame: &[u8]) -> Result<(), ClientError> {
         let at = FileSystemReadWriteOptions::new();
         at.set_at(self.size.get());
-        let written = self
-            .handle
-            .write_with_u8_array_and_options(frame, &at)
-            .map_err(|e| store_error(&e))?;
-        if written as usize != frame.len() {
-            // A partial write (the disk is full): cut it off again, so the
-            // journal ends on a whole frame, and fail the commit.
-            let _ = self.handle.truncate_with_f64(self.size.get());
-            return Err(ClientError::Store {
+        let written = self.handle.write_with_u8_array_and_options(frame, &at);
+        let result = match written {
+            Ok(n) if n as usize == frame.len() => self.handle.flush().map_err(|e| store_error(&e)),
+            Ok(_) => Err(ClientError::Store {
                 path: JOURNAL_FILE.into(),
                 message: "the browser's storage is full".into(),
-            });
+            }),
+            Err(e) => Err(store_error(&e)),
+        };
+        match result {
+            Ok(()) => {
+                self.size.set(self.size.get() + frame.len() as f64);
+                Ok(())
+            }
+            Err(e) => {
+                // The commit fails: cut off whatever part of the frame
+                // reached the file, so a later replay cannot apply a commit
+                // the core was told did not happen.
+                if let Err(cut) = self
+                    .handle
+                    .truncate_with_f64(self.size.get())
+                    .and_then(|()| self.handle.flush())
+                {
+                    return Err(ClientError::Store {
+                        path: JOURNAL_FILE.into(),
+                        message: format!(
+                            "{e}; and the journal could not be cut back: {}",
+                            js_text(&cut)
+                        ),
+                    });
+                }
+                Err(e)
+            }
         }
-        self.handle.flush().map_err(|e| store_error(&e))?;
-        self.size.set(self.size.get() + written);
-        Ok(())
     }
 }
 

@@ -450,6 +450,12 @@ async fn the_page_speaks_hindi_and_bengali_and_is_served_with_a_strict_policy() 
 
     let browser = Browser::open("hi").await;
     browser.load(&server).await;
+    // Before registering, only the welcome is on screen (what is hidden is
+    // not displayed, whatever the style sheet says).
+    let shown = browser
+        .js("return ['welcome', 'verify-form', 'chats', 'chat', 'add-member-form'].map(id => getComputedStyle(document.getElementById(id)).display !== 'none')")
+        .await;
+    assert_eq!(shown, json!([true, false, false, false, false]));
     let words = browser
         .js("return [document.documentElement.lang, document.querySelector('[data-t=send_code]').textContent, document.querySelector('#send').textContent, document.querySelector('#message').getAttribute('aria-label'), document.querySelector('label[for=phone]').textContent]")
         .await;
