@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(r.kept_bytes + r.dropped_bytes, data.len());
-    let again = replay(&MemoryStore::new(), &data[..r.kept_bytes]).expect("the kept prefix replays");
+    let again =
+        replay(&MemoryStore::new(), &data[..r.kept_bytes]).expect("the kept prefix replays");
     assert_eq!(again.kept_bytes, r.kept_bytes);
     assert_eq!(again.frames, r.frames);
     assert_eq!(again.dropped_bytes, 0);
