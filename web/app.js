@@ -134,6 +134,8 @@ function showStatus() {
   document.body.classList.toggle("chat-open", Boolean(registered && ui.open));
   const banner = $("banner");
   const storage = s.storage || {};
+  // Which compaction the profile's journal comes from (for diagnostics).
+  document.body.dataset.journalGeneration = storage.generation ?? "";
   let warning = "";
   if (ui.openFailed) warning = ui.openFailed;
   else if (storage.persistent === false && registered) warning = t("not_persistent");
@@ -612,7 +614,9 @@ async function start() {
   // Ask the browser not to evict the profile under storage pressure (it
   // may say no; the page then says so if the profile ever goes missing).
   if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
-  ui.client = new Core(new Worker("/web/worker.js", { type: "module" }), onEvent);
+  const over = new URLSearchParams(location.search).get("compact_over");
+  const worker = "/web/worker.js" + (over === null ? "" : "?compact_over=" + encodeURIComponent(over));
+  ui.client = new Core(new Worker(worker, { type: "module" }), onEvent);
   try {
     ui.status = JSON.parse(await ui.client.status());
   } catch (e) {

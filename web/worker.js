@@ -11,7 +11,10 @@ const METHODS = new Set(["status", "requestCode", "verify", "link", "chats", "me
 
 const ready = (async () => {
   await init({ module_or_path: "/web/dak_web_bg.wasm" });
-  return WebClient.open((json) => postMessage({ event: json }));
+  // ?compact_over=BYTES (a diagnostic; the tests use 0): compact the
+  // profile's journal on opening once it is that big.
+  const over = new URL(self.location.href).searchParams.get("compact_over");
+  return WebClient.open((json) => postMessage({ event: json }), over === null ? undefined : Number(over));
 })();
 ready.catch((e) => postMessage({ event: JSON.stringify({ type: "open_failed", code: e.code || "", message: String(e.message || e) }) }));
 

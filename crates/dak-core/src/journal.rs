@@ -25,9 +25,13 @@
 //!   cut the rest. Only the last frame can be torn by a crash; anything
 //!   else dropped is reported as lost.
 //!
-//! Not yet: compaction. The journal grows with every write (openmls's
-//! records are rewritten per message); a snapshot that replaces the
-//! journal's prefix is the next step.
+//! - **Compaction is a new journal.** `snapshot` writes a store's whole
+//!   state as frames of a new `generation` (the last one marked
+//!   `snapshot_done`); a journal is complete once that frame is whole
+//!   (`inspect`), so a sink can write the snapshot to a second file, switch
+//!   to it, and on the next open take the complete journal of the highest
+//!   generation (`dak-web/src/opfs.rs`). A crash mid-snapshot leaves the
+//!   new file incomplete and the old one in use.
 
 use prost::Message;
 
@@ -45,11 +49,18 @@ pub trait JournalSink: Send + Sync {
     fn append(&self, frame: &[u8]) -> Result<(), ClientError>;
 }
 
-/// One commit's writes.
+/// One commit's writes, or part of a snapshot.
 #[derive(Clone, PartialEq, Message)]
 pub struct JournalFrame {
     #[prost(message, repeated, tag = "1")]
     pub ops: Vec<Op>,
+    /// Set on a compacted journal's snapshot frames: which compaction
+    /// wrote them (0: a journal that starts empty, never compacted).
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    /// The snapshot's last frame: the journal is whole from here on.
+    #[prost(bool, tag = "3")]
+    pub snapshot_done: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -308,6 +319,101 @@ pub fn encode_frame(frame: &JournalFrame) -> Vec<u8> {
     out
 }
 
+/// Largest snapshot frame `snapshot` writes.
+const SNAPSHOT_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a journal's bytes are, before replaying them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspected {
+    /// Its first frame's generation (0: never compacted).
+    pub generation: u64,
+    /// Whether it can be replayed: empty, never compacted, or its snapshot
+    /// is whole. A file whose first frame is cut short is not.
+    pub complete: bool,
+    /// Bytes up to the end of its snapshot (0 when never compacted).
+    pub snapshot_bytes: usize,
+    /// Bytes of whole frames.
+    pub valid_bytes: usize,
+}
+
+pub fn inspect(journal: &[u8]) -> Inspected {
+    let mut at = 0;
+    let mut generation = 0;
+    let mut snapshot_bytes = None;
+    let mut first = true;
+    while let Some((len, frame)) = next_frame(&journal[at..]) {
+        if first {
+            generation = frame.generation;
+            first = false;
+        }
+        at += len;
+        if snapshot_bytes.is_none() && frame.snapshot_done && frame.generation == generation {
+            snapshot_bytes = Some(at);
+        }
+    }
+    // A file with bytes but no whole first frame is a snapshot (or a first
+    // commit) cut short: not an empty journal.
+    let torn_start = first && !journal.is_empty();
+    Inspected {
+        generation,
+        complete: !torn_start && (generation == 0 || snapshot_bytes.is_some()),
+        snapshot_bytes: snapshot_bytes.unwrap_or(0),
+        valid_bytes: at,
+    }
+}
+
+/// How big a journal may grow before it is compacted, at least.
+pub const COMPACT_OVER_BYTES: usize = 4 << 20;
+
+/// Whether a journal is worth compacting: it has grown past `over` bytes
+/// (normally `COMPACT_OVER_BYTES`) and to more than twice its last snapshot.
+pub fn worth_compacting(journal: &Inspected, over: usize) -> bool {
+    journal.valid_bytes > over.max(2 * journal.snapshot_bytes)
+}
+
+/// Everything `store` holds, as the frames of a new journal of
+/// `generation` (at least one frame; the last is `snapshot_done`).
+pub fn snapshot(
+    store: &crate::memory::MemoryStore,
+    generation: u64,
+) -> Result<Vec<Vec<u8>>, ClientError> {
+    /// Collects the writes of the copy, one lone write per frame.
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<Op>>);
+    impl JournalSink for std::sync::Arc<Collect> {
+        fn append(&self, frame: &[u8]) -> Result<(), ClientError> {
+            let (_, frame) = next_frame(frame)
+                .ok_or_else(|| journal_error("a frame that does not read back"))?;
+            self.0.lock().extend(frame.ops);
+            Ok(())
+        }
+    }
+    let collect = std::sync::Arc::new(Collect::default());
+    let copy = JournaledStore::new(crate::memory::MemoryStore::new(), Box::new(collect.clone()));
+    store.copy_into(&copy)?;
+    let ops = std::mem::take(&mut *collect.0.lock());
+    let mut frames = Vec::new();
+    let mut current = JournalFrame {
+        ops: Vec::new(),
+        generation,
+        snapshot_done: false,
+    };
+    let mut size = 0;
+    for op in ops {
+        let len = op.encoded_len();
+        if size + len > SNAPSHOT_FRAME_BYTES && !current.ops.is_empty() {
+            frames.push(encode_frame(&current));
+            current.ops.clear();
+            size = 0;
+        }
+        size += len;
+        current.ops.push(op);
+    }
+    current.snapshot_done = true;
+    frames.push(encode_frame(&current));
+    Ok(frames)
+}
+
 /// What replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed {
@@ -443,7 +549,10 @@ impl<S: ProfileStore> ProfileStore for JournaledStore<S> {
         }
         drop(open);
         if !ops.is_empty()
-            && let Err(e) = self.sink.append(&encode_frame(&JournalFrame { ops }))
+            && let Err(e) = self.sink.append(&encode_frame(&JournalFrame {
+                ops,
+                ..Default::default()
+            }))
         {
             self.inner.rollback(bracket)?;
             return Err(e);

@@ -56,6 +56,78 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+
+    /// Writes everything this store holds into `target` (an empty store)
+    /// through the trait's own write calls, in an order that rebuilds the
+    /// same state: what `journal` compaction journals as a snapshot. Rows
+    /// keep their order (messages, the outbox and conversations by when
+    /// they were added), not their internal numbers.
+    pub fn copy_into(&self, target: &dyn ProfileStore) -> Result<(), ClientError> {
+        let s = self.state.lock();
+        if !s.frames.is_empty() {
+            return Err(ClientError::Store {
+                path: self.label(),
+                message: "cannot copy a store with a bracket open".into(),
+            });
+        }
+        let t = &s.tables;
+        for (k, v) in &t.settings {
+            target.set(k, v)?;
+        }
+        for ((label, key), v) in &t.mls {
+            target.mls_put(label, key, v)?;
+        }
+        let mut conversations: Vec<(&Vec<u8>, &Conversation)> = t.conversations.iter().collect();
+        conversations.sort_by_key(|(_, c)| c.seq);
+        for (group, c) in conversations {
+            target.add_conversation(group, &c.peer, c.created_ms)?;
+            if !c.active {
+                target.retire_conversation(group)?;
+            }
+        }
+        for (id, at) in &t.seen {
+            target.first_sight(id, *at)?;
+        }
+        for m in t.messages.values() {
+            target.insert_message(m)?;
+        }
+        for ((message, device), r) in &t.recipients {
+            target.add_recipient(message, &r.phone, *device)?;
+            if r.delivered_ms != 0 {
+                target.update_receipt(message, *device, false, r.delivered_ms)?;
+            }
+            if r.read_ms != 0 {
+                target.update_receipt(message, *device, true, r.read_ms)?;
+            }
+        }
+        for (id, to, body) in t.outbox.values() {
+            target.queue_outgoing(id, to, body)?;
+        }
+        for (group, (state, at)) in &t.group_state {
+            let state =
+                v1::GroupState::decode(state.as_slice()).map_err(|e| ClientError::Store {
+                    path: self.label(),
+                    message: format!("a stored group state does not decode: {e}"),
+                })?;
+            target.set_group_state(group, &state, *at)?;
+        }
+        for (group, phone) in &t.leavers {
+            target.add_leaver(group, phone)?;
+        }
+        for ((group, phone), at) in &t.join_requests {
+            target.add_join_request(group, phone, *at)?;
+        }
+        for ((message, phone), (emoji, at)) in &t.reactions {
+            target.set_reaction(message, phone, emoji, *at)?;
+        }
+        for (conversation, secs) in &t.chat_timers {
+            target.set_chat_timer(conversation, *secs)?;
+        }
+        for (name, members) in &t.broadcast_lists {
+            target.set_broadcast_list(name, members)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]

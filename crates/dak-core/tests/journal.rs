@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use dak_core::journal::{JournalSink, JournaledStore, replay};
+use dak_core::journal::{JournalSink, JournaledStore, inspect, replay, snapshot, worth_compacting};
 use dak_core::memory::MemoryStore;
 use dak_core::mls::Incoming;
 use dak_core::testing::TestDevice;
@@ -58,26 +58,59 @@ fn the_conformance_suite_replayed_from_its_journals_passes_again_on_what_it_left
         let copy = MemoryStore::new();
         let r = replay(&copy, &sink.bytes.lock()).unwrap();
         assert_eq!(r.dropped_bytes, 0);
-        assert_eq!(
-            copy.active_groups().unwrap(),
-            original.active_groups().unwrap()
-        );
-        assert_eq!(copy.outbox().unwrap(), original.outbox().unwrap());
-        assert_eq!(copy.unread().unwrap(), original.unread().unwrap());
-        assert_eq!(
-            copy.broadcast_lists().unwrap(),
-            original.broadcast_lists().unwrap()
-        );
-        for (group, peer) in original.active_groups().unwrap() {
+        assert_reads_alike(&copy, original.as_ref());
+        // Compacted: the copy's snapshot, replayed, reads the same too.
+        let compacted: Vec<u8> = snapshot(&copy, 7).unwrap().concat();
+        let i = inspect(&compacted);
+        assert!(i.complete && i.generation == 7, "{i:?}");
+        assert_eq!(i.snapshot_bytes, compacted.len());
+        let again = MemoryStore::new();
+        replay(&again, &compacted).unwrap();
+        assert_reads_alike(&again, original.as_ref());
+    }
+}
+
+/// What the store shows through its reads, compared.
+fn assert_reads_alike(copy: &dyn ProfileStore, original: &dyn ProfileStore) {
+    assert_eq!(
+        copy.active_groups().unwrap(),
+        original.active_groups().unwrap()
+    );
+    assert_eq!(copy.outbox().unwrap(), original.outbox().unwrap());
+    assert_eq!(copy.unread().unwrap(), original.unread().unwrap());
+    assert_eq!(
+        copy.broadcast_lists().unwrap(),
+        original.broadcast_lists().unwrap()
+    );
+    for (group, peer) in original.active_groups().unwrap() {
+        let messages = original.conversation(&peer, 1000, 0).unwrap();
+        assert_eq!(copy.conversation(&peer, 1000, 0).unwrap(), messages);
+        for m in &messages {
             assert_eq!(
-                copy.conversation(&peer, 1000, 0).unwrap(),
-                original.conversation(&peer, 1000, 0).unwrap()
+                copy.recipients(&m.id).unwrap(),
+                original.recipients(&m.id).unwrap()
             );
             assert_eq!(
-                copy.group_state_bytes(&group).unwrap(),
-                original.group_state_bytes(&group).unwrap()
+                copy.reactions(&m.id).unwrap(),
+                original.reactions(&m.id).unwrap()
             );
         }
+        assert_eq!(
+            copy.group_state_bytes(&group).unwrap(),
+            original.group_state_bytes(&group).unwrap()
+        );
+        assert_eq!(
+            copy.leavers(&group).unwrap(),
+            original.leavers(&group).unwrap()
+        );
+        assert_eq!(
+            copy.join_requests(&group).unwrap(),
+            original.join_requests(&group).unwrap()
+        );
+        assert_eq!(
+            copy.chat_timer(&peer).unwrap(),
+            original.chat_timer(&peer).unwrap()
+        );
     }
 }
 
@@ -198,6 +231,43 @@ fn a_device_rebuilt_from_its_journal_goes_on_with_its_conversation() {
     assert_eq!(read(&alice, &ct), b"after the reload");
     let ct = alice.mls().encrypt(&group, b"still here").unwrap();
     assert_eq!(read(&bob, &ct), b"still here");
+
+    // Compacted: a snapshot of what the journal rebuilt is a fraction of
+    // it, and a device rebuilt from the snapshot alone goes on too.
+    let rebuilt = MemoryStore::new();
+    replay(&rebuilt, &again.bytes.lock()).unwrap();
+    let compacted: Vec<u8> = snapshot(&rebuilt, 1).unwrap().concat();
+    assert!(
+        compacted.len() * 2 < again.bytes.lock().len(),
+        "{} of {}",
+        compacted.len(),
+        again.bytes.lock().len()
+    );
+    let store = MemoryStore::new();
+    replay(&store, &compacted).unwrap();
+    let alice = TestDevice::on(
+        Box::new(JournaledStore::new(store, Box::new(VecSink::default()))),
+        "+919800000001",
+        1,
+    );
+    let ct = bob.mls().encrypt(&group, b"after compaction").unwrap();
+    assert_eq!(read(&alice, &ct), b"after compaction");
+    // A snapshot cut short is not a journal to open.
+    let torn = &compacted[..compacted.len() - 1];
+    assert!(!inspect(torn).complete);
+    assert!(
+        inspect(&[]).complete,
+        "an empty journal is an empty profile"
+    );
+    assert!(
+        !worth_compacting(&inspect(&compacted), 0),
+        "a fresh snapshot is not"
+    );
+    assert!(worth_compacting(&inspect(&again.bytes.lock()), 0));
+    assert!(!worth_compacting(
+        &inspect(&again.bytes.lock()),
+        dak_core::journal::COMPACT_OVER_BYTES
+    ));
 
     // A torn last frame (the tab died mid-write) is dropped whole.
     let mut torn = again.bytes.lock().clone();

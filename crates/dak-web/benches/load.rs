@@ -13,7 +13,9 @@
 //!    sight, MLS processing and the message row in one transaction); the
 //!    journal's bytes per message are printed. openmls rewrites the
 //!    group's state on every message, so this is the journal's growth
-//!    until compaction exists.
+//!    until the next compaction; a snapshot of the profile (what
+//!    compaction writes) is printed beside it, and the big profile's
+//!    snapshot is timed.
 //!
 //! Measured natively (the same Rust as in the browser, without
 //! WebAssembly's overhead or OPFS reads). In test mode (`cargo test
@@ -24,7 +26,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::Criterion;
-use dak_core::journal::{JournalSink, JournaledStore, replay};
+use dak_core::journal::{JournalSink, JournaledStore, replay, snapshot};
 use dak_core::memory::MemoryStore;
 use dak_core::mls::Incoming;
 use dak_core::testing::TestDevice;
@@ -109,8 +111,9 @@ fn open(journal: &[u8]) -> Profile {
     )
 }
 
-/// Journal bytes per message in a real MLS 1:1 conversation.
-fn bytes_per_message(rounds: usize) -> f64 {
+/// Journal bytes per message in a real MLS 1:1 conversation, and the
+/// journal's and its snapshot's (compacted) size at the end.
+fn bytes_per_message(rounds: usize) -> (f64, usize, usize) {
     let sink = VecSink::default();
     let alice = TestDevice::on(
         Box::new(JournaledStore::new(
@@ -160,7 +163,15 @@ fn bytes_per_message(rounds: usize) -> f64 {
             })
             .unwrap();
     }
-    (sink.0.lock().len() - before) as f64 / rounds as f64
+    let journal = sink.0.lock().clone();
+    let rebuilt = MemoryStore::new();
+    replay(&rebuilt, &journal).unwrap();
+    let compacted: usize = snapshot(&rebuilt, 1).unwrap().iter().map(Vec::len).sum();
+    (
+        (journal.len() - before) as f64 / rounds as f64,
+        journal.len(),
+        compacted,
+    )
 }
 
 fn main() {
@@ -195,6 +206,11 @@ fn main() {
     g.bench_function("open a chat (newest 200)", |b| {
         b.iter(|| black_box(messages(&profile, &busiest, CHAT_PAGE).unwrap()))
     });
+    let store = MemoryStore::new();
+    replay(&store, &journal).unwrap();
+    g.bench_function("compact (snapshot the profile)", |b| {
+        b.iter(|| black_box(snapshot(&store, 1).unwrap()))
+    });
     g.finish();
     c.final_summary();
 
@@ -203,8 +219,10 @@ fn main() {
         journal.len(),
         journal.len() as f64 / (chats * per_chat) as f64
     );
+    let snapshot_bytes: usize = snapshot(&store, 1).unwrap().iter().map(Vec::len).sum();
+    println!("its snapshot (compacted): {snapshot_bytes} bytes");
+    let (per_message, journal_bytes, compacted) = bytes_per_message(rounds);
     println!(
-        "a received message in a real MLS 1:1 group adds {:.0} bytes to the journal (mean of {rounds})",
-        bytes_per_message(rounds)
+        "a received message in a real MLS 1:1 group adds {per_message:.0} bytes to the journal (mean of {rounds}); after them the journal is {journal_bytes} bytes, its snapshot {compacted}"
     );
 }

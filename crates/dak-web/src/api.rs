@@ -10,13 +10,13 @@
 use futures_channel::{mpsc, oneshot};
 use wasm_bindgen::prelude::*;
 
-use dak_core::journal::{JournaledStore, replay};
+use dak_core::journal::{COMPACT_OVER_BYTES, JournaledStore, replay, snapshot, worth_compacting};
 use dak_core::memory::MemoryStore;
 use dak_core::{Profile, ProfileStore};
 
 use crate::engine::{Command, Engine, Reply};
 use crate::env::BrowserEnvironment;
-use crate::opfs::{JOURNAL_FILE, OpenError, OpfsJournal};
+use crate::opfs::{OpenError, Opened, OpfsJournal};
 
 #[wasm_bindgen]
 pub struct WebClient {
@@ -32,10 +32,22 @@ impl WebClient {
     /// `storage.persistent: false`. Rejects with code `ANOTHER_TAB` when
     /// another tab has the profile open, and `STORAGE_DAMAGED` when its
     /// journal cannot be replayed.
-    pub async fn open(on_event: js_sys::Function) -> Result<WebClient, JsValue> {
+    ///
+    /// `compact_over` (bytes; absent: `COMPACT_OVER_BYTES`) is how big the
+    /// journal may grow before opening compacts it: a diagnostic, which the
+    /// tests set to 0 to compact on every open.
+    pub async fn open(
+        on_event: js_sys::Function,
+        compact_over: Option<u32>,
+    ) -> Result<WebClient, JsValue> {
         let (store, storage): (Box<dyn ProfileStore>, serde_json::Value) =
-            match OpfsJournal::open(JOURNAL_FILE).await {
-                Ok((journal, bytes)) => {
+            match OpfsJournal::open().await {
+                Ok(opened) => {
+                    let Opened {
+                        journal,
+                        bytes,
+                        inspected,
+                    } = opened;
                     let memory = MemoryStore::new();
                     let replayed = replay(&memory, &bytes).map_err(|e| {
                         failure(
@@ -43,16 +55,32 @@ impl WebClient {
                             &format!("this browser's stored profile cannot be read: {e}"),
                         )
                     })?;
+                    drop(bytes);
                     if replayed.dropped_bytes > 0 {
                         journal
                             .truncate(replayed.kept_bytes)
                             .map_err(|e| failure("STORAGE_DAMAGED", &e.to_string()))?;
+                    }
+                    // Compacted when it has grown to twice its last
+                    // snapshot (and past 4 MiB): the next open reads less.
+                    let mut compacted_to = None;
+                    let over = compact_over.map_or(COMPACT_OVER_BYTES, |n| n as usize);
+                    if worth_compacting(&inspected, over) {
+                        match snapshot(&memory, inspected.generation + 1).and_then(|frames| {
+                            journal.compact(&frames)?;
+                            Ok(frames.iter().map(Vec::len).sum::<usize>())
+                        }) {
+                            Ok(bytes) => compacted_to = Some(bytes),
+                            Err(e) => tracing::warn!(error = %e, "the journal was not compacted"),
+                        }
                     }
                     let storage = serde_json::json!({
                         "persistent": true,
                         "frames": replayed.frames,
                         "bytes": replayed.kept_bytes,
                         "dropped_bytes": replayed.dropped_bytes,
+                        "generation": inspected.generation,
+                        "compacted_to_bytes": compacted_to,
                     });
                     (
                         Box::new(JournaledStore::new(memory, Box::new(journal))),

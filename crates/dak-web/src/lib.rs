@@ -6,8 +6,9 @@
 //!   network from the browser; `socket`: `BrowserSocket`, the core's
 //!   `Transport` over the browser's WebSocket;
 //! - `opfs`: `OpfsJournal`, the profile's journal (`dak_core::journal`) in
-//!   the origin's private file system, through a synchronous access handle
-//!   (so the engine runs in a dedicated worker, `web/worker.js`);
+//!   two files of the origin's private file system (one in use, one for the
+//!   next compaction), through synchronous access handles (so the engine
+//!   runs in a dedicated worker, `web/worker.js`);
 //! - `engine`: the one task that owns the device (profile, connection) and
 //!   answers the page's commands;
 //! - `api`: `WebClient`, the class the page's JavaScript uses.

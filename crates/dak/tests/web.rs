@@ -345,8 +345,20 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
 
     // A reload keeps the history and the keys (the profile's journal in
     // the browser's private file system): the chat is there with its
-    // ticks, and a new message from bob decrypts.
-    browser.load(&server).await;
+    // ticks, and a new message from bob decrypts. This reload compacts the
+    // journal first (a snapshot in the other file, `?compact_over=0`), so
+    // what follows runs on the compacted profile.
+    browser
+        .driver
+        .goto(&(page_url(&server) + "?compact_over=0"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "return document.body.dataset.ready === 'true'",
+            "the core after the reload",
+        )
+        .await;
     browser
         .wait_for(
             "return document.body.dataset.state === 'online'",
@@ -376,6 +388,29 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         .js("return document.querySelectorAll('#messages li').length")
         .await;
     assert_eq!(shown, json!(5), "each message once, after the reload too");
+    // And once more, from the compacted journal (generation 1) and what
+    // was appended to it since.
+    browser.load(&server).await;
+    assert_eq!(
+        browser
+            .js("return document.body.dataset.journalGeneration")
+            .await,
+        json!("1"),
+        "the second reload opened the compacted journal"
+    );
+    browser
+        .wait_for(
+            &format!("return document.querySelector({}) !== null", json!(row)),
+            "bob's chat after the second reload",
+        )
+        .await;
+    browser.click(&row).await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === 'after the reload')",
+            "the message received after the compaction",
+        )
+        .await;
 
     // A second tab of the same browser cannot open the profile, and says so.
     let tab = browser.driver.new_window(true).await.unwrap();
