@@ -67,6 +67,7 @@ class Core {
   createGroup(title, members) { return this.call("createGroup", title, members); }
   addMembers(chat, members) { return this.call("addMembers", chat, members); }
   removeMember(chat, member) { return this.call("removeMember", chat, member); }
+  safetyNumber(chat) { return this.call("safetyNumber", chat); }
   reconnect() { this.call("reconnect").catch(() => {}); }
 }
 const server = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
@@ -77,6 +78,8 @@ const ui = {
   chats: [],
   open: null, // the open chat's key
   pendingPhone: "",
+  // Chats whose safety number changed since they were last compared.
+  changedSafety: new Map(),
   openFailed: "",
   refreshQueued: false,
 };
@@ -91,6 +94,7 @@ function translatePage() {
     el.title = t(el.dataset.tLabel);
   }
   $("message").placeholder = t("message");
+  showSafetyNotice();
   $("language").value = language();
   showStatus();
   renderChats();
@@ -269,9 +273,35 @@ async function openChat(key) {
   $("group-panel").hidden = true;
   $("group-toggle").setAttribute("aria-expanded", "false");
   $("group-toggle").hidden = !key.startsWith("group:");
+  $("safety-toggle").hidden = key.startsWith("group:");
+  $("safety-panel").hidden = true;
+  $("safety-toggle").setAttribute("aria-expanded", "false");
+  showSafetyNotice();
   showStatus();
   await refresh();
   $("message").focus();
+}
+
+// ---- safety numbers ----
+
+function showSafetyNotice() {
+  const notice = $("safety-notice");
+  const phone = ui.open && ui.changedSafety.get(ui.open);
+  notice.hidden = !phone;
+  notice.textContent = phone ? t("safety_changed", { phone }) : "";
+}
+
+async function showSafetyNumber() {
+  const digits = $("safety-digits");
+  digits.textContent = "…";
+  try {
+    digits.textContent = JSON.parse(await ui.client.safetyNumber(ui.open));
+    ui.changedSafety.delete(ui.open);
+    showSafetyNotice();
+  } catch (e) {
+    digits.textContent = "";
+    showError(e);
+  }
 }
 
 // ---- a group's members ----
@@ -381,6 +411,10 @@ function onEvent(json) {
     case "open_failed":
       ui.openFailed = has("error_" + event.code) ? t("error_" + event.code) : event.message;
       showStatus();
+      break;
+    case "security_notice":
+      ui.changedSafety.set(event.chat, event.phone);
+      showSafetyNotice();
       break;
     case "link_code": {
       const box = $("link-code");
@@ -532,6 +566,13 @@ function wire() {
     } finally {
       busy(form, false);
     }
+  });
+
+  $("safety-toggle").addEventListener("click", () => {
+    const panel = $("safety-panel");
+    panel.hidden = !panel.hidden;
+    $("safety-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+    if (!panel.hidden) showSafetyNumber();
   });
 
   $("group-toggle").addEventListener("click", () => {

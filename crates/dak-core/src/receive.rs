@@ -39,6 +39,14 @@ impl Client {
         self.handle_push(body).await
     }
 
+    /// Events that came up inside another step (messages handled while a
+    /// send waited for its answer, a contact's changed devices) and were
+    /// not given out yet: a front end that waits with `recv_push` takes
+    /// them after each of its own calls, or they wait for the next push.
+    pub fn take_pending_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.pending_events)
+    }
+
     /// Waits for the next push without handling it. Cancel-safe, so it can
     /// sit in a `select!` beside user input; pass the result to `handle_push`.
     pub async fn recv_push(&mut self) -> Result<Body, ClientError> {

@@ -173,6 +173,13 @@ impl WebClient {
         self.ask(|reply| Command::MarkRead { chat, reply })
     }
 
+    /// A 1:1 chat's safety number: 60 digits in groups of 5, the same on
+    /// both sides while no one is in between.
+    #[wasm_bindgen(js_name = safetyNumber)]
+    pub fn safety_number(&self, chat: String) -> js_sys::Promise {
+        self.ask(|reply| Command::SafetyNumber { chat, reply })
+    }
+
     /// A group's members, admins and settings.
     #[wasm_bindgen(js_name = groupInfo)]
     pub fn group_info(&self, chat: String) -> js_sys::Promise {

@@ -23,6 +23,8 @@
 //! - `{"type":"status","state":"no_account"|"connecting"|"online"|"offline"|"signed_out","phone","device_id","detail"}`
 //! - `{"type":"message","chat","from","text"}`: a new incoming message
 //!   (the page may notify); followed by `changed`.
+//! - `{"type":"security_notice","chat","phone"}`: `phone`'s devices or
+//!   keys changed in this chat: the safety number changed.
 //! - `{"type":"changed"}`: something shown may have changed (ticks, new
 //!   messages, a group): the page reads the list and the open chat again.
 //! - `{"type":"link_code","code","expires_in_secs"}`: show this code to
@@ -103,6 +105,11 @@ pub enum Command {
     },
     /// The network is back (the browser's `online` event): retry now.
     Reconnect,
+    /// A 1:1 chat's safety number (60 digits), to compare with the contact's.
+    SafetyNumber {
+        chat: String,
+        reply: Reply,
+    },
     /// A named group: its members, admins and settings (`GroupInfo`).
     GroupInfo {
         chat: String,
@@ -333,7 +340,13 @@ impl Engine {
                 client.close().await;
                 return None;
             }
-            Either::Left(Some(command)) => self.online_command(&mut client, command).await,
+            Either::Left(Some(command)) => {
+                let lost = self.online_command(&mut client, command).await;
+                // What arrived while the command waited on the server.
+                let pending = client.take_pending_events();
+                self.events(&pending);
+                lost
+            }
             Either::Right(Ok(body)) => match client.handle_push(body).await {
                 Ok(events) => {
                     self.healthy = true;
@@ -416,7 +429,7 @@ impl Engine {
                 reply,
             } => {
                 let result = client.create_group(&title, &members, false).await;
-                self.group_answer(reply, result.map(|g| json!(g)))
+                self.server_answer(reply, result.map(|g| json!(g)))
             }
             Command::AddMembers {
                 chat,
@@ -424,7 +437,7 @@ impl Engine {
                 reply,
             } => {
                 let result = client.add_members(&chat, &members).await;
-                self.group_answer(reply, result.map(|()| json!(true)))
+                self.server_answer(reply, result.map(|()| json!(true)))
             }
             Command::RemoveMember {
                 chat,
@@ -432,7 +445,11 @@ impl Engine {
                 reply,
             } => {
                 let result = client.remove_member(&chat, &member).await;
-                self.group_answer(reply, result.map(|()| json!(true)))
+                self.server_answer(reply, result.map(|()| json!(true)))
+            }
+            Command::SafetyNumber { chat, reply } => {
+                let result = client.safety_number(&chat).await;
+                self.server_answer(reply, result.map(|digits| json!(digits)))
             }
             Command::Reconnect => None,
             other => {
@@ -443,8 +460,9 @@ impl Engine {
         }
     }
 
-    /// Answers a group change; `Some` when it failed for want of a connection.
-    fn group_answer(&self, reply: Reply, result: Result<Value, ClientError>) -> Option<Failure> {
+    /// Answers a command that needed the server (a group change, a safety
+    /// number); `Some` when it failed for want of a connection.
+    fn server_answer(&self, reply: Reply, result: Result<Value, ClientError>) -> Option<Failure> {
         self.changed();
         let lost = match &result {
             Err(e) if e.is_retryable() && !matches!(e, ClientError::Server(_)) => {
@@ -589,7 +607,8 @@ impl Engine {
                 }),
             ),
             // Group changes need the server: not while offline.
-            Command::CreateGroup { reply, .. }
+            Command::SafetyNumber { reply, .. }
+            | Command::CreateGroup { reply, .. }
             | Command::AddMembers { reply, .. }
             | Command::RemoveMember { reply, .. } => {
                 let _ = reply.send(Err(Failure {
@@ -621,15 +640,22 @@ impl Engine {
         let mut changed = false;
         for event in events {
             changed = true;
-            if let Event::Message(m) = event
-                && !m.outgoing
-            {
-                (self.emit)(json!({
+            match event {
+                Event::Message(m) if !m.outgoing => (self.emit)(json!({
                     "type": "message",
                     "chat": m.conversation.key(),
                     "from": m.from,
                     "text": m.text,
-                }));
+                })),
+                Event::SecurityNotice {
+                    conversation,
+                    phone,
+                } => (self.emit)(json!({
+                    "type": "security_notice",
+                    "chat": conversation.key(),
+                    "phone": phone,
+                })),
+                _ => {}
             }
         }
         if changed {

@@ -412,6 +412,19 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         )
         .await;
 
+    // The safety number the page shows is the one bob's CLI shows.
+    browser.click("#safety-toggle").await;
+    let digits = browser
+        .wait_for(
+            "const d = document.getElementById('safety-digits').textContent; return /^[0-9 ]{60,}$/.test(d) ? d : ''",
+            "the safety number",
+        )
+        .await;
+    let mut b = bob.connect().await;
+    let bobs = b.safety_number(page_phone).await.unwrap();
+    b.close().await;
+    assert_eq!(digits, json!(bobs));
+
     // A second tab of the same browser cannot open the profile, and says so.
     let tab = browser.driver.new_window(true).await.unwrap();
     browser.driver.switch_to_window(tab.handle).await.unwrap();
