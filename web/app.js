@@ -68,6 +68,9 @@ class Core {
   addMembers(chat, members) { return this.call("addMembers", chat, members); }
   removeMember(chat, member) { return this.call("removeMember", chat, member); }
   safetyNumber(chat) { return this.call("safetyNumber", chat); }
+  devices() { return this.call("devices"); }
+  removeDevice(id) { return this.call("removeDevice", id); }
+  approveLink(code) { return this.call("approveLink", code); }
   reconnect() { this.call("reconnect").catch(() => {}); }
 }
 const server = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
@@ -280,6 +283,57 @@ async function openChat(key) {
   showStatus();
   await refresh();
   $("message").focus();
+}
+
+// ---- linked devices ----
+
+async function renderDevices() {
+  if (!$("devices").open) return;
+  let devices;
+  try {
+    devices = JSON.parse(await ui.client.devices());
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  const list = $("device-list");
+  list.replaceChildren();
+  const iAmPrimary = devices.some((d) => d.this_device && d.primary);
+  for (const d of devices) {
+    const item = document.createElement("li");
+    item.dataset.device = String(d.device_id);
+    const name = document.createElement("span");
+    name.textContent = d.name || "#" + d.device_id;
+    item.append(name);
+    const tags = [];
+    if (d.primary) tags.push(t("primary"));
+    if (d.this_device) tags.push(t("this_device"));
+    if (tags.length) {
+      const tag = document.createElement("span");
+      tag.className = "admin";
+      tag.textContent = " " + tags.join(", ");
+      item.append(tag);
+    }
+    if (!d.primary && (iAmPrimary || d.this_device)) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = t("remove");
+      remove.setAttribute("aria-label", t("remove_device", { name: d.name || "#" + d.device_id }));
+      remove.addEventListener("click", async () => {
+        remove.disabled = true;
+        try {
+          await ui.client.removeDevice(d.device_id);
+          await renderDevices();
+        } catch (e) {
+          showError(e);
+          remove.disabled = false;
+        }
+      });
+      item.append(" ", remove);
+    }
+    list.append(item);
+  }
 }
 
 // ---- safety numbers ----
@@ -561,6 +615,23 @@ function wire() {
       $("group-members").value = "";
       form.closest("details").open = false;
       await openChat(group.key);
+    } catch (err) {
+      showError(err);
+    } finally {
+      busy(form, false);
+    }
+  });
+
+  $("devices").addEventListener("toggle", renderDevices);
+  $("approve-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.target;
+    busy(form, true);
+    showError(null);
+    try {
+      await ui.client.approveLink($("approve-code").value.trim());
+      $("approve-code").value = "";
+      await renderDevices();
     } catch (err) {
       showError(err);
     } finally {

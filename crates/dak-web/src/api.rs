@@ -173,6 +173,27 @@ impl WebClient {
         self.ask(|reply| Command::MarkRead { chat, reply })
     }
 
+    /// The account's devices, this one marked `this_device`.
+    pub fn devices(&self) -> js_sys::Promise {
+        self.ask(Command::Devices)
+    }
+
+    /// Removes a linked device: this one, or any from the primary device.
+    #[wasm_bindgen(js_name = removeDevice)]
+    /// (`device_id` a JS number: ids are far below 2^53.)
+    pub fn remove_device(&self, device_id: f64) -> js_sys::Promise {
+        self.ask(|reply| Command::RemoveDevice {
+            device_id: device_id as u64,
+            reply,
+        })
+    }
+
+    /// Approves the link code a new device shows.
+    #[wasm_bindgen(js_name = approveLink)]
+    pub fn approve_link(&self, code: String) -> js_sys::Promise {
+        self.ask(|reply| Command::ApproveLink { code, reply })
+    }
+
     /// A 1:1 chat's safety number: 60 digits in groups of 5, the same on
     /// both sides while no one is in between.
     #[wasm_bindgen(js_name = safetyNumber)]

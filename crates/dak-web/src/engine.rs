@@ -105,6 +105,18 @@ pub enum Command {
     },
     /// The network is back (the browser's `online` event): retry now.
     Reconnect,
+    /// The account's devices (`dak devices list`).
+    Devices(Reply),
+    /// Removes a linked device (this one, or any from the primary).
+    RemoveDevice {
+        device_id: u64,
+        reply: Reply,
+    },
+    /// Approves a new device's link code (`dak devices approve CODE`).
+    ApproveLink {
+        code: String,
+        reply: Reply,
+    },
     /// A 1:1 chat's safety number (60 digits), to compare with the contact's.
     SafetyNumber {
         chat: String,
@@ -447,6 +459,36 @@ impl Engine {
                 let result = client.remove_member(&chat, &member).await;
                 self.server_answer(reply, result.map(|()| json!(true)))
             }
+            Command::Devices(reply) => {
+                let me = client.device_id();
+                let result = client.devices().await.map(|devices| {
+                    json!(
+                        devices
+                            .iter()
+                            .map(|d| json!({
+                                "device_id": d.device_id,
+                                "name": d.name,
+                                "primary": d.primary,
+                                "this_device": d.device_id == me,
+                                "created_ms": d.created_ms,
+                                "last_seen_ms": d.last_seen_ms,
+                            }))
+                            .collect::<Vec<_>>()
+                    )
+                });
+                self.server_answer(reply, result)
+            }
+            Command::RemoveDevice { device_id, reply } => {
+                let result = client.remove_device(device_id).await;
+                self.server_answer(reply, result.map(|()| json!(true)))
+            }
+            Command::ApproveLink { code, reply } => {
+                let result = client.approve_link(code.trim()).await;
+                self.server_answer(
+                    reply,
+                    result.map(|d| json!({"device_id": d.device_id, "name": d.name})),
+                )
+            }
             Command::SafetyNumber { chat, reply } => {
                 let result = client.safety_number(&chat).await;
                 self.server_answer(reply, result.map(|digits| json!(digits)))
@@ -608,6 +650,9 @@ impl Engine {
             ),
             // Group changes need the server: not while offline.
             Command::SafetyNumber { reply, .. }
+            | Command::Devices(reply)
+            | Command::RemoveDevice { reply, .. }
+            | Command::ApproveLink { reply, .. }
             | Command::CreateGroup { reply, .. }
             | Command::AddMembers { reply, .. }
             | Command::RemoveMember { reply, .. } => {

@@ -592,6 +592,19 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
     assert_eq!(status, json!("Online"));
     assert!(linked.device_id > 0);
 
+    // The page lists alice's devices: her phone (primary) and itself.
+    browser.click("#devices summary").await;
+    let devices = browser
+        .wait_for(
+            "const l = [...document.querySelectorAll('#device-list li')]; return l.length === 2 ? l.map(li => li.textContent.replace('Remove', '').trim()) : null",
+            "the device list",
+        )
+        .await;
+    assert_eq!(
+        devices,
+        json!(["phone primary", "Dak Web (Chrome) this browser"])
+    );
+
     // Bob writes to alice: every one of her devices gets it, the page too.
     let mut b = bob.connect().await;
     b.send_text(&alice.phone, "to all of alice's devices")
