@@ -347,13 +347,16 @@ function showSafetyNotice() {
 
 async function showSafetyNumber() {
   const digits = $("safety-digits");
+  const chat = ui.open;
   digits.textContent = "…";
   try {
-    digits.textContent = JSON.parse(await ui.client.safetyNumber(ui.open));
-    ui.changedSafety.delete(ui.open);
+    const number = JSON.parse(await ui.client.safetyNumber(chat));
+    ui.changedSafety.delete(chat);
+    // The user may have moved on to another chat meanwhile.
+    if (ui.open === chat) digits.textContent = number;
     showSafetyNotice();
   } catch (e) {
-    digits.textContent = "";
+    if (ui.open === chat) digits.textContent = "";
     showError(e);
   }
 }
@@ -467,8 +470,12 @@ function onEvent(json) {
       showStatus();
       break;
     case "security_notice":
-      ui.changedSafety.set(event.chat, event.phone);
-      showSafetyNotice();
+      // 1:1 chats only: a group's members change devices all the time, and
+      // a group has no single number to compare.
+      if (!event.chat.startsWith("group:")) {
+        ui.changedSafety.set(event.chat, event.phone);
+        showSafetyNotice();
+      }
       break;
     case "link_code": {
       const box = $("link-code");
@@ -726,8 +733,9 @@ async function start() {
   // Ask the browser not to evict the profile under storage pressure (it
   // may say no; the page then says so if the profile ever goes missing).
   if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
+  // ?compact_over=BYTES: a diagnostic (the tests use 0); only a plain number.
   const over = new URLSearchParams(location.search).get("compact_over");
-  const worker = "/web/worker.js" + (over === null ? "" : "?compact_over=" + encodeURIComponent(over));
+  const worker = "/web/worker.js" + (over !== null && /^\d{1,10}$/.test(over) ? "?compact_over=" + over : "");
   ui.client = new Core(new Worker(worker, { type: "module" }), onEvent);
   try {
     ui.status = JSON.parse(await ui.client.status());

@@ -14,7 +14,8 @@ const ready = (async () => {
   // ?compact_over=BYTES (a diagnostic; the tests use 0): compact the
   // profile's journal on opening once it is that big.
   const over = new URL(self.location.href).searchParams.get("compact_over");
-  return WebClient.open((json) => postMessage({ event: json }), over === null ? undefined : Number(over));
+  const bytes = over !== null && /^\d{1,10}$/.test(over) ? Math.min(Number(over), 0xffffffff) : undefined;
+  return WebClient.open((json) => postMessage({ event: json }), bytes);
 })();
 ready.catch((e) => postMessage({ event: JSON.stringify({ type: "open_failed", code: e.code || "", message: String(e.message || e) }) }));
 

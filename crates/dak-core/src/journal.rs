@@ -327,8 +327,9 @@ const SNAPSHOT_FRAME_BYTES: usize = 8 * 1024 * 1024;
 pub struct Inspected {
     /// Its first frame's generation (0: never compacted).
     pub generation: u64,
-    /// Whether it can be replayed: empty, never compacted, or its snapshot
-    /// is whole. A file whose first frame is cut short is not.
+    /// Whether it can be replayed: never compacted (an empty file, or one
+    /// whose first frame is cut short, counts as that, with no valid
+    /// bytes), or its snapshot is whole.
     pub complete: bool,
     /// Bytes up to the end of its snapshot (0 when never compacted).
     pub snapshot_bytes: usize,
@@ -351,12 +352,12 @@ pub fn inspect(journal: &[u8]) -> Inspected {
             snapshot_bytes = Some(at);
         }
     }
-    // A file with bytes but no whole first frame is a snapshot (or a first
-    // commit) cut short: not an empty journal.
-    let torn_start = first && !journal.is_empty();
+    // A file with no whole first frame (empty, or cut short in its first
+    // write) holds nothing committed: generation 0 with no valid bytes,
+    // which any journal with something in it beats.
     Inspected {
         generation,
-        complete: !torn_start && (generation == 0 || snapshot_bytes.is_some()),
+        complete: generation == 0 || snapshot_bytes.is_some(),
         snapshot_bytes: snapshot_bytes.unwrap_or(0),
         valid_bytes: at,
     }

@@ -16,7 +16,7 @@ use dak_core::{Profile, ProfileStore};
 
 use crate::engine::{Command, Engine, Reply};
 use crate::env::BrowserEnvironment;
-use crate::opfs::{OpenError, Opened, OpfsJournal};
+use crate::opfs::{CompactError, OpenError, Opened, OpfsJournal};
 
 #[wasm_bindgen]
 pub struct WebClient {
@@ -40,75 +40,90 @@ impl WebClient {
         on_event: js_sys::Function,
         compact_over: Option<u32>,
     ) -> Result<WebClient, JsValue> {
-        let (store, storage): (Box<dyn ProfileStore>, serde_json::Value) =
-            match OpfsJournal::open().await {
-                Ok(opened) => {
-                    let Opened {
-                        journal,
-                        bytes,
-                        inspected,
-                    } = opened;
-                    let memory = MemoryStore::new();
-                    let replayed = replay(&memory, &bytes).map_err(|e| {
-                        failure(
-                            "STORAGE_DAMAGED",
-                            &format!("this browser's stored profile cannot be read: {e}"),
-                        )
-                    })?;
-                    drop(bytes);
-                    if replayed.dropped_bytes > 0 {
-                        journal
-                            .truncate(replayed.kept_bytes)
-                            .map_err(|e| failure("STORAGE_DAMAGED", &e.to_string()))?;
-                    }
-                    // Compacted when it has grown to twice its last
-                    // snapshot (and past 4 MiB): the next open reads less.
-                    let mut compacted_to = None;
-                    let over = compact_over.map_or(COMPACT_OVER_BYTES, |n| n as usize);
-                    if worth_compacting(&inspected, over) {
-                        match snapshot(&memory, inspected.generation + 1).and_then(|frames| {
-                            journal.compact(&frames)?;
-                            Ok(frames.iter().map(Vec::len).sum::<usize>())
-                        }) {
-                            Ok(bytes) => compacted_to = Some(bytes),
-                            Err(e) => tracing::warn!(error = %e, "the journal was not compacted"),
-                        }
-                    }
-                    let storage = serde_json::json!({
-                        "persistent": true,
-                        "frames": replayed.frames,
-                        "bytes": replayed.kept_bytes,
-                        "dropped_bytes": replayed.dropped_bytes,
-                        "generation": inspected.generation,
-                        "compacted_to_bytes": compacted_to,
-                    });
-                    (
-                        Box::new(JournaledStore::new(memory, Box::new(journal))),
-                        storage,
+        let (store, storage): (Box<dyn ProfileStore>, serde_json::Value) = match OpfsJournal::open()
+            .await
+        {
+            Ok(opened) => {
+                let Opened {
+                    journal,
+                    bytes,
+                    inspected,
+                } = opened;
+                let memory = MemoryStore::new();
+                let replayed = replay(&memory, &bytes).map_err(|e| {
+                    failure(
+                        "STORAGE_DAMAGED",
+                        &format!("this browser's stored profile cannot be read: {e}"),
                     )
+                })?;
+                drop(bytes);
+                if replayed.dropped_bytes > 0 {
+                    journal
+                        .truncate(replayed.kept_bytes)
+                        .map_err(|e| failure("STORAGE_DAMAGED", &e.to_string()))?;
                 }
-                Err(OpenError::InUse) => {
-                    return Err(failure(
-                        "ANOTHER_TAB",
-                        "Dak is open in another tab of this browser",
-                    ));
+                // Compacted when it has grown to twice its last
+                // snapshot (and past 4 MiB): the next open reads less.
+                let mut compacted_to = None;
+                let over = compact_over.map_or(COMPACT_OVER_BYTES, |n| n as usize);
+                if worth_compacting(&inspected, over) {
+                    match snapshot(&memory, inspected.generation + 1) {
+                        Ok(frames) => match journal.compact(&frames) {
+                            Ok(()) => {
+                                compacted_to = Some(frames.iter().map(Vec::len).sum::<usize>())
+                            }
+                            Err(CompactError::NotDone(e)) => {
+                                tracing::warn!(error = %e, "the journal was not compacted")
+                            }
+                            // Going on could let a stale snapshot win at
+                            // the next open: stop here instead.
+                            Err(CompactError::Unsafe(e)) => {
+                                return Err(failure(
+                                    "STORAGE_FAILED",
+                                    &format!(
+                                        "this browser's storage failed while tidying the profile: {e}"
+                                    ),
+                                ));
+                            }
+                        },
+                        Err(e) => tracing::warn!(error = %e, "the journal was not compacted"),
+                    }
                 }
-                // The profile is there but cannot be read now: never
-                // start an empty one in its place.
-                Err(OpenError::Failed(why)) => {
-                    return Err(failure(
-                        "STORAGE_FAILED",
-                        &format!("this browser's storage cannot be read: {why}"),
-                    ));
-                }
-                Err(OpenError::Unsupported(why)) => {
-                    tracing::warn!(%why, "no persistent storage; the profile lives in memory");
-                    (
-                        Box::new(MemoryStore::new()),
-                        serde_json::json!({"persistent": false, "why": why}),
-                    )
-                }
-            };
+                let storage = serde_json::json!({
+                    "persistent": true,
+                    "frames": replayed.frames,
+                    "bytes": replayed.kept_bytes,
+                    "dropped_bytes": replayed.dropped_bytes,
+                    "generation": inspected.generation,
+                    "compacted_to_bytes": compacted_to,
+                });
+                (
+                    Box::new(JournaledStore::new(memory, Box::new(journal))),
+                    storage,
+                )
+            }
+            Err(OpenError::InUse) => {
+                return Err(failure(
+                    "ANOTHER_TAB",
+                    "Dak is open in another tab of this browser",
+                ));
+            }
+            // The profile is there but cannot be read now: never
+            // start an empty one in its place.
+            Err(OpenError::Failed(why)) => {
+                return Err(failure(
+                    "STORAGE_FAILED",
+                    &format!("this browser's storage cannot be read: {why}"),
+                ));
+            }
+            Err(OpenError::Unsupported(why)) => {
+                tracing::warn!(%why, "no persistent storage; the profile lives in memory");
+                (
+                    Box::new(MemoryStore::new()),
+                    serde_json::json!({"persistent": false, "why": why}),
+                )
+            }
+        };
         let (commands, rx) = mpsc::unbounded();
         let emit = Box::new(move |event: serde_json::Value| {
             let _ = on_event.call1(&JsValue::NULL, &JsValue::from_str(&event.to_string()));

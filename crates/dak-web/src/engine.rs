@@ -277,9 +277,12 @@ impl Engine {
     async fn connect(&mut self, profile: Profile) -> Result<Client, Profile> {
         self.status(&profile, "connecting", None);
         match Client::try_connect(profile).await {
-            Ok(client) => {
+            Ok(mut client) => {
                 self.status(client.profile(), "online", None);
-                // The outbox went out on connecting: its ticks moved.
+                // The outbox went out on connecting: its ticks moved, and
+                // what came up meanwhile is told now.
+                let pending = client.take_pending_events();
+                self.events(&pending);
                 self.changed();
                 Ok(client)
             }
@@ -360,8 +363,10 @@ impl Engine {
                 lost
             }
             Either::Right(Ok(body)) => match client.handle_push(body).await {
-                Ok(events) => {
+                Ok(mut events) => {
                     self.healthy = true;
+                    // What the follow-up work (run after the push) found.
+                    events.extend(client.take_pending_events());
                     self.events(&events);
                     None
                 }
@@ -491,6 +496,19 @@ impl Engine {
             }
             Command::SafetyNumber { chat, reply } => {
                 let result = client.safety_number(&chat).await;
+                // Computing it may bring the chat up to date with the
+                // contact's devices: the number shown already includes
+                // that change, so no "changed" notice for it follows.
+                if let Ok(key) = views::chat_key(client.profile(), &chat) {
+                    let pending = client.take_pending_events();
+                    let rest: Vec<Event> = pending
+                        .into_iter()
+                        .filter(|e| {
+                            !matches!(e, Event::SecurityNotice { conversation, .. } if conversation.key() == key)
+                        })
+                        .collect();
+                    self.events(&rest);
+                }
                 self.server_answer(reply, result.map(|digits| json!(digits)))
             }
             Command::Reconnect => None,

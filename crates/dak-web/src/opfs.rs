@@ -65,6 +65,15 @@ unsafe impl Send for OpfsJournal {}
 #[cfg(not(target_feature = "atomics"))]
 unsafe impl Sync for OpfsJournal {}
 
+/// Why a compaction did not happen.
+#[derive(Debug)]
+pub enum CompactError {
+    /// Nothing changed: the old file is still the one in use.
+    NotDone(ClientError),
+    /// The other file could not be emptied again after a failed write.
+    Unsafe(ClientError),
+}
+
 /// What opening found: the journal to replay, and what it is.
 pub struct Opened {
     pub journal: OpfsJournal,
@@ -148,13 +157,20 @@ impl OpfsJournal {
 
     /// Writes a snapshot (`journal::snapshot`'s frames) to the other file,
     /// flushes it, and makes it the file in use; then empties the old one.
-    /// On failure the old file stays in use, untouched.
-    pub fn compact(&self, frames: &[Vec<u8>]) -> Result<(), ClientError> {
+    /// On failure the old file stays in use, untouched, and the other file
+    /// is emptied again: `CompactError::Unsafe` when even that could not be
+    /// confirmed (a whole snapshot of a higher generation might survive and
+    /// win over what the old file gets next), and then nothing must be
+    /// written until the tab opens again.
+    pub fn compact(&self, frames: &[Vec<u8>]) -> Result<(), CompactError> {
         let next = 1 - self.active.get();
         let handle = &self.slots[next];
         let mut at = 0.0;
         let written = (|| {
+            // Emptied and flushed first: nothing of what it held before can
+            // follow the snapshot.
             handle.truncate_with_f64(0.0)?;
+            handle.flush()?;
             for frame in frames {
                 let options = FileSystemReadWriteOptions::new();
                 options.set_at(at);
@@ -169,8 +185,12 @@ impl OpfsJournal {
             handle.flush()
         })();
         if let Err(e) = written {
-            let _ = handle.truncate_with_f64(0.0).and_then(|()| handle.flush());
-            return Err(store_error(&e));
+            return Err(
+                match handle.truncate_with_f64(0.0).and_then(|()| handle.flush()) {
+                    Ok(()) => CompactError::NotDone(store_error(&e)),
+                    Err(_) => CompactError::Unsafe(store_error(&e)),
+                },
+            );
         }
         let old = self.active.replace(next);
         self.size.set(at);
