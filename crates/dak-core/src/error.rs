@@ -44,12 +44,38 @@ impl ClientError {
         }
     }
 
+    /// Whether the server says this device is gone for good (removed,
+    /// revoked, its number registered elsewhere, or never known): no retry
+    /// helps, only registering or linking again.
+    pub fn is_device_gone(&self) -> bool {
+        use v1::ErrorCode;
+        match self {
+            ClientError::NotRegistered => true,
+            ClientError::Server(s) => matches!(
+                s.kind(),
+                ErrorCode::AuthFailed
+                    | ErrorCode::UnknownDevice
+                    | ErrorCode::DeviceRevoked
+                    | ErrorCode::UnknownAccount
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the connection itself failed (not the server's answer): the
+    /// client is offline until it reconnects.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Transport(_) | ClientError::Closed(_) | ClientError::Timeout(_)
+        )
+    }
+
     /// Whether trying again later (or on another node) may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Server(e) => e.retryable,
-            ClientError::Transport(_) | ClientError::Closed(_) | ClientError::Timeout(_) => true,
-            _ => false,
+            e => e.is_connection_lost(),
         }
     }
 }

@@ -16,7 +16,7 @@
 //! a connection attempt (each is bounded: 10 s to open a socket, the
 //! core's timeouts after) or while a link code waits for its approval.
 //!
-//! Only the server saying this device is gone (`device_gone`) stops the
+//! Only the server saying this device is gone (`is_device_gone`) stops the
 //! retries (`signed_out`); any other failure is `offline`.
 //!
 //! Events (one JSON object each, to the page's callback):
@@ -56,9 +56,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let code = match &e {
             ClientError::Server(s) => s.kind().as_str_name().to_string(),
-            ClientError::Transport(_) | ClientError::Closed(_) | ClientError::Timeout(_) => {
-                "OFFLINE".into()
-            }
+            e if e.is_connection_lost() => "OFFLINE".into(),
             ClientError::NotRegistered => "NOT_REGISTERED".into(),
             ClientError::Usage(_) => "USAGE".into(),
             _ => "ERROR".into(),
@@ -287,7 +285,7 @@ impl Engine {
                 Ok(client)
             }
             Err((profile, e)) => {
-                let gone = device_gone(&e);
+                let gone = e.is_device_gone();
                 let failure = Failure::from(e);
                 if gone {
                     self.status(&profile, "signed_out", Some(&failure));
@@ -303,22 +301,13 @@ impl Engine {
     }
 }
 
-/// Whether the server says this device is gone for good (removed,
-/// revoked, or its account re-registered elsewhere): then only registering
-/// or linking again helps.
-fn device_gone(e: &ClientError) -> bool {
-    use dak_proto::v1::ErrorCode;
-    match e {
-        ClientError::NotRegistered => true,
-        ClientError::Server(s) => matches!(
-            s.kind(),
-            ErrorCode::AuthFailed
-                | ErrorCode::UnknownDevice
-                | ErrorCode::DeviceRevoked
-                | ErrorCode::UnknownAccount
-        ),
-        _ => false,
-    }
+/// Why the connection is gone, if that is what `e` says (then the engine
+/// goes offline and reconnects).
+fn lost_connection(e: &ClientError) -> Option<Failure> {
+    e.is_connection_lost().then(|| Failure {
+        code: "OFFLINE".into(),
+        message: e.to_string(),
+    })
 }
 
 /// The link code as a QR code, as `dak link` shows it (`dak-link:CODE`):
@@ -416,9 +405,8 @@ impl Engine {
                     }
                     // Kept in the outbox (🕓): it goes out on the next connection.
                     Err(e) if e.is_retryable() => {
-                        let connection_lost = !matches!(e, ClientError::Server(_));
                         let _ = reply.send(Ok(json!({"chat": key, "queued": true})));
-                        connection_lost.then(|| Failure::from(e))
+                        lost_connection(&e)
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -428,12 +416,7 @@ impl Engine {
             }
             Command::MarkRead { chat, reply } => {
                 let result = self.mark_read(client, &chat).await;
-                let lost = match &result {
-                    Err(e) if e.is_retryable() && !matches!(e, ClientError::Server(_)) => {
-                        Some(Failure::from(ClientError::Transport(e.to_string())))
-                    }
-                    _ => None,
-                };
+                let lost = result.as_ref().err().and_then(lost_connection);
                 if matches!(result, Ok(n) if n > 0) {
                     self.changed();
                 }
@@ -524,12 +507,7 @@ impl Engine {
     /// number); `Some` when it failed for want of a connection.
     fn server_answer(&self, reply: Reply, result: Result<Value, ClientError>) -> Option<Failure> {
         self.changed();
-        let lost = match &result {
-            Err(e) if e.is_retryable() && !matches!(e, ClientError::Server(_)) => {
-                Some(Failure::from(ClientError::Transport(e.to_string())))
-            }
-            _ => None,
-        };
+        let lost = result.as_ref().err().and_then(lost_connection);
         let _ = reply.send(result.map_err(Failure::from));
         lost
     }
