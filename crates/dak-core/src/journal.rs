@@ -72,7 +72,8 @@ pub struct Op {
     pub write: Option<Write>,
 }
 
-/// Two or three byte strings and a number: the arguments most writes take.
+/// Up to three byte strings, two numbers, a flag and a list: the arguments
+/// of every write (each write says which it uses).
 #[derive(Clone, PartialEq, Message)]
 pub struct Args {
     #[prost(bytes = "vec", tag = "1")]
@@ -87,6 +88,8 @@ pub struct Args {
     pub flag: bool,
     #[prost(string, repeated, tag = "6")]
     pub list: Vec<String>,
+    #[prost(int64, tag = "7")]
+    pub m: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -197,6 +200,7 @@ fn args(a: &[u8], b: &[u8], c: &[u8], n: i64) -> Args {
         n,
         flag: false,
         list: Vec::new(),
+        m: 0,
     }
 }
 
@@ -284,13 +288,7 @@ pub fn apply(store: &dyn ProfileStore, op: Op) -> Result<(), ClientError> {
         Write::TombstoneMessage(a) => store.tombstone_message(&a.a),
         Write::PurgeExpired(a) => store.purge_expired(a.n).map(|_| ()),
         Write::AddRecipient(a) => store.add_recipient(&a.a, text(&a.b)?, a.n as u64),
-        Write::UpdateReceipt(a) => store.update_receipt(&a.a, a.n as u64, a.flag, {
-            let at: [u8; 8] =
-                a.b.as_slice()
-                    .try_into()
-                    .map_err(|_| journal_error("a receipt without its time"))?;
-            i64::from_le_bytes(at)
-        }),
+        Write::UpdateReceipt(a) => store.update_receipt(&a.a, a.n as u64, a.flag, a.m),
         Write::QueueOutgoing(a) => store.queue_outgoing(&a.a, text(&a.b)?, &a.c),
         Write::RemoveOutgoing(a) => store.remove_outgoing(&a.a),
         Write::SetGroupState(a) => {
@@ -337,12 +335,24 @@ pub struct Inspected {
     pub valid_bytes: usize,
 }
 
+/// A frame's own fields without its writes: what `inspect` reads (prost
+/// skips the writes, field 1, without decoding them).
+#[derive(Clone, PartialEq, Message)]
+struct FrameHeader {
+    #[prost(uint64, tag = "2")]
+    generation: u64,
+    #[prost(bool, tag = "3")]
+    snapshot_done: bool,
+}
+
+/// What a journal is, read cheaply (checksums and frame headers, not the
+/// writes): opening inspects both files before it replays one.
 pub fn inspect(journal: &[u8]) -> Inspected {
     let mut at = 0;
     let mut generation = 0;
     let mut snapshot_bytes = None;
     let mut first = true;
-    while let Some((len, frame)) = next_frame(&journal[at..]) {
+    while let Some((len, frame)) = frame_at::<FrameHeader>(&journal[at..]) {
         if first {
             generation = frame.generation;
             first = false;
@@ -378,21 +388,25 @@ pub fn snapshot(
     store: &crate::memory::MemoryStore,
     generation: u64,
 ) -> Result<Vec<Vec<u8>>, ClientError> {
-    /// Collects the writes of the copy, one lone write per frame.
-    #[derive(Default)]
-    struct Collect(parking_lot::Mutex<Vec<Op>>);
-    impl JournalSink for std::sync::Arc<Collect> {
-        fn append(&self, frame: &[u8]) -> Result<(), ClientError> {
-            let (_, frame) = next_frame(frame)
-                .ok_or_else(|| journal_error("a frame that does not read back"))?;
-            self.0.lock().extend(frame.ops);
-            Ok(())
+    // The copy's writes, taken from its one open transaction: they are
+    // never encoded alone, and the copy is dropped right after.
+    struct Unused;
+    impl JournalSink for Unused {
+        fn append(&self, _: &[u8]) -> Result<(), ClientError> {
+            Err(journal_error("a snapshot's copy is never committed"))
         }
     }
-    let collect = std::sync::Arc::new(Collect::default());
-    let copy = JournaledStore::new(crate::memory::MemoryStore::new(), Box::new(collect.clone()));
-    store.copy_into(&copy)?;
-    let ops = std::mem::take(&mut *collect.0.lock());
+    let ops = {
+        let copy = JournaledStore::new(crate::memory::MemoryStore::new(), Box::new(Unused));
+        copy.begin(Bracket::Transaction)?;
+        store.copy_into(&copy)?;
+        // Dropped with its transaction open: nothing to undo, all freed.
+        copy.open
+            .lock()
+            .pop()
+            .map(|(_, ops)| ops)
+            .unwrap_or_default()
+    };
     let mut frames = Vec::new();
     let mut current = JournalFrame {
         ops: Vec::new(),
@@ -453,6 +467,11 @@ pub fn replay(store: &dyn ProfileStore, journal: &[u8]) -> Result<Replayed, Clie
 
 /// The frame at the start of `bytes` and its length, if it is whole and valid.
 pub fn next_frame(bytes: &[u8]) -> Option<(usize, JournalFrame)> {
+    frame_at(bytes)
+}
+
+/// The frame at the start of `bytes`, decoded as `M`, and its length.
+fn frame_at<M: Message + Default>(bytes: &[u8]) -> Option<(usize, M)> {
     let header = bytes.get(..HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
@@ -463,7 +482,7 @@ pub fn next_frame(bytes: &[u8]) -> Option<(usize, JournalFrame)> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    let frame = JournalFrame::decode(body).ok()?;
+    let frame = M::decode(body).ok()?;
     Some((HEADER + len, frame))
 }
 
@@ -716,8 +735,9 @@ impl<S: ProfileStore> ProfileStore for JournaledStore<S> {
         self.write(
             |s| s.update_receipt(message_id, device_id, read, at_ms),
             || {
-                let mut a = args(message_id, &at_ms.to_le_bytes(), &[], device_id as i64);
+                let mut a = args(message_id, &[], &[], device_id as i64);
                 a.flag = read;
+                a.m = at_ms;
                 Write::UpdateReceipt(a)
             },
         )
