@@ -9,6 +9,7 @@ use openmls::prelude::KeyPackage;
 use crate::memory::MemoryStore;
 use crate::mls::{CommitToSend, Mls};
 use crate::{ClientError, Profile, ProfileStore, TestEnvironment};
+use crate::{ConversationId, MessageView};
 
 /// One device of `phone`, id `id`, registered and with its key.
 pub struct TestDevice {
@@ -70,5 +71,34 @@ impl TestDevice {
             .commit(&group, vec![other.key_package_for(&self.mls())?], vec![])?;
         self.mls().merge_pending(&group)?;
         Ok((group, out))
+    }
+}
+
+/// A plain text as a store keeps it: acked, unread, not a reply, not
+/// forwarded, edited, deleted or expiring; at `at_ms` on both clocks.
+pub fn text_message(
+    id: Vec<u8>,
+    conversation: ConversationId,
+    from: &str,
+    outgoing: bool,
+    text: &str,
+    at_ms: i64,
+) -> MessageView {
+    MessageView {
+        id,
+        conversation,
+        from: from.into(),
+        from_device: 1,
+        outgoing,
+        text: text.into(),
+        sent_at_ms: at_ms,
+        server_time_ms: at_ms,
+        acked: true,
+        read_ms: 0,
+        reply_to: None,
+        forwarded: 0,
+        edited_ms: 0,
+        deleted: false,
+        expires_at_ms: 0,
     }
 }

@@ -29,7 +29,7 @@ use criterion::Criterion;
 use dak_core::journal::{JournalSink, JournaledStore, replay, snapshot};
 use dak_core::memory::MemoryStore;
 use dak_core::mls::Incoming;
-use dak_core::testing::TestDevice;
+use dak_core::testing::{TestDevice, text_message};
 use dak_core::{
     Bracket, ClientError, ConversationId, MessageView, Profile, ProfileStore, TestEnvironment,
 };
@@ -71,21 +71,15 @@ fn big_journal(chats: usize, per_chat: usize) -> Vec<u8> {
             let at = t0 + n as i64 * 1000;
             store
                 .insert_message(&MessageView {
-                    id: id.to_vec(),
-                    conversation: ConversationId::Direct(peer.clone()),
-                    from: if outgoing { ME.into() } else { peer.clone() },
-                    from_device: 1,
-                    outgoing,
-                    text: format!("message {n} of a conversation, about sixty bytes long."),
-                    sent_at_ms: at,
-                    server_time_ms: at,
-                    acked: true,
                     read_ms: if outgoing || m + 1 < per_chat { at } else { 0 },
-                    reply_to: None,
-                    forwarded: 0,
-                    edited_ms: 0,
-                    deleted: false,
-                    expires_at_ms: 0,
+                    ..text_message(
+                        id.to_vec(),
+                        ConversationId::Direct(peer.clone()),
+                        if outgoing { ME } else { &peer },
+                        outgoing,
+                        &format!("message {n} of a conversation, about sixty bytes long."),
+                        at,
+                    )
                 })
                 .unwrap();
             if outgoing {
@@ -144,21 +138,15 @@ fn bytes_per_message(rounds: usize) -> (f64, usize, usize) {
                     panic!("not an application message");
                 };
                 p.insert_message(&MessageView {
-                    id: id.clone(),
-                    conversation: ConversationId::Direct(bob.phone.clone()),
-                    from: bob.phone.clone(),
                     from_device: 2,
-                    outgoing: false,
-                    text: String::from_utf8(plaintext).unwrap(),
-                    sent_at_ms: 0,
-                    server_time_ms: 0,
-                    acked: true,
-                    read_ms: 0,
-                    reply_to: None,
-                    forwarded: 0,
-                    edited_ms: 0,
-                    deleted: false,
-                    expires_at_ms: 0,
+                    ..text_message(
+                        id.clone(),
+                        ConversationId::Direct(bob.phone.clone()),
+                        &bob.phone,
+                        false,
+                        &String::from_utf8(plaintext).unwrap(),
+                        0,
+                    )
                 })
             })
             .unwrap();

@@ -3,28 +3,19 @@
 //! reaches the page exactly as it was written, markup and all (the page
 //! puts it in a text node).
 
-use dak_core::testing::TestDevice;
+use dak_core::testing::{TestDevice, text_message};
 use dak_core::{ConversationId, MessageView, TickState, queue_text};
 use dak_web::views::{chat_list, messages};
 
 fn incoming(id: u8, from: &str, text: &str, at_ms: i64) -> MessageView {
-    MessageView {
-        id: vec![id; 16],
-        conversation: ConversationId::Direct(from.into()),
-        from: from.into(),
-        from_device: 1,
-        outgoing: false,
-        text: text.into(),
-        sent_at_ms: at_ms,
-        server_time_ms: at_ms,
-        acked: true,
-        read_ms: 0,
-        reply_to: None,
-        forwarded: 0,
-        edited_ms: 0,
-        deleted: false,
-        expires_at_ms: 0,
-    }
+    text_message(
+        vec![id; 16],
+        ConversationId::Direct(from.into()),
+        from,
+        false,
+        text,
+        at_ms,
+    )
 }
 
 #[test]
