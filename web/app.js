@@ -320,16 +320,12 @@ async function renderDevices() {
       remove.className = "remove";
       remove.textContent = t("remove");
       remove.setAttribute("aria-label", t("remove_device", { name: d.name || "#" + d.device_id }));
-      remove.addEventListener("click", async () => {
-        remove.disabled = true;
-        try {
+      remove.addEventListener("click", () =>
+        doing(remove, async () => {
           await ui.client.removeDevice(d.device_id);
           await renderDevices();
-        } catch (e) {
-          showError(e);
-          remove.disabled = false;
-        }
-      });
+        }),
+      );
       item.append(" ", remove);
     }
     list.append(item);
@@ -392,25 +388,17 @@ async function renderGroup() {
       remove.className = "remove";
       remove.textContent = t("remove");
       remove.setAttribute("aria-label", t("remove_member", { phone: m.phone }));
-      remove.addEventListener("click", () => groupChange(() => ui.client.removeMember(ui.open, m.phone), remove));
+      remove.addEventListener("click", () =>
+        doing(remove, async () => {
+          await ui.client.removeMember(ui.open, m.phone);
+          await renderGroup();
+        }),
+      );
       item.append(" ", remove);
     }
     list.append(item);
   }
   $("add-member-form").hidden = !info.you_are_admin;
-}
-
-async function groupChange(change, control) {
-  control.disabled = true;
-  showError(null);
-  try {
-    await change();
-    await renderGroup();
-  } catch (e) {
-    showError(e);
-  } finally {
-    control.disabled = false;
-  }
 }
 
 function phoneList(raw) {
@@ -528,8 +516,31 @@ function deviceName() {
   return "Dak Web (" + browser + ")";
 }
 
-function busy(form, on) {
-  for (const el of form.querySelectorAll("button, input, textarea")) el.disabled = on;
+function busy(control, on) {
+  const all = control.tagName === "FORM" ? control.querySelectorAll("button, input, textarea") : [control];
+  for (const el of all) el.disabled = on;
+}
+
+// Does what the user asked with `control` (a form or a button) disabled
+// meanwhile; an error is shown, and what they typed stays where it is.
+async function doing(control, work) {
+  busy(control, true);
+  showError(null);
+  try {
+    await work();
+  } catch (err) {
+    showError(err);
+  } finally {
+    busy(control, false);
+  }
+}
+
+function onSubmit(id, work) {
+  const form = $(id);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    doing(form, () => work(form));
+  });
 }
 
 function wire() {
@@ -544,57 +555,30 @@ function wire() {
     showStatus();
   });
 
-  $("register-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const form = e.target;
-    busy(form, true);
-    showError(null);
-    try {
-      const phone = $("phone").value.trim();
-      const answer = JSON.parse(await ui.client.requestCode(server, phone));
-      ui.pendingPhone = phone;
-      $("verify-form").hidden = false;
-      $("link-code").hidden = false;
-      $("link-code").textContent = t("code_sent", { phone, minutes: Math.ceil(answer.expires_in_secs / 60) });
-      $("code").focus();
-    } catch (err) {
-      showError(err);
-    } finally {
-      busy(form, false);
-    }
+  onSubmit("register-form", async () => {
+    const phone = $("phone").value.trim();
+    const answer = JSON.parse(await ui.client.requestCode(server, phone));
+    ui.pendingPhone = phone;
+    $("verify-form").hidden = false;
+    $("link-code").hidden = false;
+    $("link-code").textContent = t("code_sent", { phone, minutes: Math.ceil(answer.expires_in_secs / 60) });
+    $("code").focus();
   });
 
-  $("verify-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const form = e.target;
-    busy(form, true);
-    showError(null);
-    try {
-      await ui.client.verify($("code").value.trim(), $("pin").value, deviceName());
-      $("code").value = "";
-      $("pin").value = "";
-      $("link-code").hidden = true;
-    } catch (err) {
-      showError(err);
-    } finally {
-      busy(form, false);
-    }
+  onSubmit("verify-form", async () => {
+    await ui.client.verify($("code").value.trim(), $("pin").value, deviceName());
+    $("code").value = "";
+    $("pin").value = "";
+    $("link-code").hidden = true;
   });
 
-  $("link").addEventListener("click", async (e) => {
-    const button = e.target;
-    button.disabled = true;
-    showError(null);
-    try {
+  $("link").addEventListener("click", (e) =>
+    doing(e.target, async () => {
       await ui.client.link(server, deviceName());
       $("link-code").hidden = true;
       $("link-qr").hidden = true;
-    } catch (err) {
-      showError(err);
-    } finally {
-      button.disabled = false;
-    }
-  });
+    }),
+  );
 
   $("new-chat-form").addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -611,39 +595,19 @@ function wire() {
     }
   });
 
-  $("new-group-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const form = e.target;
-    busy(form, true);
-    showError(null);
-    try {
-      const group = JSON.parse(await ui.client.createGroup($("group-title").value.trim(), phoneList($("group-members").value)));
-      $("group-title").value = "";
-      $("group-members").value = "";
-      form.closest("details").open = false;
-      await openChat(group.key);
-    } catch (err) {
-      showError(err);
-    } finally {
-      busy(form, false);
-    }
+  onSubmit("new-group-form", async (form) => {
+    const group = JSON.parse(await ui.client.createGroup($("group-title").value.trim(), phoneList($("group-members").value)));
+    $("group-title").value = "";
+    $("group-members").value = "";
+    form.closest("details").open = false;
+    await openChat(group.key);
   });
 
   $("devices").addEventListener("toggle", renderDevices);
-  $("approve-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const form = e.target;
-    busy(form, true);
-    showError(null);
-    try {
-      await ui.client.approveLink($("approve-code").value.trim());
-      $("approve-code").value = "";
-      await renderDevices();
-    } catch (err) {
-      showError(err);
-    } finally {
-      busy(form, false);
-    }
+  onSubmit("approve-form", async () => {
+    await ui.client.approveLink($("approve-code").value.trim());
+    $("approve-code").value = "";
+    await renderDevices();
   });
 
   $("safety-toggle").addEventListener("click", () => {
@@ -660,13 +624,11 @@ function wire() {
     renderGroup();
   });
 
-  $("add-member-form").addEventListener("submit", (e) => {
-    e.preventDefault();
+  onSubmit("add-member-form", async () => {
     const input = $("add-member");
-    groupChange(async () => {
-      await ui.client.addMembers(ui.open, phoneList(input.value));
-      input.value = "";
-    }, e.target.querySelector("button"));
+    await ui.client.addMembers(ui.open, phoneList(input.value));
+    input.value = "";
+    await renderGroup();
   });
 
   $("back").addEventListener("click", () => {

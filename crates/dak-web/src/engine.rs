@@ -384,7 +384,7 @@ impl Engine {
     async fn online_command(&mut self, client: &mut Client, command: Command) -> Option<Failure> {
         match command {
             Command::Send { chat, text, reply } => {
-                let key = match views::chat_key(client.profile(), &chat) {
+                let key = match client.profile().resolve(&chat).map(|c| c.key()) {
                     Ok(k) => k,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -482,7 +482,7 @@ impl Engine {
                 // Computing it may bring the chat up to date with the
                 // contact's devices: the number shown already includes
                 // that change, so no "changed" notice for it follows.
-                if let Ok(key) = views::chat_key(client.profile(), &chat) {
+                if let Ok(key) = client.profile().resolve(&chat).map(|c| c.key()) {
                     let pending = client.take_pending_events();
                     let rest: Vec<Event> = pending
                         .into_iter()
@@ -513,7 +513,7 @@ impl Engine {
     }
 
     async fn mark_read(&mut self, client: &mut Client, chat: &str) -> Result<usize, ClientError> {
-        let key = views::chat_key(client.profile(), chat)?;
+        let key = client.profile().resolve(chat)?.key();
         let ids: Vec<Vec<u8>> = client
             .profile()
             .unread()?
@@ -593,7 +593,7 @@ impl Engine {
                 self.registered(reply, result);
             }
             Command::Send { chat, text, reply } => {
-                let result = views::chat_key(&profile, &chat).and_then(|key| {
+                let result = profile.resolve(&chat).map(|c| c.key()).and_then(|key| {
                     let (id, _, _) = dak_core::queue_text(&profile, &key, &text)?;
                     Ok(json!({
                         "chat": key,
@@ -639,7 +639,7 @@ impl Engine {
             ),
             Command::Messages { chat, reply } => (
                 reply,
-                views::chat_key(profile, &chat).and_then(|key| {
+                profile.resolve(&chat).map(|c| c.key()).and_then(|key| {
                     let rows = views::messages(profile, &key, views::CHAT_PAGE)?;
                     Ok(json!({"chat": key, "messages": rows}))
                 }),

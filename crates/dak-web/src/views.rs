@@ -12,7 +12,7 @@
 //!   message yet come last, by key.
 
 use dak_core::mls::is_named_group;
-use dak_core::{ClientError, ConversationId, MessageView, Profile, TickState, format_id, tick_of};
+use dak_core::{ClientError, MessageView, Profile, TickState, format_id, tick_of};
 use serde::Serialize;
 
 /// Messages a chat view loads at once (the newest).
@@ -59,7 +59,11 @@ pub struct MessageRow {
 /// Every chat this device is in, newest first.
 pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
     let requests = dak_core::requests::message_requests(profile)?;
-    let unread = profile.unread()?;
+    // Unread messages per chat, counted once for the whole list.
+    let mut unread = std::collections::HashMap::<String, usize>::new();
+    for m in profile.unread()? {
+        *unread.entry(m.conversation.key()).or_default() += 1;
+    }
     let mut rows = Vec::new();
     for (group, peer) in profile.active_groups()? {
         let (key, title, is_group) = if is_named_group(&group) {
@@ -77,10 +81,7 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
             _ => None,
         };
         rows.push(ChatRow {
-            unread: unread
-                .iter()
-                .filter(|m| m.conversation.key() == key)
-                .count(),
+            unread: unread.get(&key).copied().unwrap_or(0),
             request: requests.contains_key(&key),
             last_text: last.as_ref().map(shown_text).unwrap_or_default(),
             last_outgoing: last.as_ref().is_some_and(|m| m.outgoing),
@@ -131,16 +132,6 @@ pub fn messages(
             })
         })
         .collect()
-}
-
-/// The conversation key of `chat` (a number, a key, a group's title).
-pub fn chat_key(profile: &Profile, chat: &str) -> Result<String, ClientError> {
-    Ok(profile.resolve(chat)?.key())
-}
-
-/// Whether `key` names a group.
-pub fn is_group_key(key: &str) -> bool {
-    ConversationId::from_key(key).is_group()
 }
 
 fn shown_text(m: &MessageView) -> String {

@@ -162,6 +162,29 @@ impl Browser {
         el.send_keys(text).await.unwrap();
     }
 
+    /// Waits until `css` matches an element, then clicks it.
+    async fn click_when_shown(&self, css: &str, what: &str) {
+        self.wait_for(
+            &format!("return document.querySelector({}) !== null", json!(css)),
+            what,
+        )
+        .await;
+        self.click(css).await;
+    }
+
+    /// Waits until the open chat shows an incoming message whose text is
+    /// exactly `text`.
+    async fn wait_incoming(&self, text: &str, what: &str) {
+        self.wait_for(
+            &format!(
+                "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === {})",
+                json!(text)
+            ),
+            what,
+        )
+        .await;
+    }
+
     async fn click(&self, css: &str) {
         self.driver
             .find(Locator::Css(css))
@@ -291,10 +314,7 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
     b.mark_read(None).await.unwrap();
     browser.wait_tick(first, "read").await;
     browser
-        .wait_for(
-            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === 'hi from the CLI')",
-            "bob's reply",
-        )
+        .wait_incoming("hi from the CLI", "bob's reply")
         .await;
     tokio::time::timeout(
         Duration::from_secs(60),
@@ -309,13 +329,7 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
     b.send_text(page_phone, payload).await.unwrap();
     b.close().await;
     browser
-        .wait_for(
-            &format!(
-                "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === {})",
-                json!(payload)
-            ),
-            "the markup payload as text",
-        )
+        .wait_incoming(payload, "the markup payload as text")
         .await;
     let ran = browser
         .js("return [window.__dak_pwned === undefined, document.querySelectorAll('#messages img, #messages script, #messages b').length]")
@@ -367,22 +381,15 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         .await;
     let row = format!("button[data-chat='{}']", bob.phone);
     browser
-        .wait_for(
-            &format!("return document.querySelector({}) !== null", json!(row)),
-            "bob's chat in the list after the reload",
-        )
+        .click_when_shown(&row, "bob's chat in the list after the reload")
         .await;
-    browser.click(&row).await;
     browser.wait_tick(first, "read").await;
     browser.wait_tick(offline, "delivered").await;
     let mut b = bob.connect().await;
     b.send_text(page_phone, "after the reload").await.unwrap();
     b.close().await;
     browser
-        .wait_for(
-            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === 'after the reload')",
-            "a message after the reload",
-        )
+        .wait_incoming("after the reload", "a message after the reload")
         .await;
     let shown = browser
         .js("return document.querySelectorAll('#messages li').length")
@@ -399,15 +406,11 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         "the second reload opened the compacted journal"
     );
     browser
-        .wait_for(
-            &format!("return document.querySelector({}) !== null", json!(row)),
-            "bob's chat after the second reload",
-        )
+        .click_when_shown(&row, "bob's chat after the second reload")
         .await;
-    browser.click(&row).await;
     browser
-        .wait_for(
-            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === 'after the reload')",
+        .wait_incoming(
+            "after the reload",
             "the message received after the compaction",
         )
         .await;
@@ -613,15 +616,11 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
     b.close().await;
     let row = format!("button[data-chat='{}']", bob.phone);
     browser
-        .wait_for(
-            &format!("return document.querySelector({}) !== null", json!(row)),
-            "bob's chat on the linked page",
-        )
+        .click_when_shown(&row, "bob's chat on the linked page")
         .await;
-    browser.click(&row).await;
     browser
-        .wait_for(
-            "return [...document.querySelectorAll('#messages li.incoming .text')].some(e => e.textContent === \"to all of alice's devices\")",
+        .wait_incoming(
+            "to all of alice's devices",
             "bob's message on the linked page",
         )
         .await;
@@ -710,12 +709,8 @@ async fn a_group_made_in_the_browser_with_two_cli_users_and_a_removal() {
         carol.phone
     );
     browser
-        .wait_for(
-            &format!("return document.querySelector({}) !== null", json!(remove)),
-            "carol's remove button",
-        )
+        .click_when_shown(&remove, "carol's remove button")
         .await;
-    browser.click(&remove).await;
     browser
         .wait_for(
             &format!(
