@@ -24,5 +24,6 @@ pub use dak_core::{
     requests, save_broadcast_list, tick_of, timer_of,
 };
 pub use dak_core::{ConversationId, RuleBreach, SettingChange, Undecodable, format_id, parse_id};
+pub use dak_core::{HistoryLimits, HistoryShared, parse_group_key};
 pub use env::SystemEnvironment;
 pub use sqlite_profile::{SqliteProfile, open_profile};

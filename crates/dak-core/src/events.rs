@@ -60,6 +60,15 @@ pub enum Event {
         conversation: ConversationId,
         from: String,
     },
+    /// Another device of this account sent this (newly linked) device part
+    /// of its recent history (`history.rs`): `messages` were new here.
+    History {
+        from_device: u64,
+        part: u32,
+        parts: u32,
+        chats: usize,
+        messages: usize,
+    },
 }
 
 /// The ticks, in the order they become true.

@@ -178,10 +178,12 @@ pub(crate) fn on_commit(
     Ok(())
 }
 
-/// Applies one decrypted content from `from` in `group`.
+/// Applies one decrypted content from `from` in `group`, on this device
+/// (`my_device` of the account `me`).
 pub(crate) fn on_content(
     p: &Profile,
     me: &str,
+    my_device: u64,
     group: &[u8],
     from: &Sender<'_>,
     content: v1::Content,
@@ -328,6 +330,15 @@ pub(crate) fn on_content(
                     phone: from.phone.to_string(),
                 },
             });
+        }
+        Some(Kind::History(h)) => {
+            // Only another device of this account, in the note to self, may
+            // hand this device history, and only the device it names takes it.
+            let note_to_self = !named && p.peer_of(group)?.as_deref() == Some(me);
+            if outgoing && note_to_self && from.device != my_device && h.for_device == my_device {
+                out.events
+                    .push(crate::history::import(p, me, from.device, h)?);
+            }
         }
         Some(Kind::JoinRequest(req)) if !named && !outgoing => {
             let (work, event) = groups::on_join_request(p, me, from.phone, &req, from.now)?;

@@ -26,6 +26,8 @@
 //!   server) and `key_packages`; `events` is what it tells the user.
 //! - `groups`: named groups (title, admins, invite links) and their rules.
 //! - `incoming`: what each decrypted delivery does to the profile.
+//! - `history`: a newly linked device's recent chats, sent by the device
+//!   that approved it.
 //! - `actions`: replies, edits, deletes, timers, forwards, broadcast lists.
 //! - `ids`: message ids.
 //!
@@ -45,6 +47,7 @@ mod error;
 mod events;
 mod group_sync;
 pub mod groups;
+pub mod history;
 pub mod ids;
 mod incoming;
 pub mod journal;
@@ -70,6 +73,7 @@ pub use events::Event;
 pub use events::{GroupChange, RuleBreach, SettingChange, Tick, TickState, Undecodable};
 pub use group_sync::CryptoState;
 pub use groups::{GroupEdit, GroupInfo, GroupMember};
+pub use history::{HistoryLimits, HistoryShared};
 pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};
 pub use outbox::{SendOutcome, TextOptions, queue_text, queue_text_with, timer_of};
 pub use ticks::tick_of;

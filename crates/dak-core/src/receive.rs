@@ -166,7 +166,7 @@ impl Client {
                     server_time_ms: e.server_time_ms,
                     now,
                 };
-                incoming::on_content(p, &me, &group, &from, content, &mut out)?;
+                incoming::on_content(p, &me, my_device, &group, &from, content, &mut out)?;
             }
             p.purge_expired(now)?;
             queue_receipts(p, v1::ReceiptType::Delivered, std::mem::take(&mut out.to_confirm))

@@ -21,6 +21,8 @@ pub const MAX_ADMINS: usize = 1024;
 pub const MAX_RECEIPT_IDS: usize = 256;
 /// A reply quotes the first this many characters of what it answers.
 pub const QUOTE_CHARS: usize = 100;
+/// A chat's name in a history bundle: a number or `group:` and 64 hex digits.
+pub const MAX_CONVERSATION_KEY_BYTES: usize = 6 + 2 * crate::MAX_GROUP_ID_BYTES;
 
 fn bad(what: impl Into<String>) -> FrameError {
     FrameError::invalid(v1::ErrorCode::BadRequest, what)
@@ -49,21 +51,45 @@ fn chars_at_most(name: &str, v: &str, max: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
+fn quote(q: &v1::Quote) -> Result<(), FrameError> {
+    id("reply_to.message_id", &q.message_id)?;
+    bytes_at_most(
+        "reply_to.sender_phone",
+        q.sender_phone.len(),
+        MAX_SHORT_TEXT,
+    )?;
+    chars_at_most("reply_to.snippet", &q.snippet, QUOTE_CHARS)
+}
+
 /// Whether a decoded `Content` keeps the limits above.
 pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
     match &c.kind {
         // A kind this build does not know (from a newer client): the caller
         // counts it and shows nothing; not an error here.
         None => Ok(()),
-        Some(Kind::Text(t)) => {
-            if let Some(q) = &t.reply_to {
-                id("reply_to.message_id", &q.message_id)?;
+        Some(Kind::Text(t)) => t.reply_to.as_ref().map_or(Ok(()), quote),
+        Some(Kind::History(h)) => {
+            if h.part == 0 || h.part > h.parts {
+                return Err(bad("a history part is numbered 1 to its count of parts"));
+            }
+            for chat in &h.chats {
                 bytes_at_most(
-                    "reply_to.sender_phone",
-                    q.sender_phone.len(),
-                    MAX_SHORT_TEXT,
+                    "history conversation",
+                    chat.conversation.len(),
+                    MAX_CONVERSATION_KEY_BYTES,
                 )?;
-                chars_at_most("reply_to.snippet", &q.snippet, QUOTE_CHARS)?;
+                for m in &chat.messages {
+                    id("history message id", &m.id)?;
+                    bytes_at_most("history sender", m.sender_phone.len(), MAX_SHORT_TEXT)?;
+                    m.reply_to.as_ref().map_or(Ok(()), quote)?;
+                    for r in &m.receipts {
+                        bytes_at_most("history receipt phone", r.phone.len(), MAX_SHORT_TEXT)?;
+                    }
+                    for r in &m.reactions {
+                        bytes_at_most("history reaction phone", r.phone.len(), MAX_SHORT_TEXT)?;
+                        bytes_at_most("history reaction emoji", r.emoji.len(), MAX_SHORT_TEXT)?;
+                    }
+                }
             }
             Ok(())
         }
@@ -153,5 +179,24 @@ mod tests {
         assert!(validate_content(&receipt(1, 17)).is_err());
         assert!(validate_content(&receipt(0, 16)).is_err());
         assert!(validate_content(&v1::Content { kind: None }).is_ok());
+        let history = |part: u32, parts: u32, id_len: usize| v1::Content {
+            kind: Some(Kind::History(v1::HistoryBundle {
+                for_device: 2,
+                part,
+                parts,
+                chats: vec![v1::HistoryChat {
+                    conversation: "+919800000001".into(),
+                    timer_secs: 0,
+                    messages: vec![v1::HistoryMessage {
+                        id: vec![3; id_len],
+                        ..Default::default()
+                    }],
+                }],
+            })),
+        };
+        assert!(validate_content(&history(1, 1, 16)).is_ok());
+        assert!(validate_content(&history(0, 1, 16)).is_err());
+        assert!(validate_content(&history(2, 1, 16)).is_err());
+        assert!(validate_content(&history(1, 1, 15)).is_err());
     }
 }

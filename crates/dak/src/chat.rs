@@ -212,6 +212,11 @@ impl Chat {
             Event::MessageRequest { from, .. } => {
                 self.status = format!("message request from {from} (dak requests)")
             }
+            Event::History { .. } => {
+                if let Some(line) = crate::show::notice_text(&event) {
+                    self.status = line;
+                }
+            }
         }
     }
 

@@ -185,9 +185,20 @@ enum PinAction {
 #[derive(Subcommand, Debug)]
 enum DevicesAction {
     List,
-    /// Approve a device that shows this code (from `dak link`).
+    /// Approve a device that shows this code (from `dak link`), then send
+    /// it this device's recent chats and their last messages (end to end
+    /// encrypted), as WhatsApp does for linked devices.
     Approve {
         code: String,
+        /// How many of the most recent chats the new device gets.
+        #[arg(long, default_value_t = dak_client::HistoryLimits::default().chats)]
+        history_chats: usize,
+        /// How many of each chat's last messages it gets.
+        #[arg(long, default_value_t = dak_client::HistoryLimits::default().messages_per_chat)]
+        history_messages: usize,
+        /// Send no history: the new device shows only what arrives from now on.
+        #[arg(long)]
+        no_history: bool,
     },
     /// Unlink a device.
     Remove {
@@ -644,12 +655,38 @@ async fn devices(dir: &std::path::Path, action: DevicesAction, json: bool) -> Re
                 }
             }
         }
-        DevicesAction::Approve { code } => {
+        DevicesAction::Approve {
+            code,
+            history_chats,
+            history_messages,
+            no_history,
+        } => {
             let d = client.approve_link(&code).await?;
-            if json {
-                println!("{}", json!({"device_id": d.device_id, "name": d.name}));
-            } else {
+            if !json {
                 println!("Linked device {} ({}).", d.device_id, d.name);
+            }
+            let history = if no_history {
+                None
+            } else {
+                if !json {
+                    println!("Sending it your recent chats (end to end encrypted)…");
+                }
+                let limits = dak_client::HistoryLimits {
+                    chats: history_chats,
+                    messages_per_chat: history_messages,
+                };
+                Some(client.share_history(d.device_id, limits).await?)
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({"device_id": d.device_id, "name": d.name, "history": history})
+                );
+            } else if let Some(h) = history {
+                println!(
+                    "Sent {} messages from {} chats in {} parts.",
+                    h.messages, h.chats, h.parts
+                );
             }
         }
         DevicesAction::Remove { device_id } => {

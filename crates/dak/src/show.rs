@@ -221,6 +221,15 @@ pub fn notice_text(event: &Event) -> Option<String> {
             "✉ message request from {from} in {}: dak accept {conversation}, dak block {from} or dak report {from}",
             short(conversation)
         ),
+        Event::History {
+            from_device,
+            part,
+            parts,
+            chats,
+            messages,
+        } => format!(
+            "🕘 history from your device {from_device} (part {part} of {parts}): {messages} messages in {chats} chats"
+        ),
         Event::Message(_) | Event::Tick { .. } | Event::QueueEmpty => return None,
     })
 }
@@ -261,6 +270,15 @@ fn event_json(event: &Event) -> Option<serde_json::Value> {
         }
         Event::MessageRequest { conversation, from } => {
             json!({"type": "message_request", "conversation": conversation, "from": from})
+        }
+        Event::History {
+            from_device,
+            part,
+            parts,
+            chats,
+            messages,
+        } => {
+            json!({"type": "history", "from_device": from_device, "part": part, "parts": parts, "chats": chats, "messages": messages})
         }
         Event::QueueEmpty => return None,
     })

@@ -170,6 +170,33 @@ async fn two_phones_chat_through_the_cli() {
         .next()
         .unwrap();
     assert!(human.contains(first_group), "{human}");
+
+    // alice links a laptop from the CLI; approving sends it the chat so far.
+    let laptop = tempfile::tempdir().unwrap();
+    let mut link = Command::new(env!("CARGO_BIN_EXE_dak"))
+        .arg("--profile")
+        .arg(laptop.path())
+        .args(["--json", "link", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(link.stdout.take().unwrap()));
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let code = first["link_code"].as_str().unwrap().to_string();
+    let approved = &json_lines(&ok(&alice.dir, &["--json", "devices", "approve", &code]))[0];
+    assert_eq!(approved["history"]["chats"], 1, "{approved}");
+    assert_eq!(approved["history"]["messages"], 1, "{approved}");
+    assert!(link.wait().unwrap().success());
+    let synced = json_lines(&ok(laptop.path(), &["--json", "sync"]));
+    assert!(
+        synced
+            .iter()
+            .any(|l| l["type"] == "history" && l["messages"] == 1),
+        "{synced:?}"
+    );
+    let history = json_lines(&ok(laptop.path(), &["--json", "history", &bob.phone]));
+    assert_eq!(history[0]["text"], "namaste bob", "{history:?}");
+    assert_eq!(history[0]["tick"], "read", "{history:?}");
 }
 
 #[tokio::test]

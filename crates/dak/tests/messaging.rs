@@ -1,10 +1,11 @@
 //! alice and bob chat through a real server: offline delivery, kill -9,
-//! exactly-once display, order, ticks, and a linked device.
+//! exactly-once display, order, ticks, and a linked device (with the
+//! recent history its approving device sends it).
 
 mod common;
 
 use common::*;
-use dak_client::{Event, TickState};
+use dak_client::{Event, HistoryLimits, TickState};
 
 #[tokio::test]
 async fn offline_message_survives_kill9_and_arrives_once_with_ticks() {
@@ -185,6 +186,141 @@ async fn a_linked_device_gets_every_message_and_its_sends_appear_on_the_phone() 
         .unwrap();
     bob_laptop.sync_texts().await;
     assert!(bob_laptop.profile().unread().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_linked_device_opens_on_the_recent_history_and_carries_on_in_the_same_chats() {
+    const MARKER: &str = "HISTORY-MARKER-5b1e";
+    let server = TestServer::start();
+    let (alice, bob, carol) = registered_trio(&server).await;
+    let mut a = alice.connect().await;
+    let hello = a
+        .send_text(&bob.phone, &format!("{MARKER} before the laptop"))
+        .await
+        .unwrap();
+    let group = a
+        .create_group("Lunch", &[bob.phone.clone(), carol.phone.clone()], false)
+        .await
+        .unwrap();
+    a.send_text(&group.key, "group before the laptop")
+        .await
+        .unwrap();
+    a.close().await;
+    let mut b = bob.connect().await;
+    b.sync(|_| {}).await.unwrap();
+    b.accept_request(&alice.phone).unwrap();
+    b.mark_read(None).await.unwrap();
+    b.send_text(&alice.phone, "reply before the laptop")
+        .await
+        .unwrap();
+    b.react(&alice.phone, &hello.id, "👍").await.unwrap();
+    b.close().await;
+    sync_events(&alice).await;
+
+    // alice links a laptop and her phone sends it what it holds.
+    let laptop = Person::new(&alice.phone);
+    let reg = link(&server, &alice, &laptop).await;
+    let mut a = alice.connect().await;
+    let shared = a
+        .share_history(reg.device_id, HistoryLimits::default())
+        .await
+        .unwrap();
+    assert_eq!((shared.chats, shared.messages), (2, 3), "{shared:?}");
+    a.close().await;
+
+    let events = sync_events(&laptop).await;
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::History {
+                chats: 2,
+                messages: 3,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let profile = laptop.profile();
+    let with_bob: Vec<(bool, String)> = profile
+        .conversation(&bob.phone, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.outgoing, m.text))
+        .collect();
+    assert_eq!(
+        with_bob,
+        vec![
+            (true, format!("{MARKER} before the laptop")),
+            (false, "reply before the laptop".to_string())
+        ]
+    );
+    // Ticks and reactions as the phone saw them.
+    assert_eq!(
+        dak_client::tick_of(&profile, &hello.id).unwrap().state,
+        TickState::Read
+    );
+    assert_eq!(
+        profile.reactions(&hello.id).unwrap(),
+        vec![(bob.phone.clone(), "👍".to_string())]
+    );
+    // The group is there with its title (the phone added the laptop at once).
+    let group_id = dak_client::parse_group_key(&group.key).unwrap();
+    assert_eq!(
+        profile.group_state(&group_id).unwrap().map(|s| s.title),
+        Some("Lunch".to_string())
+    );
+    let texts: Vec<String> = profile
+        .conversation(&group.key, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, vec!["group before the laptop"]);
+    drop(profile);
+
+    // Sent again, nothing is stored twice; another device of the account ignores it.
+    let mut a = alice.connect().await;
+    a.share_history(reg.device_id, HistoryLimits::default())
+        .await
+        .unwrap();
+    a.close().await;
+    let again = sync_events(&laptop).await;
+    assert!(
+        again
+            .iter()
+            .any(|e| matches!(e, Event::History { messages: 0, .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        laptop.profile().conversation(&bob.phone, 10).unwrap().len(),
+        2
+    );
+
+    // The laptop writes in the same chats: bob and carol read it.
+    let mut l = laptop.connect().await;
+    l.send_text(&bob.phone, "from the laptop").await.unwrap();
+    l.send_text(&group.key, "laptop in the group")
+        .await
+        .unwrap();
+    l.close().await;
+    assert_eq!(
+        bob.sync_texts().await,
+        vec!["from the laptop", "laptop in the group"]
+    );
+    assert_eq!(
+        carol.sync_texts().await,
+        vec!["group before the laptop", "laptop in the group"]
+    );
+
+    // The server relayed ciphertext only.
+    for (path, bytes) in files_under(server.dir()) {
+        assert!(
+            !contains(&bytes, MARKER),
+            "{} holds the marker",
+            path.display()
+        );
+    }
+    assert!(!contains(server.log_text().as_bytes(), MARKER));
 }
 
 #[tokio::test]
