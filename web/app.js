@@ -61,7 +61,10 @@ class Core {
   link(server, name) { return this.call("link", server, name); }
   chats() { return this.call("chats"); }
   messages(chat) { return this.call("messages", chat); }
-  send(chat, text) { return this.call("send", chat, text); }
+  send(chat, text, replyTo = "") { return this.call("send", chat, text, replyTo); }
+  // Reactions, edits, deletes, forwards, timers, group changes: one JSON
+  // object each ({do: "react", ...}; dak-web's actions.rs lists them).
+  act(action) { return this.call("act", JSON.stringify(action)); }
   markRead(chat) { return this.call("markRead", chat); }
   groupInfo(chat) { return this.call("groupInfo", chat); }
   createGroup(title, members) { return this.call("createGroup", title, members); }
@@ -85,7 +88,17 @@ const ui = {
   changedSafety: new Map(),
   openFailed: "",
   refreshQueued: false,
+  // The message whose actions are shown, and the one armed for deletion.
+  actionsFor: null,
+  armedDelete: null,
+  // Replying to or editing a message: {mode: "reply"|"edit", id, text}.
+  composing: null,
+  // The message being forwarded.
+  forwarding: null,
 };
+
+// The reactions offered on a message (any emoji arrives and is shown).
+const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
 
 // ---- words ----
 
@@ -98,6 +111,7 @@ function translatePage() {
   }
   $("message").placeholder = t("message");
   showSafetyNotice();
+  showComposing();
   $("language").value = language();
   showStatus();
   renderChats();
@@ -171,8 +185,22 @@ function tickElement(tick) {
   return span;
 }
 
+// Lists are redrawn whole as events arrive; the control that had the
+// keyboard focus (marked with data-focus) gets it back in the new drawing.
+function keepingFocus(list, draw) {
+  const had = list.contains(document.activeElement) ? document.activeElement.dataset.focus : undefined;
+  draw();
+  if (had === undefined) return;
+  const again = [...list.querySelectorAll("[data-focus]")].find((el) => el.dataset.focus === had);
+  if (again) again.focus();
+}
+
 function renderChats() {
   const list = $("chat-list");
+  keepingFocus(list, () => drawChats(list));
+}
+
+function drawChats(list) {
   list.replaceChildren();
   $("no-chats").hidden = ui.chats.length > 0;
   for (const chat of ui.chats) {
@@ -181,6 +209,7 @@ function renderChats() {
     button.type = "button";
     button.className = "chat-row";
     button.dataset.chat = chat.key;
+    button.dataset.focus = chat.key;
     if (chat.key === ui.open) button.setAttribute("aria-current", "true");
     const title = document.createElement("span");
     title.className = "chat-title";
@@ -191,7 +220,7 @@ function renderChats() {
     const last = document.createElement("span");
     last.className = "chat-last";
     if (chat.last_tick) last.append(tickElement(chat.last_tick), " ");
-    last.append(chat.last_text);
+    last.append(chat.last_deleted ? t("deleted") : chat.last_text);
     button.append(title, time, last);
     if (chat.request) {
       const req = document.createElement("span");
@@ -222,6 +251,12 @@ function renderMessages() {
   $("chat-title").textContent = chat ? chat.title || chat.key : ui.open || "";
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  keepingFocus(list, () => drawMessages(list, chat));
+  if (atBottom) list.scrollTop = list.scrollHeight;
+  showTimer(chat);
+}
+
+function drawMessages(list, chat) {
   list.replaceChildren();
   for (const m of shownMessages) {
     const item = document.createElement("li");
@@ -265,14 +300,152 @@ function renderMessages() {
       r.textContent = m.reactions.map(([, emoji]) => emoji).join(" ");
       item.append(r);
     }
+    if (!m.deleted) item.append(messageActions(m));
     list.append(item);
   }
-  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+// A message's "⋯" button and, when open, what can be done to it.
+function messageActions(m) {
+  const box = document.createElement("div");
+  box.className = "message-actions";
+  const open = ui.actionsFor === m.id;
+  const toggle = document.createElement("button");
+  toggle.type = "button";
+  toggle.className = "options";
+  toggle.textContent = "⋯";
+  toggle.setAttribute("aria-label", t("message_options"));
+  toggle.title = t("message_options");
+  toggle.setAttribute("aria-expanded", String(open));
+  toggle.dataset.focus = m.id + " options";
+  toggle.addEventListener("click", () => {
+    ui.actionsFor = open ? null : m.id;
+    ui.armedDelete = null;
+    renderMessages();
+  });
+  box.append(toggle);
+  if (!open) return box;
+  const bar = document.createElement("div");
+  bar.className = "toolbar";
+  bar.setAttribute("role", "toolbar");
+  bar.setAttribute("aria-label", t("message_actions"));
+  const button = (text, label, onClick) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    if (label) {
+      b.setAttribute("aria-label", label);
+      b.title = label;
+    }
+    b.dataset.focus = m.id + " " + (label || text);
+    b.addEventListener("click", () => onClick(b));
+    bar.append(b);
+    return b;
+  };
+  button(t("reply"), null, () => startComposing("reply", m));
+  const mine = m.reactions.find(([phone]) => phone === ui.status.phone);
+  for (const emoji of REACTIONS) {
+    const chosen = Boolean(mine && mine[1] === emoji);
+    const b = button(emoji, t("react_with", { emoji }), (b) =>
+      act(b, { do: "react", chat: ui.open, id: m.id, emoji: chosen ? "" : emoji }),
+    );
+    b.className = "reaction";
+    b.setAttribute("aria-pressed", String(chosen));
+  }
+  if (m.can_edit) button(t("edit"), null, () => startComposing("edit", m));
+  if (m.can_delete) {
+    const armed = ui.armedDelete === m.id;
+    // Two presses: deleting for everyone cannot be undone.
+    const del = button(armed ? t("delete_confirm") : t("delete_everyone"), null, (b) => {
+      if (ui.armedDelete === m.id) act(b, { do: "delete", id: m.id });
+      else {
+        ui.armedDelete = m.id;
+        renderMessages();
+      }
+    });
+    del.className = "remove";
+    del.dataset.focus = m.id + " delete";
+  }
+  button(t("forward"), null, () => openForward(m));
+  box.append(bar);
+  return box;
+}
+
+// Does an action on a message or a chat, with `control` disabled meanwhile.
+function act(control, action) {
+  return doing(control, async () => {
+    await ui.client.act(action);
+    ui.actionsFor = null;
+    ui.armedDelete = null;
+    refreshSoon();
+  });
+}
+
+function startComposing(mode, m) {
+  ui.composing = { mode, id: m.id, text: m.text };
+  ui.actionsFor = null;
+  if (mode === "edit") $("message").value = m.text;
+  showComposing();
+  renderMessages();
+  $("message").focus();
+}
+
+function showComposing() {
+  const c = ui.composing;
+  $("composing").hidden = !c;
+  $("composing-what").textContent = !c ? "" : c.mode === "edit" ? t("editing") : t("replying_to", { text: c.text.slice(0, 100) });
+}
+
+function openForward(m) {
+  ui.forwarding = m.id;
+  ui.actionsFor = null;
+  const list = $("forward-list");
+  list.replaceChildren();
+  for (const chat of ui.chats) {
+    const item = document.createElement("li");
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = chat.key;
+    label.append(box, " ", chat.title || chat.key);
+    item.append(label);
+    list.append(item);
+  }
+  $("forward-dialog").showModal();
+}
+
+// The open chat's disappearing-message timer, in the header's menu.
+function showTimer(chat) {
+  const select = $("timer");
+  const secs = String(chat ? chat.timer_secs : 0);
+  if (![...select.options].some((o) => o.value === secs)) {
+    // Set elsewhere (the CLI takes any duration): shown in hours.
+    const o = document.createElement("option");
+    o.value = secs;
+    o.textContent = new Intl.NumberFormat(language(), { style: "unit", unit: "hour", maximumFractionDigits: 1 }).format(Number(secs) / 3600);
+    select.append(o);
+  }
+  select.value = secs;
+}
+
+// What an invite link is shared as: this page, with the link in the
+// fragment (which the browser never sends to the server).
+function inviteUrl(link) {
+  return location.origin + "/#join=" + encodeURIComponent(link);
+}
+
+function inviteFrom(text) {
+  const at = text.indexOf("#join=");
+  return at >= 0 ? decodeURIComponent(text.slice(at + 6)) : text.trim();
 }
 
 async function openChat(key) {
   ui.open = key;
   shownMessages = [];
+  ui.actionsFor = null;
+  ui.armedDelete = null;
+  ui.composing = null;
+  showComposing();
   $("group-panel").hidden = true;
   $("group-toggle").setAttribute("aria-expanded", "false");
   $("group-toggle").hidden = !key.startsWith("group:");
@@ -383,6 +556,15 @@ async function renderGroup() {
       item.append(" ", badge);
     }
     if (info.you_are_admin && m.phone !== ui.status.phone) {
+      const promote = document.createElement("button");
+      promote.type = "button";
+      promote.className = "promote";
+      promote.textContent = m.admin ? t("dismiss_admin") : t("make_admin");
+      promote.setAttribute("aria-label", t(m.admin ? "dismiss_admin_label" : "make_admin_label", { phone: m.phone }));
+      promote.addEventListener("click", () => act(promote, { do: "set_admin", chat: ui.open, member: m.phone, admin: !m.admin }));
+      item.append(" ", promote);
+    }
+    if (info.you_are_admin && m.phone !== ui.status.phone) {
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "remove";
@@ -399,6 +581,25 @@ async function renderGroup() {
     list.append(item);
   }
   $("add-member-form").hidden = !info.you_are_admin;
+  $("rename-form").hidden = !(info.you_are_admin || !info.admins_only);
+  if (document.activeElement !== $("rename-title")) $("rename-title").value = info.title;
+  $("invite").hidden = !info.you_are_admin;
+  $("invite-shown").hidden = !info.invite_link;
+  $("invite-link").value = info.invite_link ? inviteUrl(info.invite_link) : "";
+  $("invite-approval").checked = info.invite_needs_approval;
+  const requests = $("join-requests");
+  requests.replaceChildren();
+  $("join-requests-title").hidden = info.join_requests.length === 0;
+  for (const phone of info.join_requests) {
+    const item = document.createElement("li");
+    const letIn = document.createElement("button");
+    letIn.type = "button";
+    letIn.textContent = t("let_in");
+    letIn.setAttribute("aria-label", t("let_in_label", { phone }));
+    letIn.addEventListener("click", () => act(letIn, { do: "approve_join", chat: ui.open, member: phone }));
+    item.append(phone, " ", letIn);
+    requests.append(item);
+  }
 }
 
 function phoneList(raw) {
@@ -605,8 +806,14 @@ function wire() {
 
   $("devices").addEventListener("toggle", renderDevices);
   onSubmit("approve-form", async () => {
-    await ui.client.approveLink($("approve-code").value.trim());
+    $("approve-result").hidden = true;
+    // Approving also sends the new device this browser's recent chats.
+    const linked = JSON.parse(await ui.client.approveLink($("approve-code").value.trim()));
     $("approve-code").value = "";
+    $("approve-result").textContent = linked.history
+      ? t("approve_done", { messages: numberFormat().format(linked.history.messages), chats: numberFormat().format(linked.history.chats) })
+      : t("approve_no_history");
+    $("approve-result").hidden = false;
     await renderDevices();
   });
 
@@ -623,6 +830,59 @@ function wire() {
     $("group-toggle").setAttribute("aria-expanded", String(!panel.hidden));
     renderGroup();
   });
+
+  onSubmit("rename-form", async () => {
+    await ui.client.act({ do: "rename", chat: ui.open, title: $("rename-title").value.trim() });
+    $("rename-title").blur();
+    refreshSoon();
+  });
+  $("invite-create").addEventListener("click", (e) =>
+    act(e.target, { do: "invite_link", chat: ui.open, approval: $("invite-approval").checked }),
+  );
+  $("invite-revoke").addEventListener("click", (e) => act(e.target, { do: "revoke_link", chat: ui.open }));
+  $("leave-group").addEventListener("click", (e) =>
+    doing(e.target, async () => {
+      await ui.client.act({ do: "leave", chat: ui.open });
+      ui.open = null;
+      showStatus();
+      refreshSoon();
+    }),
+  );
+  onSubmit("join-form", async () => {
+    $("join-result").hidden = true;
+    await ui.client.act({ do: "join", link: inviteFrom($("join-link").value) });
+    $("join-link").value = "";
+    $("join-result").textContent = t("join_sent");
+    $("join-result").hidden = false;
+  });
+  $("timer").addEventListener("change", (e) =>
+    doing(e.target, async () => {
+      try {
+        await ui.client.act({ do: "set_timer", chat: ui.open, secs: Number(e.target.value) });
+      } finally {
+        refreshSoon();
+      }
+    }),
+  );
+  $("composing-cancel").addEventListener("click", () => {
+    if (ui.composing && ui.composing.mode === "edit") $("message").value = "";
+    ui.composing = null;
+    showComposing();
+  });
+  $("forward-list").addEventListener("change", () => {
+    // WhatsApp's limit: five chats at a time (the core checks it again).
+    const boxes = [...$("forward-list").querySelectorAll("input")];
+    const full = boxes.filter((b) => b.checked).length >= 5;
+    for (const b of boxes) b.disabled = full && !b.checked;
+  });
+  onSubmit("forward-form", async () => {
+    const chats = [...$("forward-list").querySelectorAll("input:checked")].map((b) => b.value);
+    if (chats.length === 0) return;
+    await ui.client.act({ do: "forward", id: ui.forwarding, chats });
+    $("forward-dialog").close();
+    refreshSoon();
+  });
+  $("forward-cancel").addEventListener("click", () => $("forward-dialog").close());
 
   onSubmit("add-member-form", async () => {
     const input = $("add-member");
@@ -666,8 +926,15 @@ async function send() {
   sending = true;
   $("send").disabled = true;
   showError(null);
+  const composing = ui.composing;
   try {
-    const answer = JSON.parse(await ui.client.send(chat, text));
+    let answer = {};
+    if (composing && composing.mode === "edit") await ui.client.act({ do: "edit", id: composing.id, text });
+    else answer = JSON.parse(await ui.client.send(chat, text, composing ? composing.id : ""));
+    if (ui.composing === composing) {
+      ui.composing = null;
+      showComposing();
+    }
     // The box may have more in it by now; take out only what was sent.
     if (box.value === text) box.value = "";
     // The core's name for the chat (a number's normal form), if the user
@@ -707,6 +974,12 @@ async function start() {
     return;
   }
   showStatus();
+  // An invite link opened here (https://HOST/#join=...): offer to join.
+  if (location.hash.startsWith("#join=")) {
+    $("join-link").value = inviteFrom(location.hash);
+    $("join").open = true;
+    history.replaceState(null, "", location.pathname + location.search);
+  }
   fetch("/web/bundle.json")
     .then((r) => r.json())
     .then((b) => {

@@ -7,7 +7,7 @@
 import init, { WebClient } from "./dak_web.js";
 
 // What the page may call: WebClient's methods, nothing else.
-const METHODS = new Set(["status", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink"]);
+const METHODS = new Set(["status", "act", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink"]);
 
 const ready = (async () => {
   await init({ module_or_path: "/web/dak_web_bg.wasm" });

@@ -176,10 +176,23 @@ impl WebClient {
         self.ask(|reply| Command::Messages { chat, reply })
     }
 
-    /// Sends a text to `chat` (a number or a group key). Resolves once the
-    /// server holds it (✓), or once it is queued (🕓) while offline.
-    pub fn send(&self, chat: String, text: String) -> js_sys::Promise {
-        self.ask(|reply| Command::Send { chat, text, reply })
+    /// Sends a text to `chat` (a number or a group key), quoting the
+    /// message `reply_to` (an id; empty: none). Resolves once the server
+    /// holds it (✓), or once it is queued (🕓) while offline.
+    pub fn send(&self, chat: String, text: String, reply_to: String) -> js_sys::Promise {
+        self.ask(|reply| Command::Send {
+            chat,
+            text,
+            reply_to: Some(reply_to),
+            reply,
+        })
+    }
+
+    /// Reacts, edits, deletes, forwards, sets a timer or changes a group:
+    /// one JSON object, `{"do": "react", "chat", "id", "emoji"}` and the
+    /// others in `actions.rs`. Needs the server.
+    pub fn act(&self, action: String) -> js_sys::Promise {
+        self.ask(|reply| Command::Act { action, reply })
     }
 
     /// The chat is on screen and the tab visible: its messages are read.

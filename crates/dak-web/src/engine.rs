@@ -94,6 +94,13 @@ pub enum Command {
     Send {
         chat: String,
         text: String,
+        /// The message it answers (quoted), by id.
+        reply_to: Option<String>,
+        reply: Reply,
+    },
+    /// Anything else done to a message or a chat (`actions.rs`).
+    Act {
+        action: String,
         reply: Reply,
     },
     /// The chat is on screen and the tab visible: its messages are read.
@@ -383,15 +390,25 @@ impl Engine {
     /// turned out to be lost.
     async fn online_command(&mut self, client: &mut Client, command: Command) -> Option<Failure> {
         match command {
-            Command::Send { chat, text, reply } => {
-                let key = match client.profile().resolve(&chat).map(|c| c.key()) {
-                    Ok(k) => k,
+            Command::Send {
+                chat,
+                text,
+                reply_to,
+                reply,
+            } => {
+                let target = client
+                    .profile()
+                    .resolve(&chat)
+                    .map(|c| c.key())
+                    .and_then(|key| Ok((key, text_options(reply_to.as_deref())?)));
+                let (key, opts) = match target {
+                    Ok(t) => t,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                         return None;
                     }
                 };
-                let result = client.send_text(&key, &text).await;
+                let result = client.send_text_with(&key, &text, &opts).await;
                 self.changed();
                 match result {
                     Ok(outcome) => {
@@ -471,11 +488,24 @@ impl Engine {
                 self.server_answer(reply, result.map(|()| json!(true)))
             }
             Command::ApproveLink { code, reply } => {
-                let result = client.approve_link(code.trim()).await;
-                self.server_answer(
-                    reply,
-                    result.map(|d| json!({"device_id": d.device_id, "name": d.name})),
-                )
+                let result = match client.approve_link(code.trim()).await {
+                    // Linked either way; the history is a best effort the
+                    // page reports (the device still gets new messages).
+                    Ok(d) => match client
+                        .share_history(d.device_id, dak_core::HistoryLimits::default())
+                        .await
+                    {
+                        Ok(h) => {
+                            Ok(json!({"device_id": d.device_id, "name": d.name, "history": h}))
+                        }
+                        Err(e) if e.is_connection_lost() => Err(e),
+                        Err(e) => Ok(
+                            json!({"device_id": d.device_id, "name": d.name, "history_error": e.to_string()}),
+                        ),
+                    },
+                    Err(e) => Err(e),
+                };
+                self.server_answer(reply, result)
             }
             Command::SafetyNumber { chat, reply } => {
                 let result = client.safety_number(&chat).await;
@@ -493,6 +523,13 @@ impl Engine {
                     self.events(&rest);
                 }
                 self.server_answer(reply, result.map(|digits| json!(digits)))
+            }
+            Command::Act { action, reply } => {
+                let result = match crate::actions::parse(&action) {
+                    Ok(action) => crate::actions::perform(client, action).await,
+                    Err(e) => Err(e),
+                };
+                self.server_answer(reply, result)
             }
             Command::Reconnect => None,
             other => {
@@ -592,9 +629,15 @@ impl Engine {
                 .await;
                 self.registered(reply, result);
             }
-            Command::Send { chat, text, reply } => {
+            Command::Send {
+                chat,
+                text,
+                reply_to,
+                reply,
+            } => {
                 let result = profile.resolve(&chat).map(|c| c.key()).and_then(|key| {
-                    let (id, _, _) = dak_core::queue_text(&profile, &key, &text)?;
+                    let opts = text_options(reply_to.as_deref())?;
+                    let (id, _, _) = dak_core::queue_text_with(&profile, &key, &text, &opts)?;
                     Ok(json!({
                         "chat": key,
                         "id": dak_core::format_id(&id),
@@ -651,7 +694,8 @@ impl Engine {
             | Command::ApproveLink { reply, .. }
             | Command::CreateGroup { reply, .. }
             | Command::AddMembers { reply, .. }
-            | Command::RemoveMember { reply, .. } => {
+            | Command::RemoveMember { reply, .. }
+            | Command::Act { reply, .. } => {
                 let _ = reply.send(Err(Failure {
                     code: "OFFLINE".into(),
                     message: "not connected to the server".into(),
@@ -726,4 +770,15 @@ impl Engine {
             "storage": self.storage,
         })
     }
+}
+
+/// A text's options from the page: the id of the message it replies to.
+fn text_options(reply_to: Option<&str>) -> Result<dak_core::TextOptions, ClientError> {
+    Ok(dak_core::TextOptions {
+        reply_to: reply_to
+            .filter(|id| !id.is_empty())
+            .map(dak_core::parse_id)
+            .transpose()?,
+        forwarded: 0,
+    })
 }

@@ -2,6 +2,8 @@
 //!
 //! - `views`: the chat list and a chat's messages as the page shows them
 //!   (pure; compiled and tested natively too);
+//! - `actions`: reactions, edits, deletes, forwards, timers and group
+//!   changes the page asks for, as one typed JSON `Action` (also native);
 //! - `env`: `BrowserEnvironment`, the core's clock, randomness, timers and
 //!   network from the browser; `socket`: `BrowserSocket`, the core's
 //!   `Transport` over the browser's WebSocket;
@@ -22,6 +24,7 @@
 //! message as markup: `views` hands it strings, and it puts them in text
 //! nodes.
 
+pub mod actions;
 pub mod views;
 
 #[cfg(target_arch = "wasm32")]

@@ -27,6 +27,8 @@ pub struct ChatRow {
     pub is_group: bool,
     pub last_text: String,
     pub last_outgoing: bool,
+    /// The last message was deleted for everyone (its text is gone).
+    pub last_deleted: bool,
     /// 0 when the chat has no message.
     pub last_at_ms: i64,
     /// The last message's tick, when it is one of ours.
@@ -35,6 +37,8 @@ pub struct ChatRow {
     /// A number this account does not know wrote first: no read receipts go
     /// out until it is accepted.
     pub request: bool,
+    /// The disappearing-message timer for new messages (0: off).
+    pub timer_secs: u32,
 }
 
 /// One message of a chat.
@@ -54,6 +58,10 @@ pub struct MessageRow {
     pub deleted: bool,
     pub reply_to: Option<String>,
     pub reactions: Vec<(String, String)>,
+    /// Ours, not deleted, and still within the window to edit (15 minutes)
+    /// or to delete for everyone (48 hours): the page offers those actions.
+    pub can_edit: bool,
+    pub can_delete: bool,
 }
 
 /// Every chat this device is in, newest first.
@@ -64,6 +72,7 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
     for m in profile.unread()? {
         *unread.entry(m.conversation.key()).or_default() += 1;
     }
+    let me = profile.registration().ok().map(|r| r.phone);
     let mut rows = Vec::new();
     for (group, peer) in profile.active_groups()? {
         let (key, title, is_group) = if is_named_group(&group) {
@@ -76,6 +85,11 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
             (peer.clone(), peer, false)
         };
         let last = profile.conversation(&key, 1)?.pop();
+        if last.is_none() && me.as_deref() == Some(key.as_str()) {
+            // The note to self carries this account's linking and history
+            // between its devices; it shows once the user writes there.
+            continue;
+        }
         let last_tick = match &last {
             Some(m) if m.outgoing => Some(tick_of(profile, &m.id)?.state),
             _ => None,
@@ -85,8 +99,10 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
             request: requests.contains_key(&key),
             last_text: last.as_ref().map(shown_text).unwrap_or_default(),
             last_outgoing: last.as_ref().is_some_and(|m| m.outgoing),
+            last_deleted: last.as_ref().is_some_and(|m| m.deleted),
             last_at_ms: last.as_ref().map(at_ms).unwrap_or(0),
             last_tick,
+            timer_secs: dak_core::timer_of(profile, &key)?,
             key,
             title,
             is_group,
@@ -108,6 +124,7 @@ pub fn messages(
     limit: usize,
 ) -> Result<Vec<MessageRow>, ClientError> {
     let key = profile.resolve(chat)?.key();
+    let now = profile.now_ms();
     profile
         .conversation(&key, limit)?
         .into_iter()
@@ -129,9 +146,16 @@ pub fn messages(
                 edited: m.edited_ms > 0,
                 deleted: m.deleted,
                 reply_to: m.reply_to.as_ref().map(|q| q.snippet.clone()),
+                can_edit: may_change(&m, now, dak_core::EDIT_WINDOW_MS),
+                can_delete: may_change(&m, now, dak_core::DELETE_WINDOW_MS),
             })
         })
         .collect()
+}
+
+/// Whether the page offers to edit or delete `m` (the core checks again).
+fn may_change(m: &MessageView, now: i64, window_ms: i64) -> bool {
+    m.outgoing && !m.deleted && now - at_ms(m) <= window_ms
 }
 
 fn shown_text(m: &MessageView) -> String {

@@ -69,3 +69,42 @@ fn the_chat_list_is_newest_first_with_unread_counts_and_ticks() {
     assert_eq!(last.len(), 1, "the limit keeps the newest");
     assert_eq!(last[0].text, markup);
 }
+
+#[test]
+fn the_page_offers_edit_and_delete_only_for_our_messages_within_their_windows() {
+    let me = TestDevice::new("+919800000001", 1);
+    let p = &me.profile;
+    let now = p.now_ms();
+    let bob = "+919800000002";
+    p.add_conversation(&[1; 16], bob, now).unwrap();
+    // The note to self holds the account's history between its devices: it
+    // is listed only once the user writes there.
+    p.add_conversation(&[9; 16], &me.phone, now).unwrap();
+    let ours = |id: u8, minutes_ago: i64| {
+        text_message(
+            vec![id; 16],
+            ConversationId::Direct(bob.into()),
+            &me.phone,
+            true,
+            "ours",
+            now - minutes_ago * 60_000,
+        )
+    };
+    p.insert_message(&ours(1, 60 * 49)).unwrap();
+    p.insert_message(&ours(2, 20)).unwrap();
+    p.insert_message(&ours(3, 1)).unwrap();
+    p.insert_message(&incoming(4, bob, "theirs", now)).unwrap();
+    let shown: Vec<(bool, bool)> = messages(p, bob, 10)
+        .unwrap()
+        .iter()
+        .map(|m| (m.can_edit, m.can_delete))
+        .collect();
+    assert_eq!(
+        shown,
+        [(false, false), (false, true), (true, true), (false, false)]
+    );
+    let keys: Vec<String> = chat_list(p).unwrap().into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, [bob]);
+    queue_text(p, &me.phone, "a note").unwrap();
+    assert_eq!(chat_list(p).unwrap().len(), 2);
+}

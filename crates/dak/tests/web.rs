@@ -185,19 +185,39 @@ impl Browser {
         .await;
     }
 
+    /// Clicks the element `css` matches. The page redraws lists as events
+    /// arrive, so an element found may be replaced before the click lands:
+    /// then it is found again.
     async fn click(&self, css: &str) {
-        self.driver
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        for _ in 0..20 {
+            let el = self.driver.find(Locator::Css(css)).await.unwrap();
+            match el.click().await {
+                Ok(_) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+        panic!("{css} kept being replaced before it could be clicked");
     }
 
     /// Loads the page and waits until its core runs.
     async fn load(&self, server: &TestServer) {
         self.driver.goto(&page_url(server)).await.unwrap();
+        self.wait_for(
+            "return document.body.dataset.ready === 'true'",
+            "the client core started",
+        )
+        .await;
+    }
+
+    /// Loads `url` (the page, perhaps with an invite link in its fragment)
+    /// and waits until its core runs.
+    async fn load_url(&self, url: &str) {
+        self.driver.goto(url).await.unwrap();
         self.wait_for(
             "return document.body.dataset.ready === 'true'",
             "the client core started",
@@ -256,6 +276,25 @@ impl Browser {
             "the message box emptied (the core took the text)",
         )
         .await;
+    }
+
+    /// Opens the actions of the message whose text is `text` and presses
+    /// the one named `name` (its accessible name, or its words).
+    async fn message_action(&self, text: &str, name: &str) {
+        let script = format!(
+            "const li = [...document.querySelectorAll('#messages li')].find(li => li.querySelector('.text').textContent === {text});
+             if (!li) return false;
+             const find = () => [...li.querySelectorAll('.toolbar button')].find(b => (b.getAttribute('aria-label') || b.textContent) === {name});
+             if (!li.querySelector('.toolbar')) li.querySelector('button.options').click();
+             const b = find();
+             if (!b || b.disabled) return false;
+             b.click();
+             return true;",
+            text = json!(text),
+            name = json!(name)
+        );
+        self.wait_for(&script, &format!("{name:?} on {text:?}"))
+            .await;
     }
 
     async fn screenshot(&self, name: &str) {
@@ -563,9 +602,23 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
     let bob = bob();
     alice.register(&server).await;
     bob.register(&server).await;
+    // alice and bob chatted before the browser existed.
+    let mut a = alice.connect().await;
+    a.send_text(&bob.phone, "said before the browser")
+        .await
+        .unwrap();
+    a.close().await;
+    let mut b = bob.connect().await;
+    b.sync(|_| {}).await.unwrap();
+    b.send_text(&alice.phone, "bob replied before the browser")
+        .await
+        .unwrap();
+    b.close().await;
+    alice.sync_texts().await;
 
     // The page asks to be linked and shows a code; alice approves it on
-    // her phone (the CLI), as with `dak devices approve CODE`.
+    // her phone (the CLI), as with `dak devices approve CODE`, which then
+    // sends the page her recent chats.
     let browser = Browser::open("en-US").await;
     browser.load(&server).await;
     browser.click("#link").await;
@@ -582,6 +635,11 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
     assert!(qr.as_u64().unwrap() > 100, "no QR code: {qr}");
     let mut a = alice.connect().await;
     let linked = a.approve_link(code.as_str().unwrap()).await.unwrap();
+    let shared = a
+        .share_history(linked.device_id, dak_client::HistoryLimits::default())
+        .await
+        .unwrap();
+    assert_eq!((shared.chats, shared.messages), (1, 2));
     a.close().await;
     browser
         .wait_for(
@@ -608,16 +666,28 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
         json!(["phone primary", "Dak Web (Chrome) this browser"])
     );
 
+    // The page opens on the chat with bob, as it was on the phone.
+    let row = format!("button[data-chat='{}']", bob.phone);
+    browser
+        .click_when_shown(&row, "bob's chat from the history")
+        .await;
+    browser
+        .wait_incoming(
+            "bob replied before the browser",
+            "the history's incoming message",
+        )
+        .await;
+    let outgoing = browser
+        .js("return [...document.querySelectorAll('#messages li.outgoing .text')].map(e => e.textContent)")
+        .await;
+    assert_eq!(outgoing, json!(["said before the browser"]));
+
     // Bob writes to alice: every one of her devices gets it, the page too.
     let mut b = bob.connect().await;
     b.send_text(&alice.phone, "to all of alice's devices")
         .await
         .unwrap();
     b.close().await;
-    let row = format!("button[data-chat='{}']", bob.phone);
-    browser
-        .click_when_shown(&row, "bob's chat on the linked page")
-        .await;
     browser
         .wait_incoming(
             "to all of alice's devices",
@@ -655,7 +725,7 @@ async fn a_browser_linked_to_a_cli_account_receives_its_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_made_in_the_browser_with_two_cli_users_and_a_removal() {
+async fn a_group_of_a_browser_two_cli_users_and_a_second_browser_that_joins_by_invite_link() {
     let server = web_server();
     let bob = bob();
     let carol = common::carol();
@@ -728,5 +798,228 @@ async fn a_group_made_in_the_browser_with_two_cli_users_and_a_removal() {
         vec!["yes, I'll bring rice".to_string()],
         "a removed member reads what came before her removal, nothing after"
     );
+
+    // The group's panel: a new name, bob made an admin, an invite link.
+    browser.fill("#rename-title", "Family dinner").await;
+    browser.click("#rename-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "return document.getElementById('chat-title').textContent === 'Family dinner'",
+            "the new name",
+        )
+        .await;
+    let promote = format!(
+        "#group-members-list li[data-phone='{}'] button.promote",
+        bob.phone
+    );
+    browser
+        .click_when_shown(&promote, "bob's make-admin button")
+        .await;
+    browser
+        .wait_for(
+            &format!(
+                "const b = document.querySelector({}); return b && b.textContent === 'Dismiss as admin'",
+                json!(promote)
+            ),
+            "bob shown as an admin",
+        )
+        .await;
+    browser.click("#invite-create").await;
+    let url = browser
+        .wait_for(
+            "return document.getElementById('invite-link').value",
+            "the invite link",
+        )
+        .await;
+    let url = url.as_str().unwrap().to_string();
+    assert!(url.contains("/#join=dak-invite"), "{url}");
+    common::sync_events(&bob).await;
+    let b = bob.connect().await;
+    let info = b.group_info(&key).unwrap();
+    b.close().await;
+    assert_eq!(info.title, "Family dinner");
+    assert!(info.you_are_admin);
+
+    // A second browser opens the invite link, registers and asks to join;
+    // the first page (the link's owner) lets it in.
+    let second_phone = "+919800000312";
+    let second = Browser::open("en-US").await;
+    second.load_url(&url).await;
+    second.register(&server, second_phone).await;
+    let prefilled = second
+        .js("return [document.getElementById('join').open, document.getElementById('join-link').value.startsWith('dak-invite:'), location.hash]")
+        .await;
+    assert_eq!(prefilled, json!([true, true, ""]));
+    second.click("#join-form button[type=submit]").await;
+    let row = format!("button[data-chat='{key}']");
+    second
+        .click_when_shown(&row, "the group on the second page")
+        .await;
+    second.send("hello from the second browser").await;
+    browser
+        .wait_incoming("hello from the second browser", "the second page's message")
+        .await;
+    assert_eq!(
+        bob.sync_texts().await,
+        vec!["hello from the second browser".to_string()]
+    );
+
+    // It leaves; an admin's page removes it from the group.
+    second.click("#group-toggle").await;
+    second
+        .click_when_shown("#leave-group", "the leave button")
+        .await;
+    browser
+        .wait_for(
+            &format!(
+                "return document.querySelector('#group-members-list li[data-phone=\"{second_phone}\"]') === null && document.querySelectorAll('#group-members-list li').length === 2"
+            ),
+            "the second page gone from the members",
+        )
+        .await;
+    second.close().await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_replies_reacts_edits_deletes_forwards_and_sets_a_timer() {
+    let server = web_server();
+    let page = "+919800000321";
+    let bob = bob();
+    let carol = common::carol();
+    bob.register(&server).await;
+    carol.register(&server).await;
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, page).await;
+
+    // The page has a chat with carol, and bob asks something.
+    browser.fill("#new-chat", &carol.phone).await;
+    browser.click("#new-chat-form button[type=submit]").await;
+    browser.send("hi carol").await;
+    browser.wait_tick("hi carol", "sent").await;
+    let mut b = bob.connect().await;
+    let question = b.send_text(page, "are you coming?").await.unwrap();
+    b.close().await;
+    browser
+        .click_when_shown(&format!("button[data-chat='{}']", bob.phone), "bob's chat")
+        .await;
+    browser
+        .wait_incoming("are you coming?", "bob's question")
+        .await;
+
+    // A reply quotes the question; a reaction lands on it.
+    browser.message_action("are you coming?", "Reply").await;
+    let composing = browser
+        .js("return document.getElementById('composing-what').textContent")
+        .await;
+    assert_eq!(composing, json!("Replying to: are you coming?"));
+    browser.send("yes, at 8").await;
+    browser
+        .message_action("are you coming?", "React with 👍")
+        .await;
+    browser.send("oops, wrong chat").await;
+    browser.wait_tick("oops, wrong chat", "sent").await;
+
+    // The page edits its answer and deletes the slip (two presses).
+    browser.message_action("yes, at 8", "Edit").await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('message').value")
+            .await,
+        json!("yes, at 8")
+    );
+    browser.send("yes, at 9").await;
+    browser
+        .message_action("oops, wrong chat", "Delete for everyone")
+        .await;
+    browser
+        .message_action("oops, wrong chat", "Delete for everyone? Press again")
+        .await;
+    browser
+        .wait_for(
+            &format!("return [...document.querySelectorAll('#messages li .text.deleted')].length === 1 && document.querySelector(\"button[data-chat='{}'] .chat-last\").textContent.endsWith('This message was deleted')", bob.phone),
+            "the slip shown as deleted, in the chat and the list",
+        )
+        .await;
+
+    // A disappearing-message timer for the chat, from the header.
+    browser
+        .js("const s = document.getElementById('timer'); s.value = '86400'; s.dispatchEvent(new Event('change')); return true")
+        .await;
+
+    let events = common::sync_events(&bob).await;
+    let texts: Vec<(String, Option<String>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            dak_client::Event::Message(m) => Some((
+                m.text.clone(),
+                m.reply_to.as_ref().map(|q| q.snippet.clone()),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            ("yes, at 8".to_string(), Some("are you coming?".to_string())),
+            ("oops, wrong chat".to_string(), None),
+        ]
+    );
+    let profile = bob.profile();
+    assert_eq!(
+        profile.reactions(&question.id).unwrap(),
+        vec![(page.to_string(), "👍".to_string())]
+    );
+    let answer: Vec<(String, bool, bool)> = profile
+        .conversation(page, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.outgoing)
+        .map(|m| (m.text, m.edited_ms > 0, m.deleted))
+        .collect();
+    assert_eq!(answer.len(), 2, "{answer:?}");
+    assert_eq!(answer[0], ("yes, at 9".to_string(), true, false));
+    assert!(answer[1].2, "the slip is deleted on bob's side: {answer:?}");
+    browser
+        .wait_for(
+            "return document.getElementById('timer').value === '86400'",
+            "the timer shown as set",
+        )
+        .await;
+    common::sync_events(&bob).await;
+    assert_eq!(bob.profile().chat_timer(page).unwrap(), 86400);
+
+    // Forwarding bob's question to carol: labelled as forwarded there.
+    browser.message_action("are you coming?", "Forward").await;
+    browser
+        .click_when_shown(
+            &format!("#forward-list input[value='{}']", carol.phone),
+            "carol in the forward list",
+        )
+        .await;
+    browser.click("#forward-send").await;
+    browser
+        .wait_for(
+            "return !document.getElementById('forward-dialog').open",
+            "the forward dialog closed",
+        )
+        .await;
+    let forwarded: Vec<(String, u32)> = common::sync_events(&carol)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            dak_client::Event::Message(m) => Some((m.text, m.forwarded)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![
+            ("hi carol".to_string(), 0),
+            ("are you coming?".to_string(), 1)
+        ]
+    );
+    browser.screenshot("message-actions.png").await;
     browser.close().await;
 }
