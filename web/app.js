@@ -60,7 +60,9 @@ class Core {
   verify(code, pin, name) { return this.call("verify", code, pin, name); }
   link(server, name) { return this.call("link", server, name); }
   chats() { return this.call("chats"); }
-  messages(chat) { return this.call("messages", chat); }
+  messages(chat, limit) { return this.call("messages", chat, limit); }
+  // The bytes of WebAssembly memory the core uses in the worker.
+  memory() { return this.call("memory"); }
   send(chat, text, replyTo = "") { return this.call("send", chat, text, replyTo); }
   // Reactions, edits, deletes, forwards, timers, group changes: one JSON
   // object each ({do: "react", ...}; dak-web's actions.rs lists them).
@@ -95,6 +97,15 @@ const ui = {
   composing: null,
   // The message being forwarded.
   forwarding: null,
+  // How many of the open chat's newest messages are shown, and whether
+  // that is all of them. Scrolling back doubles it (dak-web's CHAT_PAGE).
+  limit: 200,
+  complete: true,
+  loadingEarlier: false,
+  // The first message drawn in the open chat's window, and the rows'
+  // average height (for the spacers that stand in for the others).
+  windowFirst: null,
+  rowHeight: 48,
 };
 
 // The reactions offered on a message (any emoji arrives and is shown).
@@ -195,6 +206,14 @@ function keepingFocus(list, draw) {
   if (again) again.focus();
 }
 
+// Marks the open chat's row without drawing the list again.
+function markOpenChat() {
+  for (const row of $("chat-list").querySelectorAll("button.chat-row")) {
+    if (row.dataset.chat === ui.open) row.setAttribute("aria-current", "true");
+    else row.removeAttribute("aria-current");
+  }
+}
+
 function renderChats() {
   const list = $("chat-list");
   keepingFocus(list, () => drawChats(list));
@@ -246,19 +265,108 @@ function drawChats(list) {
 
 let shownMessages = [];
 
+// The open chat's messages are drawn as a window of at most WINDOW rows
+// (a chat of 10,000 messages costs the page what one of 120 does), with
+// spacers above and below standing in for the rest at their average
+// height. Scrolling near an edge moves the window by STEP rows; a jump
+// into a spacer draws the rows there; at the very top, earlier messages
+// are loaded. Whatever row was at the top of the view stays where it was
+// on every redraw, unless the view was at the bottom: then it stays there.
+const WINDOW = 120;
+const STEP = 60;
+
 function renderMessages() {
   const chat = ui.chats.find((c) => c.key === ui.open);
   $("chat-title").textContent = chat ? chat.title || chat.key : ui.open || "";
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  keepingFocus(list, () => drawMessages(list, chat));
-  if (atBottom) list.scrollTop = list.scrollHeight;
+  const n = shownMessages.length;
+  let first = atBottom ? -1 : shownMessages.findIndex((m) => m.id === ui.windowFirst);
+  if (first < 0) first = n - WINDOW;
+  drawWindow(list, chat, first, atBottom);
   showTimer(chat);
 }
 
-function drawMessages(list, chat) {
+// The row at the top of the view, and how far below the view's top it is.
+function topRow(list) {
+  for (const row of list.querySelectorAll("li.message")) {
+    if (row.offsetTop + row.offsetHeight > list.scrollTop) return [row.dataset.id, row.offsetTop - list.scrollTop];
+  }
+  return [null, 0];
+}
+
+function drawWindow(list, chat, first, stickToBottom) {
+  const n = shownMessages.length;
+  const start = Math.max(0, Math.min(first, n - WINDOW));
+  const end = Math.min(n, start + WINDOW);
+  const [anchor, offset] = topRow(list);
+  keepingFocus(list, () => drawMessages(list, chat, start, end));
+  ui.windowFirst = start < n ? shownMessages[start].id : null;
+  const rows = list.querySelectorAll("li.message");
+  if (rows.length) {
+    // The rows' pitch, gaps included (offsets are within the list).
+    const last = rows[rows.length - 1];
+    if (rows.length > 1) ui.rowHeight = Math.max(16, (last.offsetTop - rows[0].offsetTop) / (rows.length - 1));
+    list.querySelector(".spacer-top").style.height = start * ui.rowHeight + "px";
+    list.querySelector(".spacer-bottom").style.height = (n - end) * ui.rowHeight + "px";
+  }
+  const again = anchor && [...rows].find((row) => row.dataset.id === anchor);
+  if (stickToBottom) list.scrollTop = list.scrollHeight;
+  else if (again) list.scrollTop = again.offsetTop - offset;
+  // For measurements and tests: how many messages are loaded and drawn.
+  list.dataset.loaded = String(n);
+  list.dataset.drawn = String(end - start);
+  list.dataset.complete = String(ui.complete);
+}
+
+// Scrolling: move the window when the view nears or passes its edges.
+function onMessagesScroll() {
+  const list = $("messages");
+  const n = shownMessages.length;
+  const rows = list.querySelectorAll("li.message");
+  if (!rows.length) return;
+  const start = shownMessages.findIndex((m) => m.id === ui.windowFirst);
+  const end = start + rows.length;
+  const top = list.scrollTop;
+  const bottom = top + list.clientHeight;
+  const chat = ui.chats.find((c) => c.key === ui.open);
+  const firstTop = rows[0].offsetTop;
+  const lastBottom = rows[rows.length - 1].offsetTop + rows[rows.length - 1].offsetHeight;
+  if ((start > 0 && bottom < firstTop) || (end < n && top > lastBottom)) {
+    // A jump into a spacer (the scrollbar dragged): draw the rows there.
+    drawWindow(list, chat, Math.floor(top / ui.rowHeight) - STEP / 2, false);
+    list.scrollTop = top;
+  } else if (start > 0 && top < firstTop + 300) {
+    drawWindow(list, chat, start - STEP, false);
+  } else if (end < n && bottom > lastBottom - 300) {
+    drawWindow(list, chat, start + STEP, false);
+  } else if (start === 0 && top < firstTop + 40) {
+    loadEarlier();
+  }
+}
+
+function drawMessages(list, chat, start, end) {
   list.replaceChildren();
-  for (const m of shownMessages) {
+  if (!ui.complete && start === 0) {
+    const item = document.createElement("li");
+    item.className = "earlier";
+    const more = document.createElement("button");
+    more.type = "button";
+    more.id = "load-earlier";
+    more.dataset.focus = "load-earlier";
+    more.textContent = t("load_earlier");
+    more.addEventListener("click", loadEarlier);
+    item.append(more);
+    list.append(item);
+  }
+  const spacer = (name) => {
+    const item = document.createElement("li");
+    item.className = "spacer " + name;
+    item.setAttribute("aria-hidden", "true");
+    return item;
+  };
+  list.append(spacer("spacer-top"));
+  for (const m of shownMessages.slice(start, end)) {
     const item = document.createElement("li");
     item.className = m.outgoing ? "message outgoing" : "message incoming";
     item.dataset.id = m.id;
@@ -302,6 +410,29 @@ function drawMessages(list, chat) {
     }
     if (!m.deleted) item.append(messageActions(m));
     list.append(item);
+  }
+  list.append(spacer("spacer-bottom"));
+}
+
+// For measurements (BENCHMARKS.md): the core's WebAssembly memory.
+function noteMemory() {
+  ui.client.memory().then((n) => (document.body.dataset.coreMemoryBytes = String(n)), () => {});
+}
+
+// Loads twice as many of the chat's messages; the rows on screen stay.
+async function loadEarlier() {
+  if (ui.loadingEarlier || ui.complete || !ui.open) return;
+  ui.loadingEarlier = true;
+  const started = performance.now();
+  ui.limit *= 2;
+  try {
+    // The window keeps its first message, now further down the list.
+    await refresh({ list: false });
+    // For measurements (BENCHMARKS.md): how long the last page took.
+    document.body.dataset.loadEarlierMs = (performance.now() - started).toFixed(1);
+    noteMemory();
+  } finally {
+    ui.loadingEarlier = false;
   }
 }
 
@@ -440,8 +571,12 @@ function inviteFrom(text) {
 }
 
 async function openChat(key) {
+  const started = performance.now();
   ui.open = key;
   shownMessages = [];
+  ui.limit = 200;
+  ui.complete = true;
+  ui.windowFirst = null;
   ui.actionsFor = null;
   ui.armedDelete = null;
   ui.composing = null;
@@ -454,7 +589,10 @@ async function openChat(key) {
   $("safety-toggle").setAttribute("aria-expanded", "false");
   showSafetyNotice();
   showStatus();
-  await refresh();
+  await refresh({ list: false });
+  // For measurements (BENCHMARKS.md): from the click to the drawn chat.
+  document.body.dataset.openChatMs = (performance.now() - started).toFixed(1);
+  noteMemory();
   $("message").focus();
 }
 
@@ -608,18 +746,32 @@ function phoneList(raw) {
 
 // ---- reading from the core ----
 
-async function refresh() {
+// Reads what is shown from the core again and redraws it; `list: false`
+// leaves the chat list as it is (opening a chat, scrolling back), which on
+// a profile of 1,000 chats is most of the time a redraw takes.
+async function refresh({ list = true } = {}) {
   if (!ui.client || !ui.status.registered) return;
   try {
-    ui.chats = JSON.parse(await ui.client.chats());
-    if (ui.open) shownMessages = JSON.parse(await ui.client.messages(ui.open)).messages;
+    if (list) ui.chats = JSON.parse(await ui.client.chats());
+    if (ui.open) {
+      const answer = JSON.parse(await ui.client.messages(ui.open, ui.limit));
+      shownMessages = answer.messages;
+      ui.complete = answer.complete;
+    }
   } catch (e) {
     showError(e);
     return;
   }
-  renderChats();
+  if (list) renderChats();
+  else markOpenChat();
   renderMessages();
   renderGroup();
+  // For measurements (BENCHMARKS.md): when the chat list was first drawn,
+  // in milliseconds since the page started loading.
+  if (ui.chats.length && !document.body.dataset.chatsShownMs) {
+    document.body.dataset.chatsShownMs = performance.now().toFixed(0);
+    noteMemory();
+  }
   const open = ui.chats.find((c) => c.key === ui.open);
   // A message request tells its sender nothing until it is accepted.
   if (open && open.unread > 0 && !open.request && document.visibilityState === "visible" && ui.status.state === "online") {
@@ -787,7 +939,7 @@ function wire() {
     if (!phone) return;
     // The core says what the number's chat is called (its normal form).
     try {
-      const answer = JSON.parse(await ui.client.messages(phone));
+      const answer = JSON.parse(await ui.client.messages(phone, 1));
       $("new-chat").value = "";
       showError(null);
       await openChat(answer.chat);
@@ -907,6 +1059,9 @@ function wire() {
       send();
     }
   });
+
+  // Scrolled to the top of what is shown: show earlier messages.
+  $("messages").addEventListener("scroll", onMessagesScroll);
 
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") refresh();

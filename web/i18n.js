@@ -8,6 +8,7 @@ export const LANGUAGES = ["en", "hi", "bn"];
 
 const STRINGS = {
   en: {
+    load_earlier: "Load earlier messages",
     app_name: "Dak",
     language: "Language",
     status_no_account: "Not registered",
@@ -139,6 +140,7 @@ const STRINGS = {
     join_sent: "Asked to join. The group opens here once a member lets you in.",
   },
   hi: {
+    load_earlier: "पुराने संदेश दिखाएँ",
     app_name: "डाक",
     language: "भाषा",
     status_no_account: "पंजीकृत नहीं",
@@ -270,6 +272,7 @@ const STRINGS = {
     join_sent: "अनुरोध भेजा गया। किसी सदस्य के जोड़ते ही ग्रुप यहाँ खुलेगा।",
   },
   bn: {
+    load_earlier: "আগের বার্তা দেখান",
     app_name: "ডাক",
     language: "ভাষা",
     status_no_account: "নিবন্ধিত নয়",

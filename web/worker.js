@@ -7,10 +7,12 @@
 import init, { WebClient } from "./dak_web.js";
 
 // What the page may call: WebClient's methods, nothing else.
-const METHODS = new Set(["status", "act", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink"]);
+const METHODS = new Set(["status", "act", "memory", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink"]);
+
+let wasm = null;
 
 const ready = (async () => {
-  await init({ module_or_path: "/web/dak_web_bg.wasm" });
+  wasm = await init({ module_or_path: "/web/dak_web_bg.wasm" });
   // ?compact_over=BYTES (a diagnostic; the tests use 0): compact the
   // profile's journal on opening once it is that big.
   const over = new URL(self.location.href).searchParams.get("compact_over");
@@ -24,7 +26,8 @@ onmessage = async (e) => {
   try {
     if (!METHODS.has(method)) throw new Error("no such method: " + method);
     const client = await ready;
-    const value = await client[method](...args);
+    // How much WebAssembly memory the core holds (for measurements).
+    const value = method === "memory" ? wasm.memory.buffer.byteLength : await client[method](...args);
     postMessage({ id, value });
   } catch (err) {
     postMessage({ id, error: { code: err.code || "", message: String(err.message || err) } });

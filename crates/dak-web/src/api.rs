@@ -172,8 +172,14 @@ impl WebClient {
         self.ask(Command::Chats)
     }
 
-    pub fn messages(&self, chat: String) -> js_sys::Promise {
-        self.ask(|reply| Command::Messages { chat, reply })
+    /// The newest `limit` messages of `chat`, oldest first, and whether
+    /// that is all of them (`complete`).
+    pub fn messages(&self, chat: String, limit: u32) -> js_sys::Promise {
+        self.ask(|reply| Command::Messages {
+            chat,
+            limit: limit as usize,
+            reply,
+        })
     }
 
     /// Sends a text to `chat` (a number or a group key), quoting the

@@ -87,8 +87,11 @@ pub enum Command {
         reply: Reply,
     },
     Chats(Reply),
+    /// A chat's newest `limit` messages (the page asks for more as the
+    /// user scrolls back; at most `views::MAX_CHAT_PAGE`).
     Messages {
         chat: String,
+        limit: usize,
         reply: Reply,
     },
     Send {
@@ -680,11 +683,14 @@ impl Engine {
                 reply,
                 dak_core::groups::group_info(profile, &chat).map(|g| json!(g)),
             ),
-            Command::Messages { chat, reply } => (
+            Command::Messages { chat, limit, reply } => (
                 reply,
                 profile.resolve(&chat).map(|c| c.key()).and_then(|key| {
-                    let rows = views::messages(profile, &key, views::CHAT_PAGE)?;
-                    Ok(json!({"chat": key, "messages": rows}))
+                    let limit = limit.clamp(1, views::MAX_CHAT_PAGE);
+                    let rows = views::messages(profile, &key, limit)?;
+                    // Fewer than asked: the chat's first message is shown.
+                    let complete = rows.len() < limit;
+                    Ok(json!({"chat": key, "messages": rows, "complete": complete}))
                 }),
             ),
             // Group changes need the server: not while offline.

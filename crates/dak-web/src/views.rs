@@ -15,8 +15,10 @@ use dak_core::mls::is_named_group;
 use dak_core::{ClientError, MessageView, Profile, TickState, format_id, tick_of};
 use serde::Serialize;
 
-/// Messages a chat view loads at once (the newest).
+/// Messages a chat view loads at once (the newest); scrolling back asks
+/// for twice as many each time, up to `MAX_CHAT_PAGE`.
 pub const CHAT_PAGE: usize = 200;
+pub const MAX_CHAT_PAGE: usize = 102_400;
 
 /// One row of the chat list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

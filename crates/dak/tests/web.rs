@@ -282,7 +282,7 @@ impl Browser {
     /// the one named `name` (its accessible name, or its words).
     async fn message_action(&self, text: &str, name: &str) {
         let script = format!(
-            "const li = [...document.querySelectorAll('#messages li')].find(li => li.querySelector('.text').textContent === {text});
+            "const li = [...document.querySelectorAll('#messages li.message')].find(li => li.querySelector('.text').textContent === {text});
              if (!li) return false;
              const find = () => [...li.querySelectorAll('.toolbar button')].find(b => (b.getAttribute('aria-label') || b.textContent) === {name});
              if (!li.querySelector('.toolbar')) li.querySelector('button.options').click();
@@ -431,7 +431,7 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         .wait_incoming("after the reload", "a message after the reload")
         .await;
     let shown = browser
-        .js("return document.querySelectorAll('#messages li').length")
+        .js("return document.querySelectorAll('#messages li.message').length")
         .await;
     assert_eq!(shown, json!(5), "each message once, after the reload too");
     // And once more, from the compacted journal (generation 1) and what
@@ -1021,5 +1021,233 @@ async fn the_page_replies_reacts_edits_deletes_forwards_and_sets_a_timer() {
         ]
     );
     browser.screenshot("message-actions.png").await;
+    browser.close().await;
+}
+
+/// A journal of what `chats` conversations hold (the first with
+/// `busiest` messages, the others with `per_chat`), to append to a
+/// registered page's own journal: conversations and messages only (the
+/// page keeps its registration and keys).
+fn big_history(chats: usize, busiest: usize, per_chat: usize) -> Vec<u8> {
+    use dak_core::journal::{JournalSink, JournaledStore};
+    use dak_core::{Bracket, ConversationId, MessageView, ProfileStore};
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl JournalSink for Sink {
+        fn append(&self, frame: &[u8]) -> Result<(), dak_core::ClientError> {
+            self.0.lock().unwrap().extend_from_slice(frame);
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let store = JournaledStore::new(dak_core::memory::MemoryStore::new(), Box::new(sink.clone()));
+    let t0 = 1_760_000_000_000i64;
+    let mut n = 0u64;
+    for c in 0..chats {
+        let peer = format!("+9198{:08}", 20_000 + c);
+        let mut group = [7u8; 16];
+        group[..8].copy_from_slice(&(c as u64).to_le_bytes());
+        store.begin(Bracket::Transaction).unwrap();
+        store.add_conversation(&group, &peer, t0).unwrap();
+        let count = if c == 0 { busiest } else { per_chat };
+        for m in 0..count {
+            n += 1;
+            let mut id = [9u8; 16];
+            id[..8].copy_from_slice(&n.to_le_bytes());
+            let at = t0 + n as i64 * 1000;
+            let outgoing = m % 3 == 2;
+            store
+                .insert_message(&MessageView {
+                    id: id.to_vec(),
+                    conversation: ConversationId::Direct(peer.clone()),
+                    from: if outgoing {
+                        String::new()
+                    } else {
+                        peer.clone()
+                    },
+                    from_device: 1,
+                    outgoing,
+                    text: format!("message {n} of a conversation, about sixty bytes long."),
+                    sent_at_ms: at,
+                    server_time_ms: at,
+                    acked: true,
+                    read_ms: at,
+                    ..Default::default()
+                })
+                .unwrap();
+            if m % 100 == 99 {
+                store.commit(Bracket::Transaction).unwrap();
+                store.begin(Bracket::Transaction).unwrap();
+            }
+        }
+        store.commit(Bracket::Transaction).unwrap();
+    }
+    drop(store);
+    std::mem::take(&mut *sink.0.lock().unwrap())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Dak Web with a big profile in headless Chromium, as BENCHMARKS.md
+/// records it: `cargo test -p dak --test web -- --ignored --nocapture
+/// a_big_profile`. The page registers, then (with no tab open) its journal
+/// gets 1,000 conversations and 100,000 messages appended (one chat of
+/// 10,000); then: time from navigation to the drawn chat list on the first
+/// open (replay and compaction) and on a reload (replay of the snapshot);
+/// time to open the 10,000-message chat (its newest 200) and to scroll back
+/// through all of it (pages of twice the size); the core's WebAssembly
+/// memory and the page's JavaScript heap. Timings come from the page's own
+/// `performance.now()`; a measurement, not a test: it asserts only that
+/// everything was shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by name (BENCHMARKS.md)"]
+async fn a_big_profile_in_chromium() {
+    let server = web_server();
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, "+919800000331").await;
+    let history = big_history(1_000, 10_000, 90);
+    println!("appending {} bytes of journal", history.len());
+
+    // No tab holds the profile while its journal grows.
+    browser
+        .driver
+        .goto(&format!("{}web/bundle.json", page_url(&server)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sizes = browser
+        .driver
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             (async () => {
+               const root = await navigator.storage.getDirectory();
+               const out = [];
+               for (const name of ['dak-profile.a.journal', 'dak-profile.b.journal']) {
+                 const f = await root.getFileHandle(name, { create: true });
+                 out.push((await f.getFile()).size);
+               }
+               done(out);
+             })().catch((e) => done(String(e)));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let sizes: Vec<u64> =
+        serde_json::from_value(sizes.clone()).unwrap_or_else(|_| panic!("{sizes}"));
+    let (name, mut at) = if sizes[0] >= sizes[1] {
+        ("dak-profile.a.journal", sizes[0])
+    } else {
+        ("dak-profile.b.journal", sizes[1])
+    };
+    for chunk in history.chunks(3 << 20) {
+        let wrote = browser
+            .driver
+            .execute_async(
+                "const [name, at, b64, done] = arguments;
+                 (async () => {
+                   const bin = atob(b64);
+                   const bytes = new Uint8Array(bin.length);
+                   for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+                   const root = await navigator.storage.getDirectory();
+                   const f = await root.getFileHandle(name);
+                   const w = await f.createWritable({ keepExistingData: true });
+                   await w.write({ type: 'write', position: at, data: bytes });
+                   await w.close();
+                   done(true);
+                 })().catch((e) => done(String(e)));",
+                vec![json!(name), json!(at), json!(base64(chunk))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(wrote, json!(true), "{wrote}");
+        at += chunk.len() as u64;
+    }
+
+    const SHOWN: &str = "return document.body.dataset.chatsShownMs ? [Number(document.body.dataset.chatsShownMs), document.querySelectorAll('#chat-list li').length, document.body.dataset.journalGeneration, Number(document.body.dataset.coreMemoryBytes || 0)] : null";
+    browser.driver.goto(&page_url(&server)).await.unwrap();
+    let first = browser.wait_for(SHOWN, "the chat list").await;
+    browser.driver.refresh().await.unwrap();
+    let second = browser.wait_for(SHOWN, "the chat list again").await;
+    browser
+        .click_when_shown("#chat-list li:last-child button", "the busiest chat")
+        .await;
+    let open = browser
+        .wait_for(
+            "return document.body.dataset.openChatMs ? [Number(document.body.dataset.openChatMs), Number(document.getElementById('messages').dataset.drawn)] : null",
+            "the busiest chat's newest page",
+        )
+        .await;
+    // Back to its first message: a jump to the top draws the rows there,
+    // reaching the top loads twice as many, until all are loaded.
+    let mut pages = Vec::new();
+    let mut jumps = Vec::new();
+    loop {
+        let state = browser
+            .js("const l = document.getElementById('messages'); return [Number(l.dataset.loaded), l.dataset.complete]")
+            .await;
+        if state == json!([10_000, "true"]) {
+            break;
+        }
+        let jump = browser
+            .js("document.body.dataset.loadEarlierMs = ''; const l = document.getElementById('messages'); const t = performance.now(); l.scrollTop = 0; l.dispatchEvent(new Event('scroll')); const ms = performance.now() - t; l.dispatchEvent(new Event('scroll')); return ms")
+            .await;
+        jumps.push(jump);
+        let page = browser
+            .wait_for(
+                "return document.body.dataset.loadEarlierMs ? [Number(document.body.dataset.loadEarlierMs), Number(document.getElementById('messages').dataset.loaded), Number(document.getElementById('messages').dataset.drawn)] : null",
+                "an earlier page",
+            )
+            .await;
+        pages.push(page);
+    }
+    let memory = browser
+        .js("return [Number(document.body.dataset.coreMemoryBytes || 0), performance.memory ? performance.memory.usedJSHeapSize : 0]")
+        .await;
+    println!(
+        "first open (replay {} bytes + compaction): chat list at {} ms [rows, generation, wasm bytes] {first}",
+        history.len(),
+        first[0]
+    );
+    println!(
+        "reload (replay of the snapshot): chat list at {} ms {second}",
+        second[0]
+    );
+    println!("open the 10,000-message chat (newest page): {open} [ms, messages drawn]");
+    println!("scrolling back: jumps to the top of what is loaded, ms: {jumps:?}");
+    println!("scrolling back: each earlier page [ms, messages loaded, rows drawn]: {pages:?}");
+    println!("memory [core wasm bytes, page JS heap bytes]: {memory}");
+    let all = pages.last().map(|p| p[1].clone()).unwrap_or(json!(0));
+    assert_eq!(
+        all,
+        json!(10_000),
+        "every message of the busiest chat was loaded"
+    );
+    // One more jump to the top shows the chat's very first message.
+    browser
+        .js("const l = document.getElementById('messages'); l.scrollTop = 0; l.dispatchEvent(new Event('scroll')); return true")
+        .await;
+    browser
+        .wait_for(
+            "const t = document.querySelector('#messages li.message .text'); return t && t.textContent === 'message 1 of a conversation, about sixty bytes long.'",
+            "the chat's first message at the top",
+        )
+        .await;
     browser.close().await;
 }
