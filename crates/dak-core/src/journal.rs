@@ -47,6 +47,15 @@ const HEADER: usize = 8;
 /// Where frames go: appended in order, durable when `append` returns.
 pub trait JournalSink: Send + Sync {
     fn append(&self, frame: &[u8]) -> Result<(), ClientError>;
+    /// Replaces the journal with `frames` (a whole snapshot of a higher
+    /// generation) so that later appends follow it; false when this sink
+    /// cannot, or could not this time (the old journal then stays, whole
+    /// and in use). An error means the sink is no longer safe to write
+    /// (it then refuses every append).
+    fn replace(&self, frames: &[Vec<u8>]) -> Result<bool, ClientError> {
+        let _ = frames;
+        Ok(false)
+    }
 }
 
 /// One commit's writes, or part of a snapshot.
@@ -382,12 +391,10 @@ pub fn worth_compacting(journal: &Inspected, over: usize) -> bool {
     journal.valid_bytes > over.max(2 * journal.snapshot_bytes)
 }
 
-/// Everything `store` holds, as the frames of a new journal of
-/// `generation` (at least one frame; the last is `snapshot_done`).
-pub fn snapshot(
-    store: &crate::memory::MemoryStore,
-    generation: u64,
-) -> Result<Vec<Vec<u8>>, ClientError> {
+/// Everything `store` holds (see `ProfileStore::copy_into`), as the frames
+/// of a new journal of `generation` (at least one frame; the last is
+/// `snapshot_done`).
+pub fn snapshot(store: &dyn ProfileStore, generation: u64) -> Result<Vec<Vec<u8>>, ClientError> {
     // The copy's writes, taken from its one open transaction: they are
     // never encoded alone, and the copy is dropped right after.
     struct Unused;
@@ -492,16 +499,30 @@ pub struct JournaledStore<S: ProfileStore> {
     sink: Box<dyn JournalSink>,
     /// Each open bracket and its writes, outermost first.
     open: parking_lot::Mutex<Vec<(Bracket, Vec<Op>)>>,
+    /// The journal in `sink` as it stands (what `compact` decides on).
+    extent: parking_lot::Mutex<Inspected>,
 }
 
 impl<S: ProfileStore> JournaledStore<S> {
-    /// `inner` must already hold what the journal holds (see `replay`).
+    /// `inner` must already hold what the journal holds (see `replay`);
+    /// the journal is taken to be empty (see `resumed`).
     pub fn new(inner: S, sink: Box<dyn JournalSink>) -> JournaledStore<S> {
         JournaledStore {
             inner,
             sink,
             open: parking_lot::Mutex::new(Vec::new()),
+            extent: parking_lot::Mutex::new(inspect(&[])),
         }
+    }
+
+    /// The same, going on from a journal that `inspect` found and replay
+    /// kept `kept_bytes` of.
+    pub fn resumed(self, journal: Inspected, kept_bytes: usize) -> JournaledStore<S> {
+        *self.extent.lock() = Inspected {
+            valid_bytes: kept_bytes,
+            ..journal
+        };
+        self
     }
 
     /// Does `f` on the inner store and records `write` if it succeeded.
@@ -568,14 +589,16 @@ impl<S: ProfileStore> ProfileStore for JournaledStore<S> {
             return Ok(());
         }
         drop(open);
-        if !ops.is_empty()
-            && let Err(e) = self.sink.append(&encode_frame(&JournalFrame {
+        if !ops.is_empty() {
+            let frame = encode_frame(&JournalFrame {
                 ops,
                 ..Default::default()
-            }))
-        {
-            self.inner.rollback(bracket)?;
-            return Err(e);
+            });
+            if let Err(e) = self.sink.append(&frame) {
+                self.inner.rollback(bracket)?;
+                return Err(e);
+            }
+            self.extent.lock().valid_bytes += frame.len();
         }
         self.inner.commit(bracket)
     }
@@ -849,5 +872,39 @@ impl<S: ProfileStore> ProfileStore for JournaledStore<S> {
     }
     fn broadcast_lists(&self) -> Result<Vec<(String, Vec<String>)>, ClientError> {
         self.inner.broadcast_lists()
+    }
+
+    fn copy_into(&self, target: &dyn ProfileStore) -> Result<(), ClientError> {
+        self.inner.copy_into(target)
+    }
+
+    /// Between brackets only. A sink that could not replace the journal
+    /// this time is asked again only once the journal has doubled again.
+    fn compact(&self, over: usize) -> Result<Option<usize>, ClientError> {
+        if !self.open.lock().is_empty() {
+            return Ok(None);
+        }
+        let extent = *self.extent.lock();
+        if !worth_compacting(&extent, over) {
+            return Ok(None);
+        }
+        let frames = snapshot(&self.inner, extent.generation + 1)?;
+        let bytes = frames.iter().map(Vec::len).sum();
+        let replaced = self.sink.replace(&frames)?;
+        let mut now = self.extent.lock();
+        if replaced {
+            *now = Inspected {
+                generation: extent.generation + 1,
+                complete: true,
+                snapshot_bytes: bytes,
+                valid_bytes: bytes,
+            };
+            Ok(Some(bytes))
+        } else {
+            // Not a snapshot's size: the point from which to wait for the
+            // journal to double again.
+            now.snapshot_bytes = now.valid_bytes;
+            Ok(None)
+        }
     }
 }

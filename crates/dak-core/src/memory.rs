@@ -432,6 +432,11 @@ impl State {
 }
 
 impl ProfileStore for MemoryStore {
+    fn copy_into(&self, target: &dyn ProfileStore) -> Result<(), ClientError> {
+        // The inherent method above.
+        MemoryStore::copy_into(self, target)
+    }
+
     fn label(&self) -> String {
         "memory".into()
     }

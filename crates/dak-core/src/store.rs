@@ -236,4 +236,26 @@ pub trait ProfileStore: Send + Sync {
     fn delete_broadcast_list(&self, name: &str) -> Result<bool, ClientError>;
     /// (name, members), by name.
     fn broadcast_lists(&self) -> Result<Vec<(String, Vec<String>)>, ClientError>;
+
+    // ---- upkeep (provided: most stores have none) ----
+    /// Writes everything this store holds into `target` (an empty store)
+    /// through the trait's write calls, rebuilding the same state: what a
+    /// journal's compaction writes (`journal::snapshot`). Only stores that
+    /// hold everything in memory can (`MemoryStore`, and a `JournaledStore`
+    /// around one).
+    fn copy_into(&self, target: &dyn ProfileStore) -> Result<(), ClientError> {
+        let _ = target;
+        Err(ClientError::Store {
+            path: self.label(),
+            message: "this store cannot be copied".into(),
+        })
+    }
+    /// Rewrites a journalled store's journal as a snapshot when it has
+    /// grown past `over` bytes and twice its last snapshot
+    /// (`journal::worth_compacting`): the new journal's bytes, or `None`
+    /// when there was nothing to do. Other stores have nothing to do.
+    fn compact(&self, over: usize) -> Result<Option<usize>, ClientError> {
+        let _ = over;
+        Ok(None)
+    }
 }

@@ -29,6 +29,14 @@ impl JournalSink for VecSink {
         self.bytes.lock().extend_from_slice(frame);
         Ok(())
     }
+
+    fn replace(&self, frames: &[Vec<u8>]) -> Result<bool, ClientError> {
+        if *self.fail.lock() {
+            return Ok(false);
+        }
+        *self.bytes.lock() = frames.concat();
+        Ok(true)
+    }
 }
 
 fn journaled(sink: &VecSink) -> Box<dyn ProfileStore> {
@@ -326,4 +334,44 @@ fn a_commit_whose_journal_append_fails_is_rolled_back() {
     assert_eq!(copy.get("lost").unwrap(), None);
     assert_eq!(copy.get("undone").unwrap(), None);
     assert_eq!(copy.get("nested").unwrap(), Some(b"4".to_vec()));
+}
+
+#[test]
+fn a_journal_compacts_in_place_between_brackets_and_replays_to_the_same_state() {
+    let sink = VecSink::default();
+    let store = JournaledStore::new(MemoryStore::new(), Box::new(sink.clone()));
+    // A journal that grows while the state does not: one value rewritten.
+    for i in 0..1000u32 {
+        store.set("k", &[i as u8; 100]).unwrap();
+    }
+    let grown = sink.bytes.lock().len();
+    assert_eq!(store.compact(grown).unwrap(), None, "not past `over`");
+    // Inside a bracket: never.
+    store.begin(Bracket::Transaction).unwrap();
+    assert_eq!(store.compact(0).unwrap(), None);
+    store.commit(Bracket::Transaction).unwrap();
+    // A sink that cannot replace it this time: asked again only once the
+    // journal has doubled.
+    *sink.fail.lock() = true;
+    assert_eq!(store.compact(0).unwrap(), None);
+    *sink.fail.lock() = false;
+    assert_eq!(store.compact(0).unwrap(), None, "not doubled since");
+    for i in 0..1100u32 {
+        store.set("k", &[i as u8; 100]).unwrap();
+    }
+    let before = sink.bytes.lock().len();
+    let compacted = store.compact(0).unwrap().expect("compacted");
+    assert_eq!(sink.bytes.lock().len(), compacted);
+    assert!(compacted * 100 < before, "{compacted} of {before}");
+    let found = inspect(&sink.bytes.lock());
+    assert!(found.complete && found.generation == 1, "{found:?}");
+    // Writes go on after the snapshot; a replay has all of them.
+    store.set("after", b"yes").unwrap();
+    let copy = MemoryStore::new();
+    let r = replay(&copy, &sink.bytes.lock()).unwrap();
+    assert_eq!(r.dropped_bytes, 0);
+    assert_eq!(copy.get("k").unwrap(), store.get("k").unwrap());
+    assert_eq!(copy.get("after").unwrap(), Some(b"yes".to_vec()));
+    assert_eq!(snapshot(&copy, 1).unwrap(), snapshot(&store, 1).unwrap());
+    assert_eq!(store.compact(0).unwrap(), None, "not doubled since");
 }

@@ -10,13 +10,13 @@
 use futures_channel::{mpsc, oneshot};
 use wasm_bindgen::prelude::*;
 
-use dak_core::journal::{COMPACT_OVER_BYTES, JournaledStore, replay, snapshot, worth_compacting};
+use dak_core::journal::{COMPACT_OVER_BYTES, JournaledStore, replay};
 use dak_core::memory::MemoryStore;
 use dak_core::{Profile, ProfileStore};
 
 use crate::engine::{Command, Engine, Reply};
 use crate::env::BrowserEnvironment;
-use crate::opfs::{CompactError, OpenError, Opened, OpfsJournal};
+use crate::opfs::{OpenError, Opened, OpfsJournal};
 
 #[wasm_bindgen]
 pub struct WebClient {
@@ -40,6 +40,7 @@ impl WebClient {
         on_event: js_sys::Function,
         compact_over: Option<u32>,
     ) -> Result<WebClient, JsValue> {
+        let over = compact_over.map_or(COMPACT_OVER_BYTES, |n| n as usize);
         let (store, storage): (Box<dyn ProfileStore>, serde_json::Value) = match OpfsJournal::open()
             .await
         {
@@ -64,31 +65,17 @@ impl WebClient {
                 }
                 // Compacted when it has grown to twice its last
                 // snapshot (and past 4 MiB): the next open reads less.
-                let mut compacted_to = None;
-                let over = compact_over.map_or(COMPACT_OVER_BYTES, |n| n as usize);
-                if worth_compacting(&inspected, over) {
-                    match snapshot(&memory, inspected.generation + 1) {
-                        Ok(frames) => match journal.compact(&frames) {
-                            Ok(()) => {
-                                compacted_to = Some(frames.iter().map(Vec::len).sum::<usize>())
-                            }
-                            Err(CompactError::NotDone(e)) => {
-                                tracing::warn!(error = %e, "the journal was not compacted")
-                            }
-                            // Going on could let a stale snapshot win at
-                            // the next open: stop here instead.
-                            Err(CompactError::Unsafe(e)) => {
-                                return Err(failure(
-                                    "STORAGE_FAILED",
-                                    &format!(
-                                        "this browser's storage failed while tidying the profile: {e}"
-                                    ),
-                                ));
-                            }
-                        },
-                        Err(e) => tracing::warn!(error = %e, "the journal was not compacted"),
-                    }
-                }
+                // The engine does the same while the tab stays open.
+                let store = JournaledStore::new(memory, Box::new(journal))
+                    .resumed(inspected, replayed.kept_bytes);
+                // Going on after an unsafe failure could let a stale
+                // snapshot win at the next open: stop here instead.
+                let compacted_to = store.compact(over).map_err(|e| {
+                    failure(
+                        "STORAGE_FAILED",
+                        &format!("this browser's storage failed while tidying the profile: {e}"),
+                    )
+                })?;
                 let storage = serde_json::json!({
                     "persistent": true,
                     "frames": replayed.frames,
@@ -97,10 +84,7 @@ impl WebClient {
                     "generation": inspected.generation,
                     "compacted_to_bytes": compacted_to,
                 });
-                (
-                    Box::new(JournaledStore::new(memory, Box::new(journal))),
-                    storage,
-                )
+                (Box::new(store), storage)
             }
             Err(OpenError::InUse) => {
                 return Err(failure(
@@ -129,7 +113,7 @@ impl WebClient {
             let _ = on_event.call1(&JsValue::NULL, &JsValue::from_str(&event.to_string()));
         });
         let profile = Profile::new(store, Box::new(BrowserEnvironment));
-        wasm_bindgen_futures::spawn_local(Engine::new(rx, emit, storage).run(profile));
+        wasm_bindgen_futures::spawn_local(Engine::new(rx, emit, storage, over).run(profile));
         Ok(WebClient { commands })
     }
 

@@ -183,6 +183,9 @@ pub struct Engine {
     healthy: bool,
     /// Where the profile lives: `{"persistent": bool, "dropped_bytes": n}`.
     storage: Value,
+    /// How big the profile's journal may grow before it is compacted
+    /// (`journal::COMPACT_OVER_BYTES`, or the page's diagnostic).
+    compact_over: usize,
 }
 
 impl Engine {
@@ -190,6 +193,7 @@ impl Engine {
         commands: mpsc::UnboundedReceiver<Command>,
         emit: Box<dyn Fn(Value)>,
         storage: Value,
+        compact_over: usize,
     ) -> Engine {
         Engine {
             commands,
@@ -198,6 +202,7 @@ impl Engine {
             state: "no_account",
             healthy: false,
             storage,
+            compact_over,
         }
     }
 
@@ -379,6 +384,7 @@ impl Engine {
             },
             Either::Right(Err(e)) => Some(Failure::from(e)),
         };
+        self.upkeep(client.profile());
         match lost {
             None => Some(Device::Online(client)),
             Some(why) => {
@@ -751,6 +757,25 @@ impl Engine {
         }
         if changed {
             self.changed();
+        }
+    }
+
+    /// Compacts the profile's journal once it has doubled since its last
+    /// snapshot (and passed `compact_over`), so a tab left open for weeks
+    /// does not grow it without end. A failure that makes writing unsafe
+    /// leaves the journal refusing writes: the page says to reload.
+    fn upkeep(&self, profile: &Profile) {
+        match profile.compact(self.compact_over) {
+            Ok(Some(bytes)) => tracing::info!(bytes, "the profile's journal was compacted"),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the profile's journal could not be compacted safely");
+                (self.emit)(json!({
+                    "type": "open_failed",
+                    "code": "STORAGE_FAILED",
+                    "message": e.to_string(),
+                }));
+            }
         }
     }
 

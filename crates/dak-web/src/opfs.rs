@@ -54,6 +54,10 @@ pub struct OpfsJournal {
     active: Cell<usize>,
     /// Its length.
     size: Cell<f64>,
+    /// A compaction failed in a way that makes writing unsafe
+    /// (`CompactError::Unsafe`): every append is refused until the tab
+    /// opens the profile again.
+    broken: Cell<bool>,
 }
 
 // SAFETY: wasm32-unknown-unknown without the `atomics` target feature (how
@@ -106,6 +110,7 @@ impl OpfsJournal {
             slots: [a, b],
             active: Cell::new(0),
             size: Cell::new(0.0),
+            broken: Cell::new(false),
         };
         let contents = [journal.read(0)?, journal.read(1)?];
         let found = [inspect(&contents[0]), inspect(&contents[1])];
@@ -232,6 +237,13 @@ async fn open_handle(
 
 impl JournalSink for OpfsJournal {
     fn append(&self, frame: &[u8]) -> Result<(), ClientError> {
+        if self.broken.get() {
+            return Err(ClientError::Store {
+                path: JOURNAL_FILES[0].into(),
+                message: "this browser's storage failed while tidying the profile; reload the page"
+                    .into(),
+            });
+        }
         let at = FileSystemReadWriteOptions::new();
         at.set_at(self.size.get());
         let written = self.handle().write_with_u8_array_and_options(frame, &at);
@@ -267,6 +279,22 @@ impl JournalSink for OpfsJournal {
                         ),
                     });
                 }
+                Err(e)
+            }
+        }
+    }
+
+    /// `compact`: not done is `false` (logged); unsafe is an error, after
+    /// which appends are refused.
+    fn replace(&self, frames: &[Vec<u8>]) -> Result<bool, ClientError> {
+        match self.compact(frames) {
+            Ok(()) => Ok(true),
+            Err(CompactError::NotDone(e)) => {
+                tracing::warn!(error = %e, "the journal was not compacted");
+                Ok(false)
+            }
+            Err(CompactError::Unsafe(e)) => {
+                self.broken.set(true);
                 Err(e)
             }
         }
