@@ -297,6 +297,20 @@ impl Browser {
             .await;
     }
 
+    /// Every control on screen without an accessible name (its words, an
+    /// aria-label, aria-labelledby, or a label), as its HTML: none, always.
+    async fn unnamed_controls(&self) -> Value {
+        self.js(
+            "return [...document.querySelectorAll('button, input, select, textarea, summary')]
+               .filter(el => el.getClientRects().length > 0)
+               .filter(el => !(el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+                   || (el.labels && [...el.labels].some(l => l.textContent.trim()))
+                   || (['BUTTON', 'SUMMARY'].includes(el.tagName) && el.textContent.trim())))
+               .map(el => el.outerHTML.slice(0, 120))",
+        )
+        .await
+    }
+
     async fn screenshot(&self, name: &str) {
         let png = self.driver.screenshot().await.unwrap();
         let dir = target_dir().join("web-screenshots");
@@ -824,6 +838,11 @@ async fn a_group_of_a_browser_two_cli_users_and_a_second_browser_that_joins_by_i
             "bob shown as an admin",
         )
         .await;
+    assert_eq!(
+        browser.unnamed_controls().await,
+        json!([]),
+        "with the group's panel open"
+    );
     browser.click("#invite-create").await;
     let url = browser
         .wait_for(
@@ -1020,6 +1039,21 @@ async fn the_page_replies_reacts_edits_deletes_forwards_and_sets_a_timer() {
             ("are you coming?".to_string(), 1)
         ]
     );
+    browser.message_action("are you coming?", "Reply").await;
+    assert_eq!(
+        browser.unnamed_controls().await,
+        json!([]),
+        "with a message's actions open"
+    );
+    // The audit does see a control with no name.
+    browser
+        .js("const b = document.createElement('button'); b.id = 'nameless'; document.body.append(b); return true")
+        .await;
+    let found = browser.unnamed_controls().await;
+    assert!(found.to_string().contains("nameless"), "{found}");
+    browser
+        .js("document.getElementById('nameless').remove(); return true")
+        .await;
     browser.screenshot("message-actions.png").await;
     browser.close().await;
 }
