@@ -225,6 +225,12 @@ impl Browser {
         .await;
     }
 
+    /// Starts a chat with `phone` from the list's "New chat" form.
+    async fn start_chat(&self, phone: &str) {
+        self.fill("#new-chat", phone).await;
+        self.click("#new-chat-form button[type=submit]").await;
+    }
+
     /// Registers the page's number as a new primary device.
     async fn register(&self, server: &TestServer, phone: &str) {
         self.fill("#phone", phone).await;
@@ -343,8 +349,7 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
     browser.register(&server, page_phone).await;
 
     // A new chat with bob, from the page.
-    browser.fill("#new-chat", &bob.phone).await;
-    browser.click("#new-chat-form button[type=submit]").await;
+    browser.start_chat(&bob.phone).await;
     browser
         .wait_for(
             "return !document.getElementById('chat').hidden",
@@ -901,7 +906,7 @@ async fn a_group_of_a_browser_two_cli_users_and_a_second_browser_that_joins_by_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_replies_reacts_edits_deletes_forwards_and_sets_a_timer() {
+async fn the_page_replies_reacts_edits_deletes_forwards_sets_a_timer_and_approves_a_laptop() {
     let server = web_server();
     let page = "+919800000321";
     let bob = bob();
@@ -913,8 +918,7 @@ async fn the_page_replies_reacts_edits_deletes_forwards_and_sets_a_timer() {
     browser.register(&server, page).await;
 
     // The page has a chat with carol, and bob asks something.
-    browser.fill("#new-chat", &carol.phone).await;
-    browser.click("#new-chat-form button[type=submit]").await;
+    browser.start_chat(&carol.phone).await;
     browser.send("hi carol").await;
     browser.wait_tick("hi carol", "sent").await;
     let mut b = bob.connect().await;
@@ -1055,6 +1059,53 @@ async fn the_page_replies_reacts_edits_deletes_forwards_and_sets_a_timer() {
         .js("document.getElementById('nameless').remove(); return true")
         .await;
     browser.screenshot("message-actions.png").await;
+
+    // The page approves a laptop for its account, which gets its chats.
+    browser
+        .js("document.getElementById('composing-cancel').click(); return true")
+        .await;
+    let laptop = common::Person::new(page);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (profile, url) = (laptop.profile(), server.url.clone());
+    let linking = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        dak_client::Client::link(&profile, &url, "laptop", |code, _| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(code.to_string());
+            }
+        })
+        .await
+    });
+    let code = rx.await.unwrap();
+    browser.click("#devices summary").await;
+    browser.fill("#approve-code", &code).await;
+    browser.click("#approve-form button[type=submit]").await;
+    let said = browser
+        .wait_for(
+            "const p = document.getElementById('approve-result'); return p.hidden ? '' : p.textContent",
+            "the approval's result",
+        )
+        .await;
+    assert!(
+        said.as_str().unwrap().starts_with("Linked. It was sent "),
+        "{said}"
+    );
+    linking.await.unwrap().unwrap();
+    let events = common::sync_events(&laptop).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, dak_client::Event::History { chats: 2, .. })),
+        "{events:?}"
+    );
+    let texts: Vec<String> = laptop
+        .profile()
+        .conversation(&carol.phone, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, vec!["hi carol", "are you coming?"]);
     browser.close().await;
 }
 
