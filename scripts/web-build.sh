@@ -47,8 +47,12 @@ if [ $profile = release ]; then
     # repository's and the registry's, not this machine's (they replace
     # .cargo/config.toml's wasm32 rustflags, so its flag is repeated), and
     # the function names (0.5 MB, for debuggers) are left out.
+    # (The last matching prefix wins: the target directory, where generated
+    # code such as dak-proto's lives, may be inside the checkout.)
     cargo_home=${CARGO_HOME:-$HOME/.cargo}
-    export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C debuginfo=line-tables-only --remap-path-prefix=$PWD=/dak --remap-path-prefix=$cargo_home=/cargo"
+    mkdir -p "$target"
+    target_abs=$(cd "$target" && pwd)
+    export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C debuginfo=line-tables-only --remap-path-prefix=$PWD=/dak --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target_abs=/target"
     bindgen_flags+=(--remove-name-section)
 fi
 
