@@ -901,7 +901,34 @@ async fn a_group_of_a_browser_two_cli_users_and_a_second_browser_that_joins_by_i
             "the second page gone from the members",
         )
         .await;
+    // What the group says next reaches bob, not the page that left.
+    browser.send("after the second page left").await;
+    assert_eq!(
+        bob.sync_texts().await,
+        vec!["after the second page left".to_string()]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = second
+        .js("return [...document.querySelectorAll('#messages li.message .text')].map(e => e.textContent)")
+        .await;
+    assert!(
+        !seen.to_string().contains("after the second page left"),
+        "{seen}"
+    );
     second.close().await;
+
+    // On a phone-sized screen the page shows the list or the chat, with a
+    // way back.
+    browser.driver.set_window_size(375, 740).await.unwrap();
+    let shown = browser
+        .js("return ['chats', 'chat', 'back'].map(id => getComputedStyle(document.getElementById(id)).display !== 'none')")
+        .await;
+    assert_eq!(shown, json!([false, true, true]), "a chat open on a phone");
+    browser.click("#back").await;
+    let shown = browser
+        .js("return ['chats', 'chat'].map(id => getComputedStyle(document.getElementById(id)).display !== 'none')")
+        .await;
+    assert_eq!(shown, json!([true, false]), "back to the list");
     browser.close().await;
 }
 
