@@ -281,9 +281,11 @@ function renderMessages() {
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   const n = shownMessages.length;
-  let first = atBottom ? -1 : shownMessages.findIndex((m) => m.id === ui.windowFirst);
+  // A chat just opened starts at its newest message.
+  const stick = atBottom || ui.windowFirst === null;
+  let first = stick ? -1 : shownMessages.findIndex((m) => m.id === ui.windowFirst);
   if (first < 0) first = n - WINDOW;
-  drawWindow(list, chat, first, atBottom);
+  drawWindow(list, chat, first, stick);
   showTimer(chat);
 }
 
@@ -424,7 +426,8 @@ async function loadEarlier() {
   if (ui.loadingEarlier || ui.complete || !ui.open) return;
   ui.loadingEarlier = true;
   const started = performance.now();
-  ui.limit *= 2;
+  // dak-web's MAX_CHAT_PAGE: a longer chat shows its newest this many.
+  ui.limit = Math.min(ui.limit * 2, 102400);
   try {
     // The window keeps its first message, now further down the list.
     await refresh({ list: false });

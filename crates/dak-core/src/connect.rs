@@ -183,6 +183,8 @@ impl Client {
         })??;
         profile.set("cert", fingerprint.unwrap_or_default().as_bytes())?;
         profile.save_registration(server, &approved.phone, approved.device_id)?;
+        // The approving device's history is taken for a while from now.
+        crate::history::expect_history(profile)?;
         if let Err(e) = top_up_key_packages(profile, &mut conn, 0, false).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }

@@ -12,13 +12,21 @@
 //!
 //! Invariants:
 //! - A bundle is taken only from this account's own devices, in the
-//!   note-to-self conversation, and only by the device it names; the
-//!   account's other devices drop it (`import` is never reached for them).
+//!   note-to-self conversation, only by the device it names (the account's
+//!   other devices drop it), and only by a device that was linked (not
+//!   registered) and within `HISTORY_WINDOW` of its linking, by the
+//!   server's time of the part. So a device of the account cannot rewrite
+//!   another's history later; and in a 1:1 chat a message's sender must be
+//!   this account or the contact.
 //! - Import never overwrites: a message this device already holds (it came
-//!   the normal way) is kept as it is.
+//!   the normal way) is kept as it is. A deletion for everyone that reached
+//!   this device before the message it deletes (the new device is in the
+//!   chat before its history arrives) is remembered during the window and
+//!   applied when the message is imported.
 //! - Each part is one message body (`PART_BYTES`); a chat continues in the
-//!   next part rather than losing messages. A single message too large for
-//!   a part (cannot happen for texts an honest client sent) is left out.
+//!   next part rather than losing messages. A message too large for a part
+//!   goes without its receipts and reactions, and if even that does not
+//!   fit (a text at the size limit) it is left out and counted.
 //! - Bundles go through the outbox, so a lost connection sends them later.
 
 use dak_proto::v1::{self, content::Kind};
@@ -56,6 +64,42 @@ pub struct HistoryShared {
     pub chats: usize,
     pub messages: usize,
     pub parts: usize,
+    /// Messages too large for a part even without their receipts.
+    pub left_out: usize,
+}
+
+/// How long after its linking a device takes history, by the server's time
+/// of each part: the approving device sends it right away, and a device
+/// that was offline since still gets it from its mailbox later.
+pub const HISTORY_WINDOW_MS: i64 = 60 * 60 * 1000;
+/// Where a linked device keeps when it was linked (its own clock).
+const LINKED_AT: &str = "history.linked_at_ms";
+/// Slack for the difference between this device's clock and the server's.
+const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
+
+/// Marks a just-linked device as expecting history (see `HISTORY_WINDOW_MS`).
+pub(crate) fn expect_history(profile: &Profile) -> Result<(), ClientError> {
+    profile.set(LINKED_AT, profile.now_ms().to_string().as_bytes())
+}
+
+/// Whether a part the server stored at `server_time_ms` is in this
+/// device's window for history.
+pub(crate) fn in_window(p: &Profile, server_time_ms: i64) -> Result<bool, ClientError> {
+    let Some(linked) = p.get_str(LINKED_AT)?.and_then(|s| s.parse::<i64>().ok()) else {
+        return Ok(false);
+    };
+    Ok(server_time_ms >= linked - CLOCK_SLACK_MS
+        && server_time_ms <= linked + HISTORY_WINDOW_MS + CLOCK_SLACK_MS)
+}
+
+/// A deletion for everyone of a message this device does not hold, kept
+/// while history may still bring that message.
+pub(crate) fn remember_deletion(p: &Profile, id: &[u8], by: &str) -> Result<(), ClientError> {
+    p.set(&deletion_key(id), by.as_bytes())
+}
+
+fn deletion_key(id: &[u8]) -> String {
+    format!("history.deleted.{}", hex::encode(id))
 }
 
 /// The most a part's encoded content may take: one message body, with room
@@ -85,7 +129,7 @@ impl Client {
             }
         }
         self.run_work().await;
-        let parts = pack(
+        let (parts, left_out) = pack(
             &self.profile,
             device,
             chats.iter().map(|(_, key)| key.as_str()),
@@ -99,6 +143,7 @@ impl Client {
                 .map(|c| c.messages.len())
                 .sum(),
             parts: parts.len(),
+            left_out,
         };
         for part in parts {
             let content = v1::Content {
@@ -161,13 +206,15 @@ fn recent_chats(profile: &Profile, n: usize) -> Result<Vec<(Vec<u8>, String)>, C
         .collect())
 }
 
-/// The chats' last messages as bundle parts for `device`, each within `PART_BYTES`.
+/// The chats' last messages as bundle parts for `device`, each within
+/// `PART_BYTES`, and how many messages did not fit even alone.
 fn pack<'a>(
     profile: &Profile,
     device: u64,
     chats: impl Iterator<Item = &'a str>,
     messages_per_chat: usize,
-) -> Result<Vec<v1::HistoryBundle>, ClientError> {
+) -> Result<(Vec<v1::HistoryBundle>, usize), ClientError> {
+    let mut left_out = 0;
     let empty = |_: usize| v1::HistoryBundle {
         for_device: device,
         part: 0,
@@ -184,7 +231,7 @@ fn pack<'a>(
         };
         let mut open = false;
         for m in profile.conversation(key, messages_per_chat)? {
-            let m = history_message(profile, &m)?;
+            let mut m = history_message(profile, &m)?;
             let part = parts.last_mut().expect("there is always a part");
             if !open {
                 part.chats.push(chat());
@@ -201,7 +248,13 @@ fn pack<'a>(
                 let part = parts.last_mut().expect("just pushed");
                 part.chats.push(chat());
                 if part.encoded_len() + m.encoded_len() + 8 > PART_BYTES {
+                    // A big group's per-device receipts: the text matters more.
+                    m.receipts.clear();
+                    m.reactions.clear();
+                }
+                if part.encoded_len() + m.encoded_len() + 8 > PART_BYTES {
                     tracing::warn!(id = %format_id(&m.id), "a message too large for a history part was left out");
+                    left_out += 1;
                     continue;
                 }
             }
@@ -219,7 +272,7 @@ fn pack<'a>(
         p.part = i as u32 + 1;
         p.parts = n;
     }
-    Ok(parts)
+    Ok((parts, left_out))
 }
 
 fn history_message(profile: &Profile, m: &MessageView) -> Result<v1::HistoryMessage, ClientError> {
@@ -254,6 +307,7 @@ fn history_message(profile: &Profile, m: &MessageView) -> Result<v1::HistoryMess
         edited_ms: m.edited_ms,
         deleted: m.deleted,
         expires_at_ms: m.expires_at_ms,
+        pending: m.outgoing && !m.acked,
         receipts,
         reactions: profile
             .reactions(&m.id)?
@@ -297,16 +351,30 @@ pub(crate) fn import(
                 continue;
             }
             let outgoing = h.sender_phone == me;
+            // In a 1:1 chat only its two accounts write.
+            if let ConversationId::Direct(peer) = &conversation
+                && !outgoing
+                && h.sender_phone != *peer
+            {
+                tracing::warn!(conversation = %key, "a history message from outside its chat was skipped");
+                continue;
+            }
+            let deleted_meanwhile = p
+                .get_str(&deletion_key(&h.id))?
+                .is_some_and(|by| by == h.sender_phone);
+            let deleted = h.deleted || deleted_meanwhile;
             let view = MessageView {
                 id: h.id,
                 conversation: conversation.clone(),
                 from: h.sender_phone,
                 from_device: h.sender_device,
                 outgoing,
-                text: if h.deleted { String::new() } else { h.body },
+                text: if deleted { String::new() } else { h.body },
                 sent_at_ms: h.sent_at_ms,
                 server_time_ms: h.server_time_ms,
-                acked: outgoing,
+                // Ours and still queued on the sending device: 🕓 here too
+                // until that device's send is confirmed by receipts.
+                acked: outgoing && !h.pending,
                 read_ms: h.read_ms,
                 reply_to: h.reply_to.map(|q| Quote {
                     id: q.message_id,
@@ -315,7 +383,7 @@ pub(crate) fn import(
                 }),
                 forwarded: h.forwarded,
                 edited_ms: h.edited_ms,
-                deleted: h.deleted,
+                deleted,
                 expires_at_ms: h.expires_at_ms,
             };
             p.insert_message(&view)?;

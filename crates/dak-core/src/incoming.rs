@@ -279,6 +279,13 @@ pub(crate) fn on_content(
             }
         }
         Some(Kind::Delete(d)) => {
+            if p.message(&d.message_id)?.is_none()
+                && crate::history::in_window(p, from.server_time_ms)?
+            {
+                // A just-linked device: the message may still come with
+                // the history; it comes deleted then.
+                crate::history::remember_deletion(p, &d.message_id, from.phone)?;
+            }
             if authored_within(
                 p,
                 &conversation,
@@ -335,7 +342,12 @@ pub(crate) fn on_content(
             // Only another device of this account, in the note to self, may
             // hand this device history, and only the device it names takes it.
             let note_to_self = !named && p.peer_of(group)?.as_deref() == Some(me);
-            if outgoing && note_to_self && from.device != my_device && h.for_device == my_device {
+            if outgoing
+                && note_to_self
+                && from.device != my_device
+                && h.for_device == my_device
+                && crate::history::in_window(p, from.server_time_ms)?
+            {
                 out.events
                     .push(crate::history::import(p, me, from.device, h)?);
             }

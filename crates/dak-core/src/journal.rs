@@ -890,8 +890,15 @@ impl<S: ProfileStore> ProfileStore for JournaledStore<S> {
         }
         let frames = snapshot(&self.inner, extent.generation + 1)?;
         let bytes = frames.iter().map(Vec::len).sum();
-        let replaced = self.sink.replace(&frames)?;
+        let replaced = self.sink.replace(&frames);
         let mut now = self.extent.lock();
+        let replaced = match replaced {
+            Ok(r) => r,
+            Err(e) => {
+                now.snapshot_bytes = now.valid_bytes;
+                return Err(e);
+            }
+        };
         if replaced {
             *now = Inspected {
                 generation: extent.generation + 1,

@@ -695,7 +695,9 @@ impl Engine {
                     let limit = limit.clamp(1, views::MAX_CHAT_PAGE);
                     let rows = views::messages(profile, &key, limit)?;
                     // Fewer than asked: the chat's first message is shown.
-                    let complete = rows.len() < limit;
+                    // At the cap, the page shows no more (the newest
+                    // MAX_CHAT_PAGE of a longer chat).
+                    let complete = rows.len() < limit || limit == views::MAX_CHAT_PAGE;
                     Ok(json!({"chat": key, "messages": rows, "complete": complete}))
                 }),
             ),

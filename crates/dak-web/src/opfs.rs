@@ -287,6 +287,9 @@ impl JournalSink for OpfsJournal {
     /// `compact`: not done is `false` (logged); unsafe is an error, after
     /// which appends are refused.
     fn replace(&self, frames: &[Vec<u8>]) -> Result<bool, ClientError> {
+        if self.broken.get() {
+            return Ok(false);
+        }
         match self.compact(frames) {
             Ok(()) => Ok(true),
             Err(CompactError::NotDone(e)) => {

@@ -675,18 +675,34 @@ async fn devices(dir: &std::path::Path, action: DevicesAction, json: bool) -> Re
                     chats: history_chats,
                     messages_per_chat: history_messages,
                 };
-                Some(client.share_history(d.device_id, limits).await?)
+                // Linked either way: a history that could not be sent is
+                // reported, and the device gets new messages regardless.
+                Some(client.share_history(d.device_id, limits).await)
+            };
+            let (sent, failed) = match history {
+                Some(Ok(h)) => (Some(h), None),
+                Some(Err(e)) => (None, Some(e.to_string())),
+                None => (None, None),
             };
             if json {
                 println!(
                     "{}",
-                    json!({"device_id": d.device_id, "name": d.name, "history": history})
+                    json!({"device_id": d.device_id, "name": d.name, "history": sent, "history_error": failed})
                 );
-            } else if let Some(h) = history {
+            } else if let Some(h) = sent {
                 println!(
                     "Sent {} messages from {} chats in {} parts.",
                     h.messages, h.chats, h.parts
                 );
+                if h.left_out > 0 {
+                    println!(
+                        "{} messages were too large to send and were left out.",
+                        h.left_out
+                    );
+                }
+            }
+            if let Some(e) = failed {
+                eprintln!("The history was not sent: {e}");
             }
         }
         DevicesAction::Remove { device_id } => {

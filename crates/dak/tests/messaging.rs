@@ -312,6 +312,20 @@ async fn a_linked_device_opens_on_the_recent_history_and_carries_on_in_the_same_
         vec!["group before the laptop", "laptop in the group"]
     );
 
+    // A primary device takes no history (it was never linked), so another
+    // device of the account cannot rewrite its chats.
+    let phone_id = alice.profile().registration().unwrap().device_id;
+    let mut l = laptop.connect().await;
+    l.share_history(phone_id, HistoryLimits::default())
+        .await
+        .unwrap();
+    l.close().await;
+    let refused = sync_events(&alice).await;
+    assert!(
+        !refused.iter().any(|e| matches!(e, Event::History { .. })),
+        "{refused:?}"
+    );
+
     // The server relayed ciphertext only.
     for (path, bytes) in files_under(server.dir()) {
         assert!(
