@@ -690,9 +690,14 @@ async fn devices(dir: &std::path::Path, action: DevicesAction, json: bool) -> Re
                     json!({"device_id": d.device_id, "name": d.name, "history": sent, "history_error": failed})
                 );
             } else if let Some(h) = sent {
+                let n = |count: usize, one: &str, many: &str| {
+                    format!("{count} {}", if count == 1 { one } else { many })
+                };
                 println!(
-                    "Sent {} messages from {} chats in {} parts.",
-                    h.messages, h.chats, h.parts
+                    "Sent {} from {} in {}.",
+                    n(h.messages, "message", "messages"),
+                    n(h.chats, "chat", "chats"),
+                    n(h.parts, "part", "parts")
                 );
                 if h.left_out > 0 {
                     println!(
