@@ -29,6 +29,8 @@
 //! - `history`: a newly linked device's recent chats, sent by the device
 //!   that approved it.
 //! - `actions`: replies, edits, deletes, timers, forwards, broadcast lists.
+//! - `media`: encrypted media's cryptography (chunked AEAD, padding
+//!   buckets, the ciphertext's hash), before any upload exists.
 //! - `ids`: message ids.
 //!
 //! **Architecture Invariant:** nothing here does I/O itself. No tokio,
@@ -52,6 +54,7 @@ pub mod ids;
 mod incoming;
 pub mod journal;
 mod key_packages;
+pub mod media;
 pub mod memory;
 pub mod mls;
 pub mod mls_storage;
