@@ -56,11 +56,7 @@ impl Client {
         if m.deleted {
             return Err(usage("that message was deleted"));
         }
-        let sent = if m.server_time_ms > 0 {
-            m.server_time_ms
-        } else {
-            m.sent_at_ms
-        };
+        let sent = m.at_ms();
         if self.profile().now_ms() - sent > window_ms {
             return Err(usage(format!(
                 "a message can be {what}ed only within {} of sending",

@@ -195,8 +195,7 @@ fn recent_chats(profile: &Profile, n: usize) -> Result<Vec<(Vec<u8>, String)>, C
         let Some(last) = profile.conversation(&key, 1)?.pop() else {
             continue;
         };
-        let at = last.server_time_ms.max(last.sent_at_ms);
-        chats.push((at, group, key));
+        chats.push((last.at_ms(), group, key));
     }
     chats.sort_by_key(|c| std::cmp::Reverse(c.0));
     Ok(chats
@@ -215,13 +214,17 @@ fn pack<'a>(
     messages_per_chat: usize,
 ) -> Result<(Vec<v1::HistoryBundle>, usize), ClientError> {
     let mut left_out = 0;
-    let empty = |_: usize| v1::HistoryBundle {
+    let empty = || v1::HistoryBundle {
         for_device: device,
         part: 0,
         parts: 0,
         chats: Vec::new(),
     };
-    let mut parts = vec![empty(0)];
+    // Whether `m` still fits `part` (8 bytes: its tag and length prefixes).
+    let fits = |part: &v1::HistoryBundle, m: &v1::HistoryMessage| {
+        part.encoded_len() + m.encoded_len() + 8 <= PART_BYTES
+    };
+    let mut parts = vec![empty()];
     for key in chats {
         let timer_secs = profile.chat_timer(key)?;
         let chat = || v1::HistoryChat {
@@ -237,22 +240,21 @@ fn pack<'a>(
                 part.chats.push(chat());
                 open = true;
             }
-            let grown = part.encoded_len() + m.encoded_len() + 8;
-            if grown > PART_BYTES {
+            if !fits(part, &m) {
                 if part.chats.last().is_some_and(|c| c.messages.is_empty()) {
                     part.chats.pop();
                 }
                 if !part.chats.is_empty() {
-                    parts.push(empty(0));
+                    parts.push(empty());
                 }
                 let part = parts.last_mut().expect("just pushed");
                 part.chats.push(chat());
-                if part.encoded_len() + m.encoded_len() + 8 > PART_BYTES {
+                if !fits(part, &m) {
                     // A big group's per-device receipts: the text matters more.
                     m.receipts.clear();
                     m.reactions.clear();
                 }
-                if part.encoded_len() + m.encoded_len() + 8 > PART_BYTES {
+                if !fits(part, &m) {
                     tracing::warn!(id = %format_id(&m.id), "a message too large for a history part was left out");
                     left_out += 1;
                     continue;

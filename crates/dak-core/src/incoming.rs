@@ -409,11 +409,7 @@ fn authored_within(
     let Some(m) = p.message(id)? else {
         return Ok(false);
     };
-    let sent = if m.server_time_ms > 0 {
-        m.server_time_ms
-    } else {
-        m.sent_at_ms
-    };
+    let sent = m.at_ms();
     let ok = m.from == from.phone
         && m.conversation == conversation
         && !m.deleted

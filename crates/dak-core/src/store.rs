@@ -73,6 +73,17 @@ pub struct MessageView {
 }
 
 impl MessageView {
+    /// When the message happened: the server's time once it has one, the
+    /// sender's before (a text still in the outbox). What lists sort by,
+    /// and what the edit and delete windows count from.
+    pub fn at_ms(&self) -> i64 {
+        if self.server_time_ms > 0 {
+            self.server_time_ms
+        } else {
+            self.sent_at_ms
+        }
+    }
+
     /// WhatsApp's label for forwarded messages.
     pub fn forward_label(&self) -> Option<&'static str> {
         match self.forwarded {

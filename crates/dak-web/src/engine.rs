@@ -405,12 +405,7 @@ impl Engine {
                 reply_to,
                 reply,
             } => {
-                let target = client
-                    .profile()
-                    .resolve(&chat)
-                    .map(|c| c.key())
-                    .and_then(|key| Ok((key, text_options(reply_to.as_deref())?)));
-                let (key, opts) = match target {
+                let (key, opts) = match send_target(client.profile(), &chat, reply_to.as_deref()) {
                     Ok(t) => t,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -644,15 +639,15 @@ impl Engine {
                 reply_to,
                 reply,
             } => {
-                let result = profile.resolve(&chat).map(|c| c.key()).and_then(|key| {
-                    let opts = text_options(reply_to.as_deref())?;
-                    let (id, _, _) = dak_core::queue_text_with(&profile, &key, &text, &opts)?;
-                    Ok(json!({
-                        "chat": key,
-                        "id": dak_core::format_id(&id),
-                        "queued": true,
-                    }))
-                });
+                let result =
+                    send_target(&profile, &chat, reply_to.as_deref()).and_then(|(key, opts)| {
+                        let (id, _, _) = dak_core::queue_text_with(&profile, &key, &text, &opts)?;
+                        Ok(json!({
+                            "chat": key,
+                            "id": dak_core::format_id(&id),
+                            "queued": true,
+                        }))
+                    });
                 let _ = reply.send(result.map_err(Failure::from));
                 self.changed();
             }
@@ -805,13 +800,20 @@ impl Engine {
     }
 }
 
-/// A text's options from the page: the id of the message it replies to.
-fn text_options(reply_to: Option<&str>) -> Result<dak_core::TextOptions, ClientError> {
-    Ok(dak_core::TextOptions {
+/// Where a text from the page goes (the chat's key) and its options (the
+/// id of the message it replies to), online or queued alike.
+fn send_target(
+    profile: &Profile,
+    chat: &str,
+    reply_to: Option<&str>,
+) -> Result<(String, dak_core::TextOptions), ClientError> {
+    let key = profile.resolve(chat)?.key();
+    let opts = dak_core::TextOptions {
         reply_to: reply_to
             .filter(|id| !id.is_empty())
             .map(dak_core::parse_id)
             .transpose()?,
         forwarded: 0,
-    })
+    };
+    Ok((key, opts))
 }

@@ -102,7 +102,7 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
             last_text: last.as_ref().map(shown_text).unwrap_or_default(),
             last_outgoing: last.as_ref().is_some_and(|m| m.outgoing),
             last_deleted: last.as_ref().is_some_and(|m| m.deleted),
-            last_at_ms: last.as_ref().map(at_ms).unwrap_or(0),
+            last_at_ms: last.as_ref().map(MessageView::at_ms).unwrap_or(0),
             last_tick,
             timer_secs: dak_core::timer_of(profile, &key)?,
             key,
@@ -142,7 +142,7 @@ pub fn messages(
                 from: m.from.clone(),
                 outgoing: m.outgoing,
                 text: shown_text(&m),
-                at_ms: at_ms(&m),
+                at_ms: m.at_ms(),
                 read: m.read_ms > 0,
                 forwarded: m.forward_label(),
                 edited: m.edited_ms > 0,
@@ -157,7 +157,7 @@ pub fn messages(
 
 /// Whether the page offers to edit or delete `m` (the core checks again).
 fn may_change(m: &MessageView, now: i64, window_ms: i64) -> bool {
-    m.outgoing && !m.deleted && now - at_ms(m) <= window_ms
+    m.outgoing && !m.deleted && now - m.at_ms() <= window_ms
 }
 
 fn shown_text(m: &MessageView) -> String {
@@ -165,14 +165,5 @@ fn shown_text(m: &MessageView) -> String {
         String::new()
     } else {
         m.text.clone()
-    }
-}
-
-/// When the message happened: the server's time once it has one.
-fn at_ms(m: &MessageView) -> i64 {
-    if m.server_time_ms > 0 {
-        m.server_time_ms
-    } else {
-        m.sent_at_ms
     }
 }
