@@ -11,11 +11,13 @@
 //! Everything else (conversations, ticks, groups, MLS) is `dak_core`,
 //! re-exported here under the names the CLI has always used.
 
+pub mod blobs;
 mod env;
 mod legacy_mls;
 pub mod sqlite_profile;
 pub mod transport;
 
+pub use dak_core::{Attachment, HistoryLimits, HistoryShared, human_size, parse_group_key};
 pub use dak_core::{
     CertTrust, Client, ClientError, Connection, CryptoState, DELETE_WINDOW_MS, EDIT_WINDOW_MS,
     Event, FREQUENTLY_FORWARDED, ForwardLimits, GroupChange, GroupEdit, GroupInfo, GroupMember,
@@ -24,6 +26,5 @@ pub use dak_core::{
     requests, save_broadcast_list, tick_of, timer_of,
 };
 pub use dak_core::{ConversationId, RuleBreach, SettingChange, Undecodable, format_id, parse_id};
-pub use dak_core::{HistoryLimits, HistoryShared, parse_group_key};
 pub use env::SystemEnvironment;
 pub use sqlite_profile::{SqliteProfile, open_profile};

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS messages (
     forwarded INTEGER NOT NULL DEFAULT 0,
     edited_ms INTEGER NOT NULL DEFAULT 0,
     deleted INTEGER NOT NULL DEFAULT 0,
-    expires_at_ms INTEGER NOT NULL DEFAULT 0
+    expires_at_ms INTEGER NOT NULL DEFAULT 0,
+    attachment BLOB NOT NULL DEFAULT x''
 ) STRICT;
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, n);
 CREATE TABLE IF NOT EXISTS recipients (
@@ -120,6 +121,8 @@ const ADDED_MESSAGE_COLUMNS: &[(&str, &str)] = &[
     ("edited_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("deleted", "INTEGER NOT NULL DEFAULT 0"),
     ("expires_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    // A `v1::Attachment`, protobuf-encoded; empty: none.
+    ("attachment", "BLOB NOT NULL DEFAULT x''"),
 ];
 
 const INDEXES: &str = r#"
@@ -143,7 +146,7 @@ pub struct SqliteProfile {
     path: PathBuf,
 }
 
-const MESSAGE_COLS: &str = "id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms";
+const MESSAGE_COLS: &str = "id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment";
 
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
     Ok(MessageView {
@@ -173,6 +176,13 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
         edited_ms: r.get(14)?,
         deleted: r.get(15)?,
         expires_at_ms: r.get(16)?,
+        attachment: {
+            let bytes: Vec<u8> = r.get(17)?;
+            (!bytes.is_empty())
+                .then(|| <dak_proto::v1::Attachment as prost::Message>::decode(&bytes[..]))
+                .and_then(Result::ok)
+                .map(|a| Box::new(dak_core::Attachment::from_proto(a)))
+        },
     })
 }
 
@@ -428,8 +438,8 @@ impl ProfileStore for SqliteProfile {
     fn insert_message(&self, m: &MessageView) -> Result<(), ClientError> {
         let quote = m.reply_to.clone().unwrap_or_default();
         self.exec(
-            "INSERT OR IGNORE INTO messages (id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms],
+            "INSERT OR IGNORE INTO messages (id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms, m.attachment.as_ref().map(|a| prost::Message::encode_to_vec(&a.to_proto())).unwrap_or_default()],
         )
         .map(drop)
     }
@@ -500,7 +510,7 @@ impl ProfileStore for SqliteProfile {
 
     fn tombstone_message(&self, id: &[u8]) -> Result<(), ClientError> {
         self.exec(
-            "UPDATE messages SET body = '', deleted = 1, reply_snippet = '' WHERE id = ?1",
+            "UPDATE messages SET body = '', attachment = x'', deleted = 1, reply_snippet = '' WHERE id = ?1",
             [id],
         )?;
         // Replies keep pointing at it, but no longer quote its words.

@@ -207,6 +207,18 @@ async fn dial(authority: &str, local: Option<std::net::IpAddr>) -> std::io::Resu
     socket.connect(remote).await
 }
 
+/// The TLS settings every connection to a Dak server uses (the WebSocket
+/// and media transfers): TLS 1.3, the certificate judged by `trust`.
+pub fn tls_config(trust: &CertTrust) -> Result<rustls::ClientConfig, ClientError> {
+    let verifier = Arc::new(PinningVerifier::new(trust.clone())?);
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

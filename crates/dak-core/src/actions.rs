@@ -157,9 +157,11 @@ impl Client {
                 format!("a message can be forwarded to at most {max} chats at a time")
             }));
         }
+        // A file goes as the same blob: nothing is uploaded again.
         let opts = TextOptions {
             reply_to: None,
             forwarded: m.forwarded.saturating_add(1),
+            attachment: m.attachment.clone(),
         };
         let mut sent = Vec::new();
         for c in chats {

@@ -48,6 +48,17 @@ impl Client {
         let mut last = None;
         for _ in 0..GROUP_RETRIES {
             let group = self.group_with(to).await?;
+            if let Some(a) = crate::attachments::attachment_of(plaintext) {
+                // Idempotent: a retry after the group changed shares with
+                // the devices added meanwhile too.
+                if let Err(e) = self.share_attachment(&group, &a).await {
+                    if !self.recover(&group, &e).await? {
+                        return Err(e);
+                    }
+                    last = Some(e.to_string());
+                    continue;
+                }
+            }
             let body = self
                 .profile
                 .transaction(|p| p.mls(|m| m.encrypt(&group, plaintext)))?;

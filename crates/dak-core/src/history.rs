@@ -306,6 +306,7 @@ fn history_message(profile: &Profile, m: &MessageView) -> Result<v1::HistoryMess
             snippet: q.snippet.clone(),
         }),
         forwarded: m.forwarded,
+        attachment: m.attachment.as_ref().map(|a| a.to_proto()),
         edited_ms: m.edited_ms,
         deleted: m.deleted,
         expires_at_ms: m.expires_at_ms,
@@ -384,6 +385,12 @@ pub(crate) fn import(
                     snippet: q.snippet,
                 }),
                 forwarded: h.forwarded,
+                attachment: if deleted {
+                    None
+                } else {
+                    h.attachment
+                        .map(|a| Box::new(crate::Attachment::from_proto(a)))
+                },
                 edited_ms: h.edited_ms,
                 deleted,
                 expires_at_ms: h.expires_at_ms,

@@ -211,6 +211,9 @@ pub(crate) fn on_content(
                     snippet: q.snippet,
                 }),
                 forwarded: t.forwarded,
+                attachment: t
+                    .attachment
+                    .map(|a| Box::new(crate::Attachment::from_proto(a))),
                 expires_at_ms: if t.expire_secs > 0 {
                     from.now + t.expire_secs as i64 * 1000
                 } else {

@@ -139,6 +139,8 @@ pub struct StoredMessage {
     pub deleted: bool,
     #[prost(int64, tag = "18")]
     pub expires_at_ms: i64,
+    #[prost(message, optional, boxed, tag = "19")]
+    pub attachment: Option<Box<dak_proto::v1::Attachment>>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -248,6 +250,7 @@ fn stored(m: &MessageView) -> StoredMessage {
         edited_ms: m.edited_ms,
         deleted: m.deleted,
         expires_at_ms: m.expires_at_ms,
+        attachment: m.attachment.as_ref().map(|a| Box::new(a.to_proto())),
     }
 }
 
@@ -272,6 +275,9 @@ fn view(m: StoredMessage) -> MessageView {
         edited_ms: m.edited_ms,
         deleted: m.deleted,
         expires_at_ms: m.expires_at_ms,
+        attachment: m
+            .attachment
+            .map(|a| Box::new(crate::Attachment::from_proto(*a))),
     }
 }
 

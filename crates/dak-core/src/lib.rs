@@ -40,6 +40,7 @@
 //! (wasm32) and in tests with no server and no sockets.
 
 mod actions;
+pub mod attachments;
 mod client;
 pub mod conformance;
 mod connect;
@@ -70,6 +71,7 @@ pub mod transport;
 mod work;
 
 pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
+pub use attachments::{Attachment, human_size, new_capability};
 pub use client::Client;
 pub use connection::Connection;
 pub use events::Event;

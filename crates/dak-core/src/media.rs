@@ -31,14 +31,11 @@ use sha2::{Digest, Sha256};
 
 use crate::env::Environment;
 
-/// Plaintext bytes per chunk; each ciphertext chunk is `TAG_BYTES` more.
-pub const CHUNK_BYTES: usize = 64 * 1024;
-/// Poly1305's tag.
-pub const TAG_BYTES: usize = 16;
+// The sizes both ends must agree on (the server checks an upload's
+// length against them) live in dak-proto.
+pub use dak_proto::blob::{CHUNK_BYTES, TAG_BYTES, ciphertext_len, padded_len};
 /// The largest file Dak encrypts (WhatsApp's first limit for documents).
-pub const MAX_MEDIA_BYTES: u64 = 100 * 1024 * 1024;
-/// Padding buckets (Signal's shape): sizes 1.05× apart, the smallest 541 bytes.
-const MIN_PADDED: u64 = 541;
+pub const MAX_MEDIA_BYTES: u64 = dak_proto::blob::MAX_FILE_BYTES;
 
 /// Why a file could not be encrypted or decrypted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,24 +81,6 @@ fn nonce(counter: u64, last: bool) -> Nonce {
     n[..8].copy_from_slice(&counter.to_be_bytes());
     n[11] = last as u8;
     *Nonce::from_slice(&n)
-}
-
-/// The size a file of `len` bytes is padded to before encryption: the
-/// smallest bucket that holds it, buckets starting at 541 bytes, each the
-/// last × 21/20 rounded up. Integers only, so every device (natively or in
-/// WebAssembly) finds the same bucket; at most ~250 steps up to the limit.
-pub fn padded_len(len: u64) -> u64 {
-    let mut bucket = MIN_PADDED;
-    while bucket < len {
-        bucket = (bucket * 21).div_ceil(20);
-    }
-    bucket
-}
-
-/// The ciphertext's length for a plaintext padded to `padded` bytes.
-pub fn ciphertext_len(padded: u64) -> u64 {
-    let chunks = padded.div_ceil(CHUNK_BYTES as u64).max(1);
-    padded + chunks * TAG_BYTES as u64
 }
 
 /// Encrypts a stream chunk by chunk: `push` each full `CHUNK_BYTES` of

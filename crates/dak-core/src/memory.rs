@@ -743,6 +743,7 @@ impl ProfileStore for MemoryStore {
         let mut s = self.state.lock();
         s.update_message(id, |m| {
             m.text.clear();
+            m.attachment = None;
             m.deleted = true;
             if let Some(q) = &mut m.reply_to {
                 q.snippet.clear();

@@ -57,6 +57,8 @@ pub struct TextOptions {
     pub reply_to: Option<Vec<u8>>,
     /// Times it was forwarded before (see `Client::forward`).
     pub forwarded: u32,
+    /// A file already uploaded (`Client::create_blob`); the text is its caption.
+    pub attachment: Option<Box<crate::Attachment>>,
 }
 
 /// Stores a text as the user's and puts it in the outbox (🕓), without a
@@ -95,6 +97,7 @@ pub fn queue_text_with(
             }),
             forwarded: opts.forwarded,
             expire_secs,
+            attachment: opts.attachment.as_ref().map(|a| a.to_proto()),
         })),
     };
     let body = content.encode_to_vec();
@@ -109,6 +112,7 @@ pub fn queue_text_with(
         sent_at_ms,
         reply_to,
         forwarded: opts.forwarded,
+        attachment: opts.attachment.clone(),
         expires_at_ms: if expire_secs > 0 {
             sent_at_ms + expire_secs as i64 * 1000
         } else {

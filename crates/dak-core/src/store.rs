@@ -70,6 +70,8 @@ pub struct MessageView {
     pub deleted: bool,
     /// When this device deletes it (a disappearing message); 0: never.
     pub expires_at_ms: i64,
+    /// A file it carries; `text` is then its caption.
+    pub attachment: Option<Box<crate::Attachment>>,
 }
 
 impl MessageView {

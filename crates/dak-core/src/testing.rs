@@ -100,5 +100,6 @@ pub fn text_message(
         edited_ms: 0,
         deleted: false,
         expires_at_ms: 0,
+        attachment: None,
     }
 }

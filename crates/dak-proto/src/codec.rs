@@ -227,6 +227,10 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
             }
             Ok(())
         }
+        Request::CreateBlob(_)
+        | Request::ShareBlob(_)
+        | Request::BlobFetched(_)
+        | Request::DeleteBlob(_) => crate::blob::validate_request(request),
         Request::GetGroupEpoch(r) => {
             if r.group_id.is_empty() || r.group_id.len() > MAX_GROUP_ID_BYTES {
                 return Err(FrameError::invalid(
@@ -320,6 +324,7 @@ mod tests {
                     }),
                     forwarded: 5,
                     expire_secs: 3600,
+                    attachment: None,
                 }),
             ),
             (

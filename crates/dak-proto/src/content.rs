@@ -67,7 +67,12 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
         // A kind this build does not know (from a newer client): the caller
         // counts it and shows nothing; not an error here.
         None => Ok(()),
-        Some(Kind::Text(t)) => t.reply_to.as_ref().map_or(Ok(()), quote),
+        Some(Kind::Text(t)) => {
+            t.reply_to.as_ref().map_or(Ok(()), quote)?;
+            t.attachment
+                .as_ref()
+                .map_or(Ok(()), crate::blob::validate_attachment)
+        }
         Some(Kind::History(h)) => {
             if h.part == 0 || h.part > h.parts {
                 return Err(bad("a history part is numbered 1 to its count of parts"));
@@ -82,6 +87,9 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
                     id("history message id", &m.id)?;
                     bytes_at_most("history sender", m.sender_phone.len(), MAX_SHORT_TEXT)?;
                     m.reply_to.as_ref().map_or(Ok(()), quote)?;
+                    m.attachment
+                        .as_ref()
+                        .map_or(Ok(()), crate::blob::validate_attachment)?;
                     for r in &m.receipts {
                         bytes_at_most("history receipt phone", r.phone.len(), MAX_SHORT_TEXT)?;
                     }

@@ -3,6 +3,7 @@
 //! a device signs). Pure: this crate does no I/O, so the codec can be fuzzed
 //! and reused by every client, the browser included.
 
+pub mod blob;
 mod codec;
 pub mod content;
 pub mod invite;

@@ -116,6 +116,28 @@ pub struct Config {
     /// Where `/metrics` is served; absent: loopback, the port after `listen`'s.
     pub metrics_listen: Option<SocketAddr>,
     pub sms: SmsConfig,
+    /// Where media blobs' bytes are kept: absent, files in `DATA/media`
+    /// (one node); for a cluster, an S3-compatible bucket every node uses
+    /// (`[media_s3]`, or the `DAK_MEDIA_S3_*` variables).
+    pub media_s3: Option<dak_store::S3Config>,
+    /// The largest file a device may upload, before encryption (the
+    /// ciphertext is padded, at most ~5% more).
+    pub max_file_bytes: u64,
+    /// Bytes of media one device, and one account, may hold on the server
+    /// at once (uploads not yet fetched by every recipient, nor expired).
+    pub media_quota_device_bytes: u64,
+    pub media_quota_account_bytes: u64,
+    /// Upload slots one device may take per hour (cluster-wide).
+    pub uploads_per_device_per_hour: u32,
+    /// An upload not finished within this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub upload_ttl: Duration,
+    /// Media uploads and downloads this node serves at once; beyond it a
+    /// transfer is told 503 with Retry-After.
+    pub max_transfers: u32,
+    /// Media requests (HTTP) from one network per second, as a burst of ten
+    /// times that and a steady refill. A wrong token costs one like any.
+    pub media_requests_per_ip_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +205,14 @@ impl Default for Config {
             mailbox_max_bytes: 512 * 1024 * 1024,
             metrics_listen: None,
             sms: SmsConfig::Outbox,
+            media_s3: None,
+            max_file_bytes: dak_proto::blob::MAX_FILE_BYTES,
+            media_quota_device_bytes: 2 << 30,
+            media_quota_account_bytes: 4 << 30,
+            uploads_per_device_per_hour: 200,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            max_transfers: 256,
+            media_requests_per_ip_per_sec: 20,
         }
     }
 }
@@ -243,6 +273,19 @@ impl Config {
                 sms.insert("token".into(), token.into());
             }
             table.insert("sms".into(), sms.into());
+            changed = true;
+        }
+        if let Some(bucket) = get("DAK_MEDIA_S3_BUCKET") {
+            let mut s3 = toml::Table::new();
+            s3.insert("bucket".into(), bucket.into());
+            for key in ["endpoint", "region", "access_key_id", "secret_access_key"] {
+                let name = format!("DAK_MEDIA_S3_{}", key.to_uppercase());
+                if let Some(v) = get(&name) {
+                    s3.insert(key.into(), v.into());
+                }
+            }
+            s3.entry("region").or_insert_with(|| "garage".into());
+            table.insert("media_s3".into(), s3.into());
             changed = true;
         }
         if changed {
@@ -309,6 +352,18 @@ impl Config {
                 "max_connections_per_device and codes_per_phone_burst must be at least 1".into(),
             ));
         }
+        if self.max_file_bytes == 0 || self.max_file_bytes > dak_proto::blob::MAX_FILE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "max_file_bytes = {}: give 1 to {} (what devices send at most)",
+                self.max_file_bytes,
+                dak_proto::blob::MAX_FILE_BYTES
+            )));
+        }
+        if self.max_transfers == 0 || self.media_requests_per_ip_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "max_transfers and media_requests_per_ip_per_sec must be at least 1".into(),
+            ));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "give both --tls-cert and --tls-key, or neither (a self-signed certificate is then made)".into(),
@@ -326,6 +381,13 @@ impl Config {
 /// fields are absent from a serialised config; the test below keeps this
 /// list and the struct in step.
 const ENV_KEYS: &[&str] = &[
+    "max_file_bytes",
+    "media_quota_device_bytes",
+    "media_quota_account_bytes",
+    "uploads_per_device_per_hour",
+    "upload_ttl",
+    "max_transfers",
+    "media_requests_per_ip_per_sec",
     "data",
     "listen",
     "store",

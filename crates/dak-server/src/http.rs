@@ -31,7 +31,8 @@ pub async fn serve(
     let mut shutdown = state.shutdown.clone();
     let signal = async move { crate::session::stopped(&mut shutdown).await };
     let edge = EdgeListener::spawn(listener, tls, state.clone())?;
-    let app = router(state)
+    let app = router(state.clone())
+        .merge(crate::media::router(state))
         .merge(crate::web::router(web))
         .into_make_service_with_connect_info::<Peer>();
     axum::serve(edge, app)

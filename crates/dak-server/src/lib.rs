@@ -14,6 +14,7 @@ mod http;
 mod inbox;
 mod linking;
 mod mailbox;
+mod media;
 pub mod metrics;
 mod online;
 mod pin_hasher;
@@ -91,6 +92,20 @@ impl Server {
                 (Arc::new(sqlite), None)
             }
         };
+        let blobs: Arc<dyn dak_store::BlobStore> =
+            match &config.media_s3 {
+                Some(s3) => Arc::new(dak_store::S3BlobStore::new(s3).with_context(|| {
+                    format!("cannot use the S3 bucket {:?} for media", s3.bucket)
+                })?),
+                None => {
+                    let dir = config.data.join("media");
+                    Arc::new(
+                        dak_store::FsBlobStore::open(&dir)
+                            .with_context(|| format!("cannot keep media in {}", dir.display()))?,
+                    )
+                }
+            };
+        tracing::info!(media = %blobs.describe(), "media store");
         let (bus, nats): (Arc<dyn dak_bus::Bus>, _) = match &config.bus {
             Some(url) => {
                 let nats = dak_bus::NatsBus::connect(url, &config.cluster).await?;
@@ -122,7 +137,7 @@ impl Server {
         let web_bundle = web.as_ref().map(|w| w.bundle_sha256.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let probes = state::Probes { postgres: pg, nats };
-        let state = AppState::new(config.clone(), store, bus, sms, shutdown_rx, probes);
+        let state = AppState::new(config.clone(), store, blobs, bus, sms, shutdown_rx, probes);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -76,6 +76,19 @@ pub struct Metrics {
     pub closed: Labelled,
     /// Log lines about rejected input left out by the log rate limit.
     pub logs_suppressed: AtomicU64,
+    /// Media (`media.rs`).
+    pub uploads_started: AtomicU64,
+    pub uploads_completed: AtomicU64,
+    pub uploads_cut: AtomicU64,
+    pub uploads_hash_wrong: AtomicU64,
+    pub uploads_over_quota: AtomicU64,
+    pub downloads: AtomicU64,
+    pub media_bytes_in: AtomicU64,
+    pub media_bytes_out: AtomicU64,
+    pub blobs_fetched_by_all: AtomicU64,
+    pub blobs_expired: AtomicU64,
+    pub blob_secrets_wrong: AtomicU64,
+    pub media_store_full: AtomicU64,
 }
 
 impl Metrics {
@@ -155,6 +168,70 @@ impl Metrics {
             "Accounts reported for spam or abuse by another account (each report also blocks).",
             self.reports.load(Relaxed),
         );
+        for (name, help, v) in [
+            (
+                "media_uploads_started_total",
+                "Upload slots handed out (CreateBlob).",
+                &self.uploads_started,
+            ),
+            (
+                "media_uploads_completed_total",
+                "Uploads whose every byte arrived and whose hash matched.",
+                &self.uploads_completed,
+            ),
+            (
+                "media_uploads_cut_total",
+                "Upload requests whose body was cut off (kept, to be resumed).",
+                &self.uploads_cut,
+            ),
+            (
+                "media_uploads_hash_wrong_total",
+                "Uploads deleted because their bytes did not match their hash.",
+                &self.uploads_hash_wrong,
+            ),
+            (
+                "media_uploads_over_quota_total",
+                "Upload slots refused by a device's or account's quota.",
+                &self.uploads_over_quota,
+            ),
+            (
+                "media_downloads_total",
+                "Downloads started (whole or ranged).",
+                &self.downloads,
+            ),
+            (
+                "media_bytes_in_total",
+                "Ciphertext bytes stored from uploads.",
+                &self.media_bytes_in,
+            ),
+            (
+                "media_bytes_out_total",
+                "Ciphertext bytes sent to downloads.",
+                &self.media_bytes_out,
+            ),
+            (
+                "media_blobs_fetched_by_all_total",
+                "Blobs deleted because every recipient device fetched them.",
+                &self.blobs_fetched_by_all,
+            ),
+            (
+                "media_blobs_expired_total",
+                "Blobs deleted at the end of retention (or unfinished past upload_ttl).",
+                &self.blobs_expired,
+            ),
+            (
+                "media_secrets_wrong_total",
+                "Media requests with a token or capability that is not the blob's.",
+                &self.blob_secrets_wrong,
+            ),
+            (
+                "media_store_full_total",
+                "Segments refused because the media store was full.",
+                &self.media_store_full,
+            ),
+        ] {
+            counter_into(&mut out, name, help, v.load(Relaxed));
+        }
         let _ = writeln!(
             out,
             "# HELP dak_envelopes_expired_total Envelopes dropped unacked at their expiry: \

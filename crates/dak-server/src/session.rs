@@ -750,6 +750,27 @@ impl Session {
                 blocks::report(&self.state, &me, &r.phone).await?;
                 Ok(Body::Ok(v1::Ok {}))
             }
+            Request::CreateBlob(r) => {
+                let me = self.device()?.clone();
+                Ok(Body::BlobSlot(
+                    crate::media::create(&self.state, &me, r).await?,
+                ))
+            }
+            Request::ShareBlob(r) => {
+                let me = self.device()?.clone();
+                crate::media::share(&self.state, &me, r).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::BlobFetched(r) => {
+                let me = self.device()?.clone();
+                crate::media::fetched(&self.state, &me, r).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::DeleteBlob(r) => {
+                let me = self.device()?.clone();
+                crate::media::delete_for_everyone(&self.state, &me, r).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
         }
     }
 

@@ -24,6 +24,11 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// Media blobs' bytes (`media.rs`).
+    pub blobs: Arc<dyn dak_store::BlobStore>,
+    /// Media transfers under way on this node (`max_transfers`).
+    pub transfers: Arc<tokio::sync::Semaphore>,
+    pub media_requests: Limiter<IpPrefix>,
     pub bus: Arc<dyn Bus>,
     pub sms: Arc<dyn SmsSender>,
     pub metrics: Metrics,
@@ -71,6 +76,7 @@ impl AppState {
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
+        blobs: Arc<dyn dak_store::BlobStore>,
         bus: Arc<dyn Bus>,
         sms: Arc<dyn SmsSender>,
         shutdown: watch::Receiver<bool>,
@@ -97,6 +103,11 @@ impl AppState {
                 config.links_per_ip_per_hour,
             ),
             rejected_logs: Limiter::per_second(10, 50),
+            transfers: Arc::new(tokio::sync::Semaphore::new(config.max_transfers as usize)),
+            media_requests: Limiter::per_second(
+                config.media_requests_per_ip_per_sec,
+                config.media_requests_per_ip_per_sec.saturating_mul(10),
+            ),
             code_requests: Limiter::per_hour(
                 config.codes_per_ip_per_hour,
                 config.codes_per_ip_per_hour,
@@ -111,6 +122,7 @@ impl AppState {
                 .to_bytes(),
             config,
             store,
+            blobs,
             bus,
             sms,
             metrics: Metrics::default(),
@@ -185,6 +197,7 @@ pub fn spawn_expiry(state: AppState) {
         loop {
             tick.tick().await;
             expire_once(&state).await;
+            crate::media::sweep(&state).await;
         }
     });
 }
@@ -260,6 +273,7 @@ mod tests {
         let state = AppState::new(
             config,
             Arc::new(store.clone()),
+            Arc::new(dak_store::FsBlobStore::open(&dir.path().join("media")).unwrap()),
             Arc::new(dak_bus::LocalBus::new()),
             Arc::new(crate::sms::OutboxSender::new(dir.path().join("sms"))),
             shutdown,

@@ -26,12 +26,14 @@
 //! at 1,024 members is one commit's bytes, not 1,023 copies. Shared bodies
 //! no row refers to any more go at the next `expire`.
 
+pub mod blob_store;
 pub mod conformance;
 mod postgres;
 mod sql;
 mod sqlite;
 pub mod testing;
 
+pub use blob_store::{BlobStore, BlobStoreError, FsBlobStore, S3BlobStore, S3Config};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -644,6 +646,59 @@ pub mod group_rules {
     }
 }
 
+/// A media blob's record: who uploaded it, how far the upload is, and the
+/// hashes of the secrets that let one upload to it and fetch it. The bytes
+/// live in a `BlobStore`, as segments named by their offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    pub id: Vec<u8>,
+    pub owner_device: DeviceId,
+    pub owner_account: AccountId,
+    /// The ciphertext's length, declared when the slot was made.
+    pub length: u64,
+    /// Bytes stored so far (the sum of the segments).
+    pub received: u64,
+    /// Every byte arrived and the hash matched: only now is it served.
+    pub complete: bool,
+    pub sha256: Vec<u8>,
+    pub upload_token_sha256: Vec<u8>,
+    pub capability_sha256: Vec<u8>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// What `create_blob` counts a new blob against: the bytes of every blob a
+/// device, and an account, holds that is not yet deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobQuota {
+    pub device_bytes: u64,
+    pub account_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCreated {
+    Created,
+    DeviceQuota { used: u64 },
+    AccountQuota { used: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobShared {
+    /// This many devices wait for it now (new and earlier shares).
+    Shared { waiting: u64 },
+    /// No such complete blob.
+    NotFound,
+    /// The sharer is not a member of the group.
+    NotMember,
+}
+
+/// One stored piece of a blob: bytes `offset..offset + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobSegment {
+    pub offset: u64,
+    pub len: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Installs the listener told of every committed envelope, under
@@ -874,6 +929,38 @@ pub trait Store: Send + Sync + 'static {
     /// (`expires_ms - server_time_ms`) was shorter than `retention_ms`
     /// counts as a disappearing message.
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired>;
+
+    // Media blobs (docs/PROTOCOL.md §15). The store keeps their records;
+    // their bytes are in a `BlobStore`.
+    /// Records a new upload slot, if its owner's device and account stay
+    /// within `quota` with it (every blob of theirs not yet deleted counts,
+    /// unfinished ones included). One atomic step, so racing uploads never
+    /// pass a quota together; a refusal writes nothing.
+    async fn create_blob(&self, blob: Blob, quota: BlobQuota) -> Result<BlobCreated>;
+    async fn blob(&self, id: &[u8]) -> Result<Option<Blob>>;
+    /// Records a stored segment at `offset`, if that is where the upload
+    /// stands (`received`) and the blob is not complete; returns the new
+    /// `received`, or None when the offset is not the upload's (a racing
+    /// or repeated PATCH) or the blob is gone.
+    async fn add_blob_segment(&self, id: &[u8], offset: u64, len: u64) -> Result<Option<u64>>;
+    /// The blob's segments in order of offset.
+    async fn blob_segments(&self, id: &[u8]) -> Result<Vec<BlobSegment>>;
+    /// Marks a fully received blob complete (served from now on) and keeps
+    /// it until `expires_ms`. False when it is not fully received or gone.
+    async fn complete_blob(&self, id: &[u8], expires_ms: i64) -> Result<bool>;
+    /// Records that every member device of the group but `sharer` may
+    /// fetch the complete blob, and that it waits for each of them. Only a
+    /// member of the group shares with it. One statement.
+    async fn share_blob(&self, id: &[u8], group_id: &[u8], sharer: DeviceId) -> Result<BlobShared>;
+    /// The device fetched the blob. True when the blob was shared and no
+    /// device waits for it any more: the caller deletes it.
+    async fn blob_fetched(&self, id: &[u8], device: DeviceId) -> Result<bool>;
+    /// Forgets the blob and returns its segments, which the caller then
+    /// deletes from the `BlobStore` (rows first: a crash between leaves
+    /// bytes no one is offered, never an offer of missing bytes).
+    async fn delete_blob(&self, id: &[u8]) -> Result<Vec<BlobSegment>>;
+    /// Ids of blobs past their `expires_ms`, at most `limit`.
+    async fn expired_blobs(&self, now_ms: i64, limit: u32) -> Result<Vec<Vec<u8>>>;
 }
 
 /// The wall clock in milliseconds, for rows whose caller passes no time

@@ -27,7 +27,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use crate::sql::{DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
+use crate::sql::{
+    BLOB_COLS, DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES,
+};
 use crate::*;
 
 // The dynamic SQL here only splices in the constant column list
@@ -175,6 +177,32 @@ const SCHEMA: &[&str] = &[
         created_ms BIGINT NOT NULL,
         PRIMARY KEY (reporter_id, reported_id))",
     "CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id)",
+    // Media blobs: their bytes are in the BlobStore, as segments.
+    "CREATE TABLE IF NOT EXISTS blobs (
+        id BYTEA PRIMARY KEY,
+        owner_device BIGINT NOT NULL,
+        owner_account BIGINT NOT NULL,
+        length BIGINT NOT NULL,
+        received BIGINT NOT NULL DEFAULT 0,
+        complete BOOLEAN NOT NULL DEFAULT FALSE,
+        shared BOOLEAN NOT NULL DEFAULT FALSE,
+        sha256 BYTEA NOT NULL,
+        upload_token_sha256 BYTEA NOT NULL,
+        capability_sha256 BYTEA NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS blobs_by_device ON blobs(owner_device)",
+    "CREATE INDEX IF NOT EXISTS blobs_by_account ON blobs(owner_account)",
+    "CREATE INDEX IF NOT EXISTS blobs_by_expiry ON blobs(expires_ms)",
+    "CREATE TABLE IF NOT EXISTS blob_segments (
+        blob_id BYTEA NOT NULL,
+        seg_offset BIGINT NOT NULL,
+        len BIGINT NOT NULL,
+        PRIMARY KEY (blob_id, seg_offset))",
+    "CREATE TABLE IF NOT EXISTS blob_fetchers (
+        blob_id BYTEA NOT NULL,
+        device_id BIGINT NOT NULL,
+        PRIMARY KEY (blob_id, device_id))",
 ];
 
 #[derive(Clone)]
@@ -246,6 +274,29 @@ impl PgStore {
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(backend)
+    }
+}
+
+fn row_blob(r: &PgRow) -> Blob {
+    Blob {
+        id: r.get(0),
+        owner_device: r.get::<i64, _>(1) as u64,
+        owner_account: r.get::<i64, _>(2) as u64,
+        length: r.get::<i64, _>(3) as u64,
+        received: r.get::<i64, _>(4) as u64,
+        complete: r.get(5),
+        sha256: r.get(6),
+        upload_token_sha256: r.get(7),
+        capability_sha256: r.get(8),
+        created_ms: r.get(9),
+        expires_ms: r.get(10),
+    }
+}
+
+fn row_segment(r: &PgRow) -> BlobSegment {
+    BlobSegment {
+        offset: r.get::<i64, _>(0) as u64,
+        len: r.get::<i64, _>(1) as u64,
     }
 }
 
@@ -1411,5 +1462,221 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(expired)
+    }
+
+    async fn create_blob(&self, blob: Blob, quota: BlobQuota) -> Result<BlobCreated> {
+        let mut tx = self.begin().await?;
+        // The account's row lock orders every upload of the account, across
+        // nodes: the sums and the insert happen under it.
+        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(blob.owner_account as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let (device, account): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(length) FILTER (WHERE owner_device = $1), 0)::BIGINT, \
+                    COALESCE(SUM(length), 0)::BIGINT \
+             FROM blobs WHERE owner_account = $2",
+        )
+        .bind(blob.owner_device as i64)
+        .bind(blob.owner_account as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let (device, account) = (device as u64, account as u64);
+        if device.saturating_add(blob.length) > quota.device_bytes {
+            return Ok(BlobCreated::DeviceQuota { used: device });
+        }
+        if account.saturating_add(blob.length) > quota.account_bytes {
+            return Ok(BlobCreated::AccountQuota { used: account });
+        }
+        sqlx::query(
+            "INSERT INTO blobs (id, owner_device, owner_account, length, sha256, \
+             upload_token_sha256, capability_sha256, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&blob.id)
+        .bind(blob.owner_device as i64)
+        .bind(blob.owner_account as i64)
+        .bind(blob.length as i64)
+        .bind(&blob.sha256)
+        .bind(&blob.upload_token_sha256)
+        .bind(&blob.capability_sha256)
+        .bind(blob.created_ms)
+        .bind(blob.expires_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(BlobCreated::Created)
+    }
+
+    async fn blob(&self, id: &[u8]) -> Result<Option<Blob>> {
+        sqlx::query(AssertSqlSafe(format!("SELECT {BLOB_COLS} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map(|r| r.as_ref().map(row_blob))
+            .map_err(backend)
+    }
+
+    async fn add_blob_segment(&self, id: &[u8], offset: u64, len: u64) -> Result<Option<u64>> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE blobs SET received = received + $3 \
+             WHERE id = $1 AND received = $2 AND NOT complete AND received + $3 <= length",
+        )
+        .bind(id)
+        .bind(offset as i64)
+        .bind(len as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if moved.rows_affected() == 0 {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO blob_segments (blob_id, seg_offset, len) VALUES ($1, $2, $3) \
+             ON CONFLICT (blob_id, seg_offset) DO UPDATE SET len = EXCLUDED.len",
+        )
+        .bind(id)
+        .bind(offset as i64)
+        .bind(len as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(offset + len))
+    }
+
+    async fn blob_segments(&self, id: &[u8]) -> Result<Vec<BlobSegment>> {
+        sqlx::query(
+            "SELECT seg_offset, len FROM blob_segments WHERE blob_id = $1 ORDER BY seg_offset",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.iter().map(row_segment).collect())
+        .map_err(backend)
+    }
+
+    async fn complete_blob(&self, id: &[u8], expires_ms: i64) -> Result<bool> {
+        sqlx::query(
+            "UPDATE blobs SET complete = TRUE, expires_ms = $2 \
+             WHERE id = $1 AND received = length AND NOT complete",
+        )
+        .bind(id)
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(backend)
+    }
+
+    async fn share_blob(&self, id: &[u8], group_id: &[u8], sharer: DeviceId) -> Result<BlobShared> {
+        let mut tx = self.begin().await?;
+        let member: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM group_members WHERE group_id = $1 AND device_id = $2",
+        )
+        .bind(group_id)
+        .bind(sharer as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if member.is_none() {
+            return Ok(BlobShared::NotMember);
+        }
+        let complete = sqlx::query("UPDATE blobs SET shared = TRUE WHERE id = $1 AND complete")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if complete.rows_affected() == 0 {
+            return Ok(BlobShared::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO blob_fetchers (blob_id, device_id) \
+             SELECT $1, device_id FROM group_members WHERE group_id = $2 AND device_id != $3 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(group_id)
+        .bind(sharer as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM blob_fetchers WHERE blob_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(BlobShared::Shared {
+            waiting: waiting as u64,
+        })
+    }
+
+    async fn blob_fetched(&self, id: &[u8], device: DeviceId) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        // The blob's row lock: two last fetchers racing on two nodes must
+        // not both see the other's row still there.
+        sqlx::query("SELECT 1 FROM blobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let removed =
+            sqlx::query("DELETE FROM blob_fetchers WHERE blob_id = $1 AND device_id = $2")
+                .bind(id)
+                .bind(device as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        if removed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let rest: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_fetchers WHERE blob_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rest == 0)
+    }
+
+    async fn delete_blob(&self, id: &[u8]) -> Result<Vec<BlobSegment>> {
+        let mut tx = self.begin().await?;
+        let mut segments: Vec<BlobSegment> =
+            sqlx::query("DELETE FROM blob_segments WHERE blob_id = $1 RETURNING seg_offset, len")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(row_segment)
+                .collect();
+        segments.sort_by_key(|s| s.offset);
+        for stmt in [
+            "DELETE FROM blob_fetchers WHERE blob_id = $1",
+            "DELETE FROM blobs WHERE id = $1",
+        ] {
+            sqlx::query(stmt)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(segments)
+    }
+
+    async fn expired_blobs(&self, now_ms: i64, limit: u32) -> Result<Vec<Vec<u8>>> {
+        sqlx::query_scalar("SELECT id FROM blobs WHERE expires_ms <= $1 LIMIT $2")
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
     }
 }

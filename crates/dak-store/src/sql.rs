@@ -37,3 +37,7 @@ pub(crate) const STORED_BODY_BYTES: &str = "SELECT \
 /// the rows that have one (no join for the common inline row).
 pub(crate) const MAILBOX_BODY: &str = "CASE WHEN shared_body IS NULL THEN body \
      ELSE (SELECT s.body FROM shared_bodies s WHERE s.id = mailbox.shared_body) END";
+
+/// A blob's columns, in the order both backends' `row_blob` read them.
+pub(crate) const BLOB_COLS: &str = "id, owner_device, owner_account, length, received, complete, \
+     sha256, upload_token_sha256, capability_sha256, created_ms, expires_ms FROM blobs";

@@ -40,7 +40,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sql::{DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES};
+use crate::sql::{
+    BLOB_COLS, DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES,
+};
 use crate::*;
 
 /// Jobs waiting for the writer. When full, callers wait (backpressure on
@@ -192,6 +194,34 @@ CREATE TABLE IF NOT EXISTS reports (
     PRIMARY KEY (reporter_id, reported_id)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY,
+    owner_device INTEGER NOT NULL,
+    owner_account INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    received INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    shared INTEGER NOT NULL DEFAULT 0,
+    sha256 BLOB NOT NULL,
+    upload_token_sha256 BLOB NOT NULL,
+    capability_sha256 BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_device ON blobs(owner_device);
+CREATE INDEX IF NOT EXISTS blobs_by_account ON blobs(owner_account);
+CREATE INDEX IF NOT EXISTS blobs_by_expiry ON blobs(expires_ms);
+CREATE TABLE IF NOT EXISTS blob_segments (
+    blob_id BLOB NOT NULL,
+    seg_offset INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    PRIMARY KEY (blob_id, seg_offset)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_fetchers (
+    blob_id BLOB NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (blob_id, device_id)
+) STRICT, WITHOUT ROWID;
 "#;
 
 #[derive(Clone)]
@@ -415,6 +445,22 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             });
         }
     }
+}
+
+fn row_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<Blob> {
+    Ok(Blob {
+        id: r.get(0)?,
+        owner_device: r.get::<_, i64>(1)? as u64,
+        owner_account: r.get::<_, i64>(2)? as u64,
+        length: r.get::<_, i64>(3)? as u64,
+        received: r.get::<_, i64>(4)? as u64,
+        complete: r.get(5)?,
+        sha256: r.get(6)?,
+        upload_token_sha256: r.get(7)?,
+        capability_sha256: r.get(8)?,
+        created_ms: r.get(9)?,
+        expires_ms: r.get(10)?,
+    })
 }
 
 fn row_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
@@ -1701,6 +1747,225 @@ impl Store for SqliteStore {
             c.execute("DELETE FROM rate_limits WHERE tat_ms <= ?1", [now_ms])
                 .map_err(backend)?;
             Ok(expired)
+        })
+        .await
+    }
+
+    async fn create_blob(&self, blob: Blob, quota: BlobQuota) -> Result<BlobCreated> {
+        self.write_keeping_cache(move |c| {
+            // The writer thread is the only writer: the sums and the insert
+            // cannot interleave with another upload's.
+            let used = |col: &str, who: u64| -> Result<u64> {
+                c.query_row(
+                    &format!("SELECT COALESCE(SUM(length), 0) FROM blobs WHERE {col} = ?1"),
+                    [who as i64],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+                .map_err(backend)
+            };
+            let device = used("owner_device", blob.owner_device)?;
+            if device.saturating_add(blob.length) > quota.device_bytes {
+                return Ok(BlobCreated::DeviceQuota { used: device });
+            }
+            let account = used("owner_account", blob.owner_account)?;
+            if account.saturating_add(blob.length) > quota.account_bytes {
+                return Ok(BlobCreated::AccountQuota { used: account });
+            }
+            c.execute(
+                "INSERT INTO blobs (id, owner_device, owner_account, length, sha256, \
+                 upload_token_sha256, capability_sha256, created_ms, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    blob.id,
+                    blob.owner_device as i64,
+                    blob.owner_account as i64,
+                    blob.length as i64,
+                    blob.sha256,
+                    blob.upload_token_sha256,
+                    blob.capability_sha256,
+                    blob.created_ms,
+                    blob.expires_ms
+                ],
+            )
+            .map_err(backend)?;
+            Ok(BlobCreated::Created)
+        })
+        .await
+    }
+
+    async fn blob(&self, id: &[u8]) -> Result<Option<Blob>> {
+        let id = id.to_vec();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {BLOB_COLS} WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([&id], row_blob).optional())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn add_blob_segment(&self, id: &[u8], offset: u64, len: u64) -> Result<Option<u64>> {
+        let id = id.to_vec();
+        self.write_keeping_cache(move |c| {
+            let moved = c
+                .execute(
+                    "UPDATE blobs SET received = received + ?3 \
+                     WHERE id = ?1 AND received = ?2 AND complete = 0 AND received + ?3 <= length",
+                    params![id, offset as i64, len as i64],
+                )
+                .map_err(backend)?;
+            if moved == 0 {
+                return Ok(None);
+            }
+            c.execute(
+                "INSERT OR REPLACE INTO blob_segments (blob_id, seg_offset, len) VALUES (?1, ?2, ?3)",
+                params![id, offset as i64, len as i64],
+            )
+            .map_err(backend)?;
+            Ok(Some(offset + len))
+        })
+        .await
+    }
+
+    async fn blob_segments(&self, id: &[u8]) -> Result<Vec<BlobSegment>> {
+        let id = id.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seg_offset, len FROM blob_segments WHERE blob_id = ?1 ORDER BY seg_offset",
+                )
+                .map_err(backend)?;
+            stmt.query_map([&id], |r| {
+                Ok(BlobSegment {
+                    offset: r.get::<_, i64>(0)? as u64,
+                    len: r.get::<_, i64>(1)? as u64,
+                })
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn complete_blob(&self, id: &[u8], expires_ms: i64) -> Result<bool> {
+        let id = id.to_vec();
+        self.write_keeping_cache(move |c| {
+            c.execute(
+                "UPDATE blobs SET complete = 1, expires_ms = ?2 \
+                 WHERE id = ?1 AND received = length AND complete = 0",
+                params![id, expires_ms],
+            )
+            .map(|n| n == 1)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn share_blob(&self, id: &[u8], group_id: &[u8], sharer: DeviceId) -> Result<BlobShared> {
+        let (id, group_id) = (id.to_vec(), group_id.to_vec());
+        self.write_keeping_cache(move |c| {
+            let member: Option<i64> = c
+                .query_row(
+                    "SELECT 1 FROM group_members WHERE group_id = ?1 AND device_id = ?2",
+                    params![group_id, sharer as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if member.is_none() {
+                return Ok(BlobShared::NotMember);
+            }
+            let complete = c
+                .execute(
+                    "UPDATE blobs SET shared = 1 WHERE id = ?1 AND complete = 1",
+                    [&id],
+                )
+                .map_err(backend)?;
+            if complete == 0 {
+                return Ok(BlobShared::NotFound);
+            }
+            c.execute(
+                "INSERT OR IGNORE INTO blob_fetchers (blob_id, device_id) \
+                 SELECT ?1, device_id FROM group_members WHERE group_id = ?2 AND device_id != ?3",
+                params![id, group_id, sharer as i64],
+            )
+            .map_err(backend)?;
+            let waiting: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM blob_fetchers WHERE blob_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            Ok(BlobShared::Shared {
+                waiting: waiting as u64,
+            })
+        })
+        .await
+    }
+
+    async fn blob_fetched(&self, id: &[u8], device: DeviceId) -> Result<bool> {
+        let id = id.to_vec();
+        self.write_keeping_cache(move |c| {
+            let removed = c
+                .execute(
+                    "DELETE FROM blob_fetchers WHERE blob_id = ?1 AND device_id = ?2",
+                    params![id, device as i64],
+                )
+                .map_err(backend)?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            let rest: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM blob_fetchers WHERE blob_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            Ok(rest == 0)
+        })
+        .await
+    }
+
+    async fn delete_blob(&self, id: &[u8]) -> Result<Vec<BlobSegment>> {
+        let id = id.to_vec();
+        self.write_keeping_cache(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "DELETE FROM blob_segments WHERE blob_id = ?1 RETURNING seg_offset, len",
+                )
+                .map_err(backend)?;
+            let mut segments = stmt
+                .query_map([&id], |r| {
+                    Ok(BlobSegment {
+                        offset: r.get::<_, i64>(0)? as u64,
+                        len: r.get::<_, i64>(1)? as u64,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            segments.sort_by_key(|s| s.offset);
+            c.execute("DELETE FROM blob_fetchers WHERE blob_id = ?1", [&id])
+                .map_err(backend)?;
+            c.execute("DELETE FROM blobs WHERE id = ?1", [&id])
+                .map_err(backend)?;
+            Ok(segments)
+        })
+        .await
+    }
+
+    async fn expired_blobs(&self, now_ms: i64, limit: u32) -> Result<Vec<Vec<u8>>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id FROM blobs WHERE expires_ms <= ?1 LIMIT ?2")
+                .map_err(backend)?;
+            stmt.query_map(params![now_ms, limit], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)
         })
         .await
     }

@@ -813,7 +813,7 @@ fn send_target(
             .filter(|id| !id.is_empty())
             .map(dak_core::parse_id)
             .transpose()?,
-        forwarded: 0,
+        ..Default::default()
     };
     Ok((key, opts))
 }

@@ -35,6 +35,17 @@ pub struct Args {
 }
 
 #[derive(Subcommand, Debug)]
+enum MediaAction {
+    /// Download a message's file again (into the profile's media folder,
+    /// or --to DIR), check it and save it.
+    Get {
+        id: String,
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (embedded store in --data).
     Server(ServerArgs),
@@ -62,10 +73,28 @@ enum Command {
         #[command(subcommand)]
         action: PinAction,
     },
-    /// Send a text message to a number or a group (its title or id).
+    /// Send a text message, a file or a voice note to a number or a group
+    /// (its title or id).
     Send {
         to: String,
-        text: String,
+        /// The text; with --file or --voice, the caption (or give --caption).
+        #[arg(required_unless_present_any = ["file", "voice"])]
+        text: Option<String>,
+        /// Send this file (a photo, video or document; up to 100 MB),
+        /// encrypted on this device. An upload that stops is resumed by the
+        /// next `dak sync`.
+        #[arg(long, conflicts_with = "voice")]
+        file: Option<PathBuf>,
+        /// Send this recording as a voice note (a WAV file shows its length
+        /// and waveform; for others give --duration).
+        #[arg(long)]
+        voice: Option<PathBuf>,
+        /// The file's caption.
+        #[arg(long)]
+        caption: Option<String>,
+        /// A voice note's length, when the file does not say (e.g. 7s).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
         /// Reply to this message (it is quoted).
         #[arg(long)]
         reply_to: Option<String>,
@@ -91,6 +120,11 @@ enum Command {
     /// Show a sent message's ticks per member and device.
     Status { id: String },
     /// Show the messages of a conversation (a number or a group) stored in this profile.
+    /// Files in messages: fetch one again.
+    Media {
+        #[command(subcommand)]
+        action: MediaAction,
+    },
     History {
         conversation: String,
         #[arg(long, default_value_t = 50)]
@@ -226,16 +260,42 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Send {
             to,
             text,
+            file,
+            voice,
+            caption,
+            duration,
             reply_to,
             wait,
             timeout,
         } => {
+            let reply_to = reply_to.as_deref().map(parse_id).transpose()?;
+            if let Some(path) = file.as_deref().or(voice.as_deref()) {
+                if text.is_some() && caption.is_some() {
+                    bail!("give the caption once: as the text or with --caption");
+                }
+                let caption = caption.or(text).unwrap_or_default();
+                let f = crate::media_cmd::FileToSend {
+                    path,
+                    caption: &caption,
+                    voice: voice.is_some(),
+                    duration_ms: duration
+                        .map(|d| Duration::from(d).as_millis().min(u32::MAX as u128) as u32),
+                    reply_to,
+                };
+                return crate::media_cmd::send_file(&dir, &to, f, json).await;
+            }
             let opts = TextOptions {
-                reply_to: reply_to.as_deref().map(parse_id).transpose()?,
-                forwarded: 0,
+                reply_to,
+                ..Default::default()
             };
+            let text = text.unwrap_or_default();
             send(&dir, &to, &text, &opts, wait, timeout.into(), json).await
         }
+        Command::Media { action } => match action {
+            MediaAction::Get { id, to } => {
+                crate::media_cmd::get(&dir, &id, to.as_deref(), json).await
+            }
+        },
         Command::Sync => sync(&dir, json).await,
         Command::Listen => listen(&dir, json).await,
         Command::Read { all, ids } => read(&dir, all, &ids, json).await,
@@ -451,15 +511,21 @@ fn queue_offline(
 
 async fn sync(dir: &std::path::Path, json: bool) -> Result<()> {
     let mut client = connect(dir).await?;
+    crate::media_cmd::resume_uploads(&mut client, dir, json).await?;
     let mut count = 0usize;
+    let mut with_files = Vec::new();
     client
         .sync(|e| {
-            if matches!(e, Event::Message(_)) {
+            if let Event::Message(m) = e {
                 count += 1;
+                if m.attachment.is_some() {
+                    with_files.push(m.clone());
+                }
             }
             print_event(e, json);
         })
         .await?;
+    crate::media_cmd::save_received(&mut client, dir, &with_files, json).await;
     if !json {
         eprintln!("{count} new message(s).");
     }
@@ -475,7 +541,17 @@ async fn listen(dir: &std::path::Path, json: bool) -> Result<()> {
         let mut client = Client::connect_patiently(open(dir)?, FOREVER).await?;
         loop {
             match client.next_events().await {
-                Ok(events) => events.iter().for_each(|e| print_event(e, json)),
+                Ok(events) => {
+                    events.iter().for_each(|e| print_event(e, json));
+                    let with_files: Vec<_> = events
+                        .iter()
+                        .filter_map(|e| match e {
+                            Event::Message(m) if m.attachment.is_some() => Some(m.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    crate::media_cmd::save_received(&mut client, dir, &with_files, json).await;
+                }
                 Err(e) if e.is_retryable() => {
                     eprintln!("disconnected ({e}); reconnecting");
                     break;
@@ -573,6 +649,9 @@ fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) 
         let reactions = profile.reactions(&m.id)?;
         if json {
             let mut v = message_json(&m);
+            if let Some(path) = crate::media_cmd::saved_path(&profile, &m.id) {
+                v["saved_at"] = json!(path);
+            }
             if m.outgoing {
                 v["tick"] = json!(tick_of(&profile, &m.id)?.state);
             }
@@ -585,7 +664,11 @@ fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) 
             println!("{v}");
         } else {
             let id = m.id.clone();
+            let saved = crate::media_cmd::saved_path(&profile, &id);
             print_event(&Event::Message(m), false);
+            if let Some(path) = saved {
+                println!("    saved at {path}");
+            }
             if !reactions.is_empty() {
                 let shown: Vec<String> = reactions
                     .iter()

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod chat;
 mod cli;
 mod group_cmd;
+mod media_cmd;
 mod server_cmd;
 mod show;
 

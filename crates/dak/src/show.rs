@@ -22,6 +22,16 @@ pub fn message_json(m: &MessageView) -> serde_json::Value {
         "edited": m.edited_ms > 0,
         "deleted": m.deleted,
         "expires_at": (m.expires_at_ms > 0).then(|| chrono::DateTime::from_timestamp_millis(m.expires_at_ms).map(|t| t.to_rfc3339())).flatten(),
+        "attachment": m.attachment.as_ref().map(|a| json!({
+            "blob_id": format_id(&a.blob_id),
+            "media_type": a.media_type,
+            "file_name": a.file_name,
+            "size": a.size,
+            "width": a.width,
+            "height": a.height,
+            "duration_ms": a.duration_ms,
+            "voice_note": a.voice_note,
+        })),
     })
 }
 
@@ -46,6 +56,12 @@ pub fn message_text(m: &MessageView) -> String {
     }
     if let Some(q) = &m.reply_to {
         out.push_str(&format!("↪ {}: \"{}\" — ", q.from, q.snippet));
+    }
+    if let Some(a) = &m.attachment {
+        out.push_str(&a.label());
+        if !m.text.is_empty() {
+            out.push_str(" — ");
+        }
     }
     out.push_str(&m.text);
     if m.edited_ms > 0 {
