@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the PostgreSQL and NATS that the cluster-mode tests use are up,
+# and the S3-compatible store the media tests use (scripts/garage.sh),
 # starting the local ones if they are not. Skips a service whose test URL
-# points elsewhere (DAK_TEST_POSTGRES_URL, DAK_TEST_NATS_URL).
+# points elsewhere (DAK_TEST_POSTGRES_URL, DAK_TEST_NATS_URL,
+# DAK_TEST_S3_ENDPOINT).
 set -euo pipefail
 
 wait_port() { # host port seconds
@@ -51,3 +53,5 @@ if [ -z "${DAK_TEST_NATS_URL:-}" ]; then
 else
     echo "NATS: using DAK_TEST_NATS_URL"
 fi
+
+"$(dirname "$0")/garage.sh"

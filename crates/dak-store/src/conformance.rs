@@ -48,6 +48,8 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     blocked_senders_reach_everyone_but_the_blocker(s).await;
     blocked_committers_cannot_add_the_blocker(s).await;
     reports_block_and_count_distinct_reporters(s).await;
+    blobs_fill_in_order_and_wait_for_their_fetchers(s).await;
+    racing_uploads_never_pass_the_media_quota(s).await;
 }
 
 /// Runs `n` calls of `f` at once, each on its own clone of the store, and
@@ -1616,4 +1618,166 @@ async fn reports_block_and_count_distinct_reporters<S: Store>(s: &S) {
         .unwrap();
     assert_eq!(reached(s, g, 1, &spammer, 82).await, vec![first.id]);
     assert_eq!(s.reports_against(spammer.account_id).await.unwrap(), 2);
+}
+
+fn new_blob(id: u8, owner: &Device, length: u64) -> Blob {
+    Blob {
+        id: vec![id; 16],
+        owner_device: owner.id,
+        owner_account: owner.account_id,
+        length,
+        received: 0,
+        complete: false,
+        sha256: vec![1; 32],
+        upload_token_sha256: vec![2; 32],
+        capability_sha256: vec![3; 32],
+        created_ms: 1_000,
+        expires_ms: 5_000,
+    }
+}
+
+const ROOMY: BlobQuota = BlobQuota {
+    device_bytes: 1 << 40,
+    account_bytes: 1 << 40,
+};
+
+async fn blobs_fill_in_order_and_wait_for_their_fetchers<S: Store>(s: &S) {
+    let alice = ready_device(s, "+911000000171", 171).await;
+    let bob = ready_device(s, "+911000000172", 172).await;
+    let carol = ready_device(s, "+911000000173", 173).await;
+    let g = b"group-media";
+    assert!(is_accepted(
+        &s.commit_group(commit(&alice, g, 0, &[&bob, &carol]))
+            .await
+            .unwrap()
+    ));
+    let id = vec![171u8; 16];
+    assert_eq!(
+        s.create_blob(new_blob(171, &alice, 100), ROOMY)
+            .await
+            .unwrap(),
+        BlobCreated::Created
+    );
+    // Segments only at the upload's offset, never past its length.
+    assert_eq!(s.add_blob_segment(&id, 10, 5).await.unwrap(), None);
+    assert_eq!(s.add_blob_segment(&id, 0, 60).await.unwrap(), Some(60));
+    assert_eq!(
+        s.add_blob_segment(&id, 0, 60).await.unwrap(),
+        None,
+        "a repeat"
+    );
+    assert_eq!(
+        s.add_blob_segment(&id, 60, 41).await.unwrap(),
+        None,
+        "too long"
+    );
+    // Not complete: nothing to share, nothing to complete yet.
+    assert_eq!(
+        s.share_blob(&id, g, alice.id).await.unwrap(),
+        BlobShared::NotFound
+    );
+    assert!(!s.complete_blob(&id, 9_000).await.unwrap());
+    assert_eq!(s.add_blob_segment(&id, 60, 40).await.unwrap(), Some(100));
+    assert_eq!(
+        s.blob_segments(&id).await.unwrap(),
+        vec![
+            BlobSegment { offset: 0, len: 60 },
+            BlobSegment {
+                offset: 60,
+                len: 40
+            }
+        ]
+    );
+    assert!(s.complete_blob(&id, 9_000).await.unwrap());
+    assert!(!s.complete_blob(&id, 9_000).await.unwrap(), "once");
+    let blob = s.blob(&id).await.unwrap().unwrap();
+    assert!(blob.complete);
+    assert_eq!((blob.received, blob.expires_ms), (100, 9_000));
+    assert_eq!(
+        s.add_blob_segment(&id, 100, 0).await.unwrap(),
+        None,
+        "complete"
+    );
+
+    // Shared by a member with the group's other devices; an outsider cannot.
+    let outsider = ready_device(s, "+911000000174", 174).await;
+    assert_eq!(
+        s.share_blob(&id, g, outsider.id).await.unwrap(),
+        BlobShared::NotMember
+    );
+    assert_eq!(
+        s.share_blob(&id, g, alice.id).await.unwrap(),
+        BlobShared::Shared { waiting: 2 }
+    );
+    assert_eq!(
+        s.share_blob(&id, g, bob.id).await.unwrap(),
+        BlobShared::Shared { waiting: 3 },
+        "a forward by bob adds alice, once"
+    );
+    assert!(!s.blob_fetched(&id, outsider.id).await.unwrap());
+    assert!(!s.blob_fetched(&id, bob.id).await.unwrap());
+    assert!(!s.blob_fetched(&id, bob.id).await.unwrap(), "twice is once");
+    assert!(!s.blob_fetched(&id, alice.id).await.unwrap());
+    assert!(
+        s.blob_fetched(&id, carol.id).await.unwrap(),
+        "the last fetcher"
+    );
+
+    // Expiry lists it; deleting returns its segments and forgets it.
+    assert_eq!(
+        s.expired_blobs(8_999, 10).await.unwrap(),
+        Vec::<Vec<u8>>::new()
+    );
+    assert_eq!(s.expired_blobs(9_000, 10).await.unwrap(), vec![id.clone()]);
+    assert_eq!(s.delete_blob(&id).await.unwrap().len(), 2);
+    assert_eq!(s.blob(&id).await.unwrap(), None);
+    assert_eq!(s.blob_segments(&id).await.unwrap(), vec![]);
+    assert_eq!(s.delete_blob(&id).await.unwrap(), vec![]);
+}
+
+async fn racing_uploads_never_pass_the_media_quota<S: Store + Clone>(s: &S) {
+    let alice = ready_device(s, "+911000000181", 181).await;
+    let quota = BlobQuota {
+        device_bytes: 1_000,
+        account_bytes: 2_000,
+    };
+    // Ten uploads of 300 bytes at once: three fit the device's 1,000.
+    let ids: Vec<u8> = (0..10).map(|i| 200 + i).collect();
+    let results = race(s, 10, {
+        let alice = alice.clone();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        move |s| {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let blob = new_blob(ids[i], &alice, 300);
+            async move { s.create_blob(blob, quota).await.unwrap() }
+        }
+    })
+    .await;
+    let created = results
+        .iter()
+        .filter(|r| **r == BlobCreated::Created)
+        .count();
+    assert_eq!(created, 3, "{results:?}");
+    assert!(results.contains(&BlobCreated::DeviceQuota { used: 900 }));
+    // Another device of the account has its own 1,000, within the 2,000.
+    let laptop = s
+        .add_linked_device(alice.account_id, &[182; 32], "laptop", 2, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_blob(new_blob(230, &laptop, 1_000), quota)
+            .await
+            .unwrap(),
+        BlobCreated::Created
+    );
+    let tablet = s
+        .add_linked_device(alice.account_id, &[183; 32], "tablet", 2, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_blob(new_blob(231, &tablet, 200), quota)
+            .await
+            .unwrap(),
+        BlobCreated::AccountQuota { used: 1_900 }
+    );
 }

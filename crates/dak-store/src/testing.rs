@@ -7,6 +7,37 @@
 
 use sqlx::{AssertSqlSafe, Connection};
 
+/// The S3-compatible bucket the media tests use: the local Garage that
+/// `scripts/garage.sh` starts (its fixed test key), or `DAK_TEST_S3_*`.
+pub fn test_s3() -> crate::S3Config {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    crate::S3Config {
+        endpoint: Some(var("DAK_TEST_S3_ENDPOINT", "http://127.0.0.1:3900")),
+        bucket: var("DAK_TEST_S3_BUCKET", "dak-test-media"),
+        region: var("DAK_TEST_S3_REGION", "garage"),
+        access_key_id: var("DAK_TEST_S3_KEY_ID", "GK0dac0000000000000000001"),
+        secret_access_key: var(
+            "DAK_TEST_S3_SECRET",
+            "dac0000000000000000000000000000000000000000000000000000000000001",
+        ),
+    }
+}
+
+/// The `DAK_MEDIA_S3_*` environment that points a server at `test_s3()`.
+pub fn test_s3_env() -> Vec<(String, String)> {
+    let c = test_s3();
+    vec![
+        (
+            "DAK_MEDIA_S3_ENDPOINT".into(),
+            c.endpoint.unwrap_or_default(),
+        ),
+        ("DAK_MEDIA_S3_BUCKET".into(), c.bucket),
+        ("DAK_MEDIA_S3_REGION".into(), c.region),
+        ("DAK_MEDIA_S3_ACCESS_KEY_ID".into(), c.access_key_id),
+        ("DAK_MEDIA_S3_SECRET_ACCESS_KEY".into(), c.secret_access_key),
+    ]
+}
+
 pub fn admin_url() -> String {
     std::env::var("DAK_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

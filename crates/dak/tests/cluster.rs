@@ -574,3 +574,84 @@ async fn count_groups(
     }
     (acked, delivered, lost, duplicates)
 }
+
+/// A node whose media goes to the shared S3-compatible bucket (Garage,
+/// which `scripts/garage.sh` starts).
+fn media_node(db: &FreshDb, cluster: &str) -> TestServer {
+    let nats = nats_url();
+    let s3 = dak_store::testing::test_s3_env();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("DAK_STORE", db.url.as_str()),
+        ("DAK_BUS", nats.as_str()),
+        ("DAK_CLUSTER", cluster),
+        ("DAK_CODES_PER_IP_PER_HOUR", "100000"),
+        ("DAK_VERIFIES_PER_IP_PER_HOUR", "100000"),
+        ("DAK_CODES_PER_RANGE_PER_HOUR", "100000"),
+    ];
+    env.extend(s3.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    TestServer::build_with(&env, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_on_one_node_is_served_by_the_other_from_s3() {
+    let db = FreshDb::new("dak_cluster").await;
+    let cluster = format!("dak-test-{}", rand::random::<u32>());
+    let (node_a, node_b) = (media_node(&db, &cluster), media_node(&db, &cluster));
+    let (alice, bob) = (alice(), bob());
+    alice.register(&node_a).await;
+    bob.register(&node_b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("certificate.pdf");
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let dak = |who: &Person, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dak"))
+            .arg("--profile")
+            .arg(&who.dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    dak(
+        &alice,
+        &["send", &bob.phone, "--file", file.to_str().unwrap()],
+    );
+    let got = dak(&bob, &["--json", "sync"]);
+    let lines: Vec<serde_json::Value> = got
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let saved = lines
+        .iter()
+        .find(|v| v["type"] == "media_saved")
+        .unwrap_or_else(|| panic!("bob saved nothing: {got}"));
+    assert_eq!(
+        std::fs::read(saved["path"].as_str().unwrap()).unwrap(),
+        bytes
+    );
+    // The bytes were in the bucket, not on either node's disk, and are
+    // gone from it now that bob fetched them.
+    for node in [&node_a, &node_b] {
+        assert!(
+            !node.data.join("media").join("blobs").exists()
+                || files_under(&node.data.join("media")).is_empty()
+        );
+    }
+    let blob = lines.iter().find(|v| v["type"] == "message").unwrap()["attachment"]["blob_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s3 = dak_store::S3BlobStore::new(&dak_store::testing::test_s3()).unwrap();
+    use dak_store::BlobStore;
+    assert!(matches!(
+        s3.get(&hex::decode(blob.replace('-', "")).unwrap(), 0, 0..1)
+            .await,
+        Err(dak_store::BlobStoreError::Missing(_))
+    ));
+}
