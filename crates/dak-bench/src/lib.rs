@@ -13,11 +13,14 @@
 //! - `large_group`: the group scenario: creating a group of up to 1024
 //!   member devices, fan-out to all of them, and what a removal costs
 //!   next to Sender Keys.
+//! - `media`: a large file sealed, opened, uploaded and downloaded, next
+//!   to curl moving the same bytes over the same listener.
 //! - `report`: latency histograms, the table and the JSON result.
 
 pub mod device;
 pub mod groups;
 pub mod large_group;
+pub mod media;
 pub mod report;
 pub mod scenarios;
 pub mod target;

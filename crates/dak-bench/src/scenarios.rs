@@ -26,6 +26,7 @@ pub enum Scenario {
     Pairs,
     Offline,
     Group,
+    Media,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +63,8 @@ pub struct Params {
     /// Source addresses 127.0.0.1..=k for client sockets.
     pub source_ips: usize,
     pub tls: bool,
+    /// The file's size in MB (media).
+    pub file_mb: u64,
 }
 
 mod secs {
@@ -83,6 +86,7 @@ pub async fn run(
         Scenario::Pairs => pairs(target, p, progress).await,
         Scenario::Offline => offline(target, p, progress).await,
         Scenario::Group => crate::large_group::run(target, p, progress).await,
+        Scenario::Media => crate::media::run(target, p, progress).await,
     }
 }
 

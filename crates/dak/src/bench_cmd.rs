@@ -10,7 +10,7 @@ use dak_bench::{Params, Scenario};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// connect | pairs | offline | group
+    /// connect | pairs | offline | group | media
     #[arg(value_enum)]
     scenario: ScenarioArg,
     /// Simulated devices (connect, pairs).
@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Client sockets come from 127.0.0.1..=K, so N is not capped by one address's ports.
     #[arg(long, default_value_t = 16)]
     source_ips: usize,
+    /// The file's size in MB (media).
+    #[arg(long, default_value_t = 100)]
+    file_mb: u64,
     /// Start a server with a fresh data directory (the default when --server is absent).
     #[arg(long)]
     spawn: bool,
@@ -85,6 +88,9 @@ enum ScenarioArg {
     /// One MLS group of --members devices: time to create it, fan-out latency, and the bytes of
     /// a member removal next to Sender Keys.
     Group,
+    /// One --file-mb MB file: sealing and opening speed, and upload and download throughput
+    /// next to curl on the same listener, with the server's memory per transfer.
+    Media,
 }
 
 pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
@@ -100,7 +106,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
     let devices = match args.scenario {
         ScenarioArg::Connect | ScenarioArg::Pairs => args.clients,
         ScenarioArg::Group => args.members,
-        ScenarioArg::Offline => 2,
+        ScenarioArg::Offline | ScenarioArg::Media => 2,
     };
     let needed = devices as u64 + 64;
     if needed > fd_limit {
@@ -115,6 +121,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
             ScenarioArg::Pairs => Scenario::Pairs,
             ScenarioArg::Offline => Scenario::Offline,
             ScenarioArg::Group => Scenario::Group,
+            ScenarioArg::Media => Scenario::Media,
         },
         clients: args.clients,
         rate: args.rate,
@@ -134,6 +141,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
         max: args.max,
         source_ips: args.source_ips,
         tls: target.url.starts_with("wss://"),
+        file_mb: args.file_mb,
     };
     eprintln!("dak bench {:?} against {}", args.scenario, target.url);
     let progress = |line: String| eprintln!("  {line}");
