@@ -49,12 +49,22 @@ class Core {
     };
   }
   call(method, ...args) {
+    return this.callMoving([], method, ...args);
+  }
+  // As call, handing `transfer` (ArrayBuffers) to the worker uncopied.
+  callMoving(transfer, method, ...args) {
     const id = this.next++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      this.worker.postMessage({ id, method, args });
+      this.worker.postMessage({ id, method, args }, transfer);
     });
   }
+  // A file: sealed by the core, uploaded by the worker, then sent.
+  sendFile(chat, buffer, name, type, caption, voice, durationMs, replyTo) {
+    return this.callMoving([buffer], "sendFile", chat, buffer, name, type, caption, voice, durationMs, replyTo);
+  }
+  // A message's file, downloaded, checked and opened: {bytes, media_type, file_name}.
+  fetchFile(id) { return this.call("fetchFile", id); }
   status() { return this.call("status"); }
   requestCode(server, phone) { return this.call("requestCode", server, phone); }
   verify(code, pin, name) { return this.call("verify", code, pin, name); }
@@ -389,6 +399,7 @@ function drawMessages(list, chat, start, end) {
       quote.textContent = m.reply_to;
       item.append(quote);
     }
+    if (m.attachment) item.append(attachmentView(m));
     const text = document.createElement("p");
     text.className = "text";
     if (m.deleted) {
@@ -414,6 +425,169 @@ function drawMessages(list, chat, start, end) {
     list.append(item);
   }
   list.append(spacer("spacer-bottom"));
+}
+
+// ---- files ----
+
+// Files opened in this tab: message id -> {url, media_type, file_name}
+// (object URLs of the checked bytes; the oldest are let go).
+const OPENED_MAX = 40;
+const opened = new Map();
+const fetching = new Set();
+
+function attachmentView(m) {
+  const a = m.attachment;
+  const box = document.createElement("div");
+  box.className = "attachment";
+  const file = opened.get(m.id);
+  if (file) {
+    const kind = file.media_type.split("/")[0];
+    if (kind === "image") {
+      const img = document.createElement("img");
+      img.src = file.url;
+      img.alt = a.file_name || t("photo");
+      img.className = "preview";
+      box.append(img);
+    } else if (kind === "audio" || kind === "video") {
+      const player = document.createElement(kind);
+      player.src = file.url;
+      player.controls = true;
+      player.className = "preview";
+      player.setAttribute("aria-label", a.voice_note ? t("voice_note") : a.file_name || kind);
+      box.append(player);
+    }
+    const save = document.createElement("a");
+    save.href = file.url;
+    save.download = a.file_name || (a.voice_note ? "voice-note" : "file");
+    save.className = "save";
+    save.textContent = t("save_file");
+    box.append(" ", save);
+  }
+  const label = document.createElement("span");
+  label.className = "file-label";
+  if (a.voice_note) {
+    const secs = Math.round(a.duration_ms / 1000);
+    label.textContent = "🎤 " + t("voice_note") + " (" + Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0") + ")";
+  } else {
+    label.textContent = a.label;
+  }
+  box.prepend(label);
+  if (!file) {
+    const get = document.createElement("button");
+    get.type = "button";
+    get.className = "download";
+    get.dataset.focus = m.id + " download";
+    get.textContent = t("download");
+    get.setAttribute("aria-label", t("download_file", { name: a.file_name || t("voice_note") }));
+    get.disabled = fetching.has(m.id);
+    get.addEventListener("click", () => openFile(m));
+    box.append(" ", get);
+  }
+  return box;
+}
+
+async function openFile(m) {
+  if (fetching.has(m.id)) return;
+  fetching.add(m.id);
+  showError(null);
+  renderMessages();
+  try {
+    const got = await ui.client.fetchFile(m.id);
+    const url = URL.createObjectURL(new Blob([got.bytes], { type: got.media_type || "application/octet-stream" }));
+    opened.set(m.id, { url, media_type: got.media_type || "", file_name: got.file_name });
+    while (opened.size > OPENED_MAX) {
+      const [oldest, f] = opened.entries().next().value;
+      URL.revokeObjectURL(f.url);
+      opened.delete(oldest);
+    }
+  } catch (err) {
+    showError(err);
+  } finally {
+    fetching.delete(m.id);
+    showTransfer(null);
+    renderMessages();
+  }
+}
+
+function showTransfer(event) {
+  const box = $("transfer");
+  if (!event || event.done >= event.total) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  const pct = Math.floor((event.done * 100) / Math.max(1, event.total));
+  box.textContent = t(event.kind === "upload" ? "uploading" : "downloading", { name: event.name, pct });
+  box.hidden = false;
+}
+
+const MAX_FILE_BYTES = 100 * 1024 * 1024;
+
+// Sends a picked, dropped or pasted file (or a recorded voice note) to
+// the open chat; what is in the message box goes with it as the caption.
+async function sendFile(file, voice, durationMs) {
+  const chat = ui.open;
+  if (!chat || !file) return;
+  showError(null);
+  if (file.size > MAX_FILE_BYTES) {
+    showError({ code: "FILE_TOO_LARGE", message: t("error_FILE_TOO_LARGE") });
+    return;
+  }
+  const box = $("message");
+  const caption = voice ? "" : box.value;
+  const composing = ui.composing && ui.composing.mode === "reply" ? ui.composing.id : "";
+  try {
+    const name = voice ? "" : file.name || "";
+    const buffer = await file.arrayBuffer();
+    const answer = JSON.parse(await ui.client.sendFile(chat, buffer, name, file.type, caption, !!voice, durationMs || 0, composing));
+    if (!voice && box.value === caption) box.value = "";
+    if (composing) {
+      ui.composing = null;
+      showComposing();
+    }
+    if (answer.chat && ui.open === chat) ui.open = answer.chat;
+  } catch (err) {
+    showError(err);
+  } finally {
+    showTransfer(null);
+    refreshSoon();
+  }
+}
+
+// A voice note: the microphone through MediaRecorder, until pressed again.
+let recorder = null;
+
+async function toggleRecording() {
+  const button = $("record");
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    showError({ code: "NO_MICROPHONE", message: t("error_NO_MICROPHONE") });
+    return;
+  }
+  const chunks = [];
+  const started = performance.now();
+  recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (e) => e.data.size && chunks.push(e.data);
+  recorder.onstop = () => {
+    stream.getTracks().forEach((track) => track.stop());
+    const duration = Math.round(performance.now() - started);
+    const type = recorder.mimeType || "audio/webm";
+    recorder = null;
+    button.setAttribute("aria-pressed", "false");
+    button.setAttribute("aria-label", t("record_voice"));
+    button.title = t("record_voice");
+    sendFile(new Blob(chunks, { type }), true, duration);
+  };
+  recorder.start();
+  button.setAttribute("aria-pressed", "true");
+  button.setAttribute("aria-label", t("stop_recording"));
+  button.title = t("stop_recording");
 }
 
 // For measurements (BENCHMARKS.md): the core's WebAssembly memory.
@@ -803,6 +977,9 @@ function onEvent(json) {
     case "changed":
       refreshSoon();
       break;
+    case "transfer":
+      showTransfer(event);
+      break;
     case "message":
       if (document.visibilityState !== "visible" && "Notification" in window && Notification.permission === "granted") {
         // A notification's text is plain text, never markup.
@@ -1050,6 +1227,29 @@ function wire() {
     ui.open = null;
     showStatus();
     renderChats();
+  });
+
+  $("attach").addEventListener("click", () => $("file-input").click());
+  $("file-input").addEventListener("change", async (e) => {
+    const files = [...e.target.files];
+    e.target.value = "";
+    for (const f of files) await sendFile(f);
+  });
+  $("record").addEventListener("click", toggleRecording);
+  // A file dropped on the chat, or an image pasted into the message box.
+  $("messages").addEventListener("dragover", (e) => {
+    if (ui.open && e.dataTransfer && [...e.dataTransfer.types].includes("Files")) e.preventDefault();
+  });
+  $("messages").addEventListener("drop", async (e) => {
+    if (!ui.open || !e.dataTransfer || !e.dataTransfer.files.length) return;
+    e.preventDefault();
+    for (const f of [...e.dataTransfer.files]) await sendFile(f);
+  });
+  $("message").addEventListener("paste", async (e) => {
+    const files = e.clipboardData ? [...e.clipboardData.files] : [];
+    if (!files.length) return;
+    e.preventDefault();
+    for (const f of files) await sendFile(f);
   });
 
   $("composer").addEventListener("submit", (e) => {

@@ -59,6 +59,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
      script-src 'self' 'wasm-unsafe-eval'; \
      style-src 'self'; \
      img-src 'self' data: blob:; \
+     media-src blob:; \
      connect-src 'self'; \
      worker-src 'self'; \
      manifest-src 'self'; \

@@ -16,6 +16,7 @@ use dak_core::{Profile, ProfileStore};
 
 use crate::engine::{Command, Engine, Reply};
 use crate::env::BrowserEnvironment;
+use crate::media::MediaRequest;
 use crate::opfs::{OpenError, Opened, OpfsJournal};
 
 #[wasm_bindgen]
@@ -257,9 +258,89 @@ impl WebClient {
     pub fn reconnect(&self) {
         let _ = self.commands.unbounded_send(Command::Reconnect);
     }
+
+    /// Seals a picked file and takes its upload slot. Resolves to
+    /// `{info, bytes}`: `info` a JSON string `{blob_id, token}`, `bytes`
+    /// the ciphertext for the worker to upload.
+    #[wasm_bindgen(js_name = prepareFile)]
+    pub fn prepare_file(
+        &self,
+        bytes: Vec<u8>,
+        name: String,
+        media_type: String,
+        voice_note: bool,
+        duration_ms: u32,
+    ) -> js_sys::Promise {
+        self.media(MediaRequest::Prepare {
+            bytes,
+            name,
+            media_type,
+            voice_note,
+            duration_ms,
+        })
+    }
+
+    /// Sends the message of a prepared and uploaded file to `chat`, with
+    /// `caption`, quoting `reply_to` (an id; empty: none).
+    #[wasm_bindgen(js_name = sendPrepared)]
+    pub fn send_prepared(
+        &self,
+        blob_id: String,
+        chat: String,
+        caption: String,
+        reply_to: String,
+    ) -> js_sys::Promise {
+        self.media(MediaRequest::Send {
+            blob_id,
+            chat,
+            caption,
+            reply_to: Some(reply_to).filter(|r| !r.is_empty()),
+        })
+    }
+
+    /// Where message `id`'s file is: `{blob_id, capability, length,
+    /// media_type, file_name}` (a JSON string in `info`).
+    #[wasm_bindgen(js_name = fileInfo)]
+    pub fn file_info(&self, id: String) -> js_sys::Promise {
+        self.media(MediaRequest::Info { id })
+    }
+
+    /// Checks and opens message `id`'s downloaded ciphertext: `{info,
+    /// bytes}` with the file's bytes; rejects if any check fails.
+    #[wasm_bindgen(js_name = openFile)]
+    pub fn open_file(&self, id: String, ciphertext: Vec<u8>) -> js_sys::Promise {
+        self.media(MediaRequest::Open { id, ciphertext })
+    }
 }
 
 impl WebClient {
+    fn media(&self, request: MediaRequest) -> js_sys::Promise {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .commands
+            .unbounded_send(Command::Media { request, reply })
+            .is_ok();
+        wasm_bindgen_futures::future_to_promise(async move {
+            if !sent {
+                return Err(failure("STOPPED", "the client stopped; reload the page"));
+            }
+            match answer.await {
+                Ok(Ok((info, bytes))) => {
+                    let out = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&out, &"info".into(), &info.to_string().into());
+                    let _ = js_sys::Reflect::set(
+                        &out,
+                        &"bytes".into(),
+                        &js_sys::Uint8Array::from(&bytes[..]).into(),
+                    );
+                    Ok(out.into())
+                }
+                Ok(Err(f)) => Err(failure(&f.code, &f.message)),
+                Err(_) => Err(failure("STOPPED", "the client stopped; reload the page")),
+            }
+        })
+    }
+
     fn ask(&self, command: impl FnOnce(Reply) -> Command) -> js_sys::Promise {
         let (reply, answer) = oneshot::channel();
         let sent = self.commands.unbounded_send(command(reply)).is_ok();

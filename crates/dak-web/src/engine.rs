@@ -150,6 +150,11 @@ pub enum Command {
         member: String,
         reply: Reply,
     },
+    /// A file: prepare, send, find or open one (`media.rs`).
+    Media {
+        request: crate::media::MediaRequest,
+        reply: oneshot::Sender<Result<(Value, Vec<u8>), Failure>>,
+    },
 }
 
 enum Device {
@@ -186,6 +191,8 @@ pub struct Engine {
     /// How big the profile's journal may grow before it is compacted
     /// (`journal::COMPACT_OVER_BYTES`, or the page's diagnostic).
     compact_over: usize,
+    /// Files sealed and waiting for the worker to upload them.
+    prepared: crate::media::Prepared,
 }
 
 impl Engine {
@@ -203,6 +210,7 @@ impl Engine {
             healthy: false,
             storage,
             compact_over,
+            prepared: Default::default(),
         }
     }
 
@@ -535,6 +543,13 @@ impl Engine {
                 };
                 self.server_answer(reply, result)
             }
+            Command::Media { request, reply } => {
+                let result = crate::media::online(client, &mut self.prepared, request).await;
+                self.changed();
+                let lost = result.as_ref().err().and_then(lost_connection);
+                let _ = reply.send(result.map_err(Failure::from));
+                lost
+            }
             Command::Reconnect => None,
             other => {
                 let profile = client.profile();
@@ -724,6 +739,10 @@ impl Engine {
                 return;
             }
             Command::Reconnect => return,
+            Command::Media { request, reply } => {
+                let _ = reply.send(crate::media::offline(profile, request).map_err(Failure::from));
+                return;
+            }
         };
         let _ = reply.send(result.map_err(Failure::from));
     }
@@ -802,7 +821,7 @@ impl Engine {
 
 /// Where a text from the page goes (the chat's key) and its options (the
 /// id of the message it replies to), online or queued alike.
-fn send_target(
+pub(crate) fn send_target(
     profile: &Profile,
     chat: &str,
     reply_to: Option<&str>,

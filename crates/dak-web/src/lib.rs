@@ -13,6 +13,8 @@
 //!   runs in a dedicated worker, `web/worker.js`);
 //! - `engine`: the one task that owns the device (profile, connection) and
 //!   answers the page's commands;
+//! - `media`: files: sealing one and taking its upload slot, sending its
+//!   message once `web/worker.js` uploaded it, opening a downloaded one;
 //! - `api`: `WebClient`, the class the page's JavaScript uses.
 //!
 //! The page itself (HTML, CSS, JavaScript, the English, Hindi and Bengali
@@ -33,6 +35,8 @@ mod api;
 mod engine;
 #[cfg(target_arch = "wasm32")]
 mod env;
+#[cfg(target_arch = "wasm32")]
+mod media;
 #[cfg(target_arch = "wasm32")]
 mod opfs;
 #[cfg(target_arch = "wasm32")]

@@ -64,6 +64,22 @@ pub struct MessageRow {
     /// or to delete for everyone (48 hours): the page offers those actions.
     pub can_edit: bool,
     pub can_delete: bool,
+    /// A file it carries (its text is then the caption).
+    pub attachment: Option<AttachmentRow>,
+}
+
+/// A file as the page shows it before it is fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttachmentRow {
+    /// "🖼 photo.jpg (1.2 MB)", "🎤 Voice note (0:07, 9.0 kB)".
+    pub label: String,
+    pub file_name: String,
+    pub media_type: String,
+    pub size: u64,
+    pub voice_note: bool,
+    pub duration_ms: u32,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// Every chat this device is in, newest first.
@@ -99,7 +115,7 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
         rows.push(ChatRow {
             unread: unread.get(&key).copied().unwrap_or(0),
             request: requests.contains_key(&key),
-            last_text: last.as_ref().map(shown_text).unwrap_or_default(),
+            last_text: last.as_ref().map(preview_text).unwrap_or_default(),
             last_outgoing: last.as_ref().is_some_and(|m| m.outgoing),
             last_deleted: last.as_ref().is_some_and(|m| m.deleted),
             last_at_ms: last.as_ref().map(MessageView::at_ms).unwrap_or(0),
@@ -150,6 +166,20 @@ pub fn messages(
                 reply_to: m.reply_to.as_ref().map(|q| q.snippet.clone()),
                 can_edit: may_change(&m, now, dak_core::EDIT_WINDOW_MS),
                 can_delete: may_change(&m, now, dak_core::DELETE_WINDOW_MS),
+                attachment: m
+                    .attachment
+                    .as_ref()
+                    .filter(|_| !m.deleted)
+                    .map(|a| AttachmentRow {
+                        label: a.label(),
+                        file_name: a.file_name.clone(),
+                        media_type: a.media_type.clone(),
+                        size: a.size,
+                        voice_note: a.voice_note,
+                        duration_ms: a.duration_ms,
+                        width: a.width,
+                        height: a.height,
+                    }),
             })
         })
         .collect()
@@ -158,6 +188,15 @@ pub fn messages(
 /// Whether the page offers to edit or delete `m` (the core checks again).
 fn may_change(m: &MessageView, now: i64, window_ms: i64) -> bool {
     m.outgoing && !m.deleted && now - m.at_ms() <= window_ms
+}
+
+/// A chat's last message in the list: a file shows as what it is.
+fn preview_text(m: &MessageView) -> String {
+    match &m.attachment {
+        Some(a) if !m.deleted && m.text.is_empty() => a.label(),
+        Some(a) if !m.deleted => format!("{} {}", a.label(), m.text),
+        _ => shown_text(m),
+    }
 }
 
 fn shown_text(m: &MessageView) -> String {

@@ -97,6 +97,9 @@ impl Browser {
                     "--disable-gpu",
                     "--no-first-run",
                     "--window-size=1000,800",
+                    // A microphone that needs no one to allow it (voice notes).
+                    "--use-fake-ui-for-media-stream",
+                    "--use-fake-device-for-media-stream",
                     format!("--lang={lang}"),
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
@@ -1196,6 +1199,168 @@ fn big_history(chats: usize, busiest: usize, per_chat: usize) -> Vec<u8> {
     }
     drop(store);
     std::mem::take(&mut *sink.0.lock().unwrap())
+}
+
+/// A 1×1 PNG: what a photo is to a test.
+const PNG_1X1: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
+];
+
+/// Files both ways between the page and the CLI: a photo from the CLI
+/// opened on the page as a picture; a document attached on the page (with
+/// a caption) saved byte for byte by the CLI; a voice note recorded with
+/// the browser's microphone arriving with its length; every new control
+/// named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
+    let server = web_server();
+    let page_phone = "+919800000311";
+    let bob = bob();
+    bob.register(&server).await;
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, page_phone).await;
+    browser.start_chat(&bob.phone).await;
+    browser.send("hello, send me the photo").await;
+    browser.wait_tick("hello, send me the photo", "sent").await;
+
+    // bob sends a photo from the CLI; the page opens it as a picture.
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("train-ticket.png");
+    std::fs::write(&photo, PNG_1X1).unwrap();
+    let dak = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dak"))
+            .arg("--profile")
+            .arg(&bob.dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    dak(&["sync"]);
+    dak(&[
+        "send",
+        page_phone,
+        "--file",
+        photo.to_str().unwrap(),
+        "--caption",
+        "your ticket",
+    ]);
+    browser.wait_incoming("your ticket", "bob's photo").await;
+    browser
+        .wait_for(
+            "return !!document.querySelector('#messages li.incoming .attachment button.download')",
+            "a download button on the photo",
+        )
+        .await;
+    browser
+        .click("#messages li.incoming .attachment button.download")
+        .await;
+    browser
+        .wait_for(
+            "const img = document.querySelector('#messages li.incoming .attachment img.preview');
+             return !!img && img.complete && img.naturalWidth === 1 && img.alt === 'train-ticket.png'",
+            "the photo shown",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.querySelector('#messages .attachment a.save').download")
+            .await,
+        json!("train-ticket.png")
+    );
+
+    // The page sends a document with a caption (as a picked file).
+    let doc: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    browser.fill("#message", "the form, filled in").await;
+    browser
+        .js(&format!(
+            "const bytes = Uint8Array.from(atob({}), c => c.charCodeAt(0));
+             const dt = new DataTransfer();
+             dt.items.add(new File([bytes], 'form.pdf', {{ type: 'application/pdf' }}));
+             const input = document.getElementById('file-input');
+             input.files = dt.files;
+             input.dispatchEvent(new Event('change'));
+             return true;",
+            json!(base64(&doc))
+        ))
+        .await;
+    browser.wait_tick("the form, filled in", "sent").await;
+    let got = dak(&["--json", "sync"]);
+    let lines: Vec<Value> = got
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let saved = lines
+        .iter()
+        .find(|v| v["type"] == "media_saved")
+        .unwrap_or_else(|| panic!("bob saved no file: {got}"));
+    let path = saved["path"].as_str().unwrap();
+    assert!(path.ends_with("form.pdf"), "{path}");
+    assert_eq!(std::fs::read(path).unwrap(), doc, "byte for byte");
+    let message = lines
+        .iter()
+        .find(|v| v["text"] == "the form, filled in")
+        .unwrap();
+    assert_eq!(message["attachment"]["media_type"], "application/pdf");
+
+    // A voice note from the browser's (fake) microphone.
+    browser.click("#record").await;
+    browser
+        .wait_for(
+            "return document.getElementById('record').getAttribute('aria-pressed') === 'true'",
+            "recording",
+        )
+        .await;
+    assert_eq!(
+        browser.unnamed_controls().await,
+        json!([]),
+        "every control is named"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    browser.click("#record").await;
+    browser
+        .wait_for(
+            "const files = [...document.querySelectorAll('#messages li.outgoing')].filter(li => li.querySelector('.attachment'));
+             const tick = files.length === 2 && files[1].querySelector('.tick');
+             return !!tick && ['sent', 'delivered', 'read'].includes(tick.dataset.tick)",
+            "the voice note sent",
+        )
+        .await;
+    let got = dak(&["--json", "sync"]);
+    let voice = got
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["attachment"]["voice_note"] == true)
+        .unwrap_or_else(|| panic!("no voice note: {got}"));
+    assert!(
+        voice["attachment"]["duration_ms"].as_u64().unwrap() >= 1000,
+        "{voice}"
+    );
+    assert!(
+        voice["attachment"]["media_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("audio/"),
+        "{voice}"
+    );
+    assert_eq!(
+        browser.unnamed_controls().await,
+        json!([]),
+        "every control is named"
+    );
+    browser.close().await;
 }
 
 fn base64(bytes: &[u8]) -> String {
