@@ -466,7 +466,7 @@ function attachmentView(m) {
   const label = document.createElement("span");
   label.className = "file-label";
   if (a.voice_note) {
-    const secs = Math.round(a.duration_ms / 1000);
+    const secs = Math.floor(a.duration_ms / 1000);
     label.textContent = "🎤 " + t("voice_note") + " (" + Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0") + ")";
   } else {
     label.textContent = a.label;
@@ -540,6 +540,8 @@ async function sendFile(file, voice, durationMs) {
     const name = voice ? "" : file.name || "";
     const buffer = await file.arrayBuffer();
     const answer = JSON.parse(await ui.client.sendFile(chat, buffer, name, file.type, caption, !!voice, durationMs || 0, composing));
+    // The sender has the file already: shown from it, not downloaded.
+    if (answer.id) opened.set(answer.id, { url: URL.createObjectURL(file), media_type: file.type || "", file_name: name });
     if (!voice && box.value === caption) box.value = "";
     if (composing) {
       ui.composing = null;

@@ -93,12 +93,13 @@ impl Attachment {
         crate::media::ciphertext_len(crate::media::padded_len(self.size))
     }
 
-    /// What a list shows for it: "📎 report.pdf (1.2 MB)", "🎤 Voice note (0:07)".
+    /// What a list shows for it, in no language: "📎 report.pdf (1.2 MB)",
+    /// "🎤 0:07 (9.0 kB)" for a voice note.
     pub fn label(&self) -> String {
         let size = human_size(self.size);
         if self.voice_note {
             let secs = self.duration_ms / 1000;
-            return format!("🎤 Voice note ({}:{:02}, {size})", secs / 60, secs % 60);
+            return format!("🎤 {}:{:02} ({size})", secs / 60, secs % 60);
         }
         let icon = match self.media_type.split('/').next() {
             Some("image") => "🖼",
@@ -246,7 +247,7 @@ mod tests {
             voice_note: true,
             ..Default::default()
         };
-        assert_eq!(voice.label(), "🎤 Voice note (1:07, 9.0 kB)");
+        assert_eq!(voice.label(), "🎤 1:07 (9.0 kB)");
         let round = Attachment::from_proto(doc.to_proto());
         assert_eq!(round, doc);
     }

@@ -71,7 +71,7 @@ pub struct MessageRow {
 /// A file as the page shows it before it is fetched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttachmentRow {
-    /// "🖼 photo.jpg (1.2 MB)", "🎤 Voice note (0:07, 9.0 kB)".
+    /// "🖼 photo.jpg (1.2 MB)", "🎤 0:07 (9.0 kB)" (in no language).
     pub label: String,
     pub file_name: String,
     pub media_type: String,

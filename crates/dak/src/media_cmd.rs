@@ -53,6 +53,9 @@ struct PendingUpload {
     /// The `v1::Attachment`, protobuf in hex (it holds the key).
     attachment: String,
     upload_token: String,
+    /// The file as picked, shown for the sent message on this device.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 /// What `--file` or `--voice` sends.
@@ -127,6 +130,9 @@ pub async fn send_file(dir: &Path, to: &str, f: FileToSend<'_>, json: bool) -> R
         reply_to: f.reply_to.as_deref().map(format_id),
         attachment: hex::encode(attachment.to_proto().encode_to_vec()),
         upload_token: hex::encode(&slot.upload_token),
+        source: std::fs::canonicalize(f.path)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
     };
     write_pending(&out.join(format!("{stem}.json")), &pending)?;
     finish_upload(&mut client, dir, &stem, json).await?;
@@ -184,6 +190,11 @@ async fn finish_upload(client: &mut Client, dir: &Path, stem: &str, json: bool) 
     let sent = client
         .send_text_with(&pending.to, &pending.caption, &opts)
         .await?;
+    if let Some(source) = &pending.source {
+        client
+            .profile()
+            .set(&saved_key(&sent.id), source.as_bytes())?;
+    }
     let _ = std::fs::remove_file(&sealed);
     let _ = std::fs::remove_file(&record);
     if json {

@@ -1297,6 +1297,14 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
         ))
         .await;
     browser.wait_tick("the form, filled in", "sent").await;
+    // The sender's own copy is shown from the picked file, not downloaded.
+    assert_eq!(
+        browser
+            .js("const li = [...document.querySelectorAll('#messages li.outgoing')].find(li => li.querySelector('.attachment'));
+                 return [!!li.querySelector('a.save'), !!li.querySelector('button.download')]")
+            .await,
+        json!([true, false])
+    );
     let got = dak(&["--json", "sync"]);
     let lines: Vec<Value> = got
         .lines()
@@ -1360,6 +1368,7 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
         json!([]),
         "every control is named"
     );
+    browser.screenshot("files.png").await;
     browser.close().await;
 }
 
