@@ -140,14 +140,16 @@ pub async fn run(
         if has_curl {
             let url = endpoint.url(&b.blob_id);
             let started = Instant::now();
+            let curl_part = dir.path().join("curl.part");
             curl(&[
                 "-H",
                 &format!("Authorization: Bearer {}", hex::encode(capability)),
                 "-o",
-                "/dev/null",
+                curl_part.to_str().unwrap_or_default(),
                 &url,
             ])?;
             curl_down.push(started.elapsed().as_secs_f64());
+            std::fs::remove_file(&curl_part)?;
         }
         for id in [&a.blob_id, &b.blob_id] {
             conn.call(Request::DeleteBlob(v1::DeleteBlob {
@@ -167,7 +169,7 @@ pub async fn run(
          opening (hash, then decrypt, file to file) timed once on this machine. Then ROUNDS rounds, each: \
          a Dak upload (dak_client::blobs, tus PATCH over reqwest with the device's TLS settings), a curl \
          upload of the same ciphertext (one PATCH), a Dak download (GET into a .part file) and a curl \
-         download (GET to /dev/null), on the server's one listener (TLS 1.3 unless --insecure), loopback. \
+         download (GET into a file), on the server's one listener (TLS 1.3 unless --insecure), loopback. \
          MB/s are of the stored (padded) ciphertext, medians of the rounds. Server memory per transfer = \
          peak RSS (/proc, sampled every 20 ms) during one Dak transfer minus RSS just before.",
     );

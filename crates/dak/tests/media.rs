@@ -460,3 +460,123 @@ async fn kill_9_during_an_upload_offers_no_half_blob_and_the_upload_resumes_afte
     assert!(status_of(&addr, "GET", &u.attachment, &[1u8; 32]).contains("404"));
     assert!(status_of(&addr, "GET", &u.attachment, &u.token).contains("405"));
 }
+
+/// A raw HTTP exchange on the insecure listener: the status line and the
+/// headers, lowercased.
+fn exchange(addr: &str, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_upload_gets_a_clear_answer_and_nothing_half_stored_is_served() {
+    let server = TestServer::build_with(&[("DAK_MEDIA_QUOTA_DEVICE_BYTES", "3000000")], true);
+    let (alice, bob) = registered_pair(&server).await;
+    let addr = server.url.strip_prefix("ws://").unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = alice.connect().await;
+    let u = prepared(&mut a, dir.path(), 1_000_000).await;
+    let bytes = std::fs::read(&u.sealed).unwrap();
+    let id = hex::encode(&u.attachment.blob_id);
+    let token = hex::encode(&u.token);
+    let patch = |offset: u64, extra: &str, len: usize| {
+        format!(
+            "PATCH /v1/blobs/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}\
+             Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n\
+             Content-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    // No Tus-Resumable: 412. A wrong offset: 409 with the right one.
+    assert!(exchange(&addr, &patch(0, "", 10), &bytes[..10]).starts_with("http/1.1 412"));
+    let conflict = exchange(
+        &addr,
+        &patch(5, "Tus-Resumable: 1.0.0\r\n", 10),
+        &bytes[..10],
+    );
+    assert!(conflict.starts_with("http/1.1 409"), "{conflict}");
+    assert!(conflict.contains("upload-offset: 0"), "{conflict}");
+    // More than the file: 413, before a byte is read.
+    let over = exchange(
+        &addr,
+        &patch(0, "Tus-Resumable: 1.0.0\r\n", bytes.len() + 1),
+        &[],
+    );
+    assert!(over.starts_with("http/1.1 413"), "{over}");
+    // A malformed offset or token: 400 / 401, never a crash.
+    let bad = exchange(
+        &addr,
+        &patch(0, "Tus-Resumable: 1.0.0\r\n", 0).replace("Upload-Offset: 0", "Upload-Offset: -1"),
+        &[],
+    );
+    assert!(bad.starts_with("http/1.1 400"), "{bad}");
+    let anonymous = exchange(
+        &addr,
+        &format!("GET /v1/blobs/{id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        &[],
+    );
+    assert!(anonymous.starts_with("http/1.1 401"), "{anonymous}");
+
+    // Bytes that do not match the hash given at creation: 460, and gone.
+    let mut wrong = bytes.clone();
+    wrong[500] ^= 1;
+    let refused = exchange(
+        &addr,
+        &patch(0, "Tus-Resumable: 1.0.0\r\n", wrong.len()),
+        &wrong,
+    );
+    assert!(refused.starts_with("http/1.1 460"), "{refused}");
+    assert!(status_of(&addr, "HEAD", &u.attachment, &u.token).contains("404"));
+    assert_eq!(stored_blobs(&server), 0);
+
+    // Too large for the server, and over the device's quota: refused
+    // before any upload, with the reason.
+    let too_big = a
+        .create_blob(200 * 1024 * 1024, &[0; 32], &[1; 32])
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code(), Some(dak_proto::v1::ErrorCode::BodyTooLarge));
+    assert!(too_big.to_string().contains("too large"), "{too_big}");
+    a.create_blob(2_000_000, &[0; 32], &[1; 32]).await.unwrap();
+    let over_quota = a
+        .create_blob(2_000_000, &[0; 32], &[1; 32])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        over_quota.code(),
+        Some(dak_proto::v1::ErrorCode::QuotaExceeded)
+    );
+    assert!(
+        over_quota.to_string().contains("waiting to be fetched"),
+        "{over_quota}"
+    );
+
+    // Delete for everyone: only the uploader's account may; then it is gone.
+    let done = prepared(&mut a, dir.path(), 10_000).await;
+    BlobEndpoint::new(&server.url, &dak_client::CertTrust::FirstUse)
+        .unwrap()
+        .upload(
+            &done.attachment.blob_id,
+            &done.token,
+            &done.sealed,
+            blobs::quiet(),
+        )
+        .await
+        .unwrap();
+    let mut b = bob.connect().await;
+    let not_hers = b.delete_blob(&done.attachment.blob_id).await.unwrap_err();
+    assert_eq!(
+        not_hers.code(),
+        Some(dak_proto::v1::ErrorCode::BlobNotFound)
+    );
+    assert!(status_of(&addr, "GET", &done.attachment, &done.attachment.capability).contains("200"));
+    a.delete_blob(&done.attachment.blob_id).await.unwrap();
+    assert!(status_of(&addr, "GET", &done.attachment, &done.attachment.capability).contains("404"));
+}
