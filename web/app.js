@@ -65,6 +65,7 @@ class Core {
   }
   // A message's file, downloaded, checked and opened: {bytes, media_type, file_name}.
   fetchFile(id) { return this.call("fetchFile", id); }
+  thumbnail(id) { return this.call("thumbnail", id); }
   status() { return this.call("status"); }
   requestCode(server, phone) { return this.call("requestCode", server, phone); }
   verify(code, pin, name) { return this.call("verify", code, pin, name); }
@@ -463,6 +464,18 @@ function attachmentView(m) {
     save.textContent = t("save_file");
     box.append(" ", save);
   }
+  if (!file && a.has_thumbnail) {
+    const thumb = thumbs.get(m.id);
+    if (thumb) {
+      const img = document.createElement("img");
+      img.src = thumb;
+      img.alt = a.file_name || t("photo");
+      img.className = "preview thumbnail";
+      box.append(img);
+    } else {
+      loadThumbnail(m.id);
+    }
+  }
   const label = document.createElement("span");
   label.className = "file-label";
   if (a.voice_note) {
@@ -484,6 +497,26 @@ function attachmentView(m) {
     box.append(" ", get);
   }
   return box;
+}
+
+// Thumbnails that came with files: message id -> object URL.
+const thumbs = new Map();
+
+async function loadThumbnail(id) {
+  if (thumbs.has(id)) return;
+  thumbs.set(id, "");
+  try {
+    const got = await ui.client.thumbnail(id);
+    thumbs.set(id, URL.createObjectURL(new Blob([got.bytes], { type: "image/jpeg" })));
+    while (thumbs.size > OPENED_MAX * 4) {
+      const [oldest, url] = thumbs.entries().next().value;
+      if (url) URL.revokeObjectURL(url);
+      thumbs.delete(oldest);
+    }
+    renderMessages();
+  } catch {
+    // No thumbnail then: the file's label and its Download button stay.
+  }
 }
 
 async function openFile(m) {

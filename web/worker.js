@@ -8,7 +8,7 @@ import init, { WebClient } from "./dak_web.js";
 
 // What the page may call: WebClient's methods, and the two file
 // transfers below, nothing else.
-const FILES = { sendFile, fetchFile };
+const FILES = { sendFile, fetchFile, thumbnail };
 const METHODS = new Set(["status", "act", "memory", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink"]);
 
 let wasm = null;
@@ -117,8 +117,46 @@ async function upload(id, token, bytes, name) {
 }
 
 // (chat, file bytes, name, media type, caption, voice note?, duration ms, reply-to id)
+// A picture's thumbnail, drawn here (JPEG, 128 px at most, 16 KiB at
+// most) so that the chat shows something before the file is fetched.
+const THUMB_PX = 128;
+const THUMB_BYTES = 16 * 1024;
+
+async function drawThumbnail(bytes, type) {
+  if (!type.startsWith("image/") || typeof OffscreenCanvas === "undefined") return null;
+  try {
+    const bitmap = await createImageBitmap(new Blob([bytes], { type }));
+    const scale = Math.min(1, THUMB_PX / Math.max(bitmap.width, bitmap.height));
+    const w = Math.max(1, Math.round(bitmap.width * scale));
+    const h = Math.max(1, Math.round(bitmap.height * scale));
+    const canvas = new OffscreenCanvas(w, h);
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, w, h);
+    for (const quality of [0.7, 0.5, 0.3]) {
+      const blob = await canvas.convertToBlob({ type: "image/jpeg", quality });
+      if (blob.size <= THUMB_BYTES) {
+        return { bytes: new Uint8Array(await blob.arrayBuffer()), width: bitmap.width, height: bitmap.height };
+      }
+    }
+  } catch {
+    // Not a picture this browser can draw: no thumbnail.
+  }
+  return null;
+}
+
+// (message id) -> {bytes}: the thumbnail that came with its file.
+async function thumbnail(client, id) {
+  const info = await client.fileInfo(id);
+  return { bytes: info.bytes };
+}
+
 async function sendFile(client, chat, bytes, name, type, caption, voice, durationMs, replyTo) {
-  const prepared = await client.prepareFile(new Uint8Array(bytes), name, type || "application/octet-stream", !!voice, durationMs >>> 0);
+  type = type || "application/octet-stream";
+  const thumb = voice ? null : await drawThumbnail(bytes, type);
+  const meta = {
+    name, media_type: type, voice_note: !!voice, duration_ms: durationMs >>> 0,
+    width: thumb ? thumb.width : 0, height: thumb ? thumb.height : 0,
+  };
+  const prepared = await client.prepareFile(new Uint8Array(bytes), thumb ? thumb.bytes : new Uint8Array(), JSON.stringify(meta));
   const slot = JSON.parse(prepared.info);
   progress("upload", name, 0, prepared.bytes.length);
   await upload(slot.blob_id, slot.token, prepared.bytes, name);

@@ -259,24 +259,48 @@ impl WebClient {
         let _ = self.commands.unbounded_send(Command::Reconnect);
     }
 
-    /// Seals a picked file and takes its upload slot. Resolves to
+    /// Seals a picked file and takes its upload slot. `meta` is JSON:
+    /// `{"name", "media_type", "voice_note", "duration_ms", "width",
+    /// "height"}`; `thumbnail` a small JPEG (maybe empty). Resolves to
     /// `{info, bytes}`: `info` a JSON string `{blob_id, token}`, `bytes`
     /// the ciphertext for the worker to upload.
     #[wasm_bindgen(js_name = prepareFile)]
     pub fn prepare_file(
         &self,
         bytes: Vec<u8>,
-        name: String,
-        media_type: String,
-        voice_note: bool,
-        duration_ms: u32,
+        thumbnail: Vec<u8>,
+        meta: String,
     ) -> js_sys::Promise {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            media_type: String,
+            #[serde(default)]
+            voice_note: bool,
+            #[serde(default)]
+            duration_ms: u32,
+            #[serde(default)]
+            width: u32,
+            #[serde(default)]
+            height: u32,
+        }
+        let meta: Meta = match serde_json::from_str(&meta) {
+            Ok(m) => m,
+            Err(e) => {
+                return js_sys::Promise::reject(&failure("USAGE", &format!("file details: {e}")));
+            }
+        };
         self.media(MediaRequest::Prepare {
             bytes,
-            name,
-            media_type,
-            voice_note,
-            duration_ms,
+            name: meta.name,
+            media_type: meta.media_type,
+            voice_note: meta.voice_note,
+            duration_ms: meta.duration_ms,
+            thumbnail,
+            width: meta.width,
+            height: meta.height,
         })
     }
 
@@ -299,7 +323,8 @@ impl WebClient {
     }
 
     /// Where message `id`'s file is: `{blob_id, capability, length,
-    /// media_type, file_name}` (a JSON string in `info`).
+    /// media_type, file_name}` (a JSON string in `info`), and its
+    /// thumbnail's bytes (maybe none).
     #[wasm_bindgen(js_name = fileInfo)]
     pub fn file_info(&self, id: String) -> js_sys::Promise {
         self.media(MediaRequest::Info { id })

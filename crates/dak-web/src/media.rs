@@ -32,6 +32,10 @@ pub enum MediaRequest {
         media_type: String,
         voice_note: bool,
         duration_ms: u32,
+        /// A small JPEG the worker drew (empty: none), and the picture's size.
+        thumbnail: Vec<u8>,
+        width: u32,
+        height: u32,
     },
     /// Send the message of a prepared file, now uploaded.
     Send {
@@ -40,7 +44,8 @@ pub enum MediaRequest {
         caption: String,
         reply_to: Option<String>,
     },
-    /// Where a message's file is, to download it.
+    /// Where a message's file is, to download it; the bytes are its
+    /// thumbnail.
     Info { id: String },
     /// Check and open a message's downloaded ciphertext.
     Open { id: String, ciphertext: Vec<u8> },
@@ -83,7 +88,13 @@ pub async fn online(
             media_type,
             voice_note,
             duration_ms,
+            thumbnail,
+            width,
+            height,
         } => {
+            if thumbnail.len() > dak_proto::blob::MAX_THUMBNAIL_BYTES {
+                return Err(usage("the thumbnail is too large"));
+            }
             let key = MediaKey::generate(client.profile().env());
             let sealed = media::seal(&key, &bytes).map_err(|e| usage(e.to_string()))?;
             drop(bytes);
@@ -104,6 +115,9 @@ pub async fn online(
                     file_name: name,
                     voice_note,
                     duration_ms,
+                    thumbnail,
+                    width,
+                    height,
                     ..Default::default()
                 },
             );
@@ -127,7 +141,7 @@ pub async fn online(
             let sent = client.send_text_with(&key, &caption, &opts).await?;
             Ok((json!({"chat": key, "id": format_id(&sent.id)}), Vec::new()))
         }
-        MediaRequest::Info { id } => info(client.profile(), &id).map(|v| (v, Vec::new())),
+        MediaRequest::Info { id } => info(client.profile(), &id),
         MediaRequest::Open { id, ciphertext } => {
             let (bytes, a) = open(client.profile(), &id, &ciphertext)?;
             drop(ciphertext);
@@ -147,7 +161,7 @@ pub async fn online(
 /// A request without the server: only what the profile answers.
 pub fn offline(profile: &Profile, request: MediaRequest) -> MediaAnswer {
     match request {
-        MediaRequest::Info { id } => info(profile, &id).map(|v| (v, Vec::new())),
+        MediaRequest::Info { id } => info(profile, &id),
         MediaRequest::Open { id, ciphertext } => {
             let (bytes, a) = open(profile, &id, &ciphertext)?;
             Ok((
@@ -171,15 +185,16 @@ fn attachment_of(profile: &Profile, id: &str) -> Result<Attachment, ClientError>
         .ok_or_else(|| usage("that message has no file"))
 }
 
-fn info(profile: &Profile, id: &str) -> Result<Value, ClientError> {
+fn info(profile: &Profile, id: &str) -> Result<(Value, Vec<u8>), ClientError> {
     let a = attachment_of(profile, id)?;
-    Ok(json!({
+    let info = json!({
         "blob_id": hex::encode(&a.blob_id),
         "capability": hex::encode(&a.capability),
         "length": a.stored_len(),
         "media_type": a.media_type,
         "file_name": a.file_name,
-    }))
+    });
+    Ok((info, a.thumbnail))
 }
 
 fn open(

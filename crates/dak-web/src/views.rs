@@ -80,6 +80,8 @@ pub struct AttachmentRow {
     pub duration_ms: u32,
     pub width: u32,
     pub height: u32,
+    /// A small picture came with it (`fileInfo` gives its bytes).
+    pub has_thumbnail: bool,
 }
 
 /// Every chat this device is in, newest first.
@@ -179,6 +181,7 @@ pub fn messages(
                         duration_ms: a.duration_ms,
                         width: a.width,
                         height: a.height,
+                        has_thumbnail: !a.thumbnail.is_empty(),
                     }),
             })
         })

@@ -31,6 +31,7 @@ pub fn message_json(m: &MessageView) -> serde_json::Value {
             "height": a.height,
             "duration_ms": a.duration_ms,
             "voice_note": a.voice_note,
+            "thumbnail_bytes": a.thumbnail.len(),
         })),
     })
 }

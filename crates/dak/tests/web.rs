@@ -1323,6 +1323,40 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
         .unwrap();
     assert_eq!(message["attachment"]["media_type"], "application/pdf");
 
+    // A picture from the page comes with its size and a thumbnail the
+    // browser drew.
+    browser
+        .js(&format!(
+            "const bytes = Uint8Array.from(atob({}), c => c.charCodeAt(0));
+             const dt = new DataTransfer();
+             dt.items.add(new File([bytes], 'selfie.png', {{ type: 'image/png' }}));
+             const input = document.getElementById('file-input');
+             input.files = dt.files;
+             input.dispatchEvent(new Event('change'));
+             return true;",
+            json!(base64(PNG_1X1))
+        ))
+        .await;
+    let mut picture = None;
+    for _ in 0..100 {
+        let got = dak(&["--json", "sync"]);
+        picture = got
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["attachment"]["file_name"] == "selfie.png");
+        if picture.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let picture = picture.expect("the picture reached bob");
+    assert_eq!(picture["attachment"]["width"], 1, "{picture}");
+    assert_eq!(picture["attachment"]["height"], 1, "{picture}");
+    assert!(
+        picture["attachment"]["thumbnail_bytes"].as_u64().unwrap() > 0,
+        "{picture}"
+    );
+
     // A voice note from the browser's (fake) microphone.
     browser.click("#record").await;
     browser
@@ -1341,7 +1375,7 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
     browser
         .wait_for(
             "const files = [...document.querySelectorAll('#messages li.outgoing')].filter(li => li.querySelector('.attachment'));
-             const tick = files.length === 2 && files[1].querySelector('.tick');
+             const tick = files.length === 3 && files[2].querySelector('.tick');
              return !!tick && ['sent', 'delivered', 'read'].includes(tick.dataset.tick)",
             "the voice note sent",
         )
