@@ -286,9 +286,10 @@ impl BlobEndpoint {
         let len = std::fs::metadata(path)
             .map_err(|e| io("cannot read", path, e))?
             .len();
-        let mut last = None;
+        let mut last: Option<ClientError> = None;
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
+            // A pause only after a failure.
+            if last.is_some() {
                 tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
             }
             let offset = match self.upload_offset(blob_id, token).await {
@@ -307,7 +308,7 @@ impl BlobEndpoint {
                 .await
             {
                 Ok(at) if at == len => return Ok(()),
-                Ok(_) => {}
+                Ok(_) => last = None,
                 Err(e) if e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -324,9 +325,11 @@ impl BlobEndpoint {
         progress: Progress,
     ) -> Result<(), ClientError> {
         let len = a.stored_len();
-        let mut last = None;
+        let mut last: Option<ClientError> = None;
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
+            // A pause only after a failure: a GET that ended early without
+            // one (the server closed) is resumed at once.
+            if last.is_some() {
                 tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
             }
             let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
@@ -339,7 +342,7 @@ impl BlobEndpoint {
                 continue;
             }
             match self.get_from(a, part, have, len, &progress).await {
-                Ok(()) => {}
+                Ok(()) => last = None,
                 Err(e) if e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e),
             }
