@@ -176,6 +176,7 @@ async function download(info, name) {
       const no = refusal(r);
       if (no) throw no;
       if (r.ok && (have === 0 || r.status === 206)) {
+        const before = have;
         const reader = r.body.getReader();
         for (;;) {
           const { done, value } = await reader.read();
@@ -185,8 +186,12 @@ async function download(info, name) {
           have += value.length;
           progress("download", name, have, info.length);
         }
-        attempt = 0;
-        continue;
+        // A body that ended early is resumed at once if it brought
+        // something; one that brought nothing counts as a failed try.
+        if (have > before) {
+          attempt = 0;
+          continue;
+        }
       }
     } catch (e) {
       if (e.code) throw e;

@@ -132,7 +132,17 @@ pub fn open_file(a: &Attachment, ciphertext: &Path, dest: &Path) -> Result<(), C
     file.seek(SeekFrom::Start(0))
         .map_err(|e| io("cannot read", ciphertext, e))?;
     let key = MediaKey(a.key.as_slice().try_into().expect("checked above"));
-    let tmp = dest.with_extension("opening");
+    // A name of its own (no other file, no other opening), and at the end
+    // a link that never replaces what is there.
+    let tmp = {
+        let mut name = dest.as_os_str().to_owned();
+        name.push(format!(
+            ".opening-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        PathBuf::from(name)
+    };
     let result = (|| {
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(&tmp).map_err(|e| io("cannot write", &tmp, e))?,
@@ -165,11 +175,9 @@ pub fn open_file(a: &Attachment, ciphertext: &Path, dest: &Path) -> Result<(), C
             return Err(bad(media::MediaError::WrongSize));
         }
         out.flush().map_err(|e| io("cannot write", &tmp, e))?;
-        std::fs::rename(&tmp, dest).map_err(|e| io("cannot write", dest, e))
+        std::fs::hard_link(&tmp, dest).map_err(|e| io("cannot write", dest, e))
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = std::fs::remove_file(&tmp);
     result
 }
 

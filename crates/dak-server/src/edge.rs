@@ -133,6 +133,7 @@ impl Admission {
             network,
             peer,
             authenticated: AtomicBool::new(false),
+            media_only: AtomicBool::new(false),
             released: AtomicBool::new(false),
             deadline_ms: AtomicU64::new(0),
             accepted_ms: self.now_ms(),
@@ -172,6 +173,7 @@ pub struct Admitted {
     network: IpPrefix,
     pub peer: SocketAddr,
     authenticated: AtomicBool,
+    media_only: AtomicBool,
     released: AtomicBool,
     /// Millis since `Admission::epoch`; 0 once authenticated.
     deadline_ms: AtomicU64,
@@ -187,6 +189,21 @@ impl Admitted {
         self.authenticated.store(true, Ordering::Release);
         self.deadline_ms.store(0, Ordering::Release);
         self.release_network();
+    }
+
+    /// A media request showed a blob's secret: no deadline and no byte
+    /// budget for its transfer, but this connection may not become a
+    /// device's WebSocket (`is_media_only`): the secret opens one blob,
+    /// not the server.
+    pub fn media_transfer(&self) {
+        if !self.is_authenticated() {
+            self.media_only.store(true, Ordering::Release);
+        }
+        self.authenticated();
+    }
+
+    pub fn is_media_only(&self) -> bool {
+        self.media_only.load(Ordering::Acquire)
     }
 
     /// Moves the pre-authentication deadline to `wait` from now.

@@ -63,7 +63,15 @@ async fn websocket(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
+    // A connection that showed a blob's secret carries transfers only.
+    if peer.0.is_media_only() {
+        return (
+            StatusCode::FORBIDDEN,
+            "this connection carries file transfers; open a new one\n",
+        )
+            .into_response();
+    }
     // The protocol's own limit: a larger frame is refused by tungstenite
     // before it is buffered whole, and the connection closed with 1009
     // (message too big). Before authentication `edge.rs` allows far less.
@@ -75,6 +83,7 @@ async fn websocket(
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| crate::session::run(state, socket, peer.0))
+        .into_response()
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

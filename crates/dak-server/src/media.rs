@@ -39,7 +39,7 @@ use axum::routing::any;
 use bytes::{Bytes, BytesMut};
 use dak_proto::blob::{self as rules, BlobError};
 use dak_proto::v1::{self, ErrorCode};
-use dak_store::{Blob, BlobCreated, BlobQuota, BlobShared, BlobStore, Device};
+use dak_store::{Blob, BlobCreated, BlobQuota, BlobSegment, BlobShared, BlobStore, Device};
 use futures_util::{StreamExt, TryStreamExt};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -47,6 +47,7 @@ use sha2::{Digest, Sha256};
 use crate::edge::Peer;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::ratelimit::IpPrefix;
 use crate::state::{AppState, now_ms};
 
 /// Bytes of an upload held before they are stored as one segment: the
@@ -54,6 +55,10 @@ use crate::state::{AppState, now_ms};
 pub const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
 /// Blobs the expiry sweep deletes per round.
 const SWEEP_BATCH: u32 = 256;
+/// An upload's body that sends nothing for this long is taken as cut.
+const BODY_IDLE: Duration = Duration::from_secs(30);
+/// Transfers one network may have at once on this node (of `max_transfers`).
+const TRANSFERS_PER_NETWORK: u32 = 16;
 
 /// The largest ciphertext a device may upload under the configuration.
 pub fn max_blob_bytes(state: &AppState) -> u64 {
@@ -197,7 +202,7 @@ pub async fn delete_for_everyone(
 async fn delete(state: &AppState, id: &[u8]) -> ApiResult<()> {
     let segments = state.store.delete_blob(id).await?;
     for s in segments {
-        if let Err(e) = state.blobs.delete(id, s.offset).await {
+        if let Err(e) = state.blobs.delete(id, &s).await {
             // The record is gone, so nothing will offer these bytes; an
             // operator may find them under blobs/ (logged once each).
             tracing::warn!(error = %e, "could not delete a media segment");
@@ -336,9 +341,20 @@ async fn blob(
         Metrics::inc(&state.metrics.blob_secrets_wrong);
         return answer(StatusCode::NOT_FOUND, "no such file");
     }
-    // The secret is as good as a device's signature: the connection is
-    // past the edge's pre-authentication limits from here.
-    peer.0.authenticated();
+    // The secret is as good as a device's signature for this transfer:
+    // the connection is past the edge's pre-authentication deadline and
+    // byte budget, but may not become a WebSocket.
+    peer.0.media_transfer();
+    let Some(network) = state.media_networks.take(state.prefix(peer.0.peer.ip())) else {
+        state.metrics.limited.inc("media_transfers_per_network");
+        let mut r = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many transfers from your network at once; try again",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        return r;
+    };
     let Ok(permit) = state.transfers.clone().try_acquire_owned() else {
         let mut r = answer(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -350,6 +366,15 @@ async fn blob(
     };
     match method {
         m if m == axum::http::Method::HEAD && uploader => {
+            // Every byte arrived but the check did not finish (the store
+            // failed then): finish it now, so that "all there" always
+            // means "served".
+            if blob.received == blob.length
+                && !blob.complete
+                && let Err(r) = finish(&state, &blob, None).await
+            {
+                return r;
+            }
             let mut r = answer(StatusCode::OK, "");
             offset_headers(&mut r, &blob, blob.received);
             r
@@ -364,11 +389,11 @@ async fn blob(
         }
         m if m == axum::http::Method::PATCH && uploader => {
             let r = upload(state, blob, request).await;
-            drop(permit);
+            drop((permit, network));
             r
         }
         m if m == axum::http::Method::GET && reader => {
-            download(state, blob, request.headers(), permit).await
+            download(state, blob, request.headers(), (permit, network)).await
         }
         _ => answer(StatusCode::METHOD_NOT_ALLOWED, "not with this token"),
     }
@@ -427,13 +452,14 @@ async fn upload(state: AppState, blob: Blob, request: Request) -> Response {
     let mut cut = false;
     let mut over = false;
     loop {
-        let chunk = match body.next().await {
-            Some(Ok(c)) => c,
-            Some(Err(_)) => {
+        // A body that stops arriving is a cut network: keep what came.
+        let chunk = match tokio::time::timeout(BODY_IDLE, body.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(_))) | Err(_) => {
                 cut = true;
                 break;
             }
-            None => break,
+            Ok(None) => break,
         };
         if at + (buf.len() + chunk.len()) as u64 > blob.length {
             over = true;
@@ -499,7 +525,14 @@ async fn store_segment(
     if let Some(h) = hasher.as_mut() {
         h.update(&bytes);
     }
-    match state.blobs.put(&blob.id, at, bytes).await {
+    // This request's own object: a racing PATCH at the same offset writes
+    // another, and only the one the store records is ever served.
+    let segment = BlobSegment {
+        offset: at,
+        len,
+        write: rand::rngs::OsRng.next_u64(),
+    };
+    match state.blobs.put(&blob.id, &segment, bytes).await {
         Ok(()) => {}
         Err(dak_store::BlobStoreError::Full) => {
             Metrics::inc(&state.metrics.media_store_full);
@@ -511,12 +544,18 @@ async fn store_segment(
         }
         Err(e) => return Err(unavailable(e)),
     }
-    match state.store.add_blob_segment(&blob.id, at, len).await {
+    let recorded = state.store.add_blob_segment(&blob.id, segment).await;
+    if !matches!(recorded, Ok(Some(_))) {
+        // Not recorded: nothing will serve or delete it but this request.
+        let _ = state.blobs.delete(&blob.id, &segment).await;
+    }
+    match recorded {
         Ok(Some(next)) => {
             Metrics::add(&state.metrics.media_bytes_in, len);
             Ok(next)
         }
-        // Another PATCH of the same upload got there first.
+        // Another PATCH of the same upload got there first, or the upload
+        // was deleted meanwhile.
         Ok(None) => Err(answer(
             StatusCode::CONFLICT,
             "another request is uploading this file; ask with HEAD where it is",
@@ -572,21 +611,21 @@ async fn read(
     range: Range<u64>,
 ) -> Result<dak_store::blob_store::ByteStream, dak_store::StoreError> {
     let segments = state.store.blob_segments(&blob.id).await?;
-    let pieces: Vec<(u64, Range<u64>)> = segments
+    let pieces: Vec<(BlobSegment, Range<u64>)> = segments
         .iter()
         .filter(|s| s.offset < range.end && s.offset + s.len > range.start)
         .map(|s| {
             let start = range.start.max(s.offset) - s.offset;
             let end = range.end.min(s.offset + s.len) - s.offset;
-            (s.offset, start..end)
+            (*s, start..end)
         })
         .collect();
     let blobs: Arc<dyn BlobStore> = state.blobs.clone();
     let id = blob.id.clone();
     let stream = futures_util::stream::iter(pieces)
-        .then(move |(offset, r)| {
+        .then(move |(segment, r)| {
             let (blobs, id) = (blobs.clone(), id.clone());
-            async move { blobs.get(&id, offset, r).await }
+            async move { blobs.get(&id, &segment, r).await }
         })
         .try_flatten();
     Ok(stream.boxed())
@@ -597,7 +636,7 @@ async fn download(
     state: AppState,
     blob: Blob,
     headers: &HeaderMap,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: (tokio::sync::OwnedSemaphorePermit, NetworkSlot),
 ) -> Response {
     let range = match rules::parse_range(
         headers.get(header::RANGE).map(|v| v.as_bytes()),
@@ -644,4 +683,43 @@ async fn download(
     }
     Metrics::inc(&state.metrics.downloads);
     r
+}
+
+/// Transfers at once per network (`TRANSFERS_PER_NETWORK`), so that one
+/// network holding slow transfers cannot take all of `max_transfers`.
+#[derive(Default)]
+pub struct NetworkTransfers(Arc<std::sync::Mutex<std::collections::HashMap<IpPrefix, u32>>>);
+
+/// One transfer's place in its network's count; given back on drop.
+pub struct NetworkSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<IpPrefix, u32>>>,
+    network: IpPrefix,
+}
+
+impl NetworkTransfers {
+    pub fn take(&self, network: IpPrefix) -> Option<NetworkSlot> {
+        let mut counts = self.0.lock().ok()?;
+        let n = counts.entry(network).or_insert(0);
+        if *n >= TRANSFERS_PER_NETWORK {
+            return None;
+        }
+        *n += 1;
+        Some(NetworkSlot {
+            counts: self.0.clone(),
+            network,
+        })
+    }
+}
+
+impl Drop for NetworkSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock()
+            && let Some(n) = counts.get_mut(&self.network)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.network);
+            }
+        }
+    }
 }

@@ -29,6 +29,7 @@ pub struct Inner {
     /// Media transfers under way on this node (`max_transfers`).
     pub transfers: Arc<tokio::sync::Semaphore>,
     pub media_requests: Limiter<IpPrefix>,
+    pub media_networks: crate::media::NetworkTransfers,
     pub bus: Arc<dyn Bus>,
     pub sms: Arc<dyn SmsSender>,
     pub metrics: Metrics,
@@ -104,6 +105,7 @@ impl AppState {
             ),
             rejected_logs: Limiter::per_second(10, 50),
             transfers: Arc::new(tokio::sync::Semaphore::new(config.max_transfers as usize)),
+            media_networks: Default::default(),
             media_requests: Limiter::per_second(
                 config.media_requests_per_ip_per_sec,
                 config.media_requests_per_ip_per_sec.saturating_mul(10),

@@ -1,10 +1,12 @@
 //! Where media blobs' bytes live: the `BlobStore` trait, a filesystem
 //! backend in the data directory (the embedded default) and an
 //! S3-compatible backend for clusters, through `object_store`. A blob is
-//! stored as segments, each one object named by the blob's id and the
-//! segment's offset (`blobs/<hex id>/<offset>`); the `Store` keeps which
-//! segments a blob has, so a resumed upload adds segments and never
-//! rewrites what is stored, and any node reads any blob.
+//! stored as segments, each one object named by the blob's id, the
+//! segment's offset and its write (`blobs/<hex id>/<offset>.<write>`, the
+//! write a random number per request); the `Store` keeps which segments a
+//! blob has, so a resumed upload adds segments and never rewrites what is
+//! stored, two requests writing at one offset never touch each other's
+//! object, and any node reads any blob.
 //!
 //! Invariants:
 //! - `put` is whole or nothing: a segment is visible under its name only
@@ -27,6 +29,8 @@ use futures_util::stream::BoxStream;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
+use crate::BlobSegment;
+
 /// A stream of a segment's bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, BlobStoreError>>;
 
@@ -45,24 +49,27 @@ pub enum BlobStoreError {
 
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Stores a segment whole and durably, replacing one of the same name.
-    async fn put(&self, blob: &[u8], offset: u64, bytes: Bytes) -> Result<(), BlobStoreError>;
+    /// Stores a segment whole and durably.
+    async fn put(&self, blob: &[u8], s: &BlobSegment, bytes: Bytes) -> Result<(), BlobStoreError>;
     /// Bytes `range` of a segment (relative to the segment's start).
     async fn get(
         &self,
         blob: &[u8],
-        offset: u64,
+        s: &BlobSegment,
         range: Range<u64>,
     ) -> Result<ByteStream, BlobStoreError>;
     /// Deletes a segment; one already gone is not an error.
-    async fn delete(&self, blob: &[u8], offset: u64) -> Result<(), BlobStoreError>;
+    async fn delete(&self, blob: &[u8], s: &BlobSegment) -> Result<(), BlobStoreError>;
+    /// The names of every object the blob has here, recorded or not (for
+    /// an operator's check and the tests).
+    async fn objects(&self, blob: &[u8]) -> Result<Vec<String>, BlobStoreError>;
     /// Where the bytes are, for the log and `--print-config`.
     fn describe(&self) -> String;
 }
 
 /// The object name of a segment, the same on every backend.
-pub fn segment_key(blob: &[u8], offset: u64) -> String {
-    format!("blobs/{}/{offset:020}", hex(blob))
+pub fn segment_key(blob: &[u8], s: &BlobSegment) -> String {
+    format!("blobs/{}/{:020}.{:016x}", hex(blob), s.offset, s.write)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -82,8 +89,8 @@ impl FsBlobStore {
         })
     }
 
-    fn path(&self, blob: &[u8], offset: u64) -> PathBuf {
-        self.root.join(segment_key(blob, offset))
+    fn path(&self, blob: &[u8], s: &BlobSegment) -> PathBuf {
+        self.root.join(segment_key(blob, s))
     }
 }
 
@@ -96,13 +103,16 @@ fn io(e: std::io::Error) -> BlobStoreError {
 
 #[async_trait]
 impl BlobStore for FsBlobStore {
-    async fn put(&self, blob: &[u8], offset: u64, bytes: Bytes) -> Result<(), BlobStoreError> {
-        let path = self.path(blob, offset);
+    async fn put(&self, blob: &[u8], s: &BlobSegment, bytes: Bytes) -> Result<(), BlobStoreError> {
+        let path = self.path(blob, s);
         tokio::task::spawn_blocking(move || -> Result<(), BlobStoreError> {
             use std::io::Write;
             let dir = path.parent().expect("a segment has a directory");
             std::fs::create_dir_all(dir).map_err(io)?;
-            let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+            // The write's own name: no other request writes this file.
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
             let written = (|| {
                 let mut f = std::fs::File::create(&tmp)?;
                 f.write_all(&bytes)?;
@@ -122,15 +132,15 @@ impl BlobStore for FsBlobStore {
     async fn get(
         &self,
         blob: &[u8],
-        offset: u64,
+        s: &BlobSegment,
         range: Range<u64>,
     ) -> Result<ByteStream, BlobStoreError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let path = self.path(blob, offset);
+        let path = self.path(blob, s);
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BlobStoreError::Missing(segment_key(blob, offset)));
+                return Err(BlobStoreError::Missing(segment_key(blob, s)));
             }
             Err(e) => return Err(io(e)),
         };
@@ -160,8 +170,8 @@ impl BlobStore for FsBlobStore {
         Ok(stream.boxed())
     }
 
-    async fn delete(&self, blob: &[u8], offset: u64) -> Result<(), BlobStoreError> {
-        let path = self.path(blob, offset);
+    async fn delete(&self, blob: &[u8], s: &BlobSegment) -> Result<(), BlobStoreError> {
+        let path = self.path(blob, s);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -172,6 +182,26 @@ impl BlobStore for FsBlobStore {
             let _ = tokio::fs::remove_dir(dir).await;
         }
         Ok(())
+    }
+
+    async fn objects(&self, blob: &[u8]) -> Result<Vec<String>, BlobStoreError> {
+        let dir = self.root.join("blobs").join(hex(blob));
+        let mut names = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    names.push(format!(
+                        "blobs/{}/{}",
+                        hex(blob),
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        names.sort();
+        Ok(names)
     }
 
     fn describe(&self) -> String {
@@ -244,8 +274,8 @@ fn s3(e: object_store::Error) -> BlobStoreError {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
-    async fn put(&self, blob: &[u8], offset: u64, bytes: Bytes) -> Result<(), BlobStoreError> {
-        let path = object_store::path::Path::from(segment_key(blob, offset));
+    async fn put(&self, blob: &[u8], s: &BlobSegment, bytes: Bytes) -> Result<(), BlobStoreError> {
+        let path = object_store::path::Path::from(segment_key(blob, s));
         self.store
             .put(&path, bytes.into())
             .await
@@ -256,10 +286,10 @@ impl BlobStore for S3BlobStore {
     async fn get(
         &self,
         blob: &[u8],
-        offset: u64,
+        s: &BlobSegment,
         range: Range<u64>,
     ) -> Result<ByteStream, BlobStoreError> {
-        let path = object_store::path::Path::from(segment_key(blob, offset));
+        let path = object_store::path::Path::from(segment_key(blob, s));
         let options = object_store::GetOptions {
             range: Some(object_store::GetRange::Bounded(range)),
             ..Default::default()
@@ -268,12 +298,26 @@ impl BlobStore for S3BlobStore {
         Ok(got.into_stream().map(|r| r.map_err(s3)).boxed())
     }
 
-    async fn delete(&self, blob: &[u8], offset: u64) -> Result<(), BlobStoreError> {
-        let path = object_store::path::Path::from(segment_key(blob, offset));
+    async fn delete(&self, blob: &[u8], s: &BlobSegment) -> Result<(), BlobStoreError> {
+        let path = object_store::path::Path::from(segment_key(blob, s));
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(s3(e)),
         }
+    }
+
+    async fn objects(&self, blob: &[u8]) -> Result<Vec<String>, BlobStoreError> {
+        use futures_util::TryStreamExt;
+        let prefix = object_store::path::Path::from(format!("blobs/{}", hex(blob)));
+        let mut names: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .map_err(s3)?;
+        names.sort();
+        Ok(names)
     }
 
     fn describe(&self) -> String {
@@ -290,33 +334,51 @@ mod tests {
         parts.concat()
     }
 
+    fn seg(offset: u64, len: u64, write: u64) -> BlobSegment {
+        BlobSegment { offset, len, write }
+    }
+
     /// What every backend must do with a segment.
     async fn segment_round_trip(store: &dyn BlobStore, id: &[u8]) {
         let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
-        store.put(id, 0, Bytes::from(bytes.clone())).await.unwrap();
+        let (first, second) = (seg(0, 200_000, 1), seg(200_000, 6, 2));
         store
-            .put(id, 200_000, Bytes::from_static(b"second"))
+            .put(id, &first, Bytes::from(bytes.clone()))
             .await
             .unwrap();
-        let whole = read_all(store.get(id, 0, 0..200_000).await.unwrap()).await;
+        store
+            .put(id, &second, Bytes::from_static(b"second"))
+            .await
+            .unwrap();
+        let whole = read_all(store.get(id, &first, 0..200_000).await.unwrap()).await;
         assert_eq!(whole, bytes);
-        let part = read_all(store.get(id, 0, 70_000..70_010).await.unwrap()).await;
+        let part = read_all(store.get(id, &first, 70_000..70_010).await.unwrap()).await;
         assert_eq!(part, &bytes[70_000..70_010]);
-        let second = read_all(store.get(id, 200_000, 1..6).await.unwrap()).await;
-        assert_eq!(second, b"econd");
-        // Replacing a segment is whole: the new bytes, never a mix.
+        let got = read_all(store.get(id, &second, 1..6).await.unwrap()).await;
+        assert_eq!(got, b"econd");
+        // Another write at the same offset is another object: the first
+        // is untouched, whatever the second holds.
+        let rival = seg(200_000, 3, 3);
         store
-            .put(id, 200_000, Bytes::from_static(b"2nd"))
+            .put(id, &rival, Bytes::from_static(b"2nd"))
             .await
             .unwrap();
-        let again = read_all(store.get(id, 200_000, 0..3).await.unwrap()).await;
-        assert_eq!(again, b"2nd");
-        for offset in [0, 200_000] {
-            store.delete(id, offset).await.unwrap();
-            store.delete(id, offset).await.unwrap();
+        assert_eq!(
+            read_all(store.get(id, &second, 0..6).await.unwrap()).await,
+            b"second"
+        );
+        assert_eq!(
+            read_all(store.get(id, &rival, 0..3).await.unwrap()).await,
+            b"2nd"
+        );
+        assert_eq!(store.objects(id).await.unwrap().len(), 3);
+        for s in [first, second, rival] {
+            store.delete(id, &s).await.unwrap();
+            store.delete(id, &s).await.unwrap();
         }
+        assert_eq!(store.objects(id).await.unwrap(), Vec::<String>::new());
         assert!(matches!(
-            store.get(id, 0, 0..1).await,
+            store.get(id, &first, 0..1).await,
             Err(BlobStoreError::Missing(_))
         ));
     }
@@ -348,23 +410,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).unwrap();
         let id = [9u8; 16];
+        let s = seg(0, 200_000, 9);
         let bytes: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        store.put(&id, 0, Bytes::from(bytes.clone())).await.unwrap();
-        let whole = read_all(store.get(&id, 0, 0..200_000).await.unwrap()).await;
+        store
+            .put(&id, &s, Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
+        let whole = read_all(store.get(&id, &s, 0..200_000).await.unwrap()).await;
         assert_eq!(whole, bytes);
-        let part = read_all(store.get(&id, 0, 70_000..70_010).await.unwrap()).await;
+        let part = read_all(store.get(&id, &s, 70_000..70_010).await.unwrap()).await;
         assert_eq!(part, &bytes[70_000..70_010]);
         // A record longer than the file is an error, not short data.
-        let mut long = store.get(&id, 0, 199_990..200_100).await.unwrap();
+        let mut long = store.get(&id, &s, 199_990..200_100).await.unwrap();
         let mut failed = false;
         while let Some(r) = long.next().await {
             failed |= r.is_err();
         }
         assert!(failed);
-        store.delete(&id, 0).await.unwrap();
-        store.delete(&id, 0).await.unwrap();
+        store.delete(&id, &s).await.unwrap();
+        store.delete(&id, &s).await.unwrap();
         assert!(matches!(
-            store.get(&id, 0, 0..1).await,
+            store.get(&id, &s, 0..1).await,
             Err(BlobStoreError::Missing(_))
         ));
         assert!(!dir.path().join("blobs").join(hex(&id)).exists());

@@ -1636,6 +1636,14 @@ fn new_blob(id: u8, owner: &Device, length: u64) -> Blob {
     }
 }
 
+fn seg(offset: u64, len: u64) -> BlobSegment {
+    BlobSegment {
+        offset,
+        len,
+        write: offset * 7 + 1,
+    }
+}
+
 const ROOMY: BlobQuota = BlobQuota {
     device_bytes: 1 << 40,
     account_bytes: 1 << 40,
@@ -1659,15 +1667,15 @@ async fn blobs_fill_in_order_and_wait_for_their_fetchers<S: Store>(s: &S) {
         BlobCreated::Created
     );
     // Segments only at the upload's offset, never past its length.
-    assert_eq!(s.add_blob_segment(&id, 10, 5).await.unwrap(), None);
-    assert_eq!(s.add_blob_segment(&id, 0, 60).await.unwrap(), Some(60));
+    assert_eq!(s.add_blob_segment(&id, seg(10, 5)).await.unwrap(), None);
+    assert_eq!(s.add_blob_segment(&id, seg(0, 60)).await.unwrap(), Some(60));
     assert_eq!(
-        s.add_blob_segment(&id, 0, 60).await.unwrap(),
+        s.add_blob_segment(&id, seg(0, 60)).await.unwrap(),
         None,
         "a repeat"
     );
     assert_eq!(
-        s.add_blob_segment(&id, 60, 41).await.unwrap(),
+        s.add_blob_segment(&id, seg(60, 41)).await.unwrap(),
         None,
         "too long"
     );
@@ -1677,16 +1685,13 @@ async fn blobs_fill_in_order_and_wait_for_their_fetchers<S: Store>(s: &S) {
         BlobShared::NotFound
     );
     assert!(!s.complete_blob(&id, 9_000).await.unwrap());
-    assert_eq!(s.add_blob_segment(&id, 60, 40).await.unwrap(), Some(100));
+    assert_eq!(
+        s.add_blob_segment(&id, seg(60, 40)).await.unwrap(),
+        Some(100)
+    );
     assert_eq!(
         s.blob_segments(&id).await.unwrap(),
-        vec![
-            BlobSegment { offset: 0, len: 60 },
-            BlobSegment {
-                offset: 60,
-                len: 40
-            }
-        ]
+        vec![seg(0, 60), seg(60, 40)]
     );
     assert!(s.complete_blob(&id, 9_000).await.unwrap());
     assert!(!s.complete_blob(&id, 9_000).await.unwrap(), "once");
@@ -1694,7 +1699,7 @@ async fn blobs_fill_in_order_and_wait_for_their_fetchers<S: Store>(s: &S) {
     assert!(blob.complete);
     assert_eq!((blob.received, blob.expires_ms), (100, 9_000));
     assert_eq!(
-        s.add_blob_segment(&id, 100, 0).await.unwrap(),
+        s.add_blob_segment(&id, seg(100, 0)).await.unwrap(),
         None,
         "complete"
     );

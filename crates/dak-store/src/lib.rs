@@ -692,11 +692,15 @@ pub enum BlobShared {
     NotMember,
 }
 
-/// One stored piece of a blob: bytes `offset..offset + len`.
+/// One stored piece of a blob: bytes `offset..offset + len`, written by
+/// the write `write` (a random number naming its object, so that two
+/// requests writing at one offset never share an object: the one the
+/// store records is the one served, and the other deletes its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobSegment {
     pub offset: u64,
     pub len: u64,
+    pub write: u64,
 }
 
 #[async_trait]
@@ -938,11 +942,12 @@ pub trait Store: Send + Sync + 'static {
     /// pass a quota together; a refusal writes nothing.
     async fn create_blob(&self, blob: Blob, quota: BlobQuota) -> Result<BlobCreated>;
     async fn blob(&self, id: &[u8]) -> Result<Option<Blob>>;
-    /// Records a stored segment at `offset`, if that is where the upload
-    /// stands (`received`) and the blob is not complete; returns the new
+    /// Records a stored segment, if its offset is where the upload stands
+    /// (`received`) and the blob is not complete; returns the new
     /// `received`, or None when the offset is not the upload's (a racing
-    /// or repeated PATCH) or the blob is gone.
-    async fn add_blob_segment(&self, id: &[u8], offset: u64, len: u64) -> Result<Option<u64>>;
+    /// or repeated PATCH) or the blob is gone: the caller then deletes the
+    /// segment's object.
+    async fn add_blob_segment(&self, id: &[u8], segment: BlobSegment) -> Result<Option<u64>>;
     /// The blob's segments in order of offset.
     async fn blob_segments(&self, id: &[u8]) -> Result<Vec<BlobSegment>>;
     /// Marks a fully received blob complete (served from now on) and keeps

@@ -198,6 +198,7 @@ const SCHEMA: &[&str] = &[
         blob_id BYTEA NOT NULL,
         seg_offset BIGINT NOT NULL,
         len BIGINT NOT NULL,
+        write_id BIGINT NOT NULL,
         PRIMARY KEY (blob_id, seg_offset))",
     "CREATE TABLE IF NOT EXISTS blob_fetchers (
         blob_id BYTEA NOT NULL,
@@ -297,6 +298,7 @@ fn row_segment(r: &PgRow) -> BlobSegment {
     BlobSegment {
         offset: r.get::<i64, _>(0) as u64,
         len: r.get::<i64, _>(1) as u64,
+        write: r.get::<i64, _>(2) as u64,
     }
 }
 
@@ -1520,7 +1522,8 @@ impl Store for PgStore {
             .map_err(backend)
     }
 
-    async fn add_blob_segment(&self, id: &[u8], offset: u64, len: u64) -> Result<Option<u64>> {
+    async fn add_blob_segment(&self, id: &[u8], segment: BlobSegment) -> Result<Option<u64>> {
+        let BlobSegment { offset, len, write } = segment;
         let mut tx = self.begin().await?;
         let moved = sqlx::query(
             "UPDATE blobs SET received = received + $3 \
@@ -1536,12 +1539,12 @@ impl Store for PgStore {
             return Ok(None);
         }
         sqlx::query(
-            "INSERT INTO blob_segments (blob_id, seg_offset, len) VALUES ($1, $2, $3) \
-             ON CONFLICT (blob_id, seg_offset) DO UPDATE SET len = EXCLUDED.len",
+            "INSERT INTO blob_segments (blob_id, seg_offset, len, write_id) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
         .bind(offset as i64)
         .bind(len as i64)
+        .bind(write as i64)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -1551,7 +1554,7 @@ impl Store for PgStore {
 
     async fn blob_segments(&self, id: &[u8]) -> Result<Vec<BlobSegment>> {
         sqlx::query(
-            "SELECT seg_offset, len FROM blob_segments WHERE blob_id = $1 ORDER BY seg_offset",
+            "SELECT seg_offset, len, write_id FROM blob_segments WHERE blob_id = $1 ORDER BY seg_offset",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -1647,15 +1650,23 @@ impl Store for PgStore {
 
     async fn delete_blob(&self, id: &[u8]) -> Result<Vec<BlobSegment>> {
         let mut tx = self.begin().await?;
-        let mut segments: Vec<BlobSegment> =
-            sqlx::query("DELETE FROM blob_segments WHERE blob_id = $1 RETURNING seg_offset, len")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(row_segment)
-                .collect();
+        // The blob's row first: a segment recorded meanwhile (it updates
+        // that row) waits, then finds the blob gone.
+        sqlx::query("SELECT 1 FROM blobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let mut segments: Vec<BlobSegment> = sqlx::query(
+            "DELETE FROM blob_segments WHERE blob_id = $1 RETURNING seg_offset, len, write_id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(row_segment)
+        .collect();
         segments.sort_by_key(|s| s.offset);
         for stmt in [
             "DELETE FROM blob_fetchers WHERE blob_id = $1",

@@ -215,6 +215,7 @@ CREATE TABLE IF NOT EXISTS blob_segments (
     blob_id BLOB NOT NULL,
     seg_offset INTEGER NOT NULL,
     len INTEGER NOT NULL,
+    write_id INTEGER NOT NULL,
     PRIMARY KEY (blob_id, seg_offset)
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blob_fetchers (
@@ -1804,8 +1805,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_blob_segment(&self, id: &[u8], offset: u64, len: u64) -> Result<Option<u64>> {
+    async fn add_blob_segment(&self, id: &[u8], segment: BlobSegment) -> Result<Option<u64>> {
         let id = id.to_vec();
+        let BlobSegment { offset, len, write } = segment;
         self.write_keeping_cache(move |c| {
             let moved = c
                 .execute(
@@ -1818,8 +1820,8 @@ impl Store for SqliteStore {
                 return Ok(None);
             }
             c.execute(
-                "INSERT OR REPLACE INTO blob_segments (blob_id, seg_offset, len) VALUES (?1, ?2, ?3)",
-                params![id, offset as i64, len as i64],
+                "INSERT INTO blob_segments (blob_id, seg_offset, len, write_id) VALUES (?1, ?2, ?3, ?4)",
+                params![id, offset as i64, len as i64, write as i64],
             )
             .map_err(backend)?;
             Ok(Some(offset + len))
@@ -1832,13 +1834,14 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT seg_offset, len FROM blob_segments WHERE blob_id = ?1 ORDER BY seg_offset",
+                    "SELECT seg_offset, len, write_id FROM blob_segments WHERE blob_id = ?1 ORDER BY seg_offset",
                 )
                 .map_err(backend)?;
             stmt.query_map([&id], |r| {
                 Ok(BlobSegment {
                     offset: r.get::<_, i64>(0)? as u64,
                     len: r.get::<_, i64>(1)? as u64,
+                    write: r.get::<_, i64>(2)? as u64,
                 })
             })
             .map_err(backend)?
@@ -1934,7 +1937,7 @@ impl Store for SqliteStore {
         self.write_keeping_cache(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "DELETE FROM blob_segments WHERE blob_id = ?1 RETURNING seg_offset, len",
+                    "DELETE FROM blob_segments WHERE blob_id = ?1 RETURNING seg_offset, len, write_id",
                 )
                 .map_err(backend)?;
             let mut segments = stmt
@@ -1942,6 +1945,7 @@ impl Store for SqliteStore {
                     Ok(BlobSegment {
                         offset: r.get::<_, i64>(0)? as u64,
                         len: r.get::<_, i64>(1)? as u64,
+                        write: r.get::<_, i64>(2)? as u64,
                     })
                 })
                 .map_err(backend)?

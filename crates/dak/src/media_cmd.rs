@@ -187,25 +187,36 @@ async fn finish_upload(client: &mut Client, dir: &Path, stem: &str, json: bool) 
         attachment: Some(Box::new(attachment)),
         ..Default::default()
     };
-    let sent = client
-        .send_text_with(&pending.to, &pending.caption, &opts)
-        .await?;
+    // The message is in the outbox (🕓) before the record goes: from here
+    // it is sent once, by this run or the next `sync`, never twice.
+    let (id, _, _) =
+        dak_client::queue_text_with(client.profile(), &pending.to, &pending.caption, &opts)?;
     if let Some(source) = &pending.source {
-        client
-            .profile()
-            .set(&saved_key(&sent.id), source.as_bytes())?;
+        client.profile().set(&saved_key(&id), source.as_bytes())?;
     }
-    let _ = std::fs::remove_file(&sealed);
     let _ = std::fs::remove_file(&record);
+    let _ = std::fs::remove_file(&sealed);
+    let flushed = client.flush_outbox().await;
+    let tick = client.tick(&id)?.state;
     if json {
         println!(
             "{}",
-            json!({"id": format_id(&sent.id), "tick": "sent", "file": label, "server_time_ms": sent.server_time_ms, "recipient_devices": sent.recipient_devices})
+            json!({"id": format_id(&id), "tick": tick, "file": label})
         );
     } else {
-        println!("{} ✓ {label}", format_id(&sent.id));
+        println!(
+            "{} {} {label}",
+            format_id(&id),
+            crate::show::tick_symbol(tick)
+        );
     }
-    Ok(())
+    match flushed {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_retryable() => bail!(
+            "{e}; the file is uploaded and its message is queued (🕓): it goes out with your next `dak send`, `sync` or `listen`"
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Finishes every recorded upload, oldest first. Returns how many.
@@ -331,7 +342,12 @@ fn file_name_for(m: &MessageView, a: &Attachment) -> String {
     let cleaned: String = a
         .file_name
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | ':' | '\0'))
+        // No folders, no control characters, and no bidirectional
+        // controls, which can make "exe.pdf" of "fdp.exe".
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '/' | '\\' | ':' | '\0' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').to_string();
     if !cleaned.is_empty() && cleaned.len() <= 200 {
@@ -509,6 +525,10 @@ mod tests {
         };
         assert_eq!(file_name_for(&m, &named("../../etc/passwd")), "etcpasswd");
         assert_eq!(file_name_for(&m, &named(".bashrc")), "bashrc");
+        assert_eq!(
+            file_name_for(&m, &named("photo\u{202e}gpj.exe")),
+            "photogpj.exe"
+        );
         assert_eq!(file_name_for(&m, &named("")), "file-abababababab.pdf");
         std::fs::write(dir.path().join("a.pdf"), b"x").unwrap();
         assert_eq!(free_name(dir.path(), "a.pdf"), dir.path().join("a (1).pdf"));

@@ -570,6 +570,39 @@ async fn every_bad_upload_gets_a_clear_answer_and_nothing_half_stored_is_served(
         )
         .await
         .unwrap();
+    // A connection that showed a blob's capability carries transfers, and
+    // cannot become a device's WebSocket without a device's signature.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /v1/blobs/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        hex::encode(&done.attachment.blob_id),
+        hex::encode(&done.attachment.capability)
+    )
+    .unwrap();
+    let want = done.attachment.stored_len() as usize;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .is_none_or(|end| got.len() < end + 4 + want)
+    {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    write!(
+        s,
+        "GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let n = s.read(&mut buf).unwrap();
+    let upgrade = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(upgrade.starts_with("HTTP/1.1 403"), "{upgrade}");
+
     let mut b = bob.connect().await;
     let not_hers = b.delete_blob(&done.attachment.blob_id).await.unwrap_err();
     assert_eq!(
@@ -579,4 +612,46 @@ async fn every_bad_upload_gets_a_clear_answer_and_nothing_half_stored_is_served(
     assert!(status_of(&addr, "GET", &done.attachment, &done.attachment.capability).contains("200"));
     a.delete_blob(&done.attachment.blob_id).await.unwrap();
     assert!(status_of(&addr, "GET", &done.attachment, &done.attachment.capability).contains("404"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_patch_cannot_change_a_finished_file() {
+    let server = TestServer::start_insecure();
+    let (alice, _bob) = registered_pair(&server).await;
+    let addr = server.url.strip_prefix("ws://").unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = alice.connect().await;
+    let u = prepared(&mut a, dir.path(), 3_000_000).await;
+    let len = u.attachment.stored_len() as usize;
+    // A PATCH at offset 0 starts and waits; meanwhile the file is uploaded
+    // whole and checked.
+    let mut late = start_patch(&addr, &u, 10);
+    let endpoint = BlobEndpoint::new(&server.url, &dak_client::CertTrust::FirstUse).unwrap();
+    endpoint
+        .upload(&u.attachment.blob_id, &u.token, &u.sealed, blobs::quiet())
+        .await
+        .unwrap();
+    // Then the late one sends other bytes, more than a segment of them.
+    late.write_all(&vec![0x55; len - 10]).unwrap();
+    let mut answer = Vec::new();
+    let _ = late.read_to_end(&mut answer);
+    let head = String::from_utf8_lossy(&answer).to_string();
+    assert!(head.starts_with("HTTP/1.1 409"), "{head}");
+    // What is served is still the file, and only its recorded segments
+    // are stored.
+    let part = dir.path().join("got.part");
+    endpoint
+        .download(&u.attachment, &part, blobs::quiet())
+        .await
+        .unwrap();
+    let out = dir.path().join("got.bin");
+    blobs::open_file(&u.attachment, &part, &out).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), u.plain);
+    let stored = files_under(&server.data.join("media").join("blobs"));
+    assert_eq!(
+        stored.len(),
+        2,
+        "the late write's segment was deleted: {:?}",
+        stored.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
 }
