@@ -294,6 +294,16 @@ fn row_blob(r: &PgRow) -> Blob {
     }
 }
 
+/// Takes the blob's row lock for the rest of the transaction.
+async fn lock_blob(tx: &mut Transaction<'static, Postgres>, id: &[u8]) -> Result<()> {
+    sqlx::query("SELECT 1 FROM blobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(backend)
+}
+
 fn row_segment(r: &PgRow) -> BlobSegment {
     BlobSegment {
         offset: r.get::<i64, _>(0) as u64,
@@ -1624,11 +1634,7 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         // The blob's row lock: two last fetchers racing on two nodes must
         // not both see the other's row still there.
-        sqlx::query("SELECT 1 FROM blobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        lock_blob(&mut tx, id).await?;
         let removed =
             sqlx::query("DELETE FROM blob_fetchers WHERE blob_id = $1 AND device_id = $2")
                 .bind(id)
@@ -1652,11 +1658,7 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         // The blob's row first: a segment recorded meanwhile (it updates
         // that row) waits, then finds the blob gone.
-        sqlx::query("SELECT 1 FROM blobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        lock_blob(&mut tx, id).await?;
         let mut segments: Vec<BlobSegment> = sqlx::query(
             "DELETE FROM blob_segments WHERE blob_id = $1 RETURNING seg_offset, len, write_id",
         )

@@ -448,6 +448,15 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// A segment as `SELECT seg_offset, len, write_id` (or `RETURNING` them) reads it.
+fn row_segment(r: &rusqlite::Row<'_>) -> rusqlite::Result<BlobSegment> {
+    Ok(BlobSegment {
+        offset: r.get::<_, i64>(0)? as u64,
+        len: r.get::<_, i64>(1)? as u64,
+        write: r.get::<_, i64>(2)? as u64,
+    })
+}
+
 fn row_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<Blob> {
     Ok(Blob {
         id: r.get(0)?,
@@ -1837,13 +1846,7 @@ impl Store for SqliteStore {
                     "SELECT seg_offset, len, write_id FROM blob_segments WHERE blob_id = ?1 ORDER BY seg_offset",
                 )
                 .map_err(backend)?;
-            stmt.query_map([&id], |r| {
-                Ok(BlobSegment {
-                    offset: r.get::<_, i64>(0)? as u64,
-                    len: r.get::<_, i64>(1)? as u64,
-                    write: r.get::<_, i64>(2)? as u64,
-                })
-            })
+            stmt.query_map([&id], row_segment)
             .map_err(backend)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(backend)
@@ -1941,13 +1944,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             let mut segments = stmt
-                .query_map([&id], |r| {
-                    Ok(BlobSegment {
-                        offset: r.get::<_, i64>(0)? as u64,
-                        len: r.get::<_, i64>(1)? as u64,
-                        write: r.get::<_, i64>(2)? as u64,
-                    })
-                })
+                .query_map([&id], row_segment)
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)?;

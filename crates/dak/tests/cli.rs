@@ -6,32 +6,6 @@ use std::process::Command;
 
 use common::*;
 
-fn dak(profile: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dak"))
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .output()
-        .expect("run dak");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(profile: &std::path::Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = dak(profile, args);
-    assert!(success, "dak {args:?} failed: {stderr}");
-    stdout
-}
-
-fn json_lines(s: &str) -> Vec<serde_json::Value> {
-    s.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 #[test]
 fn print_config_and_insecure_rules() {
     let dir = tempfile::tempdir().unwrap();

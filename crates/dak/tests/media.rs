@@ -8,38 +8,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 
 use common::*;
 use dak_client::blobs::{self, BlobEndpoint};
 use dak_client::{Attachment, TextOptions};
 use dak_core::media::MediaKey;
-
-fn dak(profile: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dak"))
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .output()
-        .expect("run dak");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(profile: &std::path::Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = dak(profile, args);
-    assert!(success, "dak {args:?} failed: {stderr}");
-    stdout
-}
-
-fn json_lines(s: &str) -> Vec<serde_json::Value> {
-    s.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 /// The paths `dak sync --json` saved files to.
 fn saved(sync_output: &str) -> Vec<std::path::PathBuf> {

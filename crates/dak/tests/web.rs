@@ -306,6 +306,23 @@ impl Browser {
             .await;
     }
 
+    /// Picks a file in the page's file picker (as a person would with 📎).
+    async fn attach(&self, name: &str, media_type: &str, bytes: &[u8]) {
+        self.js(&format!(
+            "const bytes = Uint8Array.from(atob({}), c => c.charCodeAt(0));
+             const dt = new DataTransfer();
+             dt.items.add(new File([bytes], {}, {{ type: {} }}));
+             const input = document.getElementById('file-input');
+             input.files = dt.files;
+             input.dispatchEvent(new Event('change'));
+             return true;",
+            json!(base64(bytes)),
+            json!(name),
+            json!(media_type)
+        ))
+        .await;
+    }
+
     /// Every control on screen without an accessible name (its words, an
     /// aria-label, aria-labelledby, or a label), as its HTML: none, always.
     async fn unnamed_controls(&self) -> Value {
@@ -1284,18 +1301,7 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     browser.fill("#message", "the form, filled in").await;
-    browser
-        .js(&format!(
-            "const bytes = Uint8Array.from(atob({}), c => c.charCodeAt(0));
-             const dt = new DataTransfer();
-             dt.items.add(new File([bytes], 'form.pdf', {{ type: 'application/pdf' }}));
-             const input = document.getElementById('file-input');
-             input.files = dt.files;
-             input.dispatchEvent(new Event('change'));
-             return true;",
-            json!(base64(&doc))
-        ))
-        .await;
+    browser.attach("form.pdf", "application/pdf", &doc).await;
     browser.wait_tick("the form, filled in", "sent").await;
     // The sender's own copy is shown from the picked file, not downloaded.
     assert_eq!(
@@ -1325,18 +1331,7 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
 
     // A picture from the page comes with its size and a thumbnail the
     // browser drew.
-    browser
-        .js(&format!(
-            "const bytes = Uint8Array.from(atob({}), c => c.charCodeAt(0));
-             const dt = new DataTransfer();
-             dt.items.add(new File([bytes], 'selfie.png', {{ type: 'image/png' }}));
-             const input = document.getElementById('file-input');
-             input.files = dt.files;
-             input.dispatchEvent(new Event('change'));
-             return true;",
-            json!(base64(PNG_1X1))
-        ))
-        .await;
+    browser.attach("selfie.png", "image/png", PNG_1X1).await;
     let mut picture = None;
     for _ in 0..100 {
         let got = dak(&["--json", "sync"]);

@@ -384,3 +384,32 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
 pub fn mailbox_bodies(server: &TestServer, device: u64) -> Vec<Vec<u8>> {
     dak_store::testing::sqlite_mailbox_bodies(&server.dir().join("data").join("dak.db"), device)
 }
+
+/// Runs the `dak` binary on a profile: (success, stdout, stderr).
+pub fn dak(profile: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dak"))
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .expect("run dak");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `dak` that must succeed: its stdout.
+pub fn ok(profile: &Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = dak(profile, args);
+    assert!(success, "dak {args:?} failed: {stderr}");
+    stdout
+}
+
+/// `--json` output: one object per line.
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
