@@ -94,6 +94,14 @@ impl Client {
         };
         let sent = self.send_content(&m.conversation, content).await?;
         self.profile().tombstone_message(id)?;
+        // Its file goes from the server too, if this account uploaded it
+        // (a forwarded file is someone else's: the server says not found).
+        if let Some(a) = &m.attachment
+            && let Err(e) = self.delete_blob(&a.blob_id).await
+            && e.code() != Some(v1::ErrorCode::BlobNotFound)
+        {
+            tracing::warn!(error = %e, "the message was deleted; its file stays on the server until it expires");
+        }
         Ok(sent)
     }
 

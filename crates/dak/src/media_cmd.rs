@@ -247,7 +247,10 @@ pub async fn resume_uploads(client: &mut Client, dir: &Path, json: bool) -> Resu
 pub async fn save_received(client: &mut Client, dir: &Path, messages: &[MessageView], json: bool) {
     for m in messages {
         let Some(a) = &m.attachment else { continue };
-        if m.deleted || saved_path(client.profile(), &m.id).is_some() {
+        // As the profile has it now: deleted for everyone (or gone with
+        // its timer) by a later message of the same sync, it is not fetched.
+        let now = client.profile().message(&m.id).ok().flatten();
+        if now.is_none_or(|n| n.deleted) || saved_path(client.profile(), &m.id).is_some() {
             continue;
         }
         match fetch(client, dir, m, a, None, json).await {

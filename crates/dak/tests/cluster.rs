@@ -601,8 +601,10 @@ async fn a_file_uploaded_on_one_node_is_served_by_the_other_from_s3() {
     alice.register(&node_a).await;
     bob.register(&node_b).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("certificate.pdf");
-    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    let marker = "S3MARKER5521";
+    let file = dir.path().join(format!("{marker}-certificate.pdf"));
+    let mut bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    bytes[4096..4096 + marker.len()].copy_from_slice(marker.as_bytes());
     std::fs::write(&file, &bytes).unwrap();
     let dak = |who: &Person, args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dak"))
@@ -622,6 +624,36 @@ async fn a_file_uploaded_on_one_node_is_served_by_the_other_from_s3() {
         &alice,
         &["send", &bob.phone, "--file", file.to_str().unwrap()],
     );
+    // While the bucket holds it: nothing of its bytes or name in the object
+    // store's files (the local Garage's), either node's data or their logs.
+    let garage = std::env::var("DAK_GARAGE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dak-garage")
+        });
+    let mut scanned = 0;
+    for root in [garage, node_a.data.clone(), node_b.data.clone()] {
+        for (path, content) in files_under(&root) {
+            scanned += content.len();
+            assert!(
+                !contains(&content, marker),
+                "{} holds the marker",
+                path.display()
+            );
+            assert!(
+                !path.to_string_lossy().contains(marker),
+                "{} names it",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        scanned > bytes.len(),
+        "the ciphertext was among what was scanned"
+    );
+    for node in [&node_a, &node_b] {
+        assert!(!node.log_text().contains(marker), "a log names it");
+    }
     let got = dak(&bob, &["--json", "sync"]);
     let lines: Vec<serde_json::Value> = got
         .lines()

@@ -124,6 +124,28 @@ async fn a_photo_reaches_a_chat_and_a_group_whole_and_the_server_learns_nothing_
     assert_eq!(std::fs::read(&carol_paths[0]).unwrap(), bytes);
     assert_eq!(stored_blobs(&server), 0);
 
+    // Deleting a file's message for everyone deletes the file on the server.
+    let kept = ok(
+        &alice.dir,
+        &[
+            "--json",
+            "send",
+            &bob.phone,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let kept_id = json_lines(&kept)[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(stored_blobs(&server), 1);
+    ok(&alice.dir, &["delete", &kept_id]);
+    assert_eq!(stored_blobs(&server), 0, "deleted for everyone");
+    let (success, gone, stderr) = dak(&bob.dir, &["--json", "sync"]);
+    assert!(success && saved(&gone).is_empty(), "{gone}");
+    assert!(
+        !gone.contains("media_error") && stderr.is_empty(),
+        "not fetched at all: {gone} {stderr}"
+    );
+
     // Forwarding uploads nothing: the same blob goes to the new chat.
     let before = metric(&server, "dak_media_uploads_started_total");
     let group_id = json_lines(&carol_got)
