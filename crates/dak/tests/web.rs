@@ -159,10 +159,21 @@ impl Browser {
         panic!("the page never showed {what} (state / error / status: {state})");
     }
 
+    /// Types `text` into the field `css`, replacing what it held. WebDriver's
+    /// clear leaves the field unfocused, and the page may redraw an
+    /// unfocused field (the group's name, from a "changed" event) before
+    /// the typing starts: then it is typed again. Once typed into, the
+    /// field has the focus and the page leaves it alone.
     async fn fill(&self, css: &str, text: &str) {
-        let el = self.driver.find(Locator::Css(css)).await.unwrap();
-        el.clear().await.unwrap();
-        el.send_keys(text).await.unwrap();
+        for _ in 0..10 {
+            let el = self.driver.find(Locator::Css(css)).await.unwrap();
+            el.clear().await.unwrap();
+            el.send_keys(text).await.unwrap();
+            if el.prop("value").await.unwrap().as_deref() == Some(text) {
+                return;
+            }
+        }
+        panic!("{css} kept being redrawn while {text:?} was typed into it");
     }
 
     /// Waits until `css` matches an element, then clicks it.
