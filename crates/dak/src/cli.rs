@@ -39,7 +39,9 @@ enum MediaAction {
     /// Download a message's file again (into the profile's media folder,
     /// or --to DIR), check it and save it.
     Get {
+        /// The message's id (as `history` shows it).
         id: String,
+        /// Save it in this folder instead.
         #[arg(long)]
         to: Option<PathBuf>,
     },
@@ -76,6 +78,7 @@ enum Command {
     /// Send a text message, a file or a voice note to a number or a group
     /// (its title or id).
     Send {
+        /// A number (+919800000002) or a group (its title, or the start of its id).
         to: String,
         /// The text; with --file or --voice, the caption (or give --caption).
         #[arg(required_unless_present_any = ["file", "voice"])]
@@ -281,6 +284,12 @@ pub async fn run(args: Args) -> Result<()> {
                     duration_ms: duration
                         .map(|d| Duration::from(d).as_millis().min(u32::MAX as u128) as u32),
                     reply_to,
+                    wait: match wait {
+                        WaitFor::Sent => TickState::Sent,
+                        WaitFor::Delivered => TickState::Delivered,
+                        WaitFor::Read => TickState::Read,
+                    },
+                    timeout: timeout.into(),
                 };
                 return crate::media_cmd::send_file(&dir, &to, f, json).await;
             }

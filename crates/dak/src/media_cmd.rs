@@ -65,6 +65,9 @@ pub struct FileToSend<'a> {
     pub voice: bool,
     pub duration_ms: Option<u32>,
     pub reply_to: Option<Vec<u8>>,
+    /// Wait for this tick (delivered, read) before returning, as long as this.
+    pub wait: dak_client::TickState,
+    pub timeout: std::time::Duration,
 }
 
 pub async fn send_file(dir: &Path, to: &str, f: FileToSend<'_>, json: bool) -> Result<()> {
@@ -135,7 +138,28 @@ pub async fn send_file(dir: &Path, to: &str, f: FileToSend<'_>, json: bool) -> R
             .map(|p| p.to_string_lossy().into_owned()),
     };
     write_pending(&out.join(format!("{stem}.json")), &pending)?;
-    finish_upload(&mut client, dir, &stem, json).await?;
+    let id = finish_upload(&mut client, dir, &stem, json).await?;
+    if f.wait > dak_client::TickState::Sent {
+        let waited = tokio::time::timeout(
+            f.timeout,
+            client.wait_for_tick(&id, f.wait, |e| crate::show::print_event(e, json)),
+        )
+        .await;
+        match waited {
+            Ok(r) => r?,
+            Err(_) => bail!(
+                "the file's message is stored on the server (✓) but did not reach {:?} within {:?}",
+                f.wait,
+                f.timeout
+            ),
+        }
+        let tick = client.tick(&id)?.state;
+        if json {
+            println!("{}", json!({"id": format_id(&id), "tick": tick}));
+        } else {
+            println!("{} {}", format_id(&id), crate::show::tick_symbol(tick));
+        }
+    }
     client.close().await;
     Ok(())
 }
@@ -148,8 +172,9 @@ fn write_pending(path: &Path, p: &PendingUpload) -> Result<()> {
     Ok(())
 }
 
-/// Uploads (or resumes) one recorded upload, then sends its message.
-async fn finish_upload(client: &mut Client, dir: &Path, stem: &str, json: bool) -> Result<()> {
+/// Uploads (or resumes) one recorded upload, then sends its message;
+/// returns the message's id.
+async fn finish_upload(client: &mut Client, dir: &Path, stem: &str, json: bool) -> Result<Vec<u8>> {
     let out = outgoing_dir(dir);
     let record = out.join(format!("{stem}.json"));
     let sealed = out.join(format!("{stem}.sealed"));
@@ -211,7 +236,7 @@ async fn finish_upload(client: &mut Client, dir: &Path, stem: &str, json: bool) 
         );
     }
     match flushed {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(id),
         Err(e) if e.is_retryable() => bail!(
             "{e}; the file is uploaded and its message is queued (🕓): it goes out with your next `dak send`, `sync` or `listen`"
         ),
