@@ -26,6 +26,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+/// How long a file's message waits for a connection after its upload.
+const RECONNECT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where received files are saved, and outgoing ones wait.
 pub fn media_dir(profile_dir: &Path) -> PathBuf {
     profile_dir.join("media")
@@ -221,7 +224,15 @@ async fn finish_upload(client: &mut Client, dir: &Path, stem: &str, json: bool) 
     }
     let _ = std::fs::remove_file(&record);
     let _ = std::fs::remove_file(&sealed);
-    let flushed = client.flush_outbox().await;
+    let mut flushed = client.flush_outbox().await;
+    if matches!(&flushed, Err(e) if e.is_retryable()) {
+        // The connection died while the file went up (a server restart,
+        // a network change): connect again, as the upload did, and send.
+        if let Ok(fresh) = Client::connect_patiently(crate::cli::open(dir)?, RECONNECT).await {
+            *client = fresh;
+            flushed = client.flush_outbox().await;
+        }
+    }
     let tick = client.tick(&id)?.state;
     if json {
         println!(
