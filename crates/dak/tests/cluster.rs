@@ -606,22 +606,8 @@ async fn a_file_uploaded_on_one_node_is_served_by_the_other_from_s3() {
     let mut bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
     bytes[4096..4096 + marker.len()].copy_from_slice(marker.as_bytes());
     std::fs::write(&file, &bytes).unwrap();
-    let dak = |who: &Person, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dak"))
-            .arg("--profile")
-            .arg(&who.dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    dak(
-        &alice,
+    ok(
+        &alice.dir,
         &["send", &bob.phone, "--file", file.to_str().unwrap()],
     );
     // While the bucket holds it: nothing of its bytes or name in the object
@@ -631,22 +617,10 @@ async fn a_file_uploaded_on_one_node_is_served_by_the_other_from_s3() {
         .unwrap_or_else(|_| {
             std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dak-garage")
         });
-    let mut scanned = 0;
-    for root in [garage, node_a.data.clone(), node_b.data.clone()] {
-        for (path, content) in files_under(&root) {
-            scanned += content.len();
-            assert!(
-                !contains(&content, marker),
-                "{} holds the marker",
-                path.display()
-            );
-            assert!(
-                !path.to_string_lossy().contains(marker),
-                "{} names it",
-                path.display()
-            );
-        }
-    }
+    let scanned: usize = [garage, node_a.data.clone(), node_b.data.clone()]
+        .iter()
+        .map(|root| assert_no_marker_under(root, marker))
+        .sum();
     assert!(
         scanned > bytes.len(),
         "the ciphertext was among what was scanned"
@@ -654,7 +628,7 @@ async fn a_file_uploaded_on_one_node_is_served_by_the_other_from_s3() {
     for node in [&node_a, &node_b] {
         assert!(!node.log_text().contains(marker), "a log names it");
     }
-    let got = dak(&bob, &["--json", "sync"]);
+    let got = ok(&bob.dir, &["--json", "sync"]);
     let lines: Vec<serde_json::Value> = got
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

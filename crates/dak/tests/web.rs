@@ -1260,20 +1260,7 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let photo = dir.path().join("train-ticket.png");
     std::fs::write(&photo, PNG_1X1).unwrap();
-    let dak = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dak"))
-            .arg("--profile")
-            .arg(&bob.dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let dak = |args: &[&str]| common::ok(&bob.dir, args);
     dak(&["sync"]);
     dak(&[
         "send",

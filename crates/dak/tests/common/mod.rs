@@ -373,6 +373,27 @@ pub fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> 
     out
 }
 
+/// Asserts that no file under `root` holds `marker` in its bytes or its
+/// name; returns how many bytes it read (a scan that read nothing proves
+/// nothing).
+pub fn assert_no_marker_under(root: &Path, marker: &str) -> usize {
+    let mut scanned = 0;
+    for (path, content) in files_under(root) {
+        scanned += content.len();
+        assert!(
+            !contains(&content, marker),
+            "{} holds the marker",
+            path.display()
+        );
+        assert!(
+            !path.to_string_lossy().contains(marker),
+            "{} names it",
+            path.display()
+        );
+    }
+    scanned
+}
+
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
