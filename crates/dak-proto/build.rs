@@ -1,7 +1,41 @@
 //! Compiles proto/dak.proto with protox (pure Rust), so no `protoc` is needed.
+//!
+//! The interactive-message types also derive serde: the same structs are
+//! the JSON of `dak bot serve`'s API and of `--json` output, so the wire,
+//! the API and the limits cannot drift apart.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/dak.proto");
     let fds = protox::compile(["proto/dak.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    let mut config = prost_build::Config::new();
+    for t in [
+        "Interactive",
+        "Button",
+        "ChoiceList",
+        "ListSection",
+        "ListRow",
+    ] {
+        config.type_attribute(
+            format!(".dak.v1.{t}"),
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        );
+    }
+    // prost derives Eq itself only for messages without message fields.
+    for t in ["Interactive", "ChoiceList", "ListSection"] {
+        config.type_attribute(format!(".dak.v1.{t}"), "#[derive(Eq)]");
+    }
+    config.type_attribute(
+        ".dak.v1.Choice",
+        "#[derive(serde::Serialize, serde::Deserialize)] #[serde(deny_unknown_fields)]",
+    );
+    config.field_attribute(".dak.v1.Choice.message_id", "#[serde(with = \"hex\")]");
+    config.field_attribute(
+        ".dak.v1.Interactive.list",
+        "#[serde(skip_serializing_if = \"Option::is_none\")]",
+    );
+    config.field_attribute(
+        ".dak.v1.Interactive.buttons",
+        "#[serde(skip_serializing_if = \"Vec::is_empty\")]",
+    );
+    config.compile_fds(fds)?;
     Ok(())
 }

@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS messages (
     edited_ms INTEGER NOT NULL DEFAULT 0,
     deleted INTEGER NOT NULL DEFAULT 0,
     expires_at_ms INTEGER NOT NULL DEFAULT 0,
-    attachment BLOB NOT NULL DEFAULT x''
+    attachment BLOB NOT NULL DEFAULT x'',
+    interactive BLOB NOT NULL DEFAULT x'',
+    choice BLOB NOT NULL DEFAULT x''
 ) STRICT;
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, n);
 CREATE TABLE IF NOT EXISTS recipients (
@@ -123,6 +125,10 @@ const ADDED_MESSAGE_COLUMNS: &[(&str, &str)] = &[
     ("expires_at_ms", "INTEGER NOT NULL DEFAULT 0"),
     // A `v1::Attachment`, protobuf-encoded; empty: none.
     ("attachment", "BLOB NOT NULL DEFAULT x''"),
+    // A `v1::Interactive` (buttons or a list) and a `v1::Choice` (an
+    // answer to one), protobuf-encoded; empty: none.
+    ("interactive", "BLOB NOT NULL DEFAULT x''"),
+    ("choice", "BLOB NOT NULL DEFAULT x''"),
 ];
 
 const INDEXES: &str = r#"
@@ -146,7 +152,7 @@ pub struct SqliteProfile {
     path: PathBuf,
 }
 
-const MESSAGE_COLS: &str = "id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment";
+const MESSAGE_COLS: &str = "id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment, interactive, choice";
 
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
     Ok(MessageView {
@@ -183,7 +189,16 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
                 .and_then(Result::ok)
                 .map(|a| Box::new(dak_core::Attachment::from_proto(a)))
         },
+        interactive: decode_column(r.get(18)?).map(Box::new),
+        choice: decode_column(r.get(19)?),
     })
+}
+
+/// A protobuf column; empty (or, never written by this code, unreadable): none.
+fn decode_column<M: prost::Message + Default>(bytes: Vec<u8>) -> Option<M> {
+    (!bytes.is_empty())
+        .then(|| M::decode(&bytes[..]))
+        .and_then(Result::ok)
 }
 
 fn store_err(path: &Path, e: rusqlite::Error) -> ClientError {
@@ -438,8 +453,8 @@ impl ProfileStore for SqliteProfile {
     fn insert_message(&self, m: &MessageView) -> Result<(), ClientError> {
         let quote = m.reply_to.clone().unwrap_or_default();
         self.exec(
-            "INSERT OR IGNORE INTO messages (id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms, m.attachment.as_ref().map(|a| prost::Message::encode_to_vec(&a.to_proto())).unwrap_or_default()],
+            "INSERT OR IGNORE INTO messages (id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment, interactive, choice) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms, m.attachment.as_ref().map(|a| prost::Message::encode_to_vec(&a.to_proto())).unwrap_or_default(), m.interactive.as_deref().map(prost::Message::encode_to_vec).unwrap_or_default(), m.choice.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default()],
         )
         .map(drop)
     }
@@ -510,7 +525,7 @@ impl ProfileStore for SqliteProfile {
 
     fn tombstone_message(&self, id: &[u8]) -> Result<(), ClientError> {
         self.exec(
-            "UPDATE messages SET body = '', attachment = x'', deleted = 1, reply_snippet = '' WHERE id = ?1",
+            "UPDATE messages SET body = '', attachment = x'', interactive = x'', deleted = 1, reply_snippet = '' WHERE id = ?1",
             [id],
         )?;
         // Replies keep pointing at it, but no longer quote its words.

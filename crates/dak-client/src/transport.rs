@@ -219,6 +219,17 @@ pub fn tls_config(trust: &CertTrust) -> Result<rustls::ClientConfig, ClientError
         .with_no_client_auth())
 }
 
+/// TLS to anything on the public internet that is not a Dak server (a
+/// bot's webhook): the public roots only, TLS 1.2 or 1.3, no pinning.
+pub fn public_tls_config() -> rustls::ClientConfig {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -105,6 +105,51 @@ impl Client {
         Ok(sent)
     }
 
+    /// Answers a message's reply buttons or list: `choice` is the number
+    /// shown beside it (from 1) or its id. The answer is a text in the
+    /// message's chat whose body is the choice's title, carrying a
+    /// `Choice` that names the message and the id (PROTOCOL.md §16).
+    pub async fn choose(
+        &mut self,
+        message_id: &[u8],
+        choice: &str,
+    ) -> Result<SendOutcome, ClientError> {
+        let m = self.profile().message(message_id)?.ok_or_else(|| {
+            usage(format!(
+                "no message {} in this profile",
+                format_id(message_id)
+            ))
+        })?;
+        let Some(interactive) = m.interactive.as_deref().filter(|_| !m.deleted) else {
+            return Err(usage("that message has no buttons or list to choose from"));
+        };
+        if m.outgoing {
+            return Err(usage("that message's choices are for its recipients"));
+        }
+        let choices = interactive.choices();
+        let (id, title) = choice
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| choices.get(i).copied())
+            .or_else(|| choices.iter().find(|(id, _)| *id == choice).copied())
+            .ok_or_else(|| {
+                usage(format!(
+                    "no choice {choice:?}: give a number from 1 to {} or a choice's id",
+                    choices.len()
+                ))
+            })?;
+        let opts = TextOptions {
+            choice: Some(v1::Choice {
+                message_id: message_id.to_vec(),
+                id: id.to_string(),
+            }),
+            ..Default::default()
+        };
+        let (title, key) = (title.to_string(), m.conversation.key());
+        self.send_text_with(&key, &title, &opts).await
+    }
+
     /// Sets a chat's disappearing-message timer (0 turns it off). In a
     /// group it is a group setting (see `update_group`).
     pub async fn set_timer(&mut self, conversation: &str, secs: u32) -> Result<(), ClientError> {
@@ -170,6 +215,9 @@ impl Client {
             reply_to: None,
             forwarded: m.forwarded.saturating_add(1),
             attachment: m.attachment.clone(),
+            // Buttons are for the chat they were sent to: a forward
+            // carries the text only, as WhatsApp's does.
+            ..Default::default()
         };
         let mut sent = Vec::new();
         for c in chats {

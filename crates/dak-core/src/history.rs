@@ -307,6 +307,8 @@ fn history_message(profile: &Profile, m: &MessageView) -> Result<v1::HistoryMess
         }),
         forwarded: m.forwarded,
         attachment: m.attachment.as_ref().map(|a| a.to_proto()),
+        interactive: m.interactive.as_deref().cloned(),
+        choice: m.choice.clone(),
         edited_ms: m.edited_ms,
         deleted: m.deleted,
         expires_at_ms: m.expires_at_ms,
@@ -391,6 +393,12 @@ pub(crate) fn import(
                     h.attachment
                         .map(|a| Box::new(crate::Attachment::from_proto(a)))
                 },
+                interactive: if deleted {
+                    None
+                } else {
+                    h.interactive.map(Box::new)
+                },
+                choice: h.choice,
                 edited_ms: h.edited_ms,
                 deleted,
                 expires_at_ms: h.expires_at_ms,

@@ -141,6 +141,10 @@ pub struct StoredMessage {
     pub expires_at_ms: i64,
     #[prost(message, optional, boxed, tag = "19")]
     pub attachment: Option<Box<dak_proto::v1::Attachment>>,
+    #[prost(message, optional, boxed, tag = "20")]
+    pub interactive: Option<Box<dak_proto::v1::Interactive>>,
+    #[prost(message, optional, tag = "21")]
+    pub choice: Option<dak_proto::v1::Choice>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -251,6 +255,8 @@ fn stored(m: &MessageView) -> StoredMessage {
         deleted: m.deleted,
         expires_at_ms: m.expires_at_ms,
         attachment: m.attachment.as_ref().map(|a| Box::new(a.to_proto())),
+        interactive: m.interactive.clone(),
+        choice: m.choice.clone(),
     }
 }
 
@@ -278,6 +284,8 @@ fn view(m: StoredMessage) -> MessageView {
         attachment: m
             .attachment
             .map(|a| Box::new(crate::Attachment::from_proto(*a))),
+        interactive: m.interactive,
+        choice: m.choice,
     }
 }
 

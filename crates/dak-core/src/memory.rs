@@ -744,6 +744,7 @@ impl ProfileStore for MemoryStore {
         s.update_message(id, |m| {
             m.text.clear();
             m.attachment = None;
+            m.interactive = None;
             m.deleted = true;
             if let Some(q) = &mut m.reply_to {
                 q.snippet.clear();

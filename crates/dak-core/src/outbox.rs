@@ -59,6 +59,11 @@ pub struct TextOptions {
     pub forwarded: u32,
     /// A file already uploaded (`Client::create_blob`); the text is its caption.
     pub attachment: Option<Box<crate::Attachment>>,
+    /// Reply buttons or a list (a business's message); the text goes with them.
+    pub interactive: Option<Box<v1::Interactive>>,
+    /// The answer to a message's buttons or list; the text is the title
+    /// chosen (`Client::choose` fills both).
+    pub choice: Option<v1::Choice>,
 }
 
 /// Stores a text as the user's and puts it in the outbox (🕓), without a
@@ -98,8 +103,13 @@ pub fn queue_text_with(
             forwarded: opts.forwarded,
             expire_secs,
             attachment: opts.attachment.as_ref().map(|a| a.to_proto()),
+            interactive: opts.interactive.as_deref().cloned(),
+            choice: opts.choice.clone(),
         })),
     };
+    // The receiver's rules, so an honest message is never refused there.
+    dak_proto::content::validate_content(&content)
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
     let body = content.encode_to_vec();
     check_plaintext_size(&body)?;
     let view = MessageView {
@@ -113,6 +123,8 @@ pub fn queue_text_with(
         reply_to,
         forwarded: opts.forwarded,
         attachment: opts.attachment.clone(),
+        interactive: opts.interactive.clone(),
+        choice: opts.choice.clone(),
         expires_at_ms: if expire_secs > 0 {
             sent_at_ms + expire_secs as i64 * 1000
         } else {

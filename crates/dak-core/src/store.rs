@@ -72,6 +72,14 @@ pub struct MessageView {
     pub expires_at_ms: i64,
     /// A file it carries; `text` is then its caption.
     pub attachment: Option<Box<crate::Attachment>>,
+    /// A business's reply buttons or list (`dak_proto::interactive`);
+    /// `text` is what they go with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<Box<dak_proto::v1::Interactive>>,
+    /// This text answers another message's buttons or list; `text` is the
+    /// title chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice: Option<dak_proto::v1::Choice>,
 }
 
 impl MessageView {

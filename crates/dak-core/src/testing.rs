@@ -101,5 +101,7 @@ pub fn text_message(
         deleted: false,
         expires_at_ms: 0,
         attachment: None,
+        interactive: None,
+        choice: None,
     }
 }

@@ -325,6 +325,62 @@ mod tests {
                     forwarded: 5,
                     expire_secs: 3600,
                     attachment: None,
+                    interactive: None,
+                    choice: None,
+                }),
+            ),
+            (
+                "buttons",
+                Kind::Text(v1::Text {
+                    body: "Confirm your ticket?".into(),
+                    interactive: Some(v1::Interactive {
+                        header: "Dak Rail".into(),
+                        footer: "Fare ₹15".into(),
+                        buttons: vec![
+                            v1::Button {
+                                id: "yes".into(),
+                                title: "Confirm".into(),
+                            },
+                            v1::Button {
+                                id: "no".into(),
+                                title: "Cancel".into(),
+                            },
+                        ],
+                        list: None,
+                    }),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "list",
+                Kind::Text(v1::Text {
+                    body: "From which station?".into(),
+                    interactive: Some(v1::Interactive {
+                        list: Some(v1::ChoiceList {
+                            button: "Stations".into(),
+                            sections: vec![v1::ListSection {
+                                title: "Western".into(),
+                                rows: vec![v1::ListRow {
+                                    id: "ccg".into(),
+                                    title: "Churchgate".into(),
+                                    description: "Mumbai".into(),
+                                }],
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "choice",
+                Kind::Text(v1::Text {
+                    body: "Confirm".into(),
+                    choice: Some(v1::Choice {
+                        message_id: id.clone(),
+                        id: "yes".into(),
+                    }),
+                    ..Default::default()
                 }),
             ),
             (

@@ -61,6 +61,25 @@ fn quote(q: &v1::Quote) -> Result<(), FrameError> {
     chars_at_most("reply_to.snippet", &q.snippet, QUOTE_CHARS)
 }
 
+/// Buttons or a list with their text, or an answer to them; one text is
+/// never both.
+fn interactive(
+    body: &str,
+    i: Option<&v1::Interactive>,
+    c: Option<&v1::Choice>,
+) -> Result<(), FrameError> {
+    use crate::interactive as ia;
+    match (i, c) {
+        (Some(_), Some(_)) => Err(bad("a text is buttons or an answer to them, not both")),
+        (Some(i), None) => {
+            ia::validate_interactive(i)?;
+            ia::validate_interactive_body(body)
+        }
+        (None, Some(c)) => ia::validate_choice(c),
+        (None, None) => Ok(()),
+    }
+}
+
 /// Whether a decoded `Content` keeps the limits above.
 pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
     match &c.kind {
@@ -71,7 +90,8 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
             t.reply_to.as_ref().map_or(Ok(()), quote)?;
             t.attachment
                 .as_ref()
-                .map_or(Ok(()), crate::blob::validate_attachment)
+                .map_or(Ok(()), crate::blob::validate_attachment)?;
+            interactive(&t.body, t.interactive.as_ref(), t.choice.as_ref())
         }
         Some(Kind::History(h)) => {
             if h.part == 0 || h.part > h.parts {
@@ -90,6 +110,7 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
                     m.attachment
                         .as_ref()
                         .map_or(Ok(()), crate::blob::validate_attachment)?;
+                    interactive(&m.body, m.interactive.as_ref(), m.choice.as_ref())?;
                     for r in &m.receipts {
                         bytes_at_most("history receipt phone", r.phone.len(), MAX_SHORT_TEXT)?;
                     }

@@ -6,6 +6,7 @@
 pub mod blob;
 mod codec;
 pub mod content;
+pub mod interactive;
 pub mod invite;
 pub mod mls;
 mod phone;

@@ -207,6 +207,20 @@ enum Command {
     /// Report a number for spam or abuse (the server's operator counts
     /// reports; they never see your messages), and block it.
     Report { phone: String },
+    /// Answer a business's reply buttons or list: the choice's number as
+    /// `history` shows it ([1], [2], …) or its id.
+    Choose {
+        /// The message with the buttons or list.
+        id: String,
+        choice: String,
+    },
+    /// Run a business's or public service's bot: a device of its own that
+    /// hands messages to the service's webhook and sends what its API is
+    /// given (docs/BOTS.md).
+    Bot {
+        #[command(subcommand)]
+        action: crate::bot::BotAction,
+    },
     /// Load-test a server with simulated devices (see docs/BENCHMARKS.md).
     Bench(crate::bench_cmd::BenchArgs),
 }
@@ -369,6 +383,13 @@ pub async fn run(args: Args) -> Result<()> {
             done(json, "reported", &phone);
             Ok(())
         }
+        Command::Choose { id, choice } => {
+            let id = parse_id(&id)?;
+            let sent = connect(&dir).await?.choose(&id, &choice).await?;
+            done(json, "sent", &format_id(&sent.id));
+            Ok(())
+        }
+        Command::Bot { action } => crate::bot::run(&dir, action, json).await,
         Command::Bench(b) => crate::bench_cmd::run(b, json).await,
     }
 }

@@ -1,6 +1,7 @@
 //! `dak`: the server, the command-line client and the benchmark driver. Argument parsing and wiring only; the logic lives in the crates.
 
 mod bench_cmd;
+mod bot;
 mod chat;
 mod cli;
 mod group_cmd;

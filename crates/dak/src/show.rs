@@ -33,6 +33,8 @@ pub fn message_json(m: &MessageView) -> serde_json::Value {
             "voice_note": a.voice_note,
             "thumbnail_bytes": a.thumbnail.len(),
         })),
+        "interactive": m.interactive,
+        "choice": m.choice,
     })
 }
 
@@ -64,12 +66,54 @@ pub fn message_text(m: &MessageView) -> String {
             out.push_str(" — ");
         }
     }
+    if m.choice.is_some() {
+        out.push_str("☑ ");
+    }
+    if let Some(i) = &m.interactive
+        && !i.header.is_empty()
+    {
+        out.push_str(&format!("{} — ", i.header));
+    }
     out.push_str(&m.text);
+    if let Some(i) = &m.interactive {
+        out.push_str(&choices_text(i));
+    }
     if m.edited_ms > 0 {
         out.push_str(" (edited)");
     }
     if m.expires_at_ms > 0 {
         out.push_str(" ⏱");
+    }
+    out
+}
+
+/// A business's buttons or list on one line, numbered as `dak choose`
+/// takes them.
+fn choices_text(i: &dak_proto::v1::Interactive) -> String {
+    let mut out = String::new();
+    if let Some(l) = &i.list {
+        out.push_str(&format!(" — {}:", l.button));
+        let mut n = 0;
+        for s in &l.sections {
+            if !s.title.is_empty() {
+                out.push_str(&format!(" {}:", s.title));
+            }
+            for r in &s.rows {
+                n += 1;
+                out.push_str(&format!(" [{n}] {}", r.title));
+                if !r.description.is_empty() {
+                    out.push_str(&format!(" ({})", r.description));
+                }
+            }
+        }
+    } else {
+        out.push_str(" —");
+        for (n, b) in i.buttons.iter().enumerate() {
+            out.push_str(&format!(" [{}] {}", n + 1, b.title));
+        }
+    }
+    if !i.footer.is_empty() {
+        out.push_str(&format!(" · {}", i.footer));
     }
     out
 }

@@ -33,7 +33,7 @@ async fn replies_reactions_edits_and_deletes_reach_the_other_side() {
     let opts = TextOptions {
         reply_to: Some(original.id.clone()),
         forwarded: 0,
-        attachment: None,
+        ..Default::default()
     };
     b.send_text_with(&alice.phone, "yes!", &opts).await.unwrap();
     b.react(&alice.phone, &original.id, "👍").await.unwrap();
@@ -93,7 +93,7 @@ async fn forwards_are_labelled_and_limited() {
     let opts = TextOptions {
         reply_to: None,
         forwarded: 5,
-        attachment: None,
+        ..Default::default()
     };
     a.send_text_with(&bob.phone, "a famous rumour", &opts)
         .await
