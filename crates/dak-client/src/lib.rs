@@ -17,7 +17,9 @@ mod legacy_mls;
 pub mod sqlite_profile;
 pub mod transport;
 
-pub use dak_core::{Attachment, HistoryLimits, HistoryShared, human_size, parse_group_key};
+pub use dak_core::{
+    Attachment, BusinessView, HistoryLimits, HistoryShared, business, human_size, parse_group_key,
+};
 pub use dak_core::{
     CertTrust, Client, ClientError, Connection, CryptoState, DELETE_WINDOW_MS, EDIT_WINDOW_MS,
     Event, FREQUENTLY_FORWARDED, ForwardLimits, GroupChange, GroupEdit, GroupInfo, GroupMember,

@@ -190,7 +190,7 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
                 .map(|a| Box::new(dak_core::Attachment::from_proto(a)))
         },
         interactive: decode_column(r.get(18)?).map(Box::new),
-        choice: decode_column(r.get(19)?),
+        choice: decode_column(r.get(19)?).map(Box::new),
     })
 }
 
@@ -454,7 +454,7 @@ impl ProfileStore for SqliteProfile {
         let quote = m.reply_to.clone().unwrap_or_default();
         self.exec(
             "INSERT OR IGNORE INTO messages (id, conversation, sender_phone, sender_device, outgoing, body, sent_at_ms, server_time_ms, acked, read_ms, reply_id, reply_from, reply_snippet, forwarded, edited_ms, deleted, expires_at_ms, attachment, interactive, choice) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms, m.attachment.as_ref().map(|a| prost::Message::encode_to_vec(&a.to_proto())).unwrap_or_default(), m.interactive.as_deref().map(prost::Message::encode_to_vec).unwrap_or_default(), m.choice.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default()],
+            params![m.id, m.conversation.key(), m.from, m.from_device as i64, m.outgoing, m.text, m.sent_at_ms, m.server_time_ms, m.acked, m.read_ms, quote.id, quote.from, quote.snippet, m.forwarded, m.edited_ms, m.deleted, m.expires_at_ms, m.attachment.as_ref().map(|a| prost::Message::encode_to_vec(&a.to_proto())).unwrap_or_default(), m.interactive.as_deref().map(prost::Message::encode_to_vec).unwrap_or_default(), m.choice.as_deref().map(prost::Message::encode_to_vec).unwrap_or_default()],
         )
         .map(drop)
     }

@@ -307,7 +307,7 @@ fn history_message(profile: &Profile, m: &MessageView) -> Result<v1::HistoryMess
         }),
         forwarded: m.forwarded,
         attachment: m.attachment.as_ref().map(|a| a.to_proto()),
-        interactive: m.interactive.as_deref().cloned(),
+        interactive: m.interactive.clone(),
         choice: m.choice.clone(),
         edited_ms: m.edited_ms,
         deleted: m.deleted,
@@ -393,11 +393,7 @@ pub(crate) fn import(
                     h.attachment
                         .map(|a| Box::new(crate::Attachment::from_proto(a)))
                 },
-                interactive: if deleted {
-                    None
-                } else {
-                    h.interactive.map(Box::new)
-                },
+                interactive: if deleted { None } else { h.interactive },
                 choice: h.choice,
                 edited_ms: h.edited_ms,
                 deleted,

@@ -214,7 +214,7 @@ pub(crate) fn on_content(
                 attachment: t
                     .attachment
                     .map(|a| Box::new(crate::Attachment::from_proto(a))),
-                interactive: t.interactive.map(Box::new),
+                interactive: t.interactive,
                 choice: t.choice,
                 expires_at_ms: if t.expire_secs > 0 {
                     from.now + t.expire_secs as i64 * 1000

@@ -256,7 +256,7 @@ fn stored(m: &MessageView) -> StoredMessage {
         expires_at_ms: m.expires_at_ms,
         attachment: m.attachment.as_ref().map(|a| Box::new(a.to_proto())),
         interactive: m.interactive.clone(),
-        choice: m.choice.clone(),
+        choice: m.choice.as_deref().cloned(),
     }
 }
 
@@ -285,7 +285,7 @@ fn view(m: StoredMessage) -> MessageView {
             .attachment
             .map(|a| Box::new(crate::Attachment::from_proto(*a))),
         interactive: m.interactive,
-        choice: m.choice,
+        choice: m.choice.map(Box::new),
     }
 }
 

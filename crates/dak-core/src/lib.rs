@@ -31,6 +31,7 @@
 //! - `actions`: replies, edits, deletes, timers, forwards, broadcast lists.
 //! - `media`: encrypted media's cryptography (chunked AEAD, padding
 //!   buckets, the ciphertext's hash), before any upload exists.
+//! - `business`: business accounts (bots) as a client names them.
 //! - `ids`: message ids.
 //!
 //! **Architecture Invariant:** nothing here does I/O itself. No tokio,
@@ -41,6 +42,7 @@
 
 mod actions;
 pub mod attachments;
+pub mod business;
 mod client;
 pub mod conformance;
 mod connect;
@@ -72,6 +74,7 @@ mod work;
 
 pub use actions::{ForwardLimits, MAX_BROADCAST_RECIPIENTS, save_broadcast_list};
 pub use attachments::{Attachment, human_size, new_capability};
+pub use business::BusinessView;
 pub use client::Client;
 pub use connection::Connection;
 pub use events::Event;

@@ -103,8 +103,8 @@ pub fn queue_text_with(
             forwarded: opts.forwarded,
             expire_secs,
             attachment: opts.attachment.as_ref().map(|a| a.to_proto()),
-            interactive: opts.interactive.as_deref().cloned(),
-            choice: opts.choice.clone(),
+            interactive: opts.interactive.clone(),
+            choice: opts.choice.clone().map(Box::new),
         })),
     };
     // The receiver's rules, so an honest message is never refused there.
@@ -124,7 +124,7 @@ pub fn queue_text_with(
         forwarded: opts.forwarded,
         attachment: opts.attachment.clone(),
         interactive: opts.interactive.clone(),
-        choice: opts.choice.clone(),
+        choice: opts.choice.clone().map(Box::new),
         expires_at_ms: if expire_secs > 0 {
             sent_at_ms + expire_secs as i64 * 1000
         } else {

@@ -79,7 +79,7 @@ pub struct MessageView {
     /// This text answers another message's buttons or list; `text` is the
     /// title chosen.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub choice: Option<dak_proto::v1::Choice>,
+    pub choice: Option<Box<dak_proto::v1::Choice>>,
 }
 
 impl MessageView {

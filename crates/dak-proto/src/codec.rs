@@ -231,6 +231,9 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
         | Request::ShareBlob(_)
         | Request::BlobFetched(_)
         | Request::DeleteBlob(_) => crate::blob::validate_request(request),
+        Request::SetBusinessProfile(_) | Request::GetBusinessProfile(_) => {
+            crate::business::validate_request(request)
+        }
         Request::GetGroupEpoch(r) => {
             if r.group_id.is_empty() || r.group_id.len() > MAX_GROUP_ID_BYTES {
                 return Err(FrameError::invalid(
@@ -333,7 +336,7 @@ mod tests {
                 "buttons",
                 Kind::Text(v1::Text {
                     body: "Confirm your ticket?".into(),
-                    interactive: Some(v1::Interactive {
+                    interactive: Some(Box::new(v1::Interactive {
                         header: "Dak Rail".into(),
                         footer: "Fare ₹15".into(),
                         buttons: vec![
@@ -347,7 +350,7 @@ mod tests {
                             },
                         ],
                         list: None,
-                    }),
+                    })),
                     ..Default::default()
                 }),
             ),
@@ -355,7 +358,7 @@ mod tests {
                 "list",
                 Kind::Text(v1::Text {
                     body: "From which station?".into(),
-                    interactive: Some(v1::Interactive {
+                    interactive: Some(Box::new(v1::Interactive {
                         list: Some(v1::ChoiceList {
                             button: "Stations".into(),
                             sections: vec![v1::ListSection {
@@ -368,7 +371,7 @@ mod tests {
                             }],
                         }),
                         ..Default::default()
-                    }),
+                    })),
                     ..Default::default()
                 }),
             ),
@@ -376,10 +379,10 @@ mod tests {
                 "choice",
                 Kind::Text(v1::Text {
                     body: "Confirm".into(),
-                    choice: Some(v1::Choice {
+                    choice: Some(Box::new(v1::Choice {
                         message_id: id.clone(),
                         id: "yes".into(),
-                    }),
+                    })),
                     ..Default::default()
                 }),
             ),

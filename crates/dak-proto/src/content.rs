@@ -91,7 +91,7 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
             t.attachment
                 .as_ref()
                 .map_or(Ok(()), crate::blob::validate_attachment)?;
-            interactive(&t.body, t.interactive.as_ref(), t.choice.as_ref())
+            interactive(&t.body, t.interactive.as_deref(), t.choice.as_deref())
         }
         Some(Kind::History(h)) => {
             if h.part == 0 || h.part > h.parts {
@@ -110,7 +110,7 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
                     m.attachment
                         .as_ref()
                         .map_or(Ok(()), crate::blob::validate_attachment)?;
-                    interactive(&m.body, m.interactive.as_ref(), m.choice.as_ref())?;
+                    interactive(&m.body, m.interactive.as_deref(), m.choice.as_deref())?;
                     for r in &m.receipts {
                         bytes_at_most("history receipt phone", r.phone.len(), MAX_SHORT_TEXT)?;
                     }

@@ -51,7 +51,7 @@ fn label(name: &str, v: &str, max: usize, required: bool) -> Result<(), FrameErr
 
 /// Controls and the bidi formatting characters (which reorder what
 /// follows them on screen).
-fn is_hidden(c: char) -> bool {
+pub(crate) fn is_hidden(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

@@ -4,6 +4,7 @@
 //! and reused by every client, the browser included.
 
 pub mod blob;
+pub mod business;
 mod codec;
 pub mod content;
 pub mod interactive;

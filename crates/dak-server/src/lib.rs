@@ -6,6 +6,7 @@
 //! connection's state machine), `registration.rs`, `mailbox.rs`, `linking.rs`.
 
 mod blocks;
+mod business;
 pub mod config;
 mod edge;
 mod error;
@@ -68,6 +69,28 @@ pub struct Server {
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
+/// The configured store: PostgreSQL when `store` is set, else SQLite in
+/// the data directory. The server opens it, and so do the operator's
+/// commands (`dak admin`), beside a running server.
+pub async fn open_store(
+    config: &Config,
+    pg_connections: u32,
+) -> Result<(Arc<dyn dak_store::Store>, Option<dak_store::PgStore>)> {
+    Ok(match &config.store {
+        Some(url) => {
+            let pg = dak_store::PgStore::connect(url, pg_connections)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(url)))?;
+            (Arc::new(pg.clone()), Some(pg))
+        }
+        None => {
+            let sqlite = dak_store::SqliteStore::open(&config.data.join("dak.db"))
+                .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
+            (Arc::new(sqlite), None)
+        }
+    })
+}
+
 impl Server {
     /// Opens the store, binds the socket and starts serving in the background.
     pub async fn start(config: Config) -> Result<Server> {
@@ -75,23 +98,7 @@ impl Server {
         config.validate()?;
         std::fs::create_dir_all(&config.data)
             .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
-        let (store, pg): (Arc<dyn dak_store::Store>, _) = match &config.store {
-            Some(url) => {
-                let pg = dak_store::PgStore::connect(url, 16)
-                    .await
-                    .with_context(|| {
-                        format!("cannot open the PostgreSQL store at {}", redact(url))
-                    })?;
-                (Arc::new(pg.clone()), Some(pg))
-            }
-            None => {
-                let sqlite = dak_store::SqliteStore::open(&config.data.join("dak.db"))
-                    .with_context(|| {
-                        format!("cannot open the store in {}", config.data.display())
-                    })?;
-                (Arc::new(sqlite), None)
-            }
-        };
+        let (store, pg) = open_store(&config, 16).await?;
         let blobs: Arc<dyn dak_store::BlobStore> =
             match &config.media_s3 {
                 Some(s3) => Arc::new(dak_store::S3BlobStore::new(s3).with_context(|| {

@@ -771,6 +771,17 @@ impl Session {
                 crate::media::delete_for_everyone(&self.state, &me, r).await?;
                 Ok(Body::Ok(v1::Ok {}))
             }
+            Request::SetBusinessProfile(r) => {
+                let me = self.device()?.clone();
+                crate::business::set(&self.state, &me, r).await?;
+                Ok(Body::Ok(v1::Ok {}))
+            }
+            Request::GetBusinessProfile(r) => {
+                self.device()?;
+                Ok(Body::BusinessInfo(
+                    crate::business::get(&self.state, &r.phone).await?,
+                ))
+            }
         }
     }
 

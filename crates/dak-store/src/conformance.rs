@@ -50,6 +50,7 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     reports_block_and_count_distinct_reporters(s).await;
     blobs_fill_in_order_and_wait_for_their_fetchers(s).await;
     racing_uploads_never_pass_the_media_quota(s).await;
+    a_new_business_name_needs_verifying_again(s).await;
 }
 
 /// Runs `n` calls of `f` at once, each on its own clone of the store, and
@@ -1577,6 +1578,45 @@ async fn blocked_committers_cannot_add_the_blocker<S: Store>(s: &S) {
     let removed = s.commit_group(removal).await.unwrap();
     assert!(is_accepted(&removed), "{removed:?}");
     assert_eq!(reached(s, g, 3, &alice, 73).await, vec![carol.id]);
+}
+
+/// A business profile is one row per account; the operator's verification
+/// holds while the display name stays, and a new name clears it.
+async fn a_new_business_name_needs_verifying_again<S: Store>(s: &S) {
+    let bot = ready_device(s, "+911000000171", 171).await;
+    let person = ready_device(s, "+911000000172", 172).await;
+    assert_eq!(s.business(bot.account_id).await.unwrap(), None);
+    assert!(!s.verify_business(person.account_id, true).await.unwrap());
+    s.set_business(bot.account_id, b"v1", "Dak Rail", 1)
+        .await
+        .unwrap();
+    assert!(s.verify_business(bot.account_id, true).await.unwrap());
+    // A new description, the same name: still verified.
+    s.set_business(bot.account_id, b"v2", "Dak Rail", 2)
+        .await
+        .unwrap();
+    let b = s.business(bot.account_id).await.unwrap().unwrap();
+    assert_eq!(
+        (b.profile.as_slice(), b.verified, b.updated_ms),
+        (&b"v2"[..], true, 2)
+    );
+    // Another name: the operator must check it again.
+    s.set_business(bot.account_id, b"v3", "Dak Railways", 3)
+        .await
+        .unwrap();
+    let b = s.business(bot.account_id).await.unwrap().unwrap();
+    assert_eq!(
+        (b.display_name.as_str(), b.verified),
+        ("Dak Railways", false)
+    );
+    s.set_business(bot.account_id, b"v4", "Dak Rail", 4)
+        .await
+        .unwrap();
+    assert!(!s.business(bot.account_id).await.unwrap().unwrap().verified);
+    assert!(s.verify_business(bot.account_id, true).await.unwrap());
+    assert!(s.verify_business(bot.account_id, false).await.unwrap());
+    assert!(!s.business(bot.account_id).await.unwrap().unwrap().verified);
+    assert_eq!(s.business(person.account_id).await.unwrap(), None);
 }
 
 /// A report is one row per (reporter, reported) pair, counted once however

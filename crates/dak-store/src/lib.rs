@@ -646,6 +646,17 @@ pub mod group_rules {
     }
 }
 
+/// A business account's public profile (docs/BOTS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Business {
+    /// An encoded `v1::BusinessProfile`, as its device set it.
+    pub profile: Vec<u8>,
+    pub display_name: String,
+    /// The operator checked that the business owns `display_name`.
+    pub verified: bool,
+    pub updated_ms: i64,
+}
+
 /// A media blob's record: who uploaded it, how far the upload is, and the
 /// hashes of the secrets that let one upload to it and fetch it. The bytes
 /// live in a `BlobStore`, as segments named by their offset.
@@ -899,6 +910,25 @@ pub trait Store: Send + Sync + 'static {
     /// How many distinct accounts have reported `account` (for the
     /// operator, and tests).
     async fn reports_against(&self, account: AccountId) -> Result<u64>;
+
+    // Business accounts (docs/BOTS.md).
+    /// Marks the account a business with `profile` (an encoded
+    /// `v1::BusinessProfile` whose name is `display_name`). A name other
+    /// than the one the operator verified clears the verification, in the
+    /// same write.
+    async fn set_business(
+        &self,
+        account: AccountId,
+        profile: &[u8],
+        display_name: &str,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// The account's business profile; None for a person's account.
+    async fn business(&self, account: AccountId) -> Result<Option<Business>>;
+    /// Records that the operator checked the business owns its display
+    /// name (`verified` true), or takes that back. False when the account
+    /// is no business.
+    async fn verify_business(&self, account: AccountId, verified: bool) -> Result<bool>;
 
     // Mailboxes.
     /// Appends the envelope to every listed device's mailbox in one durable

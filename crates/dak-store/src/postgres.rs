@@ -177,6 +177,13 @@ const SCHEMA: &[&str] = &[
         created_ms BIGINT NOT NULL,
         PRIMARY KEY (reporter_id, reported_id))",
     "CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id)",
+    // Business accounts' public profiles (docs/BOTS.md).
+    "CREATE TABLE IF NOT EXISTS businesses (
+        account_id BIGINT PRIMARY KEY,
+        profile BYTEA NOT NULL,
+        display_name TEXT NOT NULL,
+        verified BOOLEAN NOT NULL DEFAULT FALSE,
+        updated_ms BIGINT NOT NULL)",
     // Media blobs: their bytes are in the BlobStore, as segments.
     "CREATE TABLE IF NOT EXISTS blobs (
         id BYTEA PRIMARY KEY,
@@ -1341,6 +1348,57 @@ impl Store for PgStore {
             .await
             .map_err(backend)?;
         Ok(n as u64)
+    }
+
+    async fn set_business(
+        &self,
+        account: AccountId,
+        profile: &[u8],
+        display_name: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO businesses (account_id, profile, display_name, updated_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (account_id) DO UPDATE SET profile = EXCLUDED.profile,
+               verified = businesses.verified AND businesses.display_name = EXCLUDED.display_name,
+               display_name = EXCLUDED.display_name, updated_ms = EXCLUDED.updated_ms",
+        )
+        .bind(account as i64)
+        .bind(profile)
+        .bind(display_name)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(backend)
+    }
+
+    async fn business(&self, account: AccountId) -> Result<Option<Business>> {
+        let row: Option<(Vec<u8>, String, bool, i64)> = sqlx::query_as(
+            "SELECT profile, display_name, verified, updated_ms FROM businesses WHERE account_id = $1",
+        )
+        .bind(account as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(
+            row.map(|(profile, display_name, verified, updated_ms)| Business {
+                profile,
+                display_name,
+                verified,
+                updated_ms,
+            }),
+        )
+    }
+
+    async fn verify_business(&self, account: AccountId, verified: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE businesses SET verified = $2 WHERE account_id = $1")
+            .bind(account as i64)
+            .bind(verified)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {

@@ -194,6 +194,13 @@ CREATE TABLE IF NOT EXISTS reports (
     PRIMARY KEY (reporter_id, reported_id)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reports_by_reported ON reports(reported_id);
+CREATE TABLE IF NOT EXISTS businesses (
+    account_id INTEGER PRIMARY KEY,
+    profile BLOB NOT NULL,
+    display_name TEXT NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0,
+    updated_ms INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS blobs (
     id BLOB PRIMARY KEY,
     owner_device INTEGER NOT NULL,
@@ -1727,6 +1734,60 @@ impl Store for SqliteStore {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_business(
+        &self,
+        account: AccountId,
+        profile: &[u8],
+        display_name: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (profile, name) = (profile.to_vec(), display_name.to_string());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO businesses (account_id, profile, display_name, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (account_id) DO UPDATE SET profile = excluded.profile,
+                   verified = verified AND display_name = excluded.display_name,
+                   display_name = excluded.display_name, updated_ms = excluded.updated_ms",
+                params![account as i64, profile, name, now_ms],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn business(&self, account: AccountId) -> Result<Option<Business>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT profile, display_name, verified, updated_ms FROM businesses WHERE account_id = ?1",
+                [account as i64],
+                |r| {
+                    Ok(Business {
+                        profile: r.get(0)?,
+                        display_name: r.get(1)?,
+                        verified: r.get(2)?,
+                        updated_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn verify_business(&self, account: AccountId, verified: bool) -> Result<bool> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE businesses SET verified = ?2 WHERE account_id = ?1",
+                params![account as i64, verified],
+            )
+            .map(|n| n > 0)
             .map_err(backend)
         })
         .await

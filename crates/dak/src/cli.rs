@@ -10,7 +10,7 @@ use dak_client::{Client, Event, Profile, TextOptions, TickState, format_id, pars
 use serde_json::json;
 
 use crate::server_cmd::{self, ServerArgs};
-use crate::show::{message_json, print_event};
+use crate::show::{Businesses, message_json, print_event, print_event_from};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -214,6 +214,10 @@ enum Command {
         id: String,
         choice: String,
     },
+    /// Show whether a number is a business, and its profile.
+    Business { phone: String },
+    /// The server operator's commands, on the server's store.
+    Admin(crate::admin_cmd::AdminArgs),
     /// Run a business's or public service's bot: a device of its own that
     /// hands messages to the service's webhook and sends what its API is
     /// given (docs/BOTS.md).
@@ -390,6 +394,8 @@ pub async fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Bot { action } => crate::bot::run(&dir, action, json).await,
+        Command::Admin(a) => crate::admin_cmd::run(a, json).await,
+        Command::Business { phone } => business(&dir, &phone, json).await,
         Command::Bench(b) => crate::bench_cmd::run(b, json).await,
     }
 }
@@ -544,6 +550,7 @@ async fn sync(dir: &std::path::Path, json: bool) -> Result<()> {
     crate::media_cmd::resume_uploads(&mut client, dir, json).await?;
     let mut count = 0usize;
     let mut with_files = Vec::new();
+    let mut events = Vec::new();
     client
         .sync(|e| {
             if let Event::Message(m) = e {
@@ -552,15 +559,37 @@ async fn sync(dir: &std::path::Path, json: bool) -> Result<()> {
                     with_files.push(m.clone());
                 }
             }
-            print_event(e, json);
+            events.push(e.clone());
         })
         .await?;
+    let businesses = businesses_among(&mut client, &events).await;
+    events
+        .iter()
+        .for_each(|e| print_event_from(e, json, &businesses));
     crate::media_cmd::save_received(&mut client, dir, &with_files, json).await;
     if !json {
         eprintln!("{count} new message(s).");
     }
     client.close().await;
     Ok(())
+}
+
+/// The senders of these messages that are businesses, so they are named
+/// as such (from the profile's cache, asking the server about numbers not
+/// asked about for a day). A failed lookup leaves the number as it is.
+pub(crate) async fn businesses_among(client: &mut Client, events: &[Event]) -> Businesses {
+    let mut found = Businesses::new();
+    let mut asked = std::collections::HashSet::new();
+    for e in events {
+        if let Event::Message(m) = e
+            && !m.outgoing
+            && asked.insert(m.from.clone())
+            && let Ok(Some(b)) = client.business(&m.from).await
+        {
+            found.insert(m.from.clone(), b);
+        }
+    }
+    found
 }
 
 /// Stays connected; when the node goes away, reconnects to it or to
@@ -572,7 +601,10 @@ async fn listen(dir: &std::path::Path, json: bool) -> Result<()> {
         loop {
             match client.next_events().await {
                 Ok(events) => {
-                    events.iter().for_each(|e| print_event(e, json));
+                    let businesses = businesses_among(&mut client, &events).await;
+                    events
+                        .iter()
+                        .for_each(|e| print_event_from(e, json, &businesses));
                     let with_files: Vec<_> = events
                         .iter()
                         .filter_map(|e| match e {
@@ -695,7 +727,11 @@ fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) 
         } else {
             let id = m.id.clone();
             let saved = crate::media_cmd::saved_path(&profile, &id);
-            print_event(&Event::Message(m), false);
+            let mut businesses = Businesses::new();
+            if let Ok(Some(Some(b))) = dak_client::business::cached_business(&profile, &m.from) {
+                businesses.insert(m.from.clone(), b);
+            }
+            print_event_from(&Event::Message(m), false, &businesses);
             if let Some(path) = saved {
                 println!("    saved at {path}");
             }
@@ -882,6 +918,51 @@ async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
 }
 
 /// One line saying what was done to whom.
+async fn business(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
+    let mut client = connect(dir).await?;
+    let found = client.fetch_business(phone).await?;
+    client.close().await;
+    let Some(b) = found else {
+        if json {
+            println!("{}", json!({"phone": phone, "business": false}));
+        } else {
+            println!("{phone} is not a business account.");
+        }
+        return Ok(());
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"business": true, "label": b.label(), "profile": b, "note": dak_client::business::E2E_NOTE})
+        );
+        return Ok(());
+    }
+    println!("{}", b.label());
+    if b.verified {
+        println!(
+            "  Verified by this server's operator as {:?}.",
+            b.display_name
+        );
+    } else {
+        println!(
+            "  Not verified: it calls itself {:?}, which no one has checked.",
+            b.display_name
+        );
+    }
+    for (what, v) in [
+        ("category", &b.category),
+        ("about", &b.description),
+        ("address", &b.address),
+        ("website", &b.website),
+    ] {
+        if !v.is_empty() {
+            println!("  {what}: {v}");
+        }
+    }
+    println!("  {}", dak_client::business::E2E_NOTE);
+    Ok(())
+}
+
 fn done(json: bool, what: &str, to: &str) {
     if json {
         println!("{}", json!({ what: to }));

@@ -1,5 +1,6 @@
 //! `dak`: the server, the command-line client and the benchmark driver. Argument parsing and wiring only; the logic lives in the crates.
 
+mod admin_cmd;
 mod bench_cmd;
 mod bot;
 mod chat;

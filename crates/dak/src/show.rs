@@ -346,8 +346,33 @@ fn event_json(event: &Event) -> Option<serde_json::Value> {
 }
 
 pub fn print_event(event: &Event, json: bool) {
+    print_event_from(event, json, &Businesses::new())
+}
+
+/// Senders known to be businesses, by number (`dak_client::business`).
+pub type Businesses = std::collections::HashMap<String, dak_client::BusinessView>;
+
+/// The sender as shown: a business by its checked name or as a business
+/// account, anyone else by number.
+fn sender(m: &MessageView, businesses: &Businesses) -> String {
+    businesses
+        .get(&m.from)
+        .map_or_else(|| m.from.clone(), |b| b.label())
+}
+
+/// `print_event`, naming business senders as `dak_client::business` says.
+pub fn print_event_from(event: &Event, json: bool, businesses: &Businesses) {
     if json {
-        if let Some(v) = event_json(event) {
+        if let Some(mut v) = event_json(event) {
+            if let Event::Message(m) = event
+                && let Some(b) = businesses.get(&m.from)
+            {
+                v["business"] = json!({
+                    "verified": b.verified,
+                    "name": b.verified.then_some(&b.display_name),
+                    "label": b.label(),
+                });
+            }
             println!("{v}");
         }
         return;
@@ -368,11 +393,11 @@ pub fn print_event(event: &Event, json: bool) {
             } else if m.conversation != m.from {
                 println!(
                     "[{at}] {} in {}: {text}  ({id})",
-                    m.from,
+                    sender(m, businesses),
                     short(&m.conversation)
                 );
             } else {
-                println!("[{at}] {}: {text}  ({id})", m.from);
+                println!("[{at}] {}: {text}  ({id})", sender(m, businesses));
             }
         }
         Event::Tick { id, state } => println!("{} {}", format_id(id), tick_symbol(*state)),

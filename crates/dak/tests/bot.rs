@@ -325,13 +325,14 @@ async fn a_train_ticket_is_bought_from_a_bot_with_lists_and_buttons() {
         "two failures, then delivered"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let r = receiver.lock();
-    assert_eq!(
-        r.events.iter().filter(|e| e["id"] == id.as_str()).count(),
-        1
-    );
-    assert_eq!(r.bad_signatures, 0);
-    drop(r);
+    {
+        let r = receiver.lock();
+        assert_eq!(
+            r.events.iter().filter(|e| e["id"] == id.as_str()).count(),
+            1
+        );
+        assert_eq!(r.bad_signatures, 0);
+    }
 
     // The ticket, and its ticks as the API and the webhook tell them.
     let ticket = bot
@@ -542,4 +543,122 @@ async fn a_bot_killed_with_events_waiting_loses_none_and_repeats_none() {
         r.attempts[first_id] >= 2,
         "the replay offered it again, under its id"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verified_badge_shows_only_after_the_operator_verifies() {
+    let server = TestServer::start();
+    let user = alice();
+    user.register(&server).await;
+    let bot_person = Person::new(BOT);
+    bot_person.register(&server).await;
+    let impostor = Person::new("+919800000666");
+    impostor.register(&server).await;
+    let data = server.data.to_str().unwrap().to_string();
+    let lookup = |phone: &str| json_lines(&ok(&user.dir, &["--json", "business", phone])).remove(0);
+
+    // A person is no business; neither is a number not on Dak.
+    assert_eq!(lookup(&impostor.phone)["business"], false);
+    assert_eq!(lookup("+919800000999")["business"], false);
+
+    ok(
+        &bot_person.dir,
+        &[
+            "bot",
+            "profile",
+            "--name",
+            "Dak Rail",
+            "--category",
+            "Railways",
+            "--website",
+            "https://rail.example",
+        ],
+    );
+    ok(&impostor.dir, &["bot", "profile", "--name", "Dak Rail"]);
+    let shown = lookup(BOT);
+    assert_eq!(shown["business"], true);
+    assert_eq!(shown["profile"]["verified"], false);
+    assert_eq!(shown["label"], format!("{BOT} · business account"));
+    assert!(
+        shown["note"]
+            .as_str()
+            .unwrap()
+            .contains("read by the business's systems")
+    );
+
+    // Its message shows its number, not the name it gives itself.
+    ok(
+        &bot_person.dir,
+        &["send", &user.phone, "Your ticket is ready"],
+    );
+    let out = ok(&user.dir, &["sync"]);
+    assert!(
+        out.contains(&format!("{BOT} · business account: Your ticket is ready")),
+        "{out}"
+    );
+    assert!(!out.contains("Dak Rail"), "{out}");
+
+    // The operator verifies the name it checked; a wrong name is refused.
+    let (fine, _, err) = dak(
+        &user.dir,
+        &[
+            "admin",
+            "--data",
+            &data,
+            "verify-business",
+            BOT,
+            "--name",
+            "Indian Railways",
+        ],
+    );
+    assert!(!fine && err.contains("calls itself \"Dak Rail\""), "{err}");
+    ok(
+        &user.dir,
+        &[
+            "admin",
+            "--data",
+            &data,
+            "verify-business",
+            BOT,
+            "--name",
+            "Dak Rail",
+        ],
+    );
+    assert_eq!(lookup(BOT)["label"], "✔ Dak Rail");
+    ok(&bot_person.dir, &["send", &user.phone, "Platform 3"]);
+    let out = ok(&user.dir, &["sync"]);
+    assert!(out.contains("✔ Dak Rail: Platform 3"), "{out}");
+    let history = ok(&user.dir, &["history", BOT]);
+    assert!(history.contains("✔ Dak Rail: Platform 3"), "{history}");
+
+    // The impostor with the same name is still only a number.
+    assert_eq!(
+        lookup(&impostor.phone)["label"],
+        format!("{} · business account", impostor.phone)
+    );
+
+    // A new name loses the tick until the operator checks it again.
+    ok(
+        &bot_person.dir,
+        &["bot", "profile", "--name", "Indian Railways"],
+    );
+    assert_eq!(lookup(BOT)["profile"]["verified"], false);
+    ok(
+        &user.dir,
+        &[
+            "admin",
+            "--data",
+            &data,
+            "verify-business",
+            BOT,
+            "--name",
+            "Indian Railways",
+        ],
+    );
+    assert_eq!(lookup(BOT)["label"], "✔ Indian Railways");
+    ok(
+        &user.dir,
+        &["admin", "--data", &data, "unverify-business", BOT],
+    );
+    assert_eq!(lookup(BOT)["profile"]["verified"], false);
 }

@@ -43,6 +43,28 @@ use queue::{BotDb, NewEvent};
 
 #[derive(Subcommand, Debug)]
 pub enum BotAction {
+    /// Make this profile's account a business and set what every client
+    /// shows on its chats. Clients show the name only once the server's
+    /// operator verifies it (`dak admin verify-business`); until then they
+    /// show the number and "business account".
+    Profile {
+        /// The name to show, e.g. "Dak Rail" (a new name needs verifying again).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "")]
+        address: String,
+        /// An https:// address.
+        #[arg(long, default_value = "")]
+        website: String,
+        /// e.g. Railways, Government, Bank.
+        #[arg(long, default_value = "")]
+        category: String,
+        /// A PNG, JPEG or WebP image of at most 48 KiB.
+        #[arg(long)]
+        logo: Option<PathBuf>,
+    },
     /// Run the bot: stay connected as this profile's device, hand what
     /// arrives to the webhook, and serve the HTTP API the service sends
     /// with. The profile is registered as any account is (`dak register`,
@@ -81,6 +103,45 @@ pub enum BotAction {
 
 pub async fn run(dir: &Path, action: BotAction, json: bool) -> Result<()> {
     match action {
+        BotAction::Profile {
+            name,
+            description,
+            address,
+            website,
+            category,
+            logo,
+        } => {
+            let logo = match logo {
+                Some(p) => {
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?
+                }
+                None => Vec::new(),
+            };
+            let profile = dak_proto::v1::BusinessProfile {
+                display_name: name,
+                description,
+                address,
+                website,
+                category,
+                logo,
+            };
+            let mut client = crate::cli::connect(dir).await?;
+            client.set_business_profile(profile).await?;
+            let phone = client.phone().to_string();
+            let me = client.fetch_business(&phone).await?;
+            client.close().await;
+            let verified = me.as_ref().is_some_and(|b| b.verified);
+            if json {
+                println!("{}", json!({"business": true, "verified": verified}));
+            } else if verified {
+                println!("Business profile set; it is verified.");
+            } else {
+                println!(
+                    "Business profile set. Clients show this number as a business account; ask the server's operator to verify the name (dak admin verify-business)."
+                );
+            }
+            Ok(())
+        }
         BotAction::Serve {
             listen,
             webhook,
