@@ -96,6 +96,7 @@ const ui = {
   status: { state: "no_account" },
   chats: [],
   open: null, // the open chat's key
+  businessAsked: new Set(), // 1:1 chats looked up as businesses this session
   pendingPhone: "",
   // Chats whose safety number changed since they were last compared.
   changedSafety: new Map(),
@@ -230,6 +231,13 @@ function renderChats() {
   keepingFocus(list, () => drawChats(list));
 }
 
+// A chat's name: a group's title; a verified business's checked name with
+// a tick; anyone else's number (never a name a business gives itself).
+function chatName(chat) {
+  if (chat.business && chat.business.verified) return "✔ " + chat.business.name;
+  return chat.title || chat.key;
+}
+
 function drawChats(list) {
   list.replaceChildren();
   $("no-chats").hidden = ui.chats.length > 0;
@@ -243,7 +251,7 @@ function drawChats(list) {
     if (chat.key === ui.open) button.setAttribute("aria-current", "true");
     const title = document.createElement("span");
     title.className = "chat-title";
-    title.textContent = chat.title || chat.key;
+    title.textContent = chatName(chat);
     const time = document.createElement("span");
     time.className = "chat-time";
     time.textContent = when(chat.last_at_ms);
@@ -288,7 +296,7 @@ const STEP = 60;
 
 function renderMessages() {
   const chat = ui.chats.find((c) => c.key === ui.open);
-  $("chat-title").textContent = chat ? chat.title || chat.key : ui.open || "";
+  $("chat-title").textContent = chat ? chatName(chat) : ui.open || "";
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   const n = shownMessages.length;
@@ -298,6 +306,7 @@ function renderMessages() {
   if (first < 0) first = n - WINDOW;
   drawWindow(list, chat, first, stick);
   showTimer(chat);
+  showBusiness(chat);
 }
 
 // The row at the top of the view, and how far below the view's top it is.
@@ -401,15 +410,22 @@ function drawMessages(list, chat, start, end) {
       item.append(quote);
     }
     if (m.attachment) item.append(attachmentView(m));
+    if (m.interactive && m.interactive.header) {
+      const header = document.createElement("strong");
+      header.className = "interactive-header";
+      header.textContent = m.interactive.header;
+      item.append(header);
+    }
     const text = document.createElement("p");
     text.className = "text";
     if (m.deleted) {
       text.classList.add("deleted");
       text.textContent = t("deleted");
     } else {
-      text.textContent = m.text;
+      text.textContent = (m.choice ? "☑ " : "") + m.text;
     }
     item.append(text);
+    if (m.interactive) item.append(choicesView(m));
     const meta = document.createElement("span");
     meta.className = "meta";
     if (m.edited) meta.append(t("edited") + " ");
@@ -426,6 +442,73 @@ function drawMessages(list, chat, start, end) {
     list.append(item);
   }
   list.append(spacer("spacer-bottom"));
+}
+
+// ---- a business's buttons and lists ----
+
+// Reply buttons, or a list that opens from its button; a tap sends the
+// choice (its title, with the button's id) to the chat. Our own messages
+// show the choices without letting us choose.
+function choicesView(m) {
+  const i = m.interactive;
+  const box = document.createElement("div");
+  box.className = "choices";
+  const choice = (id, title, description) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "choice";
+    b.textContent = title;
+    b.setAttribute("aria-label", t("choose_option", { title }));
+    b.dataset.focus = m.id + " choice " + id;
+    b.disabled = m.outgoing;
+    b.addEventListener("click", () => act(b, { do: "choose", id: m.id, choice: id }));
+    if (description) {
+      const d = document.createElement("small");
+      d.textContent = description;
+      b.append(d);
+    }
+    return b;
+  };
+  if (i.list) {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = i.list.button;
+    details.append(summary);
+    for (const s of i.list.sections) {
+      const group = document.createElement("div");
+      group.setAttribute("role", "group");
+      if (s.title) {
+        const h = document.createElement("span");
+        h.className = "section-title";
+        h.textContent = s.title;
+        group.setAttribute("aria-label", s.title);
+        group.append(h);
+      }
+      for (const r of s.rows) group.append(choice(r.id, r.title, r.description));
+      details.append(group);
+    }
+    box.append(details);
+  } else {
+    for (const b of i.buttons || []) box.append(choice(b.id, b.title));
+  }
+  if (i.footer) {
+    const footer = document.createElement("small");
+    footer.className = "interactive-footer";
+    footer.textContent = i.footer;
+    box.append(footer);
+  }
+  return box;
+}
+
+// What the chat's header says of a business: its checked name with a
+// tick, or "business account" beside its number; and who reads its messages.
+function showBusiness(chat) {
+  const b = chat && chat.business;
+  const line = $("business-line");
+  line.hidden = !b;
+  if (!b) return;
+  line.textContent = (b.verified ? t("business_verified", { name: b.name }) : t("business_unverified")) +
+    " · " + t("business_note");
 }
 
 // ---- files ----
@@ -802,6 +885,11 @@ async function openChat(key) {
   showSafetyNotice();
   showStatus();
   await refresh({ list: false });
+  // Once a session per 1:1 chat: is it a business, and is it verified?
+  if (!key.startsWith("group:") && !ui.businessAsked.has(key) && ui.client) {
+    ui.businessAsked.add(key);
+    ui.client.act({ do: "business", chat: key }).then(() => refreshSoon(), () => {});
+  }
   // For measurements (BENCHMARKS.md): from the click to the drawn chat.
   document.body.dataset.openChatMs = (performance.now() - started).toFixed(1);
   noteMemory();

@@ -81,6 +81,17 @@ pub enum Action {
         chat: String,
         member: String,
     },
+    /// Answers a business's buttons or list: `choice` is the button's or
+    /// row's id.
+    Choose {
+        id: String,
+        choice: String,
+    },
+    /// Asks the server whether a chat's number is a business (the chat
+    /// list then shows what it said).
+    Business {
+        chat: String,
+    },
 }
 
 /// Why an action from the page was not even tried.
@@ -97,6 +108,14 @@ pub fn parse(json: &str) -> Result<Action, ClientError> {
 pub async fn perform(client: &mut Client, action: Action) -> Result<Value, ClientError> {
     let key = |client: &Client, chat: &str| client.profile().resolve(chat).map(|c| c.key());
     Ok(match action {
+        Action::Choose { id, choice } => {
+            let sent = client.choose(&parse_id(&id)?, &choice).await?;
+            json!(dak_core::format_id(&sent.id))
+        }
+        Action::Business { chat } => {
+            let b = client.fetch_business(&chat).await?;
+            json!(b.is_some())
+        }
         Action::React { chat, id, emoji } => {
             let chat = key(client, &chat)?;
             client.react(&chat, &parse_id(&id)?, &emoji).await?;

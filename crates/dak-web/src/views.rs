@@ -41,6 +41,20 @@ pub struct ChatRow {
     pub request: bool,
     /// The disappearing-message timer for new messages (0: off).
     pub timer_secs: u32,
+    /// A 1:1 chat with a business, as last looked up (`{"do":
+    /// "business"}` asks the server again).
+    pub business: Option<BusinessRow>,
+}
+
+/// A business the page names by its checked name with a tick, or as a
+/// business account by its number (`dak_core::business`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BusinessRow {
+    pub verified: bool,
+    /// The checked name; empty when not verified (never the name it gives itself).
+    pub name: String,
+    pub category: String,
+    pub website: String,
 }
 
 /// One message of a chat.
@@ -66,6 +80,10 @@ pub struct MessageRow {
     pub can_delete: bool,
     /// A file it carries (its text is then the caption).
     pub attachment: Option<AttachmentRow>,
+    /// A business's reply buttons or list (its text goes with them).
+    pub interactive: Option<Box<dak_proto::v1::Interactive>>,
+    /// This text answers a message's buttons or list (it is the title chosen).
+    pub choice: bool,
 }
 
 /// A file as the page shows it before it is fetched.
@@ -123,6 +141,11 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
             last_at_ms: last.as_ref().map(MessageView::at_ms).unwrap_or(0),
             last_tick,
             timer_secs: dak_core::timer_of(profile, &key)?,
+            business: if is_group {
+                None
+            } else {
+                business_row(profile, &key)?
+            },
             key,
             title,
             is_group,
@@ -183,9 +206,26 @@ pub fn messages(
                         height: a.height,
                         has_thumbnail: !a.thumbnail.is_empty(),
                     }),
+                interactive: m.interactive.clone().filter(|_| !m.deleted),
+                choice: m.choice.is_some(),
             })
         })
         .collect()
+}
+
+fn business_row(profile: &Profile, phone: &str) -> Result<Option<BusinessRow>, ClientError> {
+    Ok(dak_core::business::cached_business(profile, phone)?
+        .flatten()
+        .map(|b| BusinessRow {
+            verified: b.verified,
+            name: if b.verified {
+                b.display_name
+            } else {
+                String::new()
+            },
+            category: b.category,
+            website: b.website,
+        }))
 }
 
 /// Whether the page offers to edit or delete `m` (the core checks again).

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{TestServer, bob, contains, files_under};
+use common::{Person, TestServer, bob, contains, files_under, sync_events};
 use dak_client::TickState;
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -1396,6 +1396,168 @@ async fn files_and_voice_notes_go_both_ways_between_the_page_and_the_cli() {
         "every control is named"
     );
     browser.screenshot("files.png").await;
+    browser.close().await;
+}
+
+/// What a bot (a client here, as `dak bot serve` is) receives: the
+/// choices in the messages it got.
+async fn choices_received(bot: &Person) -> Vec<String> {
+    sync_events(bot)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            dak_client::Event::Message(m) => m.choice.map(|c| c.id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bots_buttons_and_list_are_tapped_in_the_page_which_names_it_only_once_verified() {
+    let server = web_server();
+    let page_phone = "+919800000321";
+    let bot = Person::new("+919800000100");
+    bot.register(&server).await;
+    common::ok(
+        &bot.dir,
+        &[
+            "bot",
+            "profile",
+            "--name",
+            "Dak Rail",
+            "--category",
+            "Railways",
+        ],
+    );
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, page_phone).await;
+    browser.start_chat(&bot.phone).await;
+    browser.send("ticket").await;
+    browser.wait_tick("ticket", "sent").await;
+    // Not verified yet: a business account, by number.
+    browser
+        .wait_for(
+            "const l = document.getElementById('business-line');
+             return !l.hidden && l.textContent.startsWith('Business account (not verified)')
+                && l.textContent.includes(\"read by the business's systems\")",
+            "the unverified business line",
+        )
+        .await;
+
+    // Buttons: a tap sends the choice.
+    let mut b = bot.connect().await;
+    b.sync(|_| {}).await.unwrap();
+    let buttons = dak_proto::v1::Interactive {
+        buttons: vec![
+            dak_proto::v1::Button {
+                id: "buy".into(),
+                title: "Buy".into(),
+            },
+            dak_proto::v1::Button {
+                id: "cancel".into(),
+                title: "Cancel".into(),
+            },
+        ],
+        footer: "Fare ₹10".into(),
+        ..Default::default()
+    };
+    let opts = dak_client::TextOptions {
+        interactive: Some(Box::new(buttons)),
+        ..Default::default()
+    };
+    b.send_text_with(page_phone, "Churchgate → Dadar?", &opts)
+        .await
+        .unwrap();
+    b.close().await;
+    browser
+        .wait_incoming("Churchgate → Dadar?", "the bot's buttons")
+        .await;
+    assert_eq!(browser.unnamed_controls().await, json!([]));
+    browser
+        .click_when_shown(
+            "#messages li.incoming button.choice[aria-label='Choose Buy']",
+            "the Buy button",
+        )
+        .await;
+    browser.wait_tick("☑ Buy", "sent").await;
+    assert_eq!(choices_received(&bot).await, ["buy"]);
+
+    // A list opens from its button; a row is chosen.
+    let list = dak_proto::v1::Interactive {
+        list: Some(dak_proto::v1::ChoiceList {
+            button: "Stations".into(),
+            sections: vec![dak_proto::v1::ListSection {
+                title: "Western line".into(),
+                rows: vec![
+                    dak_proto::v1::ListRow {
+                        id: "ccg".into(),
+                        title: "Churchgate".into(),
+                        description: "Zone 1".into(),
+                    },
+                    dak_proto::v1::ListRow {
+                        id: "dadar".into(),
+                        title: "Dadar".into(),
+                        description: String::new(),
+                    },
+                ],
+            }],
+        }),
+        ..Default::default()
+    };
+    let opts = dak_client::TextOptions {
+        interactive: Some(Box::new(list)),
+        ..Default::default()
+    };
+    let mut b = bot.connect().await;
+    b.send_text_with(page_phone, "To which station?", &opts)
+        .await
+        .unwrap();
+    b.close().await;
+    browser
+        .wait_incoming("To which station?", "the bot's list")
+        .await;
+    browser
+        .click_when_shown("#messages li.incoming details summary", "the list's button")
+        .await;
+    assert_eq!(browser.unnamed_controls().await, json!([]));
+    browser
+        .click_when_shown(
+            "#messages li.incoming button.choice[aria-label='Choose Dadar']",
+            "the Dadar row",
+        )
+        .await;
+    browser.wait_tick("☑ Dadar", "sent").await;
+    assert_eq!(choices_received(&bot).await, ["dadar"]);
+
+    // Verified by the operator: the page names it, once it asks again.
+    let data = server.data.to_str().unwrap().to_string();
+    common::ok(
+        &bot.dir,
+        &[
+            "admin",
+            "--data",
+            &data,
+            "verify-business",
+            &bot.phone,
+            "--name",
+            "Dak Rail",
+        ],
+    );
+    browser.load(&server).await;
+    browser
+        .click_when_shown(
+            &format!("#chat-list button[data-chat='{}']", bot.phone),
+            "the bot's chat",
+        )
+        .await;
+    browser
+        .wait_for(
+            "const l = document.getElementById('business-line');
+             return !l.hidden && l.textContent.startsWith('✔ Dak Rail, verified business')",
+            "the verified business line",
+        )
+        .await;
     browser.close().await;
 }
 
