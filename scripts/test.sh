@@ -95,6 +95,21 @@ section "web client for the browser tests (scripts/web-build.sh --dev)"
 scripts/wasm-tools.sh
 scripts/web-build.sh --dev
 
+# ---- Python, for the bot examples (tests/bot.rs runs examples/*/bot.py) -----
+# They use the standard library only; Debian's python3 is enough.
+section "python3 for the bot examples"
+if ! command -v python3 >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get install -y --no-install-recommends python3
+    else
+        echo "error: python3 is missing; install it (the bot examples are Python)" >&2
+        exit 1
+    fi
+fi
+python3 --version
+
 # The runner's counts, kept for the closing line.
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT

@@ -113,13 +113,31 @@ struct Bot {
 
 impl Bot {
     fn start(profile: &Path, webhook: &str, files: &Path) -> Bot {
-        std::fs::write(files.join("secret"), SECRET).unwrap();
-        std::fs::write(files.join("token"), TOKEN).unwrap();
         std::fs::write(
             files.join("templates.toml"),
             "[certificate_ready]\ntext = \"Your {{1}} certificate (application {{2}}) is ready.\"\n",
         )
         .unwrap();
+        Bot::start_with(
+            profile,
+            webhook,
+            files,
+            "127.0.0.1:0",
+            &files.join("templates.toml"),
+        )
+    }
+
+    /// `dak bot serve` with its API on `listen` and these templates; the
+    /// secret and token are written to `files`.
+    fn start_with(
+        profile: &Path,
+        webhook: &str,
+        files: &Path,
+        listen: &str,
+        templates: &Path,
+    ) -> Bot {
+        std::fs::write(files.join("secret"), SECRET).unwrap();
+        std::fs::write(files.join("token"), TOKEN).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dak"))
             .arg("--profile")
             .arg(profile)
@@ -128,7 +146,7 @@ impl Bot {
                 "bot",
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--webhook",
                 webhook,
             ])
@@ -137,7 +155,7 @@ impl Bot {
             .arg("--token-file")
             .arg(files.join("token"))
             .arg("--templates")
-            .arg(files.join("templates.toml"))
+            .arg(templates)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -661,4 +679,204 @@ async fn the_verified_badge_shows_only_after_the_operator_verifies() {
         &["admin", "--data", &data, "unverify-business", BOT],
     );
     assert_eq!(lookup(BOT)["profile"]["verified"], false);
+}
+
+/// One of the examples in examples/ (Python, standard library only) as
+/// the service behind a real `dak bot serve`: (the bot, the example).
+fn start_example(
+    bot_profile: &Path,
+    files: &Path,
+    example: &str,
+    args: &[&str],
+    templates: &Path,
+) -> (Bot, ChildGuard) {
+    // The example needs the API's address before the bot runs: take a free port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(files.join("secret"), SECRET).unwrap();
+    std::fs::write(files.join("token"), TOKEN).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(example)
+        .join("bot.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args(["--port", "0"])
+        .args(args)
+        .env("DAK_BOT_API", format!("http://127.0.0.1:{port}"))
+        .env("DAK_BOT_TOKEN_FILE", files.join("token"))
+        .env("DAK_WEBHOOK_SECRET_FILE", files.join("secret"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs the examples (scripts/test.sh installs it)");
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    assert!(url.starts_with("http://"), "the example printed {url:?}");
+    let listen = format!("127.0.0.1:{port}");
+    let bot = Bot::start_with(bot_profile, url.trim(), files, &listen, templates);
+    (bot, ChildGuard(child))
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The next message from the bot (synced, not in `seen`) that `f` accepts.
+fn next_from_bot(
+    person: &Path,
+    seen: &mut HashSet<String>,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..150 {
+        ok(person, &["--json", "sync"]);
+        let history = ok(person, &["--json", "history", BOT]);
+        for m in json_lines(&history) {
+            let id = m["id"].as_str().unwrap().to_string();
+            if m["outgoing"] == false && !seen.contains(&id) && f(&m) {
+                seen.insert(id);
+                return m;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "the bot never sent {what}: {}",
+        ok(person, &["history", BOT])
+    );
+}
+
+fn id_of(m: &Value) -> String {
+    m["id"].as_str().unwrap().to_string()
+}
+
+fn text_of(m: &Value) -> &str {
+    m["text"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_train_ticket_example_sells_a_ticket_through_lists_and_buttons() {
+    let server = TestServer::start();
+    let rider = alice();
+    rider.register(&server).await;
+    let bot_person = Person::new(BOT);
+    bot_person.register(&server).await;
+    let (_files, files) = bot_files();
+    std::fs::write(files.join("none.toml"), "").unwrap();
+    let none = files.join("none.toml");
+    let (_bot, _example) = start_example(&bot_person.dir, &files, "train-ticket-bot", &[], &none);
+    let mut seen = HashSet::new();
+    let r = &rider.dir;
+
+    ok(r, &["send", BOT, "ticket"]);
+    let lines = next_from_bot(r, &mut seen, "the lines", |m| {
+        m["interactive"]["list"].is_object()
+    });
+    assert_eq!(
+        lines["interactive"]["list"]["sections"][0]["rows"][0]["title"],
+        "Western line"
+    );
+    ok(r, &["choose", &id_of(&lines), "1"]);
+    let from = next_from_bot(r, &mut seen, "the stations", |m| {
+        m["text"] == "From which station?"
+    });
+    ok(r, &["choose", &id_of(&from), "from:Churchgate"]);
+    let to = next_from_bot(r, &mut seen, "the destinations", |m| {
+        m["text"] == "From Churchgate. To which station?"
+    });
+    ok(r, &["choose", &id_of(&to), "to:Dadar"]);
+    let buy = next_from_bot(r, &mut seen, "the fare", |m| {
+        m["interactive"]["buttons"].is_array()
+    });
+    assert_eq!(buy["text"], "Churchgate → Dadar, second class: ₹5. Buy?");
+    ok(r, &["choose", &id_of(&buy), "buy"]);
+    let ticket = next_from_bot(r, &mut seen, "the ticket", |m| {
+        text_of(m).starts_with("Ticket DR-")
+    });
+    assert!(
+        text_of(&ticket).contains("Churchgate → Dadar, second class, ₹5"),
+        "{ticket}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_example_takes_an_application_and_announces_it_with_a_template() {
+    let server = TestServer::start();
+    let citizen = bob();
+    citizen.register(&server).await;
+    let bot_person = Person::new(BOT);
+    bot_person.register(&server).await;
+    let (_files, files) = bot_files();
+    let templates =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/certificate-bot/templates.toml");
+    let args = ["--ready-after", "1"];
+    let (_bot, _example) = start_example(
+        &bot_person.dir,
+        &files,
+        "certificate-bot",
+        &args,
+        &templates,
+    );
+    let mut seen = HashSet::new();
+    let c = &citizen.dir;
+
+    ok(c, &["send", BOT, "certificate"]);
+    let kinds = next_from_bot(c, &mut seen, "the kinds", |m| {
+        m["interactive"]["buttons"].is_array()
+    });
+    ok(c, &["choose", &id_of(&kinds), "birth"]);
+    next_from_bot(c, &mut seen, "the name question", |m| {
+        m["text"] == "Birth certificate. Your full name?"
+    });
+    ok(c, &["send", BOT, "Ananya Sen"]);
+    next_from_bot(c, &mut seen, "the date question", |m| {
+        text_of(m).starts_with("Your date of birth?")
+    });
+    ok(c, &["send", BOT, "31-02-1994"]);
+    next_from_bot(c, &mut seen, "a refusal of a date that is none", |m| {
+        text_of(m).starts_with("That is not a date")
+    });
+    ok(c, &["send", BOT, "07-03-1994"]);
+    let districts = next_from_bot(c, &mut seen, "the districts", |m| {
+        m["interactive"]["list"].is_object()
+    });
+    ok(c, &["choose", &id_of(&districts), "district:Howrah"]);
+    let confirm = next_from_bot(c, &mut seen, "the summary", |m| {
+        m["interactive"]["buttons"].is_array()
+    });
+    assert_eq!(
+        confirm["text"],
+        "Birth certificate for Ananya Sen, born 07-03-1994, Howrah district. Submit?"
+    );
+    ok(c, &["choose", &id_of(&confirm), "submit"]);
+    let submitted = next_from_bot(c, &mut seen, "the application number", |m| {
+        text_of(m).starts_with("Submitted.")
+    });
+    let number = text_of(&submitted)
+        .split("number is ")
+        .nth(1)
+        .and_then(|s| s.split('.').next())
+        .unwrap()
+        .to_string();
+    assert!(number.starts_with("WB-"), "{number}");
+    let ready = next_from_bot(c, &mut seen, "the ready template", |m| {
+        text_of(m).contains("is ready")
+    });
+    assert_eq!(
+        ready["text"],
+        format!(
+            "Your birth certificate (application {number}) is ready. Collect it at the Howrah district office, or write \"download\"."
+        )
+    );
 }
