@@ -109,6 +109,8 @@ if ! command -v python3 >/dev/null 2>&1; then
     fi
 fi
 python3 --version
+# schemathesis (PyPI) in target/schemathesis, for the bot API's property tests.
+scripts/schemathesis.sh
 
 # The runner's counts, kept for the closing line.
 test_log=$(mktemp)

@@ -19,6 +19,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         );
     }
+    // Their OpenAPI schema, for `dak bot serve` (the `openapi` feature).
+    for t in [
+        "Interactive",
+        "Button",
+        "ChoiceList",
+        "ListSection",
+        "ListRow",
+    ] {
+        config.type_attribute(
+            format!(".dak.v1.{t}"),
+            "#[cfg_attr(feature = \"openapi\", derive(utoipa::ToSchema))]",
+        );
+    }
+    // The limits of `interactive.rs`, in the schema too, so a generated
+    // client (and schemathesis) knows them.
+    for (field, limits) in [
+        ("Interactive.header", "max_length = 60"),
+        ("Interactive.footer", "max_length = 60"),
+        ("Interactive.buttons", "max_items = 3"),
+        ("Button.id", "min_length = 1, max_length = 256"),
+        ("Button.title", "min_length = 1, max_length = 20"),
+        ("ChoiceList.button", "min_length = 1, max_length = 20"),
+        ("ChoiceList.sections", "min_items = 1, max_items = 10"),
+        ("ListSection.title", "max_length = 24"),
+        ("ListSection.rows", "min_items = 1, max_items = 10"),
+        ("ListRow.id", "min_length = 1, max_length = 256"),
+        ("ListRow.title", "min_length = 1, max_length = 24"),
+        ("ListRow.description", "max_length = 72"),
+    ] {
+        config.field_attribute(
+            format!(".dak.v1.{field}"),
+            format!("#[cfg_attr(feature = \"openapi\", schema({limits}))]"),
+        );
+    }
     // prost derives Eq itself only for messages without message fields.
     for t in ["Interactive", "ChoiceList", "ListSection"] {
         config.type_attribute(format!(".dak.v1.{t}"), "#[derive(Eq)]");

@@ -880,3 +880,79 @@ async fn the_certificate_example_takes_an_application_and_announces_it_with_a_te
         )
     );
 }
+
+/// schemathesis (installed by scripts/schemathesis.sh, which test.sh runs).
+fn schemathesis() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(root.join("scripts/schemathesis.sh"))
+        .output()
+        .expect("run scripts/schemathesis.sh");
+    assert!(
+        out.status.success(),
+        "scripts/schemathesis.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root.join(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_keeps_its_openapi_document_under_schemathesis() {
+    let server = TestServer::start();
+    let bot_person = Person::new(BOT);
+    bot_person.register(&server).await;
+    let receiver: Shared = Arc::default();
+    let url = start_receiver(receiver.clone()).await;
+    let (_files, files) = bot_files();
+    let bot = Bot::start(&bot_person.dir, &url, &files);
+
+    let doc: Value = reqwest::get(format!("{}/v1/openapi.json", bot.api))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/messages",
+        "/v1/messages/{id}",
+        "/v1/messages/{id}/read",
+        "/v1/health",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    // The same document as `dak bot openapi` prints.
+    let printed: Value = serde_json::from_str(&ok(&bot_person.dir, &["bot", "openapi"])).unwrap();
+    assert_eq!(printed, doc);
+
+    // Property-based tests from the document, against the live API: no
+    // 5xx, every status, content type and body as documented, anything
+    // the schema forbids refused, and no operation that ignores the token.
+    // (Not `positive_data_acceptance`: a request can fit the schema and
+    // still break a rule it cannot say, such as a number that is none.)
+    let run = Command::new(schemathesis())
+        .args(["run", &format!("{}/v1/openapi.json", bot.api)])
+        .args(["--url", &bot.api])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--max-examples", "60", "--workers", "1", "--seed", "1"])
+        .args(["--no-color", "--warnings", "off"])
+        .output()
+        .expect("run schemathesis");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "schemathesis found problems:\n{said}");
+    // It ran each operation, with cases generated from the document.
+    assert!(
+        said.contains("Tested: 4"),
+        "schemathesis did not test every operation:\n{said}"
+    );
+    assert!(said.contains("No issues found"), "{said}");
+}

@@ -5,7 +5,9 @@
 //!   holds it (✓).
 //! - `GET /v1/messages/{id}`: its ticks, per recipient device.
 //! - `POST /v1/messages/{id}/read`: mark a user's message read (blue ticks).
-//! - `GET /v1/health`: connected or not, and the webhook queue.
+//! - `GET /v1/health`: the webhook queue.
+//! - `GET /v1/openapi.json`: all of this as an OpenAPI 3.1 document,
+//!   generated from the code below (utoipa), so it cannot drift from it.
 //!
 //! Invariants:
 //! - Every request but health carries `Authorization: Bearer <token>`.
@@ -28,10 +30,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dak_client::{ClientError, TextOptions, format_id, parse_id};
 use dak_proto::v1;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use utoipa::{OpenApi, ToSchema};
 
 use super::Command;
 use super::queue::BotDb;
@@ -60,6 +62,7 @@ pub(crate) async fn serve(
     state: ApiState,
 ) -> anyhow::Result<()> {
     let app = Router::new()
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/messages", post(send))
         .route("/v1/messages/{id}", get(status))
         .route("/v1/messages/{id}/read", post(read))
@@ -121,9 +124,29 @@ impl From<ClientError> for ApiError {
     }
 }
 
+/// Every error's body.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    /// invalid, unauthorized, outside_window, opted_out, not_found,
+    /// unknown_recipient, rate_limited, refused, unavailable, internal.
+    code: String,
+    /// What went wrong, in English, for the service's logs.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -153,8 +176,8 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     Ok(())
 }
 
-/// `POST /v1/messages`.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/messages`: a text (with buttons or a list), or a template.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SendRequest {
     /// A number (+91…) or a group the bot is in (`group:<hex>`).
@@ -172,19 +195,139 @@ pub(crate) struct SendRequest {
     reply_to: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A template of the bot's `--templates` file and its parameters.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TemplateUse {
     name: String,
+    /// `{{1}}`, `{{2}}`, …: each 1 to 256 characters on one line.
     #[serde(default)]
     params: Vec<String>,
 }
 
+/// A message the Dak server holds (✓).
+#[derive(Serialize, ToSchema)]
+struct Sent {
+    /// The message's id (32 hex digits).
+    id: String,
+    to: String,
+    /// Always "sent" here; later ticks come to the webhook.
+    status: Tick,
+    server_time_ms: i64,
+    /// The recipient devices it was stored for.
+    recipient_devices: usize,
+}
+
+/// A message's tick: pending (🕓), sent (✓), delivered (✓✓), read (blue ✓✓).
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum Tick {
+    Pending,
+    Sent,
+    Delivered,
+    Read,
+}
+
+impl From<dak_client::TickState> for Tick {
+    fn from(t: dak_client::TickState) -> Tick {
+        match t {
+            dak_client::TickState::Pending => Tick::Pending,
+            dak_client::TickState::Sent => Tick::Sent,
+            dak_client::TickState::Delivered => Tick::Delivered,
+            dak_client::TickState::Read => Tick::Read,
+        }
+    }
+}
+
+/// A message's ticks, per recipient device.
+#[derive(Serialize, ToSchema)]
+struct MessageStatus {
+    id: String,
+    to: String,
+    status: Tick,
+    devices: Vec<DeviceTick>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeviceTick {
+    pub phone: String,
+    pub device_id: u64,
+    /// 0: not yet.
+    pub delivered_ms: i64,
+    /// 0: not yet.
+    pub read_ms: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MarkedRead {
+    /// Messages newly marked read (0 if it was already, or is not the bot's to read).
+    marked_read: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    phone: String,
+    queue: super::queue::QueueCounts,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dak bot API",
+        description = "What `dak bot serve` offers the service behind a bot (docs/BOTS.md). Events come to the service's webhook, signed.",
+        version = "1"
+    ),
+    paths(send, status, read, health),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub(crate) fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+/// Send a text, a text with reply buttons or a list, or a template.
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "messages",
+    request_body = SendRequest,
+    responses(
+        (status = 201, description = "The Dak server holds it (✓)", body = Sent),
+        (status = 400, description = "Malformed, or against the rules of interactive messages or templates", body = ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = ErrorBody),
+        (status = 403, description = "Free text outside the 24-hour window (`outside_window`), or a template to someone who sent STOP (`opted_out`)", body = ErrorBody),
+        (status = 404, description = "No such number on Dak", body = ErrorBody),
+        (status = 429, description = "The Dak server limits this bot's sending", body = ErrorBody),
+        (status = 500, description = "The bot's own store failed", body = ErrorBody),
+        (status = 502, description = "The Dak server refused it", body = ErrorBody),
+        (status = 503, description = "The bot is not connected to the Dak server right now; nothing was sent", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn send(
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<Sent>)> {
     authorize(&state, &headers)?;
     let req: SendRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("the request is not a message: {e}")))?;
@@ -259,13 +402,13 @@ async fn send(
         .map_err(internal)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": format_id(&sent.id),
-            "to": to,
-            "status": "sent",
-            "server_time_ms": sent.server_time_ms,
-            "recipient_devices": sent.recipient_devices,
-        })),
+        Json(Sent {
+            id: format_id(&sent.id),
+            to,
+            status: Tick::Sent,
+            server_time_ms: sent.server_time_ms,
+            recipient_devices: sent.recipient_devices,
+        }),
     ))
 }
 
@@ -307,12 +450,26 @@ fn message_id(id: &str) -> ApiResult<Vec<u8>> {
     parse_id(id).map_err(|e| ApiError::invalid(format!("message id: {e}")))
 }
 
-/// `GET /v1/messages/{id}`.
+/// A message's ticks, per recipient device.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message's id, as sending answered")),
+    responses(
+        (status = 200, description = "Its ticks", body = MessageStatus),
+        (status = 400, description = "Not a message id", body = ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = ErrorBody),
+        (status = 404, description = "The bot sent no such message", body = ErrorBody),
+        (status = 503, description = "The bot is busy reconnecting", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn status(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<MessageStatus>> {
     authorize(&state, &headers)?;
     let id = message_id(&id)?;
     let (reply, answer) = oneshot::channel();
@@ -329,34 +486,63 @@ async fn status(
             "ticks are kept for the bot's own messages",
         ));
     }
-    Ok(Json(json!({
-        "id": format_id(&m.id),
-        "to": m.conversation.key(),
-        "status": tick.state,
-        "devices": tick.devices.iter().map(|d| json!({
-            "phone": d.phone,
-            "device_id": d.device_id,
-            "delivered_ms": d.delivered_ms,
-            "read_ms": d.read_ms,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(MessageStatus {
+        id: format_id(&m.id),
+        to: m.conversation.key(),
+        status: tick.state.into(),
+        devices: tick.devices.iter().map(device_tick).collect(),
+    }))
 }
 
-/// `POST /v1/messages/{id}/read`.
+pub(crate) fn device_tick(d: &dak_client::RecipientState) -> DeviceTick {
+    DeviceTick {
+        phone: d.phone.clone(),
+        device_id: d.device_id,
+        delivered_ms: d.delivered_ms,
+        read_ms: d.read_ms,
+    }
+}
+
+/// Mark a user's message read: their ticks turn blue.
+#[utoipa::path(
+    post,
+    path = "/v1/messages/{id}/read",
+    tag = "messages",
+    params(("id" = String, Path, description = "The id of a message the bot received")),
+    responses(
+        (status = 200, description = "Done", body = MarkedRead),
+        (status = 400, description = "Not a message id", body = ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = ErrorBody),
+        (status = 503, description = "The bot is not connected to the Dak server right now", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn read(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<MarkedRead>> {
     authorize(&state, &headers)?;
     let id = message_id(&id)?;
     let (reply, answer) = oneshot::channel();
     let n = ask(&state, Command::Read { id, reply }, answer).await??;
-    Ok(Json(json!({"marked_read": n})))
+    Ok(Json(MarkedRead { marked_read: n }))
 }
 
-/// `GET /v1/health`: no token, nothing private.
-async fn health(State(state): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let counts = state.db.counts().map_err(internal)?;
-    Ok(Json(json!({"phone": state.me, "queue": counts})))
+/// The bot's number and its webhook queue (no token: nothing private).
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "bot",
+    responses(
+        (status = 200, description = "The queue's counts", body = Health),
+        (status = 500, description = "The bot's own store failed", body = ErrorBody),
+    )
+)]
+async fn health(State(state): State<ApiState>) -> ApiResult<Json<Health>> {
+    let queue = state.db.counts().map_err(internal)?;
+    Ok(Json(Health {
+        phone: state.me.clone(),
+        queue,
+    }))
 }

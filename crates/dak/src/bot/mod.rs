@@ -43,6 +43,9 @@ use queue::{BotDb, NewEvent};
 
 #[derive(Subcommand, Debug)]
 pub enum BotAction {
+    /// Print the API's OpenAPI 3.1 document (what `serve` offers at
+    /// /v1/openapi.json), to generate a client from.
+    Openapi,
     /// Make this profile's account a business and set what every client
     /// shows on its chats. Clients show the name only once the server's
     /// operator verifies it (`dak admin verify-business`); until then they
@@ -103,6 +106,13 @@ pub enum BotAction {
 
 pub async fn run(dir: &Path, action: BotAction, json: bool) -> Result<()> {
     match action {
+        BotAction::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&api::openapi_document())?
+            );
+            Ok(())
+        }
         BotAction::Profile {
             name,
             description,
@@ -521,12 +531,7 @@ fn status_event(p: &Profile, db: &BotDb, id: &[u8], state: TickState) -> Result<
             "chat": chat,
             "message_id": format_id(id),
             "status": name,
-            "devices": devices.iter().map(|d| json!({
-                "phone": d.phone,
-                "device_id": d.device_id,
-                "delivered_ms": d.delivered_ms,
-                "read_ms": d.read_ms,
-            })).collect::<Vec<_>>(),
+            "devices": devices.iter().map(api::device_tick).collect::<Vec<_>>(),
         }),
     }))
 }

@@ -75,7 +75,7 @@ pub struct NewEvent {
 }
 
 /// The counts `GET /v1/health` shows.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct QueueCounts {
     pub waiting: u64,
     pub delivered: u64,
