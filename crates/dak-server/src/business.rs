@@ -13,6 +13,12 @@
 //! - Setting a profile costs a store write, so it takes a token of a
 //!   per-account bucket (10 an hour); a lookup is a read, and costs a
 //!   request token like any request.
+//! - A business's device serves many people, so its request bucket is
+//!   `business_requests_per_device_per_sec` (2,000) rather than a person's
+//!   50; and each chat it sends into has a bucket of its own
+//!   (`business_messages_per_chat_per_minute`, 30), so that a bot cannot
+//!   flood a person. Both are counted in this node's memory: a bot's
+//!   device holds at most `max_connections_per_device` connections.
 
 use std::time::Duration;
 
@@ -78,4 +84,20 @@ pub async fn get(state: &AppState, raw_phone: &str) -> ApiResult<v1::BusinessInf
             String::new()
         },
     })
+}
+
+/// One of a business account's messages into the chat `group_id` (its
+/// per-chat bucket, `business_messages_per_chat_per_minute`), or
+/// RATE_LIMITED with when to try again.
+pub fn take_send_token(state: &AppState, me: &Device, group_id: &[u8]) -> ApiResult<()> {
+    state
+        .business_sends
+        .check((me.account_id, group_id.to_vec()))
+        .map_err(|secs| {
+            state.limited(
+                "business_sends",
+                "this business sends too many messages into one chat; slow down",
+                secs,
+            )
+        })
 }

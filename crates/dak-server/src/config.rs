@@ -138,6 +138,14 @@ pub struct Config {
     /// Media requests (HTTP) from one network per second, as a burst of ten
     /// times that and a steady refill. A wrong token costs one like any.
     pub media_requests_per_ip_per_sec: u32,
+    /// A business account's device (a bot, docs/BOTS.md) serves many
+    /// people: its requests per second (and burst) replace
+    /// `requests_per_device_per_sec` for it.
+    pub business_requests_per_device_per_sec: u32,
+    /// Messages a business account may send into one chat per minute, as a
+    /// burst of that many and a steady refill: a bot answers a person, it
+    /// does not flood them. Counted on each node.
+    pub business_messages_per_chat_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +221,8 @@ impl Default for Config {
             upload_ttl: Duration::from_secs(24 * 3600),
             max_transfers: 256,
             media_requests_per_ip_per_sec: 20,
+            business_requests_per_device_per_sec: 2000,
+            business_messages_per_chat_per_minute: 30,
         }
     }
 }
@@ -359,6 +369,13 @@ impl Config {
                 dak_proto::blob::MAX_FILE_BYTES
             )));
         }
+        if self.business_requests_per_device_per_sec == 0
+            || self.business_messages_per_chat_per_minute == 0
+        {
+            return Err(ConfigError::Invalid(
+                "business_requests_per_device_per_sec and business_messages_per_chat_per_minute must be at least 1".into(),
+            ));
+        }
         if self.max_transfers == 0 || self.media_requests_per_ip_per_sec == 0 {
             return Err(ConfigError::Invalid(
                 "max_transfers and media_requests_per_ip_per_sec must be at least 1".into(),
@@ -388,6 +405,8 @@ const ENV_KEYS: &[&str] = &[
     "upload_ttl",
     "max_transfers",
     "media_requests_per_ip_per_sec",
+    "business_requests_per_device_per_sec",
+    "business_messages_per_chat_per_minute",
     "data",
     "listen",
     "store",

@@ -148,8 +148,12 @@ pub async fn submit_send(
     state: &AppState,
     from: &Device,
     req: v1::SendMessage,
+    business: bool,
 ) -> ApiResult<impl std::future::Future<Output = ApiResult<v1::SendAck>> + Send + Sync + 'static> {
     let info = inspect(&req.body, MlsKind::Application)?;
+    if business {
+        crate::business::take_send_token(state, from, &info.group_id)?;
+    }
     let env = envelope(
         state,
         from,

@@ -154,6 +154,10 @@ struct Session {
     /// Acked seqs not yet deleted from the store, and when to delete them.
     acked: Vec<u64>,
     ack_deadline: Option<Instant>,
+    /// The device's account is a business (a bot): its limits are
+    /// `business_*` (`business.rs`). Read at authentication, set when it
+    /// sets a profile.
+    business: bool,
 }
 
 pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
@@ -235,6 +239,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         sends: futures_util::stream::FuturesOrdered::new(),
         acked: Vec::new(),
         ack_deadline: None,
+        business: false,
     };
     session
         .push(Body::Challenge(v1::Challenge {
@@ -537,7 +542,7 @@ impl Session {
     async fn submit_send(&mut self, request_id: u64, r: v1::SendMessage) -> ApiResult<()> {
         let device = self.device()?.clone();
         self.take_request_token(device.id)?;
-        let answer = groups::submit_send(&self.state, &device, r).await?;
+        let answer = groups::submit_send(&self.state, &device, r, self.business).await?;
         self.sends.push_back(Box::pin(async move {
             (request_id, answer.await.map(Body::SendAck))
         }));
@@ -600,7 +605,12 @@ impl Session {
 
     /// One token of `device`'s request bucket, or RATE_LIMITED.
     fn take_request_token(&self, device: u64) -> ApiResult<()> {
-        self.state.device_requests.check(device).map_err(|secs| {
+        let bucket = if self.business {
+            &self.state.business_requests
+        } else {
+            &self.state.device_requests
+        };
+        bucket.check(device).map_err(|secs| {
             self.state.limited(
                 "device_requests",
                 "too many requests from this device; slow down",
@@ -636,6 +646,12 @@ impl Session {
                     key_packages: stock.one_time,
                     has_last_resort: stock.has_last_resort,
                 };
+                self.business = self
+                    .state
+                    .store
+                    .business(device.account_id)
+                    .await?
+                    .is_some();
                 self.become_device(device);
                 Ok(Body::Authenticated(answer))
             }
@@ -774,6 +790,7 @@ impl Session {
             Request::SetBusinessProfile(r) => {
                 let me = self.device()?.clone();
                 crate::business::set(&self.state, &me, r).await?;
+                self.business = true;
                 Ok(Body::Ok(v1::Ok {}))
             }
             Request::GetBusinessProfile(r) => {

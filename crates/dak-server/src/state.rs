@@ -39,6 +39,10 @@ pub struct Inner {
     pub online: Arc<Online>,
     /// This node's limits on work (cluster-wide ones are `Store::take_token`).
     pub device_requests: Limiter<u64>,
+    /// A business device's requests, and a business account's messages
+    /// per chat (`business.rs`).
+    pub business_requests: Limiter<u64>,
+    pub business_sends: Limiter<(u64, Vec<u8>)>,
     pub pin_changes: Limiter<u64>,
     pub link_starts: Limiter<IpPrefix>,
     /// This node's copies of the per-network code and verify budgets, in
@@ -94,6 +98,14 @@ impl AppState {
             device_requests: Limiter::per_second(
                 config.requests_per_device_per_sec,
                 config.request_burst,
+            ),
+            business_requests: Limiter::per_second(
+                config.business_requests_per_device_per_sec,
+                config.business_requests_per_device_per_sec,
+            ),
+            business_sends: Limiter::new(
+                Duration::from_secs(60) / config.business_messages_per_chat_per_minute,
+                config.business_messages_per_chat_per_minute,
             ),
             pin_changes: Limiter::per_hour(
                 config.pin_changes_per_hour,

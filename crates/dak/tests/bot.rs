@@ -956,3 +956,52 @@ async fn the_api_keeps_its_openapi_document_under_schemathesis() {
     );
     assert!(said.contains("No issues found"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_cannot_flood_a_chat_and_a_refused_message_never_goes_later() {
+    let server = TestServer::with_env(&[("DAK_BUSINESS_MESSAGES_PER_CHAT_PER_MINUTE", "4")]);
+    let citizen = bob();
+    citizen.register(&server).await;
+    let bot_person = Person::new(BOT);
+    bot_person.register(&server).await;
+    ok(&bot_person.dir, &["bot", "profile", "--name", "Dak Rail"]);
+    let receiver: Shared = Arc::default();
+    let url = start_receiver(receiver.clone()).await;
+    let (_files, files) = bot_files();
+    let bot = Bot::start(&bot_person.dir, &url, &files);
+
+    let template = |n: usize| json!({"to": citizen.phone, "template": {"name": "certificate_ready", "params": ["birth", format!("A-{n}")]}});
+    for n in 1..=4 {
+        bot.sent(template(n)).await;
+    }
+    let (code, err) = bot.send(template(5)).await;
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{err}"
+    );
+    // A person is not limited so: the citizen writes six times at once.
+    for n in 1..=6 {
+        ok(&citizen.dir, &["send", BOT, &format!("question {n}")]);
+    }
+    event_where(&receiver, "the sixth question", |e| {
+        e["message"]["text"] == "question 6"
+    })
+    .await;
+    // The refused one is not waiting to go out behind the service's back,
+    // not even when the bot connects again (which sends its outbox).
+    drop(bot);
+    let bot = Bot::start(&bot_person.dir, &url, &files);
+    let (code, _) = bot.get("/v1/health").await;
+    assert_eq!(code, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ok(&citizen.dir, &["sync"]);
+    let history = ok(&citizen.dir, &["history", BOT]);
+    for n in 1..=4 {
+        assert!(
+            history.contains(&format!("application A-{n})")),
+            "{history}"
+        );
+    }
+    assert!(!history.contains("A-5"), "{history}");
+}

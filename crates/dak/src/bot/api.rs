@@ -104,6 +104,15 @@ impl ApiError {
 
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> ApiError {
+        if let ClientError::Server(s) = &e
+            && s.kind() == v1::ErrorCode::RateLimited
+        {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                s.message.clone(),
+            );
+        }
         if e.is_retryable() {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -115,9 +124,6 @@ impl From<ClientError> for ApiError {
             ClientError::Usage(m) => ApiError::invalid(m),
             ClientError::Server(s) if s.kind() == v1::ErrorCode::UnknownAccount => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_recipient", s.message)
-            }
-            ClientError::Server(s) if s.kind() == v1::ErrorCode::RateLimited => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", s.message)
             }
             other => ApiError::new(StatusCode::BAD_GATEWAY, "refused", other.to_string()),
         }
@@ -148,7 +154,9 @@ impl IntoResponse for ApiError {
             },
         });
         let mut response = (self.status, body).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             response
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("5"));
@@ -316,7 +324,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         (status = 401, description = "No token, or the wrong one", body = ErrorBody),
         (status = 403, description = "Free text outside the 24-hour window (`outside_window`), or a template to someone who sent STOP (`opted_out`)", body = ErrorBody),
         (status = 404, description = "No such number on Dak", body = ErrorBody),
-        (status = 429, description = "The Dak server limits this bot's sending", body = ErrorBody),
+        (status = 429, description = "The Dak server limits this bot's sending (per chat, and overall): nothing was sent; try again after Retry-After seconds", body = ErrorBody),
         (status = 500, description = "The bot's own store failed", body = ErrorBody),
         (status = 502, description = "The Dak server refused it", body = ErrorBody),
         (status = 503, description = "The bot is not connected to the Dak server right now; nothing was sent", body = ErrorBody),

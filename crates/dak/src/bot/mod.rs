@@ -342,7 +342,7 @@ async fn on_command(client: &mut Client, cmd: Command) {
             if Instant::now() > deadline || reply.is_closed() {
                 return;
             }
-            let _ = reply.send(client.send_text_with(&to, &text, &opts).await);
+            let _ = reply.send(send_now(client, &to, &text, &opts).await);
         }
         Command::Status { id, reply } => {
             let result = (|| {
@@ -358,6 +358,36 @@ async fn on_command(client: &mut Client, cmd: Command) {
             let _ = reply.send(client.mark_read(Some(&[id])).await);
         }
     }
+}
+
+/// Sends a text now or not at all. A person's client keeps a message the
+/// server turned away for now (rate limited, unavailable) in its outbox
+/// and sends it later; the API instead answers that it was not sent, so
+/// the service decides, and the message must not go out behind its back.
+async fn send_now(
+    client: &mut Client,
+    to: &str,
+    text: &str,
+    opts: &dak_client::TextOptions,
+) -> Result<dak_client::SendOutcome, ClientError> {
+    let before: std::collections::HashSet<Vec<u8>> = client
+        .profile()
+        .outbox()?
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    let result = client.send_text_with(to, text, opts).await;
+    if result.is_err() {
+        for (id, _, _) in client.profile().outbox()? {
+            if !before.contains(&id) {
+                client.profile().transaction(|p| {
+                    p.remove_outgoing(&id)?;
+                    p.delete_message(&id)
+                })?;
+            }
+        }
+    }
+    result
 }
 
 /// After a (re)start: what the profile holds that the queue may not,
