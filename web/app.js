@@ -503,6 +503,13 @@ function choicesView(m) {
 // What the chat's header says of a business: its checked name with a
 // tick, or "business account" beside its number; and who reads its messages.
 function showBusiness(chat) {
+  const one = Boolean(chat && !chat.is_group);
+  $("block").hidden = !one;
+  $("report").hidden = !one;
+  if (one) {
+    $("block").textContent = chat.blocked ? t("unblock") : t("block");
+    $("block").setAttribute("aria-pressed", String(chat.blocked));
+  }
   const b = chat && chat.business;
   const line = $("business-line");
   line.hidden = !b;
@@ -1272,6 +1279,14 @@ function wire() {
     await renderDevices();
   });
 
+  // Block (or unblock) the open 1:1 chat's number; report it (which blocks too).
+  $("block").addEventListener("click", () => {
+    const chat = ui.chats.find((c) => c.key === ui.open);
+    if (chat) act($("block"), { do: "block", chat: chat.key, blocked: !chat.blocked });
+  });
+  $("report").addEventListener("click", () => {
+    if (ui.open) act($("report"), { do: "report", chat: ui.open });
+  });
   $("safety-toggle").addEventListener("click", () => {
     const panel = $("safety-panel");
     panel.hidden = !panel.hidden;

@@ -92,6 +92,17 @@ pub enum Action {
     Business {
         chat: String,
     },
+    /// Blocks a number (its messages stop reaching this account), or
+    /// unblocks it.
+    Block {
+        chat: String,
+        blocked: bool,
+    },
+    /// Reports a number for spam or abuse (the operator counts reports and
+    /// never sees messages), and blocks it.
+    Report {
+        chat: String,
+    },
 }
 
 /// Why an action from the page was not even tried.
@@ -111,6 +122,14 @@ pub async fn perform(client: &mut Client, action: Action) -> Result<Value, Clien
         Action::Choose { id, choice } => {
             let sent = client.choose(&parse_id(&id)?, &choice).await?;
             json!(dak_core::format_id(&sent.id))
+        }
+        Action::Block { chat, blocked } => {
+            client.block(&chat, blocked).await?;
+            json!(true)
+        }
+        Action::Report { chat } => {
+            client.report(&chat).await?;
+            json!(true)
         }
         Action::Business { chat } => {
             let b = client.fetch_business(&chat).await?;

@@ -44,6 +44,8 @@ pub struct ChatRow {
     /// A 1:1 chat with a business, as last looked up (`{"do":
     /// "business"}` asks the server again).
     pub business: Option<BusinessRow>,
+    /// A 1:1 chat whose number this account blocked.
+    pub blocked: bool,
 }
 
 /// A business the page names by its checked name with a tick, or as a
@@ -146,6 +148,7 @@ pub fn chat_list(profile: &Profile) -> Result<Vec<ChatRow>, ClientError> {
             } else {
                 business_row(profile, &key)?
             },
+            blocked: !is_group && dak_core::requests::is_blocked(profile, &key)?,
             key,
             title,
             is_group,

@@ -1558,6 +1558,24 @@ async fn a_bots_buttons_and_list_are_tapped_in_the_page_which_names_it_only_once
             "the verified business line",
         )
         .await;
+
+    // Reported (and so blocked) from the chat's header: its messages stop.
+    assert_eq!(browser.unnamed_controls().await, json!([]));
+    browser.click("#report").await;
+    browser
+        .wait_for(
+            "return document.getElementById('block').textContent === 'Unblock'",
+            "the chat shown as blocked",
+        )
+        .await;
+    let mut b = bot.connect().await;
+    b.send_text(page_phone, "one more offer").await.unwrap();
+    b.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shown = browser
+        .js("return [...document.querySelectorAll('#messages li .text')].some(e => e.textContent === 'one more offer')")
+        .await;
+    assert_eq!(shown, json!(false), "a reported bot's message was shown");
     browser.close().await;
 }
 
