@@ -15,8 +15,11 @@
 //!   next to Sender Keys.
 //! - `media`: a large file sealed, opened, uploaded and downloaded, next
 //!   to curl moving the same bytes over the same listener.
+//! - `bot`: a real `dak bot serve` between people and a webhook: messages
+//!   a second each way, send-to-webhook latency, memory per conversation.
 //! - `report`: latency histograms, the table and the JSON result.
 
+pub mod bot;
 pub mod device;
 pub mod groups;
 pub mod large_group;

@@ -27,6 +27,7 @@ pub enum Scenario {
     Offline,
     Group,
     Media,
+    Bot,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +66,10 @@ pub struct Params {
     pub tls: bool,
     /// The file's size in MB (media).
     pub file_mb: u64,
+    /// This executable, for scenarios that start another of its commands
+    /// (bot: `dak bot serve`).
+    #[serde(skip)]
+    pub exe: Option<std::path::PathBuf>,
 }
 
 mod secs {
@@ -87,6 +92,7 @@ pub async fn run(
         Scenario::Offline => offline(target, p, progress).await,
         Scenario::Group => crate::large_group::run(target, p, progress).await,
         Scenario::Media => crate::media::run(target, p, progress).await,
+        Scenario::Bot => crate::bot::run(target, p, progress).await,
     }
 }
 

@@ -33,6 +33,8 @@ impl Target {
             .env("DAK_MAX_UNAUTHENTICATED_PER_IP", "1000000")
             .env("DAK_REQUESTS_PER_DEVICE_PER_SEC", "1000000")
             .env("DAK_REQUEST_BURST", "1000000")
+            .env("DAK_BUSINESS_REQUESTS_PER_DEVICE_PER_SEC", "1000000")
+            .env("DAK_BUSINESS_MESSAGES_PER_CHAT_PER_MINUTE", "1000000")
             .env("DAK_MAX_CONNECTIONS_PER_DEVICE", "1000")
             .env("DAK_LOOKUPS_PER_DAY", "100000000")
             // `offline` queues more for one device than a mailbox may hold.

@@ -10,7 +10,7 @@ use dak_bench::{Params, Scenario};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// connect | pairs | offline | group | media
+    /// connect | pairs | offline | group | media | bot
     #[arg(value_enum)]
     scenario: ScenarioArg,
     /// Simulated devices (connect, pairs).
@@ -91,6 +91,9 @@ enum ScenarioArg {
     /// One --file-mb MB file: sealing and opening speed, and upload and download throughput
     /// next to curl on the same listener, with the server's memory per transfer.
     Media,
+    /// A real `dak bot serve` between --clients people and a webhook: messages a second each way
+    /// at --rate, send-to-webhook latency, and the bot's memory with --clients conversations.
+    Bot,
 }
 
 pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
@@ -107,6 +110,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
         ScenarioArg::Connect | ScenarioArg::Pairs => args.clients,
         ScenarioArg::Group => args.members,
         ScenarioArg::Offline | ScenarioArg::Media => 2,
+        ScenarioArg::Bot => args.clients + 2,
     };
     let needed = devices as u64 + 64;
     if needed > fd_limit {
@@ -122,6 +126,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
             ScenarioArg::Offline => Scenario::Offline,
             ScenarioArg::Group => Scenario::Group,
             ScenarioArg::Media => Scenario::Media,
+            ScenarioArg::Bot => Scenario::Bot,
         },
         clients: args.clients,
         rate: args.rate,
@@ -142,6 +147,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
         source_ips: args.source_ips,
         tls: target.url.starts_with("wss://"),
         file_mb: args.file_mb,
+        exe: std::env::current_exe().ok(),
     };
     eprintln!("dak bench {:?} against {}", args.scenario, target.url);
     let progress = |line: String| eprintln!("  {line}");
