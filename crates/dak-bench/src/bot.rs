@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 use crate::device::Codes;
 use crate::report::Report;
 use crate::scenarios::Params;
-use crate::target::Target;
+use crate::target::{Target, rss_of};
 
 const BOT_PHONE: &str = "+919700000000";
 
@@ -59,18 +59,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 async fn person(url: &str, codes: &Codes, phone: &str) -> Result<Client> {
     let profile = Profile::new(
         Box::new(dak_core::memory::MemoryStore::new()),
@@ -90,7 +78,9 @@ pub async fn run(
     let Some(exe) = p.exe.clone() else {
         bail!("the bot scenario starts `dak bot serve`, so it needs the dak executable");
     };
-    let dir = tempfile::Builder::new().prefix("dak-bench-bot-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("dak-bench-bot-")
+        .tempdir()?;
     let codes = Codes::new(target.outbox.clone());
 
     // The bot's device, on a real SQLite profile.
@@ -157,7 +147,10 @@ pub async fn run(
     let rss_empty = rss_of(bot_pid);
 
     // Setup: every person writes once.
-    progress(format!("{} people each start a conversation with the bot", p.clients));
+    progress(format!(
+        "{} people each start a conversation with the bot",
+        p.clients
+    ));
     let gate = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..p.clients {
@@ -186,16 +179,18 @@ pub async fn run(
     // Inbound.
     progress(format!(
         "inbound: {} messages/s for {:?}",
-        p.rate,
-        p.duration
+        p.rate, p.duration
     ));
     let warm = Duration::from_secs(1);
     let start = Instant::now() + Duration::from_millis(200);
     let start_ms = now_ms() + 200;
-    window.0.store((start_ms + warm.as_millis() as i64) as u64, Relaxed);
     window
-        .1
-        .store((start_ms + (warm + p.duration).as_millis() as i64) as u64, Relaxed);
+        .0
+        .store((start_ms + warm.as_millis() as i64) as u64, Relaxed);
+    window.1.store(
+        (start_ms + (warm + p.duration).as_millis() as i64) as u64,
+        Relaxed,
+    );
     let n = people.len();
     let per_person = p.rate / n as f64;
     let total = warm + p.duration;
@@ -230,9 +225,14 @@ pub async fn run(
     };
 
     // Outbound.
-    progress(format!("outbound: {} API sends/s for {:?}", p.rate, p.duration));
+    progress(format!(
+        "outbound: {} API sends/s for {:?}",
+        p.rate, p.duration
+    ));
     let http = reqwest::Client::new();
-    let api_latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let api_latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let gap = Duration::from_secs_f64(1.0 / p.rate);
@@ -286,7 +286,11 @@ pub async fn run(
          Outbound: POST /v1/messages at --rate/s for --duration, 201 counted. Server, bot and \
          bench share the machine.",
     );
-    report.add("inbound offered", offered_measured / p.duration.as_secs_f64(), "msg/s");
+    report.add(
+        "inbound offered",
+        offered_measured / p.duration.as_secs_f64(),
+        "msg/s",
+    );
     report.add(
         "inbound to webhook",
         inbound_measured as f64 / p.duration.as_secs_f64(),
@@ -329,7 +333,15 @@ fn spawn_bot(
     let mut child = Command::new(exe)
         .arg("--profile")
         .arg(profile)
-        .args(["--json", "bot", "serve", "--listen", "127.0.0.1:0", "--webhook", hook])
+        .args([
+            "--json",
+            "bot",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            hook,
+        ])
         .arg("--secret-file")
         .arg(secret)
         .arg("--token-file")
@@ -365,7 +377,9 @@ async fn wait_drained(api: &str, at_least: u64, patience: Duration) -> Result<()
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the bot's webhook queue did not drain ({waiting} waiting, {delivered} delivered)");
+            bail!(
+                "the bot's webhook queue did not drain ({waiting} waiting, {delivered} delivered)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -77,15 +77,7 @@ impl Target {
 
     /// Resident set size of the spawned server, from /proc (None if not spawned).
     pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
+        rss_of(self.pid()?)
     }
 
     /// CPU seconds (user + system) the spawned server has used so far.
@@ -111,6 +103,19 @@ impl Drop for Target {
 
 /// Raises this process's open-file limit to its hard limit (children
 /// inherit it). Returns the limit now in force.
+/// Resident set size of process `pid`, from /proc.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 pub fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {

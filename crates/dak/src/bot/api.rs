@@ -1,8 +1,9 @@
 //! The bot's HTTP API for the service's backend (docs/BOTS.md, "API"):
 //!
-//! - `POST /v1/messages`: a text, a text with reply buttons or a list,
-//!   or a template; answers 201 with the message's id once the Dak server
-//!   holds it (✓).
+//! - `POST /v1/media`: a file's bytes, kept to be sent (`media.rs`).
+//! - `POST /v1/messages`: a text, a text with reply buttons or a list, a
+//!   file with a caption, or a template; answers 201 with the message's id
+//!   once the Dak server holds it (✓).
 //! - `GET /v1/messages/{id}`: its ticks, per recipient device.
 //! - `POST /v1/messages/{id}/read`: mark a user's message read (blue ticks).
 //! - `GET /v1/health`: the webhook queue.
@@ -55,6 +56,8 @@ pub(crate) struct ApiState {
     pub token: Vec<u8>,
     pub templates: Arc<Templates>,
     pub me: String,
+    /// The bot's profile directory (its files for `/v1/media`).
+    pub dir: std::path::PathBuf,
 }
 
 pub(crate) async fn serve(
@@ -64,6 +67,12 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/messages", post(send))
+        .route(
+            "/v1/media",
+            post(upload_media).layer(DefaultBodyLimit::max(
+                dak_proto::blob::MAX_FILE_BYTES as usize,
+            )),
+        )
         .route("/v1/messages/{id}", get(status))
         .route("/v1/messages/{id}/read", post(read))
         .route("/v1/health", get(health))
@@ -201,6 +210,9 @@ pub(crate) struct SendRequest {
     /// The id of a message this one replies to (it is quoted).
     #[serde(default)]
     reply_to: Option<String>,
+    /// A file from `POST /v1/media`; `text`, if given, is its caption.
+    #[serde(default)]
+    media_id: Option<String>,
 }
 
 /// A template of the bot's `--templates` file and its parameters.
@@ -285,7 +297,7 @@ struct Health {
         description = "What `dak bot serve` offers the service behind a bot (docs/BOTS.md). Events come to the service's webhook, signed.",
         version = "1"
     ),
-    paths(send, status, read, health),
+    paths(send, upload_media, status, read, health),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
@@ -340,8 +352,24 @@ async fn send(
     let req: SendRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("the request is not a message: {e}")))?;
     let to = recipient(&req.to)?;
+    let media = match &req.media_id {
+        None => None,
+        Some(_) if req.template.is_some() || req.interactive.is_some() => {
+            return Err(ApiError::invalid(
+                "a file goes with a caption only: no template, buttons or list",
+            ));
+        }
+        Some(id) => Some(super::media::find(&state.dir, id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no file {id:?}: upload it with POST /v1/media (files are kept 30 days)"),
+            )
+        })?),
+    };
     let text = match (&req.text, &req.template) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("give text or template, not both")),
+        (None, None) if media.is_some() => String::new(),
         (None, None) => return Err(ApiError::invalid("give text or template")),
         (Some(t), None) => {
             if t.trim().is_empty() || t.chars().count() > MAX_TEXT_CHARS {
@@ -390,9 +418,14 @@ async fn send(
         .map(parse_id)
         .transpose()
         .map_err(|e| ApiError::invalid(format!("reply_to: {e}")))?;
+    let attachment = match media {
+        Some((path, meta)) => Some(Box::new(send_file(&state, path, meta).await?)),
+        None => None,
+    };
     let opts = TextOptions {
         reply_to,
         interactive: req.interactive.map(Box::new),
+        attachment,
         ..Default::default()
     };
     let (reply, answer) = oneshot::channel();
@@ -417,6 +450,154 @@ async fn send(
             server_time_ms: sent.server_time_ms,
             recipient_devices: sent.recipient_devices,
         }),
+    ))
+}
+
+/// Seals a stored file for one message, has the device take a slot for
+/// it and uploads it: the attachment the message carries.
+async fn send_file(
+    state: &ApiState,
+    path: std::path::PathBuf,
+    meta: super::media::Stored,
+) -> ApiResult<dak_client::Attachment> {
+    let sealed = tokio::task::spawn_blocking(move || super::media::seal(&path))
+        .await
+        .map_err(|e| internal(e.into()))?
+        .map_err(internal)?;
+    let (reply, answer) = oneshot::channel();
+    let cmd = Command::Slot {
+        length: sealed.sealed.length,
+        sha256: sealed.sealed.sha256,
+        capability: sealed.capability.clone(),
+        reply,
+    };
+    let slot = match ask(state, cmd, answer).await {
+        Ok(Ok(slot)) => slot,
+        other => {
+            let _ = std::fs::remove_file(&sealed.sealed.path);
+            return Err(match other {
+                Ok(Err(e)) => e.into(),
+                Err(e) => e,
+                Ok(Ok(_)) => unreachable!(),
+            });
+        }
+    };
+    super::media::upload(&slot.server, &slot.trust, &sealed, &slot.slot, &meta)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{e:#}; nothing was sent"),
+            )
+        })
+}
+
+/// A file's bytes, as `POST /v1/media` takes them.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // only its schema is used
+struct FileBytes(Vec<u8>);
+
+/// A stored file, as `POST /v1/media` answers.
+#[derive(Serialize, ToSchema)]
+struct MediaStored {
+    /// Give it as `media_id` to `POST /v1/messages`, for 30 days.
+    media_id: String,
+    size: u64,
+}
+
+/// Upload a file to send: the body is its bytes (up to 100 MB).
+#[utoipa::path(
+    post,
+    path = "/v1/media",
+    tag = "media",
+    request_body(content = FileBytes, content_type = "application/octet-stream", description = "The file's bytes. Give its type as Content-Type (e.g. image/png) and its name in X-File-Name."),
+    params(("X-File-Name" = Option<String>, Header, description = "The file's name as people see it")),
+    responses(
+        (status = 201, description = "Kept; send it with its media_id", body = MediaStored),
+        (status = 400, description = "Empty, or a bad name or type", body = ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = ErrorBody),
+        (status = 413, description = "Larger than 100 MB"),
+        (status = 500, description = "The bot's own store failed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn upload_media(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<MediaStored>)> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    authorize(&state, &headers)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let media_type = match header("content-type")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+    {
+        "" => "application/octet-stream".to_string(),
+        t => t.to_ascii_lowercase(),
+    };
+    let meta = super::media::Stored {
+        file_name: header("x-file-name"),
+        media_type,
+        size: 0,
+    };
+    // The receivers' rules for a descriptor (name, type), checked now.
+    let probe = dak_client::Attachment {
+        blob_id: vec![0; dak_proto::blob::BLOB_ID_BYTES],
+        capability: vec![0; dak_proto::blob::BLOB_SECRET_BYTES],
+        key: vec![0; dak_proto::blob::MEDIA_KEY_BYTES],
+        sha256: vec![0; dak_proto::blob::SHA256_BYTES],
+        media_type: meta.media_type.clone(),
+        file_name: meta.file_name.clone(),
+        ..Default::default()
+    };
+    dak_proto::blob::validate_attachment(&probe.to_proto())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if meta.file_name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("X-File-Name holds a control character"));
+    }
+    let id = super::media::new_id();
+    let part = super::media::dir(&state.dir).join(format!("{id}.part"));
+    let mut file = tokio::fs::File::create(&part)
+        .await
+        .map_err(|e| internal(e.into()))?;
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(ApiError::invalid(format!("the upload stopped: {e}")));
+            }
+        };
+        size += chunk.len() as u64;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| internal(e.into()))?;
+    }
+    file.sync_all().await.map_err(|e| internal(e.into()))?;
+    drop(file);
+    if size == 0 {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(ApiError::invalid("the file is empty"));
+    }
+    let meta = super::media::Stored { size, ..meta };
+    super::media::keep(&state.dir, &id, &part, &meta).map_err(internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(MediaStored { media_id: id, size }),
     ))
 }
 

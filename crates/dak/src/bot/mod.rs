@@ -24,6 +24,7 @@
 //! nothing is dropped, and the webhook is not flooded when it comes back.
 
 mod api;
+mod media;
 pub mod queue;
 mod templates;
 pub mod webhook;
@@ -182,6 +183,8 @@ pub async fn run(dir: &Path, action: BotAction, json: bool) -> Result<()> {
             }
             let db = Arc::new(BotDb::open(dir)?);
             db.prune(webhook::now_ms())?;
+            std::fs::create_dir_all(media::dir(dir))?;
+            media::prune(dir);
             let wake = Arc::new(Notify::new());
             let drained = Arc::new(Notify::new());
             let (tx, rx) = mpsc::channel(1024);
@@ -211,6 +214,7 @@ pub async fn run(dir: &Path, action: BotAction, json: bool) -> Result<()> {
                 token,
                 templates: Arc::new(templates),
                 me,
+                dir: dir.to_path_buf(),
             };
             let server = tokio::spawn(api::serve(listener, state));
             let device = device_task(dir.to_path_buf(), db, wake, drained, rx, queue_max);
@@ -272,6 +276,19 @@ pub(crate) enum Command {
         id: Vec<u8>,
         reply: oneshot::Sender<Result<usize, ClientError>>,
     },
+    /// An upload slot for a sealed file, with where and how to upload it.
+    Slot {
+        length: u64,
+        sha256: [u8; 32],
+        capability: Vec<u8>,
+        reply: oneshot::Sender<Result<Slot, ClientError>>,
+    },
+}
+
+pub(crate) struct Slot {
+    pub slot: dak_proto::v1::BlobSlot,
+    pub server: String,
+    pub trust: dak_client::CertTrust,
 }
 
 async fn device_task(
@@ -357,6 +374,21 @@ async fn on_command(client: &mut Client, cmd: Command) {
         Command::Read { id, reply } => {
             let _ = reply.send(client.mark_read(Some(&[id])).await);
         }
+        Command::Slot {
+            length,
+            sha256,
+            capability,
+            reply,
+        } => {
+            let slot = async {
+                Ok(Slot {
+                    slot: client.create_blob(length, &sha256, &capability).await?,
+                    server: client.server().to_string(),
+                    trust: client.server_trust()?,
+                })
+            };
+            let _ = reply.send(slot.await);
+        }
     }
 }
 
@@ -426,10 +458,11 @@ fn queue_events(p: &Profile, db: &BotDb, events: &[Event]) -> Result<usize> {
     let now = webhook::now_ms();
     let mut out = Vec::new();
     let mut ticks = Vec::new();
+    let mut wrote = Vec::new();
     for e in events {
         match e {
             Event::Message(m) if !m.outgoing => {
-                db.user_wrote(&m.from, m.at_ms())?;
+                wrote.push((m.from.clone(), m.at_ms()));
                 out.push(message_event(p, m));
                 if let Some(opt) = opt_word(&m.text).filter(|_| !m.conversation.is_group()) {
                     // Only a new event flips the flag: a replayed STOP must
@@ -466,7 +499,7 @@ fn queue_events(p: &Profile, db: &BotDb, events: &[Event]) -> Result<usize> {
         }
     }
     let out: Vec<NewEvent> = out.into_iter().map(with_id).collect();
-    let n = db.push(&out, now)?;
+    let n = db.push_with(&out, &wrote, now)?;
     // Raised only once their events are queued: a crash in between
     // queues them again at the next start, under the same ids.
     for (id, tick) in ticks {

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS sent (
 ) STRICT;
 "#;
 
+const USER_WROTE: &str = "INSERT INTO contacts (phone, last_in_ms) VALUES (?1, ?2)
+     ON CONFLICT(phone) DO UPDATE SET last_in_ms = max(last_in_ms, ?2)";
+
 /// One event waiting for the webhook.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -101,6 +104,17 @@ impl BotDb {
     /// Queues events (those already known by id are skipped) in one
     /// transaction; returns how many were new.
     pub fn push(&self, events: &[NewEvent], now_ms: i64) -> Result<usize> {
+        self.push_with(events, &[], now_ms)
+    }
+
+    /// `push`, and records in the same transaction (one fsync) that these
+    /// users wrote at these times (`user_wrote`).
+    pub fn push_with(
+        &self,
+        events: &[NewEvent],
+        wrote: &[(String, i64)],
+        now_ms: i64,
+    ) -> Result<usize> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let mut n = 0;
@@ -110,6 +124,10 @@ impl BotDb {
             )?;
             for e in events {
                 n += insert.execute(params![e.id, e.body.to_string(), now_ms])?;
+            }
+            let mut contact = tx.prepare_cached(USER_WROTE)?;
+            for (phone, at) in wrote {
+                contact.execute(params![phone, at])?;
             }
         }
         tx.commit()?;
@@ -199,12 +217,11 @@ impl BotDb {
 
     /// A user wrote to the bot at `at_ms`: free-form messages may go to
     /// them for 24 hours from then.
+    #[cfg(test)]
     pub fn user_wrote(&self, phone: &str, at_ms: i64) -> Result<()> {
-        self.conn.lock().execute(
-            "INSERT INTO contacts (phone, last_in_ms) VALUES (?1, ?2)
-             ON CONFLICT(phone) DO UPDATE SET last_in_ms = max(last_in_ms, ?2)",
-            params![phone, at_ms],
-        )?;
+        self.conn
+            .lock()
+            .execute(USER_WROTE, params![phone, at_ms])?;
         Ok(())
     }
 
