@@ -1043,6 +1043,41 @@ async fn a_file_from_the_service_reaches_a_person_whole() {
         ticket
     );
 
+    // The other way: a photo of a document, fetched by the service.
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("aadhaar.jpg");
+    let bytes: Vec<u8> = (0..150_000u32)
+        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+        .collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    ok(
+        &rider.dir,
+        &[
+            "send",
+            BOT,
+            "--file",
+            photo.to_str().unwrap(),
+            "--caption",
+            "my ID",
+        ],
+    );
+    let event = event_where(&receiver, "the photo", |e| e["message"]["text"] == "my ID").await;
+    assert_eq!(event["message"]["attachment"]["file_name"], "aadhaar.jpg");
+    let path = event["message"]["attachment"]["url"].as_str().unwrap();
+    for _ in 0..2 {
+        // Fetched once from the server, then from the bot's own copy.
+        let got = bot
+            .http
+            .get(format!("{}{path}", bot.api))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        assert_eq!(got.headers()["content-type"], "image/jpeg");
+        assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+    }
+
     // Unknown ids and files with templates or buttons are refused.
     let (code, err) = bot
         .send(json!({"to": rider.phone, "media_id": "00000000000000000000000000000000"}))

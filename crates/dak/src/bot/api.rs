@@ -75,6 +75,7 @@ pub(crate) async fn serve(
         )
         .route("/v1/messages/{id}", get(status))
         .route("/v1/messages/{id}/read", post(read))
+        .route("/v1/messages/{id}/media", get(received_media))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
@@ -297,7 +298,7 @@ struct Health {
         description = "What `dak bot serve` offers the service behind a bot (docs/BOTS.md). Events come to the service's webhook, signed.",
         version = "1"
     ),
-    paths(send, upload_media, status, read, health),
+    paths(send, upload_media, received_media, status, read, health),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
@@ -599,6 +600,103 @@ async fn upload_media(
         StatusCode::CREATED,
         Json(MediaStored { media_id: id, size }),
     ))
+}
+
+/// The file a person sent with a message: fetched from the Dak server,
+/// checked and decrypted on first asking, then kept 30 days.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}/media",
+    tag = "media",
+    params(("id" = String, Path, description = "The id of a message the bot received with a file")),
+    responses(
+        (status = 200, description = "The file, with its type and name", body = FileBytes, content_type = "application/octet-stream"),
+        (status = 400, description = "Not a message id", body = ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = ErrorBody),
+        (status = 404, description = "No file came with such a message", body = ErrorBody),
+        (status = 503, description = "The file could not be fetched now", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn received_media(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    let id = message_id(&id)?;
+    let (reply, answer) = oneshot::channel();
+    let (m, server, trust) = ask(
+        &state,
+        Command::Received {
+            id: id.clone(),
+            reply,
+        },
+        answer,
+    )
+    .await?
+    .map_err(|e| match e {
+        ClientError::Usage(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+        e => e.into(),
+    })?;
+    let a = m.attachment.as_deref().expect("checked by the device");
+    let mut path = super::media::received_path(&state.dir, &id);
+    if !path.exists() {
+        path = super::media::fetch(&state.dir, &server, &trust, &m)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("{e:#}"),
+                )
+            })?;
+        let _ = state.commands.try_send(Command::Fetched {
+            blob_id: a.blob_id.clone(),
+        });
+    }
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| internal(e.into()))?;
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let media_type = if a.media_type.is_empty() {
+        "application/octet-stream"
+    } else {
+        &a.media_type
+    };
+    // The name as an RFC 6266 filename*, percent-encoded: it came from a
+    // stranger, so nothing of it is trusted in the header.
+    let name: String = a
+        .file_name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, media_type)
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename*=UTF-8''{name}"),
+        )
+        .header("x-content-type-options", "nosniff")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| internal(e.into()))
 }
 
 /// Sends a command to the device and waits for its answer; 503 if the

@@ -80,6 +80,36 @@ pub fn prune(profile: &Path) {
     }
 }
 
+/// Where a received message's file is kept once fetched and opened.
+pub fn received_path(profile: &Path, message_id: &[u8]) -> PathBuf {
+    dir(profile).join(format!("received-{}.bin", hex::encode(message_id)))
+}
+
+/// Downloads, checks and opens a received file into `received_path`.
+pub async fn fetch(
+    profile: &Path,
+    server: &str,
+    trust: &CertTrust,
+    message: &dak_client::MessageView,
+) -> Result<PathBuf> {
+    let a = message.attachment.as_deref().context("no file")?;
+    let dest = received_path(profile, &message.id);
+    let part = dest.with_extension("ciphertext.part");
+    let endpoint = BlobEndpoint::new(server, trust)?;
+    endpoint
+        .download(a, &part, blobs::quiet())
+        .await
+        .context("the file could not be fetched from the Dak server")?;
+    let opening = dest.with_extension("bin.part");
+    let (a2, part2, opening2) = (a.clone(), part.clone(), opening.clone());
+    let opened =
+        tokio::task::spawn_blocking(move || blobs::open_file(&a2, &part2, &opening2)).await?;
+    let _ = std::fs::remove_file(&part);
+    opened?;
+    std::fs::rename(&opening, &dest)?;
+    Ok(dest)
+}
+
 /// A sealed copy of a stored file, ready to upload.
 pub struct Sealed {
     pub sealed: blobs::SealedFile,

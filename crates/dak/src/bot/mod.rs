@@ -276,6 +276,13 @@ pub(crate) enum Command {
         id: Vec<u8>,
         reply: oneshot::Sender<Result<usize, ClientError>>,
     },
+    /// A received message with a file, with where and how to fetch it.
+    Received {
+        id: Vec<u8>,
+        reply: oneshot::Sender<Result<(MessageView, String, dak_client::CertTrust), ClientError>>,
+    },
+    /// Tells the server this device has a file (the blob may go).
+    Fetched { blob_id: Vec<u8> },
     /// An upload slot for a sealed file, with where and how to upload it.
     Slot {
         length: u64,
@@ -373,6 +380,24 @@ async fn on_command(client: &mut Client, cmd: Command) {
         }
         Command::Read { id, reply } => {
             let _ = reply.send(client.mark_read(Some(&[id])).await);
+        }
+        Command::Received { id, reply } => {
+            let found = (|| {
+                let m = client
+                    .profile()
+                    .message(&id)?
+                    .filter(|m| !m.outgoing && !m.deleted && m.attachment.is_some())
+                    .ok_or_else(|| {
+                        ClientError::Usage(format!("no file came with message {}", format_id(&id)))
+                    })?;
+                Ok((m, client.server().to_string(), client.server_trust()?))
+            })();
+            let _ = reply.send(found);
+        }
+        Command::Fetched { blob_id } => {
+            if let Err(e) = client.blob_fetched(&blob_id).await {
+                tracing::warn!(error = %e, "could not tell the server a file was fetched; it expires there");
+            }
         }
         Command::Slot {
             length,
@@ -545,6 +570,7 @@ fn message_event(p: &Profile, m: &MessageView) -> NewEvent {
             "size": a.size,
             "voice_note": a.voice_note,
             "duration_ms": a.duration_ms,
+            "url": format!("/v1/messages/{}/media", format_id(&m.id)),
         })),
     });
     let choice = m.choice.as_ref().and_then(|c| {
