@@ -146,33 +146,44 @@ pub async fn run(
     let bot_pid = bot.0.id();
     let rss_empty = rss_of(bot_pid);
 
-    // Setup: every person writes once.
+    // Setup: every person writes once; those past --clients then leave.
     progress(format!(
         "{} people each start a conversation with the bot",
-        p.clients
+        p.conversations
     ));
     let gate = Arc::new(Semaphore::new(16));
+    let codes = Arc::new(codes);
     let mut tasks = Vec::new();
-    for i in 0..p.clients {
-        let (url, gate) = (target.url.clone(), gate.clone());
-        let codes = Codes::new(target.outbox.clone());
+    for i in 0..p.conversations {
+        let (url, gate, codes) = (target.url.clone(), gate.clone(), codes.clone());
+        let keep = i < p.clients;
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let phone = format!("+9196{:08}", i);
             let mut c = person(&url, &codes, &phone).await?;
             c.send_text(BOT_PHONE, "hello").await?;
-            anyhow::Ok((phone, c))
+            if keep {
+                return anyhow::Ok(Some((phone, c)));
+            }
+            c.close().await;
+            anyhow::Ok(None)
         }));
     }
-    let mut people = Vec::with_capacity(tasks.len());
+    let mut kept = Vec::with_capacity(p.clients);
     for (n, t) in tasks.into_iter().enumerate() {
-        people.push(t.await??);
-        if (n + 1) % 100 == 0 {
+        kept.extend(t.await??);
+        if (n + 1) % 500 == 0 {
             progress(format!("  {} conversations", n + 1));
         }
     }
+    // A long setup leaves the first connections idle past the server's
+    // timeout: the senders connect afresh.
+    let mut people = Vec::with_capacity(kept.len());
+    for (phone, c) in kept {
+        people.push((phone, Client::connect(c.close().await).await?));
+    }
     // Until the bot has handed the setup messages on.
-    wait_drained(&api, p.clients as u64, Duration::from_secs(600)).await?;
+    wait_drained(&api, p.conversations as u64, Duration::from_secs(1800)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_conversations = rss_of(bot_pid);
 
@@ -278,7 +289,7 @@ pub async fn run(
 
     let mut report = Report::new(
         "bot",
-        serde_json::json!({"people": p.clients, "rate": p.rate, "duration_secs": p.duration.as_secs_f64(), "tls": p.tls}),
+        serde_json::json!({"people": p.clients, "conversations": p.conversations, "rate": p.rate, "duration_secs": p.duration.as_secs_f64(), "tls": p.tls}),
         "a real `dak bot serve` (its own SQLite profile) and a webhook receiver in the bench; \
          --clients people, each a real client core in memory with a conversation with the bot. \
          Inbound: the people send --rate messages/s for --duration (after 1 s of warm-up), each \
@@ -309,7 +320,7 @@ pub async fn run(
     }
     if let Some(b) = rss_conversations {
         report.add(
-            format!("bot RSS, {} conversations", p.clients),
+            format!("bot RSS, {} conversations", p.conversations),
             b as f64 / 1_048_576.0,
             "MiB",
         );

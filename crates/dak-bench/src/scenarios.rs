@@ -66,6 +66,9 @@ pub struct Params {
     pub tls: bool,
     /// The file's size in MB (media).
     pub file_mb: u64,
+    /// Conversations the bot holds before it is measured; the first
+    /// `clients` of them send the load (bot).
+    pub conversations: usize,
     /// This executable, for scenarios that start another of its commands
     /// (bot: `dak bot serve`).
     #[serde(skip)]

@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// The file's size in MB (media).
     #[arg(long, default_value_t = 100)]
     file_mb: u64,
+    /// Conversations the bot holds when its memory is read; the first --clients of them also
+    /// send the load (bot; default: --clients).
+    #[arg(long)]
+    conversations: Option<usize>,
     /// Start a server with a fresh data directory (the default when --server is absent).
     #[arg(long)]
     spawn: bool,
@@ -147,6 +151,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<()> {
         source_ips: args.source_ips,
         tls: target.url.starts_with("wss://"),
         file_mb: args.file_mb,
+        conversations: args.conversations.unwrap_or(args.clients).max(args.clients),
         exe: std::env::current_exe().ok(),
     };
     eprintln!("dak bench {:?} against {}", args.scenario, target.url);

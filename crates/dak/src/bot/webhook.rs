@@ -28,6 +28,10 @@ pub const SIGNATURE_HEADER: &str = "Dak-Signature";
 pub const TIMESTAMP_HEADER: &str = "Dak-Timestamp";
 pub const EVENT_ID_HEADER: &str = "Dak-Event-Id";
 
+/// Events read from the queue at a time; their delivery is recorded in
+/// one write.
+const BATCH: usize = 64;
+
 /// First retry after this long, doubling per failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
@@ -91,35 +95,51 @@ pub async fn deliver(db: Arc<BotDb>, hook: Webhook, wake: Arc<Notify>, drained: 
         }
     };
     loop {
-        let head = match db.head() {
-            Ok(h) => h,
+        let batch = match db.head_batch(BATCH) {
+            Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the event queue");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let Some(event) = head else {
+        let Some(first) = batch.first() else {
             drained.notify_waiters();
             // A notify_one permit is kept when no one waits, so an event
-            // queued between `head` and here is not missed.
+            // queued between `head_batch` and here is not missed.
             wake.notified().await;
             continue;
         };
         let now = now_ms();
-        if event.next_at_ms > now {
+        if first.next_at_ms > now {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis((event.next_at_ms - now) as u64)) => {}
+                _ = tokio::time::sleep(Duration::from_millis((first.next_at_ms - now) as u64)) => {}
                 _ = wake.notified() => {}
             }
             continue;
         }
-        let outcome = attempt(&http, &hook, &event).await;
-        let result = match outcome {
-            Ok(()) => db.delivered(event.seq),
-            Err(error) => {
-                let age =
-                    Duration::from_millis(now_ms().saturating_sub(event.created_ms).max(0) as u64);
+        // In order; the first failure ends the batch (it holds back the rest).
+        let mut delivered = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for event in &batch {
+            if event.next_at_ms > now_ms() {
+                break;
+            }
+            match attempt(&http, &hook, event).await {
+                Ok(()) => delivered.push(event.seq),
+                Err(error) => {
+                    failure = Some((event, error));
+                    break;
+                }
+            }
+        }
+        // One write for the batch: a crash before it delivers these again
+        // (at least once; receivers dedup by event id).
+        let mut result = db.delivered_many(&delivered);
+        if let Some((event, error)) = failure {
+            let age =
+                Duration::from_millis(now_ms().saturating_sub(event.created_ms).max(0) as u64);
+            result = result.and_then(|()| {
                 if age >= hook.retry_for {
                     tracing::warn!(event = %event.id, attempts = event.attempts + 1, %error, "the webhook did not take this event for {}; given up", humantime::format_duration(hook.retry_for));
                     db.give_up(event.seq, &error)
@@ -128,8 +148,8 @@ pub async fn deliver(db: Arc<BotDb>, hook: Webhook, wake: Arc<Notify>, drained: 
                     tracing::info!(event = %event.id, attempts = event.attempts + 1, %error, retry_in_ms = wait.as_millis() as u64, "the webhook failed; retrying");
                     db.failed(event.seq, now_ms() + wait.as_millis() as i64, &error)
                 }
-            }
-        };
+            });
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot update the event queue");
             tokio::time::sleep(Duration::from_secs(1)).await;
