@@ -49,10 +49,23 @@ fn label(name: &str, v: &str, max: usize, required: bool) -> Result<(), FrameErr
     Ok(())
 }
 
-/// Controls and the bidi formatting characters (which reorder what
-/// follows them on screen).
-pub(crate) fn is_hidden(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+/// Controls, line and paragraph separators, and the bidi formatting
+/// characters and marks (which reorder what follows them on screen). Not
+/// every format character: the zero-width joiners are part of Bengali,
+/// Hindi and emoji sequences.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{061C}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{FEFF}'
+        )
 }
 
 fn choice_id(name: &str, v: &str) -> Result<(), FrameError> {
@@ -255,6 +268,14 @@ mod tests {
         assert!(err(buttons(vec![button("a", "  ")])).contains("empty"));
         assert!(err(buttons(vec![button("a", "Yes\nNo")])).contains("control"));
         assert!(err(buttons(vec![button("a", "\u{202E}seY")])).contains("control"));
+        assert!(err(buttons(vec![button("a", "Yes\u{2028}No")])).contains("control"));
+        assert!(err(buttons(vec![button("a", "\u{200F}Yes")])).contains("control"));
+        // Joiners belong to Indic scripts: "ক্‍ষ" and "नमस्‍ते" pass.
+        validate_interactive(&buttons(vec![
+            button("a", "ক্\u{200D}ষ"),
+            button("b", "नमस्\u{200C}ते"),
+        ]))
+        .unwrap();
         assert!(err(buttons(vec![button("a", "Yes"), button("a", "No")])).contains("same id"));
         assert!(err(buttons(vec![button("a", "Yes"), button("b", "Yes")])).contains("same title"));
         assert!(err(list(11, 1)).contains("more than 10 rows"));

@@ -13,9 +13,11 @@
 //! - Setting a profile costs a store write, so it takes a token of a
 //!   per-account bucket (10 an hour); a lookup is a read, and costs a
 //!   request token like any request.
-//! - A business's device serves many people, so its request bucket is
-//!   `business_requests_per_device_per_sec` (2,000) rather than a person's
-//!   50; and each chat it sends into has a bucket of its own
+//! - A verified business's device serves many people, so its request
+//!   bucket is `business_requests_per_device_per_sec` (2,000) rather than
+//!   a person's 50 (only once verified: anyone may call itself a business,
+//!   and that must not buy a higher limit); and each chat any business
+//!   sends into has a bucket of its own
 //!   (`business_messages_per_chat_per_minute`, 30), so that a bot cannot
 //!   flood a person. Both are counted in this node's memory: a bot's
 //!   device holds at most `max_connections_per_device` connections.

@@ -154,10 +154,12 @@ struct Session {
     /// Acked seqs not yet deleted from the store, and when to delete them.
     acked: Vec<u64>,
     ack_deadline: Option<Instant>,
-    /// The device's account is a business (a bot): its limits are
-    /// `business_*` (`business.rs`). Read at authentication, set when it
-    /// sets a profile.
+    /// The device's account is a business (a bot): its messages take the
+    /// per-chat bucket; once the operator verified it, its requests take
+    /// `business_requests_per_device_per_sec` (`business.rs`). Read at
+    /// authentication and when it sets a profile.
     business: bool,
+    business_verified: bool,
 }
 
 pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
@@ -240,6 +242,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         acked: Vec::new(),
         ack_deadline: None,
         business: false,
+        business_verified: false,
     };
     session
         .push(Body::Challenge(v1::Challenge {
@@ -605,7 +608,7 @@ impl Session {
 
     /// One token of `device`'s request bucket, or RATE_LIMITED.
     fn take_request_token(&self, device: u64) -> ApiResult<()> {
-        let bucket = if self.business {
+        let bucket = if self.business_verified {
             &self.state.business_requests
         } else {
             &self.state.device_requests
@@ -646,12 +649,9 @@ impl Session {
                     key_packages: stock.one_time,
                     has_last_resort: stock.has_last_resort,
                 };
-                self.business = self
-                    .state
-                    .store
-                    .business(device.account_id)
-                    .await?
-                    .is_some();
+                let business = self.state.store.business(device.account_id).await?;
+                self.business = business.is_some();
+                self.business_verified = business.is_some_and(|b| b.verified);
                 self.become_device(device);
                 Ok(Body::Authenticated(answer))
             }
@@ -790,7 +790,9 @@ impl Session {
             Request::SetBusinessProfile(r) => {
                 let me = self.device()?.clone();
                 crate::business::set(&self.state, &me, r).await?;
-                self.business = true;
+                let business = self.state.store.business(me.account_id).await?;
+                self.business = business.is_some();
+                self.business_verified = business.is_some_and(|b| b.verified);
                 Ok(Body::Ok(v1::Ok {}))
             }
             Request::GetBusinessProfile(r) => {

@@ -1586,11 +1586,26 @@ async fn a_new_business_name_needs_verifying_again<S: Store>(s: &S) {
     let bot = ready_device(s, "+911000000171", 171).await;
     let person = ready_device(s, "+911000000172", 172).await;
     assert_eq!(s.business(bot.account_id).await.unwrap(), None);
-    assert!(!s.verify_business(person.account_id, true).await.unwrap());
+    assert!(
+        !s.verify_business(person.account_id, Some("Dak Rail"))
+            .await
+            .unwrap()
+    );
     s.set_business(bot.account_id, b"v1", "Dak Rail", 1)
         .await
         .unwrap();
-    assert!(s.verify_business(bot.account_id, true).await.unwrap());
+    // The operator checked another name than the business shows: nothing.
+    assert!(
+        !s.verify_business(bot.account_id, Some("Indian Railways"))
+            .await
+            .unwrap()
+    );
+    assert!(!s.business(bot.account_id).await.unwrap().unwrap().verified);
+    assert!(
+        s.verify_business(bot.account_id, Some("Dak Rail"))
+            .await
+            .unwrap()
+    );
     // A new description, the same name: still verified.
     s.set_business(bot.account_id, b"v2", "Dak Rail", 2)
         .await
@@ -1613,8 +1628,12 @@ async fn a_new_business_name_needs_verifying_again<S: Store>(s: &S) {
         .await
         .unwrap();
     assert!(!s.business(bot.account_id).await.unwrap().unwrap().verified);
-    assert!(s.verify_business(bot.account_id, true).await.unwrap());
-    assert!(s.verify_business(bot.account_id, false).await.unwrap());
+    assert!(
+        s.verify_business(bot.account_id, Some("Dak Rail"))
+            .await
+            .unwrap()
+    );
+    assert!(s.verify_business(bot.account_id, None).await.unwrap());
     assert!(!s.business(bot.account_id).await.unwrap().unwrap().verified);
     assert_eq!(s.business(person.account_id).await.unwrap(), None);
 }

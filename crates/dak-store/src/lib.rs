@@ -925,10 +925,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// The account's business profile; None for a person's account.
     async fn business(&self, account: AccountId) -> Result<Option<Business>>;
-    /// Records that the operator checked the business owns its display
-    /// name (`verified` true), or takes that back. False when the account
-    /// is no business.
-    async fn verify_business(&self, account: AccountId, verified: bool) -> Result<bool>;
+    /// Records that the operator checked the business owns the display
+    /// name `name` (`Some`): only if that is still its name, in the same
+    /// statement, so a rename racing the operator keeps no tick. `None`
+    /// takes the verification back. False when nothing changed (no
+    /// business, or another name).
+    async fn verify_business(&self, account: AccountId, name: Option<&str>) -> Result<bool>;
 
     // Mailboxes.
     /// Appends the envelope to every listed device's mailbox in one durable

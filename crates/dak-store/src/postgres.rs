@@ -1391,13 +1391,23 @@ impl Store for PgStore {
         )
     }
 
-    async fn verify_business(&self, account: AccountId, verified: bool) -> Result<bool> {
-        let done = sqlx::query("UPDATE businesses SET verified = $2 WHERE account_id = $1")
+    async fn verify_business(&self, account: AccountId, name: Option<&str>) -> Result<bool> {
+        let done = match name {
+            Some(name) => sqlx::query(
+                "UPDATE businesses SET verified = TRUE WHERE account_id = $1 AND display_name = $2",
+            )
             .bind(account as i64)
-            .bind(verified)
+            .bind(name)
             .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+            .await,
+            None => {
+                sqlx::query("UPDATE businesses SET verified = FALSE WHERE account_id = $1")
+                    .bind(account as i64)
+                    .execute(&self.pool)
+                    .await
+            }
+        }
+        .map_err(backend)?;
         Ok(done.rows_affected() > 0)
     }
 

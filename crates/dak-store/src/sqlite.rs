@@ -1781,12 +1781,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn verify_business(&self, account: AccountId, verified: bool) -> Result<bool> {
+    async fn verify_business(&self, account: AccountId, name: Option<&str>) -> Result<bool> {
+        let name = name.map(str::to_string);
         self.write(move |c| {
-            c.execute(
-                "UPDATE businesses SET verified = ?2 WHERE account_id = ?1",
-                params![account as i64, verified],
-            )
+            match &name {
+                Some(name) => c.execute(
+                    "UPDATE businesses SET verified = 1 WHERE account_id = ?1 AND display_name = ?2",
+                    params![account as i64, name],
+                ),
+                None => c.execute(
+                    "UPDATE businesses SET verified = 0 WHERE account_id = ?1",
+                    params![account as i64],
+                ),
+            }
             .map(|n| n > 0)
             .map_err(backend)
         })

@@ -90,7 +90,13 @@ pub async fn run(args: AdminArgs, json: bool) -> Result<()> {
                     b.display_name
                 );
             }
-            store.verify_business(a.id, true).await?;
+            // Only if the name is still the one checked (a rename may race this).
+            if !store.verify_business(a.id, Some(&name)).await? {
+                bail!(
+                    "{} changed its name just now: check the name it shows now",
+                    a.phone
+                );
+            }
             say(
                 json,
                 json!({"verified": a.phone, "name": name}),
@@ -99,7 +105,7 @@ pub async fn run(args: AdminArgs, json: bool) -> Result<()> {
         }
         AdminAction::UnverifyBusiness { phone } => {
             let a = account(&phone).await?;
-            if !store.verify_business(a.id, false).await? {
+            if !store.verify_business(a.id, None).await? {
                 bail!("{} is not a business account", a.phone);
             }
             say(

@@ -439,6 +439,22 @@ async fn templates_go_outside_the_24_hour_window_and_stop_stops_them() {
     event_where(&receiver, "the opt-in", |e| e["type"] == "opt_in").await;
     bot.sent(template).await;
 
+    // A reaction whose "emoji" holds a line break (anything the sender's
+    // client lets through) reaches the webhook and holds up nothing.
+    ok(&citizen.dir, &["react", BOT, &ready, "ok\nX"]);
+    ok(&citizen.dir, &["send", BOT, "after the reaction"]);
+    event_where(&receiver, "the message after the reaction", |e| {
+        e["message"]["text"] == "after the reaction"
+    })
+    .await;
+    assert!(
+        receiver
+            .lock()
+            .events
+            .iter()
+            .any(|e| e["type"] == "reaction" && e["emoji"] == "ok\nX")
+    );
+
     // Malformed requests are refused with what is wrong.
     let cases = [
         (

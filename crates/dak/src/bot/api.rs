@@ -51,7 +51,7 @@ const MAX_TEXT_CHARS: usize = 4096;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
-    pub commands: mpsc::Sender<Command>,
+    pub commands: mpsc::Sender<super::Job>,
     pub db: Arc<BotDb>,
     pub token: Vec<u8>,
     pub templates: Arc<Templates>,
@@ -67,12 +67,8 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/messages", post(send))
-        .route(
-            "/v1/media",
-            post(upload_media).layer(DefaultBodyLimit::max(
-                dak_proto::blob::MAX_FILE_BYTES as usize,
-            )),
-        )
+        // Streamed to a file, its size checked as it comes (`upload_media`).
+        .route("/v1/media", post(upload_media))
         .route("/v1/messages/{id}", get(status))
         .route("/v1/messages/{id}/read", post(read))
         .route("/v1/messages/{id}/media", get(received_media))
@@ -333,6 +329,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     request_body = SendRequest,
     responses(
         (status = 201, description = "The Dak server holds it (✓)", body = Sent),
+        (status = 202, description = "The connection was lost as it went: it may be on the server, and goes again with the same id when the bot reconnects (people never see it twice); status pending", body = Sent),
         (status = 400, description = "Malformed, or against the rules of interactive messages or templates", body = ErrorBody),
         (status = 401, description = "No token, or the wrong one", body = ErrorBody),
         (status = 403, description = "Free text outside the 24-hour window (`outside_window`), or a template to someone who sent STOP (`opted_out`)", body = ErrorBody),
@@ -434,24 +431,37 @@ async fn send(
         to: to.clone(),
         text,
         opts,
-        deadline: Instant::now() + SEND_DEADLINE,
         reply,
     };
-    let sent = ask(&state, cmd, answer).await??;
+    let (code, id, sent) = match ask(&state, cmd, answer).await?? {
+        super::SendResult::Sent(sent) => (
+            StatusCode::CREATED,
+            sent.id.clone(),
+            Sent {
+                id: format_id(&sent.id),
+                to: to.clone(),
+                status: Tick::Sent,
+                server_time_ms: sent.server_time_ms,
+                recipient_devices: sent.recipient_devices,
+            },
+        ),
+        super::SendResult::Pending(id) => (
+            StatusCode::ACCEPTED,
+            id.clone(),
+            Sent {
+                id: format_id(&id),
+                to: to.clone(),
+                status: Tick::Pending,
+                server_time_ms: 0,
+                recipient_devices: 0,
+            },
+        ),
+    };
     state
         .db
-        .record_sent(&sent.id, &to, super::webhook::now_ms())
+        .record_sent(&id, &to, super::webhook::now_ms())
         .map_err(internal)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(Sent {
-            id: format_id(&sent.id),
-            to,
-            status: Tick::Sent,
-            server_time_ms: sent.server_time_ms,
-            recipient_devices: sent.recipient_devices,
-        }),
-    ))
+    Ok((code, Json(sent)))
 }
 
 /// Seals a stored file for one message, has the device take a slot for
@@ -519,7 +529,7 @@ struct MediaStored {
         (status = 201, description = "Kept; send it with its media_id", body = MediaStored),
         (status = 400, description = "Empty, or a bad name or type", body = ErrorBody),
         (status = 401, description = "No token, or the wrong one", body = ErrorBody),
-        (status = 413, description = "Larger than 100 MB"),
+        (status = 413, description = "Larger than 100 MB", body = ErrorBody),
         (status = 500, description = "The bot's own store failed", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -584,6 +594,18 @@ async fn upload_media(
             }
         };
         size += chunk.len() as u64;
+        if size > dak_proto::blob::MAX_FILE_BYTES {
+            drop(file);
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "files can be at most {} MB",
+                    dak_proto::blob::MAX_FILE_BYTES / 1_000_000
+                ),
+            ));
+        }
         file.write_all(&chunk)
             .await
             .map_err(|e| internal(e.into()))?;
@@ -651,8 +673,13 @@ async fn received_media(
                     format!("{e:#}"),
                 )
             })?;
-        let _ = state.commands.try_send(Command::Fetched {
-            blob_id: a.blob_id.clone(),
+        let (started, _) = oneshot::channel();
+        let _ = state.commands.try_send(super::Job {
+            deadline: Instant::now() + Duration::from_secs(3600),
+            started,
+            cmd: Command::Fetched {
+                blob_id: a.blob_id.clone(),
+            },
         });
     }
     let file = tokio::fs::File::open(&path)
@@ -699,15 +726,25 @@ async fn received_media(
         .map_err(|e| internal(e.into()))
 }
 
-/// Sends a command to the device and waits for its answer; 503 if the
-/// device did not take it in time (it then never runs it).
+/// Sends a command to the device and waits for its answer: 503 at the
+/// deadline if the device has not started it (it then never will), else
+/// its answer (a started send has its own timeouts in the client core).
 async fn ask<T>(state: &ApiState, cmd: Command, answer: oneshot::Receiver<T>) -> ApiResult<T> {
+    let (started, on_start) = oneshot::channel();
+    let job = super::Job {
+        deadline: Instant::now() + SEND_DEADLINE,
+        started,
+        cmd,
+    };
     state
         .commands
-        .try_send(cmd)
+        .try_send(job)
         .map_err(|_| ApiError::unavailable())?;
-    // Longer than the deadline: a send the device started is waited for.
-    match tokio::time::timeout(SEND_DEADLINE + Duration::from_secs(120), answer).await {
+    match tokio::time::timeout(SEND_DEADLINE, on_start).await {
+        Ok(Ok(())) => {}
+        _ => return Err(ApiError::unavailable()),
+    }
+    match tokio::time::timeout(Duration::from_secs(120), answer).await {
         Ok(Ok(v)) => Ok(v),
         _ => Err(ApiError::unavailable()),
     }

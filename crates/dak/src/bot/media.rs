@@ -94,13 +94,16 @@ pub async fn fetch(
 ) -> Result<PathBuf> {
     let a = message.attachment.as_deref().context("no file")?;
     let dest = received_path(profile, &message.id);
-    let part = dest.with_extension("ciphertext.part");
+    // Names of this fetch's own: two requests for one file at once each
+    // fetch it, and the second rename replaces the first's equal copy.
+    let own = new_id();
+    let part = dest.with_extension(format!("{own}.ciphertext.part"));
     let endpoint = BlobEndpoint::new(server, trust)?;
     endpoint
         .download(a, &part, blobs::quiet())
         .await
         .context("the file could not be fetched from the Dak server")?;
-    let opening = dest.with_extension("bin.part");
+    let opening = dest.with_extension(format!("{own}.bin.part"));
     let (a2, part2, opening2) = (a.clone(), part.clone(), opening.clone());
     let opened =
         tokio::task::spawn_blocking(move || blobs::open_file(&a2, &part2, &opening2)).await?;

@@ -258,15 +258,22 @@ fn read_or_make_secret(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// A command from the API with its deadline: the device starts it only
+/// before then, and says when it does (`started`), so the API can answer
+/// 503 at the deadline knowing that a command not started never will be.
+pub(crate) struct Job {
+    pub deadline: Instant,
+    pub started: oneshot::Sender<()>,
+    pub cmd: Command,
+}
+
 /// What the API asks of the device.
 pub(crate) enum Command {
     Send {
         to: String,
         text: String,
         opts: dak_client::TextOptions,
-        /// Not started after this: the API has answered 503 by then.
-        deadline: Instant,
-        reply: oneshot::Sender<Result<dak_client::SendOutcome, ClientError>>,
+        reply: oneshot::Sender<Result<SendResult, ClientError>>,
     },
     Status {
         id: Vec<u8>,
@@ -292,6 +299,14 @@ pub(crate) enum Command {
     },
 }
 
+/// A send the server answered (✓), or one whose answer was lost with the
+/// connection: it stays in the outbox and goes with the same id when the
+/// bot connects again (receivers drop a repeat by id).
+pub(crate) enum SendResult {
+    Sent(dak_client::SendOutcome),
+    Pending(Vec<u8>),
+}
+
 pub(crate) struct Slot {
     pub slot: dak_proto::v1::BlobSlot,
     pub server: String,
@@ -303,7 +318,7 @@ async fn device_task(
     db: Arc<BotDb>,
     wake: Arc<Notify>,
     drained: Arc<Notify>,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: mpsc::Receiver<Job>,
     queue_max: u64,
 ) -> Result<()> {
     const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -354,18 +369,17 @@ async fn device_task(
     }
 }
 
-async fn on_command(client: &mut Client, cmd: Command) {
-    match cmd {
+async fn on_command(client: &mut Client, job: Job) {
+    if Instant::now() > job.deadline || job.started.send(()).is_err() {
+        return; // the API has answered 503 for it
+    }
+    match job.cmd {
         Command::Send {
             to,
             text,
             opts,
-            deadline,
             reply,
         } => {
-            if Instant::now() > deadline || reply.is_closed() {
-                return;
-            }
             let _ = reply.send(send_now(client, &to, &text, &opts).await);
         }
         Command::Status { id, reply } => {
@@ -417,34 +431,52 @@ async fn on_command(client: &mut Client, cmd: Command) {
     }
 }
 
-/// Sends a text now or not at all. A person's client keeps a message the
-/// server turned away for now (rate limited, unavailable) in its outbox
-/// and sends it later; the API instead answers that it was not sent, so
-/// the service decides, and the message must not go out behind its back.
+/// Sends a text now, or not at all, or (the connection lost with the
+/// answer) surely later. A person's client keeps a message the server
+/// turned away for now (rate limited, unavailable) in its outbox and sends
+/// it later; the API instead answers that it was not sent, so the service
+/// decides, and the message must not go out behind its back. Only when
+/// the connection died mid-send may the server hold it already: then it
+/// stays queued, to go with the same id (`SendResult::Pending`).
 async fn send_now(
     client: &mut Client,
     to: &str,
     text: &str,
     opts: &dak_client::TextOptions,
-) -> Result<dak_client::SendOutcome, ClientError> {
+) -> Result<SendResult, ClientError> {
     let before: std::collections::HashSet<Vec<u8>> = client
         .profile()
         .outbox()?
         .into_iter()
         .map(|e| e.0)
         .collect();
-    let result = client.send_text_with(to, text, opts).await;
-    if result.is_err() {
-        for (id, _, _) in client.profile().outbox()? {
-            if !before.contains(&id) {
-                client.profile().transaction(|p| {
-                    p.remove_outgoing(&id)?;
-                    p.delete_message(&id)
-                })?;
-            }
+    let error = match client.send_text_with(to, text, opts).await {
+        Ok(sent) => return Ok(SendResult::Sent(sent)),
+        Err(e) => e,
+    };
+    // This send's own entry: new, and a message of ours (receipts queued
+    // meanwhile have no message row, and are left to go).
+    let key = client.profile().resolve(to).map(|c| c.key()).ok();
+    let mut ours = None;
+    for (id, conversation, _) in client.profile().outbox()? {
+        if !before.contains(&id)
+            && Some(&conversation) == key.as_ref()
+            && client.profile().message(&id)?.is_some_and(|m| m.outgoing)
+        {
+            ours = Some(id);
         }
     }
-    result
+    let Some(id) = ours else {
+        return Err(error);
+    };
+    if error.is_connection_lost() {
+        return Ok(SendResult::Pending(id));
+    }
+    client.profile().transaction(|p| {
+        p.remove_outgoing(&id)?;
+        p.delete_message(&id)
+    })?;
+    Err(error)
 }
 
 /// After a (re)start: what the profile holds that the queue may not,
@@ -496,9 +528,7 @@ fn queue_events(p: &Profile, db: &BotDb, events: &[Event]) -> Result<usize> {
                         id: format!("{opt}:{}:{}", m.from, format_id(&m.id)),
                         body: json!({"type": opt, "at_ms": m.at_ms(), "from": m.from}),
                     };
-                    if db.push(&[with_id(event)], now)? > 0 {
-                        db.set_opted_out(&m.from, opt == "opt_out")?;
-                    }
+                    db.push_opt(with_id(event), &m.from, opt == "opt_out", now)?;
                 }
             }
             Event::Tick { id, state } if *state >= TickState::Delivered => {
@@ -513,7 +543,13 @@ fn queue_events(p: &Profile, db: &BotDb, events: &[Event]) -> Result<usize> {
                 from,
                 emoji,
             } => out.push(NewEvent {
-                id: format!("reaction:{}:{from}:{emoji}", format_id(id)),
+                // The emoji is the sender's: in hex, so the id is always a
+                // header value; the time keeps a reaction given again apart.
+                id: format!(
+                    "reaction:{}:{from}:{}:{now}",
+                    format_id(id),
+                    hex::encode(emoji)
+                ),
                 body: json!({"type": "reaction", "at_ms": now, "chat": conversation.key(), "from": from, "message_id": format_id(id), "emoji": emoji}),
             }),
             Event::Deleted { conversation, id } => out.push(NewEvent {

@@ -4,7 +4,7 @@
 //! has reported for each message it sent.
 //!
 //! Invariants:
-//! - An event is written here before anything about it is
+//! - An event is written here (fsynced) before anything about it is
 //!   considered handed over; it leaves the queue only when the webhook
 //!   answered 2xx, or when it was retried for `retry_for` (then it is kept
 //!   as given up and counted).
@@ -18,11 +18,9 @@
 //!
 //! SQLite (rusqlite), like the device profile: one file the operator can
 //! back up with the profile, no service to run beside the bot. WAL with
-//! `synchronous = NORMAL`: a commit survives the bot being killed (the
-//! WAL is in the OS's hands); only a power loss can take the last ones,
-//! and what it takes the profile (synchronous, the truth) gives back at
-//! the next start (`Bot::reconcile`), under the same event ids. It spares
-//! an fsync per webhook batch and per message sent.
+//! `synchronous = FULL`: not every event can be rebuilt from the profile
+//! (reactions, deletions, opt-outs are not), so each write is fsynced;
+//! deliveries to the webhook are recorded a batch at a time.
 
 use std::path::Path;
 
@@ -35,7 +33,7 @@ pub const KEEP_DELIVERED_MS: i64 = 7 * 24 * 3600 * 1000;
 
 const SCHEMA: &str = r#"
 PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
+PRAGMA synchronous = FULL;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -64,6 +62,9 @@ CREATE TABLE IF NOT EXISTS sent (
 
 const USER_WROTE: &str = "INSERT INTO contacts (phone, last_in_ms) VALUES (?1, ?2)
      ON CONFLICT(phone) DO UPDATE SET last_in_ms = max(last_in_ms, ?2)";
+
+const SET_OPTED_OUT: &str = "INSERT INTO contacts (phone, opted_out) VALUES (?1, ?2)
+     ON CONFLICT(phone) DO UPDATE SET opted_out = ?2";
 
 /// One event waiting for the webhook.
 #[derive(Debug, Clone)]
@@ -108,6 +109,7 @@ impl BotDb {
 
     /// Queues events (those already known by id are skipped) in one
     /// transaction; returns how many were new.
+    #[cfg(test)]
     pub fn push(&self, events: &[NewEvent], now_ms: i64) -> Result<usize> {
         self.push_with(events, &[], now_ms)
     }
@@ -251,13 +253,29 @@ impl BotDb {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn set_opted_out(&self, phone: &str, out: bool) -> Result<()> {
-        self.conn.lock().execute(
-            "INSERT INTO contacts (phone, opted_out) VALUES (?1, ?2)
-             ON CONFLICT(phone) DO UPDATE SET opted_out = ?2",
-            params![phone, out],
-        )?;
+        self.conn
+            .lock()
+            .execute(SET_OPTED_OUT, params![phone, out])?;
         Ok(())
+    }
+
+    /// Queues an opt-out (or opt-in) event and, if it is new, sets the
+    /// flag, in one transaction: a replayed STOP never undoes a later
+    /// START, and a crash never leaves the event without the flag.
+    pub fn push_opt(&self, event: NewEvent, phone: &str, out: bool, now_ms: i64) -> Result<bool> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let new = tx.execute(
+            "INSERT OR IGNORE INTO events (id, body, created_ms) VALUES (?1, ?2, ?3)",
+            params![event.id, event.body.to_string(), now_ms],
+        )? > 0;
+        if new {
+            tx.execute(SET_OPTED_OUT, params![phone, out])?;
+        }
+        tx.commit()?;
+        Ok(new)
     }
 
     /// (when they last wrote, whether they opted out of templates).
@@ -355,6 +373,12 @@ mod tests {
         db.user_wrote("+1", 50).unwrap();
         db.user_wrote("+1", 40).unwrap();
         db.set_opted_out("+1", true).unwrap();
+        assert_eq!(db.contact("+1").unwrap(), (50, true));
+        // An opt-in flips the flag once; replayed, it changes nothing.
+        assert!(db.push_opt(event("opt_in:+1:a"), "+1", false, 1).unwrap());
+        assert_eq!(db.contact("+1").unwrap(), (50, false));
+        assert!(db.push_opt(event("opt_out:+1:b"), "+1", true, 2).unwrap());
+        assert!(!db.push_opt(event("opt_in:+1:a"), "+1", false, 3).unwrap());
         assert_eq!(db.contact("+1").unwrap(), (50, true));
         db.record_sent(b"m", "+1", 1).unwrap();
         assert!(db.raise_reported(b"m", 2).unwrap());

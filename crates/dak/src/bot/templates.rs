@@ -84,7 +84,7 @@ impl Templates {
         for (i, p) in params.iter().enumerate() {
             if p.trim().is_empty()
                 || p.chars().count() > MAX_PARAM_CHARS
-                || p.chars().any(|c| c.is_control())
+                || p.chars().any(dak_proto::interactive::is_hidden)
             {
                 return Err(format!(
                     "parameter {} must be 1 to {MAX_PARAM_CHARS} characters on one line",

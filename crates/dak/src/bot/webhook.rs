@@ -133,10 +133,22 @@ pub async fn deliver(db: Arc<BotDb>, hook: Webhook, wake: Arc<Notify>, drained: 
                 }
             }
         }
+        if let Some((event, Failure::Unsendable(why))) = &failure {
+            // No retry can help: give it up now, not after a day of
+            // holding back every event behind it.
+            tracing::error!(event = %event.id, %why, "an event that cannot be sent was given up");
+            let r = db
+                .delivered_many(&delivered)
+                .and_then(|()| db.give_up(event.seq, why));
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot update the event queue");
+            }
+            continue;
+        }
         // One write for the batch: a crash before it delivers these again
         // (at least once; receivers dedup by event id).
         let mut result = db.delivered_many(&delivered);
-        if let Some((event, error)) = failure {
+        if let Some((event, Failure::Failed(error))) = failure {
             let age =
                 Duration::from_millis(now_ms().saturating_sub(event.created_ms).max(0) as u64);
             result = result.and_then(|()| {
@@ -157,19 +169,29 @@ pub async fn deliver(db: Arc<BotDb>, hook: Webhook, wake: Arc<Notify>, drained: 
     }
 }
 
-async fn attempt(http: &reqwest::Client, hook: &Webhook, event: &Pending) -> Result<(), String> {
+/// Why an attempt failed: the webhook's answer (retried), or a request
+/// that cannot be made at all (given up at once).
+enum Failure {
+    Failed(String),
+    Unsendable(String),
+}
+
+async fn attempt(http: &reqwest::Client, hook: &Webhook, event: &Pending) -> Result<(), Failure> {
     let timestamp = now_ms() / 1000;
     let signature = sign(&hook.secret, timestamp, event.body.as_bytes());
+    let id = reqwest::header::HeaderValue::from_str(&event.id).map_err(|_| {
+        Failure::Unsendable(format!("the event id {:?} is not a header value", event.id))
+    })?;
     let mut response = http
         .post(hook.url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(EVENT_ID_HEADER, &event.id)
+        .header(EVENT_ID_HEADER, id)
         .header(TIMESTAMP_HEADER, timestamp.to_string())
         .header(SIGNATURE_HEADER, signature)
         .body(event.body.clone())
         .send()
         .await
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| Failure::Failed(format!("{e}")))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -178,7 +200,7 @@ async fn attempt(http: &reqwest::Client, hook: &Webhook, event: &Pending) -> Res
     if let Ok(Some(chunk)) = response.chunk().await {
         detail = String::from_utf8_lossy(&chunk[..chunk.len().min(1024)]).into_owned();
     }
-    Err(format!("HTTP {status} {}", detail.trim()))
+    Err(Failure::Failed(format!("HTTP {status} {}", detail.trim())))
 }
 
 pub fn now_ms() -> i64 {
