@@ -203,7 +203,15 @@ impl Client {
         text: &str,
         opts: &TextOptions,
     ) -> Result<SendOutcome, ClientError> {
-        let (id, to, body) = queue_text_with(&self.profile, to, text, opts)?;
+        let entry = queue_text_with(&self.profile, to, text, opts)?;
+        self.send_queued(entry).await
+    }
+
+    /// Sends, now, an entry that `queue_text_with` put in the outbox: the
+    /// second half of `send_text_with`, for a front end that must know the
+    /// message's id even when the send fails (`dak bot serve`).
+    pub async fn send_queued(&mut self, entry: OutboxEntry) -> Result<SendOutcome, ClientError> {
+        let (id, to, body) = entry;
         let ack = self
             .push_outgoing(&id, &ConversationId::from_key(&to), body)
             .await?;

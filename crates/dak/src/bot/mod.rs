@@ -444,34 +444,13 @@ async fn send_now(
     text: &str,
     opts: &dak_client::TextOptions,
 ) -> Result<SendResult, ClientError> {
-    let before: std::collections::HashSet<Vec<u8>> = client
-        .profile()
-        .outbox()?
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
-    let error = match client.send_text_with(to, text, opts).await {
+    let entry = dak_client::queue_text_with(client.profile(), to, text, opts)?;
+    let id = entry.0.clone();
+    let error = match client.send_queued(entry).await {
         Ok(sent) => return Ok(SendResult::Sent(sent)),
+        Err(e) if e.is_connection_lost() => return Ok(SendResult::Pending(id)),
         Err(e) => e,
     };
-    // This send's own entry: new, and a message of ours (receipts queued
-    // meanwhile have no message row, and are left to go).
-    let key = client.profile().resolve(to).map(|c| c.key()).ok();
-    let mut ours = None;
-    for (id, conversation, _) in client.profile().outbox()? {
-        if !before.contains(&id)
-            && Some(&conversation) == key.as_ref()
-            && client.profile().message(&id)?.is_some_and(|m| m.outgoing)
-        {
-            ours = Some(id);
-        }
-    }
-    let Some(id) = ours else {
-        return Err(error);
-    };
-    if error.is_connection_lost() {
-        return Ok(SendResult::Pending(id));
-    }
     client.profile().transaction(|p| {
         p.remove_outgoing(&id)?;
         p.delete_message(&id)
