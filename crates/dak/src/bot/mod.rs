@@ -322,15 +322,17 @@ async fn device_task(
     queue_max: u64,
 ) -> Result<()> {
     const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+    // Once, at start: within a run every event reaches the queue (a failed
+    // write ends the run), so only a run that died can have left a gap.
+    reconcile(&crate::cli::open(&dir)?, &db)?;
+    wake.notify_one();
     loop {
         let profile = crate::cli::open(&dir)?;
         let mut client = Client::connect_patiently(profile, FOREVER).await?;
-        reconcile(client.profile(), &db)?;
-        wake.notify_one();
         tracing::info!("the bot is connected");
         loop {
             // Backpressure: the webhook is behind, so leave messages on the server.
-            while db.waiting()? >= queue_max {
+            while db.waiting() >= queue_max {
                 tokio::select! {
                     _ = drained.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -458,7 +460,7 @@ async fn send_now(
     Err(error)
 }
 
-/// After a (re)start: what the profile holds that the queue may not,
+/// After a start: what the profile holds that the queue may not,
 /// because the bot stopped between the two. Unread incoming messages of
 /// the dedup window and ticks not yet reported are queued again; the
 /// queue skips those it already has.
@@ -620,10 +622,11 @@ fn status_event(p: &Profile, db: &BotDb, id: &[u8], state: TickState) -> Result<
     };
     let chat = m.conversation.key();
     // Messages sent before the bot served (or by another device) are
-    // recorded when first seen.
-    db.record_sent(id, &chat, webhook::now_ms())?;
-    if db.reported(id)? >= state as u8 {
-        return Ok(None);
+    // recorded when first seen; one read for those already known.
+    match db.reported(id)? {
+        Some(reported) if reported >= state as u8 => return Ok(None),
+        Some(_) => {}
+        None => db.record_sent(id, &chat, webhook::now_ms())?,
     }
     let devices = p.recipients(id)?;
     let name = serde_json::to_value(state)?;

@@ -11,7 +11,7 @@
 //! - Event ids are deterministic (`message:<id>`, `status:<id>:<tick>`,
 //!   `opt_out:<phone>:<message id>`), and delivered ones are remembered for
 //!   `KEEP_DELIVERED_MS`, so replaying the profile after a crash
-//!   (`Bot::reconcile`) enqueues each event at most once.
+//!   (`reconcile` in `mod.rs`) enqueues each event at most once.
 //! - Events go to the webhook in the order they were queued; a failing
 //!   one holds back those behind it (the receiver sees a conversation in
 //!   order, as WhatsApp's webhooks do not promise).
@@ -25,6 +25,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -93,6 +95,10 @@ pub struct QueueCounts {
 
 pub struct BotDb {
     conn: Mutex<Connection>,
+    /// Events waiting (state 0): counted at open, then kept in step by
+    /// every write that changes it, under the connection's lock, so the
+    /// device task's backpressure check costs no query per push.
+    waiting: AtomicU64,
 }
 
 impl BotDb {
@@ -102,8 +108,13 @@ impl BotDb {
             Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot set up {}", path.display()))?;
+        let waiting: i64 =
+            conn.query_row("SELECT COUNT(*) FROM events WHERE state = 0", [], |r| {
+                r.get(0)
+            })?;
         Ok(BotDb {
             conn: Mutex::new(conn),
+            waiting: AtomicU64::new(waiting as u64),
         })
     }
 
@@ -138,6 +149,7 @@ impl BotDb {
             }
         }
         tx.commit()?;
+        self.waiting.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 
@@ -180,13 +192,16 @@ impl BotDb {
         }
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
+        let mut n = 0;
         {
-            let mut q = tx.prepare_cached("UPDATE events SET state = 1 WHERE seq = ?1")?;
+            let mut q =
+                tx.prepare_cached("UPDATE events SET state = 1 WHERE seq = ?1 AND state = 0")?;
             for seq in seqs {
-                q.execute([seq])?;
+                n += q.execute([seq])?;
             }
         }
         tx.commit()?;
+        self.waiting.fetch_sub(n as u64, Relaxed);
         Ok(())
     }
 
@@ -199,10 +214,12 @@ impl BotDb {
     }
 
     pub fn give_up(&self, seq: i64, error: &str) -> Result<()> {
-        self.conn.lock().execute(
-            "UPDATE events SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+        let conn = self.conn.lock();
+        let n = conn.execute(
+            "UPDATE events SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE seq = ?1 AND state = 0",
             params![seq, error],
         )?;
+        self.waiting.fetch_sub(n as u64, Relaxed);
         Ok(())
     }
 
@@ -228,19 +245,15 @@ impl BotDb {
             )? as u64)
         };
         Ok(QueueCounts {
-            waiting: count(0)?,
+            waiting: self.waiting(),
             delivered: count(1)?,
             given_up: count(2)?,
         })
     }
 
-    pub fn waiting(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .lock()
-            .query_row("SELECT COUNT(*) FROM events WHERE state = 0", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+    /// Events waiting for the webhook.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Relaxed)
     }
 
     /// A user wrote to the bot at `at_ms`: free-form messages may go to
@@ -275,6 +288,7 @@ impl BotDb {
             tx.execute(SET_OPTED_OUT, params![phone, out])?;
         }
         tx.commit()?;
+        self.waiting.fetch_add(new as u64, Relaxed);
         Ok(new)
     }
 
@@ -310,16 +324,16 @@ impl BotDb {
         Ok(rows)
     }
 
-    /// The highest tick reported for a sent message (0: none).
-    pub fn reported(&self, id: &[u8]) -> Result<u8> {
+    /// The highest tick reported for a sent message (0: none yet); None
+    /// when it is not recorded as sent.
+    pub fn reported(&self, id: &[u8]) -> Result<Option<u8>> {
         Ok(self
             .conn
             .lock()
             .query_row("SELECT reported FROM sent WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
-            .optional()?
-            .unwrap_or(0))
+            .optional()?)
     }
 
     /// Raises a sent message's reported tick; false if it was already that high.
@@ -358,10 +372,12 @@ mod tests {
         assert_eq!(db.push(&[event("a")], 3).unwrap(), 0);
         let counts = db.counts().unwrap();
         assert_eq!((counts.waiting, counts.delivered), (1, 1));
+        assert_eq!(db.waiting(), 1);
         // Reopened (a restart), the queue is as it was.
         drop(db);
         let db = BotDb::open(dir.path()).unwrap();
         assert_eq!(db.head().unwrap().unwrap().id, "b");
+        assert_eq!(db.waiting(), 1, "counted again at open");
         assert_eq!(db.prune(KEEP_DELIVERED_MS + 10).unwrap(), 1);
     }
 
