@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/dak.proto");
     let fds = protox::compile(["proto/dak.proto"], ["proto"])?;
     let mut config = prost_build::Config::new();
+    // serde for the JSON, and (the `openapi` feature) their OpenAPI schema.
     for t in [
         "Interactive",
         "Button",
@@ -16,20 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         config.type_attribute(
             format!(".dak.v1.{t}"),
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
-        );
-    }
-    // Their OpenAPI schema, for `dak bot serve` (the `openapi` feature).
-    for t in [
-        "Interactive",
-        "Button",
-        "ChoiceList",
-        "ListSection",
-        "ListRow",
-    ] {
-        config.type_attribute(
-            format!(".dak.v1.{t}"),
-            "#[cfg_attr(feature = \"openapi\", derive(utoipa::ToSchema))]",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)] \
+             #[cfg_attr(feature = \"openapi\", derive(utoipa::ToSchema))]",
         );
     }
     // The limits of `interactive.rs`, in the schema too, so a generated

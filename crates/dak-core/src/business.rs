@@ -24,7 +24,7 @@ pub const BUSINESS_CACHE_MS: i64 = 24 * 3600 * 1000;
 /// translates: `E2E_NOTE` is the English.
 pub const E2E_NOTE: &str = "Messages to this business are read by the business's systems.";
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BusinessView {
     pub phone: String,
     pub display_name: String,
@@ -47,13 +47,7 @@ impl BusinessView {
         if dak_proto::business::validate_business_profile(&p).is_err() {
             return Some(BusinessView {
                 phone: phone.into(),
-                display_name: String::new(),
-                description: String::new(),
-                address: String::new(),
-                website: String::new(),
-                category: String::new(),
-                logo: Vec::new(),
-                verified: false,
+                ..Default::default()
             });
         }
         let verified = !info.verified_name.is_empty() && info.verified_name == p.display_name;

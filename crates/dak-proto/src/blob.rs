@@ -209,21 +209,7 @@ pub fn validate_attachment(a: &v1::Attachment) -> Result<(), FrameError> {
             "attachment.size is over {MAX_FILE_BYTES} bytes"
         )));
     }
-    if a.media_type.len() > MAX_SHORT_TEXT * 2
-        || !a
-            .media_type
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        return Err(bad("attachment.media_type is not a media type"));
-    }
-    if a.file_name.len() > MAX_FILE_NAME_CHARS * 4
-        || a.file_name.chars().count() > MAX_FILE_NAME_CHARS
-    {
-        return Err(bad(format!(
-            "attachment.file_name is longer than {MAX_FILE_NAME_CHARS} characters"
-        )));
-    }
+    validate_type_and_name(&a.media_type, &a.file_name)?;
     if a.thumbnail.len() > MAX_THUMBNAIL_BYTES {
         return Err(bad(format!(
             "attachment.thumbnail is longer than {MAX_THUMBNAIL_BYTES} bytes"
@@ -232,6 +218,25 @@ pub fn validate_attachment(a: &v1::Attachment) -> Result<(), FrameError> {
     if a.waveform.len() > MAX_WAVEFORM_BYTES {
         return Err(bad(format!(
             "attachment.waveform is longer than {MAX_WAVEFORM_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A file's media type and name as a descriptor may carry them (also
+/// what `dak bot serve` checks of a file it is given to send).
+pub fn validate_type_and_name(media_type: &str, file_name: &str) -> Result<(), FrameError> {
+    if media_type.len() > MAX_SHORT_TEXT * 2
+        || !media_type
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        return Err(bad("attachment.media_type is not a media type"));
+    }
+    if file_name.len() > MAX_FILE_NAME_CHARS * 4 || file_name.chars().count() > MAX_FILE_NAME_CHARS
+    {
+        return Err(bad(format!(
+            "attachment.file_name is longer than {MAX_FILE_NAME_CHARS} characters"
         )));
     }
     Ok(())

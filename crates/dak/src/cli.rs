@@ -707,7 +707,22 @@ fn status(dir: &std::path::Path, id: &str, json: bool) -> Result<()> {
 fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) -> Result<()> {
     let profile = open(dir)?;
     let conversation = profile.resolve(conversation)?.key();
-    for m in profile.conversation(&conversation, limit)? {
+    let messages = profile.conversation(&conversation, limit)?;
+    // Senders known (from the cache) to be businesses, each looked up once.
+    let mut businesses = Businesses::new();
+    if !json {
+        let senders: std::collections::BTreeSet<&str> = messages
+            .iter()
+            .filter(|m| !m.outgoing)
+            .map(|m| m.from.as_str())
+            .collect();
+        for from in senders {
+            if let Ok(Some(Some(b))) = dak_client::business::cached_business(&profile, from) {
+                businesses.insert(from.to_string(), b);
+            }
+        }
+    }
+    for m in messages {
         let reactions = profile.reactions(&m.id)?;
         if json {
             let mut v = message_json(&m);
@@ -727,10 +742,6 @@ fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) 
         } else {
             let id = m.id.clone();
             let saved = crate::media_cmd::saved_path(&profile, &id);
-            let mut businesses = Businesses::new();
-            if let Ok(Some(Some(b))) = dak_client::business::cached_business(&profile, &m.from) {
-                businesses.insert(m.from.clone(), b);
-            }
             print_event_from(&Event::Message(m), false, &businesses);
             if let Some(path) = saved {
                 println!("    saved at {path}");

@@ -1569,9 +1569,15 @@ async fn a_bots_buttons_and_list_are_tapped_in_the_page_which_names_it_only_once
         )
         .await;
     let mut b = bot.connect().await;
-    b.send_text(page_phone, "one more offer").await.unwrap();
+    let offer = b.send_text(page_phone, "one more offer").await.unwrap();
     b.close().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server held it for none of the page's devices (so the wait
+    // below cannot pass merely because it has not arrived yet).
+    assert_eq!(
+        offer.recipient_devices, 0,
+        "the block did not reach the server"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let shown = browser
         .js("return [...document.querySelectorAll('#messages li .text')].some(e => e.textContent === 'one more offer')")
         .await;

@@ -563,17 +563,8 @@ async fn upload_media(
         media_type,
         size: 0,
     };
-    // The receivers' rules for a descriptor (name, type), checked now.
-    let probe = dak_client::Attachment {
-        blob_id: vec![0; dak_proto::blob::BLOB_ID_BYTES],
-        capability: vec![0; dak_proto::blob::BLOB_SECRET_BYTES],
-        key: vec![0; dak_proto::blob::MEDIA_KEY_BYTES],
-        sha256: vec![0; dak_proto::blob::SHA256_BYTES],
-        media_type: meta.media_type.clone(),
-        file_name: meta.file_name.clone(),
-        ..Default::default()
-    };
-    dak_proto::blob::validate_attachment(&probe.to_proto())
+    // The receivers' rules for a descriptor's type and name, checked now.
+    dak_proto::blob::validate_type_and_name(&meta.media_type, &meta.file_name)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     if meta.file_name.chars().any(char::is_control) {
         return Err(ApiError::invalid("X-File-Name holds a control character"));
