@@ -307,6 +307,7 @@ function renderMessages() {
   drawWindow(list, chat, first, stick);
   showTimer(chat);
   showBusiness(chat);
+  showBlock(chat);
 }
 
 // The row at the top of the view, and how far below the view's top it is.
@@ -500,9 +501,8 @@ function choicesView(m) {
   return box;
 }
 
-// What the chat's header says of a business: its checked name with a
-// tick, or "business account" beside its number; and who reads its messages.
-function showBusiness(chat) {
+// Block (or Unblock) and Report in the header of a 1:1 chat.
+function showBlock(chat) {
   const one = Boolean(chat && !chat.is_group);
   $("block").hidden = !one;
   $("report").hidden = !one;
@@ -510,6 +510,11 @@ function showBusiness(chat) {
     $("block").textContent = chat.blocked ? t("unblock") : t("block");
     $("block").setAttribute("aria-pressed", String(chat.blocked));
   }
+}
+
+// What the chat's header says of a business: its checked name with a
+// tick, or "business account" beside its number; and who reads its messages.
+function showBusiness(chat) {
   const b = chat && chat.business;
   const line = $("business-line");
   line.hidden = !b;

@@ -182,13 +182,8 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
         edited_ms: r.get(14)?,
         deleted: r.get(15)?,
         expires_at_ms: r.get(16)?,
-        attachment: {
-            let bytes: Vec<u8> = r.get(17)?;
-            (!bytes.is_empty())
-                .then(|| <dak_proto::v1::Attachment as prost::Message>::decode(&bytes[..]))
-                .and_then(Result::ok)
-                .map(|a| Box::new(dak_core::Attachment::from_proto(a)))
-        },
+        attachment: decode_column::<dak_proto::v1::Attachment>(r.get(17)?)
+            .map(|a| Box::new(dak_core::Attachment::from_proto(a))),
         interactive: decode_column(r.get(18)?).map(Box::new),
         choice: decode_column(r.get(19)?).map(Box::new),
     })
