@@ -12,9 +12,10 @@ mod nats;
 pub use nats::{NatsBus, NatsError};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// Topics are plain strings, e.g. `mail.42` or `link.ABCD1234`, so they map
 /// one-to-one onto NATS subjects.
@@ -32,30 +33,75 @@ pub trait Bus: Send + Sync + 'static {
     }
 }
 
+/// One topic on this node: a publish count and its waiters. Lighter than a
+/// `tokio::sync::watch` channel (whose shared state with eight notifiers is
+/// ~340 bytes): every authenticated connection holds two topics, so this is
+/// per-connection memory (docs/BENCHMARKS.md, "connect").
+#[derive(Default)]
+struct Topic {
+    published: AtomicU64,
+    waiters: Notify,
+}
+
 /// Wakes on each publish; several publishes before a wait count as one,
-/// which is exactly the coalescing a mailbox reader wants.
-/// Field order matters: `rx` drops before `_guard`, so the guard sees the
-/// receiver count without this subscription.
+/// which is exactly the coalescing a mailbox reader wants. Dropping it
+/// unsubscribes; the last one out removes its topic from the bus.
 pub struct Subscription {
-    rx: watch::Receiver<u64>,
-    _guard: Option<Box<dyn Send + Sync>>,
+    /// None: a subscription made when the bus was unusable, which reports
+    /// the bus gone; also None once dropped.
+    topic: Option<Arc<Topic>>,
+    /// The publish count this subscription has seen.
+    seen: u64,
+    /// Where to remove the topic from, and its name.
+    bus: Option<(LocalBus, Box<str>)>,
 }
 
 impl Subscription {
-    pub fn new(rx: watch::Receiver<u64>, guard: Option<Box<dyn Send + Sync>>) -> Self {
-        Subscription { rx, _guard: guard }
-    }
-
     /// Waits for the next publish. Returns false if the bus has gone away.
     pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
+        let Some(topic) = &self.topic else {
+            return false;
+        };
+        loop {
+            // Enabled before the count is read, so a publish between the
+            // read and the wait still wakes it.
+            let woken = topic.waiters.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let now = topic.published.load(Ordering::Acquire);
+            if now != self.seen {
+                self.seen = now;
+                return true;
+            }
+            woken.await;
+        }
     }
 }
 
-/// The bus for a single node: a map of topic to a watch channel.
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let (Some(mine), Some((bus, name))) = (self.topic.take(), &self.bus) else {
+            return;
+        };
+        // Under the lock this subscription's reference goes too, so two
+        // last subscribers dropping at once cannot each see the other.
+        if let Ok(mut t) = bus.topics.lock() {
+            if let Some(topic) = t.get(&**name)
+                && Arc::ptr_eq(topic, &mine)
+                // The map's reference and this one: no other subscriber.
+                && Arc::strong_count(&mine) == 2
+            {
+                t.remove(&**name);
+            }
+            drop(mine);
+        }
+    }
+}
+
+/// The bus for a single node: a map of topic to its publish count.
 #[derive(Clone, Default)]
 pub struct LocalBus {
-    topics: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    topics: Arc<Mutex<HashMap<Box<str>, Arc<Topic>>>>,
 }
 
 impl LocalBus {
@@ -65,7 +111,6 @@ impl LocalBus {
 
     /// Topics with at least one live subscriber (for metrics and tests).
     pub fn live_topics(&self) -> usize {
-        self.prune();
         self.topics.lock().map(|t| t.len()).unwrap_or(0)
     }
 
@@ -73,33 +118,16 @@ impl LocalBus {
     /// have been lost).
     pub fn wake_all(&self) {
         if let Ok(t) = self.topics.lock() {
-            for tx in t.values() {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
+            for topic in t.values() {
+                wake(topic);
             }
         }
     }
-
-    fn prune(&self) {
-        if let Ok(mut t) = self.topics.lock() {
-            t.retain(|_, tx| tx.receiver_count() > 0);
-        }
-    }
 }
 
-struct Unsubscribe {
-    bus: LocalBus,
-    topic: String,
-}
-
-impl Drop for Unsubscribe {
-    fn drop(&mut self) {
-        if let Ok(mut t) = self.bus.topics.lock()
-            && let Some(tx) = t.get(&self.topic)
-            && tx.receiver_count() == 0
-        {
-            t.remove(&self.topic);
-        }
-    }
+fn wake(topic: &Topic) {
+    topic.published.fetch_add(1, Ordering::Release);
+    topic.waiters.notify_waiters();
 }
 
 impl Bus for LocalBus {
@@ -109,25 +137,27 @@ impl Bus for LocalBus {
 
     fn publish(&self, topic: &str) {
         if let Ok(t) = self.topics.lock()
-            && let Some(tx) = t.get(topic)
+            && let Some(topic) = t.get(topic)
         {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+            wake(topic);
         }
     }
 
-    fn subscribe(&self, topic: &str) -> Subscription {
-        let rx = match self.topics.lock() {
-            Ok(mut t) => t
-                .entry(topic.to_owned())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe(),
-            Err(_) => watch::channel(0).1,
+    fn subscribe(&self, name: &str) -> Subscription {
+        let Ok(mut t) = self.topics.lock() else {
+            return Subscription {
+                topic: None,
+                seen: 0,
+                bus: None,
+            };
         };
-        let guard = Unsubscribe {
-            bus: self.clone(),
-            topic: topic.to_owned(),
-        };
-        Subscription::new(rx, Some(Box::new(guard)))
+        let topic = t.entry(name.into()).or_default().clone();
+        let seen = topic.published.load(Ordering::Acquire);
+        Subscription {
+            topic: Some(topic),
+            seen,
+            bus: Some((self.clone(), name.into())),
+        }
     }
 }
 
@@ -172,5 +202,37 @@ mod tests {
         drop(b);
         assert_eq!(bus.live_topics(), 0);
         bus.publish("mail.2"); // no subscriber: nothing happens
+    }
+
+    #[tokio::test]
+    async fn a_publish_while_a_subscriber_waits_wakes_it_and_every_subscriber() {
+        let bus = LocalBus::new();
+        let mut a = bus.subscribe("mail.3");
+        let mut b = bus.subscribe("mail.3");
+        let waiting = tokio::spawn(async move { a.changed().await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        bus.publish("mail.3");
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(
+            woke.expect("woken").expect("task"),
+            "the waiting subscriber"
+        );
+        assert!(b.changed().await, "the other saw the publish too");
+        bus.wake_all();
+        assert!(b.changed().await, "wake_all wakes every topic");
+    }
+
+    #[test]
+    fn subscribers_dropping_on_many_threads_leave_no_topic_behind() {
+        let bus = LocalBus::new();
+        for _ in 0..200 {
+            let subs: Vec<_> = (0..4).map(|_| bus.subscribe("mail.4")).collect();
+            std::thread::scope(|s| {
+                for sub in subs {
+                    s.spawn(move || drop(sub));
+                }
+            });
+            assert_eq!(bus.live_topics(), 0);
+        }
     }
 }
