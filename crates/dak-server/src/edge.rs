@@ -266,8 +266,10 @@ pub struct Guarded {
     inner: Inner,
     admitted: Arc<Admitted>,
     read: u64,
-    timer: Pin<Box<Sleep>>,
-    timer_at: Option<Instant>,
+    /// The pre-authentication deadline's timer and the instant it is set
+    /// for: made at the first read before authentication, dropped at the
+    /// first read after it, so an authenticated connection holds none.
+    timer: Option<(Pin<Box<Sleep>>, Instant)>,
 }
 
 enum Inner {
@@ -283,8 +285,7 @@ impl Guarded {
             inner,
             admitted,
             read: 0,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            timer_at: None,
+            timer: None,
         }
     }
 
@@ -294,11 +295,20 @@ impl Guarded {
         let Some(deadline) = self.admitted.deadline() else {
             return Ok(());
         };
-        if self.timer_at != Some(deadline) {
-            self.timer.as_mut().reset(deadline);
-            self.timer_at = Some(deadline);
-        }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        let timer = match &mut self.timer {
+            Some((timer, at)) => {
+                if *at != deadline {
+                    timer.as_mut().reset(deadline);
+                    *at = deadline;
+                }
+                timer
+            }
+            None => {
+                let timer = Box::pin(tokio::time::sleep_until(deadline));
+                &mut self.timer.insert((timer, deadline)).0
+            }
+        };
+        if timer.as_mut().poll(cx).is_ready() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "not authenticated in time",
@@ -316,6 +326,9 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let pre_auth = !this.admitted.is_authenticated();
+        if !pre_auth {
+            this.timer = None;
+        }
         if pre_auth {
             this.check_deadline(cx)?;
             if this.read >= PRE_AUTH_BYTES {

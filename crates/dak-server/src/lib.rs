@@ -18,6 +18,7 @@ mod mailbox;
 mod media;
 pub mod metrics;
 mod online;
+mod outgoing;
 mod pin_hasher;
 mod ratelimit;
 mod registration;

@@ -56,6 +56,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::outgoing;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use dak_bus::Subscription;
 use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
@@ -63,7 +64,6 @@ use dak_store::{Device, RevokeReason};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use rand::RngCore;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::blocks;
@@ -113,6 +113,21 @@ enum Flow {
     Close,
 }
 
+/// What woke `Session::serve`.
+enum Event {
+    Socket(Option<Result<Message, axum::Error>>),
+    Tick,
+    Replaced,
+    Answer(u64, ApiResult<Body>),
+    Hinted,
+    Mail(bool),
+    Revoked,
+    LinkApproved(bool),
+    Deadline,
+    AckDeadline,
+    Shutdown,
+}
+
 /// A submitted send's answer, in submission order: (request id, answer).
 type SendAnswer =
     std::pin::Pin<Box<dyn std::future::Future<Output = (u64, ApiResult<Body>)> + Send + Sync>>;
@@ -127,7 +142,7 @@ struct Session {
     admitted: Arc<Admitted>,
     peer: SocketAddr,
     nonce: [u8; dak_proto::NONCE_BYTES],
-    out: mpsc::Sender<ToSocket>,
+    out: outgoing::Sender<ToSocket>,
     device: Option<Device>,
     mail: Option<Subscription>,
     revoke: Option<Subscription>,
@@ -170,7 +185,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Metrics::inc(&state.metrics.connections_total);
     let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<ToSocket>(OUTGOING_QUEUE);
+    let (out, mut out_rx) = outgoing::channel::<ToSocket>(OUTGOING_QUEUE);
     // Every write has the stall deadline: a peer that stops reading (a TCP
     // window held at zero) cannot hold the writer, and with it the
     // connection's slots, forever.
@@ -205,7 +220,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
                 }
                 fed += 1;
                 if fed < WRITE_COALESCE {
-                    next = out_rx.try_recv().ok();
+                    next = out_rx.try_recv();
                 }
             }
             let flushed = tokio::time::timeout(stall, sink.flush()).await;
@@ -327,15 +342,57 @@ impl Session {
         let mut ping = tokio::time::interval(self.state.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let flow = tokio::select! {
-                msg = stream.next(), if self.sends.len() < MAX_PIPELINED => {
-                    if matches!(msg, Some(Ok(_))) {
-                        self.heard_at = Instant::now();
-                    }
-                    match msg {
+            // Only the waiting is inline in this task; what an event makes
+            // the session do (a request's handler and the store's futures
+            // under it, kilobytes) is boxed for as long as it runs, so an
+            // idle connection's task holds just the wait (BENCHMARKS.md,
+            // "connect").
+            let event = tokio::select! {
+                msg = stream.next(), if self.sends.len() < MAX_PIPELINED => Event::Socket(msg),
+                _ = ping.tick(), if self.device.is_some() => Event::Tick,
+                _ = replaced(self.online.as_ref()) => Event::Replaced,
+                Some((request_id, answer)) = self.sends.next(), if !self.sends.is_empty() => {
+                    Event::Answer(request_id, answer)
+                }
+                _ = hinted(self.online.as_ref()) => Event::Hinted,
+                ok = changed(self.mail.as_mut()) => Event::Mail(ok),
+                _ = changed(self.revoke.as_mut()) => Event::Revoked,
+                ok = changed(self.link.as_mut().map(|l| &mut l.sub)) => Event::LinkApproved(ok),
+                _ = until(self.deadline) => Event::Deadline,
+                _ = until(self.ack_deadline) => Event::AckDeadline,
+                _ = stopped(&mut shutdown) => Event::Shutdown,
+            };
+            let flow = match event {
+                Event::Tick => self.keepalive(),
+                event => Box::pin(self.on_event(event)).await,
+            };
+            if self.stalled {
+                self.state.metrics.closed.inc("write_stall");
+                tracing::debug!(peer = %self.peer, "closing a connection that does not read");
+                return;
+            }
+            if let Flow::Close = flow {
+                return;
+            }
+        }
+    }
+
+    /// What the session does about one event of `serve`'s wait.
+    async fn on_event(&mut self, event: Event) -> Flow {
+        match event {
+            Event::Socket(msg) => {
+                if matches!(msg, Some(Ok(_))) {
+                    self.heard_at = Instant::now();
+                }
+                match msg {
                     Some(Ok(Message::Binary(bytes))) => self.on_frame(&bytes).await,
                     Some(Ok(Message::Text(_))) => {
-                        self.fail(ErrorCode::MalformedFrame, "Dak speaks binary protobuf frames, not text".into(), CLOSE_POLICY).await
+                        self.fail(
+                            ErrorCode::MalformedFrame,
+                            "Dak speaks binary protobuf frames, not text".into(),
+                            CLOSE_POLICY,
+                        )
+                        .await
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                     Some(Ok(Message::Close(_))) | None => Flow::Close,
@@ -348,52 +405,48 @@ impl Session {
                         }
                         Metrics::inc(&self.state.metrics.frames_rejected);
                         self.state.metrics.closed.inc("websocket_error");
-                        let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, close_reason(&e.to_string())));
+                        let _ = self
+                            .out
+                            .try_send(ToSocket::Close(CLOSE_POLICY, close_reason(&e.to_string())));
                         Flow::Close
                     }
-                }},
-                _ = ping.tick(), if self.device.is_some() => self.keepalive(),
-                _ = replaced(self.online.as_ref()) => {
-                    self.state.metrics.closed.inc("replaced");
-                    self.push(Body::Notice(v1::Notice {
-                        kind: v1::NoticeKind::Replaced as i32,
-                        message: "this device connected again elsewhere (another window or process with this profile); this connection is closed".into(),
-                    })).await;
-                    let _ = self.out.try_send(ToSocket::Close(CLOSE_POLICY, "replaced by a newer connection".into()));
-                    Flow::Close
                 }
-                Some((request_id, answer)) = self.sends.next(), if !self.sends.is_empty() => {
-                    self.answer(request_id, answer).await
-                }
-                _ = hinted(self.online.as_ref()) => self.on_hints().await,
-                ok = changed(self.mail.as_mut()) => {
-                    if ok { self.pump().await } else { Flow::Close }
-                }
-                _ = changed(self.revoke.as_mut()) => self.on_revoked().await,
-                ok = changed(self.link.as_mut().map(|l| &mut l.sub)) => {
-                    if ok { self.on_link_approved().await } else { Flow::Close }
-                }
-                _ = until(self.deadline) => self.on_deadline().await,
-                _ = until(self.ack_deadline) => {
-                    self.flush_acks().await;
-                    Flow::Continue
-                }
-                _ = stopped(&mut shutdown) => {
-                    self.push(Body::Notice(v1::Notice {
-                        kind: v1::NoticeKind::ServerDraining as i32,
-                        message: "the server is restarting; reconnect".into(),
-                    })).await;
-                    let _ = self.out.try_send(ToSocket::Close(CLOSE_GOING_AWAY, "server draining".into()));
-                    Flow::Close
-                }
-            };
-            if self.stalled {
-                self.state.metrics.closed.inc("write_stall");
-                tracing::debug!(peer = %self.peer, "closing a connection that does not read");
-                return;
             }
-            if let Flow::Close = flow {
-                return;
+            Event::Tick => self.keepalive(),
+            Event::Replaced => {
+                self.state.metrics.closed.inc("replaced");
+                self.push(Body::Notice(v1::Notice {
+                    kind: v1::NoticeKind::Replaced as i32,
+                    message: "this device connected again elsewhere (another window or process with this profile); this connection is closed".into(),
+                }))
+                .await;
+                let _ = self.out.try_send(ToSocket::Close(
+                    CLOSE_POLICY,
+                    "replaced by a newer connection".into(),
+                ));
+                Flow::Close
+            }
+            Event::Answer(request_id, answer) => self.answer(request_id, answer).await,
+            Event::Hinted => self.on_hints().await,
+            Event::Mail(true) => self.pump().await,
+            Event::Mail(false) | Event::LinkApproved(false) => Flow::Close,
+            Event::Revoked => self.on_revoked().await,
+            Event::LinkApproved(true) => self.on_link_approved().await,
+            Event::Deadline => self.on_deadline().await,
+            Event::AckDeadline => {
+                self.flush_acks().await;
+                Flow::Continue
+            }
+            Event::Shutdown => {
+                self.push(Body::Notice(v1::Notice {
+                    kind: v1::NoticeKind::ServerDraining as i32,
+                    message: "the server is restarting; reconnect".into(),
+                }))
+                .await;
+                let _ = self
+                    .out
+                    .try_send(ToSocket::Close(CLOSE_GOING_AWAY, "server draining".into()));
+                Flow::Close
             }
         }
     }
