@@ -23,7 +23,8 @@ use crate::state::AppState;
 /// per call: 512 B holds a typical frame (a 1:1 message is ~450 B) and
 /// costs an idle connection an eighth of 4 KiB. A larger frame is reserved
 /// whole once its header is read and copied out of rustls's plaintext in
-/// 512 B steps (memory copies, not system calls).
+/// 512 B steps (memory copies under TLS; on a plain ws:// listener, one
+/// read call per 512 B of a large frame).
 const WS_READ_BUFFER: usize = 512;
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 

@@ -4,9 +4,10 @@
 //! Why not `tokio::sync::mpsc`: a bounded tokio channel allocates its first
 //! block of 32 slots and its shared state up front, 1.5 KiB per channel,
 //! which was a tenth of an idle authenticated connection's memory
-//! (docs/BENCHMARKS.md, "connect"). This queue holds a `VecDeque` that is
-//! empty until something is queued and is released again once the writer
-//! has emptied it, so an idle connection holds about 150 bytes here.
+//! (docs/BENCHMARKS.md, "connect"). This queue holds a `VecDeque` that
+//! allocates nothing until something is queued, and once the writer has
+//! emptied it after a burst it shrinks back to nothing (it keeps room for
+//! `KEEP_CAPACITY` items, ~128 B), so an idle connection holds ~250 bytes.
 //!
 //! Invariants:
 //! - At most `capacity` items wait; `send` waits for room (backpressure on
@@ -125,16 +126,25 @@ impl<T> Drop for Sender<T> {
 impl<T> Receiver<T> {
     /// The next item if one is waiting.
     pub fn try_recv(&self) -> Option<T> {
+        self.take().ok()
+    }
+
+    /// The next item, or whether the sender is gone, decided under one
+    /// lock: a sender that queues its last items and goes between two
+    /// looks must not have them taken for an empty queue.
+    fn take(&self) -> Result<T, bool> {
         let mut q = self.shared.lock();
-        let item = q.items.pop_front();
-        if item.is_some() {
-            if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
-                q.items = VecDeque::new();
+        match q.items.pop_front() {
+            Some(item) => {
+                if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+                    q.items = VecDeque::new();
+                }
+                drop(q);
+                self.shared.writable.notify_one();
+                Ok(item)
             }
-            drop(q);
-            self.shared.writable.notify_one();
+            None => Err(q.sender_gone),
         }
-        item
     }
 
     /// The next item; `None` once the sender is gone and nothing is left.
@@ -143,13 +153,11 @@ impl<T> Receiver<T> {
             let queued = self.shared.readable.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            if let Some(item) = self.try_recv() {
-                return Some(item);
+            match self.take() {
+                Ok(item) => return Some(item),
+                Err(true) => return None,
+                Err(false) => queued.await,
             }
-            if self.shared.lock().sender_gone {
-                return None;
-            }
-            queued.await;
         }
     }
 }
@@ -242,6 +250,30 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn what_a_departing_sender_queued_is_received_before_the_end() {
+        for _ in 0..500 {
+            let (tx, mut rx) = channel(8);
+            let reader = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut got = Vec::new();
+                    while let Some(i) = rx.recv().await {
+                        got.push(i);
+                    }
+                    got
+                })
+            });
+            tx.try_send(1).unwrap();
+            tx.try_send(2).unwrap();
+            drop(tx);
+            assert_eq!(reader.join().unwrap(), vec![1, 2]);
+        }
     }
 
     #[test]
