@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_queue_gives_its_memory_back_once_emptied() {
-        let (tx, mut rx) = channel(64);
+        let (tx, rx) = channel(64);
         for i in 0..64 {
             tx.try_send(i).unwrap();
         }
