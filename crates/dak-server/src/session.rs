@@ -362,10 +362,7 @@ impl Session {
                 _ = until(self.ack_deadline) => Event::AckDeadline,
                 _ = stopped(&mut shutdown) => Event::Shutdown,
             };
-            let flow = match event {
-                Event::Tick => self.keepalive(),
-                event => Box::pin(self.on_event(event)).await,
-            };
+            let flow = Box::pin(self.on_event(event)).await;
             if self.stalled {
                 self.state.metrics.closed.inc("write_stall");
                 tracing::debug!(peer = %self.peer, "closing a connection that does not read");
