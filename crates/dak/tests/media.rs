@@ -234,11 +234,17 @@ fn cut_patch(addr: &str, u: &Upload, send: usize) {
 fn start_patch(addr: &str, u: &Upload, send: usize) -> TcpStream {
     let bytes = std::fs::read(&u.sealed).unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
+    // One request per connection, so a reader of the answer meets its end
+    // (a kept-alive connection whose limits the blob's secret lifted would
+    // stay open); and a stuck server fails the test instead of hanging it.
+    let limit = Some(std::time::Duration::from_secs(60));
+    s.set_read_timeout(limit).unwrap();
+    s.set_write_timeout(limit).unwrap();
     write!(
         s,
         "PATCH /v1/blobs/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
          Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n\
-         Content-Length: {}\r\n\r\n",
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         hex::encode(&u.attachment.blob_id),
         hex::encode(&u.token),
         bytes.len()
