@@ -18,7 +18,8 @@ pub mod sqlite_profile;
 pub mod transport;
 
 pub use dak_core::{
-    Attachment, BusinessView, HistoryLimits, HistoryShared, business, human_size, parse_group_key,
+    Attachment, BusinessView, HistoryLimits, HistoryShared, NoticeView, business, human_size,
+    notices, parse_group_key,
 };
 pub use dak_core::{
     CertTrust, Client, ClientError, Connection, CryptoState, DELETE_WINDOW_MS, EDIT_WINDOW_MS,

@@ -73,6 +73,7 @@ impl Client {
     ) -> Result<u32, ClientError> {
         let number = phone(raw_phone)?;
         let (mut conn, fingerprint) = open_first(profile, server).await?;
+        let notice_key = conn.notice_log().0;
         let answer = conn
             .call(Request::RequestCode(v1::RequestCode {
                 phone: number.clone(),
@@ -85,6 +86,7 @@ impl Client {
         profile.set("pending_server", server.as_bytes())?;
         profile.set("pending_phone", number.as_bytes())?;
         profile.set("pending_cert", fingerprint.unwrap_or_default().as_bytes())?;
+        crate::notices::pin_key(profile, "pending_notice_key", &notice_key)?;
         // Only this profile can use the code: the server binds it to the session.
         profile.set("pending_session", &sent.session)?;
         Ok(sent.expires_in_secs)
@@ -124,6 +126,7 @@ impl Client {
         };
         let cert = profile.get("pending_cert")?.unwrap_or_default();
         profile.set("cert", &cert)?;
+        crate::notices::confirm_pending_key(profile)?;
         profile.save_registration(&server, &r.phone, r.device_id)?;
         for k in [
             "pending_server",
@@ -182,6 +185,7 @@ impl Client {
             )
         })??;
         profile.set("cert", fingerprint.unwrap_or_default().as_bytes())?;
+        crate::notices::pin_key(profile, "notice_key", &conn.notice_log().0)?;
         profile.save_registration(server, &approved.phone, approved.device_id)?;
         // The approving device's history is taken for a while from now.
         crate::history::expect_history(profile)?;
@@ -292,13 +296,19 @@ impl Client {
         if let Err(e) = profile.prune_seen(profile.now_ms() - SEEN_KEEP_MS) {
             return Err((profile, e));
         }
+        // The operator's notices first: during an incident they are what
+        // the user needs to see.
+        let notices = match crate::notices::sync(&profile, &mut conn).await {
+            Ok(events) => events,
+            Err(e) => return Err((profile, e)),
+        };
         let mut client = Client {
             profile,
             conn,
             reg,
             server: server.to_string(),
             undecodable: 0,
-            pending_events: Vec::new(),
+            pending_events: notices,
             work: Vec::new(),
             working: Default::default(),
         };

@@ -23,6 +23,9 @@ pub struct Connection {
     env: Arc<dyn Environment>,
     next_id: u64,
     nonce: Vec<u8>,
+    /// The notice key and log the challenge announced (`notices.rs`).
+    notice_key: Vec<u8>,
+    notice_log: (u64, Vec<u8>),
     pushes: VecDeque<Body>,
 }
 
@@ -48,8 +51,21 @@ impl Connection {
             env,
             next_id: 1,
             nonce: challenge.nonce,
+            notice_key: challenge.notice_key,
+            notice_log: (challenge.notice_log_length, challenge.notice_log_head),
             pushes: VecDeque::new(),
         })
+    }
+
+    /// The operator's notice key and the notice log's length and head, as
+    /// this connection's challenge announced them (empty key: a server
+    /// from before notices).
+    pub fn notice_log(&self) -> (Vec<u8>, u64, Vec<u8>) {
+        (
+            self.notice_key.clone(),
+            self.notice_log.0,
+            self.notice_log.1.clone(),
+        )
     }
 
     /// Signs this connection's challenge for `purpose`.

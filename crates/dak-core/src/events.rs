@@ -69,6 +69,17 @@ pub enum Event {
         chats: usize,
         messages: usize,
     },
+    /// A notice from the server's operator (an incident, maintenance, a
+    /// security breach, or an attack on this account), signed with the
+    /// key this device pinned and in the log it checked (`notices.rs`).
+    /// Show it where no chat message can appear.
+    OperatorNotice(crate::notices::NoticeView),
+    /// The server showed a notice this device could not check (a forged
+    /// signature, a notice missing from the log, a rewritten log): it is
+    /// not shown; the user is told that it was refused.
+    NoticeRefused {
+        reason: String,
+    },
 }
 
 /// The ticks, in the order they become true.

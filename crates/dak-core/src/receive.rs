@@ -89,6 +89,10 @@ impl Client {
                 };
                 Err(ClientError::Server(v1::Error::new(code, n.message)))
             }
+            Body::NoticeLog(l) => crate::notices::apply_entries(&self.profile, &l.entries),
+            Body::TargetedNotice(t) => {
+                crate::notices::apply_targeted(&self.profile, &self.reg.phone, &t)
+            }
             Body::Error(e) => Err(ClientError::Server(e)),
             _ => Ok(Vec::new()),
         }

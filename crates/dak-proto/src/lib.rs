@@ -10,6 +10,7 @@ pub mod content;
 pub mod interactive;
 pub mod invite;
 pub mod mls;
+pub mod notices;
 mod phone;
 
 pub use codec::{

@@ -26,6 +26,18 @@ pub struct Config {
     pub insecure: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The operator's notice signing key (Ed25519, 32 raw bytes, made at
+    /// first start) [default: DATA/notice.key]. Every node of a cluster
+    /// must have the same one, as with the TLS certificate.
+    pub notice_key: Option<PathBuf>,
+    /// The signed, append-only notice log that `dak admin notice` writes
+    /// and the server serves [default: DATA/notices.log]. A cluster's nodes
+    /// read one shared file (or identical copies).
+    pub notices: Option<PathBuf>,
+    /// How long after becoming aware of a security incident the operator
+    /// must tell users (`dak admin notice list` reminds); 72 h is the GDPR's.
+    #[serde(with = "humantime_serde")]
+    pub notice_deadline: Duration,
     /// The web client's files (what `scripts/web-build.sh` writes to
     /// `target/web`), served at `/`; absent: no web client.
     pub web: Option<PathBuf>,
@@ -172,6 +184,9 @@ impl Default for Config {
             insecure: false,
             tls_cert: None,
             tls_key: None,
+            notice_key: None,
+            notices: None,
+            notice_deadline: Duration::from_secs(72 * 3600),
             web: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             code_ttl: Duration::from_secs(600),
@@ -309,6 +324,20 @@ impl Config {
         Ok(())
     }
 
+    /// Where the notice key lives.
+    pub fn notice_key_path(&self) -> PathBuf {
+        self.notice_key
+            .clone()
+            .unwrap_or_else(|| self.data.join("notice.key"))
+    }
+
+    /// Where the notice log lives; targeted notices are in a file beside it.
+    pub fn notices_path(&self) -> PathBuf {
+        self.notices
+            .clone()
+            .unwrap_or_else(|| self.data.join("notices.log"))
+    }
+
     /// Rules that no single field can check alone.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.insecure && !self.listen.ip().is_loopback() {
@@ -415,6 +444,9 @@ const ENV_KEYS: &[&str] = &[
     "insecure",
     "tls_cert",
     "tls_key",
+    "notice_key",
+    "notices",
+    "notice_deadline",
     "web",
     "retention",
     "code_ttl",
@@ -510,6 +542,8 @@ mod tests {
             bus: Some("nats://x".into()),
             tls_key: Some("k".into()),
             web: Some("w".into()),
+            notice_key: Some("nk".into()),
+            notices: Some("n".into()),
             linked_device_max_age: Some(Duration::from_secs(1)),
             metrics_listen: Some("127.0.0.1:1".parse().unwrap()),
             ..Config::default()

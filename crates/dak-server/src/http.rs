@@ -1,5 +1,5 @@
 //! The HTTP side: the WebSocket endpoint `/v1/ws`, `/healthz`,
-//! `/readyz` and the web client (`web.rs`), served over TLS (or plain on loopback with --insecure) through
+//! `/readyz`, `/status` (`status.rs`) and the web client (`web.rs`), served over TLS (or plain on loopback with --insecure) through
 //! the admission rules of `edge.rs`; and `/metrics` on a listener of its
 //! own, loopback by default, so the public port does not tell an attacker
 //! how its attack is going.
@@ -62,6 +62,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/ws", get(websocket))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/status", get(crate::status::status))
         .with_state(state)
 }
 

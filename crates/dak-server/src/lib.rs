@@ -17,6 +17,7 @@ mod linking;
 mod mailbox;
 mod media;
 pub mod metrics;
+pub mod notices;
 mod online;
 mod outgoing;
 mod pin_hasher;
@@ -26,6 +27,7 @@ mod session;
 pub mod sms;
 mod sms_budget;
 mod state;
+mod status;
 mod tls;
 pub mod web;
 
@@ -37,6 +39,8 @@ use tokio::sync::watch;
 
 pub use config::{Config, SmsConfig};
 pub use state::AppState;
+/// A time as `/status` and the admin commands print it (UTC).
+pub use status::format_ms as status_time;
 
 /// Installs ring as the process's rustls provider. Call once at start; safe to repeat.
 pub fn install_crypto() {
@@ -145,7 +149,19 @@ impl Server {
         let web_bundle = web.as_ref().map(|w| w.bundle_sha256.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let probes = state::Probes { postgres: pg, nats };
-        let state = AppState::new(config.clone(), store, blobs, bus, sms, shutdown_rx, probes);
+        let notices =
+            notices::NoticeBoard::open(&config.notice_key_path(), &config.notices_path())?;
+        notices.spawn_poll();
+        let state = AppState::new(
+            config.clone(),
+            store,
+            blobs,
+            bus,
+            sms,
+            shutdown_rx,
+            probes,
+            notices,
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

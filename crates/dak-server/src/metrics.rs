@@ -54,6 +54,10 @@ pub struct Metrics {
     pub envelopes_acked: AtomicU64,
     pub auth_failures: AtomicU64,
     pub codes_sent: AtomicU64,
+    /// When a code last went out, and when sending one last failed (ms
+    /// since the epoch; 0: never), for `/status`.
+    pub sms_last_ok_ms: AtomicI64,
+    pub sms_last_failure_ms: AtomicI64,
     pub registrations: AtomicU64,
     pub commits_accepted: AtomicU64,
     pub commits_stale: AtomicU64,

@@ -48,7 +48,14 @@ pub async fn request_code(
             attempts: 0,
         })
         .await?;
-    state.sms.send_code(&phone, &code).await.map_err(|e| {
+    let sent = state.sms.send_code(&phone, &code).await;
+    let at = if sent.is_ok() {
+        &state.metrics.sms_last_ok_ms
+    } else {
+        &state.metrics.sms_last_failure_ms
+    };
+    at.store(crate::state::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    sent.map_err(|e| {
         tracing::warn!(error = %e, to = %mask(&phone), "SMS sending failed");
         ApiError::new(
             ErrorCode::Unavailable,

@@ -123,6 +123,8 @@ enum Event {
     Mail(bool),
     Revoked,
     LinkApproved(bool),
+    /// The operator's notice log grew.
+    Notices,
     Deadline,
     AckDeadline,
     Shutdown,
@@ -175,6 +177,12 @@ struct Session {
     /// authentication and when it sets a profile.
     business: bool,
     business_verified: bool,
+    /// The notice log's length as this device has been shown it (at the
+    /// challenge, then at each push), and the board's wake (authenticated
+    /// sessions only).
+    notices_sent: u64,
+    notices: Option<tokio::sync::watch::Receiver<u64>>,
+    all_targeted: bool,
 }
 
 pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
@@ -258,14 +266,23 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         ack_deadline: None,
         business: false,
         business_verified: false,
+        notices_sent: 0,
+        notices: None,
+        all_targeted: false,
     };
+    let log = state.notices.log();
+    session.notices_sent = log.chain.length;
     session
         .push(Body::Challenge(v1::Challenge {
             nonce: nonce.to_vec(),
             server_version: env!("CARGO_PKG_VERSION").into(),
             max_frame_bytes: dak_proto::MAX_FRAME_BYTES as u32,
+            notice_key: state.notices.key().to_bytes().to_vec(),
+            notice_log_length: log.chain.length,
+            notice_log_head: log.chain.head.to_vec(),
         }))
         .await;
+    drop(log);
     session.serve(&mut stream).await;
     session.flush_acks().await;
     drop(session);
@@ -299,6 +316,17 @@ async fn changed(sub: Option<&mut Subscription>) -> bool {
         Some(s) => s.changed().await,
         None => std::future::pending().await,
     }
+}
+
+/// Waits until the notice log's length changes; never, when not subscribed
+/// (or once the board is gone).
+async fn notices_grew(rx: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Resolves once the server starts shutting down.
@@ -358,6 +386,7 @@ impl Session {
                 ok = changed(self.mail.as_mut()) => Event::Mail(ok),
                 _ = changed(self.revoke.as_mut()) => Event::Revoked,
                 ok = changed(self.link.as_mut().map(|l| &mut l.sub)) => Event::LinkApproved(ok),
+                _ = notices_grew(self.notices.as_mut()) => Event::Notices,
                 _ = until(self.deadline) => Event::Deadline,
                 _ = until(self.ack_deadline) => Event::AckDeadline,
                 _ = stopped(&mut shutdown) => Event::Shutdown,
@@ -430,6 +459,7 @@ impl Session {
             Event::Revoked => self.on_revoked().await,
             Event::LinkApproved(true) => self.on_link_approved().await,
             Event::Deadline => self.on_deadline().await,
+            Event::Notices => self.push_notices().await,
             Event::AckDeadline => {
                 self.flush_acks().await;
                 Flow::Continue
@@ -794,6 +824,9 @@ impl Session {
                 let linked = linking::approve(&self.state, &device, &r.code).await?;
                 Ok(Body::DeviceLinked(linking::device_info(&linked)))
             }
+            // Public, and allowed before authentication: a device checks the
+            // log it is shown before it trusts a notice.
+            Request::GetNotices(r) => Ok(Body::NoticeLog(self.state.notices.page(r.from))),
             Request::ListDevices(_) => {
                 let account = self.device()?.account_id;
                 let devices = self.state.store.devices_of(account).await?;
@@ -902,6 +935,10 @@ impl Session {
             Instant::now() + Duration::from_millis(wait)
         });
         self.link = None;
+        let mut notices = self.state.notices.subscribe();
+        notices.mark_changed(); // push what was published since the challenge
+        self.notices = Some(notices);
+        self.all_targeted = true;
         self.admitted.authenticated();
         self.online = Some(self.state.online.join(
             device.id,
@@ -910,6 +947,38 @@ impl Session {
         self.heard_at = Instant::now();
         tracing::debug!(peer = %self.peer, device = device.id, "device connected");
         self.device = Some(device);
+    }
+
+    /// Pushes the notice log's entries this device has not been shown, a
+    /// page per frame, and its account's targeted notices among them.
+    async fn push_notices(&mut self) -> Flow {
+        let Some(phone) = self.device.as_ref().map(|d| d.phone.clone()) else {
+            return Flow::Continue;
+        };
+        if let Some(rx) = self.notices.as_mut() {
+            rx.borrow_and_update();
+        }
+        let from = self.notices_sent;
+        loop {
+            let page = self.state.notices.page(self.notices_sent);
+            if page.entries.is_empty() {
+                break;
+            }
+            self.notices_sent += page.entries.len() as u64;
+            self.push(Body::NoticeLog(page)).await;
+        }
+        // The first time after authentication, all of its account's
+        // targeted notices (a device that was offline has not seen them;
+        // it drops those it has); after that, those published since.
+        let from = if std::mem::take(&mut self.all_targeted) {
+            0
+        } else {
+            from
+        };
+        for t in self.state.notices.targeted_for(&phone, from) {
+            self.push(Body::TargetedNotice(t)).await;
+        }
+        Flow::Continue
     }
 
     /// Pushes as much of the mailbox as the window allows, reading the

@@ -57,6 +57,8 @@ pub struct Inner {
     pub decoy_key: [u8; 32],
     pub shutdown: watch::Receiver<bool>,
     pub probes: Probes,
+    /// The operator's signed notice log (`notices.rs`).
+    pub notices: Arc<crate::notices::NoticeBoard>,
     /// The fast path is on: the store hands committed envelopes to
     /// `online` (in commit order), and with a bus that reaches no other
     /// node, nobody needs a mail wake.
@@ -78,6 +80,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    // Each is a part the server was started with; a builder would only
+    // rename the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
@@ -86,6 +91,7 @@ impl AppState {
         sms: Arc<dyn SmsSender>,
         shutdown: watch::Receiver<bool>,
         probes: Probes,
+        notices: Arc<crate::notices::NoticeBoard>,
     ) -> Self {
         let online = Arc::new(Online::default());
         // Only on one node: in a cluster a device's connection may be on
@@ -142,6 +148,7 @@ impl AppState {
             metrics: Metrics::default(),
             shutdown,
             probes,
+            notices,
         }))
     }
 }
@@ -292,6 +299,11 @@ mod tests {
             Arc::new(crate::sms::OutboxSender::new(dir.path().join("sms"))),
             shutdown,
             Probes::default(),
+            crate::notices::NoticeBoard::open(
+                &dir.path().join("notice.key"),
+                &dir.path().join("notices.log"),
+            )
+            .unwrap(),
         );
         expire_once(&state).await;
         let rendered = state.metrics.render();

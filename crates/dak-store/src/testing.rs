@@ -78,6 +78,34 @@ impl FreshDb {
     }
 }
 
+impl FreshDb {
+    /// Cuts this database off (no new connections, the open ones ended)
+    /// or lets it answer again: an outage of one cluster's store that
+    /// leaves the PostgreSQL other tests use running.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let mut conn = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("alter database");
+        if !reachable {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&self.name)
+            .execute(&mut conn)
+            .await
+            .expect("terminate connections");
+        }
+    }
+}
+
 impl Drop for FreshDb {
     fn drop(&mut self) {
         let (admin, name) = (admin_url(), self.name.clone());

@@ -6,6 +6,9 @@
 //! its display name (a registration certificate, a government order):
 //! every client then shows that name with a tick. A business that changes
 //! its name loses the tick until it is verified again.
+//!
+//! `notice` publishes the operator's signed notices (`notice_admin.rs`);
+//! it needs no store, so it works during an outage.
 
 use std::path::PathBuf;
 
@@ -30,11 +33,14 @@ pub struct AdminArgs {
     action: AdminAction,
 }
 
-// The commands' names (verify-business, …) come from the variants; more
-// kinds of admin command will follow (notices).
-#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand, Debug)]
 enum AdminAction {
+    /// Incident, maintenance, security and targeted-attack notices,
+    /// signed with the server's notice key (works while the store is down).
+    Notice {
+        #[command(subcommand)]
+        action: crate::notice_admin::NoticeAction,
+    },
     /// Mark a business account verified: clients show its display name
     /// with a tick. Check its papers first.
     VerifyBusiness {
@@ -58,13 +64,21 @@ pub async fn run(args: AdminArgs, json: bool) -> Result<()> {
     if args.store.is_some() {
         config.store = args.store;
     }
+    match args.action {
+        AdminAction::Notice { action } => crate::notice_admin::run(&config, action, json),
+        business => run_business(&config, business, json).await,
+    }
+}
+
+/// The business commands, on the store.
+async fn run_business(config: &dak_server::Config, action: AdminAction, json: bool) -> Result<()> {
     if config.store.is_none() && !config.data.join("dak.db").exists() {
         bail!(
             "no store in {}: give the server's --data directory (or --store)",
             config.data.display()
         );
     }
-    let (store, _) = dak_server::open_store(&config, 2).await?;
+    let (store, _) = dak_server::open_store(config, 2).await?;
     let account = |phone: &str| {
         let phone = dak_proto::normalize_phone(phone).map_err(|e| anyhow::anyhow!("{e}"));
         let store = store.clone();
@@ -76,7 +90,7 @@ pub async fn run(args: AdminArgs, json: bool) -> Result<()> {
                 .with_context(|| format!("{phone} has no account on this server"))
         }
     };
-    match args.action {
+    match action {
         AdminAction::VerifyBusiness { phone, name } => {
             let a = account(&phone).await?;
             let b = store
@@ -114,6 +128,7 @@ pub async fn run(args: AdminArgs, json: bool) -> Result<()> {
                 &format!("{} is no longer verified", a.phone),
             );
         }
+        AdminAction::Notice { .. } => bail!("notices are not a business command"),
         AdminAction::ShowBusiness { phone } => {
             let a = account(&phone).await?;
             let Some(b) = store.business(a.id).await? else {

@@ -217,6 +217,16 @@ impl Chat {
                     self.status = line;
                 }
             }
+            // In the status line, which no message can write to.
+            Event::OperatorNotice(n) => {
+                self.status = format!(
+                    "▌ NOTICE FROM THE OPERATOR ({}): {} — read it: dak notices",
+                    n.kind, n.title
+                )
+            }
+            Event::NoticeRefused { reason } => {
+                self.status = format!("▌ a notice from the server was refused: {reason}")
+            }
         }
     }
 

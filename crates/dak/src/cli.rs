@@ -110,6 +110,10 @@ enum Command {
     },
     /// Receive everything waiting, send delivery receipts, print, exit.
     Sync,
+    /// The server operator's notices (incidents, maintenance, security,
+    /// an attack on your account), each checked against the operator's key
+    /// and the public notice log.
+    Notices,
     /// Stay connected and print messages and ticks as they arrive.
     Listen,
     /// Send read receipts (blue ticks).
@@ -324,6 +328,7 @@ pub async fn run(args: Args) -> Result<()> {
             }
         },
         Command::Sync => sync(&dir, json).await,
+        Command::Notices => notices(&dir, json).await,
         Command::Listen => listen(&dir, json).await,
         Command::Read { all, ids } => read(&dir, all, &ids, json).await,
         Command::Status { id } => status(&dir, &id, json),
@@ -404,8 +409,96 @@ pub(crate) fn open(dir: &std::path::Path) -> Result<Profile> {
     dak_client::open_profile(dir).with_context(|| format!("cannot open profile {}", dir.display()))
 }
 
+/// Connects this profile's device. The operator's new notices are
+/// printed framed on stderr first, whatever the command. When the server
+/// cannot be reached, says since when and what waits to be sent.
 pub(crate) async fn connect(dir: &std::path::Path) -> Result<Client> {
-    Ok(Client::connect(open(dir)?).await?)
+    let mut client = connect_keeping_notices(dir).await?;
+    print_notices(&mut client);
+    Ok(client)
+}
+
+/// The operator's notices the connect found, framed, on stderr.
+fn print_notices(client: &mut Client) {
+    for e in client.take_notice_events() {
+        if let Some(text) = crate::show::notice_text(&e) {
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// As `connect`, leaving the notice events to the caller.
+async fn connect_keeping_notices(dir: &std::path::Path) -> Result<Client> {
+    let profile = open(dir)?;
+    match Client::try_connect(profile).await {
+        Ok(client) => {
+            client.profile().delete("unreachable_since")?;
+            Ok(client)
+        }
+        Err((profile, e)) if e.is_retryable() => {
+            eprintln!("{}", outage_note(&profile)?);
+            Err(e.into())
+        }
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// What a device knows while its server does not work: since when (the
+/// first failure this profile saw since its last good connection) and
+/// what waits in its outbox.
+pub(crate) fn outage_note(profile: &Profile) -> Result<String> {
+    let now = profile.now_ms();
+    let since = match profile
+        .get_str("unreachable_since")?
+        .and_then(|s| s.parse().ok())
+    {
+        Some(t) => t,
+        None => {
+            profile.set("unreachable_since", now.to_string().as_bytes())?;
+            now
+        }
+    };
+    let waiting = profile.store().outbox()?.len();
+    Ok(format!(
+        "The server has not been working for this device since {}; {waiting} message(s) waiting \
+         to send (🕓), sent when it is back. The operator's notices so far: dak notices",
+        dak_server::status_time(since)
+    ))
+}
+
+/// `dak notices`: connects to fetch new ones (if it can), then lists all.
+async fn notices(dir: &std::path::Path, json: bool) -> Result<()> {
+    let shown = match connect_keeping_notices(dir).await {
+        Ok(mut client) => {
+            // Refusals are said here; accepted notices are in the list.
+            for e in client.take_notice_events() {
+                if let dak_client::Event::NoticeRefused { .. } = e
+                    && let Some(text) = crate::show::notice_text(&e)
+                {
+                    eprintln!("{text}");
+                }
+            }
+            let list = client.notices()?;
+            client.close().await;
+            list
+        }
+        Err(e) if !json => {
+            eprintln!("({e}; these are the notices already received)");
+            dak_client::notices::notices(&open(dir)?)?
+        }
+        Err(_) => dak_client::notices::notices(&open(dir)?)?,
+    };
+    if json {
+        println!("{}", json!({"notices": shown}));
+        return Ok(());
+    }
+    if shown.is_empty() {
+        println!("No notices from the server's operator.");
+    }
+    for n in &shown {
+        println!("{}", crate::show::notice_frame(n));
+    }
+    Ok(())
 }
 
 async fn register(dir: &std::path::Path, server: &str, phone: &str, json: bool) -> Result<()> {
@@ -474,15 +567,22 @@ async fn send(
     json: bool,
 ) -> Result<()> {
     let mut client = match Client::connect(open(dir)?).await {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.profile().delete("unreachable_since")?;
+            print_notices(&mut c);
+            c
+        }
         Err(e) if e.is_retryable() => return queue_offline(dir, to, text, opts, e, json),
         Err(e) => return Err(e.into()),
     };
     let sent = match client.send_text_with(to, text, opts).await {
         Ok(sent) => sent,
-        Err(e) if e.is_retryable() => bail!(
-            "{e}; the message is queued (🕓) and goes out with your next `dak send`, `sync` or `listen`"
-        ),
+        Err(e) if e.is_retryable() => {
+            eprintln!("{}", outage_note(client.profile())?);
+            bail!(
+                "{e}; the message is queued (🕓) and goes out with your next `dak send`, `sync` or `listen`"
+            )
+        }
         Err(e) => return Err(e.into()),
     };
     let want = match wait {
@@ -542,6 +642,7 @@ fn queue_offline(
     } else {
         println!("{} 🕓", format_id(&id));
     }
+    eprintln!("{}", outage_note(&open(dir)?)?);
     bail!("{why}; the message is queued and goes out with your next `dak send`, `sync` or `listen`")
 }
 

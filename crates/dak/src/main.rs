@@ -7,6 +7,7 @@ mod chat;
 mod cli;
 mod group_cmd;
 mod media_cmd;
+mod notice_admin;
 mod server_cmd;
 mod show;
 

@@ -74,7 +74,9 @@ pub fn message_text(m: &MessageView) -> String {
     {
         out.push_str(&format!("{} — ", i.header));
     }
-    out.push_str(&m.text);
+    // A line break inside a message is indented, so no line of a message
+    // starts where a notice's frame does (`notice_frame`).
+    out.push_str(&m.text.replace('\n', "\n    "));
     if let Some(i) = &m.interactive {
         out.push_str(&choices_text(i));
     }
@@ -291,8 +293,55 @@ pub fn notice_text(event: &Event) -> Option<String> {
         } => format!(
             "🕘 history from your device {from_device} (part {part} of {parts}): {messages} messages in {chats} chats"
         ),
+        Event::OperatorNotice(n) => notice_frame(n),
+        Event::NoticeRefused { reason } => {
+            format!("▌ ✖ A notice from the server was refused and is not shown: {reason}")
+        }
         Event::Message(_) | Event::Tick { .. } | Event::QueueEmpty => return None,
     })
+}
+
+/// A notice from the operator, framed: every line starts with `▌`, which
+/// no line of a chat message can (`message_text` indents a message's own
+/// line breaks), so a message cannot pass for a notice.
+pub fn notice_frame(n: &dak_client::NoticeView) -> String {
+    let head = if n.targeted {
+        "⚠ SECURITY NOTICE FOR YOUR ACCOUNT ONLY, from the server's operator (signed)".to_string()
+    } else {
+        format!(
+            "NOTICE FROM THE SERVER'S OPERATOR (signed, in the public log) · {} #{} · {}",
+            n.kind.to_uppercase(),
+            n.thread,
+            n.state
+        )
+    };
+    let mut lines = vec![format!("▌━━ {head}"), format!("▌ {}", n.title)];
+    let mut when = format!("▌ published {}", dak_server::status_time(n.published_ms));
+    if n.started_ms > 0 {
+        when.push_str(&format!(
+            " · started {}",
+            dak_server::status_time(n.started_ms)
+        ));
+    }
+    if n.aware_ms > 0 {
+        when.push_str(&format!(
+            " · operator aware {}",
+            dak_server::status_time(n.aware_ms)
+        ));
+    }
+    lines.push(when);
+    for (label, text) in [
+        ("What happened", &n.what_happened),
+        ("Affected", &n.affected),
+        ("Not affected", &n.not_affected),
+        ("What to do", &n.advice),
+    ] {
+        if !text.is_empty() {
+            lines.push(format!("▌ {label}: {}", text.replace('\n', "\n▌   ")));
+        }
+    }
+    lines.push("▌━━".into());
+    lines.join("\n")
 }
 
 fn event_json(event: &Event) -> Option<serde_json::Value> {
@@ -341,6 +390,12 @@ fn event_json(event: &Event) -> Option<serde_json::Value> {
         } => {
             json!({"type": "history", "from_device": from_device, "part": part, "parts": parts, "chats": chats, "messages": messages})
         }
+        Event::OperatorNotice(n) => {
+            let mut v = json!(n);
+            v["type"] = json!("operator_notice");
+            v
+        }
+        Event::NoticeRefused { reason } => json!({"type": "notice_refused", "reason": reason}),
         Event::QueueEmpty => return None,
     })
 }

@@ -82,21 +82,6 @@ async fn an_offline_device_reads_on_any_node_what_another_node_acked() {
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 }
 
-/// A bare HTTP/1.1 GET on the node's (plain, --insecure) address.
-async fn http_get(ws_url: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let authority = ws_url.trim_start_matches("ws://");
-    let mut s = tokio::net::TcpStream::connect(authority).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// Profiles that know all three nodes, registered through `first`.
 async fn register_on_cluster(person: &Person, nodes: &[&TestServer], first: usize) {
     let list: Vec<String> = (0..nodes.len())

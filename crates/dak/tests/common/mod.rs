@@ -434,3 +434,24 @@ pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect()
 }
+
+/// A bare HTTP/1.1 GET on a server's (plain, --insecure) address.
+pub async fn http_get(ws_url: &str, path: &str) -> String {
+    http_get_with(ws_url, path, "").await
+}
+
+/// As `http_get`, with extra header lines (each ending in \r\n).
+pub async fn http_get_with(ws_url: &str, path: &str, headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = ws_url.trim_start_matches("ws://");
+    let mut s = tokio::net::TcpStream::connect(authority).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
