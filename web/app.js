@@ -87,11 +87,15 @@ class Core {
   devices() { return this.call("devices"); }
   removeDevice(id) { return this.call("removeDevice", id); }
   approveLink(code) { return this.call("approveLink", code); }
+  // The operator's notices this browser accepted, oldest first.
+  notices() { return this.call("notices"); }
   reconnect() { this.call("reconnect").catch(() => {}); }
 }
 const server = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
 
 const ui = {
+  // The operator's notice in the banner (or {refused: reason}); null: none.
+  notice: null,
   client: null,
   status: { state: "no_account" },
   chats: [],
@@ -134,6 +138,7 @@ function translatePage() {
   }
   $("message").placeholder = t("message");
   showSafetyNotice();
+  showOperatorNotice();
   showComposing();
   $("language").value = language();
   showStatus();
@@ -189,6 +194,70 @@ function showStatus() {
   banner.textContent = warning;
   if (s.registered && s.phone) localStorage.setItem("dak.registered", s.phone);
   $("notify").hidden = !("Notification" in window) || Notification.permission !== "default";
+  $("notices-open").hidden = !registered;
+}
+
+// ---- the operator's notices ----
+
+// The heading of a notice: who it is from and what kind, never words a
+// chat message could choose.
+function noticeHeading(n) {
+  if (n.targeted) return t("notice_targeted");
+  return t("notice_heading", { kind: t("notice_kind_" + n.kind), state: t("notice_state_" + n.state) });
+}
+
+// A notice's words, as text nodes only (a notice is never markup).
+function noticeBody(n) {
+  const out = [];
+  const line = (text) => {
+    const p = document.createElement("p");
+    p.textContent = text;
+    out.push(p);
+  };
+  const title = document.createElement("p");
+  const strong = document.createElement("strong");
+  strong.textContent = n.title;
+  title.append(strong);
+  out.push(title);
+  const times = [t("notice_published", { time: when(n.published_ms) })];
+  if (n.started_ms) times.push(t("notice_started", { time: when(n.started_ms) }));
+  if (n.aware_ms) times.push(t("notice_aware", { time: when(n.aware_ms) }));
+  line(times.join(" · "));
+  for (const [key, text] of [["notice_what", n.what_happened], ["notice_affected", n.affected], ["notice_not_affected", n.not_affected], ["notice_advice", n.advice]]) {
+    if (text) line(t(key) + " " + text);
+  }
+  return out;
+}
+
+function showOperatorNotice() {
+  const box = $("operator-notice");
+  const n = ui.notice;
+  box.hidden = !n;
+  if (!n) return;
+  box.classList.toggle("targeted", Boolean(n.targeted || n.refused));
+  if (n.refused) {
+    $("operator-notice-heading").textContent = t("notice_refused_heading");
+    const p = document.createElement("p");
+    p.textContent = t("notice_refused", { reason: n.refused });
+    $("operator-notice-body").replaceChildren(p);
+    return;
+  }
+  $("operator-notice-heading").textContent = noticeHeading(n);
+  $("operator-notice-body").replaceChildren(...noticeBody(n));
+}
+
+async function openNotices() {
+  const list = JSON.parse(await ui.client.notices()).reverse();
+  const items = list.map((n) => {
+    const li = document.createElement("li");
+    const h = document.createElement("h4");
+    h.textContent = noticeHeading(n);
+    li.append(h, ...noticeBody(n));
+    return li;
+  });
+  $("notices-list").replaceChildren(...items);
+  $("notices-empty").hidden = items.length > 0;
+  $("notices-dialog").showModal();
 }
 
 // ---- the chat list ----
@@ -1125,6 +1194,14 @@ function onEvent(json) {
       ui.openFailed = has("error_" + event.code) ? t("error_" + event.code) : event.message;
       showStatus();
       break;
+    case "operator_notice":
+      ui.notice = event;
+      showOperatorNotice();
+      break;
+    case "notice_refused":
+      ui.notice = { refused: event.reason };
+      showOperatorNotice();
+      break;
     case "security_notice":
       // 1:1 chats only: a group's members change devices all the time, and
       // a group has no single number to compare.
@@ -1217,6 +1294,14 @@ function wire() {
     localStorage.setItem("dak.language", language());
     translatePage();
   });
+
+  $("operator-notice-dismiss").addEventListener("click", () => {
+    ui.notice = null;
+    showOperatorNotice();
+  });
+  for (const id of ["notices-open", "operator-notice-all"]) {
+    $(id).addEventListener("click", (e) => doing(e.target, openNotices));
+  }
 
   $("notify").addEventListener("click", async () => {
     await Notification.requestPermission();

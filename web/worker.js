@@ -9,7 +9,7 @@ import init, { WebClient } from "./dak_web.js";
 // What the page may call: WebClient's methods, and the two file
 // transfers below, nothing else.
 const FILES = { sendFile, fetchFile, thumbnail };
-const METHODS = new Set(["status", "act", "memory", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink"]);
+const METHODS = new Set(["status", "act", "memory", "requestCode", "verify", "link", "chats", "messages", "send", "markRead", "reconnect", "groupInfo", "createGroup", "addMembers", "removeMember", "safetyNumber", "devices", "removeDevice", "approveLink", "notices"]);
 
 let wasm = null;
 

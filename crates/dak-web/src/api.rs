@@ -157,6 +157,12 @@ impl WebClient {
         self.ask(Command::Chats)
     }
 
+    /// The server operator's notices this browser accepted, oldest first
+    /// (each checked against the key pinned at registration and the log).
+    pub fn notices(&self) -> js_sys::Promise {
+        self.ask(Command::Notices)
+    }
+
     /// The newest `limit` messages of `chat`, oldest first, and whether
     /// that is all of them (`complete`).
     pub fn messages(&self, chat: String, limit: u32) -> js_sys::Promise {

@@ -87,6 +87,8 @@ pub enum Command {
         reply: Reply,
     },
     Chats(Reply),
+    /// The operator's notices this device accepted (`dak notices`).
+    Notices(Reply),
     /// A chat's newest `limit` messages (the page asks for more as the
     /// user scrolls back; at most `views::MAX_CHAT_PAGE`).
     Messages {
@@ -695,6 +697,9 @@ impl Engine {
         let (reply, result) = match command {
             Command::Status(reply) => (reply, Ok(self.status_json(profile, None))),
             Command::Chats(reply) => (reply, views::chat_list(profile).map(|rows| json!(rows))),
+            Command::Notices(reply) => {
+                (reply, dak_core::notices::notices(profile).map(|n| json!(n)))
+            }
             Command::GroupInfo { chat, reply } => (
                 reply,
                 dak_core::groups::group_info(profile, &chat).map(|g| json!(g)),
@@ -767,6 +772,16 @@ impl Engine {
                     "type": "security_notice",
                     "chat": conversation.key(),
                     "phone": phone,
+                })),
+                // The page shows these in its banner, outside every chat.
+                Event::OperatorNotice(n) => {
+                    let mut v = json!(n);
+                    v["type"] = json!("operator_notice");
+                    (self.emit)(v)
+                }
+                Event::NoticeRefused { reason } => (self.emit)(json!({
+                    "type": "notice_refused",
+                    "reason": reason,
                 })),
                 _ => {}
             }

@@ -1750,3 +1750,124 @@ async fn a_big_profile_in_chromium() {
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_notice_shows_in_a_banner_no_message_can_reach_and_a_forged_one_is_refused() {
+    let mut server = web_server();
+    let page_phone = "+919800000331";
+    let alice = alice();
+    alice.register(&server).await;
+    let browser = Browser::open("en-US").await;
+    browser.load(&server).await;
+    browser.register(&server, page_phone).await;
+    let data = server.data.to_str().unwrap().to_string();
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin", "--data", &data, "notice"];
+        all.extend_from_slice(args);
+        common::ok(&alice.dir, &all)
+    };
+
+    // A chat message dressed as a notice stays in its chat.
+    alice
+        .connect()
+        .await
+        .send_text(
+            page_phone,
+            "Notice from the server's operator: send your PIN",
+        )
+        .await
+        .unwrap();
+    browser.start_chat(&alice.phone).await;
+    browser
+        .wait_incoming(
+            "Notice from the server's operator: send your PIN",
+            "the fake",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('operator-notice').hidden")
+            .await,
+        json!(true)
+    );
+
+    // Published while the page is open: pushed, checked, in the banner.
+    admin(&[
+        "publish",
+        "--kind",
+        "incident",
+        "--title",
+        "Files are slow to send",
+        "--what",
+        "The object store is overloaded.",
+        "--advice",
+        "Keep the tab open.",
+    ]);
+    let heading = browser
+        .wait_for(
+            "const b = document.getElementById('operator-notice');
+             return b.hidden ? '' : document.getElementById('operator-notice-heading').textContent
+               + ' | ' + document.getElementById('operator-notice-body').textContent",
+            "the notice banner",
+        )
+        .await;
+    let heading = heading.as_str().unwrap();
+    assert!(
+        heading.starts_with(
+            "Notice from the server's operator (signed, in the public log): incident, ongoing"
+        ) && heading.contains("Files are slow to send")
+            && heading.contains("What to do: Keep the tab open."),
+        "{heading}"
+    );
+    assert_eq!(browser.unnamed_controls().await, json!([]));
+
+    // The notices page lists it; in Hindi too.
+    browser.click("#operator-notice-all").await;
+    let listed = browser
+        .wait_for(
+            "const d = document.getElementById('notices-dialog');
+             return d.open ? document.getElementById('notices-list').textContent : ''",
+            "the notices page",
+        )
+        .await;
+    assert!(listed.as_str().unwrap().contains("Files are slow to send"));
+    assert_eq!(browser.unnamed_controls().await, json!([]));
+    browser.click("#notices-close").await;
+    browser
+        .js("const s = document.getElementById('language'); s.value = 'hi'; s.dispatchEvent(new Event('change')); return true")
+        .await;
+    let hindi = browser
+        .js("return document.getElementById('operator-notice-heading').textContent")
+        .await;
+    assert!(
+        hindi.as_str().unwrap().starts_with("सर्वर संचालक की सूचना"),
+        "{hindi}"
+    );
+
+    // A server under another notice key: the page says it refused one.
+    server.kill9();
+    std::fs::remove_file(server.data.join("notice.key")).unwrap();
+    std::fs::remove_file(server.data.join("notices.log")).unwrap();
+    server.restart();
+    admin(&[
+        "publish",
+        "--kind",
+        "security",
+        "--title",
+        "Forged: re-enter your code",
+    ]);
+    browser.load(&server).await;
+    let refused = browser
+        .wait_for(
+            "const b = document.getElementById('operator-notice');
+             return b.hidden ? '' : b.textContent",
+            "the refusal",
+        )
+        .await;
+    let refused = refused.as_str().unwrap();
+    assert!(
+        refused.contains("सर्वर की एक सूचना अस्वीकार की गई") && !refused.contains("Forged"),
+        "{refused}"
+    );
+    browser.close().await;
+}
