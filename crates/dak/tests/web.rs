@@ -1755,7 +1755,7 @@ async fn a_big_profile_in_chromium() {
 async fn the_operators_notice_shows_in_a_banner_no_message_can_reach_and_a_forged_one_is_refused() {
     let mut server = web_server();
     let page_phone = "+919800000331";
-    let alice = alice();
+    let alice = common::alice();
     alice.register(&server).await;
     let browser = Browser::open("en-US").await;
     browser.load(&server).await;
