@@ -254,8 +254,8 @@ impl Client {
         for i in 0..servers.len() {
             let server = &servers[(start + i) % servers.len()];
             match Self::authenticate_at(&profile, server).await {
-                Ok((conn, reg, auth)) => {
-                    return Self::finish_connect(profile, conn, reg, auth, server).await;
+                Ok((conn, reg, auth, notices)) => {
+                    return Self::finish_connect(profile, conn, reg, auth, notices, server).await;
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::debug!(%server, error = %e, "node unreachable; trying the next");
@@ -270,12 +270,23 @@ impl Client {
     async fn authenticate_at(
         profile: &Profile,
         server: &str,
-    ) -> Result<(Connection, Registration, v1::Authenticated), ClientError> {
+    ) -> Result<
+        (
+            Connection,
+            Registration,
+            v1::Authenticated,
+            Vec<crate::Event>,
+        ),
+        ClientError,
+    > {
         let reg = profile.registration()?;
         let key = profile.identity()?;
         let (mut conn, _) = open(profile, server, trust_for(profile, "cert")?).await?;
+        // The operator's notices first, before authentication: during an
+        // outage that stops authentication they are what the user needs.
+        let notices = crate::notices::sync(profile, &mut conn).await;
         let auth = conn.authenticate(&key, reg.device_id).await?;
-        Ok((conn, reg, auth))
+        Ok((conn, reg, auth, notices))
     }
 
     /// Sends the outbox on the fresh connection; on failure the profile comes back.
@@ -284,6 +295,7 @@ impl Client {
         mut conn: Connection,
         reg: Registration,
         auth: v1::Authenticated,
+        notices: Vec<crate::Event>,
         server: &str,
     ) -> Result<Client, (Profile, ClientError)> {
         if let Err(e) =
@@ -296,12 +308,7 @@ impl Client {
         if let Err(e) = profile.prune_seen(profile.now_ms() - SEEN_KEEP_MS) {
             return Err((profile, e));
         }
-        // The operator's notices first: during an incident they are what
-        // the user needs to see.
-        let notices = match crate::notices::sync(&profile, &mut conn).await {
-            Ok(events) => events,
-            Err(e) => return Err((profile, e)),
-        };
+
         let mut client = Client {
             profile,
             conn,

@@ -31,9 +31,11 @@ use crate::{ClientError, Profile};
 const KEY: &str = "notice_key";
 const LEN: &str = "notice_len";
 const HEAD: &str = "notice_head";
-/// Most pages one sync reads (64 entries each): a log larger than that is
+/// Most pages one sync reads. It runs before authentication (so a device
+/// that cannot log in during an outage still gets the operator's word),
+/// within the server's limit on unauthenticated requests; a longer log is
 /// read over several connections.
-const MAX_PAGES: usize = 64;
+const MAX_PAGES: usize = 8;
 
 fn entry_key(index: u64) -> String {
     format!("notice/{index}")
@@ -94,18 +96,27 @@ impl NoticeView {
 }
 
 /// Pins the key a registering or linking profile met (`key` from the
-/// connection's challenge), under `name`.
+/// connection's challenge), under `name`; nothing when it is not a key (a
+/// server from before notices).
 pub(crate) fn pin_key(profile: &Profile, name: &str, key: &[u8]) -> Result<(), ClientError> {
-    profile.set(name, key)
+    if dak_proto::notices::notice_key(key).is_ok() {
+        profile.set(name, key)?;
+    }
+    Ok(())
 }
 
 /// Moves a registration's pending key to the pinned place.
 pub(crate) fn confirm_pending_key(profile: &Profile) -> Result<(), ClientError> {
     if let Some(k) = profile.get("pending_notice_key")? {
-        profile.set(KEY, &k)?;
+        pin_key(profile, KEY, &k)?;
         profile.delete("pending_notice_key")?;
     }
     Ok(())
+}
+
+/// The pinned key's bytes, if one is pinned (an empty value is none).
+fn pinned(profile: &Profile) -> Result<Option<Vec<u8>>, ClientError> {
+    Ok(profile.get(KEY)?.filter(|k| !k.is_empty()))
 }
 
 fn chain(profile: &Profile) -> Result<NoticeChain, ClientError> {
@@ -153,6 +164,19 @@ pub fn notices(profile: &Profile) -> Result<Vec<NoticeView>, ClientError> {
     Ok(out)
 }
 
+/// The latest notice of each incident still ongoing (and the targeted
+/// ones), oldest first: what to show while the server cannot be reached.
+pub fn ongoing(profile: &Profile) -> Result<Vec<NoticeView>, ClientError> {
+    let mut latest: std::collections::BTreeMap<u64, NoticeView> = Default::default();
+    for n in notices(profile)? {
+        latest.insert(n.thread, n);
+    }
+    Ok(latest
+        .into_values()
+        .filter(|n| n.state == state_name(v1::NoticeState::Ongoing as i32))
+        .collect())
+}
+
 /// The log as this device checked it: (length, head).
 pub fn log_state(profile: &Profile) -> Result<(u64, [u8; 32]), ClientError> {
     let c = chain(profile)?;
@@ -171,7 +195,7 @@ pub(crate) fn apply_entries(
     profile: &Profile,
     entries: &[v1::SignedNotice],
 ) -> Result<Vec<Event>, ClientError> {
-    let Some(key) = profile.get(KEY)? else {
+    let Some(key) = pinned(profile)? else {
         return Ok(Vec::new()); // pinned at the next connect
     };
     let key = match dak_proto::notices::notice_key(&key) {
@@ -207,10 +231,10 @@ pub(crate) fn apply_entries(
                 }
             }
             Err(NoticeError::OutOfOrder { expected, got }) => {
-                events.push(refused(format!(
-                    "notice {got} is not in the log this device has (it has {expected} entries); \
-                     it is not shown"
-                )));
+                // Past a gap: this device is behind (a long log is read
+                // over several connections). Not shown until the entries
+                // before it are read and it chains onto them.
+                tracing::debug!(expected, got, "notice past a gap; read at the next connect");
                 break;
             }
             Err(e) => {
@@ -250,17 +274,28 @@ pub(crate) fn apply_targeted(
 }
 
 /// Brings the device's copy of the log up to the server's (as the
-/// challenge announced it): pins the key if this profile has none yet,
-/// reads the missing pages, and refuses a log that does not extend the
-/// one this device has.
-pub(crate) async fn sync(
-    profile: &Profile,
-    conn: &mut Connection,
-) -> Result<Vec<Event>, ClientError> {
+/// challenge announced it), before authentication: pins the key if this
+/// profile has none yet, reads the missing pages, and refuses a log that
+/// does not extend the one this device has. A failure to read is logged,
+/// never a reason not to connect.
+pub(crate) async fn sync(profile: &Profile, conn: &mut Connection) -> Vec<Event> {
+    match try_sync(profile, conn).await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(error = %e, "the operator's notices could not be read this time");
+            Vec::new()
+        }
+    }
+}
+
+async fn try_sync(profile: &Profile, conn: &mut Connection) -> Result<Vec<Event>, ClientError> {
     let (server_key, server_len, server_head) = conn.notice_log();
+    if dak_proto::notices::notice_key(&server_key).is_err() {
+        return Ok(Vec::new()); // a server from before notices
+    }
     let mut events = Vec::new();
-    match profile.get(KEY)? {
-        None if !server_key.is_empty() => pin_key(profile, KEY, &server_key)?,
+    match pinned(profile)? {
+        None => pin_key(profile, KEY, &server_key)?,
         Some(k) if k != server_key => {
             events.push(refused(
                 "the server signs notices with a key other than the one this device pinned at \
@@ -268,21 +303,15 @@ pub(crate) async fn sync(
             ));
             return Ok(events);
         }
-        _ => {}
+        Some(_) => {}
     }
     let mine = chain(profile)?;
     if server_len == mine.length && server_head == mine.head {
         return Ok(events);
     }
-    if server_len < mine.length {
-        events.push(refused(format!(
-            "the server's notice log has {server_len} entries, fewer than the {} this device \
-             checked: its history was rewritten",
-            mine.length
-        )));
-        return Ok(events);
-    }
-    let mut from = mine.length.saturating_sub(1);
+    // From the last entry both should have: it must be the very same (a
+    // node behind the others is fine; a different entry is not).
+    let mut from = server_len.min(mine.length).saturating_sub(1);
     for _ in 0..MAX_PAGES {
         let page = match conn
             .call(Request::GetNotices(v1::GetNotices { from }))

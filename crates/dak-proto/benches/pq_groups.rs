@@ -92,12 +92,7 @@ fn run(suite: Ciphersuite, members: usize) -> Run {
         .map(|m| {
             KeyPackage::builder()
                 .leaf_node_capabilities(capabilities(suite))
-                .build(
-                    suite,
-                    &members_provider,
-                    &m.signer,
-                    m.credential.clone(),
-                )
+                .build(suite, &members_provider, &m.signer, m.credential.clone())
                 .expect("key package")
                 .key_package()
                 .clone()
@@ -129,15 +124,20 @@ fn run(suite: Ciphersuite, members: usize) -> Run {
         MlsMessageBodyOut::Welcome(w) => w.clone(),
         _ => unreachable!("add_members returns a Welcome"),
     };
-    let mut joined = StagedWelcome::new_from_welcome(&members_provider, &join_config(), welcome, None)
-        .expect("welcome")
-        .into_group(&members_provider)
-        .expect("join");
+    let mut joined =
+        StagedWelcome::new_from_welcome(&members_provider, &join_config(), welcome, None)
+            .expect("welcome")
+            .into_group(&members_provider)
+            .expect("join");
     let join_time = started.elapsed();
 
     let started = Instant::now();
     let bundle = group
-        .self_update(&creator_provider, &creator.signer, LeafNodeParameters::default())
+        .self_update(
+            &creator_provider,
+            &creator.signer,
+            LeafNodeParameters::default(),
+        )
         .expect("update");
     group
         .merge_pending_commit(&creator_provider)

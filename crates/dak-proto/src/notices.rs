@@ -284,6 +284,34 @@ pub fn check_fields(n: &v1::OperatorNotice) -> Result<(), NoticeError> {
     Ok(())
 }
 
+/// The rules of a targeted notice's body: its nonce, its size, its texts.
+pub fn check_targeted_body(body: &v1::TargetedNoticeBody) -> Result<(), NoticeError> {
+    if body.encoded_len() > MAX_NOTICE_BYTES {
+        return Err(NoticeError::TooLarge(body.encoded_len()));
+    }
+    if body.nonce.len() != TARGET_NONCE_BYTES {
+        return Err(NoticeError::Field {
+            field: "nonce",
+            reason: "is not 16 bytes",
+        });
+    }
+    if body.phone.is_empty() {
+        return Err(NoticeError::Field {
+            field: "phone",
+            reason: "is empty",
+        });
+    }
+    if body.title.trim().is_empty() {
+        return Err(NoticeError::Field {
+            field: "title",
+            reason: "is empty",
+        });
+    }
+    text("title", &body.title, MAX_NOTICE_TITLE_CHARS)?;
+    text("what_happened", &body.what_happened, MAX_NOTICE_TEXT_CHARS)?;
+    text("advice", &body.advice, MAX_NOTICE_TEXT_CHARS)
+}
+
 /// Checks a targeted notice against the (already verified) log entry it
 /// names and the account that received it; returns what it says.
 pub fn open_targeted(
@@ -304,9 +332,7 @@ pub fn open_targeted(
     if body.phone != my_phone {
         return Err(NoticeError::NotForThisAccount);
     }
-    text("title", &body.title, MAX_NOTICE_TITLE_CHARS)?;
-    text("what_happened", &body.what_happened, MAX_NOTICE_TEXT_CHARS)?;
-    text("advice", &body.advice, MAX_NOTICE_TEXT_CHARS)?;
+    check_targeted_body(&body)?;
     Ok(body)
 }
 

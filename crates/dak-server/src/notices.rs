@@ -37,6 +37,9 @@ use tokio::sync::watch;
 const POLL: Duration = Duration::from_secs(1);
 /// The most bytes one record may claim (a notice's own limit, with room).
 const MAX_RECORD: usize = dak_proto::notices::MAX_NOTICE_BYTES + 64;
+/// The most entry bytes in one `NoticeLog` frame: well inside the
+/// protocol's frame limit, whatever the entries' sizes.
+const PAGE_BYTES: usize = dak_proto::MAX_FRAME_BYTES / 4;
 
 /// Reads the notice key, making one (mode 0600) if there is none yet.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
@@ -124,7 +127,7 @@ pub struct CheckedLog {
 /// Reads and checks a log file with the notice key.
 pub fn read_log(path: &Path, key: &VerifyingKey) -> Result<CheckedLog> {
     let bytes = read_all(path)?;
-    let (recs, complete) = records(&bytes);
+    let (recs, _) = records(&bytes);
     let mut log = CheckedLog::default();
     for rec in recs {
         let checked = decode_signed_notice(rec).and_then(|e| {
@@ -137,6 +140,10 @@ pub fn read_log(path: &Path, key: &VerifyingKey) -> Result<CheckedLog> {
                 log.entries.push(e);
                 log.notices.push(n);
             }
+            Err(_) if bytes[log.good_bytes..].iter().all(|b| *b == 0) => {
+                // Zeros to the end: space a crash mid-append left unwritten.
+                break;
+            }
             Err(err) => {
                 log.problem = Some(format!(
                     "entry {} of {}: {err}",
@@ -147,7 +154,7 @@ pub fn read_log(path: &Path, key: &VerifyingKey) -> Result<CheckedLog> {
             }
         }
     }
-    if complete < bytes.len() {
+    if log.good_bytes < bytes.len() {
         log.problem = Some(format!(
             "{} ends in an incomplete record (an append cut short)",
             path.display()
@@ -221,12 +228,17 @@ pub fn append(
     let signed = dak_proto::notices::sign_notice(key, &notice)?;
     if let Some(sealed) = sealed {
         // The body first: once the entry is in the log, its body is there.
+        // Under the log's lock; a torn tail (a crash mid-append) is cut.
         let tpath = targeted_path(path);
+        let complete = records(&read_all(&tpath)?).1;
         let mut t = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(&tpath)
             .with_context(|| format!("cannot open {}", tpath.display()))?;
+        t.set_len(complete as u64)?;
+        t.seek(SeekFrom::Start(complete as u64))?;
         write_record(
             &mut t,
             &v1::TargetedNotice {
@@ -258,8 +270,10 @@ pub struct NoticeBoard {
 struct Board {
     log: Arc<CheckedLog>,
     targeted: HashMap<String, Vec<v1::TargetedNotice>>,
-    sizes: (u64, u64),
+    sizes: (FileStamp, FileStamp),
 }
+
+type FileStamp = (u64, Option<std::time::SystemTime>);
 
 impl NoticeBoard {
     /// Loads the key (making it at first start) and the log.
@@ -278,10 +292,17 @@ impl NoticeBoard {
 
     /// Re-reads the files if their sizes changed; wakes sessions on growth.
     pub fn refresh(&self) -> Result<()> {
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        // Size and modification time: a file replaced by one of the same
+        // size is read again too.
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| (m.len(), m.modified().ok()))
+                .unwrap_or((0, None))
+        };
         let tpath = targeted_path(&self.path);
-        let sizes = (size(&self.path), size(&tpath));
-        if self.inner.read().expect("board lock").sizes == sizes && sizes != (0, 0) {
+        let sizes = (stamp(&self.path), stamp(&tpath));
+        let empty = ((0, None), (0, None));
+        if self.inner.read().expect("board lock").sizes == sizes && sizes != empty {
             return Ok(());
         }
         let log = read_log(&self.path, &self.key)?;
@@ -336,27 +357,51 @@ impl NoticeBoard {
         self.length.subscribe()
     }
 
-    /// Up to a page of entries from `from` on, with the log's length and head.
+    /// Up to a page of entries from `from` on (at most `NOTICES_PER_PAGE`
+    /// and `PAGE_BYTES`, at least one), with the log's length and head.
     pub fn page(&self, from: u64) -> v1::NoticeLog {
         let log = self.log();
         let from = (from as usize).min(log.entries.len());
-        let to = (from + NOTICES_PER_PAGE).min(log.entries.len());
+        let mut entries = Vec::new();
+        let mut size = 0;
+        for e in log.entries[from..].iter().take(NOTICES_PER_PAGE) {
+            size += e.encoded_len() + 8;
+            if size > PAGE_BYTES && !entries.is_empty() {
+                break;
+            }
+            entries.push(e.clone());
+        }
         v1::NoticeLog {
-            entries: log.entries[from..to].to_vec(),
+            entries,
             length: log.chain.length,
             head: log.chain.head.to_vec(),
         }
     }
 
-    /// An account's targeted notices from log index `from` on.
-    pub fn targeted_for(&self, phone: &str, from: u64) -> Vec<v1::TargetedNotice> {
-        self.inner
-            .read()
-            .expect("board lock")
-            .targeted
-            .get(phone)
-            .map(|v| v.iter().filter(|t| t.index >= from).cloned().collect())
-            .unwrap_or_default()
+    /// An account's targeted notices with log index in `from..to`, those
+    /// published since `since_ms` only (a number given to someone new is
+    /// not told about its previous owner's attack).
+    pub fn targeted_for(
+        &self,
+        phone: &str,
+        from: u64,
+        to: u64,
+        since_ms: i64,
+    ) -> Vec<v1::TargetedNotice> {
+        let b = self.inner.read().expect("board lock");
+        let Some(list) = b.targeted.get(phone) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter(|t| (from..to).contains(&t.index))
+            .filter(|t| {
+                b.log
+                    .notices
+                    .get(t.index as usize)
+                    .is_some_and(|n| n.published_ms >= since_ms)
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -393,6 +438,11 @@ mod tests {
         let torn = read_log(&log, &key.verifying_key()).unwrap();
         assert_eq!(torn.chain.length, 2);
         assert!(torn.problem.is_some());
+        // Or zeros (space allocated, never written).
+        f.write_all(&[0; 64]).unwrap();
+        let zeros = read_log(&log, &key.verifying_key()).unwrap();
+        assert_eq!(zeros.chain.length, 2);
+        assert!(zeros.problem.unwrap().contains("incomplete record"));
         let third = append(&log, &key, |_| Ok((incident("three"), None))).unwrap();
         assert_eq!(third.index, 2);
         let read = read_log(&log, &key.verifying_key()).unwrap();
@@ -401,6 +451,35 @@ mod tests {
         // Another key's log is not extended.
         let other = SigningKey::from_bytes(&[9; 32]);
         assert!(append(&log, &other, |_| Ok((incident("x"), None))).is_err());
+    }
+
+    #[test]
+    fn a_page_of_large_notices_stays_well_inside_a_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("notice.key");
+        let log = dir.path().join("notices.log");
+        let board = NoticeBoard::open(&key_path, &log).unwrap();
+        let key = read_key(&key_path).unwrap();
+        // Bengali text: three bytes a character, near the 8 KiB limit.
+        let long = "অ".repeat(1200);
+        for _ in 0..40 {
+            append(&log, &key, |_| {
+                let mut n = incident("বড়");
+                n.what_happened = long.clone();
+                n.advice = long.clone();
+                Ok((n, None))
+            })
+            .unwrap();
+        }
+        board.refresh().unwrap();
+        let mut from = 0;
+        while from < 40 {
+            let page = board.page(from);
+            assert!(!page.entries.is_empty());
+            assert!(page.encoded_len() < dak_proto::MAX_FRAME_BYTES / 2);
+            from += page.entries.len() as u64;
+        }
+        assert!(board.page(0).entries.len() < 40);
     }
 
     #[test]
@@ -436,8 +515,15 @@ mod tests {
         assert_eq!(*rx.borrow_and_update(), 2);
         let page = board.page(1);
         assert_eq!((page.entries.len(), page.length), (1, 2));
-        assert_eq!(board.targeted_for("+919800000001", 0).len(), 1);
-        assert!(board.targeted_for("+919800000002", 0).is_empty());
-        assert!(board.targeted_for("+919800000001", 2).is_empty());
+        assert_eq!(board.targeted_for("+919800000001", 0, 2, 0).len(), 1);
+        assert!(board.targeted_for("+919800000002", 0, 2, 0).is_empty());
+        assert!(board.targeted_for("+919800000001", 2, 3, 0).is_empty());
+        assert!(board.targeted_for("+919800000001", 0, 1, 0).is_empty());
+        assert!(
+            board
+                .targeted_for("+919800000001", 0, 2, i64::MAX)
+                .is_empty(),
+            "not for a device registered after it"
+        );
     }
 }

@@ -952,7 +952,11 @@ impl Session {
     /// Pushes the notice log's entries this device has not been shown, a
     /// page per frame, and its account's targeted notices among them.
     async fn push_notices(&mut self) -> Flow {
-        let Some(phone) = self.device.as_ref().map(|d| d.phone.clone()) else {
+        let Some((phone, since_ms)) = self
+            .device
+            .as_ref()
+            .map(|d| (d.phone.clone(), d.created_ms))
+        else {
             return Flow::Continue;
         };
         if let Some(rx) = self.notices.as_mut() {
@@ -969,13 +973,19 @@ impl Session {
         }
         // The first time after authentication, all of its account's
         // targeted notices (a device that was offline has not seen them;
-        // it drops those it has); after that, those published since.
+        // it drops those it has); after that, those published since. Only
+        // those whose log entry went out above, so a device always has the
+        // entry before the notice.
         let from = if std::mem::take(&mut self.all_targeted) {
             0
         } else {
             from
         };
-        for t in self.state.notices.targeted_for(&phone, from) {
+        for t in self
+            .state
+            .notices
+            .targeted_for(&phone, from, self.notices_sent, since_ms)
+        {
             self.push(Body::TargetedNotice(t)).await;
         }
         Flow::Continue

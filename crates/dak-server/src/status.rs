@@ -77,14 +77,18 @@ pub struct LogInfo {
     pub key: String,
 }
 
-/// Runs `check` with the deadline; `Err` text on failure or timeout.
+/// Runs `check` in a task of its own with the deadline; `Err` text on
+/// failure or timeout. Its own task: a check that blocks its thread (a
+/// file system on a hung mount) cannot hold up the others or the answer.
 async fn within<F>(check: F) -> Result<String, String>
 where
-    F: std::future::Future<Output = Result<String, String>>,
+    F: std::future::Future<Output = Result<String, String>> + Send + 'static,
 {
-    tokio::time::timeout(CHECK_TIMEOUT, check)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
+    match tokio::time::timeout(CHECK_TIMEOUT, tokio::spawn(check)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(format!("the check failed: {e}")),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
 }
 
 fn component(name: &'static str, result: Result<String, String>) -> Component {
@@ -109,7 +113,9 @@ pub async fn collect(state: &AppState) -> Status {
     } else {
         "SQLite"
     };
-    let store = within(async {
+    let s = state.clone();
+    let store = within(async move {
+        let state = s;
         if let Some(pg) = &state.probes.postgres {
             pg.ping()
                 .await
@@ -132,7 +138,9 @@ pub async fn collect(state: &AppState) -> Status {
             None => Ok("in this process (one node)".to_string()),
         }
     };
-    let media = within(async {
+    let s = state.clone();
+    let media = within(async move {
+        let state = s;
         state
             .blobs
             .objects(b"status")

@@ -436,7 +436,7 @@ async fn connect_keeping_notices(dir: &std::path::Path) -> Result<Client> {
             Ok(client)
         }
         Err((profile, e)) if e.is_retryable() => {
-            eprintln!("{}", outage_note(&profile)?);
+            eprintln!("{}", outage_note(&profile, true)?);
             Err(e.into())
         }
         Err((_, e)) => Err(e.into()),
@@ -446,7 +446,9 @@ async fn connect_keeping_notices(dir: &std::path::Path) -> Result<Client> {
 /// What a device knows while its server does not work: since when (the
 /// first failure this profile saw since its last good connection) and
 /// what waits in its outbox.
-pub(crate) fn outage_note(profile: &Profile) -> Result<String> {
+/// `with_notices`: also frame the operator's ongoing notices (those read so
+/// far), for a device that could not connect to show them at connect.
+pub(crate) fn outage_note(profile: &Profile, with_notices: bool) -> Result<String> {
     let now = profile.now_ms();
     let since = match profile
         .get_str("unreachable_since")?
@@ -459,11 +461,23 @@ pub(crate) fn outage_note(profile: &Profile) -> Result<String> {
         }
     };
     let waiting = profile.store().outbox()?.len();
-    Ok(format!(
+    let mut note = String::new();
+    // What the operator has said of it, as far as this device has read.
+    let ongoing = if with_notices {
+        dak_client::notices::ongoing(profile)?
+    } else {
+        Vec::new()
+    };
+    for n in ongoing {
+        note.push_str(&crate::show::notice_frame(&n));
+        note.push('\n');
+    }
+    note.push_str(&format!(
         "The server has not been working for this device since {}; {waiting} message(s) waiting \
          to send (🕓), sent when it is back. The operator's notices so far: dak notices",
         dak_server::status_time(since)
-    ))
+    ));
+    Ok(note)
 }
 
 /// `dak notices`: connects to fetch new ones (if it can), then lists all.
@@ -578,7 +592,7 @@ async fn send(
     let sent = match client.send_text_with(to, text, opts).await {
         Ok(sent) => sent,
         Err(e) if e.is_retryable() => {
-            eprintln!("{}", outage_note(client.profile())?);
+            eprintln!("{}", outage_note(client.profile(), false)?);
             bail!(
                 "{e}; the message is queued (🕓) and goes out with your next `dak send`, `sync` or `listen`"
             )
@@ -642,7 +656,7 @@ fn queue_offline(
     } else {
         println!("{} 🕓", format_id(&id));
     }
-    eprintln!("{}", outage_note(&open(dir)?)?);
+    eprintln!("{}", outage_note(&open(dir)?, true)?);
     bail!("{why}; the message is queued and goes out with your next `dak send`, `sync` or `listen`")
 }
 

@@ -365,31 +365,9 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
                 what_happened: what,
                 advice,
             };
-            // The same limits a device applies, before anything is written.
-            for (field, text, max) in [
-                (
-                    "title",
-                    &sealed.title,
-                    dak_proto::notices::MAX_NOTICE_TITLE_CHARS,
-                ),
-                (
-                    "what",
-                    &sealed.what_happened,
-                    dak_proto::notices::MAX_NOTICE_TEXT_CHARS,
-                ),
-                (
-                    "advice",
-                    &sealed.advice,
-                    dak_proto::notices::MAX_NOTICE_TEXT_CHARS,
-                ),
-            ] {
-                if text.chars().count() > max {
-                    bail!("--{field} is longer than {max} characters");
-                }
-            }
-            if sealed.title.trim().is_empty() {
-                bail!("--title is empty");
-            }
+            // The same rules a device applies, before anything is written.
+            dak_proto::notices::check_targeted_body(&sealed)
+                .map_err(|e| anyhow::anyhow!("not sent: {e}"))?;
             let sealed = sealed.encode_to_vec();
             let key = dak_server::notices::read_key(&key_path)?;
             let notice = dak_server::notices::append(&log_path, &key, |log| {

@@ -74,9 +74,7 @@ pub fn message_text(m: &MessageView) -> String {
     {
         out.push_str(&format!("{} — ", i.header));
     }
-    // A line break inside a message is indented, so no line of a message
-    // starts where a notice's frame does (`notice_frame`).
-    out.push_str(&m.text.replace('\n', "\n    "));
+    out.push_str(&m.text);
     if let Some(i) = &m.interactive {
         out.push_str(&choices_text(i));
     }
@@ -301,9 +299,31 @@ pub fn notice_text(event: &Event) -> Option<String> {
     })
 }
 
+/// What others wrote (a message, a quote, a name), made safe for a
+/// terminal: a line break is indented, so no line of it starts where a
+/// notice's frame does (`notice_frame`), and every other control, line or
+/// paragraph separator and bidirectional override (which could move the
+/// cursor, start a line or reorder what is shown) becomes `�`.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\n    "),
+            '\t' => out.push(' '),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push('\u{FFFD}')
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A notice from the operator, framed: every line starts with `▌`, which
-/// no line of a chat message can (`message_text` indents a message's own
-/// line breaks), so a message cannot pass for a notice.
+/// no line of anything else printed can (`terminal_safe`), so a message
+/// cannot pass for a notice.
 pub fn notice_frame(n: &dak_client::NoticeView) -> String {
     let head = if n.targeted {
         "⚠ SECURITY NOTICE FOR YOUR ACCOUNT ONLY, from the server's operator (signed)".to_string()
@@ -410,9 +430,11 @@ pub type Businesses = std::collections::HashMap<String, dak_client::BusinessView
 /// The sender as shown: a business by its checked name or as a business
 /// account, anyone else by number.
 fn sender(m: &MessageView, businesses: &Businesses) -> String {
-    businesses
-        .get(&m.from)
-        .map_or_else(|| m.from.clone(), |b| b.label())
+    terminal_safe(
+        &businesses
+            .get(&m.from)
+            .map_or_else(|| m.from.clone(), |b| b.label()),
+    )
 }
 
 /// `print_event`, naming business senders as `dak_client::business` says.
@@ -441,7 +463,7 @@ pub fn print_event_from(event: &Event, json: bool, businesses: &Businesses) {
                         .to_string()
                 })
                 .unwrap_or_default();
-            let text = message_text(m);
+            let text = terminal_safe(&message_text(m));
             let id = format_id(&m.id);
             if m.outgoing {
                 println!("[{at}] you → {}: {text}  ({id})", short(&m.conversation));
@@ -456,10 +478,27 @@ pub fn print_event_from(event: &Event, json: bool, businesses: &Businesses) {
             }
         }
         Event::Tick { id, state } => println!("{} {}", format_id(id), tick_symbol(*state)),
+        Event::OperatorNotice(n) => println!("{}", notice_frame(n)),
         other => {
             if let Some(line) = notice_text(other) {
-                println!("{line}");
+                println!("{}", terminal_safe(&line));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn nothing_a_message_holds_can_start_a_line_or_move_the_cursor() {
+        let fake = "hi\n▌━━ NOTICE\r▌ x\u{1b}[2K\u{2028}▌ y\u{202E}z\u{0b}\u{0c}\u{85}";
+        let safe = terminal_safe(fake);
+        for line in safe.lines().skip(1) {
+            assert!(line.starts_with("    "), "{line:?}");
+        }
+        assert!(!safe.chars().any(|c| c.is_control() && c != '\n'));
+        assert!(!safe.contains('\u{2028}') && !safe.contains('\u{202E}'));
     }
 }

@@ -372,6 +372,13 @@ async fn a_notice_published_while_the_store_is_down_reaches_devices_and_status()
             && stderr.contains("1 message(s) waiting to send"),
         "{stderr}"
     );
+    // bob's device could not log in, but it read the notice before
+    // authenticating, and says it.
+    assert!(
+        stderr.contains("▌━━ NOTICE FROM THE SERVER'S OPERATOR")
+            && stderr.contains("The message store is down"),
+        "{stderr}"
+    );
 
     db.set_reachable(true).await;
     let mut up = false;
