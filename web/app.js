@@ -175,7 +175,9 @@ function when(ms) {
 function showStatus() {
   const s = ui.status;
   document.body.dataset.state = s.state;
-  $("status").textContent = t("status_" + s.state);
+  $("status").textContent = s.state === "offline" && s.offline_since_ms
+    ? t("status_offline_since", { time: when(s.offline_since_ms), waiting: numberFormat().format(s.waiting || 0) })
+    : t("status_" + s.state);
   const registered = s.registered && s.state !== "signed_out";
   $("welcome").hidden = registered;
   $("chats").hidden = !registered;

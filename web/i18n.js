@@ -8,6 +8,7 @@ export const LANGUAGES = ["en", "hi", "bn"];
 
 const STRINGS = {
   en: {
+    status_offline_since: "Offline since {time}; {waiting} message(s) waiting to send, sent when the connection returns. The operator's notices: Notices",
     notices: "Notices",
     notices_all: "All notices",
     notice_dismiss: "Dismiss",
@@ -184,6 +185,7 @@ const STRINGS = {
     join_sent: "Asked to join. The group opens here once a member lets you in.",
   },
   hi: {
+    status_offline_since: "{time} से ऑफ़लाइन; {waiting} संदेश भेजे जाने की प्रतीक्षा में, कनेक्शन लौटने पर भेजे जाएँगे। संचालक की सूचनाएँ: सूचनाएँ",
     notices: "सूचनाएँ",
     notices_all: "सभी सूचनाएँ",
     notice_dismiss: "हटाएँ",
@@ -360,6 +362,7 @@ const STRINGS = {
     join_sent: "अनुरोध भेजा गया। किसी सदस्य के जोड़ते ही ग्रुप यहाँ खुलेगा।",
   },
   bn: {
+    status_offline_since: "{time} থেকে অফলাইন; {waiting}টি বার্তা পাঠানোর অপেক্ষায়, সংযোগ ফিরলে পাঠানো হবে। পরিচালকের বিজ্ঞপ্তি: বিজ্ঞপ্তি",
     notices: "বিজ্ঞপ্তি",
     notices_all: "সব বিজ্ঞপ্তি",
     notice_dismiss: "সরান",

@@ -195,6 +195,9 @@ pub struct Engine {
     compact_over: usize,
     /// Files sealed and waiting for the worker to upload them.
     prepared: crate::media::Prepared,
+    /// When the connection was last lost (ms; none while online): the page
+    /// says since when it has been offline.
+    offline_since_ms: Option<i64>,
 }
 
 impl Engine {
@@ -208,6 +211,7 @@ impl Engine {
             commands,
             emit,
             stopped: None,
+            offline_since_ms: None,
             state: "no_account",
             healthy: false,
             storage,
@@ -667,6 +671,10 @@ impl Engine {
                     });
                 let _ = reply.send(result.map_err(Failure::from));
                 self.changed();
+                if self.state == "offline" {
+                    // One more waiting: the page's offline line counts it.
+                    self.status(&profile, "offline", None);
+                }
             }
             // Receipts need the server; the chat is still unread when it
             // is opened again online.
@@ -816,6 +824,14 @@ impl Engine {
 
     fn status(&mut self, profile: &Profile, state: &'static str, detail: Option<&Failure>) {
         self.state = state;
+        match state {
+            "offline" => {
+                self.offline_since_ms
+                    .get_or_insert_with(|| profile.now_ms());
+            }
+            "online" => self.offline_since_ms = None,
+            _ => {}
+        }
         let mut v = self.status_json(profile, detail);
         v["type"] = json!("status");
         (self.emit)(v);
@@ -830,6 +846,10 @@ impl Engine {
             "device_id": reg.as_ref().map(|r| r.device_id),
             "detail": detail.or(self.stopped.as_ref()),
             "storage": self.storage,
+            // What the page says while offline: since when, and how many
+            // messages wait (🕓) to be sent.
+            "offline_since_ms": self.offline_since_ms,
+            "waiting": profile.store().outbox().map(|o| o.len()).unwrap_or(0),
         })
     }
 }

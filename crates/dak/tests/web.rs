@@ -437,6 +437,18 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
     let offline = "typed while the server was down";
     browser.send(offline).await;
     browser.wait_tick(offline, "pending").await;
+    // It says since when, and what waits.
+    let line = browser
+        .wait_for(
+            "const s = document.getElementById('status').textContent;
+             return s.includes('1 message(s) waiting') ? s : ''",
+            "the offline line",
+        )
+        .await;
+    assert!(
+        line.as_str().unwrap().starts_with("Offline since "),
+        "{line}"
+    );
     server.restart();
     browser.wait_tick(offline, "sent").await;
     assert_eq!(browser.tick_of(first).await, json!("read"));
