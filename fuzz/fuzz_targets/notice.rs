@@ -7,8 +7,8 @@
 #![no_main]
 
 use dak_proto::notices::{
-    MAX_NOTICE_TEXT_CHARS, MAX_NOTICE_TITLE_CHARS, NoticeChain, check_fields,
-    decode_signed_notice, open_targeted,
+    MAX_NOTICE_TEXT_CHARS, MAX_NOTICE_TITLE_CHARS, NoticeChain, check_fields, decode_signed_notice,
+    open_targeted,
 };
 use dak_proto::v1;
 use ed25519_dalek::SigningKey;
