@@ -233,6 +233,14 @@ pub(crate) fn on_content(
             out.events.push(Event::Message(view));
         }
         Some(Kind::Receipt(r)) => {
+            if let Some(e) = crate::notices::compare_told(
+                p,
+                from.phone,
+                r.notice_log_length,
+                &r.notice_log_head,
+            )? {
+                out.events.push(e);
+            }
             let read = r.r#type == v1::ReceiptType::Read as i32;
             for id in r.message_ids {
                 if outgoing {

@@ -14,6 +14,13 @@
 //!   device was told.
 //! - A targeted notice is shown only to the account it names and only if
 //!   the log entry at its index commits to it (`targeted/<index>`).
+//! - Gossip: every receipt a device sends carries its log's length and
+//!   head (inside MLS, so the server cannot change it), and a device
+//!   compares what its contacts were told with what it was told
+//!   (`compare_told`): a different head at the same length is the operator
+//!   telling two stories, said once per contact. A contact ahead is
+//!   remembered (`notice_told/<length>`) and compared when this device
+//!   reaches that length.
 //! - The key is pinned when the profile first meets the server (at
 //!   registration or linking, over the pinned TLS connection); a profile
 //!   made before notices existed pins it at its next connect.
@@ -177,6 +184,75 @@ pub fn ongoing(profile: &Profile) -> Result<Vec<NoticeView>, ClientError> {
         .collect())
 }
 
+/// The head this device's log had at `length` (1..=its length).
+fn head_at(profile: &Profile, length: u64) -> Result<Option<[u8; 32]>, ClientError> {
+    let Some(bytes) = profile.get(&entry_key(length - 1))? else {
+        return Ok(None);
+    };
+    let signed =
+        v1::SignedNotice::decode(bytes.as_slice()).map_err(|e| profile.err(e.to_string()))?;
+    Ok(Some(dak_proto::notices::head_after(&signed.notice)))
+}
+
+fn two_stories(profile: &Profile, who: &str, length: u64) -> Result<Option<Event>, ClientError> {
+    // Said once per contact.
+    let key = format!("notice_split/{who}");
+    if profile.get(&key)?.is_some() {
+        return Ok(None);
+    }
+    profile.set(&key, length.to_string().as_bytes())?;
+    Ok(Some(refused(format!(
+        "{who}'s device was shown another history of the operator's notices than this device \
+         (entry {}): the operator told you two different stories",
+        length - 1
+    ))))
+}
+
+/// Compares what a contact's device says it was told (`length`, `head`,
+/// from a receipt) with this device's log; `Some` when they differ.
+pub(crate) fn compare_told(
+    profile: &Profile,
+    who: &str,
+    length: u64,
+    head: &[u8],
+) -> Result<Option<Event>, ClientError> {
+    if length == 0 || head.len() != 32 {
+        return Ok(None);
+    }
+    let mine = chain(profile)?;
+    if length > mine.length {
+        // Ahead of this device: compared when this device gets there.
+        profile.set(
+            &format!("notice_told/{length}"),
+            &[head, who.as_bytes()].concat(),
+        )?;
+        return Ok(None);
+    }
+    match head_at(profile, length)? {
+        Some(h) if h.as_slice() != head => two_stories(profile, who, length),
+        _ => Ok(None),
+    }
+}
+
+/// After this device's log reached `length`: what a contact said of it.
+fn check_told(profile: &Profile, length: u64) -> Result<Option<Event>, ClientError> {
+    let key = format!("notice_told/{length}");
+    let Some(told) = profile.get(&key)? else {
+        return Ok(None);
+    };
+    profile.delete(&key)?;
+    if told.len() < 32 {
+        return Ok(None);
+    }
+    let (head, who) = told.split_at(32);
+    match head_at(profile, length)? {
+        Some(h) if h.as_slice() != head => {
+            two_stories(profile, &String::from_utf8_lossy(who), length)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The log as this device checked it: (length, head).
 pub fn log_state(profile: &Profile) -> Result<(u64, [u8; 32]), ClientError> {
     let c = chain(profile)?;
@@ -229,6 +305,7 @@ pub(crate) fn apply_entries(
                 if n.kind != v1::OperatorNoticeKind::TargetedAttack as i32 {
                     events.push(Event::OperatorNotice(NoticeView::public(&n)));
                 }
+                events.extend(check_told(profile, chain.length)?);
             }
             Err(NoticeError::OutOfOrder { expected, got }) => {
                 // Past a gap: this device is behind (a long log is read

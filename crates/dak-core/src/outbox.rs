@@ -33,12 +33,22 @@ pub(crate) fn queue_receipts(
     by_sender: BTreeMap<String, Vec<Vec<u8>>>,
 ) -> Result<Vec<OutboxEntry>, ClientError> {
     let mut queued = Vec::new();
+    // What this device was told by the operator, for the other side to
+    // compare (notices.rs, "gossip").
+    let (notice_log_length, head) = crate::notices::log_state(p)?;
+    let notice_log_head = if notice_log_length > 0 {
+        head.to_vec()
+    } else {
+        Vec::new()
+    };
     for (to, ids) in by_sender {
         for chunk in ids.chunks(256) {
             let content = v1::Content {
                 kind: Some(Kind::Receipt(v1::Receipt {
                     r#type: kind as i32,
                     message_ids: chunk.to_vec(),
+                    notice_log_length,
+                    notice_log_head: notice_log_head.clone(),
                 })),
             };
             let id = p.new_message_id();

@@ -391,6 +391,7 @@ mod tests {
                 Kind::Receipt(v1::Receipt {
                     r#type: v1::ReceiptType::Read as i32,
                     message_ids: vec![id.clone()],
+                    ..Default::default()
                 }),
             ),
             (

@@ -128,6 +128,11 @@ pub fn validate_content(c: &v1::Content) -> Result<(), FrameError> {
                     "a receipt names 1 to {MAX_RECEIPT_IDS} messages"
                 )));
             }
+            if !(r.notice_log_head.is_empty()
+                || r.notice_log_head.len() == crate::notices::NOTICE_HASH_BYTES)
+            {
+                return Err(bad("a receipt's notice log head is 32 bytes or none"));
+            }
             r.message_ids.iter().try_for_each(|m| id("receipt id", m))
         }
         Some(Kind::Reaction(r)) => {
@@ -201,8 +206,15 @@ mod tests {
             kind: Some(Kind::Receipt(v1::Receipt {
                 r#type: v1::ReceiptType::Read as i32,
                 message_ids: vec![vec![7; len]; n],
+                ..Default::default()
             })),
         };
+        let mut bad_head = receipt(1, 16);
+        if let Some(Kind::Receipt(r)) = bad_head.kind.as_mut() {
+            r.notice_log_length = 1;
+            r.notice_log_head = vec![1; 31];
+        }
+        assert!(validate_content(&bad_head).is_err(), "a head is 32 bytes");
         assert!(validate_content(&receipt(MAX_RECEIPT_IDS, 16)).is_ok());
         assert!(validate_content(&receipt(MAX_RECEIPT_IDS + 1, 16)).is_err());
         assert!(validate_content(&receipt(1, 17)).is_err());

@@ -393,3 +393,78 @@ async fn a_notice_published_while_the_store_is_down_reaches_devices_and_status()
     assert!(up, "/status never saw the store back");
     live.close().await;
 }
+
+#[tokio::test]
+async fn devices_that_talk_find_out_that_the_operator_told_them_different_stories() {
+    let server = TestServer::start_insecure();
+    let (alice, bob) = registered_pair(&server).await;
+    publish(
+        &server,
+        &[
+            "publish",
+            "--kind",
+            "security",
+            "--title",
+            "We were breached",
+        ],
+    );
+    let mut a = alice.connect().await;
+    assert_eq!(title_of(&next_notice(&mut a).await), "We were breached");
+    a.close().await;
+
+    // The operator rewrites its log before bob's device reads it: bob is
+    // shown a consistent log with another story, and alone could not know.
+    std::fs::remove_file(server.data.join("notices.log")).unwrap();
+    publish(
+        &server,
+        &["publish", "--kind", "maintenance", "--title", "All is well"],
+    );
+    // The server re-reads its log within a second.
+    for _ in 0..40 {
+        let (_, status) = status_json(&server).await;
+        if status["incidents"][0]["title"] == "All is well" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b = bob.connect().await;
+    assert_eq!(title_of(&next_notice(&mut b).await), "All is well");
+    b.send_text(&alice.phone, "did you hear?").await.unwrap();
+    b.close().await;
+
+    // alice's delivery receipt carries what her device was told (inside
+    // MLS); bob's device compares it with its own.
+    let events = sync_events(&alice).await;
+    assert_eq!(texts(&events), vec!["did you hear?"]);
+    let events = sync_events(&bob).await;
+    let said: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NoticeRefused { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        said.iter()
+            .any(|r| r.contains(&alice.phone) && r.contains("two different stories")),
+        "{said:?}"
+    );
+    // Said once, not at every receipt.
+    ok(&bob.dir, &["send", &alice.phone, "again"]);
+    assert_eq!(texts(&sync_events(&alice).await), vec!["again"]);
+    let again = sync_events(&bob).await;
+    assert!(
+        again.iter().any(|e| matches!(
+            e,
+            Event::Tick {
+                state: dak_client::TickState::Delivered,
+                ..
+            }
+        )),
+        "alice's receipt came: {again:?}"
+    );
+    assert!(
+        !again.iter().any(|e| matches!(e, Event::NoticeRefused { reason } if reason.contains("two different stories"))),
+        "{again:?}"
+    );
+}

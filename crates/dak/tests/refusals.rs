@@ -421,6 +421,7 @@ async fn only_the_addressee_can_tick_a_message() {
         kind: Some(v1::content::Kind::Receipt(v1::Receipt {
             r#type: v1::ReceiptType::Read as i32,
             message_ids: vec![sent.id.clone()],
+            ..Default::default()
         })),
     };
     let mut c = carol.connect().await;
