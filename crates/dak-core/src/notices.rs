@@ -201,9 +201,12 @@ fn two_stories(profile: &Profile, who: &str, length: u64) -> Result<Option<Event
         return Ok(None);
     }
     profile.set(&key, length.to_string().as_bytes())?;
+    // The contact's word, not a proof (a receipt carries a head, not the
+    // signed entry): said as such.
     Ok(Some(refused(format!(
-        "{who}'s device was shown another history of the operator's notices than this device \
-         (entry {}): the operator told you two different stories",
+        "{who}'s device reports another history of the operator's notices than this device's \
+         (entry {}): the operator may have told you two different stories (or that device is \
+         not honest); compare `dak notices` with {who}",
         length - 1
     ))))
 }
