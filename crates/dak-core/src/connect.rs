@@ -251,10 +251,13 @@ impl Client {
         };
         let start = crate::env::random_below(profile.env(), servers.len() as u64) as usize;
         let mut last = ClientError::Transport("no server address in this profile".into());
+        // Notice events read on a node that then failed are kept for the
+        // node that works (which finds nothing new to say).
+        let mut notices = Vec::new();
         for i in 0..servers.len() {
             let server = &servers[(start + i) % servers.len()];
-            match Self::authenticate_at(&profile, server).await {
-                Ok((conn, reg, auth, notices)) => {
+            match Self::authenticate_at(&profile, server, &mut notices).await {
+                Ok((conn, reg, auth)) => {
                     return Self::finish_connect(profile, conn, reg, auth, notices, server).await;
                 }
                 Err(e) if e.is_retryable() => {
@@ -270,23 +273,16 @@ impl Client {
     async fn authenticate_at(
         profile: &Profile,
         server: &str,
-    ) -> Result<
-        (
-            Connection,
-            Registration,
-            v1::Authenticated,
-            Vec<crate::Event>,
-        ),
-        ClientError,
-    > {
+        notices: &mut Vec<crate::Event>,
+    ) -> Result<(Connection, Registration, v1::Authenticated), ClientError> {
         let reg = profile.registration()?;
         let key = profile.identity()?;
         let (mut conn, _) = open(profile, server, trust_for(profile, "cert")?).await?;
         // The operator's notices first, before authentication: during an
         // outage that stops authentication they are what the user needs.
-        let notices = crate::notices::sync(profile, &mut conn).await;
+        notices.extend(crate::notices::sync(profile, &mut conn).await);
         let auth = conn.authenticate(&key, reg.device_id).await?;
-        Ok((conn, reg, auth, notices))
+        Ok((conn, reg, auth))
     }
 
     /// Sends the outbox on the fresh connection; on failure the profile comes back.

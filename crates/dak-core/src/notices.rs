@@ -16,11 +16,11 @@
 //!   the log entry at its index commits to it (`targeted/<index>`).
 //! - Gossip: every receipt a device sends carries its log's length and
 //!   head (inside MLS, so the server cannot change it), and a device
-//!   compares what its contacts were told with what it was told
-//!   (`compare_told`): a different head at the same length is the operator
-//!   telling two stories, said once per contact. A contact ahead is
-//!   remembered (`notice_told/<length>`) and compared when this device
-//!   reaches that length.
+//!   compares what its own devices and known contacts were told with what
+//!   it was told (`compare_told`): a different head at the same length is
+//!   said once per contact, as the contact's word. A contact ahead is
+//!   remembered (one claim per contact, at most 64 contacts) and compared
+//!   when this device reaches that length. Gossip never fails a delivery.
 //! - The key is pinned when the profile first meets the server (at
 //!   registration or linking, over the pinned TLS connection); a profile
 //!   made before notices existed pins it at its next connect.
@@ -40,9 +40,10 @@ const LEN: &str = "notice_len";
 const HEAD: &str = "notice_head";
 /// Most pages one sync reads. It runs before authentication (so a device
 /// that cannot log in during an outage still gets the operator's word),
-/// within the server's limit on unauthenticated requests; a longer log is
-/// read over several connections.
-const MAX_PAGES: usize = 8;
+/// within the server's limit on unauthenticated requests and its deadline
+/// for authenticating (two pages are at most 128 KiB, even on a slow
+/// link); a longer log is read over several connections.
+const MAX_PAGES: usize = 2;
 
 fn entry_key(index: u64) -> String {
     format!("notice/{index}")
@@ -178,9 +179,13 @@ pub fn ongoing(profile: &Profile) -> Result<Vec<NoticeView>, ClientError> {
     for n in notices(profile)? {
         latest.insert(n.thread, n);
     }
+    // A targeted notice has no updates: it is shown for 30 days.
+    const TARGETED_SHOWN_MS: i64 = 30 * 24 * 3600 * 1000;
+    let now = profile.now_ms();
     Ok(latest
         .into_values()
         .filter(|n| n.state == state_name(v1::NoticeState::Ongoing as i32))
+        .filter(|n| !n.targeted || now - n.published_ms < TARGETED_SHOWN_MS)
         .collect())
 }
 
@@ -211,9 +216,43 @@ fn two_stories(profile: &Profile, who: &str, length: u64) -> Result<Option<Event
     ))))
 }
 
+/// The contacts whose claims wait for this device to catch up, at most
+/// `MAX_TOLD` (the oldest is dropped): one claim per contact.
+const TOLD_INDEX: &str = "notice_told_index";
+const MAX_TOLD: usize = 64;
+
+fn told_key(who: &str) -> String {
+    format!("notice_told/{who}")
+}
+
+fn told_index(profile: &Profile) -> Result<Vec<String>, ClientError> {
+    Ok(profile
+        .get_str(TOLD_INDEX)?
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default())
+}
+
 /// Compares what a contact's device says it was told (`length`, `head`,
-/// from a receipt) with this device's log; `Some` when they differ.
+/// from a receipt) with this device's log; `Some` when they differ. Only
+/// this account's own devices and contacts it knows are heard (a
+/// stranger's receipt is not), and never with an error: gossip must not
+/// hold up the delivery it rides on.
 pub(crate) fn compare_told(
+    profile: &Profile,
+    who: &str,
+    length: u64,
+    head: &[u8],
+) -> Result<Option<Event>, ClientError> {
+    match try_compare_told(profile, who, length, head) {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "a contact's notice head could not be compared");
+            Ok(None)
+        }
+    }
+}
+
+fn try_compare_told(
     profile: &Profile,
     who: &str,
     length: u64,
@@ -222,13 +261,23 @@ pub(crate) fn compare_told(
     if length == 0 || head.len() != 32 {
         return Ok(None);
     }
+    let me = profile.registration().ok().map(|r| r.phone);
+    if me.as_deref() != Some(who) && !crate::requests::is_known(profile, who)? {
+        return Ok(None);
+    }
     let mine = chain(profile)?;
     if length > mine.length {
-        // Ahead of this device: compared when this device gets there.
-        profile.set(
-            &format!("notice_told/{length}"),
-            &[head, who.as_bytes()].concat(),
-        )?;
+        // Ahead of this device: compared when this device gets there. One
+        // claim per contact (its latest), a bounded number of contacts.
+        let mut index = told_index(profile)?;
+        index.retain(|w| w != who);
+        index.push(who.to_string());
+        if index.len() > MAX_TOLD {
+            let dropped = index.remove(0);
+            profile.delete(&told_key(&dropped))?;
+        }
+        profile.set(TOLD_INDEX, index.join("\n").as_bytes())?;
+        profile.set(&told_key(who), &[&length.to_be_bytes()[..], head].concat())?;
         return Ok(None);
     }
     match head_at(profile, length)? {
@@ -237,23 +286,37 @@ pub(crate) fn compare_told(
     }
 }
 
-/// After this device's log reached `length`: what a contact said of it.
-fn check_told(profile: &Profile, length: u64) -> Result<Option<Event>, ClientError> {
-    let key = format!("notice_told/{length}");
-    let Some(told) = profile.get(&key)? else {
-        return Ok(None);
-    };
-    profile.delete(&key)?;
-    if told.len() < 32 {
-        return Ok(None);
-    }
-    let (head, who) = told.split_at(32);
-    match head_at(profile, length)? {
-        Some(h) if h.as_slice() != head => {
-            two_stories(profile, &String::from_utf8_lossy(who), length)
+/// After this device's log reached `length`: what contacts said of it.
+fn check_told(profile: &Profile, length: u64) -> Result<Vec<Event>, ClientError> {
+    let mut events = Vec::new();
+    let mut index = told_index(profile)?;
+    let before = index.len();
+    let mut kept = Vec::new();
+    for who in index.drain(..) {
+        let Some(told) = profile.get(&told_key(&who))? else {
+            continue;
+        };
+        if told.len() != 40 {
+            profile.delete(&told_key(&who))?;
+            continue;
         }
-        _ => Ok(None),
+        let (len, head) = told.split_at(8);
+        let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
+        if len > length {
+            kept.push(who);
+            continue;
+        }
+        profile.delete(&told_key(&who))?;
+        if let Some(h) = head_at(profile, len)?
+            && h.as_slice() != head
+        {
+            events.extend(two_stories(profile, &who, len)?);
+        }
     }
+    if kept.len() != before {
+        profile.set(TOLD_INDEX, kept.join("\n").as_bytes())?;
+    }
+    Ok(events)
 }
 
 /// The log as this device checked it: (length, head).
@@ -308,7 +371,10 @@ pub(crate) fn apply_entries(
                 if n.kind != v1::OperatorNoticeKind::TargetedAttack as i32 {
                     events.push(Event::OperatorNotice(NoticeView::public(&n)));
                 }
-                events.extend(check_told(profile, chain.length)?);
+                match check_told(profile, chain.length) {
+                    Ok(told) => events.extend(told),
+                    Err(e) => tracing::warn!(error = %e, "contacts' notice heads not compared"),
+                }
             }
             Err(NoticeError::OutOfOrder { expected, got }) => {
                 // Past a gap: this device is behind (a long log is read
@@ -334,6 +400,11 @@ pub(crate) fn apply_targeted(
     t: &v1::TargetedNotice,
 ) -> Result<Vec<Event>, ClientError> {
     if profile.get(&targeted_key(t.index))?.is_some() {
+        return Ok(Vec::new());
+    }
+    if t.index >= chain(profile)?.length {
+        // This device is behind the log: it comes again at a later connect.
+        tracing::debug!(index = t.index, "targeted notice past this device's log");
         return Ok(Vec::new());
     }
     let Some(entry) = stored_notice(profile, t.index)? else {
@@ -429,5 +500,116 @@ impl Client {
             .partition(|e| matches!(e, Event::OperatorNotice(_) | Event::NoticeRefused { .. }));
         self.pending_events = rest;
         notices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDevice;
+    use dak_proto::notices::sign_notice;
+    use ed25519_dalek::SigningKey;
+
+    fn entry(key: &SigningKey, chain: &mut NoticeChain, title: &str) -> v1::SignedNotice {
+        let n = v1::OperatorNotice {
+            index: chain.length,
+            prev_hash: chain.head.to_vec(),
+            kind: v1::OperatorNoticeKind::Incident as i32,
+            thread: chain.length,
+            state: v1::NoticeState::Ongoing as i32,
+            published_ms: 1,
+            title: title.into(),
+            ..Default::default()
+        };
+        let signed = sign_notice(key, &n).unwrap();
+        chain.append(&key.verifying_key(), &signed).unwrap();
+        signed
+    }
+
+    fn refusals(events: &[Event]) -> usize {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::NoticeRefused { .. }))
+            .count()
+    }
+
+    #[test]
+    fn entries_are_shown_in_order_a_gap_waits_and_a_second_story_is_refused() {
+        let d = TestDevice::new("+919800000001", 1);
+        let key = SigningKey::from_bytes(&[5; 32]);
+        pin_key(&d.profile, KEY, key.verifying_key().as_bytes()).unwrap();
+        let mut c = NoticeChain::default();
+        let (a, b) = (entry(&key, &mut c, "a"), entry(&key, &mut c, "b"));
+        let third = entry(&key, &mut c, "c");
+        // Past a gap: nothing shown, nothing refused, nothing stored.
+        assert!(apply_entries(&d.profile, &[third]).unwrap().is_empty());
+        let shown = apply_entries(&d.profile, &[a.clone(), b]).unwrap();
+        assert_eq!(shown.len(), 2);
+        assert_eq!(log_state(&d.profile).unwrap().0, 2);
+        // The same entries again: nothing new.
+        assert!(apply_entries(&d.profile, &[a]).unwrap().is_empty());
+        // Another story at index 0.
+        let mut other = NoticeChain::default();
+        let lie = entry(&key, &mut other, "another");
+        assert_eq!(refusals(&apply_entries(&d.profile, &[lie]).unwrap()), 1);
+        assert_eq!(notices(&d.profile).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn gossip_hears_known_contacts_only_keeps_one_claim_each_and_says_it_once() {
+        let d = TestDevice::new("+919800000001", 1);
+        let key = SigningKey::from_bytes(&[5; 32]);
+        pin_key(&d.profile, KEY, key.verifying_key().as_bytes()).unwrap();
+        let mut c = NoticeChain::default();
+        let first = entry(&key, &mut c, "a");
+        apply_entries(&d.profile, &[first]).unwrap();
+        let friend = "+919800000002";
+        let stranger = "+919800000099";
+        crate::requests::mark_known(&d.profile, friend).unwrap();
+        let other = [9u8; 32];
+        // A stranger is not heard.
+        assert!(
+            compare_told(&d.profile, stranger, 1, &other)
+                .unwrap()
+                .is_none()
+        );
+        // A contact with another head at a length this device has: said once.
+        assert!(
+            compare_told(&d.profile, friend, 1, &other)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            compare_told(&d.profile, friend, 1, &other)
+                .unwrap()
+                .is_none()
+        );
+        // Claims ahead of this device: one per contact, whatever it sends.
+        let other_friend = "+919800000003";
+        crate::requests::mark_known(&d.profile, other_friend).unwrap();
+        for len in 2..200 {
+            compare_told(&d.profile, other_friend, len, &other).unwrap();
+        }
+        assert_eq!(told_index(&d.profile).unwrap(), vec![other_friend]);
+        // Its latest claim (length 199) waits; at length 2 nothing is said.
+        let second = entry(&key, &mut c, "b");
+        let events = apply_entries(&d.profile, &[second]).unwrap();
+        assert_eq!(refusals(&events), 0);
+        // Bad input is ignored, never an error.
+        assert!(
+            compare_told(&d.profile, friend, 0, &other)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            compare_told(&d.profile, friend, 1, &[1, 2])
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            compare_told(&d.profile, friend, u64::MAX, &other)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -89,6 +89,16 @@ pub fn targeted_path(log: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether `rest` (what follows the complete records) is an append cut
+/// short: shorter than the length its prefix announces, or zeros.
+fn torn_tail(rest: &[u8]) -> bool {
+    if rest.iter().all(|b| *b == 0) || rest.len() < 4 {
+        return true;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    len <= MAX_RECORD && rest.len() - 4 < len
+}
+
 /// Complete records from `bytes`; the length of the complete part.
 fn records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
@@ -230,7 +240,14 @@ pub fn append(
         // The body first: once the entry is in the log, its body is there.
         // Under the log's lock; a torn tail (a crash mid-append) is cut.
         let tpath = targeted_path(path);
-        let complete = records(&read_all(&tpath)?).1;
+        let existing = read_all(&tpath)?;
+        let complete = records(&existing).1;
+        if complete < existing.len() && !torn_tail(&existing[complete..]) {
+            bail!(
+                "{} holds a record this version cannot read; nothing is added (move it away to start a new one)",
+                tpath.display()
+            );
+        }
         let mut t = OpenOptions::new()
             .create(true)
             .write(true)

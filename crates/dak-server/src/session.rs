@@ -952,10 +952,10 @@ impl Session {
     /// Pushes the notice log's entries this device has not been shown, a
     /// page per frame, and its account's targeted notices among them.
     async fn push_notices(&mut self) -> Flow {
-        let Some((phone, since_ms)) = self
+        let Some((phone, account, device_since)) = self
             .device
             .as_ref()
-            .map(|d| (d.phone.clone(), d.created_ms))
+            .map(|d| (d.phone.clone(), d.account_id, d.created_ms))
         else {
             return Flow::Continue;
         };
@@ -981,11 +981,28 @@ impl Session {
         } else {
             from
         };
-        for t in self
+        let to = self.notices_sent;
+        if self
             .state
             .notices
-            .targeted_for(&phone, from, self.notices_sent, since_ms)
+            .targeted_for(&phone, from, to, 0)
+            .is_empty()
         {
+            return Flow::Continue;
+        }
+        // Since the account's earliest active device: a device linked
+        // after the attack is told too; a registration on a new phone
+        // (which revokes the others, and is also what happens when the
+        // number is given to someone new) starts over.
+        let since_ms = match self.state.store.devices_of(account).await {
+            Ok(devices) => devices
+                .iter()
+                .map(|d| d.created_ms)
+                .min()
+                .unwrap_or(device_since),
+            Err(_) => device_since,
+        };
+        for t in self.state.notices.targeted_for(&phone, from, to, since_ms) {
             self.push(Body::TargetedNotice(t)).await;
         }
         Flow::Continue

@@ -413,7 +413,7 @@ pub(crate) fn open(dir: &std::path::Path) -> Result<Profile> {
 /// printed framed on stderr first, whatever the command. When the server
 /// cannot be reached, says since when and what waits to be sent.
 pub(crate) async fn connect(dir: &std::path::Path) -> Result<Client> {
-    let mut client = connect_keeping_notices(dir).await?;
+    let mut client = connect_keeping_notices(dir, true).await?;
     print_notices(&mut client);
     Ok(client)
 }
@@ -427,8 +427,10 @@ fn print_notices(client: &mut Client) {
     }
 }
 
-/// As `connect`, leaving the notice events to the caller.
-async fn connect_keeping_notices(dir: &std::path::Path) -> Result<Client> {
+/// As `connect`, leaving the notice events to the caller; `frame_ongoing`:
+/// an outage note also frames the ongoing notices (`dak notices` lists
+/// them itself).
+async fn connect_keeping_notices(dir: &std::path::Path, frame_ongoing: bool) -> Result<Client> {
     let profile = open(dir)?;
     match Client::try_connect(profile).await {
         Ok(client) => {
@@ -436,7 +438,7 @@ async fn connect_keeping_notices(dir: &std::path::Path) -> Result<Client> {
             Ok(client)
         }
         Err((profile, e)) if e.is_retryable() => {
-            eprintln!("{}", outage_note(&profile, true)?);
+            eprintln!("{}", outage_note(&profile, frame_ongoing)?);
             Err(e.into())
         }
         Err((_, e)) => Err(e.into()),
@@ -482,7 +484,7 @@ pub(crate) fn outage_note(profile: &Profile, with_notices: bool) -> Result<Strin
 
 /// `dak notices`: connects to fetch new ones (if it can), then lists all.
 async fn notices(dir: &std::path::Path, json: bool) -> Result<()> {
-    let shown = match connect_keeping_notices(dir).await {
+    let shown = match connect_keeping_notices(dir, false).await {
         Ok(mut client) => {
             // Refusals are said here; accepted notices are in the list.
             for e in client.take_notice_events() {
@@ -866,7 +868,11 @@ fn history(dir: &std::path::Path, conversation: &str, limit: usize, json: bool) 
                     .iter()
                     .map(|(phone, emoji)| format!("{emoji} {phone}"))
                     .collect();
-                println!("    {}  ({})", shown.join("  "), format_id(&id));
+                println!(
+                    "    {}  ({})",
+                    crate::show::terminal_safe(&shown.join("  ")),
+                    format_id(&id)
+                );
             }
         }
     }
@@ -1063,7 +1069,7 @@ async fn business(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> 
         );
         return Ok(());
     }
-    println!("{}", b.label());
+    println!("{}", crate::show::terminal_safe(&b.label()));
     if b.verified {
         println!(
             "  Verified by this server's operator as {:?}.",
@@ -1082,7 +1088,7 @@ async fn business(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> 
         ("website", &b.website),
     ] {
         if !v.is_empty() {
-            println!("  {what}: {v}");
+            println!("  {what}: {}", crate::show::terminal_safe(v));
         }
     }
     println!("  {}", dak_client::business::E2E_NOTE);
