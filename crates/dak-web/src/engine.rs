@@ -824,12 +824,26 @@ impl Engine {
 
     fn status(&mut self, profile: &Profile, state: &'static str, detail: Option<&Failure>) {
         self.state = state;
+        // Kept in the profile (the CLI's key too), so a reload still says
+        // since when; a failed write only loses that.
         match state {
-            "offline" => {
-                self.offline_since_ms
-                    .get_or_insert_with(|| profile.now_ms());
+            "offline" if self.offline_since_ms.is_none() => {
+                let stored = profile
+                    .get_str("unreachable_since")
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.parse().ok());
+                let since = stored.unwrap_or_else(|| {
+                    let now = profile.now_ms();
+                    let _ = profile.set("unreachable_since", now.to_string().as_bytes());
+                    now
+                });
+                self.offline_since_ms = Some(since);
             }
-            "online" => self.offline_since_ms = None,
+            "online" => {
+                self.offline_since_ms = None;
+                let _ = profile.delete("unreachable_since");
+            }
             _ => {}
         }
         let mut v = self.status_json(profile, detail);

@@ -504,8 +504,15 @@ async fn notices(dir: &std::path::Path, json: bool) -> Result<()> {
         }
         Err(_) => dak_client::notices::notices(&open(dir)?)?,
     };
+    // The log as this device checked it: compare it with a contact's (the
+    // same length and head means the same story).
+    let (length, head) = dak_client::notices::log_state(&open(dir)?)?;
+    let head = hex::encode(head);
     if json {
-        println!("{}", json!({"notices": shown}));
+        println!(
+            "{}",
+            json!({"notices": shown, "log": {"length": length, "head": head}})
+        );
         return Ok(());
     }
     if shown.is_empty() {
@@ -513,6 +520,12 @@ async fn notices(dir: &std::path::Path, json: bool) -> Result<()> {
     }
     for n in &shown {
         println!("{}", crate::show::notice_frame(n));
+    }
+    if length > 0 {
+        println!(
+            "The log this device checked: {length} entries, head {}… (the same on a contact's device: the same story).",
+            &head[..16]
+        );
     }
     Ok(())
 }

@@ -155,6 +155,10 @@ async fn a_notice_reaches_connected_devices_the_cli_and_the_status_page() {
     let v: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
     assert_eq!(v["notices"].as_array().unwrap().len(), 1);
     assert_eq!(v["notices"][0]["title"], "Messages are delayed");
+    // The log bob's device checked is the one the server shows.
+    let (_, status) = status_json(&server).await;
+    assert_eq!(v["log"]["length"], 1);
+    assert_eq!(v["log"]["head"], status["notice_log"]["head"]);
 
     // An update resolves it; the device sees it, /status moves it to history.
     publish(
