@@ -132,6 +132,9 @@ pub struct CheckedLog {
     pub good_bytes: usize,
     /// Why reading stopped before the file's end, if it did.
     pub problem: Option<String>,
+    /// What stopped it is an append cut short (`torn_tail`): harmless, and
+    /// cut off by the next append; any other problem stops appends.
+    pub torn: bool,
 }
 
 /// Reads and checks a log file with the notice key.
@@ -150,10 +153,7 @@ pub fn read_log(path: &Path, key: &VerifyingKey) -> Result<CheckedLog> {
                 log.entries.push(e);
                 log.notices.push(n);
             }
-            Err(_) if bytes[log.good_bytes..].iter().all(|b| *b == 0) => {
-                // Zeros to the end: space a crash mid-append left unwritten.
-                break;
-            }
+            Err(_) if torn_tail(&bytes[log.good_bytes..]) => break,
             Err(err) => {
                 log.problem = Some(format!(
                     "entry {} of {}: {err}",
@@ -165,10 +165,15 @@ pub fn read_log(path: &Path, key: &VerifyingKey) -> Result<CheckedLog> {
         }
     }
     if log.good_bytes < bytes.len() {
-        log.problem = Some(format!(
-            "{} ends in an incomplete record (an append cut short)",
-            path.display()
-        ));
+        log.torn = torn_tail(&bytes[log.good_bytes..]);
+        log.problem = Some(if log.torn {
+            format!(
+                "{} ends in an incomplete record (an append cut short)",
+                path.display()
+            )
+        } else {
+            format!("{} holds a record this version cannot read", path.display())
+        });
     }
     Ok(log)
 }
@@ -225,7 +230,7 @@ pub fn append(
         .with_context(|| format!("cannot lock {}", path.display()))?;
     let log = read_log(path, &key.verifying_key())?;
     if let Some(problem) = &log.problem
-        && !problem.contains("incomplete record")
+        && !log.torn
     {
         bail!("the notice log does not check, so nothing is added to it: {problem}");
     }
@@ -323,8 +328,11 @@ impl NoticeBoard {
             return Ok(());
         }
         let log = read_log(&self.path, &self.key)?;
-        if let Some(problem) = &log.problem {
-            tracing::warn!(%problem, "the notice log is served only up to here");
+        match &log.problem {
+            // Seen while `dak admin notice` is writing: not worth a warning.
+            Some(problem) if log.torn => tracing::debug!(%problem, "notice log tail torn"),
+            Some(problem) => tracing::warn!(%problem, "the notice log is served only up to here"),
+            None => {}
         }
         let targeted = read_targeted(&tpath, &log)?;
         let length = log.chain.length;

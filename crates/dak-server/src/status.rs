@@ -292,33 +292,10 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
 
 /// `2026-12-06 12:30 UTC`.
 pub fn format_ms(ms: i64) -> String {
-    if ms <= 0 {
-        return "unknown".into();
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) if ms > 0 => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        _ => "unknown".into(),
     }
-    let secs = ms / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm; no date crate is a dependency here).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn escape(s: &str) -> String {

@@ -15,12 +15,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use dak_proto::notices::{kind_name, state_name};
 use dak_proto::v1::{self, NoticeState, OperatorNoticeKind};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::bot::webhook::now_ms;
 
 #[derive(Subcommand, Debug)]
 pub enum NoticeAction {
@@ -31,18 +33,8 @@ pub enum NoticeAction {
         /// One line: what users see first.
         #[arg(long)]
         title: String,
-        /// What happened, as far as you know now.
-        #[arg(long, default_value = "")]
-        what: String,
-        /// What is affected (features, regions, data).
-        #[arg(long, default_value = "")]
-        affected: String,
-        /// What is not affected (say it: "message contents are not").
-        #[arg(long, default_value = "")]
-        not_affected: String,
-        /// What users should do.
-        #[arg(long, default_value = "")]
-        advice: String,
+        #[command(flatten)]
+        text: NoticeText,
         /// When it started: an RFC 3339 time, or how long ago ("40m").
         #[arg(long)]
         started: Option<String>,
@@ -57,16 +49,11 @@ pub enum NoticeAction {
     /// Add an update to an incident (the number `publish` printed).
     Update {
         thread: u64,
+        /// A new title [default: the incident's last one].
         #[arg(long)]
         title: Option<String>,
-        #[arg(long, default_value = "")]
-        what: String,
-        #[arg(long, default_value = "")]
-        affected: String,
-        #[arg(long, default_value = "")]
-        not_affected: String,
-        #[arg(long, default_value = "")]
-        advice: String,
+        #[command(flatten)]
+        text: NoticeText,
         /// The incident is over.
         #[arg(long)]
         resolved: bool,
@@ -97,6 +84,36 @@ pub enum NoticeAction {
     Key,
 }
 
+/// What a notice or an update says, beyond its title.
+#[derive(Args, Debug)]
+pub struct NoticeText {
+    /// What happened, as far as you know now.
+    #[arg(long, default_value = "")]
+    what: String,
+    /// What is affected (features, regions, data).
+    #[arg(long, default_value = "")]
+    affected: String,
+    /// What is not affected (say it: "message contents are not").
+    #[arg(long, default_value = "")]
+    not_affected: String,
+    /// What users should do.
+    #[arg(long, default_value = "")]
+    advice: String,
+}
+
+impl NoticeText {
+    /// `notice` with these texts.
+    fn on(self, notice: v1::OperatorNotice) -> v1::OperatorNotice {
+        v1::OperatorNotice {
+            what_happened: self.what,
+            affected: self.affected,
+            not_affected: self.not_affected,
+            advice: self.advice,
+            ..notice
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum PublicKind {
     Incident,
@@ -122,13 +139,6 @@ struct Known {
     aware_ms: i64,
     /// The log index of the notice that told users; None: not yet.
     notice: Option<u64>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// An RFC 3339 time, or a duration meaning that long ago.
@@ -229,10 +239,7 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
         NoticeAction::Publish {
             kind,
             title,
-            what,
-            affected,
-            not_affected,
-            advice,
+            text,
             started,
             aware,
             incident,
@@ -254,7 +261,7 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
             let key = dak_server::notices::read_key(&key_path)?;
             let notice = dak_server::notices::append(&log_path, &key, |log| {
                 Ok((
-                    v1::OperatorNotice {
+                    text.on(v1::OperatorNotice {
                         kind: kind.wire() as i32,
                         thread: log.chain.length,
                         state: NoticeState::Ongoing as i32,
@@ -262,12 +269,8 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
                         started_ms,
                         aware_ms,
                         title: title.clone(),
-                        what_happened: what,
-                        affected,
-                        not_affected,
-                        advice,
                         ..Default::default()
-                    },
+                    }),
                     None,
                 ))
             })?;
@@ -289,10 +292,7 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
         NoticeAction::Update {
             thread,
             title,
-            what,
-            affected,
-            not_affected,
-            advice,
+            text,
             resolved,
         } => {
             let key = dak_server::notices::read_key(&key_path)?;
@@ -319,7 +319,7 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
                     bail!("incident {thread} is resolved; publish a new notice instead");
                 }
                 Ok((
-                    v1::OperatorNotice {
+                    text.on(v1::OperatorNotice {
                         kind: first.kind,
                         thread,
                         state: if resolved {
@@ -331,12 +331,8 @@ pub fn run(config: &dak_server::Config, action: NoticeAction, json: bool) -> Res
                         started_ms: first.started_ms,
                         aware_ms: first.aware_ms,
                         title: title.unwrap_or_else(|| last.title.clone()),
-                        what_happened: what,
-                        affected,
-                        not_affected,
-                        advice,
                         ..Default::default()
-                    },
+                    }),
                     None,
                 ))
             })?;
