@@ -1028,6 +1028,17 @@ async function renderDevices() {
 
 // ---- safety numbers ----
 
+// How the chat is encrypted: post-quantum, or classic and which devices
+// kept it so (the same sentence as `dak safety`'s).
+function encryptionLine(safety) {
+  if (safety.post_quantum) return t("safety_pq", { suite: safety.suite });
+  if (!safety.classic_because.length) return t("safety_classic_old", { suite: safety.suite });
+  const devices = safety.classic_because
+    .map((d) => t("safety_device", { device: d.device_id, phone: d.phone }))
+    .join(", ");
+  return t("safety_classic", { suite: safety.suite, devices });
+}
+
 function showSafetyNotice() {
   const notice = $("safety-notice");
   const phone = ui.open && ui.changedSafety.get(ui.open);
@@ -1039,11 +1050,15 @@ async function showSafetyNumber() {
   const digits = $("safety-digits");
   const chat = ui.open;
   digits.textContent = "…";
+  $("safety-suite").textContent = "";
   try {
-    const number = JSON.parse(await ui.client.safetyNumber(chat));
+    const safety = JSON.parse(await ui.client.safetyNumber(chat));
     ui.changedSafety.delete(chat);
     // The user may have moved on to another chat meanwhile.
-    if (ui.open === chat) digits.textContent = number;
+    if (ui.open === chat) {
+      digits.textContent = safety.number;
+      $("safety-suite").textContent = encryptionLine(safety);
+    }
     showSafetyNotice();
   } catch (e) {
     if (ui.open === chat) digits.textContent = "";

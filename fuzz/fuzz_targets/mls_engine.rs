@@ -85,8 +85,13 @@ impl World {
     fn new() -> World {
         let alice = Device::new("+919800000001", 1);
         let bob = Device::new("+919800000002", 2);
-        let group = alice.savepoint(|m| m.create_group()).unwrap();
-        let kp = bob.savepoint(|m| m.key_packages(1)).unwrap().remove(0);
+        let group = alice
+            .savepoint(|m| m.create_group(dak_proto::mls::CIPHERSUITE))
+            .unwrap();
+        let kp = bob
+            .savepoint(|m| m.key_packages(dak_proto::mls::CIPHERSUITE, 1))
+            .unwrap()
+            .remove(0);
         let kp = alice
             .savepoint(|m| {
                 let key = bob.profile.identity()?.verifying_key();

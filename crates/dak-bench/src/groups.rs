@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use dak_client::Connection;
 use dak_client::mls::{Incoming, Mls};
-use dak_proto::mls::MlsKind;
+use dak_proto::mls::{CIPHERSUITE, MlsKind};
 use dak_proto::v1::{self, client_frame::Request, server_frame::Body};
 use prost::Message;
 
@@ -69,14 +69,15 @@ impl MlsDevice {
         let (key_packages, last_resort) = {
             let m = self.engine();
             (
-                m.key_packages(ONE_TIME_KEY_PACKAGES)?,
-                m.last_resort_key_package()?,
+                m.key_packages(CIPHERSUITE, ONE_TIME_KEY_PACKAGES)?,
+                m.last_resort_key_package(CIPHERSUITE)?,
             )
         };
         match conn
             .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
                 key_packages,
                 last_resort,
+                ciphersuite: 0,
             }))
             .await?
         {
@@ -92,6 +93,7 @@ impl MlsDevice {
             .call(Request::FetchKeyPackages(v1::FetchKeyPackages {
                 phone: peer.into(),
                 known_devices: Vec::new(),
+                ciphersuites: Vec::new(),
             }))
             .await?;
         let Body::KeyPackages(k) = answer else {
@@ -113,7 +115,7 @@ impl MlsDevice {
             if adds.is_empty() {
                 bail!("{peer} has no device with a KeyPackage");
             }
-            let group = m.create_group()?;
+            let group = m.create_group(CIPHERSUITE)?;
             let out = m.commit(&group, adds, Vec::new())?;
             (group, out, added)
         };

@@ -529,6 +529,7 @@ async fn fetch_key_packages(
                 .send(Request::FetchKeyPackages(v1::FetchKeyPackages {
                     phone: phones[next].clone(),
                     known_devices: Vec::new(),
+                    ciphersuites: Vec::new(),
                 }))
                 .await?;
             waiting.insert(id, next);

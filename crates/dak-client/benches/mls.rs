@@ -92,7 +92,10 @@ fn build_group(n: usize, ids: &mut Ids, progress: bool) -> (Device, Device, Vec<
     let started = Instant::now();
     let creator = ids.next();
     let observer = ids.next();
-    let group = creator.mls().create_group().expect("create group");
+    let group = creator
+        .mls()
+        .create_group(dak_proto::mls::CIPHERSUITE)
+        .expect("create group");
     let mut left = n - 1; // devices still to add, the observer last
     let mut epoch_commits = 0;
     while left > 0 {

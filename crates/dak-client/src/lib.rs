@@ -24,7 +24,7 @@ pub use dak_core::{
 pub use dak_core::{
     CertTrust, Client, ClientError, Connection, CryptoState, DELETE_WINDOW_MS, EDIT_WINDOW_MS,
     Event, FREQUENTLY_FORWARDED, ForwardLimits, GroupChange, GroupEdit, GroupInfo, GroupMember,
-    MAX_BROADCAST_RECIPIENTS, MessageView, Profile, Quote, RecipientState, SendOutcome,
+    MAX_BROADCAST_RECIPIENTS, MessageView, Profile, Quote, RecipientState, Safety, SendOutcome,
     TextOptions, Tick, TickState, group_key, groups, mls, profile, queue_text, queue_text_with,
     requests, save_broadcast_list, tick_of, timer_of,
 };

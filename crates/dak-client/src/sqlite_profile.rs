@@ -791,13 +791,13 @@ mod tests {
             .expect("registration");
         let bob_key = bob.identity().expect("identity");
         let kp = bob
-            .mls(|m| m.key_packages(1))
+            .mls(|m| m.key_packages(dak_proto::mls::CIPHERSUITE, 1))
             .expect("key package")
             .remove(0);
         let group = first
             .transaction(|p| {
                 p.mls(|m| {
-                    let group = m.create_group()?;
+                    let group = m.create_group(dak_proto::mls::CIPHERSUITE)?;
                     let kp = m.fetched_key_package(
                         &kp,
                         "+919800000002",

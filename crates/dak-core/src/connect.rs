@@ -7,7 +7,7 @@
 
 use crate::ClientError;
 use crate::connection::{Connection, unexpected};
-use crate::key_packages::top_up_key_packages;
+use crate::key_packages::{first_key_packages, stocks, top_up_key_packages};
 use crate::receive::SEEN_KEEP_MS;
 use crate::transport::CertTrust;
 use crate::{Profile, Registration};
@@ -138,7 +138,7 @@ impl Client {
         }
         // Ready for encrypted chats before anyone writes: if this fails, the
         // next connect uploads them.
-        if let Err(e) = top_up_key_packages(profile, &mut conn, 0, false).await {
+        if let Err(e) = first_key_packages(profile, &mut conn).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }
         conn.close().await;
@@ -189,7 +189,7 @@ impl Client {
         profile.save_registration(server, &approved.phone, approved.device_id)?;
         // The approving device's history is taken for a while from now.
         crate::history::expect_history(profile)?;
-        if let Err(e) = top_up_key_packages(profile, &mut conn, 0, false).await {
+        if let Err(e) = first_key_packages(profile, &mut conn).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }
         conn.close().await;
@@ -294,10 +294,14 @@ impl Client {
         notices: Vec<crate::Event>,
         server: &str,
     ) -> Result<Client, (Profile, ClientError)> {
-        if let Err(e) =
-            top_up_key_packages(&profile, &mut conn, auth.key_packages, auth.has_last_resort).await
-        {
-            return Err((profile, e));
+        let stocks = match stocks(&profile, &auth) {
+            Ok(s) => s,
+            Err(e) => return Err((profile, e)),
+        };
+        for (suite, stock) in stocks {
+            if let Err(e) = top_up_key_packages(&profile, &mut conn, suite, &stock).await {
+                return Err((profile, e));
+            }
         }
         // Redeliveries can only come within the server's retention (30 days
         // by default), so older dedup entries can go.

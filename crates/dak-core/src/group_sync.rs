@@ -34,6 +34,25 @@ pub struct CryptoState {
     pub members: Vec<(String, u64)>,
 }
 
+/// What `dak safety` and the web client's safety panel show for a 1:1
+/// conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Safety {
+    /// 60 digits in groups of 5 (`mls::safety_number`).
+    pub number: String,
+    /// Whether the conversation's MLS suite is the post-quantum hybrid.
+    pub post_quantum: bool,
+    /// The suite's name, e.g. MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519.
+    pub suite: String,
+    /// In words (`dak_proto::mls::suite_description`).
+    pub description: &'static str,
+    /// For a classic conversation, the member devices (phone, device id)
+    /// whose leaves did not list the post-quantum suite when they joined
+    /// it (devices that do not offer it, or that joined before they did);
+    /// empty when it is post-quantum.
+    pub classic_because: Vec<(String, u64)>,
+}
+
 impl Client {
     // ---- MLS: groups, commits and the key directory ----
 
@@ -150,25 +169,45 @@ impl Client {
     /// Creates a group with every device of `peer` and this account's other
     /// devices: the Welcome goes with the first commit, so the first message
     /// needs nothing back from the recipient.
+    ///
+    /// Its suite is the most wanted one every device offers: post-quantum
+    /// when all do, else classic (`safety` says which, and names the
+    /// devices that kept it classic). The contact's devices are asked
+    /// first in every suite this device offers, ours in what that left; if
+    /// ours cannot take the contact's suite, the contact's are asked again
+    /// in ours (the packages fetched first go unused).
     pub(crate) async fn start_group(&mut self, peer: &str) -> Result<Vec<u8>, ClientError> {
         let me = self.reg.phone.clone();
-        let mut adds = Vec::new();
+        let offered = self.profile.offered_suites()?;
+        let mut theirs = None;
         if peer != me {
-            let theirs = self.fetch_key_packages(peer, &[]).await?;
-            if theirs.packages.is_empty() {
+            let fetched = self.fetch_key_packages(peer, &[], &offered).await?;
+            if fetched.packages.is_empty() {
                 return Err(ClientError::Usage(format!(
                     "{peer} has no device ready for encrypted chat yet; ask them to open Dak once"
                 )));
             }
-            adds.extend(theirs.packages);
+            theirs = Some(fetched);
         }
-        adds.extend(
-            self.fetch_key_packages(&me, &[self.reg.device_id])
-                .await?
-                .packages,
-        );
+        let wanted: Vec<_> = match &theirs {
+            Some(t) => offered
+                .iter()
+                .skip_while(|s| **s != t.suite)
+                .copied()
+                .collect(),
+            None => offered.clone(),
+        };
+        let mine = self
+            .fetch_key_packages(&me, &[self.reg.device_id], &wanted)
+            .await?;
+        let suite = mine.suite;
+        if theirs.as_ref().is_some_and(|t| t.suite != suite) {
+            theirs = Some(self.fetch_key_packages(peer, &[], &[suite]).await?);
+        }
+        let mut adds = theirs.map(|t| t.packages).unwrap_or_default();
+        adds.extend(mine.packages);
         let group = self.profile.transaction(|p| {
-            let group = p.mls(|m| m.create_group())?;
+            let group = p.mls(|m| m.create_group(suite))?;
             p.add_conversation(&group, peer, p.now_ms())?;
             Ok(group)
         })?;
@@ -242,6 +281,7 @@ impl Client {
     /// Brings the group's devices in line with the directory: adds the
     /// member accounts' new devices and removes their unlinked ones.
     pub(crate) async fn reconcile(&mut self, group: &[u8]) -> Result<(), ClientError> {
+        let suite = self.profile.mls(|m| m.suite(group))?;
         for _ in 0..GROUP_RETRIES {
             let members = self.profile.mls(|m| m.members(group))?;
             let phones: BTreeSet<String> = members.iter().map(|m| m.phone.clone()).collect();
@@ -254,7 +294,36 @@ impl Client {
                     .filter(|m| m.phone == phone)
                     .map(|m| m.device_id)
                     .collect();
-                let fetched = self.fetch_key_packages(&phone, &known).await?;
+                let fetched = self.fetch_key_packages(&phone, &known, &[suite]).await?;
+                let lacking = fetched
+                    .active
+                    .iter()
+                    .filter(|d| {
+                        !known.contains(d) && !fetched.packages.iter().any(|(id, _)| id == *d)
+                    })
+                    .count();
+                if lacking > 0 && !crate::mls::is_named_group(group) {
+                    // A device that cannot take this chat's suite (one
+                    // from before post-quantum suites, linked since): the
+                    // chat starts over in a suite every device takes, as a
+                    // chat whose state is unusable does (`group_with`), and
+                    // `safety` names that device.
+                    tracing::info!(
+                        phone = %phone,
+                        devices = lacking,
+                        suite = ?suite,
+                        "a device cannot join this chat's suite; the chat starts over"
+                    );
+                    self.profile.retire_conversation(group)?;
+                    return Ok(());
+                }
+                if lacking > 0 {
+                    tracing::warn!(
+                        phone = %phone,
+                        devices = lacking,
+                        "devices without a KeyPackage in this group's suite are left out"
+                    );
+                }
                 let before = adds.len() + removes.len();
                 adds.extend(fetched.packages);
                 removes.extend(
@@ -416,10 +485,35 @@ impl Client {
     /// The conversation's safety number (see `mls::safety_number`): compare
     /// it with the contact's, in person or by a call.
     pub async fn safety_number(&mut self, peer: &str) -> Result<String, ClientError> {
+        Ok(self.safety(peer).await?.number)
+    }
+
+    /// The conversation's safety number and how it is encrypted.
+    pub async fn safety(&mut self, peer: &str) -> Result<Safety, ClientError> {
         let peer = ConversationId::Direct(phone(peer)?);
-        let group = self.group_with(&peer).await?;
+        let mut group = self.group_with(&peer).await?;
         self.reconcile(&group).await?;
-        let members = self.profile.mls(|m| m.members(&group))?;
-        Ok(crate::mls::safety_number(&members))
+        if self.profile.group_for(peer.key().as_str())? != Some(group.clone()) {
+            // It started over in another suite (`reconcile`).
+            group = self.group_with(&peer).await?;
+        }
+        self.profile.mls(|m| {
+            let suite = m.suite(&group)?;
+            let classic_because = if suite == dak_proto::mls::PQ_CIPHERSUITE {
+                Vec::new()
+            } else {
+                m.members_without_pq(&group)?
+                    .into_iter()
+                    .map(|d| (d.phone, d.device_id))
+                    .collect()
+            };
+            Ok(Safety {
+                number: crate::mls::safety_number(&m.members(&group)?),
+                post_quantum: suite == dak_proto::mls::PQ_CIPHERSUITE,
+                suite: format!("{suite:?}"),
+                description: dak_proto::mls::suite_description(suite),
+                classic_because,
+            })
+        })
     }
 }

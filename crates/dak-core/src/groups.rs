@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dak_proto::invite::{INVITE_SECRET_BYTES, InviteLink};
+use dak_proto::mls::CIPHERSUITE;
 use dak_proto::v1::{self, ErrorCode, content::Kind};
 use serde::Serialize;
 
@@ -311,7 +312,7 @@ impl Client {
             )));
         }
         let mut adds = self
-            .fetch_key_packages(&me, &[self.device_id()])
+            .fetch_key_packages(&me, &[self.device_id()], &[CIPHERSUITE])
             .await?
             .packages;
         for phone in &phones {
@@ -689,7 +690,8 @@ impl Client {
         &mut self,
         phone: &str,
     ) -> Result<Vec<(u64, openmls::prelude::KeyPackage)>, ClientError> {
-        let fetched = self.fetch_key_packages(phone, &[]).await?;
+        // Named groups are classic (`Mls::create_named_group`).
+        let fetched = self.fetch_key_packages(phone, &[], &[CIPHERSUITE]).await?;
         if fetched.packages.is_empty() {
             return Err(usage(format!(
                 "{phone} has no device ready for encrypted chat yet; ask them to open Dak once"

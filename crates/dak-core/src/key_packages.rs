@@ -1,10 +1,17 @@
 //! KeyPackages: keeping the directory stocked with this device's, and
 //! fetching (and checking) other devices' to add them to groups.
+//!
+//! The directory keeps a stock per ciphersuite. A device stocks every suite
+//! it offers (`Profile::offered_suites`) that the server keeps; a server
+//! from before post-quantum suites keeps the classic one only, and says no
+//! stocks in `Authenticated`. A fetch names the suites the caller can use,
+//! most wanted first, and the answer says which one its packages are in.
 
 use crate::ClientError;
 use crate::Profile;
 use crate::client::Client;
 use crate::connection::{Connection, unexpected};
+use dak_proto::mls::{CIPHERSUITE, Ciphersuite, suite_code, suite_from_code};
 use dak_proto::v1::{self, client_frame::Request, server_frame::Body};
 
 /// One-time KeyPackages a device keeps on the server, and when to top up.
@@ -16,20 +23,48 @@ pub(crate) const KEY_PACKAGE_LOW: u32 = 10;
 pub(crate) struct Fetched {
     /// Its active devices that can be in groups.
     pub active: Vec<u64>,
-    /// KeyPackages for those the caller did not name as known.
+    /// KeyPackages for those the caller did not name as known, all in
+    /// `suite`; a device without one in it is in `active` only.
     pub packages: Vec<(u64, openmls::prelude::KeyPackage)>,
+    pub suite: Ciphersuite,
 }
 
-/// Uploads enough one-time KeyPackages to reach the target, and a
-/// last-resort one if the server has none.
+/// The stocks a server reported at authentication, per suite this device
+/// offers: the classic one from the old fields when the server names none
+/// (it predates suites and keeps no other).
+pub(crate) fn stocks(
+    profile: &Profile,
+    auth: &v1::Authenticated,
+) -> Result<Vec<(Ciphersuite, v1::KeyPackageCount)>, ClientError> {
+    if auth.stocks.is_empty() {
+        let classic = v1::KeyPackageCount {
+            one_time: auth.key_packages,
+            has_last_resort: auth.has_last_resort,
+            ciphersuite: 0,
+        };
+        return Ok(vec![(CIPHERSUITE, classic)]);
+    }
+    let offered = profile.offered_suites()?;
+    Ok(auth
+        .stocks
+        .iter()
+        .filter_map(|s| Some((suite_from_code(s.ciphersuite)?, *s)))
+        .filter(|(suite, _)| offered.contains(suite))
+        .collect())
+}
+
+/// Uploads enough one-time KeyPackages of `suite` to reach the target, and
+/// a last-resort one if the server has none; returns the server's count
+/// after, if anything was uploaded.
 pub(crate) async fn top_up_key_packages(
     profile: &Profile,
     conn: &mut Connection,
-    one_time: u32,
-    has_last_resort: bool,
-) -> Result<(), ClientError> {
+    suite: Ciphersuite,
+    stock: &v1::KeyPackageCount,
+) -> Result<Option<v1::KeyPackageCount>, ClientError> {
+    let (one_time, has_last_resort) = (stock.one_time, stock.has_last_resort);
     if one_time >= KEY_PACKAGE_LOW && has_last_resort {
-        return Ok(());
+        return Ok(None);
     }
     let want = KEY_PACKAGE_TARGET.saturating_sub(one_time) as usize;
     let (key_packages, last_resort) = profile.transaction(|p| {
@@ -37,63 +72,131 @@ pub(crate) async fn top_up_key_packages(
             let last = if has_last_resort {
                 Vec::new()
             } else {
-                m.last_resort_key_package()?
+                m.last_resort_key_package(suite)?
             };
-            Ok((m.key_packages(want)?, last))
+            Ok((m.key_packages(suite, want)?, last))
         })
     })?;
     let answer = conn
         .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
             key_packages,
             last_resort,
+            ciphersuite: wire_suite(suite),
         }))
         .await?;
     match answer {
-        Body::KeyPackageCount(_) => Ok(()),
+        Body::KeyPackageCount(c) => Ok(Some(c)),
         other => Err(unexpected(other)),
+    }
+}
+
+/// Whether a count answered a server that keeps suites: such a server
+/// names the suite (1 for the classic one); one from before leaves it 0.
+fn keeps_suites(count: &v1::KeyPackageCount) -> bool {
+    count.ciphersuite != 0
+}
+
+/// The first upload after a registration or link, in every suite this
+/// device offers: the classic one first, so the device is ready for chats
+/// whatever follows, and no other to a server from before post-quantum
+/// suites (it keeps none).
+pub(crate) async fn first_key_packages(
+    profile: &Profile,
+    conn: &mut Connection,
+) -> Result<(), ClientError> {
+    let empty = v1::KeyPackageCount::default();
+    let classic = top_up_key_packages(profile, conn, CIPHERSUITE, &empty).await?;
+    if !classic.as_ref().is_some_and(keeps_suites) {
+        return Ok(());
+    }
+    for suite in profile.offered_suites()? {
+        if suite != CIPHERSUITE {
+            top_up_key_packages(profile, conn, suite, &empty).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The suite as a request field: the classic suite as 0, which servers
+/// from before post-quantum suites read the same.
+fn wire_suite(suite: Ciphersuite) -> u32 {
+    if suite == CIPHERSUITE {
+        0
+    } else {
+        suite_code(suite)
     }
 }
 
 impl Client {
     /// KeyPackages for `phone`'s devices not in `known`, each checked to be
-    /// signed by the identity key the server bound to that device.
+    /// signed by the identity key the server bound to that device, and all
+    /// in one of `suites` (the most wanted first; the answer says which).
     pub(crate) async fn fetch_key_packages(
         &mut self,
         phone: &str,
         known: &[u64],
+        suites: &[Ciphersuite],
     ) -> Result<Fetched, ClientError> {
         let answer = self
             .conn
             .call(Request::FetchKeyPackages(v1::FetchKeyPackages {
                 phone: phone.into(),
                 known_devices: known.to_vec(),
+                ciphersuites: suites.iter().map(|s| suite_code(*s)).collect(),
             }))
             .await?;
         let Body::KeyPackages(k) = answer else {
             return Err(unexpected(answer));
         };
+        let suite = suite_from_code(k.ciphersuite)
+            .filter(|s| suites.contains(s) || suites.is_empty() && *s == CIPHERSUITE)
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "the directory answered in ciphersuite {:#06x}, which was not asked for",
+                    k.ciphersuite
+                ))
+            })?;
         let mut fetched = Fetched {
             active: k.devices.iter().map(|d| d.device_id).collect(),
             packages: Vec::new(),
+            suite,
         };
         for d in k.devices.into_iter().filter(|d| !d.key_package.is_empty()) {
             let kp = self.profile.mls(|m| {
                 m.fetched_key_package(&d.key_package, &k.phone, d.device_id, &d.identity_key)
             })?;
+            if kp.ciphersuite() != suite {
+                return Err(ClientError::Protocol(format!(
+                    "the directory gave device {} of {} a KeyPackage in another suite than its answer's",
+                    d.device_id, k.phone
+                )));
+            }
             fetched.packages.push((d.device_id, kp));
         }
         Ok(fetched)
     }
 
-    /// Uploads KeyPackages if the server holds few.
+    /// Uploads KeyPackages, in every suite this device offers, where the
+    /// server holds few.
     pub(crate) async fn refresh_key_packages(&mut self) -> Result<(), ClientError> {
-        let answer = self
-            .conn
-            .call(Request::UploadKeyPackages(v1::UploadKeyPackages::default()))
-            .await?;
-        let Body::KeyPackageCount(c) = answer else {
-            return Err(unexpected(answer));
-        };
-        top_up_key_packages(&self.profile, &mut self.conn, c.one_time, c.has_last_resort).await
+        for suite in self.profile.offered_suites()? {
+            let answer = self
+                .conn
+                .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
+                    ciphersuite: wire_suite(suite),
+                    ..Default::default()
+                }))
+                .await?;
+            let Body::KeyPackageCount(c) = answer else {
+                return Err(unexpected(answer));
+            };
+            // A server from before post-quantum suites answers every count
+            // with its classic stock, and keeps no other.
+            if suite != CIPHERSUITE && !keeps_suites(&c) {
+                continue;
+            }
+            top_up_key_packages(&self.profile, &mut self.conn, suite, &c).await?;
+        }
+        Ok(())
     }
 }

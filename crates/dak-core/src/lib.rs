@@ -80,7 +80,7 @@ pub use client::Client;
 pub use connection::Connection;
 pub use events::Event;
 pub use events::{GroupChange, RuleBreach, SettingChange, Tick, TickState, Undecodable};
-pub use group_sync::CryptoState;
+pub use group_sync::{CryptoState, Safety};
 pub use groups::{GroupEdit, GroupInfo, GroupMember};
 pub use history::{HistoryLimits, HistoryShared};
 pub use incoming::{DELETE_WINDOW_MS, EDIT_WINDOW_MS};

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use dak_proto::mls::{CIPHERSUITE, credential_identity, parse_identity};
+use dak_proto::mls::{CIPHERSUITE, PQ_CIPHERSUITE, credential_identity, parse_identity};
 use openmls::prelude::tls_codec::{Deserialize, Serialize};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
@@ -199,9 +199,30 @@ pub struct Mls<'a> {
     credential: CredentialWithKey,
 }
 
-fn create_config() -> MlsGroupCreateConfig {
+/// What this device's leaves say it supports (RFC 9420 §7.2): the suites
+/// it offers, and the last-resort extension its KeyPackages may carry. A
+/// device that offers only the classic suite lists what openmls listed
+/// before post-quantum suites, as such devices' leaves do.
+fn capabilities(suites: &[Ciphersuite]) -> Capabilities {
+    let listed = if suites.contains(&PQ_CIPHERSUITE) {
+        suites.to_vec()
+    } else {
+        vec![
+            CIPHERSUITE,
+            Ciphersuite::MLS_128_DHKEMP256_AES128GCM_SHA256_P256,
+            Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+        ]
+    };
+    Capabilities::builder()
+        .ciphersuites(listed)
+        .extensions(vec![ExtensionType::LastResort])
+        .build()
+}
+
+fn create_config(suite: Ciphersuite, offered: &[Ciphersuite]) -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
-        .ciphersuite(CIPHERSUITE)
+        .ciphersuite(suite)
+        .capabilities(capabilities(offered))
         .use_ratchet_tree_extension(true)
         // Commits in the clear so the server can check their epoch; application
         // messages are always encrypted whatever this says.
@@ -271,34 +292,28 @@ impl<'a> Mls<'a> {
         Ok(out)
     }
 
-    fn key_package(&self, last_resort: bool) -> Result<Vec<u8>, ClientError> {
+    fn key_package(&self, suite: Ciphersuite, last_resort: bool) -> Result<Vec<u8>, ClientError> {
         // A leaf must list the extensions its KeyPackage carries (RFC 9420
         // §7.2), and the last-resort marker is one.
-        let capabilities = Capabilities::builder()
-            .extensions(vec![ExtensionType::LastResort])
-            .build();
-        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        let offered = self.profile.offered_suites()?;
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities(&offered));
         if last_resort {
             builder = builder.mark_as_last_resort();
         }
         let bundle = builder
-            .build(
-                CIPHERSUITE,
-                &self.provider,
-                &self.signer,
-                self.credential.clone(),
-            )
+            .build(suite, &self.provider, &self.signer, self.credential.clone())
             .map_err(|e| mls_err("cannot make a KeyPackage", e))?;
         serialize(&MlsMessageOut::from(bundle.key_package().clone()))
     }
 
-    /// `n` one-time KeyPackages (their private keys stay in the profile).
-    pub fn key_packages(&self, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
-        (0..n).map(|_| self.key_package(false)).collect()
+    /// `n` one-time KeyPackages in `suite` (their private keys stay in the
+    /// profile).
+    pub fn key_packages(&self, suite: Ciphersuite, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
+        (0..n).map(|_| self.key_package(suite, false)).collect()
     }
 
-    pub fn last_resort_key_package(&self) -> Result<Vec<u8>, ClientError> {
-        self.key_package(true)
+    pub fn last_resort_key_package(&self, suite: Ciphersuite) -> Result<Vec<u8>, ClientError> {
+        self.key_package(suite, true)
     }
 
     pub fn has_group(&self, group: &[u8]) -> Result<bool, ClientError> {
@@ -309,23 +324,30 @@ impl<'a> Mls<'a> {
         }
     }
 
-    /// A new group with this device as its only member, at epoch 0.
-    pub fn create_group(&self) -> Result<Vec<u8>, ClientError> {
-        self.create_group_with_id_len(CHAT_GROUP_ID_BYTES)
+    /// A new group in `suite` with this device as its only member, at
+    /// epoch 0.
+    pub fn create_group(&self, suite: Ciphersuite) -> Result<Vec<u8>, ClientError> {
+        self.create_group_with_id_len(CHAT_GROUP_ID_BYTES, suite)
     }
 
-    /// A group with a title and admins (see `is_named_group`).
+    /// A group with a title and admins (see `is_named_group`), in the
+    /// classic suite: a group may grow to 1,024 devices, and post-quantum
+    /// commits that large do not fit a frame (docs/BENCHMARKS.md).
     pub fn create_named_group(&self) -> Result<Vec<u8>, ClientError> {
-        self.create_group_with_id_len(NAMED_GROUP_ID_BYTES)
+        self.create_group_with_id_len(NAMED_GROUP_ID_BYTES, CIPHERSUITE)
     }
 
-    fn create_group_with_id_len(&self, len: usize) -> Result<Vec<u8>, ClientError> {
+    fn create_group_with_id_len(
+        &self,
+        len: usize,
+        suite: Ciphersuite,
+    ) -> Result<Vec<u8>, ClientError> {
         let mut id = vec![0u8; len];
         self.profile.env().fill_random(&mut id);
         MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
-            &create_config(),
+            &create_config(suite, &self.profile.offered_suites()?),
             GroupId::from_slice(&id),
             self.credential.clone(),
         )
@@ -440,6 +462,30 @@ impl<'a> Mls<'a> {
     pub fn members(&self, group: &[u8]) -> Result<Vec<MemberDevice>, ClientError> {
         self.with_group(group, |g| {
             Ok(g.members().filter_map(member_device).collect())
+        })
+    }
+
+    /// The group's ciphersuite, fixed when it was created.
+    pub fn suite(&self, group: &[u8]) -> Result<Ciphersuite, ClientError> {
+        self.with_group(group, |g| Ok(g.ciphersuite()))
+    }
+
+    /// The member devices whose leaves do not list the post-quantum suite:
+    /// why a conversation stays classic.
+    pub fn members_without_pq(&self, group: &[u8]) -> Result<Vec<MemberDevice>, ClientError> {
+        self.with_group(group, |g| {
+            Ok(g.members()
+                .filter(|m| {
+                    g.public_group().leaf(m.index).is_none_or(|leaf| {
+                        !leaf
+                            .capabilities()
+                            .ciphersuites()
+                            .iter()
+                            .any(|c| Ciphersuite::try_from(*c).ok() == Some(PQ_CIPHERSUITE))
+                    })
+                })
+                .filter_map(member_device)
+                .collect())
         })
     }
 
@@ -766,8 +812,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let alice = Device::new("+919800000001", 1);
         let bob = Device::new("+919800000002", 2);
-        let kp = alice.mls().key_packages(1).unwrap().remove(0);
-        let last = alice.mls().last_resort_key_package().unwrap();
+        let kp = alice.mls().key_packages(CIPHERSUITE, 1).unwrap().remove(0);
+        let last = alice.mls().last_resort_key_package(CIPHERSUITE).unwrap();
         let (group, out) = alice.start_group_with(&bob).unwrap();
         let app = alice.mls().encrypt(&group, b"\x0a\x04\x0a\x02hi").unwrap();
         for (name, bytes) in [

@@ -175,6 +175,28 @@ impl Profile {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// The MLS ciphersuites this device offers, the most wanted first: the
+    /// post-quantum hybrid and the classic one, or only the classic one in a
+    /// profile set `mls_suites = classic` (`offer_classic_suite_only`),
+    /// which is how a device from before post-quantum suites behaves.
+    pub fn offered_suites(&self) -> Result<Vec<dak_proto::mls::Ciphersuite>, ClientError> {
+        Ok(
+            if self.get_str("mls_suites")?.as_deref() == Some("classic") {
+                vec![dak_proto::mls::CIPHERSUITE]
+            } else {
+                dak_proto::mls::SUITES.to_vec()
+            },
+        )
+    }
+
+    /// Makes this device offer the classic suite only, as devices from
+    /// before post-quantum suites do: for checking that conversations with
+    /// them fall back (and say so). Set before registering or linking; a
+    /// device's suites never change after (its KeyPackages list them).
+    pub fn offer_classic_suite_only(&self) -> Result<(), ClientError> {
+        self.store.set("mls_suites", b"classic")
+    }
+
     /// The identity key, made on first use and kept.
     pub fn identity(&self) -> Result<SigningKey, ClientError> {
         if let Some(bytes) = self.store.get("identity_secret")? {

@@ -50,7 +50,10 @@ impl TestDevice {
     /// One of this device's one-time KeyPackages as `by` (an engine) reads
     /// it from the directory (signature and credential checked).
     pub fn key_package_for(&self, by: &Mls<'_>) -> Result<KeyPackage, ClientError> {
-        let bytes = self.mls().key_packages(1)?.remove(0);
+        let bytes = self
+            .mls()
+            .key_packages(dak_proto::mls::CIPHERSUITE, 1)?
+            .remove(0);
         by.fetched_key_package(
             &bytes,
             &self.phone,
@@ -65,7 +68,7 @@ impl TestDevice {
         &self,
         other: &TestDevice,
     ) -> Result<(Vec<u8>, CommitToSend), ClientError> {
-        let group = self.mls().create_group()?;
+        let group = self.mls().create_group(dak_proto::mls::CIPHERSUITE)?;
         let out = self
             .mls()
             .commit(&group, vec![other.key_package_for(&self.mls())?], vec![])?;

@@ -411,7 +411,7 @@ impl Device {
 
     fn create_group(&self) -> Vec<u8> {
         self.profile
-            .transaction(|p| p.mls(|m| m.create_group()))
+            .transaction(|p| p.mls(|m| m.create_group(dak_proto::mls::CIPHERSUITE)))
             .unwrap()
     }
 
@@ -420,7 +420,7 @@ impl Device {
     fn key_package_for(&self, adder: &Device) -> KeyPackage {
         let bytes = self
             .profile
-            .transaction(|p| p.mls(|m| m.key_packages(1)))
+            .transaction(|p| p.mls(|m| m.key_packages(dak_proto::mls::CIPHERSUITE, 1)))
             .unwrap()
             .remove(0);
         let identity = self.profile.identity().unwrap().verifying_key();
@@ -918,7 +918,10 @@ fn hostile_input_to_the_engine_is_refused_and_changes_nothing() {
     // A message of bob's own, and a KeyPackage (an MLS message, not one to process).
     let own = bob.encrypt(&group, "mine");
     let key_package = {
-        let bytes = carol.profile.mls(|m| m.key_packages(1)).unwrap();
+        let bytes = carol
+            .profile
+            .mls(|m| m.key_packages(dak_proto::mls::CIPHERSUITE, 1))
+            .unwrap();
         bytes.into_iter().next().unwrap()
     };
 
@@ -1058,7 +1061,7 @@ fn a_replayed_welcome_does_not_take_bob_back_to_an_old_epoch() {
     let group = alice.create_group();
     let last_resort = bob
         .profile
-        .transaction(|p| p.mls(|m| m.last_resort_key_package()))
+        .transaction(|p| p.mls(|m| m.last_resort_key_package(dak_proto::mls::CIPHERSUITE)))
         .unwrap();
     let identity = bob.profile.identity().unwrap().verifying_key();
     let kp = alice

@@ -13,10 +13,49 @@ use openmls_rust_crypto::RustCrypto;
 
 pub use openmls::prelude::Ciphersuite;
 
-/// X25519, AES-128-GCM, SHA-256 and Ed25519: Ed25519 is already each
-/// device's identity key, so the device signs MLS with the key the server
-/// bound to its account at registration or linking.
+/// The classic suite, 0x0001: X25519, AES-128-GCM, SHA-256 and Ed25519.
+/// Ed25519 is already each device's identity key, so the device signs MLS
+/// with the key the server bound to its account at registration or linking.
+/// Every device offers it; groups of more than two accounts use it.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// The post-quantum hybrid suite, 0x004F (draft-ietf-mls-pq-ciphersuites,
+/// a provisional code point): ML-KEM-768 combined with X25519 ("X-Wing"),
+/// so the group's secrets stay safe unless both break, with AES-128-GCM,
+/// SHA-256 and the same Ed25519 signatures (an attacker must forge them
+/// now, not record and break them later). New 1:1 conversations use it
+/// when every device offers it. Its packages are ~9× larger, which is why
+/// groups stay classic (docs/BENCHMARKS.md, "Post-quantum groups").
+pub const PQ_CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+
+/// The suites the server keeps KeyPackages in, the most wanted first.
+pub const SUITES: [Ciphersuite; 2] = [PQ_CIPHERSUITE, CIPHERSUITE];
+
+/// A suite's RFC 9420 code point, as the protocol carries it.
+pub fn suite_code(suite: Ciphersuite) -> u32 {
+    u32::from(u16::from(suite))
+}
+
+/// The suite a protocol field names: 0 (a device or server from before
+/// post-quantum suites) is the classic suite; None for one Dak does not use.
+pub fn suite_from_code(code: u32) -> Option<Ciphersuite> {
+    if code == 0 {
+        return Some(CIPHERSUITE);
+    }
+    SUITES.into_iter().find(|s| suite_code(*s) == code)
+}
+
+/// How a person is told which suite protects a conversation.
+pub fn suite_description(suite: Ciphersuite) -> &'static str {
+    if suite == PQ_CIPHERSUITE {
+        "post-quantum: ML-KEM-768 + X25519 (X-Wing), AES-128-GCM, Ed25519"
+    } else if suite == CIPHERSUITE {
+        "classic: X25519, AES-128-GCM, Ed25519"
+    } else {
+        "a ciphersuite Dak does not use"
+    }
+}
 
 /// Largest MLS message the server takes (a commit with its Welcome).
 pub const MAX_MLS_BYTES: usize = crate::MAX_FRAME_BYTES - 4096;
@@ -257,23 +296,31 @@ fn added_device(add: &openmls::prelude::AddProposalIn) -> Result<(String, u64), 
         ))
 }
 
-/// Checks an uploaded KeyPackage: its signatures (openmls), our ciphersuite,
-/// a credential naming this device, and the device's own identity key as
-/// its signature key. Returns whether it is marked last-resort.
+/// What `check_key_package` found in a good KeyPackage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedKeyPackage {
+    pub last_resort: bool,
+    /// One of `SUITES`.
+    pub suite: Ciphersuite,
+}
+
+/// Checks an uploaded KeyPackage: its signatures (openmls), one of our
+/// ciphersuites, a credential naming this device, and the device's own
+/// identity key as its signature key.
 pub fn check_key_package(
     bytes: &[u8],
     phone: &str,
     device_id: u64,
     identity_key: &[u8],
-) -> Result<bool, MlsCheckError> {
+) -> Result<CheckedKeyPackage, MlsCheckError> {
     let kp = match parse(bytes)?.extract() {
         MlsMessageBodyIn::KeyPackage(kp) => kp,
         _ => return Err(MlsCheckError::Refused("expected a KeyPackage")),
     };
     let kp = validate(kp)?;
-    if kp.ciphersuite() != CIPHERSUITE {
+    if !SUITES.contains(&kp.ciphersuite()) {
         return Err(MlsCheckError::Refused(
-            "KeyPackage uses another ciphersuite than MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519",
+            "KeyPackage uses a ciphersuite Dak does not take (0x0001 or 0x004F)",
         ));
     }
     let leaf = kp.leaf_node();
@@ -287,7 +334,10 @@ pub fn check_key_package(
             "KeyPackage is not signed with this device's identity key",
         ));
     }
-    Ok(kp.last_resort())
+    Ok(CheckedKeyPackage {
+        last_resort: kp.last_resort(),
+        suite: kp.ciphersuite(),
+    })
 }
 
 fn validate(kp: KeyPackageIn) -> Result<KeyPackage, MlsCheckError> {
@@ -361,13 +411,12 @@ mod tests {
 
         impl Client {
             fn key_package(&self) -> KeyPackage {
+                self.key_package_in(CIPHERSUITE)
+            }
+
+            fn key_package_in(&self, suite: Ciphersuite) -> KeyPackage {
                 KeyPackage::builder()
-                    .build(
-                        CIPHERSUITE,
-                        &self.provider,
-                        &self.signer,
-                        self.credential.clone(),
-                    )
+                    .build(suite, &self.provider, &self.signer, self.credential.clone())
                     .unwrap()
                     .key_package()
                     .clone()
@@ -461,6 +510,39 @@ mod tests {
         const A: &str = "+919800000001";
         const B: &str = "+919800000002";
         const C: &str = "+919800000003";
+
+        fn encoded(kp: KeyPackage) -> Vec<u8> {
+            MlsMessageOut::from(kp).tls_serialize_detached().unwrap()
+        }
+
+        /// Both suites pass, each said as itself; a third does not, and
+        /// neither does a package naming another device or key.
+        #[test]
+        fn key_packages_in_either_suite_pass_and_say_which() {
+            let a1 = device(A, 1);
+            let key = a1.signer.public().to_vec();
+            for suite in SUITES {
+                let checked = check_key_package(&encoded(a1.key_package_in(suite)), A, 1, &key);
+                assert_eq!(
+                    checked,
+                    Ok(CheckedKeyPackage {
+                        last_resort: false,
+                        suite
+                    })
+                );
+                assert_eq!(suite_from_code(suite_code(suite)), Some(suite));
+            }
+            assert_eq!(suite_from_code(0), Some(CIPHERSUITE));
+            assert_eq!(suite_from_code(0x0003), None);
+            let other = Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+            assert!(matches!(
+                check_key_package(&encoded(a1.key_package_in(other)), A, 1, &key),
+                Err(MlsCheckError::Refused(_))
+            ));
+            let pq = encoded(a1.key_package_in(PQ_CIPHERSUITE));
+            assert!(check_key_package(&pq, A, 2, &key).is_err());
+            assert!(check_key_package(&pq, A, 1, &[7; 32]).is_err());
+        }
 
         #[test]
         fn reads_adds_removes_and_self_updates() {

@@ -289,10 +289,20 @@ pub async fn upload_key_packages(
 ) -> ApiResult<v1::KeyPackageCount> {
     let max = state.config.max_key_packages;
     let mut req = req;
+    let Some(suite) = mls::suite_from_code(req.ciphersuite) else {
+        return Err(ApiError::new(
+            ErrorCode::KeyPackageInvalid,
+            format!(
+                "ciphersuite {:#06x} is not one Dak keeps KeyPackages in (0x0001, 0x004f)",
+                req.ciphersuite
+            ),
+        ));
+    };
+    let code = u16::from(suite);
     if !req.key_packages.is_empty() {
         // Checking a signature costs; none is checked for packages the
         // directory would not keep.
-        let stock = state.store.key_stock(me.id).await?;
+        let stock = state.store.key_stock(me.id, code).await?;
         let room = max.saturating_sub(stock.one_time) as usize;
         req.key_packages.truncate(room);
     }
@@ -301,9 +311,15 @@ pub async fn upload_key_packages(
     // Signature checks take CPU: off the async runtime.
     let (key_packages, last_resort) = tokio::task::spawn_blocking(move || {
         let check = |kp: &[u8], want_last_resort: bool| -> ApiResult<()> {
-            let last_resort = mls::check_key_package(kp, &me_.phone, me_.id, &me_.identity_key)
+            let checked = mls::check_key_package(kp, &me_.phone, me_.id, &me_.identity_key)
                 .map_err(|e| ApiError::new(ErrorCode::KeyPackageInvalid, e.to_string()))?;
-            if last_resort != want_last_resort {
+            if checked.suite != suite {
+                return Err(ApiError::new(
+                    ErrorCode::KeyPackageInvalid,
+                    "every KeyPackage of an upload must be in the upload's ciphersuite",
+                ));
+            }
+            if checked.last_resort != want_last_resort {
                 return Err(ApiError::new(
                     ErrorCode::KeyPackageInvalid,
                     "one-time KeyPackages must not be marked last-resort, and the last-resort one must be",
@@ -325,16 +341,17 @@ pub async fn upload_key_packages(
     .await
     .map_err(|_| ApiError::new(ErrorCode::Internal, "KeyPackage check failed"))??;
     let stock = if key_packages.is_empty() && last_resort.is_none() {
-        state.store.key_stock(me.id).await?
+        state.store.key_stock(me.id, code).await?
     } else {
         state
             .store
-            .put_key_packages(me.id, key_packages, last_resort, max)
+            .put_key_packages(me.id, code, key_packages, last_resort, max)
             .await?
     };
     Ok(v1::KeyPackageCount {
         one_time: stock.one_time,
         has_last_resort: stock.has_last_resort,
+        ciphersuite: u32::from(code),
     })
 }
 
@@ -394,13 +411,24 @@ pub async fn fetch_key_packages(
             format!("{phone} is not on Dak; check the number or invite them"),
         ));
     };
+    // The suites this server keeps, in the caller's order; unknown ones are
+    // left out (a newer device may know more), and none left is classic.
+    let suites: Vec<u16> = req
+        .ciphersuites
+        .iter()
+        .take(mls::SUITES.len() * 2)
+        .filter_map(|c| mls::suite_from_code(*c))
+        .map(u16::from)
+        .collect();
     let claimed = state
         .store
-        .claim_key_packages(account.id, &req.known_devices, fresh_one_time)
+        .claim_key_packages(account.id, &req.known_devices, fresh_one_time, &suites)
         .await?;
     Ok(v1::KeyPackages {
         phone,
+        ciphersuite: u32::from(claimed.suite),
         devices: claimed
+            .devices
             .into_iter()
             .map(|c| v1::DeviceKeyPackage {
                 device_id: c.device.id,

@@ -722,12 +722,29 @@ impl Session {
             Request::Authenticate(r) => {
                 self.not_yet_device()?;
                 let device = registration::authenticate(&self.state, &self.nonce, &r).await?;
-                let stock = self.state.store.key_stock(device.id).await?;
+                let mut stocks = Vec::new();
+                for suite in dak_proto::mls::SUITES {
+                    let code = u16::from(suite);
+                    let stock = self.state.store.key_stock(device.id, code).await?;
+                    stocks.push(v1::KeyPackageCount {
+                        one_time: stock.one_time,
+                        has_last_resort: stock.has_last_resort,
+                        ciphersuite: u32::from(code),
+                    });
+                }
+                let classic = stocks
+                    .iter()
+                    .find(|s| {
+                        s.ciphersuite == dak_proto::mls::suite_code(dak_proto::mls::CIPHERSUITE)
+                    })
+                    .copied()
+                    .unwrap_or_default();
                 let answer = v1::Authenticated {
                     phone: device.phone.clone(),
                     device_id: device.id,
-                    key_packages: stock.one_time,
-                    has_last_resort: stock.has_last_resort,
+                    key_packages: classic.one_time,
+                    has_last_resort: classic.has_last_resort,
+                    stocks,
                 };
                 let business = self.state.store.business(device.account_id).await?;
                 self.business = business.is_some();

@@ -35,6 +35,7 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     added_devices_take_the_lowest_free_leaf(s).await;
     removals_must_match_the_removed_leaves(s).await;
     key_packages_are_capped_and_spared(s).await;
+    key_packages_are_kept_per_suite(s).await;
     racing_uploads_never_pass_the_key_package_cap(s).await;
     pin_attempts_are_counted_before_the_check(s).await;
     racing_pin_attempts_get_exactly_the_maximum(s).await;
@@ -95,17 +96,22 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
         .await
         .unwrap();
     let d = reg.device.id;
-    assert_eq!(s.key_stock(d).await.unwrap(), KeyStock::default());
+    assert_eq!(
+        s.key_stock(d, CLASSIC_SUITE).await.unwrap(),
+        KeyStock::default()
+    );
     // A device without a last-resort package cannot be added yet.
     assert!(
-        s.claim_key_packages(reg.account_id, &[], true)
+        s.claim_key_packages(reg.account_id, &[], true, &[CLASSIC_SUITE])
             .await
             .unwrap()
+            .devices
             .is_empty()
     );
     let stock = s
         .put_key_packages(
             d,
+            CLASSIC_SUITE,
             vec![b"kp1".to_vec(), b"kp2".to_vec()],
             Some(b"last".to_vec()),
             100,
@@ -122,9 +128,10 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
     let mut got = Vec::new();
     for _ in 0..4 {
         let claimed = s
-            .claim_key_packages(reg.account_id, &[], true)
+            .claim_key_packages(reg.account_id, &[], true, &[CLASSIC_SUITE])
             .await
-            .unwrap();
+            .unwrap()
+            .devices;
         assert_eq!(claimed.len(), 1);
         got.push(claimed[0].key_package.clone().unwrap());
     }
@@ -138,26 +145,31 @@ async fn key_packages_are_claimed_once<S: Store>(s: &S) {
         ]
     );
     let known = s
-        .claim_key_packages(reg.account_id, &[d], true)
+        .claim_key_packages(reg.account_id, &[d], true, &[CLASSIC_SUITE])
         .await
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(known[0].key_package, None, "a known device gets no package");
     // A replaced last resort; a revoked device has none left.
-    s.put_key_packages(d, vec![], Some(b"last2".to_vec()), 100)
+    s.put_key_packages(d, CLASSIC_SUITE, vec![], Some(b"last2".to_vec()), 100)
         .await
         .unwrap();
     let claimed = s
-        .claim_key_packages(reg.account_id, &[], true)
+        .claim_key_packages(reg.account_id, &[], true, &[CLASSIC_SUITE])
         .await
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(claimed[0].key_package.as_deref(), Some(&b"last2"[..]));
     s.revoke_device(d, RevokeReason::Removed).await.unwrap();
-    assert_eq!(s.key_stock(d).await.unwrap(), KeyStock::default());
+    assert_eq!(
+        s.key_stock(d, CLASSIC_SUITE).await.unwrap(),
+        KeyStock::default()
+    );
 }
 
 async fn ready_device<S: Store>(s: &S, phone: &str, key: u8) -> Device {
     let reg = s.register_primary(phone, &[key; 32], "p", 1).await.unwrap();
-    s.put_key_packages(reg.device.id, vec![], Some(vec![key]), 100)
+    s.put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
         .await
         .unwrap();
     reg.device
@@ -276,7 +288,7 @@ async fn group_sends_check_members_and_devices<S: Store>(s: &S) {
         ),
         "a device without keys yet does not block the group"
     );
-    s.put_key_packages(laptop.id, vec![], Some(vec![23]), 100)
+    s.put_key_packages(laptop.id, CLASSIC_SUITE, vec![], Some(vec![23]), 100)
         .await
         .unwrap();
     assert_eq!(
@@ -343,7 +355,7 @@ async fn groups_are_capped_by_member_accounts<S: Store>(s: &S) {
         .add_linked_device(alice.account_id, &[34; 32], "laptop", 2, 4)
         .await
         .unwrap();
-    s.put_key_packages(laptop.id, vec![], Some(vec![34]), 100)
+    s.put_key_packages(laptop.id, CLASSIC_SUITE, vec![], Some(vec![34]), 100)
         .await
         .unwrap();
     let g = b"group-capped";
@@ -927,6 +939,7 @@ async fn key_packages_are_capped_and_spared<S: Store>(s: &S) {
     let stock = s
         .put_key_packages(
             d,
+            CLASSIC_SUITE,
             kps(&["a", "b", "c", "d", "e"]),
             Some(b"last".to_vec()),
             3,
@@ -940,44 +953,168 @@ async fn key_packages_are_capped_and_spared<S: Store>(s: &S) {
             has_last_resort: true
         }
     );
-    let stock = s.put_key_packages(d, kps(&["x"]), None, 3).await.unwrap();
+    let stock = s
+        .put_key_packages(d, CLASSIC_SUITE, kps(&["x"]), None, 3)
+        .await
+        .unwrap();
     assert_eq!(stock.one_time, 3, "a full stock takes no more");
     // A claim that may not consume gets the last-resort package and leaves
     // the stock alone.
     for _ in 0..3 {
         let spared = s
-            .claim_key_packages(reg.account_id, &[], false)
+            .claim_key_packages(reg.account_id, &[], false, &[CLASSIC_SUITE])
             .await
-            .unwrap();
+            .unwrap()
+            .devices;
         assert_eq!(spared.len(), 1);
         assert_eq!(spared[0].key_package.as_deref(), Some(&b"last"[..]));
     }
     let known = s
-        .claim_key_packages(reg.account_id, &[d], false)
+        .claim_key_packages(reg.account_id, &[d], false, &[CLASSIC_SUITE])
         .await
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(known[0].key_package, None, "a known device gets no package");
-    assert_eq!(s.key_stock(d).await.unwrap().one_time, 3);
+    assert_eq!(s.key_stock(d, CLASSIC_SUITE).await.unwrap().one_time, 3);
     // Claiming makes room again.
     let claimed = s
-        .claim_key_packages(reg.account_id, &[], true)
+        .claim_key_packages(reg.account_id, &[], true, &[CLASSIC_SUITE])
         .await
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(claimed[0].key_package.as_deref(), Some(&b"a"[..]));
     let stock = s
-        .put_key_packages(d, kps(&["f", "g"]), None, 3)
+        .put_key_packages(d, CLASSIC_SUITE, kps(&["f", "g"]), None, 3)
         .await
         .unwrap();
     assert_eq!(stock.one_time, 3);
     let mut got = Vec::new();
     for _ in 0..4 {
         let claimed = s
-            .claim_key_packages(reg.account_id, &[], true)
+            .claim_key_packages(reg.account_id, &[], true, &[CLASSIC_SUITE])
             .await
-            .unwrap();
+            .unwrap()
+            .devices;
         got.push(claimed[0].key_package.clone().unwrap());
     }
     assert_eq!(got, kps(&["b", "c", "f", "last"]));
+}
+
+/// Two devices of one account: the phone offers both suites, the laptop
+/// (a device from before post-quantum suites) only the classic one.
+async fn key_packages_are_kept_per_suite<S: Store>(s: &S) {
+    const PQ: Suite = 0x004F;
+    let reg = s
+        .register_primary("+911000000056", &[56; 32], "p", 1)
+        .await
+        .unwrap();
+    let phone = reg.device.id;
+    let kps = |names: &[&str]| names.iter().map(|n| n.as_bytes().to_vec()).collect();
+    s.put_key_packages(
+        phone,
+        CLASSIC_SUITE,
+        kps(&["c1"]),
+        Some(b"c-last".to_vec()),
+        2,
+    )
+    .await
+    .unwrap();
+    let stock = s
+        .put_key_packages(
+            phone,
+            PQ,
+            kps(&["q1", "q2", "q3"]),
+            Some(b"q-last".to_vec()),
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stock,
+        KeyStock {
+            one_time: 2,
+            has_last_resort: true
+        },
+        "the cap is per suite"
+    );
+    assert_eq!(s.key_stock(phone, CLASSIC_SUITE).await.unwrap().one_time, 1);
+    // Both suites wanted, the phone alone: the first wanted.
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[], true, &[PQ, CLASSIC_SUITE])
+        .await
+        .unwrap();
+    assert_eq!(claimed.suite, PQ);
+    assert_eq!(claimed.devices[0].key_package.as_deref(), Some(&b"q1"[..]));
+    assert_eq!(s.key_stock(phone, CLASSIC_SUITE).await.unwrap().one_time, 1);
+    // A replaced last resort replaces only its suite's.
+    s.put_key_packages(phone, PQ, vec![], Some(b"q-last2".to_vec()), 2)
+        .await
+        .unwrap();
+    let spared = s
+        .claim_key_packages(reg.account_id, &[], false, &[PQ])
+        .await
+        .unwrap();
+    assert_eq!(
+        spared.devices[0].key_package.as_deref(),
+        Some(&b"q-last2"[..])
+    );
+    let spared = s
+        .claim_key_packages(reg.account_id, &[], false, &[CLASSIC_SUITE])
+        .await
+        .unwrap();
+    assert_eq!(
+        spared.devices[0].key_package.as_deref(),
+        Some(&b"c-last"[..])
+    );
+
+    let laptop = s
+        .add_linked_device(reg.account_id, &[57; 32], "laptop", 10, 4)
+        .await
+        .unwrap();
+    s.put_key_packages(
+        laptop.id,
+        CLASSIC_SUITE,
+        vec![],
+        Some(b"l-last".to_vec()),
+        2,
+    )
+    .await
+    .unwrap();
+    // One device cannot take the first wanted: the claim falls back to the
+    // last wanted, for every device, and takes nothing in the other.
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[], true, &[PQ, CLASSIC_SUITE])
+        .await
+        .unwrap();
+    assert_eq!(claimed.suite, CLASSIC_SUITE);
+    let got: Vec<_> = claimed
+        .devices
+        .iter()
+        .map(|c| (c.device.id, c.key_package.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (phone, Some(b"c1".to_vec())),
+            (laptop.id, Some(b"l-last".to_vec()))
+        ]
+    );
+    assert_eq!(s.key_stock(phone, PQ).await.unwrap().one_time, 1);
+    // Knowing the laptop, the phone alone decides.
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[laptop.id], true, &[PQ, CLASSIC_SUITE])
+        .await
+        .unwrap();
+    assert_eq!(claimed.suite, PQ);
+    assert_eq!(claimed.devices[1].key_package, None);
+    // Asked for the post-quantum suite only, the laptop comes without one.
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[phone], false, &[PQ])
+        .await
+        .unwrap();
+    assert_eq!(claimed.suite, PQ);
+    assert_eq!(claimed.devices.len(), 2);
+    assert!(claimed.devices.iter().all(|c| c.key_package.is_none()));
 }
 
 async fn racing_uploads_never_pass_the_key_package_cap<S: Store + Clone>(s: &S) {
@@ -987,13 +1124,14 @@ async fn racing_uploads_never_pass_the_key_package_cap<S: Store + Clone>(s: &S) 
         .unwrap();
     let d = reg.device.id;
     let uploads = race(s, 20, move |s| async move {
-        s.put_key_packages(d, vec![vec![1], vec![2]], None, 5).await
+        s.put_key_packages(d, CLASSIC_SUITE, vec![vec![1], vec![2]], None, 5)
+            .await
     })
     .await;
     for u in uploads {
         assert!(u.unwrap().one_time <= 5);
     }
-    assert_eq!(s.key_stock(d).await.unwrap().one_time, 5);
+    assert_eq!(s.key_stock(d, CLASSIC_SUITE).await.unwrap().one_time, 5);
 }
 
 async fn pin_attempts_are_counted_before_the_check<S: Store>(s: &S) {
@@ -1448,7 +1586,7 @@ async fn blocked_senders_reach_everyone_but_the_blocker<S: Store>(s: &S) {
         .add_linked_device(bob.account_id, &[154; 32], "laptop", 2, 4)
         .await
         .unwrap();
-    s.put_key_packages(laptop.id, vec![], Some(vec![154]), 100)
+    s.put_key_packages(laptop.id, CLASSIC_SUITE, vec![], Some(vec![154]), 100)
         .await
         .unwrap();
     let g = b"group-blocked";

@@ -251,7 +251,29 @@ pub struct Registration {
     pub revoked: Vec<DeviceId>,
 }
 
-/// How many KeyPackages a device has left in the directory.
+/// An MLS ciphersuite's RFC 9420 code point. The key directory keeps each
+/// device's KeyPackages per suite; it never reads a package (the server
+/// checks each against `dak_proto::mls::check_key_package` first).
+pub type Suite = u16;
+
+/// 0x0001, MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519: every device
+/// offers it, and every package stored before suites were kept is in it.
+pub const CLASSIC_SUITE: Suite = 1;
+
+/// The suite a claim answers in: the first of `wanted` that every device in
+/// `offers` (the suites each device to be added has a last-resort package
+/// in) can take, or else the last one wanted, in which the devices without
+/// a package get none. `wanted` empty means the classic suite.
+pub fn claim_suite(wanted: &[Suite], offers: &[Vec<Suite>]) -> Suite {
+    wanted
+        .iter()
+        .copied()
+        .find(|s| offers.iter().all(|o| o.contains(s)))
+        .or(wanted.last().copied())
+        .unwrap_or(CLASSIC_SUITE)
+}
+
+/// How many KeyPackages a device has left in the directory, in one suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KeyStock {
     pub one_time: u32,
@@ -264,6 +286,15 @@ pub struct KeyStock {
 pub struct ClaimedDevice {
     pub device: Device,
     pub key_package: Option<Vec<u8>>,
+}
+
+/// What a claim took: the suite it chose (`claim_suite`) and every active
+/// device of the account that can be in groups, each with a package in that
+/// suite unless the caller knew it or it has none in that suite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub suite: Suite,
+    pub devices: Vec<ClaimedDevice>,
 }
 
 /// An MLS commit for the group's epoch `epoch`, with the member list change
@@ -820,33 +851,38 @@ pub trait Store: Send + Sync + 'static {
     /// Removes and returns the request if it exists and has not expired.
     async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>>;
 
-    // MLS key directory.
-    /// Adds one-time KeyPackages, in upload order, until the device holds
-    /// `max_one_time` of them (the rest are dropped; concurrent uploads
-    /// together never pass the cap), replaces the last-resort one (when
-    /// given), and returns the stock.
+    // MLS key directory. A device keeps a stock per suite; it can be in
+    // groups once it has a last-resort package in any.
+    /// Adds one-time KeyPackages of `suite`, in upload order, until the
+    /// device holds `max_one_time` of them in that suite (the rest are
+    /// dropped; concurrent uploads together never pass the cap), replaces
+    /// the suite's last-resort one (when given), and returns the suite's
+    /// stock.
     async fn put_key_packages(
         &self,
         device: DeviceId,
+        suite: Suite,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
         max_one_time: u32,
     ) -> Result<KeyStock>;
-    /// How many KeyPackages the device has left.
-    async fn key_stock(&self, device: DeviceId) -> Result<KeyStock>;
+    /// How many KeyPackages of `suite` the device has left.
+    async fn key_stock(&self, device: DeviceId, suite: Suite) -> Result<KeyStock>;
     /// Every active device of the account that has uploaded keys; for each
-    /// not in `known`, a KeyPackage. With `one_time`, the oldest one-time
-    /// one is taken (deleted in the same transaction, so two callers never
-    /// get the same one) and the last-resort one is shared when none is
-    /// left. Without it, every device gets its last-resort one and nothing
-    /// is consumed: for a requester over its budget, who must not drain
-    /// the target's one-time packages.
+    /// not in `known`, a KeyPackage in the suite `claim_suite` picks from
+    /// `suites` (none for a device without one in it). With `one_time`, the
+    /// oldest one-time one is taken (deleted in the same transaction, so
+    /// two callers never get the same one) and the last-resort one is
+    /// shared when none is left. Without it, every device gets its
+    /// last-resort one and nothing is consumed: for a requester over its
+    /// budget, who must not drain the target's one-time packages.
     async fn claim_key_packages(
         &self,
         account: AccountId,
         known: &[DeviceId],
         one_time: bool,
-    ) -> Result<Vec<ClaimedDevice>>;
+        suites: &[Suite],
+    ) -> Result<Claimed>;
 
     // MLS groups (the Delivery Service).
     /// The group's current epoch; None when there is no such group.

@@ -146,6 +146,10 @@ const SCHEMA: &[&str] = &[
         last_resort BOOLEAN NOT NULL DEFAULT FALSE,
         data BYTEA NOT NULL)",
     "CREATE INDEX IF NOT EXISTS key_packages_by_device ON key_packages(device_id, last_resort, id)",
+    // Packages are kept per ciphersuite (its RFC 9420 code point); those
+    // stored before are all in the classic suite, 1.
+    "ALTER TABLE key_packages ADD COLUMN IF NOT EXISTS suite INTEGER NOT NULL DEFAULT 1",
+    "CREATE INDEX IF NOT EXISTS key_packages_by_suite ON key_packages(device_id, suite, last_resort, id)",
     // The Delivery Service's groups. A group's row is the lock that orders
     // its commits and messages.
     "CREATE TABLE IF NOT EXISTS mls_groups (
@@ -516,12 +520,17 @@ async fn lock_heads(
         .collect())
 }
 
-async fn key_stock<'e, E: sqlx::PgExecutor<'e>>(ex: E, device: DeviceId) -> Result<KeyStock> {
+async fn key_stock<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    device: DeviceId,
+    suite: Suite,
+) -> Result<KeyStock> {
     let row = sqlx::query(
         "SELECT COUNT(*) FILTER (WHERE NOT last_resort), COALESCE(BOOL_OR(last_resort), FALSE)
-         FROM key_packages WHERE device_id = $1",
+         FROM key_packages WHERE device_id = $1 AND suite = $2",
     )
     .bind(device as i64)
+    .bind(i32::from(suite))
     .fetch_one(ex)
     .await
     .map_err(backend)?;
@@ -553,45 +562,76 @@ async fn ready_devices<'e, E: sqlx::PgExecutor<'e>>(
     Ok(rows.iter().map(row_device).collect())
 }
 
-/// Takes one KeyPackage of the device: with `one_time`, the oldest one-time
-/// one, deleted (a row another transaction is taking is skipped, so
-/// concurrent claimers on any node never get the same one); else, or when
-/// none is left, the last-resort one, kept.
+/// Takes one KeyPackage of the device in `suite`: with `one_time`, the
+/// oldest one-time one, deleted (a row another transaction is taking is
+/// skipped, so concurrent claimers on any node never get the same one);
+/// else, or when none is left, the last-resort one, kept.
 async fn take_key_package(
     tx: &mut Transaction<'static, Postgres>,
     device: DeviceId,
+    suite: Suite,
     one_time: bool,
 ) -> Result<Option<Vec<u8>>> {
     if !one_time {
-        return last_resort_package(&mut **tx, device).await;
+        return last_resort_package(&mut **tx, device, suite).await;
     }
     let one_time: Option<Vec<u8>> = sqlx::query_scalar(
         "DELETE FROM key_packages WHERE id = (
-            SELECT id FROM key_packages WHERE device_id = $1 AND NOT last_resort
+            SELECT id FROM key_packages WHERE device_id = $1 AND suite = $2 AND NOT last_resort
             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING data",
     )
     .bind(device as i64)
+    .bind(i32::from(suite))
     .fetch_optional(&mut **tx)
     .await
     .map_err(backend)?;
     if one_time.is_some() {
         return Ok(one_time);
     }
-    last_resort_package(&mut **tx, device).await
+    last_resort_package(&mut **tx, device, suite).await
 }
 
 async fn last_resort_package<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     device: DeviceId,
+    suite: Suite,
 ) -> Result<Option<Vec<u8>>> {
     sqlx::query_scalar(
-        "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort ORDER BY id DESC LIMIT 1",
+        "SELECT data FROM key_packages WHERE device_id = $1 AND suite = $2 AND last_resort
+         ORDER BY id DESC LIMIT 1",
     )
     .bind(device as i64)
+    .bind(i32::from(suite))
     .fetch_optional(ex)
     .await
     .map_err(backend)
+}
+
+/// The suites each device has a last-resort package in (those it can be
+/// added in), in the order of `devices`; one statement.
+async fn last_resort_suites<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    devices: &[DeviceId],
+) -> Result<Vec<Vec<Suite>>> {
+    let ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
+    let rows: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT DISTINCT device_id, suite FROM key_packages
+         WHERE device_id = ANY($1) AND last_resort ORDER BY device_id, suite",
+    )
+    .bind(&ids)
+    .fetch_all(ex)
+    .await
+    .map_err(backend)?;
+    Ok(devices
+        .iter()
+        .map(|d| {
+            rows.iter()
+                .filter(|(id, _)| *id == *d as i64)
+                .map(|(_, s)| *s as Suite)
+                .collect()
+        })
+        .collect())
 }
 
 /// Locks the group's row until the transaction ends and returns its epoch;
@@ -1046,6 +1086,7 @@ impl Store for PgStore {
     async fn put_key_packages(
         &self,
         device: DeviceId,
+        suite: Suite,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
         max_one_time: u32,
@@ -1061,41 +1102,46 @@ impl Store for PgStore {
             .await
             .map_err(backend)?;
         if let Some(lr) = last_resort {
-            sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort")
-                .bind(device as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
             sqlx::query(
-                "INSERT INTO key_packages (device_id, last_resort, data) VALUES ($1, TRUE, $2)",
+                "DELETE FROM key_packages WHERE device_id = $1 AND suite = $2 AND last_resort",
+            )
+            .bind(device as i64)
+            .bind(i32::from(suite))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            sqlx::query(
+                "INSERT INTO key_packages (device_id, last_resort, data, suite) VALUES ($1, TRUE, $2, $3)",
             )
             .bind(device as i64)
             .bind(&lr)
+            .bind(i32::from(suite))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         }
-        let room = max_one_time.saturating_sub(key_stock(&mut *tx, device).await?.one_time);
+        let room = max_one_time.saturating_sub(key_stock(&mut *tx, device, suite).await?.one_time);
         let one_time: Vec<Vec<u8>> = one_time.into_iter().take(room as usize).collect();
         if !one_time.is_empty() {
             // In upload order, so they are claimed oldest first.
             sqlx::query(
-                "INSERT INTO key_packages (device_id, last_resort, data)
-                 SELECT $1, FALSE, k FROM unnest($2::BYTEA[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+                "INSERT INTO key_packages (device_id, last_resort, data, suite)
+                 SELECT $1, FALSE, k, $3 FROM unnest($2::BYTEA[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
             )
             .bind(device as i64)
             .bind(&one_time)
+            .bind(i32::from(suite))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         }
-        let stock = key_stock(&mut *tx, device).await?;
+        let stock = key_stock(&mut *tx, device, suite).await?;
         tx.commit().await.map_err(backend)?;
         Ok(stock)
     }
 
-    async fn key_stock(&self, device: DeviceId) -> Result<KeyStock> {
-        key_stock(&self.pool, device).await
+    async fn key_stock(&self, device: DeviceId, suite: Suite) -> Result<KeyStock> {
+        key_stock(&self.pool, device, suite).await
     }
 
     async fn claim_key_packages(
@@ -1103,14 +1149,22 @@ impl Store for PgStore {
         account: AccountId,
         known: &[DeviceId],
         one_time: bool,
-    ) -> Result<Vec<ClaimedDevice>> {
+        suites: &[Suite],
+    ) -> Result<Claimed> {
         let mut tx = self.begin().await?;
+        let devices = ready_devices(&mut *tx, &[account]).await?;
+        let unknown: Vec<DeviceId> = devices
+            .iter()
+            .map(|d| d.id)
+            .filter(|id| !known.contains(id))
+            .collect();
+        let suite = claim_suite(suites, &last_resort_suites(&mut *tx, &unknown).await?);
         let mut out = Vec::new();
-        for device in ready_devices(&mut *tx, &[account]).await? {
+        for device in devices {
             let key_package = if known.contains(&device.id) {
                 None
             } else {
-                take_key_package(&mut tx, device.id, one_time).await?
+                take_key_package(&mut tx, device.id, suite, one_time).await?
             };
             out.push(ClaimedDevice {
                 device,
@@ -1118,7 +1172,10 @@ impl Store for PgStore {
             });
         }
         tx.commit().await.map_err(backend)?;
-        Ok(out)
+        Ok(Claimed {
+            suite,
+            devices: out,
+        })
     }
 
     async fn member_epoch(&self, group_id: &[u8], device: DeviceId) -> Result<Option<u64>> {

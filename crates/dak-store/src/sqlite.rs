@@ -165,7 +165,8 @@ CREATE TABLE IF NOT EXISTS key_packages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id INTEGER NOT NULL,
     last_resort INTEGER NOT NULL DEFAULT 0,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    suite INTEGER NOT NULL DEFAULT 1
 ) STRICT;
 CREATE INDEX IF NOT EXISTS key_packages_by_device ON key_packages(device_id, last_resort, id);
 CREATE TABLE IF NOT EXISTS mls_groups (
@@ -281,6 +282,7 @@ impl SqliteStore {
         add_shared_bodies(&writer_conn)?;
         create_mailbox_usage(&writer_conn)?;
         add_leaf_index(&writer_conn)?;
+        add_key_package_suites(&writer_conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?));
@@ -548,10 +550,10 @@ fn insert_device(
     device_by_id(conn, id)?.ok_or(StoreError::NotFound("device"))
 }
 
-fn key_stock(conn: &Connection, device: DeviceId) -> Result<KeyStock> {
+fn key_stock(conn: &Connection, device: DeviceId, suite: Suite) -> Result<KeyStock> {
     conn.query_row(
-        "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(MAX(last_resort), 0) FROM key_packages WHERE device_id = ?1",
-        [device as i64],
+        "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(MAX(last_resort), 0) FROM key_packages WHERE device_id = ?1 AND suite = ?2",
+        params![device as i64, suite],
         |r| {
             Ok(KeyStock {
                 one_time: r.get::<_, i64>(0)? as u32,
@@ -600,20 +602,22 @@ fn devices_by_ids(conn: &Connection, ids: &[DeviceId]) -> Result<Vec<Device>> {
         .map_err(backend)
 }
 
-/// Takes one KeyPackage of the device: with `one_time`, the oldest
-/// one-time one (deleted) if any is left; else the last-resort one (kept).
+/// Takes one KeyPackage of the device in `suite`: with `one_time`, the
+/// oldest one-time one (deleted) if any is left; else the last-resort one
+/// (kept).
 fn take_key_package(
     conn: &Connection,
     device: DeviceId,
+    suite: Suite,
     one_time: bool,
 ) -> Result<Option<Vec<u8>>> {
     if !one_time {
-        return last_resort_package(conn, device);
+        return last_resort_package(conn, device, suite);
     }
     let one_time: Option<Vec<u8>> = conn
         .query_row(
-            "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ?1 AND last_resort = 0 ORDER BY id LIMIT 1) RETURNING data",
-            [device as i64],
+            "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ?1 AND suite = ?2 AND last_resort = 0 ORDER BY id LIMIT 1) RETURNING data",
+            params![device as i64, suite],
             |r| r.get(0),
         )
         .optional()
@@ -621,17 +625,35 @@ fn take_key_package(
     if one_time.is_some() {
         return Ok(one_time);
     }
-    last_resort_package(conn, device)
+    last_resort_package(conn, device, suite)
 }
 
-fn last_resort_package(conn: &Connection, device: DeviceId) -> Result<Option<Vec<u8>>> {
+fn last_resort_package(
+    conn: &Connection,
+    device: DeviceId,
+    suite: Suite,
+) -> Result<Option<Vec<u8>>> {
     conn.query_row(
-        "SELECT data FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
-        [device as i64],
+        "SELECT data FROM key_packages WHERE device_id = ?1 AND suite = ?2 AND last_resort = 1",
+        params![device as i64, suite],
         |r| r.get(0),
     )
     .optional()
     .map_err(backend)
+}
+
+/// The suites the device has a last-resort package in: those it can be
+/// added in.
+fn last_resort_suites(conn: &Connection, device: DeviceId) -> Result<Vec<Suite>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT suite FROM key_packages WHERE device_id = ?1 AND last_resort = 1 ORDER BY suite",
+        )
+        .map_err(backend)?;
+    stmt.query_map([device as i64], |r| r.get::<_, Suite>(0))
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)
 }
 
 fn group_epoch(conn: &Connection, group_id: &[u8]) -> Result<Option<u64>> {
@@ -735,6 +757,21 @@ fn add_leaf_index(conn: &Connection) -> Result<()> {
             .map_err(backend)?;
     }
     Ok(())
+}
+
+/// Stores made before KeyPackages were kept per ciphersuite have
+/// `key_packages` without `suite`: it is added, 1 (the classic suite, the
+/// only one there was) for the packages already there. The index that
+/// finds a device's packages in one suite follows.
+fn add_key_package_suites(conn: &Connection) -> Result<()> {
+    if !has_column(conn, "key_packages", "suite")? {
+        conn.execute_batch("ALTER TABLE key_packages ADD COLUMN suite INTEGER NOT NULL DEFAULT 1")
+            .map_err(backend)?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS key_packages_by_suite ON key_packages(device_id, suite, last_resort, id)",
+    )
+    .map_err(backend)
 }
 
 /// Stores made before codes were bound to sessions have `verifications`
@@ -1490,6 +1527,7 @@ impl Store for SqliteStore {
     async fn put_key_packages(
         &self,
         device: DeviceId,
+        suite: Suite,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
         max_one_time: u32,
@@ -1497,34 +1535,35 @@ impl Store for SqliteStore {
         self.write(move |c| {
             if let Some(lr) = last_resort {
                 c.execute(
-                    "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
-                    [device as i64],
+                    "DELETE FROM key_packages WHERE device_id = ?1 AND suite = ?2 AND last_resort = 1",
+                    params![device as i64, suite],
                 )
                 .map_err(backend)?;
                 c.execute(
-                    "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 1, ?2)",
-                    params![device as i64, lr],
+                    "INSERT INTO key_packages (device_id, last_resort, data, suite) VALUES (?1, 1, ?2, ?3)",
+                    params![device as i64, lr, suite],
                 )
                 .map_err(backend)?;
             }
             // The writer runs one job at a time, so the stock read here is
             // the stock the inserts add to.
-            let room = max_one_time.saturating_sub(key_stock(c, device)?.one_time) as usize;
+            let room = max_one_time.saturating_sub(key_stock(c, device, suite)?.one_time) as usize;
             let mut stmt = c
                 .prepare_cached(
-                    "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 0, ?2)",
+                    "INSERT INTO key_packages (device_id, last_resort, data, suite) VALUES (?1, 0, ?2, ?3)",
                 )
                 .map_err(backend)?;
             for kp in one_time.into_iter().take(room) {
-                stmt.execute(params![device as i64, kp]).map_err(backend)?;
+                stmt.execute(params![device as i64, kp, suite])
+                    .map_err(backend)?;
             }
-            key_stock(c, device)
+            key_stock(c, device, suite)
         })
         .await
     }
 
-    async fn key_stock(&self, device: DeviceId) -> Result<KeyStock> {
-        self.read(move |c| key_stock(c, device)).await
+    async fn key_stock(&self, device: DeviceId, suite: Suite) -> Result<KeyStock> {
+        self.read(move |c| key_stock(c, device, suite)).await
     }
 
     async fn claim_key_packages(
@@ -1532,22 +1571,33 @@ impl Store for SqliteStore {
         account: AccountId,
         known: &[DeviceId],
         one_time: bool,
-    ) -> Result<Vec<ClaimedDevice>> {
+        suites: &[Suite],
+    ) -> Result<Claimed> {
         let known = known.to_vec();
+        let suites = suites.to_vec();
         let claim = move |c: &Connection| {
+            let devices = ready_devices(c, &[account])?;
+            let mut offers = Vec::new();
+            for d in devices.iter().filter(|d| !known.contains(&d.id)) {
+                offers.push(last_resort_suites(c, d.id)?);
+            }
+            let suite = claim_suite(&suites, &offers);
             let mut out = Vec::new();
-            for device in ready_devices(c, &[account])? {
+            for device in devices {
                 let key_package = if known.contains(&device.id) {
                     None
                 } else {
-                    take_key_package(c, device.id, one_time)?
+                    take_key_package(c, device.id, suite, one_time)?
                 };
                 out.push(ClaimedDevice {
                     device,
                     key_package,
                 });
             }
-            Ok(out)
+            Ok(Claimed {
+                suite,
+                devices: out,
+            })
         };
         // Handing out last-resort packages only consumes nothing: a reader
         // does, and an over-budget requester never waits on the writer.

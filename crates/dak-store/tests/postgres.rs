@@ -3,8 +3,8 @@
 
 use dak_store::testing::FreshDb;
 use dak_store::{
-    CodeAttempt, GroupCommit, GroupOutcome, MailboxQuota, NewEnvelope, PgStore, Store, StoreError,
-    Verification, conformance,
+    CLASSIC_SUITE, CodeAttempt, GroupCommit, GroupOutcome, MailboxQuota, NewEnvelope, PgStore,
+    Store, StoreError, Verification, conformance,
 };
 use sqlx::Connection;
 
@@ -165,7 +165,7 @@ async fn concurrent_creators_of_one_group_one_wins() {
             .await
             .unwrap();
         store
-            .put_key_packages(reg.device.id, vec![], Some(vec![key]), 100)
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
             .await
             .unwrap();
         ready.push(reg.device);
@@ -221,7 +221,13 @@ async fn concurrent_claims_take_each_one_time_package_once() {
         .unwrap();
     let one_time: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'k', i]).collect();
     let stock = store
-        .put_key_packages(reg.device.id, one_time.clone(), Some(b"last".to_vec()), 100)
+        .put_key_packages(
+            reg.device.id,
+            CLASSIC_SUITE,
+            one_time.clone(),
+            Some(b"last".to_vec()),
+            100,
+        )
         .await
         .unwrap();
     assert_eq!(stock.one_time, 10);
@@ -242,12 +248,15 @@ async fn concurrent_claims_take_each_one_time_package_once() {
     let claims: Vec<_> = (0..20)
         .map(|_| {
             let s = store.clone();
-            tokio::spawn(async move { s.claim_key_packages(reg.account_id, &[], true).await })
+            tokio::spawn(async move {
+                s.claim_key_packages(reg.account_id, &[], true, &[CLASSIC_SUITE])
+                    .await
+            })
         })
         .collect();
     let mut got = Vec::new();
     for c in claims {
-        let claimed = c.await.unwrap().unwrap();
+        let claimed = c.await.unwrap().unwrap().devices;
         assert_eq!(claimed.len(), 1);
         got.push(claimed[0].key_package.clone().expect("a package"));
     }
@@ -259,7 +268,7 @@ async fn concurrent_claims_take_each_one_time_package_once() {
         .collect();
     taken.sort();
     assert_eq!(taken, one_time, "each one-time package exactly once");
-    let left = store.key_stock(reg.device.id).await.unwrap();
+    let left = store.key_stock(reg.device.id, CLASSIC_SUITE).await.unwrap();
     assert_eq!((left.one_time, left.has_last_resort), (0, true));
 }
 
@@ -339,7 +348,7 @@ async fn racing_senders_never_pass_the_mailbox_quota() {
             .await
             .unwrap();
         store
-            .put_key_packages(reg.device.id, vec![], Some(vec![key]), 100)
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
             .await
             .unwrap();
         devices.push(reg.device);

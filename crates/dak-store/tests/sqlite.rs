@@ -1,7 +1,9 @@
 //! The conformance suite against the embedded store, plus what only a file
 //! on disk can show: committed data survives reopening.
 
-use dak_store::{CodeAttempt, NewEnvelope, SqliteStore, Store, Verification, conformance};
+use dak_store::{
+    CLASSIC_SUITE, CodeAttempt, NewEnvelope, SqliteStore, Store, Verification, conformance,
+};
 
 /// A plain connection to the store's file, as an older release (or an
 /// operator's `sqlite3`) would open it beside the store.
@@ -250,7 +252,7 @@ async fn sends_racing_a_commit_reach_exactly_the_members_of_their_epoch() {
             .await
             .unwrap();
         store
-            .put_key_packages(reg.device.id, vec![], Some(vec![i]), 100)
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![i]), 100)
             .await
             .unwrap();
         people.push(reg.device);
@@ -495,7 +497,7 @@ async fn a_removal_at_1024_members_stores_its_commit_once() {
             .await
             .unwrap();
         store
-            .put_key_packages(reg.device.id, vec![], Some(vec![1]), 100)
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![1]), 100)
             .await
             .unwrap();
         members.push(reg.device);

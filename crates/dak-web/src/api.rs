@@ -219,8 +219,11 @@ impl WebClient {
         self.ask(|reply| Command::ApproveLink { code, reply })
     }
 
-    /// A 1:1 chat's safety number: 60 digits in groups of 5, the same on
-    /// both sides while no one is in between.
+    /// A 1:1 chat's safety number and encryption, as JSON: `number` (60
+    /// digits in groups of 5, the same on both sides while no one is in
+    /// between), `post_quantum`, `suite` (the MLS ciphersuite's name) and
+    /// `classic_because` (the devices, `{phone, device_id}`, that keep a
+    /// classic chat from being post-quantum).
     #[wasm_bindgen(js_name = safetyNumber)]
     pub fn safety_number(&self, chat: String) -> js_sys::Promise {
         self.ask(|reply| Command::SafetyNumber { chat, reply })

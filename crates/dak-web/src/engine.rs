@@ -127,7 +127,8 @@ pub enum Command {
         code: String,
         reply: Reply,
     },
-    /// A 1:1 chat's safety number (60 digits), to compare with the contact's.
+    /// A 1:1 chat's safety number (60 digits), to compare with the
+    /// contact's, and how the chat is encrypted (`dak_core::Safety`).
     SafetyNumber {
         chat: String,
         reply: Reply,
@@ -526,7 +527,7 @@ impl Engine {
                 self.server_answer(reply, result)
             }
             Command::SafetyNumber { chat, reply } => {
-                let result = client.safety_number(&chat).await;
+                let result = client.safety(&chat).await;
                 // Computing it may bring the chat up to date with the
                 // contact's devices: the number shown already includes
                 // that change, so no "changed" notice for it follows.
@@ -540,7 +541,22 @@ impl Engine {
                         .collect();
                     self.events(&rest);
                 }
-                self.server_answer(reply, result.map(|digits| json!(digits)))
+                self.server_answer(
+                    reply,
+                    result.map(|s| {
+                        let because: Vec<_> = s
+                            .classic_because
+                            .iter()
+                            .map(|(phone, device)| json!({"phone": phone, "device_id": device}))
+                            .collect();
+                        json!({
+                            "number": s.number,
+                            "post_quantum": s.post_quantum,
+                            "suite": s.suite,
+                            "classic_because": because,
+                        })
+                    }),
+                )
             }
             Command::Act { action, reply } => {
                 let result = match crate::actions::parse(&action) {

@@ -59,6 +59,10 @@ enum Command {
         server: Vec<String>,
         /// Phone number in international form, e.g. +919800000001
         phone: String,
+        /// Offer only the classic MLS suite, as devices from before
+        /// post-quantum suites do (for trying conversations with them).
+        #[arg(long, hide = true)]
+        classic_suite_only: bool,
     },
     /// Finish registering with the 6-digit code from the SMS.
     Verify {
@@ -277,7 +281,14 @@ pub async fn run(args: Args) -> Result<()> {
     let dir = args.profile.clone();
     match args.command {
         Command::Server(s) => server_cmd::run(s).await,
-        Command::Register { server, phone } => {
+        Command::Register {
+            server,
+            phone,
+            classic_suite_only,
+        } => {
+            if classic_suite_only {
+                open(&dir)?.offer_classic_suite_only()?;
+            }
             register(&dir, &server.join(","), &phone, json).await
         }
         Command::Verify { code, pin, name } => verify(&dir, &code, &pin, &name, json).await,
@@ -1042,12 +1053,25 @@ async fn react(
 async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
     let phone = &dak_proto::normalize_phone(phone)?;
     let mut client = connect(dir).await?;
-    let number = client.safety_number(phone).await?;
+    let safety = client.safety(phone).await?;
+    let number = &safety.number;
     let me = client.phone().to_string();
+    let classic_because: Vec<_> = safety
+        .classic_because
+        .iter()
+        .map(|(phone, device)| json!({"phone": phone, "device_id": device}))
+        .collect();
     if json {
         println!(
             "{}",
-            json!({"you": me, "contact": phone, "safety_number": number})
+            json!({
+                "you": me,
+                "contact": phone,
+                "safety_number": number,
+                "post_quantum": safety.post_quantum,
+                "ciphersuite": safety.suite,
+                "classic_because": classic_because,
+            })
         );
     } else {
         println!("Safety number for you ({me}) and {phone}:\n");
@@ -1057,6 +1081,7 @@ async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
         println!(
             "\nIt matches on both phones if nobody is in between. It changes when either of you adds or removes a device."
         );
+        println!("\n{}", crate::show::encryption_line(&safety));
     }
     client.close().await;
     Ok(())

@@ -324,6 +324,34 @@ pub fn terminal_safe(text: &str) -> String {
 /// A notice from the operator, framed: every line starts with `▌`, which
 /// no line of anything else printed can (`terminal_safe`), so a message
 /// cannot pass for a notice.
+/// How a 1:1 conversation is encrypted, in one sentence for `dak safety`:
+/// post-quantum, or classic and which devices kept it so.
+pub fn encryption_line(safety: &dak_client::Safety) -> String {
+    if safety.post_quantum {
+        return format!(
+            "Encryption: {} ({}). A recording made today cannot be decrypted by a future quantum computer.",
+            safety.description, safety.suite
+        );
+    }
+    let because: Vec<String> = safety
+        .classic_because
+        .iter()
+        .map(|(phone, device)| format!("device {device} of {phone}"))
+        .collect();
+    let why = if because.is_empty() {
+        "the conversation began before post-quantum encryption".to_string()
+    } else {
+        format!(
+            "{} did not offer it when joining this chat",
+            because.join(", ")
+        )
+    };
+    format!(
+        "Encryption: {} ({}), not post-quantum: {why}.",
+        safety.description, safety.suite
+    )
+}
+
 pub fn notice_frame(n: &dak_client::NoticeView) -> String {
     let head = if n.targeted {
         "⚠ SECURITY NOTICE FOR YOUR ACCOUNT ONLY, from the server's operator (signed)".to_string()

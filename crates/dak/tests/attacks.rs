@@ -619,6 +619,7 @@ async fn key_packages_cannot_be_drained_and_numbers_cannot_be_enumerated() {
             .call(Request::FetchKeyPackages(v1::FetchKeyPackages {
                 phone: bob.phone.clone(),
                 known_devices: vec![],
+                ciphersuites: vec![],
             }))
             .await
             .unwrap();
@@ -643,6 +644,7 @@ async fn key_packages_cannot_be_drained_and_numbers_cannot_be_enumerated() {
             .call(Request::FetchKeyPackages(v1::FetchKeyPackages {
                 phone: format!("+9198111{n:05}"),
                 known_devices: vec![],
+                ciphersuites: vec![],
             }))
             .await
         {

@@ -525,9 +525,19 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         )
         .await;
     let mut b = bob.connect().await;
-    let bobs = b.safety_number(page_phone).await.unwrap();
+    let bobs = b.safety(page_phone).await.unwrap();
     b.close().await;
-    assert_eq!(digits, json!(bobs));
+    assert_eq!(digits, json!(bobs.number));
+    // Two new devices: post-quantum, and the page says so.
+    assert!(bobs.post_quantum);
+    let suite = browser
+        .js("return document.getElementById('safety-suite').textContent")
+        .await;
+    let suite = suite.as_str().unwrap();
+    assert!(
+        suite.starts_with("Post-quantum encryption") && suite.contains(&bobs.suite),
+        "{suite}"
+    );
 
     // A second tab of the same browser cannot open the profile, and says so.
     let tab = browser.driver.new_window(true).await.unwrap();
