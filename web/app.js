@@ -1032,7 +1032,7 @@ async function renderDevices() {
 // kept it so (the same sentence as `dak safety`'s).
 function encryptionLine(safety) {
   if (safety.post_quantum) return t("safety_pq", { suite: safety.suite });
-  if (!safety.classic_because.length) return t("safety_classic_old", { suite: safety.suite });
+  if (safety.server_chose_classic) return t("safety_classic_server", { suite: safety.suite });
   const devices = safety.classic_because
     .map((d) => t("safety_device", { device: d.device_id, phone: d.phone }))
     .join(", ");

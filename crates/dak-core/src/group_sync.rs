@@ -51,6 +51,11 @@ pub struct Safety {
     /// it (devices that do not offer it, or that joined before they did);
     /// empty when it is post-quantum.
     pub classic_because: Vec<(String, u64)>,
+    /// Classic although every member device offers the post-quantum suite:
+    /// the server answered the chat's creator in the classic suite. A
+    /// server from before post-quantum suites does; a server that keeps
+    /// them has weakened the chat (the server picks the suite, §9.2).
+    pub server_chose_classic: bool,
 }
 
 impl Client {
@@ -304,17 +309,23 @@ impl Client {
                     .count();
                 if lacking > 0 && !crate::mls::is_named_group(group) {
                     // A device that cannot take this chat's suite (one
-                    // from before post-quantum suites, linked since): the
-                    // chat starts over in a suite every device takes, as a
-                    // chat whose state is unusable does (`group_with`), and
-                    // `safety` names that device.
-                    tracing::info!(
-                        phone = %phone,
-                        devices = lacking,
-                        suite = ?suite,
-                        "a device cannot join this chat's suite; the chat starts over"
-                    );
-                    self.profile.retire_conversation(group)?;
+                    // from before post-quantum suites, linked since): a new
+                    // group, in a suite every device takes, becomes the
+                    // chat's newest, where every send goes from now on
+                    // (`group_with`). This one stays active, so what was
+                    // sent in it still arrives; only the newest group is
+                    // ever replaced, so this happens once per change.
+                    let peer = self.profile.peer_of(group)?.unwrap_or_default();
+                    if !peer.is_empty() && self.profile.group_for(&peer)?.as_deref() == Some(group)
+                    {
+                        tracing::info!(
+                            phone = %phone,
+                            devices = lacking,
+                            suite = ?suite,
+                            "a device cannot join this chat's suite; the chat moves to a new group"
+                        );
+                        self.start_group(&peer).await?;
+                    }
                     return Ok(());
                 }
                 if lacking > 0 {
@@ -494,7 +505,7 @@ impl Client {
         let mut group = self.group_with(&peer).await?;
         self.reconcile(&group).await?;
         if self.profile.group_for(peer.key().as_str())? != Some(group.clone()) {
-            // It started over in another suite (`reconcile`).
+            // It moved to a group in another suite (`reconcile`).
             group = self.group_with(&peer).await?;
         }
         self.profile.mls(|m| {
@@ -507,9 +518,11 @@ impl Client {
                     .map(|d| (d.phone, d.device_id))
                     .collect()
             };
+            let post_quantum = suite == dak_proto::mls::PQ_CIPHERSUITE;
             Ok(Safety {
                 number: crate::mls::safety_number(&m.members(&group)?),
-                post_quantum: suite == dak_proto::mls::PQ_CIPHERSUITE,
+                post_quantum,
+                server_chose_classic: !post_quantum && classic_because.is_empty(),
                 suite: format!("{suite:?}"),
                 description: dak_proto::mls::suite_description(suite),
                 classic_because,

@@ -4,8 +4,11 @@
 //! The directory keeps a stock per ciphersuite. A device stocks every suite
 //! it offers (`Profile::offered_suites`) that the server keeps; a server
 //! from before post-quantum suites keeps the classic one only, and says no
-//! stocks in `Authenticated`. A fetch names the suites the caller can use,
-//! most wanted first, and the answer says which one its packages are in.
+//! stocks in `Authenticated`. The classic suite always goes last: the
+//! directory counts a device as ready once it has a classic last-resort
+//! package, so a ready device that offers the post-quantum suite has its
+//! packages there too. A fetch names the suites the caller can use, most
+//! wanted first, and the answer says which one its packages are in.
 
 use crate::ClientError;
 use crate::Profile;
@@ -44,12 +47,18 @@ pub(crate) fn stocks(
         };
         return Ok(vec![(CIPHERSUITE, classic)]);
     }
-    let offered = profile.offered_suites()?;
-    Ok(auth
-        .stocks
-        .iter()
-        .filter_map(|s| Some((suite_from_code(s.ciphersuite)?, *s)))
-        .filter(|(suite, _)| offered.contains(suite))
+    // In the order this device offers them, the classic one last (see
+    // `first_key_packages`).
+    Ok(profile
+        .offered_suites()?
+        .into_iter()
+        .filter_map(|suite| {
+            let stock = auth
+                .stocks
+                .iter()
+                .find(|s| suite_from_code(s.ciphersuite) == Some(suite))?;
+            Some((suite, *stock))
+        })
         .collect())
 }
 
@@ -90,30 +99,35 @@ pub(crate) async fn top_up_key_packages(
     }
 }
 
-/// Whether a count answered a server that keeps suites: such a server
-/// names the suite (1 for the classic one); one from before leaves it 0.
-fn keeps_suites(count: &v1::KeyPackageCount) -> bool {
-    count.ciphersuite != 0
-}
-
 /// The first upload after a registration or link, in every suite this
-/// device offers: the classic one first, so the device is ready for chats
-/// whatever follows, and no other to a server from before post-quantum
-/// suites (it keeps none).
+/// device offers, the classic one last: the directory counts a device as
+/// ready (to be added to chats) once it has a classic last-resort package,
+/// so by then its post-quantum ones are there too, and no chat is made
+/// classic for want of them. A server from before post-quantum suites
+/// (its count does not name the suite asked about) gets classic ones only.
 pub(crate) async fn first_key_packages(
     profile: &Profile,
     conn: &mut Connection,
 ) -> Result<(), ClientError> {
-    let empty = v1::KeyPackageCount::default();
-    let classic = top_up_key_packages(profile, conn, CIPHERSUITE, &empty).await?;
-    if !classic.as_ref().is_some_and(keeps_suites) {
-        return Ok(());
-    }
     for suite in profile.offered_suites()? {
-        if suite != CIPHERSUITE {
-            top_up_key_packages(profile, conn, suite, &empty).await?;
+        if suite == CIPHERSUITE {
+            continue;
+        }
+        let answer = conn
+            .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
+                ciphersuite: wire_suite(suite),
+                ..Default::default()
+            }))
+            .await?;
+        let Body::KeyPackageCount(count) = answer else {
+            return Err(unexpected(answer));
+        };
+        if count.ciphersuite == suite_code(suite) {
+            top_up_key_packages(profile, conn, suite, &count).await?;
         }
     }
+    let empty = v1::KeyPackageCount::default();
+    top_up_key_packages(profile, conn, CIPHERSUITE, &empty).await?;
     Ok(())
 }
 
@@ -192,7 +206,7 @@ impl Client {
             };
             // A server from before post-quantum suites answers every count
             // with its classic stock, and keeps no other.
-            if suite != CIPHERSUITE && !keeps_suites(&c) {
+            if suite != CIPHERSUITE && c.ciphersuite != suite_code(suite) {
                 continue;
             }
             top_up_key_packages(&self.profile, &mut self.conn, suite, &c).await?;

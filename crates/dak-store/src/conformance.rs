@@ -1107,6 +1107,20 @@ async fn key_packages_are_kept_per_suite<S: Store>(s: &S) {
         .unwrap();
     assert_eq!(claimed.suite, PQ);
     assert_eq!(claimed.devices[1].key_package, None);
+    // A device with post-quantum packages only (its classic upload has not
+    // come yet) is not ready: it is neither handed out nor counted.
+    let tablet = s
+        .add_linked_device(reg.account_id, &[58; 32], "tablet", 11, 4)
+        .await
+        .unwrap();
+    s.put_key_packages(tablet.id, PQ, vec![], Some(b"t-last".to_vec()), 2)
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_key_packages(reg.account_id, &[], false, &[PQ, CLASSIC_SUITE])
+        .await
+        .unwrap();
+    assert!(claimed.devices.iter().all(|c| c.device.id != tablet.id));
     // Asked for the post-quantum suite only, the laptop comes without one.
     let claimed = s
         .claim_key_packages(reg.account_id, &[phone], false, &[PQ])

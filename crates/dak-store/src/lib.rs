@@ -851,8 +851,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes and returns the request if it exists and has not expired.
     async fn take_link_request(&self, code: &str, now_ms: i64) -> Result<Option<LinkRequest>>;
 
-    // MLS key directory. A device keeps a stock per suite; it can be in
-    // groups once it has a last-resort package in any.
+    // MLS key directory. A device keeps a stock per suite; it is ready (can
+    // be in groups) once it has a last-resort package in the classic one,
+    // which every device offers and uploads last.
     /// Adds one-time KeyPackages of `suite`, in upload order, until the
     /// device holds `max_one_time` of them in that suite (the rest are
     /// dropped; concurrent uploads together never pass the cap), replaces

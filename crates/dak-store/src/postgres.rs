@@ -540,8 +540,9 @@ async fn key_stock<'e, E: sqlx::PgExecutor<'e>>(
     })
 }
 
-/// Active devices of these accounts that have a last-resort KeyPackage,
-/// i.e. that can always be added to a group; by account, then device.
+/// Active devices of these accounts that have a last-resort KeyPackage in
+/// the classic suite, i.e. that can always be added to a group (see the
+/// SQLite store's `ready_devices`); by account, then device.
 async fn ready_devices<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     accounts: &[AccountId],
@@ -552,7 +553,7 @@ async fn ready_devices<'e, E: sqlx::PgExecutor<'e>>(
     let accounts: Vec<i64> = accounts.iter().map(|a| *a as i64).collect();
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {DEVICE_COLS} WHERE d.account_id = ANY($1) AND d.revoked = 0
-         AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.last_resort)
+         AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.suite = 1 AND k.last_resort)
          ORDER BY d.account_id, d.id"
     )))
     .bind(&accounts)

@@ -564,8 +564,10 @@ fn key_stock(conn: &Connection, device: DeviceId, suite: Suite) -> Result<KeySto
     .map_err(backend)
 }
 
-/// Active devices of these accounts that have a last-resort KeyPackage,
-/// i.e. that can always be added to a group.
+/// Active devices of these accounts that have a last-resort KeyPackage in
+/// the classic suite, i.e. that can always be added to a group. (Every
+/// device offers the classic suite, and uploads it last: a device that
+/// offers the post-quantum one is ready only once both are there.)
 /// By account, then device.
 fn ready_devices(conn: &Connection, accounts: &[AccountId]) -> Result<Vec<Device>> {
     if accounts.is_empty() {
@@ -576,7 +578,7 @@ fn ready_devices(conn: &Connection, accounts: &[AccountId]) -> Result<Vec<Device
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {DEVICE_COLS} WHERE d.account_id IN (SELECT value FROM json_each(?1)) AND d.revoked = 0
-             AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.last_resort = 1)
+             AND EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.id AND k.suite = 1 AND k.last_resort = 1)
              ORDER BY d.account_id, d.id"
         ))
         .map_err(backend)?;

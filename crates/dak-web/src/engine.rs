@@ -554,6 +554,7 @@ impl Engine {
                             "post_quantum": s.post_quantum,
                             "suite": s.suite,
                             "classic_because": because,
+                            "server_chose_classic": s.server_chose_classic,
                         })
                     }),
                 )

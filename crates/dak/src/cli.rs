@@ -1071,6 +1071,7 @@ async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
                 "post_quantum": safety.post_quantum,
                 "ciphersuite": safety.suite,
                 "classic_because": classic_because,
+                "server_chose_classic": safety.server_chose_classic,
             })
         );
     } else {

@@ -339,7 +339,9 @@ pub fn encryption_line(safety: &dak_client::Safety) -> String {
         .map(|(phone, device)| format!("device {device} of {phone}"))
         .collect();
     let why = if because.is_empty() {
-        "the conversation began before post-quantum encryption".to_string()
+        "every device in it offers post-quantum encryption, but the server handed out classic keys \
+         (a server from before post-quantum keys does; one that keeps them weakened this chat)"
+            .to_string()
     } else {
         format!(
             "{} did not offer it when joining this chat",

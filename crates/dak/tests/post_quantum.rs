@@ -84,6 +84,7 @@ async fn new_devices_talk_post_quantum_and_a_classic_only_device_falls_back_and_
     let because = serde_json::json!([{"phone": carol.phone, "device_id": carol_device}]);
     for s in [safety(&alice, &carol), safety(&carol, &alice)] {
         assert_eq!(s["post_quantum"], false, "{s}");
+        assert_eq!(s["server_chose_classic"], false, "{s}");
         assert_eq!(s["ciphersuite"], CLASSIC_NAME, "{s}");
         assert_eq!(s["classic_because"], because, "{s}");
     }
@@ -93,6 +94,34 @@ async fn new_devices_talk_post_quantum_and_a_classic_only_device_falls_back_and_
             "not post-quantum: device {carol_device} of {} did not offer it when joining this chat",
             carol.phone
         )),
+        "{text}"
+    );
+
+    // A server that weakens a chat: dave's device offers the post-quantum
+    // suite, but the server (played by editing its store) has no hybrid
+    // packages of his to hand out. The chat is classic, and alice's device
+    // says the server chose it, since every leaf lists the hybrid suite.
+    let dave = Person::new("+919800000004");
+    dave.register(&server).await;
+    let dave_device = dave.profile().registration().unwrap().device_id;
+    let db = rusqlite::Connection::open(server.dir().join("data").join("dak.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let dropped = db
+        .execute(
+            "DELETE FROM key_packages WHERE device_id = ?1 AND suite = ?2",
+            rusqlite::params![dave_device as i64, pq],
+        )
+        .unwrap();
+    assert!(dropped > 10, "{dropped} hybrid packages of dave's");
+    ok(&alice.dir, &["send", &dave.phone, "weakened"]);
+    assert_eq!(dave.sync_texts().await, vec!["weakened"]);
+    let s = safety(&alice, &dave);
+    assert_eq!(s["post_quantum"], false, "{s}");
+    assert_eq!(s["classic_because"], serde_json::json!([]), "{s}");
+    assert_eq!(s["server_chose_classic"], true, "{s}");
+    let text = ok(&alice.dir, &["safety", &dave.phone]);
+    assert!(
+        text.contains("the server handed out classic keys"),
         "{text}"
     );
 
@@ -123,13 +152,34 @@ async fn a_classic_only_device_linked_later_makes_the_chat_fall_back() {
     assert_eq!(bob.sync_texts().await, vec!["after the laptop"]);
     assert_eq!(safety(&alice, &bob)["post_quantum"], true);
 
+    // bob writes in the post-quantum chat; alice has not read it when the
+    // tablet is linked and her next send moves the chat to a new group.
+    ok(&bob.dir, &["send", &alice.phone, "still post-quantum"]);
     let tablet = Person::new(&bob.phone);
     tablet.profile().offer_classic_suite_only().unwrap();
     link(&server, &bob, &tablet).await;
     ok(&alice.dir, &["send", &bob.phone, "for all three"]);
-    for device in [&bob, &laptop, &tablet] {
+    for device in [&bob, &tablet] {
         assert_eq!(device.sync_texts().await, vec!["for all three"]);
     }
+    let got = laptop.sync_texts().await;
+    assert_eq!(
+        got,
+        vec!["still post-quantum", "for all three"],
+        "bob's own message, then alice's"
+    );
+    // What bob wrote in the old group still reached alice (her send took
+    // it in), once.
+    assert!(alice.sync_texts().await.is_empty());
+    let incoming: Vec<String> = alice
+        .profile()
+        .conversation(&bob.phone, 50)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.outgoing)
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(incoming, vec!["still post-quantum"]);
     let tablet_device = tablet.profile().registration().unwrap().device_id;
     let because = serde_json::json!([{"phone": bob.phone, "device_id": tablet_device}]);
     for s in [safety(&alice, &bob), safety(&bob, &alice)] {
