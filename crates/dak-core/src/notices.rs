@@ -440,6 +440,17 @@ pub(crate) async fn sync(profile: &Profile, conn: &mut Connection) -> Vec<Event>
 }
 
 async fn try_sync(profile: &Profile, conn: &mut Connection) -> Result<Vec<Event>, ClientError> {
+    sync_pages(profile, conn, MAX_PAGES, &mut |_, _| {}).await
+}
+
+/// `try_sync` reading at most `max_pages` pages, telling `progress` the
+/// entries checked so far and the server's length after each.
+async fn sync_pages(
+    profile: &Profile,
+    conn: &mut Connection,
+    max_pages: usize,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Vec<Event>, ClientError> {
     let (server_key, server_len, server_head) = conn.notice_log();
     if dak_proto::notices::notice_key(&server_key).is_err() {
         return Ok(Vec::new()); // a server from before notices
@@ -463,7 +474,7 @@ async fn try_sync(profile: &Profile, conn: &mut Connection) -> Result<Vec<Event>
     // From the last entry both should have: it must be the very same (a
     // node behind the others is fine; a different entry is not).
     let mut from = server_len.min(mine.length).saturating_sub(1);
-    for _ in 0..MAX_PAGES {
+    for _ in 0..max_pages {
         let page = match conn
             .call(Request::GetNotices(v1::GetNotices { from }))
             .await?
@@ -478,11 +489,75 @@ async fn try_sync(profile: &Profile, conn: &mut Connection) -> Result<Vec<Event>
             .any(|e| matches!(e, Event::NoticeRefused { .. }));
         events.extend(applied);
         from += got;
+        progress(from, page.length);
         if stop || got == 0 || from >= page.length {
             break;
         }
     }
     Ok(events)
+}
+
+/// What an outside audit of a server's notice log found (`audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeAudit {
+    /// The log as this auditor had checked it before: (length, head).
+    pub before: (u64, [u8; 32]),
+    /// The log as it has checked it now.
+    pub after: (u64, [u8; 32]),
+    /// The length the server announced.
+    pub server_length: u64,
+    /// Why the server's log was refused: signed by another key than the one
+    /// pinned at the first audit, or not an extension of the log checked
+    /// before (a rewritten history). Empty when it checked.
+    pub refused: Vec<String>,
+}
+
+/// Audits a server's notice log as an outside party would, with `profile`
+/// as the auditor's memory (a profile that never registers): reads the
+/// whole log before authentication, checks every entry's signature and
+/// place, pins the notice key and the TLS certificate at the first audit,
+/// and refuses a log that does not extend the one it checked before. Run
+/// it from time to time, from somewhere else than the server: a log
+/// rewritten between two audits is caught, whatever devices were told.
+/// `progress` gets the entries checked and the server's length.
+pub async fn audit(
+    profile: &Profile,
+    servers: &str,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<NoticeAudit, ClientError> {
+    let pinned_cert = profile.get_str("cert")?;
+    let trust = match &pinned_cert {
+        Some(_) => crate::connect::trust_for(profile, "cert")?,
+        None => crate::CertTrust::FirstUse,
+    };
+    let (mut conn, fingerprint) = crate::connect::open_any(profile, servers, trust).await?;
+    if pinned_cert.is_none()
+        && let Some(f) = fingerprint
+    {
+        profile.set("cert", f.as_bytes())?;
+    }
+    let (key, server_length, _) = conn.notice_log();
+    if dak_proto::notices::notice_key(&key).is_err() {
+        return Err(ClientError::Usage(
+            "this server publishes no notice log (a server from before notices)".into(),
+        ));
+    }
+    let before = log_state(profile)?;
+    let events = sync_pages(profile, &mut conn, usize::MAX, progress).await?;
+    conn.close().await;
+    let refused = events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::NoticeRefused { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    Ok(NoticeAudit {
+        before,
+        after: log_state(profile)?,
+        server_length,
+        refused,
+    })
 }
 
 impl Client {

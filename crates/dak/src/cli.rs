@@ -118,6 +118,12 @@ enum Command {
     /// an attack on your account), each checked against the operator's key
     /// and the public notice log.
     Notices,
+    /// Check a server's public logs as an outside auditor, with this
+    /// profile as the auditor's memory (it never registers).
+    Audit {
+        #[command(subcommand)]
+        what: AuditWhat,
+    },
     /// Stay connected and print messages and ticks as they arrive.
     Listen,
     /// Send read receipts (blue ticks).
@@ -238,6 +244,21 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuditWhat {
+    /// The operator's notice log: reads all of it, checks every entry's
+    /// signature and place, pins the notice key at the first audit, and
+    /// fails if the log does not extend the one checked last time (the
+    /// operator rewrote what it had told people). Run it from time to time,
+    /// from another machine than the server's.
+    Notices {
+        /// Server address; repeat it (or separate with commas) for a
+        /// cluster's nodes.
+        #[arg(long, env = "DAK_SERVER", required = true, value_delimiter = ',')]
+        server: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum PinAction {
     /// Set a 6-digit PIN needed to register this number on a new phone.
     Set { pin: String },
@@ -340,6 +361,9 @@ pub async fn run(args: Args) -> Result<()> {
         },
         Command::Sync => sync(&dir, json).await,
         Command::Notices => notices(&dir, json).await,
+        Command::Audit {
+            what: AuditWhat::Notices { server },
+        } => audit_notices(&dir, &server.join(","), json).await,
         Command::Listen => listen(&dir, json).await,
         Command::Read { all, ids } => read(&dir, all, &ids, json).await,
         Command::Status { id } => status(&dir, &id, json),
@@ -494,6 +518,58 @@ pub(crate) fn outage_note(profile: &Profile, with_notices: bool) -> Result<Strin
 }
 
 /// `dak notices`: connects to fetch new ones (if it can), then lists all.
+async fn audit_notices(dir: &std::path::Path, server: &str, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let mut shown = 0;
+    let mut progress = |checked: u64, length: u64| {
+        // Long logs say how far they are, on stderr, every 10 pages.
+        if !json && length > 640 && checked >= shown + 640 {
+            shown = checked;
+            eprintln!("checked {checked} of {length} entries…");
+        }
+    };
+    let audit = dak_client::notices::audit(&profile, server, &mut progress).await?;
+    let (before, after) = (audit.before, audit.after);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "ok": audit.refused.is_empty(),
+                "server_length": audit.server_length,
+                "before": {"length": before.0, "head": hex::encode(before.1)},
+                "checked": {"length": after.0, "head": hex::encode(after.1)},
+                "refused": audit.refused,
+            })
+        );
+    } else if audit.refused.is_empty() {
+        println!(
+            "The notice log checks: {} entries ({} new since the last audit), head {}.",
+            after.0,
+            after.0 - before.0,
+            &hex::encode(after.1)[..16]
+        );
+        if audit.server_length < after.0 {
+            println!(
+                "This node announced {} entries: it is behind the others.",
+                audit.server_length
+            );
+        }
+    } else {
+        for reason in &audit.refused {
+            eprintln!("REFUSED: {reason}");
+        }
+    }
+    if !audit.refused.is_empty() {
+        bail!(
+            "the notice log does not check: the operator's log is not the one this auditor saw \
+             (kept: {} entries, head {})",
+            after.0,
+            &hex::encode(after.1)[..16]
+        );
+    }
+    Ok(())
+}
+
 async fn notices(dir: &std::path::Path, json: bool) -> Result<()> {
     let shown = match connect_keeping_notices(dir, false).await {
         Ok(mut client) => {

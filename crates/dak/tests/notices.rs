@@ -75,6 +75,19 @@ async fn status_json(server: &TestServer) -> (String, serde_json::Value) {
     (head, v)
 }
 
+/// Waits until the server serves a log of `length` entries (it reads the
+/// file again each second).
+async fn wait_for_log(server: &TestServer, length: u64) {
+    for _ in 0..100 {
+        let (_, status) = status_json(server).await;
+        if status["notice_log"]["length"] == length {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server never served {length} notices");
+}
+
 #[tokio::test]
 async fn a_notice_reaches_connected_devices_the_cli_and_the_status_page() {
     let server = TestServer::start_insecure();
@@ -470,5 +483,87 @@ async fn devices_that_talk_find_out_that_the_operator_told_them_different_storie
     assert!(
         !again.iter().any(|e| matches!(e, Event::NoticeRefused { reason } if reason.contains("two different stories"))),
         "{again:?}"
+    );
+}
+
+/// `dak audit notices`: an outside auditor with a profile of its own (never
+/// registered) reads the whole log, sees it grow between audits, and
+/// catches the operator rewriting it, which no single device can prove.
+#[tokio::test]
+async fn an_outside_auditor_checks_the_log_grows_and_catches_a_rewrite() {
+    let server = TestServer::start_insecure();
+    let auditor = tempfile::tempdir().unwrap();
+    let audit = |server: &TestServer| {
+        dak(
+            auditor.path(),
+            &["--json", "audit", "notices", "--server", &server.url],
+        )
+    };
+    for title in ["Upgrade at 02:00", "Upgrade done"] {
+        publish(
+            &server,
+            &["publish", "--kind", "maintenance", "--title", title],
+        );
+    }
+    publish(
+        &server,
+        &["publish", "--kind", "incident", "--title", "SMS delays"],
+    );
+    wait_for_log(&server, 3).await;
+    let (ok, out, err) = audit(&server);
+    assert!(ok, "{err}");
+    let first = json_lines(&out).pop().unwrap();
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["checked"]["length"], 3);
+    assert_eq!(first["before"]["length"], 0);
+
+    publish(
+        &server,
+        &[
+            "update",
+            "2",
+            "--resolved",
+            "--what",
+            "Delivered late, none lost",
+        ],
+    );
+    wait_for_log(&server, 4).await;
+    let (ok, out, err) = audit(&server);
+    assert!(ok, "{err}");
+    let second = json_lines(&out).pop().unwrap();
+    assert_eq!(second["before"]["length"], 3);
+    assert_eq!(second["checked"]["length"], 4);
+
+    // The operator rewrites its log: the same key, as long and longer, but
+    // another story. The auditor refuses it and keeps what it had checked.
+    std::fs::remove_file(server.data.join("notices.log")).unwrap();
+    for title in [
+        "Nothing happened",
+        "Nothing at all",
+        "Really nothing",
+        "Still nothing",
+        "More",
+    ] {
+        publish(
+            &server,
+            &["publish", "--kind", "maintenance", "--title", title],
+        );
+    }
+    wait_for_log(&server, 5).await;
+    let (ok, out, err) = audit(&server);
+    assert!(!ok, "a rewritten log passed the audit: {out}");
+    assert!(err.contains("does not check"), "{err}");
+    let third = json_lines(&out).pop().unwrap();
+    assert_eq!(third["ok"], false);
+    assert!(
+        third["refused"][0]
+            .as_str()
+            .unwrap()
+            .contains("different history"),
+        "{third}"
+    );
+    assert_eq!(
+        third["checked"], second["checked"],
+        "nothing of the rewrite is kept"
     );
 }
