@@ -7,7 +7,7 @@
 
 use crate::ClientError;
 use crate::connection::{Connection, unexpected};
-use crate::key_packages::{first_key_packages, stocks, top_up_key_packages};
+use crate::key_packages::{refresh_all, stocks, top_up_key_packages};
 use crate::receive::SEEN_KEEP_MS;
 use crate::transport::CertTrust;
 use crate::{Profile, Registration};
@@ -138,7 +138,7 @@ impl Client {
         }
         // Ready for encrypted chats before anyone writes: if this fails, the
         // next connect uploads them.
-        if let Err(e) = first_key_packages(profile, &mut conn).await {
+        if let Err(e) = refresh_all(profile, &mut conn).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }
         conn.close().await;
@@ -189,7 +189,7 @@ impl Client {
         profile.save_registration(server, &approved.phone, approved.device_id)?;
         // The approving device's history is taken for a while from now.
         crate::history::expect_history(profile)?;
-        if let Err(e) = first_key_packages(profile, &mut conn).await {
+        if let Err(e) = refresh_all(profile, &mut conn).await {
             tracing::warn!(error = %e, "KeyPackages not uploaded yet; the next connection will");
         }
         conn.close().await;

@@ -48,7 +48,7 @@ pub(crate) fn stocks(
         return Ok(vec![(CIPHERSUITE, classic)]);
     }
     // In the order this device offers them, the classic one last (see
-    // `first_key_packages`).
+    // `refresh_all`).
     Ok(profile
         .offered_suites()?
         .into_iter()
@@ -99,20 +99,18 @@ pub(crate) async fn top_up_key_packages(
     }
 }
 
-/// The first upload after a registration or link, in every suite this
-/// device offers, the classic one last: the directory counts a device as
-/// ready (to be added to chats) once it has a classic last-resort package,
-/// so by then its post-quantum ones are there too, and no chat is made
-/// classic for want of them. A server from before post-quantum suites
-/// (its count does not name the suite asked about) gets classic ones only.
-pub(crate) async fn first_key_packages(
+/// Tops up every suite this device offers where the server holds few, each
+/// after reading its count (an empty upload), the classic suite last: the
+/// directory counts a device as ready (to be added to chats) once it has a
+/// classic last-resort package, so after a registration or link its
+/// post-quantum ones are there by then, and no chat is made classic for
+/// want of them. A server from before post-quantum suites (its count does
+/// not name the suite asked about) gets classic ones only.
+pub(crate) async fn refresh_all(
     profile: &Profile,
     conn: &mut Connection,
 ) -> Result<(), ClientError> {
     for suite in profile.offered_suites()? {
-        if suite == CIPHERSUITE {
-            continue;
-        }
         let answer = conn
             .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
                 ciphersuite: wire_suite(suite),
@@ -122,12 +120,11 @@ pub(crate) async fn first_key_packages(
         let Body::KeyPackageCount(count) = answer else {
             return Err(unexpected(answer));
         };
-        if count.ciphersuite == suite_code(suite) {
-            top_up_key_packages(profile, conn, suite, &count).await?;
+        if suite != CIPHERSUITE && count.ciphersuite != suite_code(suite) {
+            continue;
         }
+        top_up_key_packages(profile, conn, suite, &count).await?;
     }
-    let empty = v1::KeyPackageCount::default();
-    top_up_key_packages(profile, conn, CIPHERSUITE, &empty).await?;
     Ok(())
 }
 
@@ -191,26 +188,8 @@ impl Client {
     }
 
     /// Uploads KeyPackages, in every suite this device offers, where the
-    /// server holds few.
+    /// server holds few (`refresh_all`).
     pub(crate) async fn refresh_key_packages(&mut self) -> Result<(), ClientError> {
-        for suite in self.profile.offered_suites()? {
-            let answer = self
-                .conn
-                .call(Request::UploadKeyPackages(v1::UploadKeyPackages {
-                    ciphersuite: wire_suite(suite),
-                    ..Default::default()
-                }))
-                .await?;
-            let Body::KeyPackageCount(c) = answer else {
-                return Err(unexpected(answer));
-            };
-            // A server from before post-quantum suites answers every count
-            // with its classic stock, and keeps no other.
-            if suite != CIPHERSUITE && c.ciphersuite != suite_code(suite) {
-                continue;
-            }
-            top_up_key_packages(&self.profile, &mut self.conn, suite, &c).await?;
-        }
-        Ok(())
+        refresh_all(&self.profile, &mut self.conn).await
     }
 }

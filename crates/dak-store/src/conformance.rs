@@ -1050,22 +1050,13 @@ async fn key_packages_are_kept_per_suite<S: Store>(s: &S) {
     s.put_key_packages(phone, PQ, vec![], Some(b"q-last2".to_vec()), 2)
         .await
         .unwrap();
-    let spared = s
-        .claim_key_packages(reg.account_id, &[], false, &[PQ])
-        .await
-        .unwrap();
-    assert_eq!(
-        spared.devices[0].key_package.as_deref(),
-        Some(&b"q-last2"[..])
-    );
-    let spared = s
-        .claim_key_packages(reg.account_id, &[], false, &[CLASSIC_SUITE])
-        .await
-        .unwrap();
-    assert_eq!(
-        spared.devices[0].key_package.as_deref(),
-        Some(&b"c-last"[..])
-    );
+    for (suite, last) in [(PQ, &b"q-last2"[..]), (CLASSIC_SUITE, &b"c-last"[..])] {
+        let spared = s
+            .claim_key_packages(reg.account_id, &[], false, &[suite])
+            .await
+            .unwrap();
+        assert_eq!(spared.devices[0].key_package.as_deref(), Some(last));
+    }
 
     let laptop = s
         .add_linked_device(reg.account_id, &[57; 32], "laptop", 10, 4)
