@@ -543,7 +543,7 @@ async fn audit_notices(dir: &std::path::Path, server: &str, json: bool) -> Resul
         );
     } else if audit.refused.is_empty() {
         println!(
-            "The notice log checks: {} entries ({} new since the last audit), head {}.",
+            "The notice log checks: {} entries in all, {} new since the last audit; head {}.",
             after.0,
             after.0 - before.0,
             &hex::encode(after.1)[..16]

@@ -329,7 +329,7 @@ pub fn terminal_safe(text: &str) -> String {
 pub fn encryption_line(safety: &dak_client::Safety) -> String {
     if safety.post_quantum {
         return format!(
-            "Encryption: {} ({}). A recording made today cannot be decrypted by a future quantum computer.",
+            "Encryption: {} ({}): made so that what is recorded today stays secret even from a future quantum computer.",
             safety.description, safety.suite
         );
     }
