@@ -440,15 +440,20 @@ pub(crate) async fn sync(profile: &Profile, conn: &mut Connection) -> Vec<Event>
 }
 
 async fn try_sync(profile: &Profile, conn: &mut Connection) -> Result<Vec<Event>, ClientError> {
-    sync_pages(profile, conn, MAX_PAGES, &mut |_, _| {}).await
+    sync_pages(profile, conn, MAX_PAGES, false, &mut |_, _| {}).await
 }
 
 /// `try_sync` reading at most `max_pages` pages, telling `progress` the
-/// entries checked so far and the server's length after each.
+/// entries checked so far and the server's length after each. With
+/// `refusals_only`, the accepted notices are stored but not returned (an
+/// auditor reading a long log keeps no more than the profile does).
+/// Reading stops at the length the challenge announced: every page must
+/// start where it was asked to, so a server cannot keep a reader going.
 async fn sync_pages(
     profile: &Profile,
     conn: &mut Connection,
     max_pages: usize,
+    refusals_only: bool,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Vec<Event>, ClientError> {
     let (server_key, server_len, server_head) = conn.notice_log();
@@ -461,7 +466,7 @@ async fn sync_pages(
         Some(k) if k != server_key => {
             events.push(refused(
                 "the server signs notices with a key other than the one this device pinned at \
-                 registration; its notices are not shown",
+                 registration (an auditor: at its first run); its notices are not shown",
             ));
             return Ok(events);
         }
@@ -482,15 +487,29 @@ async fn sync_pages(
             Body::NoticeLog(l) => l,
             other => return Err(unexpected(other)),
         };
+        if let Some(first) = page.entries.first() {
+            let index = v1::OperatorNotice::decode(first.notice.as_slice())
+                .map(|n| n.index)
+                .unwrap_or(u64::MAX);
+            if index != from {
+                return Err(ClientError::Protocol(format!(
+                    "asked for notices from {from}, the server answered from {index}"
+                )));
+            }
+        }
         let got = page.entries.len() as u64;
         let applied = apply_entries(profile, &page.entries)?;
         let stop = applied
             .iter()
             .any(|e| matches!(e, Event::NoticeRefused { .. }));
-        events.extend(applied);
+        events.extend(
+            applied
+                .into_iter()
+                .filter(|e| !refusals_only || matches!(e, Event::NoticeRefused { .. })),
+        );
         from += got;
         progress(from, page.length);
-        if stop || got == 0 || from >= page.length {
+        if stop || got == 0 || from >= page.length || from >= server_len {
             break;
         }
     }
@@ -513,10 +532,12 @@ pub struct NoticeAudit {
 }
 
 /// Audits a server's notice log as an outside party would, with `profile`
-/// as the auditor's memory (a profile that never registers): reads the
-/// whole log before authentication, checks every entry's signature and
-/// place, pins the notice key and the TLS certificate at the first audit,
-/// and refuses a log that does not extend the one it checked before. Run
+/// as the auditor's memory (a profile that never registers, one per
+/// server: its pins are that server's): reads the whole log before
+/// authentication, checks every entry's signature and place, pins the
+/// notice key and the TLS certificate at the first audit, and refuses a
+/// log that does not extend the one it checked before (rewritten, or
+/// shorter), or that is not what the server announced. Run
 /// it from time to time, from somewhere else than the server: a log
 /// rewritten between two audits is caught, whatever devices were told.
 /// `progress` gets the entries checked and the server's length.
@@ -536,25 +557,46 @@ pub async fn audit(
     {
         profile.set("cert", f.as_bytes())?;
     }
-    let (key, server_length, _) = conn.notice_log();
+    let (key, server_length, server_head) = conn.notice_log();
     if dak_proto::notices::notice_key(&key).is_err() {
         return Err(ClientError::Usage(
             "this server publishes no notice log (a server from before notices)".into(),
         ));
     }
     let before = log_state(profile)?;
-    let events = sync_pages(profile, &mut conn, usize::MAX, progress).await?;
+    let events = sync_pages(profile, &mut conn, usize::MAX, true, progress).await?;
     conn.close().await;
-    let refused = events
+    let after = log_state(profile)?;
+    let mut refused: Vec<String> = events
         .into_iter()
         .filter_map(|e| match e {
             Event::NoticeRefused { reason } => Some(reason),
             _ => None,
         })
         .collect();
+    if refused.is_empty() {
+        // What the server announced must be what it served.
+        if server_length < before.0 {
+            refused.push(format!(
+                "the server's log has {server_length} entries, fewer than the {} this auditor \
+                 checked before: entries were removed (or this node is behind the others; audit \
+                 again in a few seconds)",
+                before.0
+            ));
+        } else if after.0 < server_length {
+            refused.push(format!(
+                "the server announced {server_length} entries and served {}",
+                after.0
+            ));
+        } else if after.0 == server_length && server_head != after.1 {
+            refused.push(
+                "the head the server announced is not the head of the entries it served".into(),
+            );
+        }
+    }
     Ok(NoticeAudit {
         before,
-        after: log_state(profile)?,
+        after,
         server_length,
         refused,
     })

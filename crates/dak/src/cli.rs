@@ -517,7 +517,8 @@ pub(crate) fn outage_note(profile: &Profile, with_notices: bool) -> Result<Strin
     Ok(note)
 }
 
-/// `dak notices`: connects to fetch new ones (if it can), then lists all.
+/// `dak audit notices`: one audit (`dak_client::notices::audit`); fails
+/// when the log does not check.
 async fn audit_notices(dir: &std::path::Path, server: &str, json: bool) -> Result<()> {
     let profile = open(dir)?;
     let mut shown = 0;
@@ -570,6 +571,7 @@ async fn audit_notices(dir: &std::path::Path, server: &str, json: bool) -> Resul
     Ok(())
 }
 
+/// `dak notices`: connects to fetch new ones (if it can), then lists all.
 async fn notices(dir: &std::path::Path, json: bool) -> Result<()> {
     let shown = match connect_keeping_notices(dir, false).await {
         Ok(mut client) => {

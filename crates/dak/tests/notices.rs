@@ -534,9 +534,31 @@ async fn an_outside_auditor_checks_the_log_grows_and_catches_a_rewrite() {
     assert_eq!(second["before"]["length"], 3);
     assert_eq!(second["checked"]["length"], 4);
 
+    // The operator removes what it said: the log cut back to its first two
+    // entries (each a 4-byte length, then the entry). The audit fails.
+    let log = server.data.join("notices.log");
+    let bytes = std::fs::read(&log).unwrap();
+    let mut cut = 0;
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(bytes[cut..cut + 4].try_into().unwrap()) as usize;
+        cut += 4 + len;
+    }
+    std::fs::write(&log, &bytes[..cut]).unwrap();
+    wait_for_log(&server, 2).await;
+    let (ok, out, err) = audit(&server);
+    assert!(!ok, "a shortened log passed the audit: {out}");
+    let short = json_lines(&out).pop().unwrap();
+    assert!(
+        short["refused"][0]
+            .as_str()
+            .unwrap()
+            .contains("fewer than the 4"),
+        "{short} {err}"
+    );
+
     // The operator rewrites its log: the same key, as long and longer, but
     // another story. The auditor refuses it and keeps what it had checked.
-    std::fs::remove_file(server.data.join("notices.log")).unwrap();
+    std::fs::remove_file(&log).unwrap();
     for title in [
         "Nothing happened",
         "Nothing at all",
