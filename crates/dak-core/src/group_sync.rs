@@ -510,7 +510,8 @@ impl Client {
         }
         self.profile.mls(|m| {
             let suite = m.suite(&group)?;
-            let classic_because = if suite == dak_proto::mls::PQ_CIPHERSUITE {
+            let post_quantum = suite == dak_proto::mls::PQ_CIPHERSUITE;
+            let classic_because = if post_quantum {
                 Vec::new()
             } else {
                 m.members_without_pq(&group)?
@@ -518,7 +519,6 @@ impl Client {
                     .map(|d| (d.phone, d.device_id))
                     .collect()
             };
-            let post_quantum = suite == dak_proto::mls::PQ_CIPHERSUITE;
             Ok(Safety {
                 number: crate::mls::safety_number(&m.members(&group)?),
                 post_quantum,

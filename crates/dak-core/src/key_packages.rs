@@ -63,17 +63,16 @@ pub(crate) fn stocks(
 }
 
 /// Uploads enough one-time KeyPackages of `suite` to reach the target, and
-/// a last-resort one if the server has none; returns the server's count
-/// after, if anything was uploaded.
+/// a last-resort one if the server has none.
 pub(crate) async fn top_up_key_packages(
     profile: &Profile,
     conn: &mut Connection,
     suite: Ciphersuite,
     stock: &v1::KeyPackageCount,
-) -> Result<Option<v1::KeyPackageCount>, ClientError> {
+) -> Result<(), ClientError> {
     let (one_time, has_last_resort) = (stock.one_time, stock.has_last_resort);
     if one_time >= KEY_PACKAGE_LOW && has_last_resort {
-        return Ok(None);
+        return Ok(());
     }
     let want = KEY_PACKAGE_TARGET.saturating_sub(one_time) as usize;
     let (key_packages, last_resort) = profile.transaction(|p| {
@@ -94,7 +93,7 @@ pub(crate) async fn top_up_key_packages(
         }))
         .await?;
     match answer {
-        Body::KeyPackageCount(c) => Ok(Some(c)),
+        Body::KeyPackageCount(_) => Ok(()),
         other => Err(unexpected(other)),
     }
 }
@@ -160,7 +159,7 @@ impl Client {
             return Err(unexpected(answer));
         };
         let suite = suite_from_code(k.ciphersuite)
-            .filter(|s| suites.contains(s) || suites.is_empty() && *s == CIPHERSUITE)
+            .filter(|s| suites.contains(s))
             .ok_or_else(|| {
                 ClientError::Protocol(format!(
                     "the directory answered in ciphersuite {:#06x}, which was not asked for",

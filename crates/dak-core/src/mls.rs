@@ -292,11 +292,17 @@ impl<'a> Mls<'a> {
         Ok(out)
     }
 
-    fn key_package(&self, suite: Ciphersuite, last_resort: bool) -> Result<Vec<u8>, ClientError> {
+    /// One KeyPackage whose leaf says `capabilities` (this device's, read
+    /// once per batch: they come from the profile).
+    fn key_package(
+        &self,
+        suite: Ciphersuite,
+        capabilities: &Capabilities,
+        last_resort: bool,
+    ) -> Result<Vec<u8>, ClientError> {
         // A leaf must list the extensions its KeyPackage carries (RFC 9420
         // §7.2), and the last-resort marker is one.
-        let offered = self.profile.offered_suites()?;
-        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities(&offered));
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities.clone());
         if last_resort {
             builder = builder.mark_as_last_resort();
         }
@@ -309,11 +315,15 @@ impl<'a> Mls<'a> {
     /// `n` one-time KeyPackages in `suite` (their private keys stay in the
     /// profile).
     pub fn key_packages(&self, suite: Ciphersuite, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
-        (0..n).map(|_| self.key_package(suite, false)).collect()
+        let capabilities = capabilities(&self.profile.offered_suites()?);
+        (0..n)
+            .map(|_| self.key_package(suite, &capabilities, false))
+            .collect()
     }
 
     pub fn last_resort_key_package(&self, suite: Ciphersuite) -> Result<Vec<u8>, ClientError> {
-        self.key_package(suite, true)
+        let capabilities = capabilities(&self.profile.offered_suites()?);
+        self.key_package(suite, &capabilities, true)
     }
 
     pub fn has_group(&self, group: &[u8]) -> Result<bool, ClientError> {
