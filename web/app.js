@@ -236,7 +236,14 @@ function showOperatorNotice() {
   const n = ui.notice;
   box.hidden = !n;
   if (!n) return;
-  box.classList.toggle("targeted", Boolean(n.targeted || n.refused));
+  box.classList.toggle("targeted", Boolean(n.targeted || n.refused || n.kt));
+  if (n.kt) {
+    $("operator-notice-heading").textContent = t("kt_warning_heading");
+    const p = document.createElement("p");
+    p.textContent = n.kt;
+    $("operator-notice-body").replaceChildren(p);
+    return;
+  }
   if (n.refused) {
     $("operator-notice-heading").textContent = t("notice_refused_heading");
     const p = document.createElement("p");
@@ -1039,6 +1046,14 @@ function encryptionLine(safety) {
   return t("safety_classic", { suite: safety.suite, devices });
 }
 
+// What the key directory showed for the contact (`dak safety`'s "Keys:").
+function keyTransparencyLine(safety) {
+  const kt = safety.key_transparency || { state: "not_offered" };
+  if (kt.state === "verified") return t("safety_kt_verified", { epoch: kt.epoch });
+  if (kt.state === "failed") return t("safety_kt_failed", { reason: kt.reason });
+  return t("safety_kt_none");
+}
+
 function showSafetyNotice() {
   const notice = $("safety-notice");
   const phone = ui.open && ui.changedSafety.get(ui.open);
@@ -1051,6 +1066,7 @@ async function showSafetyNumber() {
   const chat = ui.open;
   digits.textContent = "…";
   $("safety-suite").textContent = "";
+  $("safety-kt").textContent = "";
   try {
     const safety = JSON.parse(await ui.client.safetyNumber(chat));
     ui.changedSafety.delete(chat);
@@ -1058,6 +1074,7 @@ async function showSafetyNumber() {
     if (ui.open === chat) {
       digits.textContent = safety.number;
       $("safety-suite").textContent = encryptionLine(safety);
+      $("safety-kt").textContent = keyTransparencyLine(safety);
     }
     showSafetyNotice();
   } catch (e) {
@@ -1217,6 +1234,10 @@ function onEvent(json) {
       break;
     case "notice_refused":
       ui.notice = { refused: event.reason };
+      showOperatorNotice();
+      break;
+    case "key_transparency":
+      ui.notice = { kt: event.warning };
       showOperatorNotice();
       break;
     case "security_notice":

@@ -7,18 +7,21 @@
 //!   and connecting with `WsTransport`.
 //! - `sqlite_profile`: `SqliteProfile`, the profile on disk, and
 //!   `open_profile`.
+//! - `kt_audit`: the outside auditor of a server's key directory, with
+//!   akd's append-only check (which does not build for the browser).
 //!
 //! Everything else (conversations, ticks, groups, MLS) is `dak_core`,
 //! re-exported here under the names the CLI has always used.
 
 pub mod blobs;
 mod env;
+pub mod kt_audit;
 mod legacy_mls;
 pub mod sqlite_profile;
 pub mod transport;
 
 pub use dak_core::{
-    Attachment, BusinessView, HistoryLimits, HistoryShared, NoticeView, business, human_size,
+    Attachment, BusinessView, HistoryLimits, HistoryShared, NoticeView, business, human_size, kt,
     notices, parse_group_key,
 };
 pub use dak_core::{

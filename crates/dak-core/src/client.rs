@@ -77,7 +77,10 @@ impl Client {
             .call(Request::ApproveLink(v1::ApproveLink { code: code.into() }))
             .await?
         {
-            Body::DeviceLinked(d) => Ok(d),
+            Body::DeviceLinked(d) => {
+                crate::kt::approved(&self.profile, d.device_id, &d.identity_key)?;
+                Ok(d)
+            }
             other => Err(unexpected(other)),
         }
     }

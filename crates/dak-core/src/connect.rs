@@ -309,6 +309,8 @@ impl Client {
             return Err((profile, e));
         }
 
+        let mut notices = notices;
+        notices.extend(crate::kt::monitor(&profile, &mut conn, reg.device_id).await);
         let mut client = Client {
             profile,
             conn,

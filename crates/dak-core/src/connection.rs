@@ -26,6 +26,8 @@ pub struct Connection {
     /// The notice key and log the challenge announced (`notices.rs`).
     notice_key: Vec<u8>,
     notice_log: (u64, Vec<u8>),
+    /// The key directory's VRF key the challenge announced (`kt.rs`).
+    key_directory_key: Vec<u8>,
     pushes: VecDeque<Body>,
 }
 
@@ -53,6 +55,7 @@ impl Connection {
             nonce: challenge.nonce,
             notice_key: challenge.notice_key,
             notice_log: (challenge.notice_log_length, challenge.notice_log_head),
+            key_directory_key: challenge.key_directory_key,
             pushes: VecDeque::new(),
         })
     }
@@ -66,6 +69,11 @@ impl Connection {
             self.notice_log.0,
             self.notice_log.1.clone(),
         )
+    }
+
+    /// The key directory's VRF key (empty: a server without one).
+    pub fn key_directory_key(&self) -> &[u8] {
+        &self.key_directory_key
     }
 
     /// Signs this connection's challenge for `purpose`.

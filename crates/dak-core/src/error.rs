@@ -34,6 +34,11 @@ pub enum ClientError {
         "this device has lost the encryption state of conversation {0}; it will start a new one on the next message, or link this device again (`dak link`) to recover"
     )]
     GroupMissing(String),
+    /// The server's keys for a number did not match its key directory's
+    /// proofs (or the directory went back): nothing from that answer was
+    /// used (`kt.rs`).
+    #[error("key transparency: {0}")]
+    KeyTransparency(String),
 }
 
 impl ClientError {

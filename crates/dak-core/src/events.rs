@@ -74,6 +74,13 @@ pub enum Event {
     /// key this device pinned and in the log it checked (`notices.rs`).
     /// Show it where no chat message can appear.
     OperatorNotice(crate::notices::NoticeView),
+    /// Key transparency found something the user must know about their
+    /// own number (a device key they may not have added) or could not
+    /// check it (`kt.rs`). Show it where no chat message can appear.
+    KeyTransparency {
+        phone: String,
+        warning: String,
+    },
     /// The server showed a notice this device could not check (a forged
     /// signature, a notice missing from the log, a rewritten log): it is
     /// not shown; the user is told that it was refused.

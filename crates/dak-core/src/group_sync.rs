@@ -56,6 +56,9 @@ pub struct Safety {
     /// server from before post-quantum suites does; a server that keeps
     /// them has weakened the chat (the server picks the suite, §9.2).
     pub server_chose_classic: bool,
+    /// What the key directory showed for the contact's number (`kt.rs`):
+    /// verified, not offered by this server, or refused with the reason.
+    pub key_transparency: crate::kt::KtStatus,
 }
 
 impl Client {
@@ -503,11 +506,16 @@ impl Client {
     pub async fn safety(&mut self, peer: &str) -> Result<Safety, ClientError> {
         let peer = ConversationId::Direct(phone(peer)?);
         let mut group = self.group_with(&peer).await?;
-        self.reconcile(&group).await?;
+        // A key-directory refusal is what safety must show, not an error.
+        match self.reconcile(&group).await {
+            Err(ClientError::KeyTransparency(_)) | Ok(_) => {}
+            Err(e) => return Err(e),
+        }
         if self.profile.group_for(peer.key().as_str())? != Some(group.clone()) {
             // It moved to a group in another suite (`reconcile`).
             group = self.group_with(&peer).await?;
         }
+        let key_transparency = crate::kt::status(&self.profile, peer.key().as_str())?;
         self.profile.mls(|m| {
             let suite = m.suite(&group)?;
             let post_quantum = suite == dak_proto::mls::PQ_CIPHERSUITE;
@@ -526,6 +534,7 @@ impl Client {
                 suite: format!("{suite:?}"),
                 description: dak_proto::mls::suite_description(suite),
                 classic_because,
+                key_transparency,
             })
         })
     }

@@ -166,6 +166,7 @@ impl Client {
                     k.ciphersuite
                 ))
             })?;
+        crate::kt::check_key_packages(&self.profile, &self.conn, &k)?;
         let mut fetched = Fetched {
             active: k.devices.iter().map(|d| d.device_id).collect(),
             packages: Vec::new(),

@@ -57,6 +57,7 @@ pub mod ids;
 mod incoming;
 pub mod journal;
 mod key_packages;
+pub mod kt;
 pub mod media;
 pub mod memory;
 pub mod mls;

@@ -187,7 +187,11 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
             short_text("device_name", &r.device_name)
         }
         Request::ApproveLink(r) => short_text("code", &r.code),
-        Request::ListDevices(_) | Request::RemoveDevice(_) | Request::GetNotices(_) => Ok(()),
+        Request::ListDevices(_)
+        | Request::RemoveDevice(_)
+        | Request::GetNotices(_)
+        | Request::GetKeyHistory(_)
+        | Request::GetKeyAudit(_) => Ok(()),
         Request::BlockAccount(r) => short_text("phone", &r.phone),
         Request::ReportAccount(r) => short_text("phone", &r.phone),
         Request::UploadKeyPackages(r) => {

@@ -9,6 +9,7 @@ mod codec;
 pub mod content;
 pub mod interactive;
 pub mod invite;
+pub mod kt;
 pub mod mls;
 pub mod notices;
 mod phone;

@@ -30,6 +30,10 @@ pub struct Config {
     /// first start) [default: DATA/notice.key]. Every node of a cluster
     /// must have the same one, as with the TLS certificate.
     pub notice_key: Option<PathBuf>,
+    /// The key directory's VRF key (32 raw bytes, made at first start)
+    /// [default: DATA/kt-vrf.key]. Every node of a cluster must have the
+    /// same one: devices pin its public half at registration.
+    pub kt_key: Option<PathBuf>,
     /// The signed, append-only notice log that `dak admin notice` writes
     /// and the server serves [default: DATA/notices.log]. A cluster's nodes
     /// read one shared file (or identical copies).
@@ -185,6 +189,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             notice_key: None,
+            kt_key: None,
             notices: None,
             notice_deadline: Duration::from_secs(72 * 3600),
             web: None,
@@ -331,6 +336,13 @@ impl Config {
             .unwrap_or_else(|| self.data.join("notice.key"))
     }
 
+    /// Where the key directory's VRF key lives.
+    pub fn kt_key_path(&self) -> PathBuf {
+        self.kt_key
+            .clone()
+            .unwrap_or_else(|| self.data.join("kt-vrf.key"))
+    }
+
     /// Where the notice log lives; targeted notices are in a file beside it.
     pub fn notices_path(&self) -> PathBuf {
         self.notices
@@ -445,6 +457,7 @@ const ENV_KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "notice_key",
+    "kt_key",
     "notices",
     "notice_deadline",
     "web",
@@ -543,6 +556,7 @@ mod tests {
             tls_key: Some("k".into()),
             web: Some("w".into()),
             notice_key: Some("nk".into()),
+            kt_key: Some("kk".into()),
             notices: Some("n".into()),
             linked_device_max_age: Some(Duration::from_secs(1)),
             metrics_listen: Some("127.0.0.1:1".parse().unwrap()),

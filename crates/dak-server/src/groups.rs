@@ -424,8 +424,13 @@ pub async fn fetch_key_packages(
         .store
         .claim_key_packages(account.id, &req.known_devices, fresh_one_time, &suites)
         .await?;
+    // After the claim: every device it names is in the set the proof shows
+    // (a device revoked in between is the one exception, and the caller
+    // leaves it out until it fetches again).
+    let key_directory = Some(state.kt.lookup(&phone).await?);
     Ok(v1::KeyPackages {
         phone,
+        key_directory,
         ciphersuite: u32::from(claimed.suite),
         devices: claimed
             .devices

@@ -13,6 +13,7 @@ mod error;
 mod groups;
 mod http;
 mod inbox;
+pub mod kt;
 mod linking;
 mod mailbox;
 mod media;
@@ -152,6 +153,8 @@ impl Server {
         let notices =
             notices::NoticeBoard::open(&config.notice_key_path(), &config.notices_path())?;
         notices.spawn_poll();
+        let kt_seed = notices::load_or_create_key(&config.kt_key_path())?.to_bytes();
+        let kt = kt::KeyDirectory::open(store.clone(), kt_seed).await?;
         let state = AppState::new(
             config.clone(),
             store,
@@ -161,6 +164,7 @@ impl Server {
             shutdown_rx,
             probes,
             notices,
+            kt,
         );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -100,6 +100,7 @@ pub async fn approve(state: &AppState, approver: &Device, raw_code: &str) -> Api
             state.config.max_linked_devices,
         )
         .await?;
+    state.kt.device_changed(&approver.phone).await;
     state.bus.publish(&dak_bus::link_topic(&code));
     tracing::info!(
         account = approver.account_id,

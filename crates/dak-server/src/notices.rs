@@ -64,7 +64,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
                 .with_context(|| format!("cannot create the notice key {}", path.display()))?;
             file.write_all(&key.to_bytes())?;
             file.sync_all()?;
-            tracing::info!(path = %path.display(), "made the operator's notice key");
+            tracing::info!(path = %path.display(), "made a signing key (the notice key or the key directory's VRF key)");
             Ok(key)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read the notice key {}", path.display())),

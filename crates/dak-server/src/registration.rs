@@ -202,6 +202,7 @@ pub async fn verify(
         .register_primary(&phone, &req.identity_key, &name, now)
         .await?;
     state.store.delete_verifications(&phone).await?;
+    state.kt.device_changed(&phone).await;
     for old in &reg.revoked {
         state.bus.publish(&dak_bus::revoke_topic(*old));
     }
@@ -343,6 +344,7 @@ pub async fn authenticate(
             .store
             .revoke_device(device.id, RevokeReason::LinkExpired)
             .await?;
+        state.kt.device_changed(&device.phone).await;
         return Err(revoked_error(RevokeReason::LinkExpired));
     }
     state.store.touch_device(device.id, now_ms()).await?;

@@ -280,6 +280,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
             notice_key: state.notices.key().to_bytes().to_vec(),
             notice_log_length: log.chain.length,
             notice_log_head: log.chain.head.to_vec(),
+            key_directory_key: state.kt.public_key().to_vec(),
         }))
         .await;
     drop(log);
@@ -844,6 +845,23 @@ impl Session {
             // Public, and allowed before authentication: a device checks the
             // log it is shown before it trusts a notice.
             Request::GetNotices(r) => Ok(Body::NoticeLog(self.state.notices.page(r.from))),
+            // Public too, for outside auditors that never register.
+            Request::GetKeyAudit(r) => {
+                let prefix = self.state.prefix(ip);
+                self.state.kt_audits.check(prefix).map_err(|secs| {
+                    self.state.limited(
+                        "kt_audits",
+                        "too many key-directory proofs from this network; slow down",
+                        secs,
+                    )
+                })?;
+                Ok(Body::KeyAudit(self.state.kt.audit(r.from).await?))
+            }
+            // A device's own number only: monitoring, not discovery.
+            Request::GetKeyHistory(_) => {
+                let phone = self.device()?.phone.clone();
+                Ok(Body::KeyHistory(self.state.kt.history(&phone).await?))
+            }
             Request::ListDevices(_) => {
                 let account = self.device()?.account_id;
                 let devices = self.state.store.devices_of(account).await?;
@@ -939,6 +957,7 @@ impl Session {
             .store
             .revoke_device(target, RevokeReason::Removed)
             .await?;
+        self.state.kt.device_changed(&me.phone).await;
         self.state.bus.publish(&dak_bus::revoke_topic(target));
         Ok(())
     }
@@ -1214,6 +1233,8 @@ impl Session {
                     .await
                 {
                     tracing::warn!(error = %e, "cannot expire linked device; will retry at next connect");
+                } else {
+                    self.state.kt.device_changed(&device.phone).await;
                 }
                 self.notify_revoked(RevokeReason::LinkExpired).await
             }

@@ -59,6 +59,11 @@ pub struct Inner {
     pub probes: Probes,
     /// The operator's signed notice log (`notices.rs`).
     pub notices: Arc<crate::notices::NoticeBoard>,
+    /// The key directory (`kt.rs`).
+    pub kt: Arc<crate::kt::KeyDirectory>,
+    /// Append-only proofs asked for per network (`GetKeyAudit`, before
+    /// authentication).
+    pub kt_audits: Limiter<IpPrefix>,
     /// The fast path is on: the store hands committed envelopes to
     /// `online` (in commit order), and with a bus that reaches no other
     /// node, nobody needs a mail wake.
@@ -92,6 +97,7 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
         probes: Probes,
         notices: Arc<crate::notices::NoticeBoard>,
+        kt: Arc<crate::kt::KeyDirectory>,
     ) -> Self {
         let online = Arc::new(Online::default());
         // Only on one node: in a cluster a device's connection may be on
@@ -122,6 +128,10 @@ impl AppState {
                 config.links_per_ip_per_hour,
             ),
             rejected_logs: Limiter::per_second(10, 50),
+            // Not configurable: an auditor catching up reads one epoch a
+            // request, and 20 a second per network is a day's epochs in a
+            // minute while bounding what a flood of proofs costs the store.
+            kt_audits: Limiter::per_second(20, 200),
             transfers: Arc::new(tokio::sync::Semaphore::new(config.max_transfers as usize)),
             media_networks: Default::default(),
             media_requests: Limiter::per_second(
@@ -149,6 +159,7 @@ impl AppState {
             shutdown,
             probes,
             notices,
+            kt,
         }))
     }
 }
@@ -304,6 +315,9 @@ mod tests {
                 &dir.path().join("notices.log"),
             )
             .unwrap(),
+            crate::kt::KeyDirectory::open(Arc::new(store.clone()), [7; 32])
+                .await
+                .unwrap(),
         );
         expire_once(&state).await;
         let rendered = state.metrics.render();

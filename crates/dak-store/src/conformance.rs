@@ -52,6 +52,7 @@ pub async fn run_all<S: Store + Clone>(s: &S) {
     blobs_fill_in_order_and_wait_for_their_fetchers(s).await;
     racing_uploads_never_pass_the_media_quota(s).await;
     a_new_business_name_needs_verifying_again(s).await;
+    key_directory_advances_once_per_epoch(s).await;
 }
 
 /// Runs `n` calls of `f` at once, each on its own clone of the store, and
@@ -1987,4 +1988,106 @@ async fn racing_uploads_never_pass_the_media_quota<S: Store + Clone>(s: &S) {
             .unwrap(),
         BlobCreated::AccountQuota { used: 1_900 }
     );
+}
+
+/// The key-transparency directory's storage: records and value states are
+/// upserted and read back; an epoch advances only from where it is, so of
+/// two nodes publishing from the same epoch exactly one writes anything.
+async fn key_directory_advances_once_per_epoch<S: Store + Clone>(s: &S) {
+    assert_eq!(s.kt_epoch().await.unwrap(), 0);
+    let record = |id: u8, body: &[u8]| KtRecord {
+        kind: 2,
+        id: vec![id; 3],
+        body: body.to_vec(),
+    };
+    let state = |label: &[u8], epoch: u64| KtValueState {
+        label: label.to_vec(),
+        epoch,
+        version: epoch,
+        body: vec![epoch as u8; 5],
+    };
+    // The directory's first records come without an epoch (akd's setup).
+    assert!(
+        s.kt_write(vec![record(1, b"root")], vec![], None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.kt_write(
+            vec![record(1, b"root-1"), record(2, b"leaf")],
+            vec![state(b"+919800000001", 1)],
+            Some((0, 1)),
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.kt_epoch().await.unwrap(), 1);
+    // Racing advances from epoch 1: exactly one wins, the others write nothing.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let won = race(s, 6, |s| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let won = s
+                .kt_write(
+                    vec![KtRecord {
+                        kind: 2,
+                        id: vec![3; 3],
+                        body: vec![i],
+                    }],
+                    vec![KtValueState {
+                        label: b"+919800000002".to_vec(),
+                        epoch: 2,
+                        version: 2,
+                        body: vec![2; 5],
+                    }],
+                    Some((1, 2)),
+                )
+                .await
+                .unwrap();
+            (won, i)
+        }
+    })
+    .await;
+    let winners: Vec<u8> = won.iter().filter(|w| w.0).map(|w| w.1).collect();
+    assert_eq!(winners.len(), 1, "{won:?}");
+    let winner = winners[0];
+    assert_eq!(s.kt_epoch().await.unwrap(), 2);
+    let mut read = s
+        .kt_records(2, &[vec![1; 3], vec![2; 3], vec![3; 3], vec![9; 3]])
+        .await
+        .unwrap();
+    read.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        read,
+        vec![
+            record(1, b"root-1"),
+            record(2, b"leaf"),
+            record(3, &[winner])
+        ]
+    );
+    assert!(s.kt_records(1, &[vec![1; 3]]).await.unwrap().is_empty());
+    // A stale advance (from an epoch already passed) writes nothing.
+    assert!(
+        !s.kt_write(
+            vec![record(4, b"x")],
+            vec![state(b"+919800000003", 1)],
+            Some((0, 1))
+        )
+        .await
+        .unwrap()
+    );
+    assert!(s.kt_records(2, &[vec![4; 3]]).await.unwrap().is_empty());
+    // A label's states come back oldest first; other labels' do not.
+    s.kt_write(vec![], vec![state(b"+919800000001", 3)], Some((2, 3)))
+        .await
+        .unwrap();
+    let states = s
+        .kt_states(&[b"+919800000001".to_vec(), b"+919800000003".to_vec()])
+        .await
+        .unwrap();
+    assert_eq!(
+        states,
+        vec![state(b"+919800000001", 1), state(b"+919800000001", 3)]
+    );
+    assert!(s.kt_states(&vec![vec![0]; KT_MAX_READ + 1]).await.is_err());
 }

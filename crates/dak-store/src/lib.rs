@@ -745,6 +745,31 @@ pub struct BlobSegment {
     pub write: u64,
 }
 
+/// One record of the key-transparency directory (akd's storage: the tree's
+/// nodes and its head), opaque to the store: `kind` and `id` are akd's
+/// storage type and binary key, `body` its encoding (dak-server's `kt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtRecord {
+    pub kind: u8,
+    pub id: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// One version of one label's value in the key-transparency directory
+/// (akd's `ValueState`), kept by (label, epoch) so that a label's whole
+/// history reads in one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtValueState {
+    pub label: Vec<u8>,
+    pub epoch: u64,
+    pub version: u64,
+    pub body: Vec<u8>,
+}
+
+/// The most labels or records one key-transparency read may name; longer
+/// lists are the caller's bug and are refused before any query.
+pub const KT_MAX_READ: usize = 4096;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Installs the listener told of every committed envelope, under
@@ -1035,6 +1060,36 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_blob(&self, id: &[u8]) -> Result<Vec<BlobSegment>>;
     /// Ids of blobs past their `expires_ms`, at most `limit`.
     async fn expired_blobs(&self, now_ms: i64, limit: u32) -> Result<Vec<Vec<u8>>>;
+
+    // Key transparency (PROTOCOL.md §18): akd's directory, stored here so
+    // that every node of a cluster serves the same one.
+    /// Writes `records` and `states` (upserts) in one transaction. With
+    /// `advance` = (from, to), the directory's epoch moves from `from` to
+    /// `to` in the same transaction, only if it is at `from` now: else
+    /// nothing is written and the answer is false (another node published
+    /// first). A directory that was never advanced is at epoch 0.
+    async fn kt_write(
+        &self,
+        records: Vec<KtRecord>,
+        states: Vec<KtValueState>,
+        advance: Option<(u64, u64)>,
+    ) -> Result<bool>;
+    /// The records of `kind` with these ids (those that exist, any order).
+    async fn kt_records(&self, kind: u8, ids: &[Vec<u8>]) -> Result<Vec<KtRecord>>;
+    /// Every value state of these labels, oldest epoch first per label.
+    async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtValueState>>;
+    /// The directory's published epoch (0: never published).
+    async fn kt_epoch(&self) -> Result<u64>;
+}
+
+/// Refuses a key-transparency read of more than `KT_MAX_READ` ids.
+pub(crate) fn kt_check_read(n: usize) -> Result<()> {
+    if n > KT_MAX_READ {
+        return Err(StoreError::Backend(format!(
+            "a key-transparency read of {n} rows; at most {KT_MAX_READ} at once"
+        )));
+    }
+    Ok(())
 }
 
 /// The wall clock in milliseconds, for rows whose caller passes no time

@@ -215,6 +215,20 @@ const SCHEMA: &[&str] = &[
         blob_id BYTEA NOT NULL,
         device_id BIGINT NOT NULL,
         PRIMARY KEY (blob_id, device_id))",
+    "CREATE TABLE IF NOT EXISTS kt_records (
+        kind SMALLINT NOT NULL,
+        id BYTEA NOT NULL,
+        body BYTEA NOT NULL,
+        PRIMARY KEY (kind, id))",
+    "CREATE TABLE IF NOT EXISTS kt_states (
+        label BYTEA NOT NULL,
+        epoch BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        body BYTEA NOT NULL,
+        PRIMARY KEY (label, epoch))",
+    "CREATE TABLE IF NOT EXISTS kt_head (
+        id SMALLINT PRIMARY KEY CHECK (id = 1),
+        epoch BIGINT NOT NULL)",
 ];
 
 #[derive(Clone)]
@@ -1817,5 +1831,112 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)
+    }
+
+    async fn kt_write(
+        &self,
+        records: Vec<KtRecord>,
+        states: Vec<KtValueState>,
+        advance: Option<(u64, u64)>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        if let Some((from, to)) = advance {
+            sqlx::query("INSERT INTO kt_head (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING")
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            // The row lock taken here holds until the commit: a second
+            // node's advance from the same epoch waits, then finds the
+            // epoch moved and writes nothing.
+            let moved = sqlx::query("UPDATE kt_head SET epoch = $2 WHERE id = 1 AND epoch = $1")
+                .bind(from as i64)
+                .bind(to as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+            if moved == 0 {
+                return Ok(false);
+            }
+        }
+        if !records.is_empty() {
+            let kinds: Vec<i16> = records.iter().map(|r| i16::from(r.kind)).collect();
+            let ids: Vec<Vec<u8>> = records.iter().map(|r| r.id.clone()).collect();
+            let bodies: Vec<Vec<u8>> = records.into_iter().map(|r| r.body).collect();
+            sqlx::query(
+                "INSERT INTO kt_records (kind, id, body)
+                 SELECT * FROM UNNEST($1::SMALLINT[], $2::BYTEA[], $3::BYTEA[])
+                 ON CONFLICT (kind, id) DO UPDATE SET body = EXCLUDED.body",
+            )
+            .bind(kinds)
+            .bind(ids)
+            .bind(bodies)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        if !states.is_empty() {
+            let labels: Vec<Vec<u8>> = states.iter().map(|v| v.label.clone()).collect();
+            let epochs: Vec<i64> = states.iter().map(|v| v.epoch as i64).collect();
+            let versions: Vec<i64> = states.iter().map(|v| v.version as i64).collect();
+            let bodies: Vec<Vec<u8>> = states.into_iter().map(|v| v.body).collect();
+            sqlx::query(
+                "INSERT INTO kt_states (label, epoch, version, body)
+                 SELECT * FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[], $4::BYTEA[])
+                 ON CONFLICT (label, epoch) DO UPDATE SET version = EXCLUDED.version, body = EXCLUDED.body",
+            )
+            .bind(labels)
+            .bind(epochs)
+            .bind(versions)
+            .bind(bodies)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn kt_records(&self, kind: u8, ids: &[Vec<u8>]) -> Result<Vec<KtRecord>> {
+        kt_check_read(ids.len())?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT id, body FROM kt_records WHERE kind = $1 AND id = ANY($2)")
+                .bind(i16::from(kind))
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, body)| KtRecord { kind, id, body })
+            .collect())
+    }
+
+    async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtValueState>> {
+        kt_check_read(labels.len())?;
+        let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT label, epoch, version, body FROM kt_states WHERE label = ANY($1) ORDER BY label, epoch",
+        )
+        .bind(labels)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(label, epoch, version, body)| KtValueState {
+                label,
+                epoch: epoch as u64,
+                version: version as u64,
+                body,
+            })
+            .collect())
+    }
+
+    async fn kt_epoch(&self) -> Result<u64> {
+        let epoch: Option<i64> = sqlx::query_scalar("SELECT epoch FROM kt_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(epoch.unwrap_or(0) as u64)
     }
 }

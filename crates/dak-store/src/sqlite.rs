@@ -231,6 +231,23 @@ CREATE TABLE IF NOT EXISTS blob_fetchers (
     device_id INTEGER NOT NULL,
     PRIMARY KEY (blob_id, device_id)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kt_records (
+    kind INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (kind, id)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kt_states (
+    label BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (label, epoch)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kt_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL
+) STRICT;
 "#;
 
 #[derive(Clone)]
@@ -2087,6 +2104,117 @@ impl Store for SqliteStore {
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)
+        })
+        .await
+    }
+
+    async fn kt_write(
+        &self,
+        records: Vec<KtRecord>,
+        states: Vec<KtValueState>,
+        advance: Option<(u64, u64)>,
+    ) -> Result<bool> {
+        self.write_keeping_cache(move |c| {
+            if let Some((from, to)) = advance {
+                c.execute("INSERT INTO kt_head (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING", [])
+                    .map_err(backend)?;
+                let moved = c
+                    .execute(
+                        "UPDATE kt_head SET epoch = ?2 WHERE id = 1 AND epoch = ?1",
+                        params![from as i64, to as i64],
+                    )
+                    .map_err(backend)?;
+                if moved == 0 {
+                    return Ok(false);
+                }
+            }
+            let mut put = c
+                .prepare_cached(
+                    "INSERT INTO kt_records (kind, id, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+                )
+                .map_err(backend)?;
+            for r in &records {
+                put.execute(params![r.kind, r.id, r.body]).map_err(backend)?;
+            }
+            let mut put = c
+                .prepare_cached(
+                    "INSERT INTO kt_states (label, epoch, version, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (label, epoch) DO UPDATE SET version = excluded.version, body = excluded.body",
+                )
+                .map_err(backend)?;
+            for v in &states {
+                put.execute(params![v.label, v.epoch as i64, v.version as i64, v.body])
+                    .map_err(backend)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn kt_records(&self, kind: u8, ids: &[Vec<u8>]) -> Result<Vec<KtRecord>> {
+        kt_check_read(ids.len())?;
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT body FROM kt_records WHERE kind = ?1 AND id = ?2")
+                .map_err(backend)?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                let body: Option<Vec<u8>> = stmt
+                    .query_row(params![kind, id], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(body) = body {
+                    found.push(KtRecord { kind, id, body });
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtValueState>> {
+        kt_check_read(labels.len())?;
+        let labels = labels.to_vec();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT epoch, version, body FROM kt_states WHERE label = ?1 ORDER BY epoch",
+                )
+                .map_err(backend)?;
+            let mut found = Vec::new();
+            for label in labels {
+                let rows = stmt
+                    .query_map([&label], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(backend)?;
+                found.extend(rows.into_iter().map(|(epoch, version, body)| KtValueState {
+                    label: label.clone(),
+                    epoch: epoch as u64,
+                    version: version as u64,
+                    body,
+                }));
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn kt_epoch(&self) -> Result<u64> {
+        self.read(|c| {
+            let epoch: Option<i64> = c
+                .query_row("SELECT epoch FROM kt_head WHERE id = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            Ok(epoch.unwrap_or(0) as u64)
         })
         .await
     }

@@ -555,6 +555,7 @@ impl Engine {
                             "suite": s.suite,
                             "classic_because": because,
                             "server_chose_classic": s.server_chose_classic,
+                            "key_transparency": s.key_transparency,
                         })
                     }),
                 )
@@ -807,6 +808,12 @@ impl Engine {
                 Event::NoticeRefused { reason } => (self.emit)(json!({
                     "type": "notice_refused",
                     "reason": reason,
+                })),
+                // In the same banner: about the user's own number.
+                Event::KeyTransparency { phone, warning } => (self.emit)(json!({
+                    "type": "key_transparency",
+                    "phone": phone,
+                    "warning": warning,
                 })),
                 _ => {}
             }

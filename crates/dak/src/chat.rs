@@ -227,6 +227,9 @@ impl Chat {
             Event::NoticeRefused { reason } => {
                 self.status = format!("▌ a notice from the server was refused: {reason}")
             }
+            Event::KeyTransparency { warning, .. } => {
+                self.status = format!("▌ ⚠ key transparency: {warning}")
+            }
         }
     }
 

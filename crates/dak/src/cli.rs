@@ -256,6 +256,16 @@ enum AuditWhat {
         #[arg(long, env = "DAK_SERVER", required = true, value_delimiter = ',')]
         server: Vec<String>,
     },
+    /// The key directory (key transparency): checks that every epoch since
+    /// the one checked last time only added to the directory (akd's
+    /// append-only proofs), and fails if its history was rewritten or cut.
+    /// Devices trust a contact's keys because auditors run this.
+    Keys {
+        /// Server address; repeat it (or separate with commas) for a
+        /// cluster's nodes.
+        #[arg(long, env = "DAK_SERVER", required = true, value_delimiter = ',')]
+        server: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -364,6 +374,9 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Audit {
             what: AuditWhat::Notices { server },
         } => audit_notices(&dir, &server.join(","), json).await,
+        Command::Audit {
+            what: AuditWhat::Keys { server },
+        } => audit_keys(&dir, &server.join(","), json).await,
         Command::Listen => listen(&dir, json).await,
         Command::Read { all, ids } => read(&dir, all, &ids, json).await,
         Command::Status { id } => status(&dir, &id, json),
@@ -566,6 +579,46 @@ async fn audit_notices(dir: &std::path::Path, server: &str, json: bool) -> Resul
              (kept: {} entries, head {})",
             after.0,
             &hex::encode(after.1)[..16]
+        );
+    }
+    Ok(())
+}
+
+/// `dak audit keys`: one audit of the key directory
+/// (`dak_client::kt_audit::audit`); fails when a step does not check.
+async fn audit_keys(dir: &std::path::Path, server: &str, json: bool) -> Result<()> {
+    let profile = open(dir)?;
+    let mut shown = 0;
+    let mut progress = |checked: u64, latest: u64| {
+        // Long catch-ups say how far they are, on stderr, every 100 epochs.
+        if !json && checked >= shown + 100 {
+            shown = checked;
+            eprintln!("checked epoch {checked} of {latest}…");
+        }
+    };
+    let audit = dak_client::kt_audit::audit(&profile, server, &mut progress).await?;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "ok": audit.problem.is_none(),
+                "before": audit.before,
+                "checked": audit.after,
+                "latest": audit.latest,
+                "problem": audit.problem,
+            })
+        );
+    } else if audit.problem.is_none() {
+        println!(
+            "The key directory checks: every epoch up to {} only added to the one before ({} new since the last audit).",
+            audit.after,
+            audit.after - audit.before
+        );
+    }
+    if let Some(problem) = audit.problem {
+        bail!(
+            "the key directory does not check: {problem} (checked up to epoch {})",
+            audit.after
         );
     }
     Ok(())
@@ -1150,6 +1203,7 @@ async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
                 "ciphersuite": safety.suite,
                 "classic_because": classic_because,
                 "server_chose_classic": safety.server_chose_classic,
+                "key_transparency": safety.key_transparency,
             })
         );
     } else {
@@ -1161,6 +1215,7 @@ async fn safety(dir: &std::path::Path, phone: &str, json: bool) -> Result<()> {
             "\nIt matches on both phones if nobody is in between. It changes when either of you adds or removes a device."
         );
         println!("\n{}", crate::show::encryption_line(&safety));
+        println!("{}", crate::show::key_transparency_line(&safety));
     }
     client.close().await;
     Ok(())

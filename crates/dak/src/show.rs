@@ -295,6 +295,7 @@ pub fn notice_text(event: &Event) -> Option<String> {
         Event::NoticeRefused { reason } => {
             format!("▌ ✖ A notice from the server was refused and is not shown: {reason}")
         }
+        Event::KeyTransparency { warning, .. } => format!("▌ ⚠ KEY TRANSPARENCY: {warning}"),
         Event::Message(_) | Event::Tick { .. } | Event::QueueEmpty => return None,
     })
 }
@@ -352,6 +353,24 @@ pub fn encryption_line(safety: &dak_client::Safety) -> String {
         "Encryption: {} ({}), not post-quantum: {why}.",
         safety.description, safety.suite
     )
+}
+
+/// What the key directory showed for the contact's number (`dak safety`).
+pub fn key_transparency_line(safety: &dak_client::Safety) -> String {
+    match &safety.key_transparency {
+        dak_client::kt::KtStatus::Verified { epoch } => format!(
+            "Keys: verified by key transparency (the server's public key directory, epoch {epoch}, \
+             lists exactly the devices in this chat's keys)."
+        ),
+        dak_client::kt::KtStatus::NotOffered => {
+            "Keys: not verified by key transparency (this server keeps no key directory); compare \
+             the safety number in person."
+                .to_string()
+        }
+        dak_client::kt::KtStatus::Failed { reason } => format!(
+            "Keys: ✖ KEY TRANSPARENCY FAILED. Nothing was sent to the keys in question. {reason}"
+        ),
+    }
 }
 
 pub fn notice_frame(n: &dak_client::NoticeView) -> String {
@@ -446,6 +465,9 @@ fn event_json(event: &Event) -> Option<serde_json::Value> {
             v
         }
         Event::NoticeRefused { reason } => json!({"type": "notice_refused", "reason": reason}),
+        Event::KeyTransparency { phone, warning } => {
+            json!({"type": "key_transparency", "phone": phone, "warning": warning})
+        }
         Event::QueueEmpty => return None,
     })
 }

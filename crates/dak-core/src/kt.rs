@@ -1,0 +1,452 @@
+//! Key transparency on the device (PROTOCOL.md §18): the checks that keep
+//! the server from swapping or adding a device key unseen.
+//!
+//! Invariants:
+//! - The directory's VRF key is pinned at the first connection that
+//!   announces one (registration, in practice); a later connection with
+//!   another key fails every check, it does not replace the pin.
+//! - Every KeyPackages answer from a server with a directory carries a
+//!   lookup proof; every device in the answer must be in the device set
+//!   it proves, with the same key, or the whole answer is refused
+//!   (`ClientError::KeyTransparency`) and nothing is added to any group.
+//! - The directory never goes back: an answer at an epoch below the
+//!   highest this device has seen, or with another root at that epoch, is
+//!   refused as a split view.
+//! - What was verified, or why it failed, is kept per number for `safety`.
+//! - The device monitors its own number (`monitor`, at most every
+//!   `MONITOR_EVERY_MS` at connect): a device key published for it that
+//!   this device has not seen before is told to the user, except those it
+//!   approved itself (`approved`).
+
+use dak_proto::kt::{DeviceKey, Lookup};
+use dak_proto::v1;
+use dak_proto::v1::client_frame::Request;
+use dak_proto::v1::server_frame::Body;
+
+use crate::connection::Connection;
+use crate::error::ClientError;
+use crate::events::Event;
+use crate::profile::Profile;
+
+const PIN: &str = "kt_key";
+const HIGHEST: &str = "kt_highest";
+const OWN_SEEN: &str = "kt_own_seen";
+const APPROVED: &str = "kt_approved";
+const OWN_CHECKED: &str = "kt_own_checked_ms";
+/// How often a connecting device checks its own number's history.
+pub const MONITOR_EVERY_MS: i64 = 5 * 60 * 1000;
+
+/// What this device knows of a number's keys, for `safety`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum KtStatus {
+    /// The devices the server gave were all in the directory's proven set.
+    Verified { epoch: u64 },
+    /// The server has no key directory (a server from before it).
+    NotOffered,
+    /// A proof did not check, or the server named a device the directory
+    /// does not show: nothing from that answer was used.
+    Failed { reason: String },
+}
+
+fn status_key(phone: &str) -> String {
+    format!("kt_status:{phone}")
+}
+
+/// The status kept for `phone` (NotOffered when nothing was checked).
+pub fn status(profile: &Profile, phone: &str) -> Result<KtStatus, ClientError> {
+    Ok(match profile.get_str(&status_key(phone))? {
+        Some(s) => match s.split_once(' ') {
+            Some(("ok", epoch)) => KtStatus::Verified {
+                epoch: epoch.parse().unwrap_or(0),
+            },
+            Some(("fail", reason)) => KtStatus::Failed {
+                reason: reason.to_string(),
+            },
+            _ => KtStatus::NotOffered,
+        },
+        None => KtStatus::NotOffered,
+    })
+}
+
+fn set_status(profile: &Profile, phone: &str, status: &KtStatus) -> Result<(), ClientError> {
+    let text = match status {
+        KtStatus::Verified { epoch } => format!("ok {epoch}"),
+        KtStatus::Failed { reason } => format!("fail {reason}"),
+        KtStatus::NotOffered => return profile.delete(&status_key(phone)),
+    };
+    profile.set(&status_key(phone), text.as_bytes())
+}
+
+/// The pinned VRF key, pinning `announced` when none is yet.
+fn pinned_key(profile: &Profile, announced: &[u8]) -> Result<Vec<u8>, ClientError> {
+    if let Some(k) = profile.get(PIN)?.filter(|k| !k.is_empty()) {
+        return Ok(k);
+    }
+    profile.set(PIN, announced)?;
+    Ok(announced.to_vec())
+}
+
+/// Refuses a directory that went back or split: `epoch` below the highest
+/// seen, or another root at it. Records it as the highest otherwise.
+fn check_fresh(profile: &Profile, epoch: u64, root: &[u8]) -> Result<(), String> {
+    let seen = profile.get(HIGHEST).ok().flatten().unwrap_or_default();
+    if seen.len() > 8 {
+        let (e, r) = seen.split_at(8);
+        let e = u64::from_be_bytes(e.try_into().expect("8 bytes"));
+        if epoch < e {
+            return Err(format!(
+                "the server showed the key directory at epoch {epoch}, older than epoch {e} it showed before"
+            ));
+        }
+        if epoch == e && r != root {
+            return Err(format!(
+                "the server showed two different key directories for epoch {epoch}"
+            ));
+        }
+        if epoch == e {
+            return Ok(());
+        }
+    }
+    let mut v = epoch.to_be_bytes().to_vec();
+    v.extend_from_slice(root);
+    profile.set(HIGHEST, &v).map_err(|e| e.to_string())
+}
+
+fn refuse(profile: &Profile, phone: &str, reason: String) -> ClientError {
+    let _ = set_status(
+        profile,
+        phone,
+        &KtStatus::Failed {
+            reason: reason.clone(),
+        },
+    );
+    tracing::warn!(%phone, %reason, "key transparency refused an answer");
+    ClientError::KeyTransparency(format!("{phone}: {reason}"))
+}
+
+/// Checks a KeyPackages answer against its lookup proof (module
+/// invariants); Ok when every device in it is proven, or when the server
+/// has no directory at all.
+pub(crate) fn check_key_packages(
+    profile: &Profile,
+    conn: &Connection,
+    k: &v1::KeyPackages,
+) -> Result<(), ClientError> {
+    let announced = conn.key_directory_key();
+    let Some(proof) = &k.key_directory else {
+        if announced.is_empty() && profile.get(PIN)?.is_none() {
+            set_status(profile, &k.phone, &KtStatus::NotOffered)?;
+            return Ok(());
+        }
+        return Err(refuse(
+            profile,
+            &k.phone,
+            "the server sent keys without the key directory's proof".into(),
+        ));
+    };
+    let key = pinned_key(profile, announced)?;
+    let lookup =
+        dak_proto::kt::verify_lookup(&key, proof.epoch, &proof.root_hash, &k.phone, &proof.proof)
+            .map_err(|e| refuse(profile, &k.phone, e.to_string()))?;
+    check_fresh(profile, proof.epoch, &proof.root_hash)
+        .map_err(|r| refuse(profile, &k.phone, r))?;
+    for d in &k.devices {
+        let listed = lookup
+            .devices
+            .iter()
+            .any(|p| p.device_id == d.device_id && p.identity_key == d.identity_key);
+        if !listed {
+            return Err(refuse(
+                profile,
+                &k.phone,
+                format!(
+                    "the server named device {} with key {} that the key directory does not show \
+                     for this number (epoch {}): it was not added",
+                    d.device_id,
+                    short(&d.identity_key),
+                    lookup.epoch
+                ),
+            ));
+        }
+    }
+    set_status(
+        profile,
+        &k.phone,
+        &KtStatus::Verified {
+            epoch: lookup.epoch,
+        },
+    )?;
+    Ok(())
+}
+
+fn short(key: &[u8]) -> String {
+    hex::encode(&key[..key.len().min(8)])
+}
+
+/// A set of devices kept in the profile, as (id, key in hex) pairs: one
+/// id may appear with two keys (a swapped key is what monitoring is for).
+fn read_set(profile: &Profile, name: &str) -> Result<Vec<DeviceKey>, ClientError> {
+    let pairs: Vec<(u64, String)> = match profile.get(name)? {
+        Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(device_id, key)| {
+            Some(DeviceKey {
+                device_id,
+                identity_key: hex::decode(key).ok()?,
+            })
+        })
+        .collect())
+}
+
+/// Keeps `set` (its newest `MAX_DEVICES * 4` entries by id).
+fn write_set(profile: &Profile, name: &str, mut set: Vec<DeviceKey>) -> Result<(), ClientError> {
+    set.sort();
+    set.dedup();
+    let keep = set.len().saturating_sub(dak_proto::kt::MAX_DEVICES * 4);
+    let pairs: Vec<(u64, String)> = set[keep..]
+        .iter()
+        .map(|d| (d.device_id, hex::encode(&d.identity_key)))
+        .collect();
+    profile.set(name, &serde_json::to_vec(&pairs).unwrap_or_default())
+}
+
+/// Records a device this (primary) device approved, so that monitoring
+/// does not warn about it.
+pub(crate) fn approved(
+    profile: &Profile,
+    device_id: u64,
+    identity_key: &[u8],
+) -> Result<(), ClientError> {
+    let mut set = read_set(profile, APPROVED)?;
+    set.retain(|d| d.device_id != device_id);
+    set.push(DeviceKey {
+        device_id,
+        identity_key: identity_key.to_vec(),
+    });
+    write_set(profile, APPROVED, set)
+}
+
+/// Checks this account's own number in the directory (module invariants)
+/// and returns what the user must be told; never fails the connection.
+pub(crate) async fn monitor(
+    profile: &Profile,
+    conn: &mut Connection,
+    own_device: u64,
+) -> Vec<Event> {
+    if conn.key_directory_key().is_empty() {
+        return Vec::new();
+    }
+    let now = profile.now_ms();
+    let last: i64 = profile
+        .get_str(OWN_CHECKED)
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if now.saturating_sub(last) < MONITOR_EVERY_MS && last <= now {
+        return Vec::new();
+    }
+    match monitor_once(profile, conn, own_device).await {
+        Ok(events) => {
+            let _ = profile.set(OWN_CHECKED, now.to_string().as_bytes());
+            events
+        }
+        Err(e) => vec![Event::KeyTransparency {
+            phone: profile.registration().map(|r| r.phone).unwrap_or_default(),
+            warning: format!("your number's key history could not be checked: {e}"),
+        }],
+    }
+}
+
+async fn monitor_once(
+    profile: &Profile,
+    conn: &mut Connection,
+    own_device: u64,
+) -> Result<Vec<Event>, ClientError> {
+    let phone = profile.registration()?.phone;
+    let answer = conn
+        .call(Request::GetKeyHistory(v1::GetKeyHistory {}))
+        .await?;
+    let Body::KeyHistory(proof) = answer else {
+        return Err(ClientError::Protocol("expected the key history".into()));
+    };
+    let key = pinned_key(profile, conn.key_directory_key())?;
+    let values: Vec<Lookup> =
+        dak_proto::kt::verify_history(&key, proof.epoch, &proof.root_hash, &phone, &proof.proof)
+            .map_err(|e| ClientError::KeyTransparency(e.to_string()))?;
+    check_fresh(profile, proof.epoch, &proof.root_hash).map_err(ClientError::KeyTransparency)?;
+    let mut seen = read_set(profile, OWN_SEEN)?;
+    let first_check = seen.is_empty();
+    let approved = read_set(profile, APPROVED)?;
+    let mut events = Vec::new();
+    // Oldest first, so a device is reported at the epoch it appeared.
+    for value in values.iter().rev() {
+        for d in &value.devices {
+            if seen.contains(d) {
+                continue;
+            }
+            let mine = d.device_id == own_device
+                && profile.identity()?.verifying_key().as_bytes() == d.identity_key.as_slice();
+            if !first_check && !mine && !approved.contains(d) {
+                events.push(Event::KeyTransparency {
+                    phone: phone.clone(),
+                    warning: format!(
+                        "a new device (device {}, key {}) was registered for your number at key \
+                         directory epoch {}. If you did not link it, remove it (`dak devices`) \
+                         and register your number again",
+                        d.device_id,
+                        short(&d.identity_key),
+                        value.published
+                    ),
+                });
+            }
+            seen.push(d.clone());
+        }
+    }
+    write_set(profile, OWN_SEEN, seen)?;
+    Ok(events)
+}
+
+/// The check of one append-only step (akd's auditor, which does I/O-free
+/// work but is not built for the browser, so the native client passes it
+/// in: `dak_client::kt_audit`): the encoded proof, the roots at `to - 1`
+/// and `to`, and `to`.
+pub type AppendOnlyCheck = dyn Fn(
+        Vec<u8>,
+        [u8; 32],
+        [u8; 32],
+        u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync;
+
+/// What an outside audit of a server's key directory found (`audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAudit {
+    /// The epoch this auditor had checked up to before (0: first run).
+    pub before: u64,
+    /// The epoch it has checked up to now.
+    pub after: u64,
+    /// The latest epoch the server announced.
+    pub latest: u64,
+    /// Why the directory was refused; None when every step checked.
+    pub problem: Option<String>,
+}
+
+const AUDITED: &str = "kt_audited";
+
+/// Audits a server's key directory as an outside party would, with
+/// `profile` as the auditor's memory (a profile that never registers,
+/// one per server): asks for the append-only proof of every epoch after
+/// the one it checked last, before authentication, checks each with
+/// `check`, and keeps the last checked epoch and root, after every step.
+/// It fails when a step does not check, when the root the server gives
+/// for the epoch it checked last is another one, or when the directory is
+/// behind it (a rebuilt history). Reading stops at the latest epoch the
+/// first answer announced, so a server cannot keep it reading.
+/// `progress` gets the epochs checked and the latest.
+pub async fn audit(
+    profile: &Profile,
+    servers: &str,
+    check: &AppendOnlyCheck,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<KeyAudit, ClientError> {
+    let pinned_cert = profile.get_str("cert")?;
+    let trust = match &pinned_cert {
+        Some(_) => crate::connect::trust_for(profile, "cert")?,
+        None => crate::CertTrust::FirstUse,
+    };
+    let (mut conn, fingerprint) = crate::connect::open_any(profile, servers, trust).await?;
+    if pinned_cert.is_none()
+        && let Some(f) = fingerprint
+    {
+        profile.set("cert", f.as_bytes())?;
+    }
+    if conn.key_directory_key().is_empty() {
+        return Err(ClientError::Usage(
+            "this server keeps no key directory (a server from before key transparency)".into(),
+        ));
+    }
+    let (before, mut root) = match profile.get(AUDITED)? {
+        Some(b) if b.len() == 40 => {
+            let epoch = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+            (
+                epoch,
+                Some(<[u8; 32]>::try_from(&b[8..]).expect("32 bytes")),
+            )
+        }
+        _ => (0, None),
+    };
+    let mut audit = KeyAudit {
+        before,
+        after: before,
+        latest: before,
+        problem: None,
+    };
+    let mut limit = None;
+    loop {
+        let from = audit.after;
+        let answer = match conn
+            .call(Request::GetKeyAudit(v1::GetKeyAudit { from }))
+            .await?
+        {
+            Body::KeyAudit(a) => a,
+            other => return Err(crate::connection::unexpected(other)),
+        };
+        let latest = *limit.get_or_insert(answer.latest_epoch);
+        audit.latest = answer.latest_epoch;
+        if answer.latest_epoch < audit.before {
+            audit.problem = Some(format!(
+                "the directory is at epoch {}, behind epoch {} this auditor checked before: its \
+                 history was rebuilt or cut",
+                answer.latest_epoch, audit.before
+            ));
+            break;
+        }
+        if from >= latest.min(answer.latest_epoch) {
+            break;
+        }
+        if answer.from != from {
+            return Err(ClientError::Protocol(format!(
+                "asked for the step from epoch {from}, the server answered from {}",
+                answer.from
+            )));
+        }
+        let (Ok(from_root), Ok(to_root)) = (
+            <[u8; 32]>::try_from(answer.from_root.as_slice()),
+            <[u8; 32]>::try_from(answer.to_root.as_slice()),
+        ) else {
+            audit.problem = Some(format!(
+                "the server has no root for epoch {from} or {}",
+                from + 1
+            ));
+            break;
+        };
+        if root.is_some_and(|r| r != from_root) {
+            audit.problem = Some(format!(
+                "the server's root for epoch {from} is not the one this auditor checked: the \
+                 directory's history was rewritten"
+            ));
+            break;
+        }
+        if let Err(e) = check(answer.proof, from_root, to_root, from + 1).await {
+            audit.problem = Some(format!(
+                "the step from epoch {from} to {} is not append-only: {e}",
+                from + 1
+            ));
+            break;
+        }
+        audit.after = from + 1;
+        root = Some(to_root);
+        let mut kept = audit.after.to_be_bytes().to_vec();
+        kept.extend_from_slice(&to_root);
+        profile.set(AUDITED, &kept)?;
+        progress(audit.after, latest);
+    }
+    conn.close().await;
+    Ok(audit)
+}
