@@ -166,6 +166,12 @@ impl Client {
                     k.ciphersuite
                 ))
             })?;
+        if k.phone != phone {
+            return Err(ClientError::KeyTransparency(format!(
+                "asked for the keys of {phone}, the server answered with those of {}",
+                k.phone
+            )));
+        }
         crate::kt::check_key_packages(&self.profile, &self.conn, &k)?;
         let mut fetched = Fetched {
             active: k.devices.iter().map(|d| d.device_id).collect(),

@@ -33,6 +33,7 @@ const HIGHEST: &str = "kt_highest";
 const OWN_SEEN: &str = "kt_own_seen";
 const APPROVED: &str = "kt_approved";
 const OWN_CHECKED: &str = "kt_own_checked_ms";
+const OWN_VERSION: &str = "kt_own_version";
 /// How often a connecting device checks its own number's history.
 pub const MONITOR_EVERY_MS: i64 = 5 * 60 * 1000;
 
@@ -237,8 +238,9 @@ pub(crate) async fn monitor(
     conn: &mut Connection,
     own_device: u64,
 ) -> Vec<Event> {
-    if conn.key_directory_key().is_empty() {
-        return Vec::new();
+    let pinned = profile.get(PIN).ok().flatten().filter(|k| !k.is_empty());
+    if conn.key_directory_key().is_empty() && pinned.is_none() {
+        return Vec::new(); // a server without a directory, as ever
     }
     let now = profile.now_ms();
     let last: i64 = profile
@@ -250,13 +252,27 @@ pub(crate) async fn monitor(
     if now.saturating_sub(last) < MONITOR_EVERY_MS && last <= now {
         return Vec::new();
     }
+    let phone = profile.registration().map(|r| r.phone).unwrap_or_default();
+    if let Some(pinned) = &pinned
+        && pinned.as_slice() != conn.key_directory_key()
+    {
+        // Checked as often as the history, so it is said, not repeated at
+        // every reconnect.
+        let _ = profile.set(OWN_CHECKED, now.to_string().as_bytes());
+        return vec![Event::KeyTransparency {
+            phone,
+            warning: "the server no longer shows the key directory this device pinned (its key \
+                      is missing or another): your number's keys cannot be checked"
+                .into(),
+        }];
+    }
     match monitor_once(profile, conn, own_device).await {
         Ok(events) => {
             let _ = profile.set(OWN_CHECKED, now.to_string().as_bytes());
             events
         }
         Err(e) => vec![Event::KeyTransparency {
-            phone: profile.registration().map(|r| r.phone).unwrap_or_default(),
+            phone,
             warning: format!("your number's key history could not be checked: {e}"),
         }],
     }
@@ -283,6 +299,35 @@ async fn monitor_once(
     let first_check = seen.is_empty();
     let approved = read_set(profile, APPROVED)?;
     let mut events = Vec::new();
+    // Versions count every change of the number's devices from 1; the proof
+    // holds the newest `HISTORY_UPDATES`. Changes this device has not seen
+    // must all be there, or some were kept from it.
+    let known: u64 = profile
+        .get_str(OWN_VERSION)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let newest = values.first().map(|v| v.version).unwrap_or(0);
+    let oldest = values.last().map(|v| v.version).unwrap_or(0);
+    if newest < known {
+        events.push(Event::KeyTransparency {
+            phone: phone.clone(),
+            warning: format!(
+                "the key directory shows your number at version {newest}, older than version \
+                 {known} this device saw: the server went back on it"
+            ),
+        });
+    } else if known > 0 && oldest > known + 1 {
+        events.push(Event::KeyTransparency {
+            phone: phone.clone(),
+            warning: format!(
+                "{} changes of your number's devices (versions {} to {}) happened since this \
+                 device last looked and were not all shown; check your linked devices",
+                oldest - known - 1,
+                known + 1,
+                oldest - 1
+            ),
+        });
+    }
     // Oldest first, so a device is reported at the epoch it appeared.
     for value in values.iter().rev() {
         for d in &value.devices {
@@ -308,6 +353,7 @@ async fn monitor_once(
         }
     }
     write_set(profile, OWN_SEEN, seen)?;
+    profile.set(OWN_VERSION, newest.max(known).to_string().as_bytes())?;
     Ok(events)
 }
 

@@ -25,13 +25,15 @@ use crate::IDENTITY_KEY_BYTES;
 /// Most devices in one number's value: a primary and its linked devices,
 /// with room (the server's own limit is lower).
 pub const MAX_DEVICES: usize = 64;
-/// Largest lookup or history proof a device decodes. A lookup proof is
-/// about 1 KB and grows with the tree's depth (log of the entries); a
-/// history proof is one update proof per change of the number's devices.
-pub const MAX_PROOF_BYTES: usize = 128 * 1024;
+/// Largest lookup or history proof a device decodes, within a frame. A
+/// lookup proof is about 1 KB and grows with the tree's depth (log of the
+/// entries); a history proof is an update proof (two membership proofs)
+/// per value it holds, and a non-membership proof per power of two up to
+/// the epoch (docs/BENCHMARKS.md, "Key transparency").
+pub const MAX_PROOF_BYTES: usize = 192 * 1024;
 /// Most updates a history proof may hold: the server sends the most
 /// recent ones only (`HISTORY_UPDATES`).
-pub const HISTORY_UPDATES: usize = 64;
+pub const HISTORY_UPDATES: usize = 16;
 /// Largest append-only proof step an auditor decodes (one epoch's
 /// insertions; the server caps an epoch's batch so it fits a frame).
 pub const MAX_AUDIT_PROOF_BYTES: usize = crate::MAX_FRAME_BYTES;
@@ -210,6 +212,14 @@ pub fn verify_lookup(
         proof,
     )
     .map_err(|e| KtError::Invalid(e.to_string()))?;
+    // akd does not check this itself: a value cannot have been published
+    // after the epoch it is proven at.
+    if r.epoch > epoch {
+        return Err(KtError::Invalid(format!(
+            "a value published at epoch {} proven at epoch {epoch}",
+            r.epoch
+        )));
+    }
     Ok(Lookup {
         epoch,
         version: r.version,
@@ -241,6 +251,12 @@ pub fn verify_history(
         },
     )
     .map_err(|e| KtError::Invalid(e.to_string()))?;
+    if let Some(r) = results.iter().find(|r| r.epoch > epoch) {
+        return Err(KtError::Invalid(format!(
+            "a value published at epoch {} proven at epoch {epoch}",
+            r.epoch
+        )));
+    }
     results
         .into_iter()
         .map(|r| {

@@ -420,21 +420,28 @@ pub async fn fetch_key_packages(
         .filter_map(|c| mls::suite_from_code(*c))
         .map(u16::from)
         .collect();
+    // The proof first: a failed lookup consumes no one-time package. A
+    // device that changed between the two (linked or revoked in between)
+    // is left out of the answer, which names only devices the proof shows:
+    // the caller refuses any other, and fetches again when the server
+    // refuses its send for the missing one.
+    let (proof, proven) = state.kt.lookup(&phone).await?;
     let claimed = state
         .store
         .claim_key_packages(account.id, &req.known_devices, fresh_one_time, &suites)
         .await?;
-    // After the claim: every device it names is in the set the proof shows
-    // (a device revoked in between is the one exception, and the caller
-    // leaves it out until it fetches again).
-    let key_directory = Some(state.kt.lookup(&phone).await?);
     Ok(v1::KeyPackages {
         phone,
-        key_directory,
+        key_directory: Some(proof),
         ciphersuite: u32::from(claimed.suite),
         devices: claimed
             .devices
             .into_iter()
+            .filter(|c| {
+                proven
+                    .iter()
+                    .any(|p| p.device_id == c.device.id && p.identity_key == c.device.identity_key)
+            })
             .map(|c| v1::DeviceKeyPackage {
                 device_id: c.device.id,
                 identity_key: c.device.identity_key,

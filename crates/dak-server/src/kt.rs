@@ -26,7 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use akd::directory::Directory;
+use akd::directory::{Directory, ReadOnlyDirectory};
 use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::errors::StorageError;
 use akd::storage::types::{DbRecord, KeyData, StorageType, ValueState, ValueStateRetrievalFlag};
@@ -41,15 +41,22 @@ use crate::error::{ApiError, ApiResult};
 use dak_proto::v1::ErrorCode;
 
 type Dir = Directory<WhatsAppV1Configuration, KtDb, VrfKey>;
+type ReadDir = ReadOnlyDirectory<WhatsAppV1Configuration, KtDb, VrfKey>;
 
 /// Most numbers published in one epoch: an epoch's append-only proof must
 /// fit a frame for the auditors (`dak_proto::kt::MAX_AUDIT_PROOF_BYTES`).
-const MAX_PER_EPOCH: usize = 256;
+const MAX_PER_EPOCH: usize = 64;
 /// How often a publish that lost to another node is tried again.
 const PUBLISH_TRIES: usize = 8;
 /// The `kt_records` kind of an epoch's root hash (id: the epoch, 8 bytes
 /// big-endian). akd keeps only the latest root; auditors need each one.
 const ROOT_KIND: u8 = 100;
+/// The kind of an epoch's append-only proof from the epoch before (id: the
+/// epoch), made once and served to every auditor.
+const PROOF_KIND: u8 = 102;
+/// The kind of the directory's VRF public key (id `vrf`): a node with
+/// another key refuses to start rather than write into the directory.
+const VRF_KIND: u8 = 103;
 
 /// akd's storage on the project's store (SQLite or PostgreSQL).
 #[derive(Clone)]
@@ -136,14 +143,20 @@ impl Database for KtDb {
     ) -> Result<(), StorageError> {
         // A transaction's commit (a publish) moves the epoch to its Azks
         // record's, only from the one before it.
-        let advance = match state {
-            DbSetState::TransactionCommit => records.iter().find_map(|r| match r {
-                DbRecord::Azks(a) if a.latest_epoch > 0 => {
-                    Some((a.latest_epoch - 1, a.latest_epoch))
-                }
-                _ => None,
-            }),
-            DbSetState::General => None,
+        // Writes outside a publish are akd's setup of an empty directory
+        // (`Directory::new`): only while it is at epoch 0, so a node that
+        // starts late never puts back an epoch-0 head over a published one.
+        let (advance, setup) = match state {
+            DbSetState::TransactionCommit => (
+                records.iter().find_map(|r| match r {
+                    DbRecord::Azks(a) if a.latest_epoch > 0 => {
+                        Some((a.latest_epoch - 1, a.latest_epoch))
+                    }
+                    _ => None,
+                }),
+                false,
+            ),
+            DbSetState::General => (Some((0, 0)), true),
         };
         let mut rows = Vec::new();
         let mut states = Vec::new();
@@ -168,6 +181,9 @@ impl Database for KtDb {
             .kt_write(rows, states, advance)
             .await
             .map_err(storage_error)?;
+        if !written && setup {
+            return Ok(()); // another node has published since: nothing to set up
+        }
         if !written {
             return Err(StorageError::Transaction(
                 "another node published this epoch first".into(),
@@ -272,7 +288,11 @@ impl VRFKeyStorage for VrfKey {
 
 /// The key directory every connection of this node uses.
 pub struct KeyDirectory {
+    /// Publishes only (its storage holds a publish's transaction).
     dir: Dir,
+    /// Everything else: its own storage, so that a lookup never reads a
+    /// publish's uncommitted records.
+    reader: ReadDir,
     store: Arc<dyn Store>,
     public_key: Vec<u8>,
     /// Numbers waiting for the next publish.
@@ -300,14 +320,24 @@ impl KeyDirectory {
             .map_err(|e| anyhow::anyhow!("the key directory's VRF key: {e}"))?
             .as_bytes()
             .to_vec();
-        let storage = StorageManager::new_no_cache(KtDb {
+        check_vrf_key(store.as_ref(), &public_key).await?;
+        let db = KtDb {
             store: store.clone(),
-        });
-        let dir = Directory::new(storage, vrf, Default::default())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the key directory: {e}"))?;
+        };
+        let dir = Directory::new(
+            StorageManager::new_no_cache(db.clone()),
+            vrf.clone(),
+            Default::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the key directory: {e}"))?;
+        let reader =
+            ReadOnlyDirectory::new(StorageManager::new_no_cache(db), vrf, Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the key directory: {e}"))?;
         let directory = Arc::new(KeyDirectory {
             dir,
+            reader,
             store,
             public_key,
             waiting: Default::default(),
@@ -319,10 +349,9 @@ impl KeyDirectory {
         Ok(directory)
     }
 
-    /// Keeps the latest epoch's root for the auditors. Called after every
-    /// publish and before the next one, so a crash between a publish and
-    /// its root loses nothing: the root is read again from the tree while
-    /// that epoch is still the latest.
+    /// Keeps the latest epoch's root for the auditors, before each publish
+    /// (and at start): a crash between a publish and `record_epoch` loses
+    /// nothing while that epoch is still the latest.
     async fn record_latest_root(&self) -> ApiResult<(u64, [u8; 32])> {
         let latest = self
             .dir
@@ -331,28 +360,37 @@ impl KeyDirectory {
             .map_err(|e| unavailable("read its root", e))?;
         let (epoch, root) = (latest.epoch(), latest.hash());
         self.store
-            .kt_write(
-                vec![KtRecord {
-                    kind: ROOT_KIND,
-                    id: epoch.to_be_bytes().to_vec(),
-                    body: root.to_vec(),
-                }],
-                vec![],
-                None,
-            )
+            .kt_write(vec![root_record(epoch, &root)], vec![], None)
             .await?;
         Ok((epoch, root))
     }
 
-    /// The roots of these epochs as recorded (missing ones are empty).
-    async fn roots(&self, epochs: [u64; 2]) -> ApiResult<[Vec<u8>; 2]> {
-        let ids: Vec<Vec<u8>> = epochs.iter().map(|e| e.to_be_bytes().to_vec()).collect();
-        let rows = self.store.kt_records(ROOT_KIND, &ids).await?;
-        Ok(epochs.map(|e| {
-            rows.iter()
-                .find(|r| r.id == e.to_be_bytes())
-                .map(|r| r.body.clone())
-                .unwrap_or_default()
+    /// Keeps a published epoch's root (as its publish computed it, right
+    /// even if another node has published since) and its append-only proof
+    /// from the epoch before, so that auditors are served stored rows.
+    async fn record_epoch(&self, epoch: u64, root: &[u8; 32]) -> ApiResult<()> {
+        let mut rows = vec![root_record(epoch, root)];
+        if let Some(proof) = self.prove_step(epoch).await? {
+            rows.push(proof);
+        }
+        self.store.kt_write(rows, vec![], None).await?;
+        Ok(())
+    }
+
+    /// The append-only proof from `epoch - 1` to `epoch`, as a row to keep.
+    async fn prove_step(&self, epoch: u64) -> ApiResult<Option<KtRecord>> {
+        if epoch == 0 {
+            return Ok(None);
+        }
+        let proof = self
+            .reader
+            .audit(epoch - 1, epoch)
+            .await
+            .map_err(|e| unavailable("prove an epoch", e))?;
+        Ok(proof.proofs.first().map(|p| KtRecord {
+            kind: PROOF_KIND,
+            id: epoch.to_be_bytes().to_vec(),
+            body: dak_proto::kt::encode_audit_proof(p),
         }))
     }
 
@@ -418,6 +456,15 @@ impl KeyDirectory {
 
     async fn publish_batch(&self, phones: &[String]) -> ApiResult<()> {
         let mut last = None;
+        // A node started at the same moment as another with another key
+        // may have passed `check_vrf_key`; it never writes.
+        let vrf = self.store.kt_records(VRF_KIND, &[b"vrf".to_vec()]).await?;
+        if vrf.first().map(|r| r.body.as_slice()) != Some(self.public_key.as_slice()) {
+            return Err(unavailable(
+                "publish",
+                "the store's directory has another VRF key than this node (kt_key)",
+            ));
+        }
         for _ in 0..PUBLISH_TRIES {
             self.record_latest_root().await?;
             let mut updates = Vec::with_capacity(phones.len());
@@ -431,7 +478,11 @@ impl KeyDirectory {
                         numbers = phones.len(),
                         "key directory published"
                     );
-                    self.record_latest_root().await?;
+                    if let Err(e) = self.record_epoch(epoch.epoch(), &epoch.hash()).await {
+                        // The epoch stands; its root is kept before the next
+                        // publish and its proof made when an auditor asks.
+                        tracing::warn!(error = %e.0.message, "key directory: epoch published, its audit rows not kept yet");
+                    }
                     return Ok(());
                 }
                 // Another node moved the epoch: build on top of it.
@@ -457,17 +508,20 @@ impl KeyDirectory {
     }
 
     /// The lookup proof for `phone`, once the directory says what the store
-    /// says about its devices.
-    pub async fn lookup(&self, phone: &str) -> ApiResult<v1::KeyDirectoryProof> {
+    /// says about its devices, and the devices it proves.
+    pub async fn lookup(&self, phone: &str) -> ApiResult<(v1::KeyDirectoryProof, Vec<DeviceKey>)> {
         for _ in 0..2 {
             let current = self.current_value(phone).await?;
-            match self.dir.lookup(AkdLabel(label(phone))).await {
+            match self.reader.lookup(AkdLabel(label(phone))).await {
                 Ok((proof, epoch)) if proof.value == current => {
-                    return Ok(v1::KeyDirectoryProof {
+                    let devices = dak_proto::kt::decode_devices(&current.0)
+                        .map_err(|e| unavailable("look up a number", e))?;
+                    let answer = v1::KeyDirectoryProof {
                         epoch: epoch.epoch(),
                         root_hash: epoch.hash().to_vec(),
                         proof: dak_proto::kt::encode_lookup_proof(&proof),
-                    });
+                    };
+                    return Ok((answer, devices));
                 }
                 // Behind the store (a publish lost to a crash), or never
                 // published (an account from before key transparency).
@@ -489,7 +543,7 @@ impl KeyDirectory {
         self.lookup(phone).await?;
         let params = HistoryParams::MostRecent(dak_proto::kt::HISTORY_UPDATES);
         let (proof, epoch) = self
-            .dir
+            .reader
             .key_history(&AkdLabel(label(phone)), params)
             .await
             .map_err(|e| unavailable("prove a number's history", e))?;
@@ -501,9 +555,11 @@ impl KeyDirectory {
     }
 
     /// One step of the append-only proof, from `from` to `from + 1`, with
-    /// both roots; only the latest epoch when `from` is not below it.
+    /// both roots; only the latest epoch when `from` is not below it. Read
+    /// from the rows each publish keeps; a step missing there (its node
+    /// crashed right after publishing) is proven once and kept.
     pub async fn audit(&self, from: u64) -> ApiResult<v1::KeyAudit> {
-        let (latest, _) = self.record_latest_root().await?;
+        let latest = self.store.kt_epoch().await?;
         let mut answer = v1::KeyAudit {
             from,
             latest_epoch: latest,
@@ -512,21 +568,74 @@ impl KeyDirectory {
         if from >= latest {
             return Ok(answer);
         }
-        let proof = self
-            .dir
-            .audit(from, from + 1)
-            .await
-            .map_err(|e| unavailable("prove an epoch", e))?;
-        let [from_root, to_root] = self.roots([from, from + 1]).await?;
-        answer.from_root = from_root;
-        answer.to_root = to_root;
-        answer.proof = proof
-            .proofs
-            .first()
-            .map(dak_proto::kt::encode_audit_proof)
-            .unwrap_or_default();
+        let to = from + 1;
+        let ids = [from.to_be_bytes().to_vec(), to.to_be_bytes().to_vec()];
+        let roots = self.store.kt_records(ROOT_KIND, &ids).await?;
+        let root = |e: u64| {
+            roots
+                .iter()
+                .find(|r| r.id == e.to_be_bytes())
+                .map(|r| r.body.clone())
+                .unwrap_or_default()
+        };
+        answer.from_root = root(from);
+        answer.to_root = root(to);
+        answer.proof = match self.store.kt_records(PROOF_KIND, &ids[1..]).await?.pop() {
+            Some(row) => row.body,
+            None => match self.prove_step(to).await? {
+                Some(row) => {
+                    self.store.kt_write(vec![row.clone()], vec![], None).await?;
+                    row.body
+                }
+                None => Vec::new(),
+            },
+        };
         Ok(answer)
     }
+}
+
+fn root_record(epoch: u64, root: &[u8; 32]) -> KtRecord {
+    KtRecord {
+        kind: ROOT_KIND,
+        id: epoch.to_be_bytes().to_vec(),
+        body: root.to_vec(),
+    }
+}
+
+/// Keeps the directory's VRF public key in the store at first start, and
+/// refuses to go on with another one: every node of a cluster must use the
+/// same key (`kt_key`), or the directory's labels would mix two keys.
+async fn check_vrf_key(store: &dyn Store, public_key: &[u8]) -> anyhow::Result<()> {
+    let id = b"vrf".to_vec();
+    let stored = store
+        .kt_records(VRF_KIND, std::slice::from_ref(&id))
+        .await?;
+    let stored = match stored.into_iter().next() {
+        Some(row) => row.body,
+        None => {
+            let row = KtRecord {
+                kind: VRF_KIND,
+                id: id.clone(),
+                body: public_key.to_vec(),
+            };
+            store.kt_write(vec![row], vec![], None).await?;
+            // Two nodes starting at once: the key read back is the one kept.
+            store
+                .kt_records(VRF_KIND, std::slice::from_ref(&id))
+                .await?
+                .into_iter()
+                .next()
+                .map(|r| r.body)
+                .unwrap_or_default()
+        }
+    };
+    if stored != public_key {
+        anyhow::bail!(
+            "the key directory in the store was made with another VRF key than this node's \
+             (kt_key): copy the first node's kt-vrf.key to every node"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -859,7 +859,15 @@ impl Session {
             }
             // A device's own number only: monitoring, not discovery.
             Request::GetKeyHistory(_) => {
-                let phone = self.device()?.phone.clone();
+                let me = self.device()?;
+                let phone = me.phone.clone();
+                self.state.kt_histories.check(me.id).map_err(|secs| {
+                    self.state.limited(
+                        "kt_histories",
+                        "this device asked for its key history too often; a device checks it every few minutes",
+                        secs,
+                    )
+                })?;
                 Ok(Body::KeyHistory(self.state.kt.history(&phone).await?))
             }
             Request::ListDevices(_) => {

@@ -64,6 +64,8 @@ pub struct Inner {
     /// Append-only proofs asked for per network (`GetKeyAudit`, before
     /// authentication).
     pub kt_audits: Limiter<IpPrefix>,
+    /// Own-number history proofs per device (`GetKeyHistory`).
+    pub kt_histories: Limiter<u64>,
     /// The fast path is on: the store hands committed envelopes to
     /// `online` (in commit order), and with a bus that reaches no other
     /// node, nobody needs a mail wake.
@@ -132,6 +134,8 @@ impl AppState {
             // request, and 20 a second per network is a day's epochs in a
             // minute while bounding what a flood of proofs costs the store.
             kt_audits: Limiter::per_second(20, 200),
+            // A device checks its own history every 5 minutes at most.
+            kt_histories: Limiter::per_hour(60, 10),
             transfers: Arc::new(tokio::sync::Semaphore::new(config.max_transfers as usize)),
             media_networks: Default::default(),
             media_requests: Limiter::per_second(
