@@ -37,6 +37,16 @@ const OWN_VERSION: &str = "kt_own_version";
 /// How often a connecting device checks its own number's history.
 pub const MONITOR_EVERY_MS: i64 = 5 * 60 * 1000;
 
+/// Forgets what this profile pinned and saw of a key directory: it is
+/// registered again, with another number or on another server.
+pub(crate) fn forget(profile: &Profile) -> Result<(), ClientError> {
+    for key in [PIN, HIGHEST, OWN_SEEN, APPROVED, OWN_CHECKED, OWN_VERSION] {
+        profile.delete(key)?;
+    }
+    profile.delete(&status_key(DIRECTORY))?;
+    Ok(())
+}
+
 /// What this device knows of a number's keys, for `safety`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -54,8 +64,22 @@ fn status_key(phone: &str) -> String {
     format!("kt_status:{phone}")
 }
 
-/// The status kept for `phone` (NotOffered when nothing was checked).
+/// Where a failure of the whole directory is kept (a proof that does not
+/// check with the pinned key, a directory that went back): it stands for
+/// every number until an answer checks again.
+const DIRECTORY: &str = "*";
+
+/// The status kept for `phone` (NotOffered when nothing was checked): the
+/// directory's own failure first, if there is one.
 pub fn status(profile: &Profile, phone: &str) -> Result<KtStatus, ClientError> {
+    let directory = stored_status(profile, DIRECTORY)?;
+    if matches!(directory, KtStatus::Failed { .. }) {
+        return Ok(directory);
+    }
+    stored_status(profile, phone)
+}
+
+fn stored_status(profile: &Profile, phone: &str) -> Result<KtStatus, ClientError> {
     Ok(match profile.get_str(&status_key(phone))? {
         Some(s) => match s.split_once(' ') {
             Some(("ok", epoch)) => KtStatus::Verified {
@@ -114,14 +138,16 @@ fn check_fresh(profile: &Profile, epoch: u64, root: &[u8]) -> Result<(), String>
     profile.set(HIGHEST, &v).map_err(|e| e.to_string())
 }
 
-fn refuse(profile: &Profile, phone: &str, reason: String) -> ClientError {
-    let _ = set_status(
-        profile,
-        phone,
-        &KtStatus::Failed {
-            reason: reason.clone(),
-        },
-    );
+/// Refuses an answer about `phone`, recording why for it, and for every
+/// number when the whole directory is in question (`directory`).
+fn refuse(profile: &Profile, phone: &str, reason: String, directory: bool) -> ClientError {
+    let failed = KtStatus::Failed {
+        reason: reason.clone(),
+    };
+    let _ = set_status(profile, phone, &failed);
+    if directory {
+        let _ = set_status(profile, DIRECTORY, &failed);
+    }
     tracing::warn!(%phone, %reason, "key transparency refused an answer");
     ClientError::KeyTransparency(format!("{phone}: {reason}"))
 }
@@ -144,14 +170,15 @@ pub(crate) fn check_key_packages(
             profile,
             &k.phone,
             "the server sent keys without the key directory's proof".into(),
+            true,
         ));
     };
     let key = pinned_key(profile, announced)?;
     let lookup =
         dak_proto::kt::verify_lookup(&key, proof.epoch, &proof.root_hash, &k.phone, &proof.proof)
-            .map_err(|e| refuse(profile, &k.phone, e.to_string()))?;
+            .map_err(|e| refuse(profile, &k.phone, e.to_string(), true))?;
     check_fresh(profile, proof.epoch, &proof.root_hash)
-        .map_err(|r| refuse(profile, &k.phone, r))?;
+        .map_err(|r| refuse(profile, &k.phone, r, true))?;
     for d in &k.devices {
         let listed = lookup
             .devices
@@ -168,6 +195,7 @@ pub(crate) fn check_key_packages(
                     short(&d.identity_key),
                     lookup.epoch
                 ),
+                false,
             ));
         }
     }
@@ -178,6 +206,7 @@ pub(crate) fn check_key_packages(
             epoch: lookup.epoch,
         },
     )?;
+    set_status(profile, DIRECTORY, &KtStatus::NotOffered)?;
     Ok(())
 }
 

@@ -242,6 +242,12 @@ impl Profile {
         device_id: u64,
     ) -> Result<(), ClientError> {
         *self.mls_keys.lock() = None;
+        // Key transparency's memory is of one number on one server.
+        if self.get_str("server")?.is_some_and(|s| s != server)
+            || self.get_str("phone")?.is_some_and(|p| p != phone)
+        {
+            crate::kt::forget(self)?;
+        }
         self.store.set("server", server.as_bytes())?;
         self.store.set("phone", phone.as_bytes())?;
         self.store

@@ -426,9 +426,20 @@ pub async fn fetch_key_packages(
     // the caller refuses any other, and fetches again when the server
     // refuses its send for the missing one.
     let (proof, proven) = state.kt.lookup(&phone).await?;
+    // A device the proof does not show is claimed as known (no package
+    // taken): it is left out below anyway.
+    let mut known = req.known_devices.clone();
+    for d in state.store.devices_of(account.id).await? {
+        let shown = proven
+            .iter()
+            .any(|p| p.device_id == d.id && p.identity_key == d.identity_key);
+        if d.revoked.is_none() && !shown && !known.contains(&d.id) {
+            known.push(d.id);
+        }
+    }
     let claimed = state
         .store
-        .claim_key_packages(account.id, &req.known_devices, fresh_one_time, &suites)
+        .claim_key_packages(account.id, &known, fresh_one_time, &suites)
         .await?;
     Ok(v1::KeyPackages {
         phone,

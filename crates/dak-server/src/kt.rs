@@ -31,7 +31,7 @@ use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::errors::StorageError;
 use akd::storage::types::{DbRecord, KeyData, StorageType, ValueState, ValueStateRetrievalFlag};
 use akd::storage::{Database, DbSetState, Storable, StorageManager};
-use akd::{AkdLabel, AkdValue, HistoryParams, WhatsAppV1Configuration};
+use akd::{AkdLabel, AkdValue, Configuration, HistoryParams, NodeLabel, WhatsAppV1Configuration};
 use async_trait::async_trait;
 use dak_proto::kt::{DeviceKey, encode_devices, label};
 use dak_proto::v1;
@@ -160,7 +160,21 @@ impl Database for KtDb {
         };
         let mut rows = Vec::new();
         let mut states = Vec::new();
+        // The epoch's root goes in with the epoch itself: akd keeps only
+        // the latest, and a root read back later can be a later epoch's
+        // (a node keeps one previous version), so this is the one moment
+        // it is surely this epoch's.
+        let epoch = match advance {
+            Some((_, to)) => to,
+            None => 0,
+        };
         for record in &records {
+            if let DbRecord::TreeNode(n) = record
+                && n.label == NodeLabel::root()
+            {
+                let root = WhatsAppV1Configuration::compute_root_hash_from_val(&n.latest_node.hash);
+                rows.push(root_record(epoch, &root));
+            }
             let body = encode(record)?;
             match record {
                 DbRecord::ValueState(v) => states.push(KtValueState {
@@ -343,42 +357,14 @@ impl KeyDirectory {
             waiting: Default::default(),
             publishing: Default::default(),
         });
-        directory.record_latest_root().await.map_err(|e| {
-            anyhow::anyhow!("cannot read the key directory's root: {}", e.0.message)
-        })?;
         Ok(directory)
     }
 
-    /// Keeps the latest epoch's root for the auditors, before each publish
-    /// (and at start): a crash between a publish and `record_epoch` loses
-    /// nothing while that epoch is still the latest.
-    async fn record_latest_root(&self) -> ApiResult<(u64, [u8; 32])> {
-        let latest = self
-            .dir
-            .get_epoch_hash()
-            .await
-            .map_err(|e| unavailable("read its root", e))?;
-        let (epoch, root) = (latest.epoch(), latest.hash());
-        self.store
-            .kt_write(vec![root_record(epoch, &root)], vec![], None)
-            .await?;
-        Ok((epoch, root))
-    }
-
-    /// Keeps a published epoch's root (as its publish computed it, right
-    /// even if another node has published since) and its append-only proof
-    /// from the epoch before, so that auditors are served stored rows.
-    async fn record_epoch(&self, epoch: u64, root: &[u8; 32]) -> ApiResult<()> {
-        let mut rows = vec![root_record(epoch, root)];
-        if let Some(proof) = self.prove_step(epoch).await? {
-            rows.push(proof);
-        }
-        self.store.kt_write(rows, vec![], None).await?;
-        Ok(())
-    }
-
-    /// The append-only proof from `epoch - 1` to `epoch`, as a row to keep.
-    async fn prove_step(&self, epoch: u64) -> ApiResult<Option<KtRecord>> {
+    /// Keeps the append-only proof from `epoch - 1` to `epoch` for the
+    /// auditors, once it checks against the roots kept with both epochs
+    /// (a proof read while other nodes publish can mix later nodes in; it
+    /// is then made again when an auditor asks). Returns its encoding.
+    async fn prove_step(&self, epoch: u64) -> ApiResult<Option<Vec<u8>>> {
         if epoch == 0 {
             return Ok(None);
         }
@@ -387,10 +373,48 @@ impl KeyDirectory {
             .audit(epoch - 1, epoch)
             .await
             .map_err(|e| unavailable("prove an epoch", e))?;
-        Ok(proof.proofs.first().map(|p| KtRecord {
-            kind: PROOF_KIND,
-            id: epoch.to_be_bytes().to_vec(),
-            body: dak_proto::kt::encode_audit_proof(p),
+        let Some(step) = proof.proofs.first() else {
+            return Ok(None);
+        };
+        let [from_root, to_root] = self.roots([epoch - 1, epoch]).await?;
+        let (Ok(from_root), Ok(to_root)) = (
+            <[u8; 32]>::try_from(from_root.as_slice()),
+            <[u8; 32]>::try_from(to_root.as_slice()),
+        ) else {
+            return Err(unavailable(
+                "prove an epoch",
+                format!("no root kept for epoch {epoch}"),
+            ));
+        };
+        akd::auditor::verify_consecutive_append_only::<WhatsAppV1Configuration>(
+            step, from_root, to_root, epoch,
+        )
+        .await
+        .map_err(|e| unavailable("prove an epoch", e))?;
+        let body = dak_proto::kt::encode_audit_proof(step);
+        self.store
+            .kt_write(
+                vec![KtRecord {
+                    kind: PROOF_KIND,
+                    id: epoch.to_be_bytes().to_vec(),
+                    body: body.clone(),
+                }],
+                vec![],
+                None,
+            )
+            .await?;
+        Ok(Some(body))
+    }
+
+    /// The roots kept for these epochs (empty where none is).
+    async fn roots(&self, epochs: [u64; 2]) -> ApiResult<[Vec<u8>; 2]> {
+        let ids: Vec<Vec<u8>> = epochs.iter().map(|e| e.to_be_bytes().to_vec()).collect();
+        let rows = self.store.kt_records(ROOT_KIND, &ids).await?;
+        Ok(epochs.map(|e| {
+            rows.iter()
+                .find(|r| r.id == e.to_be_bytes())
+                .map(|r| r.body.clone())
+                .unwrap_or_default()
         }))
     }
 
@@ -466,7 +490,6 @@ impl KeyDirectory {
             ));
         }
         for _ in 0..PUBLISH_TRIES {
-            self.record_latest_root().await?;
             let mut updates = Vec::with_capacity(phones.len());
             for phone in phones {
                 updates.push((AkdLabel(label(phone)), self.current_value(phone).await?));
@@ -478,10 +501,10 @@ impl KeyDirectory {
                         numbers = phones.len(),
                         "key directory published"
                     );
-                    if let Err(e) = self.record_epoch(epoch.epoch(), &epoch.hash()).await {
-                        // The epoch stands; its root is kept before the next
-                        // publish and its proof made when an auditor asks.
-                        tracing::warn!(error = %e.0.message, "key directory: epoch published, its audit rows not kept yet");
+                    if let Err(e) = self.prove_step(epoch.epoch()).await {
+                        // The epoch stands (its root went in with it); its
+                        // proof is made when an auditor asks.
+                        tracing::warn!(error = %e.0.message, "key directory: epoch published, its append-only proof not kept yet");
                     }
                     return Ok(());
                 }
@@ -510,18 +533,29 @@ impl KeyDirectory {
     /// The lookup proof for `phone`, once the directory says what the store
     /// says about its devices, and the devices it proves.
     pub async fn lookup(&self, phone: &str) -> ApiResult<(v1::KeyDirectoryProof, Vec<DeviceKey>)> {
-        for _ in 0..2 {
+        for _ in 0..3 {
             let current = self.current_value(phone).await?;
             match self.reader.lookup(AkdLabel(label(phone))).await {
                 Ok((proof, epoch)) if proof.value == current => {
-                    let devices = dak_proto::kt::decode_devices(&current.0)
-                        .map_err(|e| unavailable("look up a number", e))?;
                     let answer = v1::KeyDirectoryProof {
                         epoch: epoch.epoch(),
                         root_hash: epoch.hash().to_vec(),
                         proof: dak_proto::kt::encode_lookup_proof(&proof),
                     };
-                    return Ok((answer, devices));
+                    // Checked as the device will: a proof read while two
+                    // publishes landed can mix a later epoch's nodes in.
+                    match dak_proto::kt::verify_lookup(
+                        &self.public_key,
+                        answer.epoch,
+                        &answer.root_hash,
+                        phone,
+                        &answer.proof,
+                    ) {
+                        Ok(proven) => return Ok((answer, proven.devices)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "key directory: a lookup proof did not check; again")
+                        }
+                    }
                 }
                 // Behind the store (a publish lost to a crash), or never
                 // published (an account from before key transparency).
@@ -542,16 +576,31 @@ impl KeyDirectory {
         // The caller's own devices are published first, like a lookup's.
         self.lookup(phone).await?;
         let params = HistoryParams::MostRecent(dak_proto::kt::HISTORY_UPDATES);
-        let (proof, epoch) = self
-            .reader
-            .key_history(&AkdLabel(label(phone)), params)
-            .await
-            .map_err(|e| unavailable("prove a number's history", e))?;
-        Ok(v1::KeyDirectoryProof {
-            epoch: epoch.epoch(),
-            root_hash: epoch.hash().to_vec(),
-            proof: dak_proto::kt::encode_history_proof(&proof),
-        })
+        let mut last = String::new();
+        for _ in 0..3 {
+            let (proof, epoch) = self
+                .reader
+                .key_history(&AkdLabel(label(phone)), params)
+                .await
+                .map_err(|e| unavailable("prove a number's history", e))?;
+            let answer = v1::KeyDirectoryProof {
+                epoch: epoch.epoch(),
+                root_hash: epoch.hash().to_vec(),
+                proof: dak_proto::kt::encode_history_proof(&proof),
+            };
+            // Checked as the device will (see `lookup`).
+            match dak_proto::kt::verify_history(
+                &self.public_key,
+                answer.epoch,
+                &answer.root_hash,
+                phone,
+                &answer.proof,
+            ) {
+                Ok(_) => return Ok(answer),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(unavailable("prove a number's history", last))
     }
 
     /// One step of the append-only proof, from `from` to `from + 1`, with
@@ -569,26 +618,16 @@ impl KeyDirectory {
             return Ok(answer);
         }
         let to = from + 1;
-        let ids = [from.to_be_bytes().to_vec(), to.to_be_bytes().to_vec()];
-        let roots = self.store.kt_records(ROOT_KIND, &ids).await?;
-        let root = |e: u64| {
-            roots
-                .iter()
-                .find(|r| r.id == e.to_be_bytes())
-                .map(|r| r.body.clone())
-                .unwrap_or_default()
-        };
-        answer.from_root = root(from);
-        answer.to_root = root(to);
-        answer.proof = match self.store.kt_records(PROOF_KIND, &ids[1..]).await?.pop() {
+        let [from_root, to_root] = self.roots([from, to]).await?;
+        answer.from_root = from_root;
+        answer.to_root = to_root;
+        let stored = self
+            .store
+            .kt_records(PROOF_KIND, &[to.to_be_bytes().to_vec()])
+            .await?;
+        answer.proof = match stored.into_iter().next() {
             Some(row) => row.body,
-            None => match self.prove_step(to).await? {
-                Some(row) => {
-                    self.store.kt_write(vec![row.clone()], vec![], None).await?;
-                    row.body
-                }
-                None => Vec::new(),
-            },
+            None => self.prove_step(to).await?.unwrap_or_default(),
         };
         Ok(answer)
     }
@@ -606,29 +645,15 @@ fn root_record(epoch: u64, root: &[u8; 32]) -> KtRecord {
 /// refuses to go on with another one: every node of a cluster must use the
 /// same key (`kt_key`), or the directory's labels would mix two keys.
 async fn check_vrf_key(store: &dyn Store, public_key: &[u8]) -> anyhow::Result<()> {
-    let id = b"vrf".to_vec();
+    // The first node's key stays: two nodes starting at once get the same
+    // answer, one of them a refusal.
     let stored = store
-        .kt_records(VRF_KIND, std::slice::from_ref(&id))
+        .kt_put_first(KtRecord {
+            kind: VRF_KIND,
+            id: b"vrf".to_vec(),
+            body: public_key.to_vec(),
+        })
         .await?;
-    let stored = match stored.into_iter().next() {
-        Some(row) => row.body,
-        None => {
-            let row = KtRecord {
-                kind: VRF_KIND,
-                id: id.clone(),
-                body: public_key.to_vec(),
-            };
-            store.kt_write(vec![row], vec![], None).await?;
-            // Two nodes starting at once: the key read back is the one kept.
-            store
-                .kt_records(VRF_KIND, std::slice::from_ref(&id))
-                .await?
-                .into_iter()
-                .next()
-                .map(|r| r.body)
-                .unwrap_or_default()
-        }
-    };
     if stored != public_key {
         anyhow::bail!(
             "the key directory in the store was made with another VRF key than this node's \
@@ -653,6 +678,58 @@ mod tests {
         );
         s.version = version;
         s
+    }
+
+    /// Two nodes on one store (two directories, as a cluster has): they
+    /// publish in turn and at once without forking the directory, every
+    /// epoch's step checks against the roots kept with it, both serve the
+    /// latest devices, and a node with another VRF key is refused.
+    #[tokio::test]
+    async fn two_nodes_share_one_directory_and_another_vrf_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(dak_store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let (p1, p2) = ("+919800000001".to_string(), "+919800000002".to_string());
+        for (p, k) in [(&p1, 1u8), (&p2, 2)] {
+            store.register_primary(p, &[k; 32], "p", 1).await.unwrap();
+        }
+        let a = KeyDirectory::open(store.clone(), [7; 32]).await.unwrap();
+        let b = KeyDirectory::open(store.clone(), [7; 32]).await.unwrap();
+        a.publish(std::slice::from_ref(&p1)).await.unwrap();
+        b.publish(std::slice::from_ref(&p2)).await.unwrap();
+        for (p, k) in [(&p1, 3u8), (&p2, 4)] {
+            store.register_primary(p, &[k; 32], "p", 1).await.unwrap();
+        }
+        let (x, y) = tokio::join!(
+            a.publish(std::slice::from_ref(&p1)),
+            b.publish(std::slice::from_ref(&p2))
+        );
+        x.unwrap();
+        y.unwrap();
+        let epoch = store.kt_epoch().await.unwrap();
+        assert_eq!(epoch, 4);
+        for from in 0..epoch {
+            let step = b.audit(from).await.unwrap();
+            let proof = dak_proto::kt::decode_audit_proof(&step.proof).unwrap();
+            akd::auditor::verify_consecutive_append_only::<WhatsAppV1Configuration>(
+                &proof,
+                step.from_root.as_slice().try_into().unwrap(),
+                step.to_root.as_slice().try_into().unwrap(),
+                from + 1,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("step {from}: {e}"));
+        }
+        for (node, p, k) in [(&a, &p2, 4u8), (&b, &p1, 3)] {
+            let (_, devices) = node.lookup(p).await.unwrap();
+            assert_eq!(devices.len(), 1);
+            assert_eq!(devices[0].identity_key, vec![k; 32]);
+        }
+        let refused = KeyDirectory::open(store.clone(), [8; 32])
+            .await
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("another VRF key"), "{refused}");
     }
 
     #[test]

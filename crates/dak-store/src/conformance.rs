@@ -2090,4 +2090,29 @@ async fn key_directory_advances_once_per_epoch<S: Store + Clone>(s: &S) {
         vec![state(b"+919800000001", 1), state(b"+919800000001", 3)]
     );
     assert!(s.kt_states(&vec![vec![0]; KT_MAX_READ + 1]).await.is_err());
+    // The first of racing writers keeps its body; every one reads it back.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1));
+    let kept = race(s, 6, |s| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            s.kt_put_first(KtRecord {
+                kind: 103,
+                id: b"vrf".to_vec(),
+                body: vec![i; 32],
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    assert!(kept.iter().all(|k| *k == kept[0]), "{kept:?}");
+    let again = s
+        .kt_put_first(KtRecord {
+            kind: 103,
+            id: b"vrf".to_vec(),
+            body: vec![99; 32],
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, kept[0]);
 }

@@ -1080,6 +1080,9 @@ pub trait Store: Send + Sync + 'static {
     async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtValueState>>;
     /// The directory's published epoch (0: never published).
     async fn kt_epoch(&self) -> Result<u64>;
+    /// Stores `record` unless one of its kind and id is there already, in
+    /// one statement, and returns the body kept (the first writer's).
+    async fn kt_put_first(&self, record: KtRecord) -> Result<Vec<u8>>;
 }
 
 /// Refuses a key-transparency read of more than `KT_MAX_READ` ids.

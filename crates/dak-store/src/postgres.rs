@@ -1932,6 +1932,22 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn kt_put_first(&self, record: KtRecord) -> Result<Vec<u8>> {
+        // The no-op update makes RETURNING give the row kept, and takes its
+        // lock, so a racing insert waits and then reads the first body.
+        sqlx::query_scalar(
+            "INSERT INTO kt_records (kind, id, body) VALUES ($1, $2, $3)
+             ON CONFLICT (kind, id) DO UPDATE SET body = kt_records.body
+             RETURNING body",
+        )
+        .bind(i16::from(record.kind))
+        .bind(record.id)
+        .bind(record.body)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)
+    }
+
     async fn kt_epoch(&self) -> Result<u64> {
         let epoch: Option<i64> = sqlx::query_scalar("SELECT epoch FROM kt_head WHERE id = 1")
             .fetch_optional(&self.pool)

@@ -2208,6 +2208,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn kt_put_first(&self, record: KtRecord) -> Result<Vec<u8>> {
+        self.write_keeping_cache(move |c| {
+            c.query_row(
+                "INSERT INTO kt_records (kind, id, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, id) DO UPDATE SET body = kt_records.body
+                 RETURNING body",
+                params![record.kind, record.id, record.body],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn kt_epoch(&self) -> Result<u64> {
         self.read(|c| {
             let epoch: Option<i64> = c
