@@ -62,6 +62,27 @@ pub(crate) fn trust_for(profile: &Profile, key: &str) -> Result<CertTrust, Clien
     Ok(CertTrust::Pinned(profile.get_str(key)?.unwrap_or_default()))
 }
 
+/// An outside auditor's connection (`dak audit`): with `profile` as its
+/// memory, it pins the server's certificate at its first run and holds it
+/// to that pin after; it never authenticates.
+pub(crate) async fn open_auditor(
+    profile: &Profile,
+    servers: &str,
+) -> Result<Connection, ClientError> {
+    let pinned_cert = profile.get_str("cert")?;
+    let trust = match &pinned_cert {
+        Some(_) => trust_for(profile, "cert")?,
+        None => CertTrust::FirstUse,
+    };
+    let (conn, fingerprint) = open_any(profile, servers, trust).await?;
+    if pinned_cert.is_none()
+        && let Some(f) = fingerprint
+    {
+        profile.set("cert", f.as_bytes())?;
+    }
+    Ok(conn)
+}
+
 impl Client {
     // ---- registration and linking (before there is a device) ----
 

@@ -430,17 +430,7 @@ pub async fn audit(
     check: &AppendOnlyCheck,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<KeyAudit, ClientError> {
-    let pinned_cert = profile.get_str("cert")?;
-    let trust = match &pinned_cert {
-        Some(_) => crate::connect::trust_for(profile, "cert")?,
-        None => crate::CertTrust::FirstUse,
-    };
-    let (mut conn, fingerprint) = crate::connect::open_any(profile, servers, trust).await?;
-    if pinned_cert.is_none()
-        && let Some(f) = fingerprint
-    {
-        profile.set("cert", f.as_bytes())?;
-    }
+    let mut conn = crate::connect::open_auditor(profile, servers).await?;
     if conn.key_directory_key().is_empty() {
         return Err(ClientError::Usage(
             "this server keeps no key directory (a server from before key transparency)".into(),

@@ -546,17 +546,7 @@ pub async fn audit(
     servers: &str,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<NoticeAudit, ClientError> {
-    let pinned_cert = profile.get_str("cert")?;
-    let trust = match &pinned_cert {
-        Some(_) => crate::connect::trust_for(profile, "cert")?,
-        None => crate::CertTrust::FirstUse,
-    };
-    let (mut conn, fingerprint) = crate::connect::open_any(profile, servers, trust).await?;
-    if pinned_cert.is_none()
-        && let Some(f) = fingerprint
-    {
-        profile.set("cert", f.as_bytes())?;
-    }
+    let mut conn = crate::connect::open_auditor(profile, servers).await?;
     let (key, server_length, server_head) = conn.notice_log();
     if dak_proto::notices::notice_key(&key).is_err() {
         return Err(ClientError::Usage(
