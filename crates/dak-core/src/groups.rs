@@ -618,6 +618,7 @@ impl Client {
                 self.add_members(&group_key(&group), &[phone]).await
             }
             FollowUp::RemoveLeavers { group } => self.remove_leavers(&group).await,
+            FollowUp::CheckKeys { group, phones } => self.check_group_keys(&group, &phones).await,
         }
     }
 

@@ -115,6 +115,26 @@ pub(crate) fn on_commit(
     let conversation = conversation_of(p, group, "")?;
     if c.removed_me {
         p.retire_conversation(group)?;
+    } else {
+        // The devices another member's commit brought in are that member's
+        // word (and the server's): check them against the key directory.
+        // Members' new devices always (a device slipped into a contact's
+        // account is the attack); new members too, unless a crowd joined
+        // at once (each lookup costs the server and this account's budget).
+        let crowd = c.joined.len() > crate::kt::MAX_CHECKED_PER_COMMIT;
+        let phones: Vec<String> = c
+            .changed
+            .iter()
+            .filter(|x| *x != me && !c.left.contains(*x) && !(crowd && c.joined.contains(*x)))
+            .take(crate::kt::MAX_CHECKED_PER_COMMIT)
+            .cloned()
+            .collect();
+        if !phones.is_empty() {
+            out.follow_ups.push(FollowUp::CheckKeys {
+                group: group.to_vec(),
+                phones,
+            });
+        }
     }
     if !is_named_group(group) {
         for phone in c.changed.into_iter().filter(|x| x != me) {

@@ -160,39 +160,64 @@ pub(crate) fn check_key_packages(
     conn: &Connection,
     k: &v1::KeyPackages,
 ) -> Result<(), ClientError> {
+    let devices: Vec<(u64, &[u8])> = k
+        .devices
+        .iter()
+        .map(|d| (d.device_id, d.identity_key.as_slice()))
+        .collect();
+    check_devices(
+        profile,
+        conn,
+        &k.phone,
+        k.key_directory.as_ref(),
+        &devices,
+        "the server named",
+    )
+}
+
+/// Checks that every one of `devices` (id, identity key) of `phone` is in
+/// the set `proof` proves (None: the server sent no proof), recording the
+/// outcome for `safety`. `who` says who named the devices, for the reason.
+fn check_devices(
+    profile: &Profile,
+    conn: &Connection,
+    phone: &str,
+    proof: Option<&v1::KeyDirectoryProof>,
+    devices: &[(u64, &[u8])],
+    who: &str,
+) -> Result<(), ClientError> {
     let announced = conn.key_directory_key();
-    let Some(proof) = &k.key_directory else {
+    let Some(proof) = proof else {
         if announced.is_empty() && profile.get(PIN)?.is_none() {
-            set_status(profile, &k.phone, &KtStatus::NotOffered)?;
+            set_status(profile, phone, &KtStatus::NotOffered)?;
             return Ok(());
         }
         return Err(refuse(
             profile,
-            &k.phone,
+            phone,
             "the server sent keys without the key directory's proof".into(),
             true,
         ));
     };
     let key = pinned_key(profile, announced)?;
     let lookup =
-        dak_proto::kt::verify_lookup(&key, proof.epoch, &proof.root_hash, &k.phone, &proof.proof)
-            .map_err(|e| refuse(profile, &k.phone, e.to_string(), true))?;
+        dak_proto::kt::verify_lookup(&key, proof.epoch, &proof.root_hash, phone, &proof.proof)
+            .map_err(|e| refuse(profile, phone, e.to_string(), true))?;
     check_fresh(profile, proof.epoch, &proof.root_hash)
-        .map_err(|r| refuse(profile, &k.phone, r, true))?;
-    for d in &k.devices {
+        .map_err(|r| refuse(profile, phone, r, true))?;
+    for (device_id, identity_key) in devices {
         let listed = lookup
             .devices
             .iter()
-            .any(|p| p.device_id == d.device_id && p.identity_key == d.identity_key);
+            .any(|p| p.device_id == *device_id && p.identity_key == *identity_key);
         if !listed {
             return Err(refuse(
                 profile,
-                &k.phone,
+                phone,
                 format!(
-                    "the server named device {} with key {} that the key directory does not show \
-                     for this number (epoch {}): it was not added",
-                    d.device_id,
-                    short(&d.identity_key),
+                    "{who} device {device_id} with key {} that the key directory does not show \
+                     for this number (epoch {})",
+                    short(identity_key),
                     lookup.epoch
                 ),
                 false,
@@ -201,13 +226,73 @@ pub(crate) fn check_key_packages(
     }
     set_status(
         profile,
-        &k.phone,
+        phone,
         &KtStatus::Verified {
             epoch: lookup.epoch,
         },
     )?;
     set_status(profile, DIRECTORY, &KtStatus::NotOffered)?;
     Ok(())
+}
+
+/// Most numbers one commit's key check looks up: a commit adding a whole
+/// crowd is checked for its first ones (each lookup takes from the
+/// account's daily budget of different numbers).
+pub(crate) const MAX_CHECKED_PER_COMMIT: usize = 16;
+
+impl crate::Client {
+    /// Checks the devices `phones` have in `group` against the key
+    /// directory (a commit just added or removed some): a device the
+    /// directory does not show is told to the user
+    /// (`Event::KeyTransparency`) and kept as the number's failure.
+    pub(crate) async fn check_group_keys(
+        &mut self,
+        group: &[u8],
+        phones: &[String],
+    ) -> Result<(), ClientError> {
+        if self.conn.key_directory_key().is_empty() && self.profile.get(PIN)?.is_none() {
+            return Ok(()); // a server without a directory
+        }
+        let members = self.profile.mls(|m| m.members(group))?;
+        for phone in phones.iter().take(MAX_CHECKED_PER_COMMIT) {
+            let answer = self
+                .conn
+                .call(Request::LookupKeys(v1::LookupKeys {
+                    phone: phone.clone(),
+                }))
+                .await?;
+            let Body::KeyLookup(proof) = answer else {
+                return Err(crate::connection::unexpected(answer));
+            };
+            let devices: Vec<(u64, &[u8])> = members
+                .iter()
+                .filter(|m| m.phone == *phone)
+                .map(|m| (m.device_id, m.signature_key.as_slice()))
+                .collect();
+            if let Err(ClientError::KeyTransparency(reason)) = check_devices(
+                &self.profile,
+                &self.conn,
+                phone,
+                Some(&proof),
+                &devices,
+                "a member added",
+            ) {
+                let place = if crate::mls::is_named_group(group) {
+                    format!("in a group ({})", crate::format_id(group))
+                } else {
+                    format!("in your chat with {phone}")
+                };
+                self.pending_events.push(Event::KeyTransparency {
+                    phone: phone.clone(),
+                    warning: format!(
+                        "{place}, devices of {phone} were added that could not be checked against \
+                         the key directory ({reason}); messages you send there reach them"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 fn short(key: &[u8]) -> String {
@@ -300,10 +385,20 @@ pub(crate) async fn monitor(
             let _ = profile.set(OWN_CHECKED, now.to_string().as_bytes());
             events
         }
-        Err(e) => vec![Event::KeyTransparency {
-            phone,
-            warning: format!("your number's key history could not be checked: {e}"),
-        }],
+        // Only a check that failed is the user's business; a server that
+        // is down or busy is asked again at the next connect.
+        Err(ClientError::KeyTransparency(reason)) => {
+            // Said again at the next check, not at every reconnect.
+            let _ = profile.set(OWN_CHECKED, now.to_string().as_bytes());
+            vec![Event::KeyTransparency {
+                phone,
+                warning: format!("your number's key history could not be checked: {reason}"),
+            }]
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "own key history not checked this time");
+            Vec::new()
+        }
     }
 }
 

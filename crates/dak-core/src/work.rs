@@ -14,6 +14,9 @@ pub(crate) enum FollowUp {
     AddJoiner { group: Vec<u8>, phone: String },
     /// Remove the devices of members who left.
     RemoveLeavers { group: Vec<u8> },
+    /// A commit changed these numbers' devices in the group: check them
+    /// against the key directory (`kt.rs`).
+    CheckKeys { group: Vec<u8>, phones: Vec<String> },
 }
 
 /// One piece of queued work, done in the order queued.

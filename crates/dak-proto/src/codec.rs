@@ -193,6 +193,7 @@ pub fn validate_client(frame: &v1::ClientFrame) -> Result<(), FrameError> {
         | Request::GetKeyHistory(_)
         | Request::GetKeyAudit(_) => Ok(()),
         Request::BlockAccount(r) => short_text("phone", &r.phone),
+        Request::LookupKeys(r) => short_text("phone", &r.phone),
         Request::ReportAccount(r) => short_text("phone", &r.phone),
         Request::UploadKeyPackages(r) => {
             if r.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {

@@ -355,17 +355,10 @@ pub async fn upload_key_packages(
     })
 }
 
-/// One KeyPackage per device of the number that the caller does not know yet.
-pub async fn fetch_key_packages(
-    state: &AppState,
-    me: &Device,
-    req: v1::FetchKeyPackages,
-) -> ApiResult<v1::KeyPackages> {
-    let phone = parse_phone(&req.phone)?;
-    let now = now_ms();
-    // Contact discovery is bounded: each different number this account
-    // looks up in a day takes from its daily budget; looking up one it
-    // looked up today again is free.
+/// Contact discovery is bounded: each different number this account looks
+/// up in a day takes from its daily budget; looking up one it looked up
+/// today again is free. KeyPackage fetches and key lookups share it.
+async fn spend_lookup(state: &AppState, me: &Device, phone: &str, now: i64) -> ApiResult<()> {
     const DAY_MS: i64 = 86_400_000;
     let seen = format!("seen:{}:{phone}", me.account_id);
     let seen_today = state
@@ -387,6 +380,36 @@ pub async fn fetch_key_packages(
             .await?;
         state.store.take_token(&seen, now, DAY_MS, 1).await?;
     }
+    Ok(())
+}
+
+/// The key directory's proof for one number (`LookupKeys`), for a device
+/// checking devices added to a group.
+pub async fn lookup_keys(
+    state: &AppState,
+    me: &Device,
+    req: v1::LookupKeys,
+) -> ApiResult<v1::KeyDirectoryProof> {
+    let phone = parse_phone(&req.phone)?;
+    spend_lookup(state, me, &phone, now_ms()).await?;
+    if state.store.account_by_phone(&phone).await?.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::UnknownAccount,
+            format!("{phone} is not on Dak; check the number or invite them"),
+        ));
+    }
+    Ok(state.kt.lookup(&phone).await?.0)
+}
+
+/// One KeyPackage per device of the number that the caller does not know yet.
+pub async fn fetch_key_packages(
+    state: &AppState,
+    me: &Device,
+    req: v1::FetchKeyPackages,
+) -> ApiResult<v1::KeyPackages> {
+    let phone = parse_phone(&req.phone)?;
+    let now = now_ms();
+    spend_lookup(state, me, &phone, now).await?;
     // One-time KeyPackages per (requester, target): beyond the budget the
     // target's last-resort one is handed out instead, so the requester
     // still gets a working key and cannot drain the target's stock.

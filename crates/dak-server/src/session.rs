@@ -857,6 +857,12 @@ impl Session {
                 })?;
                 Ok(Body::KeyAudit(self.state.kt.audit(r.from).await?))
             }
+            Request::LookupKeys(r) => {
+                let me = self.device()?.clone();
+                Ok(Body::KeyLookup(
+                    groups::lookup_keys(&self.state, &me, r).await?,
+                ))
+            }
             // A device's own number only: monitoring, not discovery.
             Request::GetKeyHistory(_) => {
                 let me = self.device()?;

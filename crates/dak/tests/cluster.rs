@@ -13,13 +13,26 @@ fn nats_url() -> String {
     std::env::var("DAK_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// The key directory's VRF key every node of `cluster` shares, as an
+/// operator copies the first node's `kt-vrf.key` to the others (a node
+/// with another key refuses to start: OPERATIONS.md).
+fn shared_kt_key(cluster: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{cluster}-kt-vrf.key"));
+    if !path.exists() {
+        std::fs::write(&path, rand::random::<[u8; 32]>()).unwrap();
+    }
+    path.to_string_lossy().into_owned()
+}
+
 fn node(db: &FreshDb, cluster: &str) -> TestServer {
     let nats = nats_url();
+    let kt_key = shared_kt_key(cluster);
     TestServer::build_with(
         &[
             ("DAK_STORE", db.url.as_str()),
             ("DAK_BUS", nats.as_str()),
             ("DAK_CLUSTER", cluster),
+            ("DAK_KT_KEY", kt_key.as_str()),
             // Every test client registers from 127.0.0.1.
             ("DAK_CODES_PER_IP_PER_HOUR", "100000"),
             ("DAK_VERIFIES_PER_IP_PER_HOUR", "100000"),
@@ -565,10 +578,12 @@ async fn count_groups(
 fn media_node(db: &FreshDb, cluster: &str) -> TestServer {
     let nats = nats_url();
     let s3 = dak_store::testing::test_s3_env();
+    let kt_key = shared_kt_key(cluster);
     let mut env: Vec<(&str, &str)> = vec![
         ("DAK_STORE", db.url.as_str()),
         ("DAK_BUS", nats.as_str()),
         ("DAK_CLUSTER", cluster),
+        ("DAK_KT_KEY", kt_key.as_str()),
         ("DAK_CODES_PER_IP_PER_HOUR", "100000"),
         ("DAK_VERIFIES_PER_IP_PER_HOUR", "100000"),
         ("DAK_CODES_PER_RANGE_PER_HOUR", "100000"),

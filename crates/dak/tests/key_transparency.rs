@@ -166,6 +166,35 @@ async fn a_key_the_directory_does_not_prove_is_refused_and_nothing_reaches_it() 
     // before (alice's two messages wait in her outbox).
     assert!(mailbox_bodies(&server, ghost).is_empty());
     assert!(bob.sync_texts().await.is_empty());
+
+    // A device that trusts the new directory (bob's, as if reinstalled:
+    // it pins the new key) adds the server's device to the chat when it
+    // sends. alice's device checks the devices another member's commit
+    // brought in, and says so: the one thing it cannot do is unsend.
+    let bobs = bob.profile();
+    for key in [
+        "kt_key",
+        "kt_highest",
+        "kt_status:*",
+        "kt_status:+919800000001",
+    ] {
+        bobs.delete(key).unwrap();
+    }
+    drop(bobs);
+    ok(&bob.dir, &["send", &alice.phone, "from bob's side"]);
+    let events = sync_events(&alice).await;
+    assert!(
+        texts(&events).contains(&"from bob's side".to_string()),
+        "{events:?}"
+    );
+    let warnings = key_transparency_warnings(&events);
+    assert!(
+        warnings.iter().any(|w| w.starts_with(&format!(
+            "in your chat with {}, devices of {} were added that could not be checked",
+            bob.phone, bob.phone
+        ))),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test]
