@@ -538,6 +538,12 @@ async fn a_browser_and_the_cli_chat_with_honest_ticks_and_lose_nothing_to_kill9(
         suite.starts_with("Post-quantum encryption") && suite.contains(&bobs.suite),
         "{suite}"
     );
+    // The page's device checked bob's keys against the key directory.
+    let kt = browser
+        .js("return document.getElementById('safety-kt').textContent")
+        .await;
+    let kt = kt.as_str().unwrap();
+    assert!(kt.starts_with("Keys verified by key transparency"), "{kt}");
 
     // A second tab of the same browser cannot open the profile, and says so.
     let tab = browser.driver.new_window(true).await.unwrap();
