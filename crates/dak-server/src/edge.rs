@@ -30,12 +30,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::IpPrefix;
 use crate::state::AppState;
+use crate::tls_stream::{self, TlsStream};
 
 /// Bytes a connection may send before it authenticates: TLS handshake,
 /// HTTP upgrade request and the registration or link frames, with room to
@@ -399,7 +398,6 @@ impl EdgeListener {
         state: AppState,
     ) -> io::Result<Self> {
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let acceptor = tls.map(TlsAcceptor::from);
         let admission = state.admission.clone();
         tokio::spawn(async move {
             loop {
@@ -422,15 +420,15 @@ impl EdgeListener {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, ready_tx) = (acceptor.clone(), tx.clone());
+                let (tls, ready_tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let stream = match acceptor {
+                    let stream = match tls {
                         None => Guarded::new(Inner::Plain(tcp), admitted.clone()),
-                        Some(acceptor) => {
+                        Some(config) => {
                             // The handshake reads through the guard, so the
                             // deadline and byte budget hold during it too.
                             let guarded = Guarded::new(Inner::Plain(tcp), admitted.clone());
-                            match tls_over(acceptor, guarded).await {
+                            match tls_over(config, guarded).await {
                                 Ok(s) => s,
                                 Err(e) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -450,9 +448,9 @@ impl EdgeListener {
     }
 }
 
-async fn tls_over(acceptor: TlsAcceptor, tcp: Guarded) -> io::Result<Guarded> {
+async fn tls_over(config: Arc<rustls::ServerConfig>, tcp: Guarded) -> io::Result<Guarded> {
     let admitted = tcp.admitted.clone();
-    let tls = acceptor.accept(tcp).await?;
+    let tls = tls_stream::accept(config, tcp).await?;
     Ok(Guarded::new(Inner::Tls(Box::new(tls)), admitted))
 }
 

@@ -30,6 +30,7 @@ mod sms_budget;
 mod state;
 mod status;
 mod tls;
+mod tls_stream;
 pub mod web;
 
 use std::net::SocketAddr;
