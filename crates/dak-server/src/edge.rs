@@ -450,7 +450,17 @@ impl EdgeListener {
 
 async fn tls_over(config: Arc<rustls::ServerConfig>, tcp: Guarded) -> io::Result<Guarded> {
     let admitted = tcp.admitted.clone();
-    let tls = tls_stream::accept(config, tcp).await?;
+    // The guard checks the deadline when the handshake reads; this holds
+    // it to the deadline while it waits to write, too.
+    let handshake = tls_stream::accept(config, tcp);
+    let tls = match admitted.deadline() {
+        Some(deadline) => tokio::time::timeout_at(deadline, handshake)
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake not done in time")
+            })??,
+        None => handshake.await?,
+    };
     Ok(Guarded::new(Inner::Tls(Box::new(tls)), admitted))
 }
 

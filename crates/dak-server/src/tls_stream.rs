@@ -24,10 +24,14 @@
 //!   `outgoing[written..]` goes to the socket on flush (or when more than
 //!   `MAX_OUTGOING` waits), and the vector is released once all is written.
 //! - Only the writer writes to the socket and only the reader reads it: a
-//!   key update's answer, produced while reading, waits for the next flush
-//!   (TLS 1.3 asks only that it precede the next application data). A
+//!   key update's answer, produced while reading, goes out before the next
+//!   write's data (rustls puts it first) with the next flush (TLS 1.3 asks
+//!   only that it precede the next application data). A
 //!   reader that wrote would take the writer's place as the one the socket
 //!   wakes when writable, and the writer would sleep for ever.
+//! - A handshake that fails sends rustls's alert (protocol_version,
+//!   decrypt_error, …) if the socket takes it at once, so a client learns
+//!   why; `edge.rs` holds the whole handshake to the connection's deadline.
 //! - After the peer's close_notify nothing more is read from the socket:
 //!   reads answer end of stream. A socket that ends without one is an
 //!   `UnexpectedEof` error, as rustls's own reader says it.
@@ -111,28 +115,62 @@ where
         eof: false,
         close_queued: false,
     };
-    loop {
-        std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
-        if !stream.conn.is_handshaking() {
-            return Ok(stream);
+    // Reads and writes at once: a client may write (a ChangeCipherSpec)
+    // before it reads the rest of the server's flight, and a server that
+    // only wrote would wait for a client that waits for it.
+    let done = std::future::poll_fn(|cx| {
+        loop {
+            let sent = stream.poll_send(cx)?;
+            if !stream.conn.is_handshaking() {
+                return sent.map(Ok);
+            }
+            if stream.peer_closed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                )));
+            }
+            match ready!(stream.poll_fill(cx)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection ended during the TLS handshake",
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    stream.queue_alert();
+                    // One try, without waiting: the client may be gone.
+                    let _ = stream.poll_send(cx);
+                    return Poll::Ready(Err(e));
+                }
+            }
         }
-        if stream.peer_closed {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection during the TLS handshake",
-            ));
-        }
-        let read = std::future::poll_fn(|cx| stream.poll_fill(cx)).await?;
-        if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the connection ended during the TLS handshake",
-            ));
-        }
-    }
+    })
+    .await;
+    done.map(|()| stream)
 }
 
 impl<IO> TlsStream<IO> {
+    /// After rustls refused the peer's records: the alert it queued, in
+    /// `outgoing` (it hands queued records out before it reports the
+    /// error again).
+    fn queue_alert(&mut self) {
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let at = self.outgoing.len();
+                    self.outgoing.resize(at + 256, 0);
+                    let n = encode.encode(&mut self.outgoing[at..]).unwrap_or(0);
+                    self.outgoing.truncate(at + n);
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
+    }
+
     /// The capacity of the buffers the stream holds: all zero while idle.
     #[cfg(test)]
     fn held(&self) -> usize {
@@ -155,6 +193,9 @@ impl<IO> TlsStream<IO> {
         self.incoming.drain(..used);
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
+        } else if self.incoming.capacity() > 2 * self.incoming.len() {
+            // Only a record's tail waits: give back what held the rest.
+            self.incoming.shrink_to_fit();
         }
         Ok(stop)
     }
@@ -434,7 +475,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             }
         }
         ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        match ready!(Pin::new(&mut this.io).poll_shutdown(cx)) {
+            // The peer is gone already: shut down, as tokio-rustls says too.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            other => Poll::Ready(other),
+        }
     }
 }
 
@@ -442,6 +487,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
 mod tests {
     use super::*;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -542,6 +588,145 @@ mod tests {
         assert!(got == up, "the server read what the client wrote");
         let _client = client_task.await.unwrap();
         assert_eq!(server.held(), 0, "an idle stream holds no buffer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_split_between_a_reader_and_a_writer_task_loses_no_wakeup() {
+        // As the server uses it: the WebSocket's halves in two tasks.
+        let Pair { server, client } = pair().await;
+        let (mut server_r, mut server_w) = tokio::io::split(server);
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let up = pattern(2 << 20, 3);
+        let down = pattern(2 << 20, 4);
+        let (up2, down2) = (up.clone(), down.clone());
+        let writers = tokio::spawn(async move {
+            let server_writes = async {
+                for piece in down2.chunks(777) {
+                    server_w.write_all(piece).await.unwrap();
+                    if piece[0] % 5 == 0 {
+                        server_w.flush().await.unwrap();
+                    }
+                }
+                server_w.flush().await.unwrap();
+            };
+            let client_writes = async {
+                for piece in up2.chunks(1500) {
+                    client_w.write_all(piece).await.unwrap();
+                }
+                client_w.flush().await.unwrap();
+            };
+            tokio::join!(server_writes, client_writes);
+            (server_w, client_w)
+        });
+        let server_reads = tokio::spawn(async move {
+            let mut got = vec![0; up.len()];
+            server_r.read_exact(&mut got).await.unwrap();
+            assert!(got == up, "the server read what the client wrote");
+            server_r
+        });
+        let mut got = vec![0; down.len()];
+        tokio::time::timeout(Duration::from_secs(60), client_r.read_exact(&mut got))
+            .await
+            .expect("no stall")
+            .unwrap();
+        assert!(got == down, "the client read what the server wrote");
+        let server_r = server_reads.await.unwrap();
+        let (server_w, _) = writers.await.unwrap();
+        let server = server_r.unsplit(server_w);
+        assert_eq!(server.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_writer_ahead_of_a_slow_reader_waits_instead_of_buffering() {
+        let Pair {
+            mut server,
+            mut client,
+        } = pair().await;
+        let down = pattern(4 << 20, 5);
+        let down2 = down.clone();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; down2.len()];
+            for chunk in got.chunks_mut(64 * 1024) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                client.read_exact(chunk).await.unwrap();
+            }
+            assert!(got == down2);
+        });
+        // Written without a flush: the stream must send on its own once
+        // more than MAX_OUTGOING waits, and never hold much more.
+        let mut most = 0;
+        for piece in down.chunks(16 * 1024) {
+            server.write_all(piece).await.unwrap();
+            most = most.max(server.outgoing.len() - server.written);
+        }
+        server.flush().await.unwrap();
+        reader.await.unwrap();
+        assert!(most <= MAX_OUTGOING + MAX_WRITE + 1024, "held {most} bytes");
+    }
+
+    #[tokio::test]
+    async fn records_that_arrive_a_few_bytes_at_a_time_are_put_together() {
+        // A pipe of 5 bytes: the ClientHello, every handshake message and
+        // every record reach the server in pieces across many reads.
+        let (server_config, client_config) = configs();
+        let (server_io, client_io) = tokio::io::duplex(5);
+        let server = tokio::spawn(async move {
+            let mut s = accept(server_config, server_io).await.unwrap();
+            let mut got = vec![0; 50_000];
+            s.read_exact(&mut got).await.unwrap();
+            s.write_all(&got).await.unwrap();
+            s.flush().await.unwrap();
+            s
+        });
+        let mut client = tokio_rustls::TlsConnector::from(client_config)
+            .connect(ServerName::try_from("localhost").unwrap(), client_io)
+            .await
+            .unwrap();
+        let sent = pattern(50_000, 6);
+        let (mut r, mut w) = tokio::io::split(&mut client);
+        let echo = async {
+            let mut back = vec![0; sent.len()];
+            r.read_exact(&mut back).await.unwrap();
+            back
+        };
+        let send = async {
+            w.write_all(&sent).await.unwrap();
+            w.flush().await.unwrap();
+        };
+        let (back, ()) = tokio::join!(echo, send);
+        assert!(back == sent);
+        let server = server.await.unwrap();
+        assert_eq!(server.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_the_server_cannot_serve_is_told_why() {
+        // A TLS 1.2-only client: the server (TLS 1.3 only) answers with
+        // rustls's alert, not a bare disconnect.
+        let (server_config, _) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server_config, tcp).await.map(|_| ())
+        });
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let err = tokio_rustls::TlsConnector::from(Arc::new(client_config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:?}").contains("AlertReceived(ProtocolVersion)"),
+            "the client got: {err:?}"
+        );
+        assert!(server.await.unwrap().is_err());
     }
 
     #[tokio::test]
