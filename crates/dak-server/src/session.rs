@@ -25,7 +25,11 @@
 //! Acks: an `AckDeliveries` is answered at once and its seqs leave the
 //! window at once; with the fast path the store deletes them in a batch
 //! (`ACK_BATCH` seqs or `ACK_DELAY` after the first, and when the
-//! connection ends). A delete lost in a crash only means the device gets
+//! connection ends), and the session reads on without waiting for the
+//! delete's commit (`ACK_TASKS` batches at most); when the connection
+//! ends it waits for all of them, so a device that connects again is not
+//! sent what it acked. (A newer connection that replaces this one may
+//! read before they land and send some again.) A delete lost in a crash only means the device gets
 //! those envelopes again at its next connect, which it drops by message id,
 //! as after any lost ack. Without it (PostgreSQL) each ack is deleted at
 //! once: a delete held back 10 ms met the partner's next send on the
@@ -91,6 +95,8 @@ const MAX_PIPELINED: usize = 64;
 /// for at most `ACK_DELAY` (see "Acks" above).
 const ACK_BATCH: usize = 512;
 const ACK_DELAY: Duration = Duration::from_millis(10);
+/// Batches of acks being deleted at once for one connection (see "Acks").
+const ACK_TASKS: usize = 2;
 /// Failed authentications tolerated on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// Requests one connection may make before it authenticates: enough to
@@ -116,7 +122,6 @@ enum Flow {
 /// What woke `Session::serve`.
 enum Event {
     Socket(Option<Result<Message, axum::Error>>),
-    Tick,
     Replaced,
     Answer(u64, ApiResult<Body>),
     Hinted,
@@ -125,8 +130,8 @@ enum Event {
     LinkApproved(bool),
     /// The operator's notice log grew.
     Notices,
-    Deadline,
-    AckDeadline,
+    /// The earliest of the session's deadlines passed (see `Session::timer`).
+    Timer,
     Shutdown,
 }
 
@@ -171,6 +176,12 @@ struct Session {
     /// Acked seqs not yet deleted from the store, and when to delete them.
     acked: Vec<u64>,
     ack_deadline: Option<Instant>,
+    /// Deletes of acked seqs under way (the fast path does not wait for
+    /// them; see `flush_acks`).
+    ack_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// When to look at the connection's liveness next (authenticated only;
+    /// see `keepalive`).
+    next_ping: Option<Instant>,
     /// The device's account is a business (a bot): its messages take the
     /// per-chat bucket; once the operator verified it, its requests take
     /// `business_requests_per_device_per_sec` (`business.rs`). Read at
@@ -264,6 +275,8 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         sends: futures_util::stream::FuturesOrdered::new(),
         acked: Vec::new(),
         ack_deadline: None,
+        ack_tasks: Vec::new(),
+        next_ping: None,
         business: false,
         business_verified: false,
         notices_sent: 0,
@@ -285,7 +298,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         .await;
     drop(log);
     session.serve(&mut stream).await;
-    session.flush_acks().await;
+    session.finish_acks().await;
     drop(session);
     // The writer sends what is queued, within the stall deadline per frame;
     // past one more deadline it is cut off, and dropping both halves closes
@@ -300,6 +313,21 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         .metrics
         .connections_open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Deletes a device's acked envelopes from the store.
+async fn delete_acked(state: &AppState, device: u64, seqs: Vec<u64>) {
+    match state.store.ack(device, &seqs).await {
+        Ok(n) => {
+            state
+                .metrics
+                .envelopes_acked
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        // They stay in the store and come back at the next connect, where
+        // the device drops them as duplicates.
+        Err(e) => tracing::warn!(device, error = %e, "deleting acked envelopes failed"),
+    }
 }
 
 /// A WebSocket close reason must fit in 123 bytes; cut at a char boundary.
@@ -368,17 +396,15 @@ async fn until(deadline: Option<Instant>) {
 impl Session {
     async fn serve(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
         let mut shutdown = self.state.shutdown.clone();
-        let mut ping = tokio::time::interval(self.state.config.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Only the waiting is inline in this task; what an event makes
             // the session do (a request's handler and the store's futures
             // under it, kilobytes) is boxed for as long as it runs, so an
             // idle connection's task holds just the wait (BENCHMARKS.md,
             // "connect").
+            let wake = self.timer();
             let event = tokio::select! {
                 msg = stream.next(), if self.sends.len() < MAX_PIPELINED => Event::Socket(msg),
-                _ = ping.tick(), if self.device.is_some() => Event::Tick,
                 _ = replaced(self.online.as_ref()) => Event::Replaced,
                 Some((request_id, answer)) = self.sends.next(), if !self.sends.is_empty() => {
                     Event::Answer(request_id, answer)
@@ -388,8 +414,7 @@ impl Session {
                 _ = changed(self.revoke.as_mut()) => Event::Revoked,
                 ok = changed(self.link.as_mut().map(|l| &mut l.sub)) => Event::LinkApproved(ok),
                 _ = notices_grew(self.notices.as_mut()) => Event::Notices,
-                _ = until(self.deadline) => Event::Deadline,
-                _ = until(self.ack_deadline) => Event::AckDeadline,
+                _ = until(wake) => Event::Timer,
                 _ = stopped(&mut shutdown) => Event::Shutdown,
             };
             let flow = Box::pin(self.on_event(event)).await;
@@ -439,7 +464,6 @@ impl Session {
                     }
                 }
             }
-            Event::Tick => self.keepalive(),
             Event::Replaced => {
                 self.state.metrics.closed.inc("replaced");
                 self.push(Body::Notice(v1::Notice {
@@ -459,12 +483,8 @@ impl Session {
             Event::Mail(false) | Event::LinkApproved(false) => Flow::Close,
             Event::Revoked => self.on_revoked().await,
             Event::LinkApproved(true) => self.on_link_approved().await,
-            Event::Deadline => self.on_deadline().await,
             Event::Notices => self.push_notices().await,
-            Event::AckDeadline => {
-                self.flush_acks().await;
-                Flow::Continue
-            }
+            Event::Timer => self.on_timer().await,
             Event::Shutdown => {
                 self.push(Body::Notice(v1::Notice {
                     kind: v1::NoticeKind::ServerDraining as i32,
@@ -477,6 +497,34 @@ impl Session {
                 Flow::Close
             }
         }
+    }
+
+    /// The session's one timer: the earliest of the deadline (to
+    /// authenticate, or a linked device's expiry), the batched acks' and
+    /// the next ping. One `Sleep` in the wait instead of three (an
+    /// `Interval` boxes one more), a few hundred bytes less in every idle
+    /// connection (docs/BENCHMARKS.md, "connect").
+    fn timer(&self) -> Option<Instant> {
+        [self.deadline, self.ack_deadline, self.next_ping]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whatever of the timer's deadlines has passed.
+    async fn on_timer(&mut self) -> Flow {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|at| at <= now) {
+            return self.on_deadline().await;
+        }
+        if self.ack_deadline.is_some_and(|at| at <= now) {
+            self.flush_acks().await;
+        }
+        if self.next_ping.is_some_and(|at| at <= now) {
+            self.next_ping = Some(now + self.state.config.ping_interval);
+            return self.keepalive();
+        }
+        Flow::Continue
     }
 
     /// Pings, or closes a connection that has sent nothing whole for too long.
@@ -633,7 +681,11 @@ impl Session {
         Ok(())
     }
 
-    /// Deletes the acked envelopes from the store (see "Acks").
+    /// Deletes the acked envelopes from the store (see "Acks"). On the
+    /// fast path the session does not wait for the delete's commit: a
+    /// device draining a full mailbox would otherwise stop at every batch
+    /// for an fsync (BENCHMARKS.md, "offline"); `finish_acks` waits for
+    /// them when the connection ends.
     async fn flush_acks(&mut self) {
         self.ack_deadline = None;
         let Some(id) = self.device.as_ref().map(|d| d.id) else {
@@ -643,16 +695,34 @@ impl Session {
             return;
         }
         let seqs = std::mem::take(&mut self.acked);
-        match self.state.store.ack(id, &seqs).await {
-            Ok(n) => {
-                self.state
-                    .metrics
-                    .envelopes_acked
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if self.state.fast_path {
+            self.ack_tasks.retain(|t| !t.is_finished());
+            // At most `ACK_TASKS` deletes of one device in flight: past
+            // that the session waits for the oldest, so a store that falls
+            // behind slows the drain instead of queueing without bound.
+            if self.ack_tasks.len() >= ACK_TASKS {
+                let _ = self.ack_tasks.remove(0).await;
             }
-            // They stay in the store and come back at the next connect,
-            // where the device drops them as duplicates.
-            Err(e) => tracing::warn!(device = id, error = %e, "deleting acked envelopes failed"),
+            let state = self.state.clone();
+            self.ack_tasks.push(tokio::spawn(
+                async move { delete_acked(&state, id, seqs).await },
+            ));
+        } else {
+            delete_acked(&self.state, id, seqs).await;
+        }
+    }
+
+    /// Deletes what is acked and waits for every delete in flight: a device
+    /// that connects again is not sent what it acked on this connection.
+    async fn finish_acks(&mut self) {
+        for task in std::mem::take(&mut self.ack_tasks) {
+            let _ = task.await;
+        }
+        if let Some(id) = self.device.as_ref().map(|d| d.id)
+            && !self.acked.is_empty()
+        {
+            let seqs = std::mem::take(&mut self.acked);
+            delete_acked(&self.state, id, seqs).await;
         }
     }
 
@@ -997,6 +1067,7 @@ impl Session {
         self.heard_at = Instant::now();
         tracing::debug!(peer = %self.peer, device = device.id, "device connected");
         self.device = Some(device);
+        self.next_ping = Some(Instant::now() + self.state.config.ping_interval);
     }
 
     /// Pushes the notice log's entries this device has not been shown, a
