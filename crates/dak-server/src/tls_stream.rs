@@ -518,6 +518,21 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    /// A listener whose one connection's handshake is the task's result.
+    async fn handshake_one() -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let (server_config, _) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server_config, tcp).await.map(|_| ())
+        });
+        (addr, server)
+    }
+
     async fn pair() -> Pair {
         let (server_config, client_config) = configs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -703,13 +718,7 @@ mod tests {
     async fn a_client_the_server_cannot_serve_is_told_why() {
         // A TLS 1.2-only client: the server (TLS 1.3 only) answers with
         // rustls's alert, not a bare disconnect.
-        let (server_config, _) = configs();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept(server_config, tcp).await.map(|_| ())
-        });
+        let (addr, server) = handshake_one().await;
         let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -784,13 +793,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_that_are_not_tls_fail_the_handshake() {
-        let (server_config, _) = configs();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept(server_config, tcp).await.map(|_| ())
-        });
+        let (addr, server) = handshake_one().await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -798,13 +801,7 @@ mod tests {
         let err = server.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         // A client that goes away mid-handshake is an error too.
-        let (server_config, _) = configs();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept(server_config, tcp).await.map(|_| ())
-        });
+        let (addr, server) = handshake_one().await;
         drop(TcpStream::connect(addr).await.unwrap());
         let err = server.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
