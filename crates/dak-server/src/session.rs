@@ -719,14 +719,9 @@ impl Session {
     /// Deletes what is acked and waits for every delete in flight: a device
     /// that connects again is not sent what it acked on this connection.
     async fn finish_acks(&mut self) {
+        self.flush_acks().await;
         for task in std::mem::take(&mut self.ack_tasks) {
             let _ = task.await;
-        }
-        if let Some(id) = self.device.as_ref().map(|d| d.id)
-            && !self.acked.is_empty()
-        {
-            let seqs = std::mem::take(&mut self.acked);
-            delete_acked(&self.state, id, seqs).await;
         }
     }
 

@@ -42,10 +42,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
-};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read from the socket at once, on the stack: one whole record (16
@@ -160,10 +158,12 @@ impl<IO> TlsStream<IO> {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let at = self.outgoing.len();
-                    self.outgoing.resize(at + 256, 0);
-                    let n = encode.encode(&mut self.outgoing[at..]).unwrap_or(0);
-                    self.outgoing.truncate(at + n);
+                    let _ = append(
+                        &mut self.outgoing,
+                        64,
+                        |out| encode.encode(out),
+                        encode_short,
+                    );
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
                 _ => return,
@@ -181,8 +181,8 @@ impl<IO> TlsStream<IO> {
     /// application data after it) and, when the connection is ready for
     /// it, encrypts `write`. Errs when the peer breaks the protocol or the
     /// write cannot be made (the connection is closing).
-    fn process_incoming(&mut self, write: Write<'_>) -> io::Result<Stop> {
-        let (used, stop) = process(
+    fn process_incoming(&mut self, write: Write<'_>) -> io::Result<()> {
+        let used = process(
             &mut self.conn,
             &mut self.incoming,
             write,
@@ -197,7 +197,7 @@ impl<IO> TlsStream<IO> {
             // Only a record's tail waits: give back what held the rest.
             self.incoming.shrink_to_fit();
         }
-        Ok(stop)
+        Ok(())
     }
 }
 
@@ -217,7 +217,7 @@ impl<IO: AsyncRead + Unpin> TlsStream<IO> {
             // Whole records are decrypted from the stack; only a partial
             // one's tail is kept.
             let fresh = buf.filled_mut();
-            let (used, stop) = process(
+            let used = process(
                 &mut self.conn,
                 fresh,
                 Write::Nothing,
@@ -228,9 +228,6 @@ impl<IO: AsyncRead + Unpin> TlsStream<IO> {
             if used < read {
                 self.incoming.extend_from_slice(&fresh[used..]);
             }
-            if stop == Stop::Closed {
-                self.peer_closed = true;
-            }
         } else {
             if self.incoming.len() + read > MAX_INCOMING {
                 return Poll::Ready(Err(io::Error::new(
@@ -239,9 +236,7 @@ impl<IO: AsyncRead + Unpin> TlsStream<IO> {
                 )));
             }
             self.incoming.extend_from_slice(buf.filled());
-            if self.process_incoming(Write::Nothing)? == Stop::Closed {
-                self.peer_closed = true;
-            }
+            self.process_incoming(Write::Nothing)?;
         }
         Poll::Ready(Ok(read))
     }
@@ -267,8 +262,7 @@ impl<IO: AsyncWrite + Unpin> TlsStream<IO> {
 /// Runs rustls over `incoming` until it needs more bytes or is ready for
 /// application data, appending decrypted data to `plaintext` and whatever
 /// it must send to `outgoing`; encrypts `write` once it is ready. Returns
-/// how many bytes at the front of `incoming` are done with, and where it
-/// stopped.
+/// how many bytes at the front of `incoming` are done with.
 fn process(
     conn: &mut UnbufferedServerConnection,
     incoming: &mut [u8],
@@ -276,7 +270,7 @@ fn process(
     plaintext: &mut Vec<u8>,
     outgoing: &mut Vec<u8>,
     peer_closed: &mut bool,
-) -> io::Result<(usize, Stop)> {
+) -> io::Result<usize> {
     let mut used = 0;
     loop {
         let UnbufferedStatus { mut discard, state } =
@@ -291,22 +285,8 @@ fn process(
                 None
             }
             ConnectionState::EncodeTlsData(mut encode) => {
-                let at = outgoing.len();
-                let mut room = 1024;
-                loop {
-                    outgoing.resize(at + room, 0);
-                    match encode.encode(&mut outgoing[at..]) {
-                        Ok(n) => {
-                            outgoing.truncate(at + n);
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
-                        Err(EncodeError::AlreadyEncoded) => {
-                            outgoing.truncate(at);
-                            break;
-                        }
-                    }
-                }
+                // AlreadyEncoded: nothing is left to append.
+                let _ = append(outgoing, 1024, |out| encode.encode(out), encode_short);
                 None
             }
             // Appended in order: sent before anything encoded after it.
@@ -316,18 +296,38 @@ fn process(
             }
             ConnectionState::BlockedHandshake => Some(Stop::Read),
             ConnectionState::WriteTraffic(mut traffic) => {
-                match std::mem::replace(&mut write, Write::Nothing) {
-                    Write::Nothing => {}
-                    Write::Data(data) => encrypt(&mut traffic, data, outgoing)?,
-                    Write::CloseNotify => close_notify(&mut traffic, outgoing)?,
-                }
+                // A record's overhead is 22 bytes (header, content type,
+                // tag) and a key update may come first; rustls says so
+                // when the room is short.
+                let written = match std::mem::replace(&mut write, Write::Nothing) {
+                    Write::Nothing => Ok(()),
+                    Write::Data(data) => {
+                        let room = data.len() + 64 * (data.len() / (16 * 1024) + 2);
+                        append(
+                            outgoing,
+                            room,
+                            |out| traffic.encrypt(data, out),
+                            encrypt_short,
+                        )
+                    }
+                    Write::CloseNotify => append(
+                        outgoing,
+                        64,
+                        |out| traffic.queue_close_notify(out),
+                        encrypt_short,
+                    ),
+                };
+                written.map_err(|_| io::Error::other("the TLS connection's keys are exhausted"))?;
                 Some(Stop::Ready)
             }
             ConnectionState::PeerClosed => {
                 *peer_closed = true;
                 None
             }
-            ConnectionState::Closed => Some(Stop::Closed),
+            ConnectionState::Closed => {
+                *peer_closed = true;
+                Some(Stop::Closed)
+            }
             ConnectionState::ReadEarlyData(_) => {
                 // The server's config accepts none (max_early_data_size 0).
                 return Err(io::Error::new(
@@ -347,55 +347,50 @@ fn process(
                     "the TLS connection is closed for writing",
                 ));
             }
-            return Ok((used, stop));
+            return Ok(used);
         }
     }
 }
 
-fn encrypt(
-    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
-    data: &[u8],
+/// Appends to `outgoing` what `produce` writes into the room it is given:
+/// `room` bytes first, then as many as rustls says it needs (`short`).
+/// Any other error is handed back, with nothing appended.
+fn append<E>(
     outgoing: &mut Vec<u8>,
-) -> io::Result<()> {
+    mut room: usize,
+    mut produce: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    short: fn(&E) -> Option<usize>,
+) -> Result<(), E> {
     let at = outgoing.len();
-    // A record's overhead is 22 bytes (header, content type, tag); a key
-    // update may come first. rustls says so when this is short.
-    let mut room = data.len() + 64 * (data.len() / (16 * 1024) + 2);
     loop {
         outgoing.resize(at + room, 0);
-        match traffic.encrypt(data, &mut outgoing[at..]) {
+        match produce(&mut outgoing[at..]) {
             Ok(n) => {
                 outgoing.truncate(at + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
-            Err(EncryptError::EncryptExhausted) => {
+            Err(e) => {
                 outgoing.truncate(at);
-                return Err(io::Error::other("the TLS connection's keys are exhausted"));
+                match short(&e) {
+                    Some(required) if required > room => room = required,
+                    _ => return Err(e),
+                }
             }
         }
     }
 }
 
-fn close_notify(
-    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
-    outgoing: &mut Vec<u8>,
-) -> io::Result<()> {
-    let at = outgoing.len();
-    let mut room = 64;
-    loop {
-        outgoing.resize(at + room, 0);
-        match traffic.queue_close_notify(&mut outgoing[at..]) {
-            Ok(n) => {
-                outgoing.truncate(at + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
-            Err(EncryptError::EncryptExhausted) => {
-                outgoing.truncate(at);
-                return Err(io::Error::other("the TLS connection's keys are exhausted"));
-            }
-        }
+fn encode_short(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(e) => Some(e.required_size),
+        EncodeError::AlreadyEncoded => None,
+    }
+}
+
+fn encrypt_short(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(e) => Some(e.required_size),
+        EncryptError::EncryptExhausted => None,
     }
 }
 
