@@ -26,10 +26,14 @@
 //! window at once; with the fast path the store deletes them in a batch
 //! (`ACK_BATCH` seqs or `ACK_DELAY` after the first, and when the
 //! connection ends), and the session reads on without waiting for the
-//! delete's commit (`ACK_TASKS` batches at most); when the connection
-//! ends it waits for all of them, so a device that connects again is not
-//! sent what it acked. (A newer connection that replaces this one may
-//! read before they land and send some again.) A delete lost in a crash only means the device gets
+//! delete's commit. One delete per connection is in flight: what is acked
+//! meanwhile waits, and goes in the next delete, all of it, so the deletes
+//! grow to the writer's pace instead of queueing behind one another in it
+//! (`ACK_PENDING` seqs at most wait; past that the session waits for the
+//! delete in flight). When the connection ends it waits for the last, so a
+//! device that connects again is not sent what it acked. (A newer
+//! connection that replaces this one may read before they land and send
+//! some again.) A delete lost in a crash only means the device gets
 //! those envelopes again at its next connect, which it drops by message id,
 //! as after any lost ack. Without it (PostgreSQL) each ack is deleted at
 //! once: a delete held back 10 ms met the partner's next send on the
@@ -95,12 +99,10 @@ const MAX_PIPELINED: usize = 64;
 /// for at most `ACK_DELAY` (see "Acks" above).
 const ACK_BATCH: usize = 512;
 const ACK_DELAY: Duration = Duration::from_millis(10);
-/// Batches of acks being deleted at once for one connection (see "Acks"):
-/// a window's worth. The deletes are slower than a full mailbox's drain,
-/// so without a bound they pile up behind it; with two the drain ran at
-/// 105,000 msg/s, with 8 or 64 at 122,000-135,000, without one at 210,000
-/// (measured, docs/BENCHMARKS.md, "offline").
-const ACK_TASKS: usize = WINDOW / ACK_BATCH;
+/// Acked seqs that may wait while a delete is in flight (see "Acks"): 64
+/// KiB of seqs. Past it the session waits for that delete, so a store that
+/// falls behind slows the drain rather than letting the seqs grow.
+const ACK_PENDING: usize = 2 * WINDOW;
 /// Failed authentications tolerated on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// Requests one connection may make before it authenticates: enough to
@@ -180,9 +182,9 @@ struct Session {
     /// Acked seqs not yet deleted from the store, and when to delete them.
     acked: Vec<u64>,
     ack_deadline: Option<Instant>,
-    /// Deletes of acked seqs under way (the fast path does not wait for
-    /// them; see `flush_acks`).
-    ack_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The delete of acked seqs under way (the fast path does not wait
+    /// for it; see `flush_acks`).
+    ack_task: Option<tokio::task::JoinHandle<()>>,
     /// When to look at the connection's liveness next (authenticated only;
     /// see `keepalive`).
     next_ping: Option<Instant>,
@@ -279,7 +281,7 @@ pub async fn run(state: AppState, socket: WebSocket, admitted: Arc<Admitted>) {
         sends: futures_util::stream::FuturesOrdered::new(),
         acked: Vec::new(),
         ack_deadline: None,
-        ack_tasks: Vec::new(),
+        ack_task: None,
         next_ping: None,
         business: false,
         business_verified: false,
@@ -688,8 +690,9 @@ impl Session {
     /// Deletes the acked envelopes from the store (see "Acks"). On the
     /// fast path the session does not wait for the delete's commit: a
     /// device draining a full mailbox would otherwise stop at every batch
-    /// for an fsync (BENCHMARKS.md, "offline"); `finish_acks` waits for
-    /// them when the connection ends.
+    /// for an fsync (BENCHMARKS.md, "offline"). While one delete is in
+    /// flight the seqs wait for the next (looked at again at the next
+    /// batch of acks or after `ACK_DELAY`), up to `ACK_PENDING`.
     async fn flush_acks(&mut self) {
         self.ack_deadline = None;
         let Some(id) = self.device.as_ref().map(|d| d.id) else {
@@ -698,29 +701,33 @@ impl Session {
         if self.acked.is_empty() {
             return;
         }
-        let seqs = std::mem::take(&mut self.acked);
-        if self.state.fast_path {
-            self.ack_tasks.retain(|t| !t.is_finished());
-            // At most `ACK_TASKS` deletes of one device in flight: past
-            // that the session waits for the oldest, so a store that falls
-            // behind slows the drain instead of queueing without bound.
-            if self.ack_tasks.len() >= ACK_TASKS {
-                let _ = self.ack_tasks.remove(0).await;
-            }
-            let state = self.state.clone();
-            self.ack_tasks.push(tokio::spawn(
-                async move { delete_acked(&state, id, seqs).await },
-            ));
-        } else {
-            delete_acked(&self.state, id, seqs).await;
+        if !self.state.fast_path {
+            delete_acked(&self.state, id, std::mem::take(&mut self.acked)).await;
+            return;
         }
+        if let Some(task) = self.ack_task.take_if(|t| !t.is_finished()) {
+            if self.acked.len() < ACK_PENDING {
+                self.ack_task = Some(task);
+                self.ack_deadline = Some(Instant::now() + ACK_DELAY);
+                return;
+            }
+            let _ = task.await;
+        }
+        let seqs = std::mem::take(&mut self.acked);
+        let state = self.state.clone();
+        self.ack_task = Some(tokio::spawn(
+            async move { delete_acked(&state, id, seqs).await },
+        ));
     }
 
-    /// Deletes what is acked and waits for every delete in flight: a device
-    /// that connects again is not sent what it acked on this connection.
+    /// Deletes what is acked and waits for it: a device that connects
+    /// again is not sent what it acked on this connection.
     async fn finish_acks(&mut self) {
+        if let Some(task) = self.ack_task.take() {
+            let _ = task.await;
+        }
         self.flush_acks().await;
-        for task in std::mem::take(&mut self.ack_tasks) {
+        if let Some(task) = self.ack_task.take() {
             let _ = task.await;
         }
     }

@@ -82,7 +82,7 @@ async fn stores_from_before_the_quota_are_migrated() {
     let old = raw(&path);
     old.execute_batch(
         "DROP TRIGGER IF EXISTS mailbox_usage_insert;
-         DROP TRIGGER mailbox_usage_delete;
+         DROP TRIGGER IF EXISTS mailbox_usage_delete;
          DROP TABLE mailbox_usage;
          DROP TABLE verifications;
          CREATE TABLE verifications (
@@ -403,6 +403,82 @@ async fn stores_with_the_insert_trigger_count_each_envelope_once() {
     assert_eq!(store.mailbox_usage(device).await.unwrap(), (2, 200));
 }
 
+/// Every path that deletes from a mailbox (an ack, expiry, a revoked
+/// device) counts what it deleted in the device's usage: after each, the
+/// usage is what counting the mailbox again gives. No trigger counts for
+/// them any more (`create_mailbox_usage`), so a new delete path that
+/// forgot would show here.
+#[tokio::test]
+async fn usage_matches_a_recount_after_every_delete_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dak.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let reg = store
+        .register_primary("+919800000013", &[1; 32], "p", 1)
+        .await
+        .unwrap();
+    let (a, b) = (
+        reg.device.id,
+        store
+            .add_linked_device(reg.account_id, &[2; 32], "l", 1, 4)
+            .await
+            .unwrap()
+            .id,
+    );
+    let check = |step: &'static str| {
+        let store = &store;
+        let path = &path;
+        async move {
+            let raw = raw(path);
+            for d in [a, b] {
+                let recounted: (i64, i64) = raw
+                    .query_row(
+                        "SELECT COUNT(*), COALESCE(SUM(length(body) + shared_len), 0) FROM mailbox WHERE device_id = ?1",
+                        [d as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .unwrap();
+                let usage = store.mailbox_usage(d).await.unwrap();
+                assert_eq!(
+                    usage,
+                    (recounted.0 as u64, recounted.1 as u64),
+                    "device {d} after {step}"
+                );
+            }
+        }
+    };
+    for i in 0..6u8 {
+        // Inline (one device) and shared (both), some expiring at 10.
+        let mut e = envelope(vec![i; 16], vec![i; 100 + i as usize]);
+        if i % 2 == 0 {
+            e.expires_ms = 10;
+        }
+        let to: &[u64] = if i < 3 { &[a] } else { &[a, b] };
+        store.enqueue(e, to).await.unwrap();
+    }
+    check("enqueue").await;
+    assert_eq!(store.mailbox_usage(a).await.unwrap().0, 6);
+    let seqs = conformance::waiting_seqs(&store, a).await;
+    // Some acked, one of them twice, and one that is not the device's.
+    let acked = [seqs[0], seqs[3], seqs[3], 1_000_000];
+    assert_eq!(store.ack(a, &acked).await.unwrap(), 2);
+    check("ack").await;
+    assert_eq!(store.mailbox_usage(a).await.unwrap().0, 4);
+    let expired = store.expire(10, 1).await.unwrap();
+    assert!(expired.envelopes > 0);
+    check("expire").await;
+    store
+        .revoke_device(b, dak_store::RevokeReason::Removed)
+        .await
+        .unwrap();
+    check("revoke").await;
+    assert_eq!(store.mailbox_usage(b).await.unwrap(), (0, 0));
+    let rest = conformance::waiting_seqs(&store, a).await;
+    store.ack(a, &rest).await.unwrap();
+    check("ack of the rest").await;
+    assert_eq!(store.mailbox_usage(a).await.unwrap(), (0, 0));
+}
+
 /// A store made before bodies were shared: `mailbox` without `shared_body`
 /// and `shared_len`, and a usage trigger that subtracts the inline body
 /// only. Opening it adds both, replaces the trigger, and the usage of rows
@@ -431,7 +507,7 @@ async fn stores_from_before_shared_bodies_are_migrated() {
     old.execute_batch(
         "DROP INDEX mailbox_by_shared_body;
          DROP TABLE shared_bodies;
-         DROP TRIGGER mailbox_usage_delete;
+         DROP TRIGGER IF EXISTS mailbox_usage_delete;
          ALTER TABLE mailbox DROP COLUMN shared_body;
          ALTER TABLE mailbox DROP COLUMN shared_len;
          CREATE TRIGGER mailbox_usage_delete AFTER DELETE ON mailbox BEGIN
