@@ -1195,14 +1195,8 @@ fn count_into_usage(
         if let Some(quota) = quota
             && !quota.has_room(before.0, before.1, body_len)
         {
-            let mut undo = conn
-                .prepare_cached(
-                    "UPDATE mailbox_usage SET envelopes = envelopes - 1, bytes = bytes - ?2 WHERE device_id = ?1",
-                )
-                .map_err(backend)?;
             for done in &sorted[..=i] {
-                undo.execute(params![*done as i64, body_len as i64])
-                    .map_err(backend)?;
+                uncount_usage(conn, *done, 1, body_len as i64)?;
             }
             return Ok(Some(*d));
         }
