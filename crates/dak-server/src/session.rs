@@ -55,9 +55,10 @@
 //! budget.
 //!
 //! Work: every authenticated request but an ack takes a token of the
-//! device's bucket (`requests_per_device_per_sec`); acks only delete what
-//! this connection delivered, so they cost the writer nothing a client can
-//! inflate.
+//! device's bucket (`requests_per_device_per_sec`); acks only take out
+//! what this connection delivered, and the embedded store's check of them
+//! reads at most the unacked window's index entries besides
+//! (`dak-store/src/sqlite/acks.rs`), so a client cannot inflate them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

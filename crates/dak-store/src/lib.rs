@@ -1005,7 +1005,10 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<MailboxEntry>>;
-    /// Deletes the given entries, only from this device's mailbox. Returns how many went.
+    /// Takes the given entries out of this device's mailbox only: no
+    /// fetch, count or usage sees them once this returns (the embedded
+    /// store may delete the rows later, `sqlite/acks.rs`). Returns how many
+    /// went; a seq already acked or not the device's counts none.
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize>;
     /// How many envelopes the device's mailbox holds (counted).
     async fn mailbox_len(&self, device: DeviceId) -> Result<u64>;

@@ -46,6 +46,9 @@ use crate::sql::{
 };
 use crate::*;
 
+mod acks;
+pub(crate) use acks::ABOVE_MARK;
+
 /// Jobs waiting for the writer. When full, callers wait (backpressure on
 /// senders) rather than the server buffering without bound.
 const WRITE_QUEUE: usize = 8192;
@@ -72,6 +75,9 @@ struct SendCache {
     /// Device entries held in `groups`.
     devices: usize,
     blockers: HashMap<AccountId, Vec<AccountId>>,
+    /// Rows acked under marks and not yet deleted (`acks`). Not a cache:
+    /// `clear` keeps it.
+    unswept: acks::Backlog,
 }
 
 /// A group as `send_group` checks it.
@@ -299,6 +305,7 @@ impl SqliteStore {
         drop_conversation_phone(&writer_conn)?;
         add_shared_bodies(&writer_conn)?;
         create_mailbox_usage(&writer_conn)?;
+        acks::add_ack_marks(&writer_conn)?;
         add_leaf_index(&writer_conn)?;
         add_key_package_suites(&writer_conn)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -446,8 +453,28 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
 }
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    // Rows left under marks when the store last closed are swept first.
     let mut cache = SendCache::default();
-    while let Some(first) = rx.blocking_recv() {
+    cache.unswept.pending = true;
+    loop {
+        // Busy: past the backlog, what the last batches marked is swept
+        // before the next, so a writer that never idles keeps up.
+        if let Some(excess) = cache.unswept.excess() {
+            cache.unswept.sweep(&conn, excess);
+        }
+        // Idle: acked rows a chunk at a time, looking for a job between
+        // chunks; block only when nothing is left to sweep.
+        let first = loop {
+            match rx.try_recv() {
+                Ok(job) => break Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => break None,
+                Err(mpsc::error::TryRecvError::Empty) if cache.unswept.pending => {
+                    cache.unswept.sweep(&conn, acks::SWEEP_CHUNK);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break rx.blocking_recv(),
+            }
+        };
+        let Some(first) = first else { break };
         let mut replies: Vec<Reply> = Vec::new();
         let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
         if let Err(e) = begun {
@@ -1713,7 +1740,8 @@ impl Store for SqliteStore {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT seq, message_id, sender_phone, sender_device, server_time_ms, {MAILBOX_BODY}
-                     FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}"
+                     FROM mailbox WHERE device_id = ?1 AND seq > MAX(?2, {ABOVE_MARK})
+                     ORDER BY seq LIMIT {limit}"
                 ))
                 .map_err(backend)?;
             stmt.query_map(params![device as i64, after as i64], |r| {
@@ -1734,26 +1762,10 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize> {
-        let seqs = json_ids(seqs);
-        self.write_keeping_cache(move |c| {
-            // One count for the batch (see `create_mailbox_usage`).
-            let (mut envelopes, mut bytes) = (0i64, 0i64);
-            let mut delete = c
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE device_id = ?1 AND seq IN (SELECT value FROM json_each(?2))
-                     RETURNING length(body) + shared_len",
-                )
-                .map_err(backend)?;
-            let mut rows = delete
-                .query(params![device as i64, seqs])
-                .map_err(backend)?;
-            while let Some(row) = rows.next().map_err(backend)? {
-                envelopes += 1;
-                bytes += row.get::<_, i64>(0).map_err(backend)?;
-            }
-            drop(rows);
-            uncount_usage(c, device, envelopes, bytes)?;
-            Ok(envelopes as usize)
+        let seqs = seqs.to_vec();
+        // Changes nothing the send cache holds; tells the writer what to sweep.
+        self.submit(move |c, cache| {
+            acks::ack(c, &mut cache.unswept, device, &seqs).map(|n| (n, Vec::new()))
         })
         .await
     }
@@ -1761,7 +1773,9 @@ impl Store for SqliteStore {
     async fn mailbox_len(&self, device: DeviceId) -> Result<u64> {
         self.read(move |c| {
             c.query_row(
-                "SELECT COUNT(*) FROM mailbox WHERE device_id = ?1",
+                &format!(
+                    "SELECT COUNT(*) FROM mailbox WHERE device_id = ?1 AND seq > {ABOVE_MARK}"
+                ),
                 [device as i64],
                 |r| r.get::<_, i64>(0),
             )
@@ -1899,10 +1913,15 @@ impl Store for SqliteStore {
 
     async fn expire(&self, now_ms: i64, retention_ms: i64) -> Result<Expired> {
         self.write_keeping_cache(move |c| {
+            // Acked rows too, so their shared bodies can go below; the
+            // expiry itself leaves rows under a mark (acked, not counted)
+            // to the sweep.
+            acks::sweep(c, acks::EXPIRE_SWEEP)?;
             let mut expired = Expired::default();
             let mut stmt = c
                 .prepare_cached(
-                    "DELETE FROM mailbox WHERE expires_ms <= ?1
+                    "DELETE FROM mailbox WHERE expires_ms <= ?1 AND seq > COALESCE(
+                         (SELECT acked_through FROM mailbox_usage u WHERE u.device_id = mailbox.device_id), 0)
                      RETURNING expires_ms - server_time_ms < ?2, device_id, length(body) + shared_len",
                 )
                 .map_err(backend)?;

@@ -132,15 +132,17 @@ impl Drop for FreshDb {
 /// The envelope bodies waiting in `device`'s mailbox in the embedded store
 /// at `path`, oldest first, read-only beside the server that has it open
 /// (or after it was killed); shared bodies are read as the store reads
-/// them (`crate::sql::MAILBOX_BODY`).
+/// them (`crate::sql::MAILBOX_BODY`), and rows acked under the device's
+/// mark but not yet swept are not waiting.
 pub fn sqlite_mailbox_bodies(path: &std::path::Path, device: u64) -> Vec<Vec<u8>> {
     let db =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     let mut stmt = db
         .prepare(&format!(
-            "SELECT {} FROM mailbox WHERE device_id = ?1 ORDER BY seq",
-            crate::sql::MAILBOX_BODY
+            "SELECT {} FROM mailbox WHERE device_id = ?1 AND seq > {} ORDER BY seq",
+            crate::sql::MAILBOX_BODY,
+            crate::sqlite::ABOVE_MARK
         ))
         .unwrap();
     stmt.query_map([device as i64], |r| r.get(0))
