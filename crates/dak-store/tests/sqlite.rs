@@ -52,6 +52,22 @@ async fn swept_to(raw: &rusqlite::Connection, device: u64, left: u64) {
     );
 }
 
+/// A new store in a temporary directory (its file `dak.db`) with one
+/// account of two devices: the primary and a linked one.
+async fn store_with_two_devices(phone: &str) -> (tempfile::TempDir, SqliteStore, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
+    let reg = store
+        .register_primary(phone, &[1; 32], "p", 1)
+        .await
+        .unwrap();
+    let linked = store
+        .add_linked_device(reg.account_id, &[2; 32], "l", 1, 4)
+        .await
+        .unwrap();
+    (dir, store, reg.device.id, linked.id)
+}
+
 /// An envelope from a fixed sender that never expires.
 fn envelope(message_id: Vec<u8>, body: Vec<u8>) -> NewEnvelope {
     NewEnvelope {
@@ -454,21 +470,8 @@ async fn stores_with_the_insert_trigger_count_each_envelope_once() {
 /// forgot would show here.
 #[tokio::test]
 async fn usage_matches_a_recount_after_every_delete_path() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, store, a, b) = store_with_two_devices("+919800000013").await;
     let path = dir.path().join("dak.db");
-    let store = SqliteStore::open(&path).unwrap();
-    let reg = store
-        .register_primary("+919800000013", &[1; 32], "p", 1)
-        .await
-        .unwrap();
-    let (a, b) = (
-        reg.device.id,
-        store
-            .add_linked_device(reg.account_id, &[2; 32], "l", 1, 4)
-            .await
-            .unwrap()
-            .id,
-    );
     let check = |step: &'static str| {
         let store = &store;
         let path = &path;
@@ -522,24 +525,13 @@ async fn usage_matches_a_recount_after_every_delete_path() {
 /// from before and of shared rows stays exact.
 #[tokio::test]
 async fn stores_from_before_shared_bodies_are_migrated() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, store, a, b) = store_with_two_devices("+919800000012").await;
     let path = dir.path().join("dak.db");
-    let (a, b) = {
-        let store = SqliteStore::open(&path).unwrap();
-        let reg = store
-            .register_primary("+919800000012", &[1; 32], "p", 1)
-            .await
-            .unwrap();
-        let linked = store
-            .add_linked_device(reg.account_id, &[2; 32], "l", 1, 4)
-            .await
-            .unwrap();
-        store
-            .enqueue(envelope(vec![1; 16], vec![1; 100]), &[reg.device.id])
-            .await
-            .unwrap();
-        (reg.device.id, linked.id)
-    };
+    store
+        .enqueue(envelope(vec![1; 16], vec![1; 100]), &[a])
+        .await
+        .unwrap();
+    drop(store);
     let old = raw(&path);
     old.execute_batch(
         "DROP INDEX mailbox_by_shared_body;
@@ -772,21 +764,8 @@ async fn acks_move_a_mark_and_the_writer_deletes_under_it() {
 /// already, so that no sweep races the reads.)
 #[tokio::test]
 async fn rows_under_a_mark_are_invisible_before_the_sweep() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, store, a, b) = store_with_two_devices("+919800000015").await;
     let path = dir.path().join("dak.db");
-    let store = SqliteStore::open(&path).unwrap();
-    let reg = store
-        .register_primary("+919800000015", &[1; 32], "p", 1)
-        .await
-        .unwrap();
-    let (a, b) = (
-        reg.device.id,
-        store
-            .add_linked_device(reg.account_id, &[2; 32], "l", 1, 4)
-            .await
-            .unwrap()
-            .id,
-    );
     // Interleaved: a's and b's seqs alternate; every other one expires at 10.
     for i in 0..6u8 {
         for d in [a, b] {
