@@ -457,11 +457,6 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut cache = SendCache::default();
     cache.unswept.pending = true;
     loop {
-        // Busy: past the backlog, what the last batches marked is swept
-        // before the next, so a writer that never idles keeps up.
-        if let Some(excess) = cache.unswept.excess() {
-            cache.unswept.sweep(&conn, excess);
-        }
         // Idle: acked rows a chunk at a time, looking for a job between
         // chunks; block only when nothing is left to sweep.
         let first = loop {
@@ -469,7 +464,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Ok(job) => break Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => break None,
                 Err(mpsc::error::TryRecvError::Empty) if cache.unswept.pending => {
-                    cache.unswept.sweep(&conn, acks::SWEEP_CHUNK);
+                    cache.unswept.sweep_alone(&conn, acks::SWEEP_CHUNK);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break rx.blocking_recv(),
             }
@@ -495,11 +490,23 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        // Busy: past the backlog, what the last batches marked is swept in
+        // this batch's commit (no commit of its own), so a writer that
+        // never idles keeps up. A sweep whose error rolled the whole
+        // transaction back fails the commit, and so the batch.
+        if let Some(excess) = cache.unswept.excess()
+            && !conn.is_autocommit()
+        {
+            let swept = in_savepoint(&conn, |c| acks::sweep(c, excess));
+            cache.unswept.swept(swept);
+        }
         let committed = conn.execute_batch("COMMIT").map_err(backend);
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = replies.len(), "sqlite: commit failed; batch rolled back");
             let _ = conn.execute_batch("ROLLBACK");
             cache.clear();
+            // What it swept is back: look again.
+            cache.unswept.pending = true;
         }
         for reply in replies {
             reply(match &committed {

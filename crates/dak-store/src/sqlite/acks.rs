@@ -16,7 +16,8 @@
 //!   above it. A client acking a seq it was never given moves nothing.
 //! - Every row of the device at or under the mark was acked, counts in no
 //!   usage, and is invisible: `fetch_mailbox` and `mailbox_len` read above
-//!   the mark (`ABOVE_MARK`), and `expire` neither counts nor deletes them.
+//!   the mark (`ABOVE_MARK`), and `expire` counts none of them out: it
+//!   sweeps them (up to `EXPIRE_SWEEP`) and its expiry skips the rest.
 //! - `swept_through <= acked_through`; rows at or under `swept_through` are
 //!   gone. Devices with rows left to sweep are in the partial index
 //!   `mailbox_usage_unswept`, so finding them reads nothing else.
@@ -32,8 +33,8 @@ use crate::{DeviceId, Result};
 /// at most this many deletes and one commit (~4 ms here).
 pub(super) const SWEEP_CHUNK: usize = 512;
 /// Rows marked and not yet swept that a busy writer lets wait (~30 MB of
-/// 470-byte rows): past it, the excess is swept before each batch, so a
-/// writer that never idles pays the deletes as it did before the mark.
+/// 470-byte rows): past it, the excess is swept in each batch's commit, so
+/// a writer that never idles pays the deletes as it did before the mark.
 pub(super) const SWEEP_BACKLOG: u64 = 65_536;
 /// Rows `expire` sweeps before it looks for expired envelopes (so the
 /// shared bodies of what was acked can go), bounding its job like the rest.
@@ -46,7 +47,9 @@ pub(super) struct Backlog {
     /// every ack that moves a mark; cleared by a sweep that finds none.
     pub pending: bool,
     /// Rows marked by this run and not yet swept (an estimate: a batch
-    /// that failed to commit counted its marks too).
+    /// that failed to commit counted its marks too, `expire`'s sweep is
+    /// not subtracted, and a sweep of rows an earlier run left is; a sweep
+    /// that finds nothing left sets it to 0).
     pub rows: u64,
 }
 
@@ -56,21 +59,29 @@ impl Backlog {
         self.rows += rows as u64;
     }
 
-    /// Rows a busy writer sweeps before its next batch.
+    /// Rows a busy writer sweeps in its next batch.
     pub fn excess(&self) -> Option<usize> {
         (self.pending && self.rows > SWEEP_BACKLOG).then(|| (self.rows - SWEEP_BACKLOG) as usize)
     }
 
-    /// Sweeps up to `budget` rows in a transaction of its own (the writer
-    /// runs it between batches). An error is logged and ends the sweeping
-    /// until the next ack that moves a mark, or the next expiry pass: the
-    /// rows stay hidden meanwhile.
-    pub fn sweep(&mut self, conn: &Connection, budget: usize) {
+    /// Sweeps up to `budget` rows in a transaction of its own (the idle
+    /// writer, between batches).
+    pub fn sweep_alone(&mut self, conn: &Connection, budget: usize) {
         let swept = conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(backend)
             .and_then(|()| sweep(conn, budget))
             .and_then(|done| conn.execute_batch("COMMIT").map_err(backend).map(|()| done));
+        if swept.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.swept(swept);
+    }
+
+    /// Takes in what a sweep did. An error is logged and ends the sweeping
+    /// until the next ack that moves a mark (or the next open): the rows
+    /// stay hidden meanwhile, and `expire` sweeps up to `EXPIRE_SWEEP`.
+    pub fn swept(&mut self, swept: Result<Swept>) {
         match swept {
             Ok(Swept { rows, more }) => {
                 self.rows = if more {
@@ -82,7 +93,6 @@ impl Backlog {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "sqlite: sweeping acked envelopes failed");
-                let _ = conn.execute_batch("ROLLBACK");
                 self.pending = false;
             }
         }
@@ -129,9 +139,8 @@ pub(super) fn add_ack_marks(conn: &Connection) -> Result<()> {
 ///
 /// Its cost is bounded by what the client names, not by what it leaves
 /// unacked: the range is read only when its oldest row is named (one index
-/// probe says), and then on the covering index, at most the device's
-/// unacked window (`WINDOW`) past the rows named; bodies' lengths are read
-/// only for rows that go.
+/// probe says), and then on the covering index, at most one row more than
+/// were named; bodies' lengths are read only for rows that go.
 pub(super) fn ack(
     conn: &Connection,
     backlog: &mut Backlog,
@@ -169,7 +178,7 @@ pub(super) fn ack(
         .map_err(backend)?;
     if let Some(oldest) = oldest
         && fresh.binary_search(&(oldest as u64)).is_ok()
-        && let Some(envelopes) = mark_through(conn, device, mark, top, &ids)?
+        && let Some(envelopes) = mark_through(conn, device, mark, top, &ids, fresh.len())?
     {
         backlog.marked(envelopes);
         return Ok(envelopes);
@@ -202,17 +211,21 @@ fn mark_through(
     mark: i64,
     top: u64,
     ids: &str,
+    named_count: usize,
 ) -> Result<Option<usize>> {
-    // On the covering index: how many rows, how many named, the newest.
+    // On the covering index, the first `named_count + 1` rows at most (more
+    // rows than were named is a gap): how many, how many named, the newest.
     let (rows, named, newest): (i64, i64, Option<i64>) = conn
         .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(seq IN (SELECT value FROM json_each(?4))), 0), MAX(seq)
-             FROM mailbox WHERE device_id = ?1 AND seq > ?2 AND seq <= ?3",
+             FROM (SELECT seq FROM mailbox WHERE device_id = ?1 AND seq > ?2 AND seq <= ?3
+                   ORDER BY seq LIMIT ?5)",
         )
         .and_then(|mut st| {
-            st.query_row(params![device as i64, mark, top as i64, ids], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            st.query_row(
+                params![device as i64, mark, top as i64, ids, named_count as i64 + 1],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         })
         .map_err(backend)?;
     let Some(newest) = newest.filter(|_| rows == named) else {
