@@ -263,6 +263,9 @@ pub struct SqliteStore {
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<AtomicUsize>,
+    /// Acks of at least this many seqs may move the device's mark
+    /// (`acks::ACK_MARK_MIN`).
+    ack_mark_min: usize,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -322,7 +325,16 @@ impl SqliteStore {
             listener: Arc::new(OnceLock::new()),
             readers: Arc::new(readers),
             next_reader: Arc::new(AtomicUsize::new(0)),
+            ack_mark_min: acks::ACK_MARK_MIN,
         })
+    }
+
+    /// Lets acks of at least `seqs` seqs move a device's mark instead of
+    /// deleting (`acks::ACK_MARK_MIN` by default; tests use 1 to reach the
+    /// mark with a few envelopes).
+    pub fn with_ack_mark_min(mut self, seqs: usize) -> Self {
+        self.ack_mark_min = seqs.max(1);
+        self
     }
 
     /// A write job that may change groups, devices, KeyPackages or blocks:
@@ -1770,9 +1782,10 @@ impl Store for SqliteStore {
 
     async fn ack(&self, device: DeviceId, seqs: &[u64]) -> Result<usize> {
         let seqs = seqs.to_vec();
+        let mark_min = self.ack_mark_min;
         // Changes nothing the send cache holds; tells the writer what to sweep.
         self.submit(move |c, cache| {
-            acks::ack(c, &mut cache.unswept, device, &seqs).map(|n| (n, Vec::new()))
+            acks::ack(c, &mut cache.unswept, device, &seqs, mark_min).map(|n| (n, Vec::new()))
         })
         .await
     }

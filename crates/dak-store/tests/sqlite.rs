@@ -53,10 +53,14 @@ async fn swept_to(raw: &rusqlite::Connection, device: u64, left: u64) {
 }
 
 /// A new store in a temporary directory (its file `dak.db`) with one
-/// account of two devices: the primary and a linked one.
+/// account of two devices: the primary and a linked one. Its acks move the
+/// mark from one seq up (a drain's acks do, from `ACK_MARK_MIN`), so a few
+/// envelopes reach it.
 async fn store_with_two_devices(phone: &str) -> (tempfile::TempDir, SqliteStore, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
+    let store = SqliteStore::open(&dir.path().join("dak.db"))
+        .unwrap()
+        .with_ack_mark_min(1);
     let reg = store
         .register_primary(phone, &[1; 32], "p", 1)
         .await
@@ -84,6 +88,17 @@ fn envelope(message_id: Vec<u8>, body: Vec<u8>) -> NewEnvelope {
 async fn sqlite_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
+    conformance::run_all(&store).await;
+}
+
+/// The same with every ack that can move a device's mark doing so (by
+/// default only acks of `ACK_MARK_MIN` seqs and more, a drain's).
+#[tokio::test]
+async fn sqlite_passes_conformance_with_acks_moving_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("dak.db"))
+        .unwrap()
+        .with_ack_mark_min(1);
     conformance::run_all(&store).await;
 }
 
@@ -669,12 +684,13 @@ async fn a_removal_at_1024_members_stores_its_commit_once() {
 /// deletes the rows when idle. One with a gap deletes at once. A seq the
 /// device was never given moves nothing, so a later envelope is never
 /// hidden; rows left under a mark when the store closed are swept when it
-/// opens again.
+/// opens again. (Acks of any size move the mark here; see the end for the
+/// default, where a few seqs delete at once.)
 #[tokio::test]
 async fn acks_move_a_mark_and_the_writer_deletes_under_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dak.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap().with_ack_mark_min(1);
     let a = store
         .register_primary("+919800000014", &[1; 32], "p", 1)
         .await
@@ -755,6 +771,18 @@ async fn acks_move_a_mark_and_the_writer_deletes_under_it() {
     swept_to(&raw, a, 0).await;
     assert_eq!(store.mailbox_usage(a).await.unwrap(), (0, 0));
     assert_eq!(store.mailbox_usage(a).await.unwrap(), recount(&raw, a));
+
+    // By default (this store), an ack of a few seqs, an online device's,
+    // deletes at once and leaves the mark where it is.
+    let before = mark(&raw);
+    store
+        .enqueue(envelope(vec![11; 16], vec![11; 100]), &[a])
+        .await
+        .unwrap();
+    let waiting = conformance::waiting_seqs(&store, a).await;
+    assert_eq!(store.ack(a, &waiting).await.unwrap(), 1);
+    assert_eq!(rows_on_disk(&raw, a), 0);
+    assert_eq!(mark(&raw), before);
 }
 
 /// Rows under a mark that no sweep has reached are invisible to every read

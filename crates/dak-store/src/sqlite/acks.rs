@@ -32,10 +32,21 @@ use crate::{DeviceId, Result};
 /// Rows the writer deletes in one idle sweep: a send queued behind it waits
 /// at most this many deletes and one commit (~4 ms here).
 pub(super) const SWEEP_CHUNK: usize = 512;
+/// Acks of fewer seqs delete at once, as before the mark. Those are an
+/// online device's (one every 10 ms or so, a few envelopes each): moving
+/// the mark for them and sweeping later costs the writer more than the
+/// delete (more statements, and a sweep's own commit), and the writer is
+/// what a busy server waits on (`pairs --max`: 11,000 against main's
+/// 15,000–22,000 msg/s when every ack moved the mark). A draining device's
+/// acks are thousands of seqs (`ACK_PENDING` in the session).
+pub(super) const ACK_MARK_MIN: usize = 256;
 /// Rows marked and not yet swept that a busy writer lets wait (~30 MB of
 /// 470-byte rows): past it, the excess is swept in each batch's commit, so
 /// a writer that never idles pays the deletes as it did before the mark.
 pub(super) const SWEEP_BACKLOG: u64 = 65_536;
+/// Most rows a busy writer sweeps in one batch's commit (~15 ms here, what
+/// a draining device's ack of 2,048 deleted before the mark).
+pub(super) const SWEEP_BUSY: usize = 2_048;
 /// Rows `expire` sweeps before it looks for expired envelopes (so the
 /// shared bodies of what was acked can go), bounding its job like the rest.
 pub(super) const EXPIRE_SWEEP: usize = 65_536;
@@ -59,9 +70,12 @@ impl Backlog {
         self.rows += rows as u64;
     }
 
-    /// Rows a busy writer sweeps in its next batch.
+    /// Rows a busy writer sweeps in its next batch: the excess over
+    /// `SWEEP_BACKLOG`, at most `SWEEP_BUSY` (a backlog left by an overload
+    /// is swept over many batches, not all in the first after it).
     pub fn excess(&self) -> Option<usize> {
-        (self.pending && self.rows > SWEEP_BACKLOG).then(|| (self.rows - SWEEP_BACKLOG) as usize)
+        (self.pending && self.rows > SWEEP_BACKLOG)
+            .then(|| ((self.rows - SWEEP_BACKLOG) as usize).min(SWEEP_BUSY))
     }
 
     /// Sweeps up to `budget` rows in a transaction of its own (the idle
@@ -133,9 +147,9 @@ pub(super) fn add_ack_marks(conn: &Connection) -> Result<()> {
 }
 
 /// Takes the acked envelopes out of the device's mailbox: by moving its
-/// mark when they cover everything from the mark up to their highest seq
-/// (the rows then wait in `backlog`), else by deleting them. Returns how
-/// many went.
+/// mark when they are at least `mark_min` and cover everything from the
+/// mark up to their highest seq (the rows then wait in `backlog`), else by
+/// deleting them. Returns how many went.
 ///
 /// Its cost is bounded by what the client names, not by what it leaves
 /// unacked: the range is read only when its oldest row is named (one index
@@ -146,6 +160,7 @@ pub(super) fn ack(
     backlog: &mut Backlog,
     device: DeviceId,
     seqs: &[u64],
+    mark_min: usize,
 ) -> Result<usize> {
     let mark: i64 = conn
         .prepare_cached("SELECT acked_through FROM mailbox_usage WHERE device_id = ?1")
@@ -167,23 +182,25 @@ pub(super) fn ack(
         return Ok(0);
     };
     let ids = json_ids(&fresh);
-    let oldest: Option<i64> = conn
-        .prepare_cached(
-            "SELECT seq FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
-        )
-        .and_then(|mut st| {
-            st.query_row(params![device as i64, mark], |r| r.get(0))
-                .optional()
-        })
-        .map_err(backend)?;
-    if let Some(oldest) = oldest
-        && fresh.binary_search(&(oldest as u64)).is_ok()
-        && let Some(envelopes) = mark_through(conn, device, mark, top, &ids, fresh.len())?
-    {
-        backlog.marked(envelopes);
-        return Ok(envelopes);
+    if fresh.len() >= mark_min {
+        let oldest: Option<i64> = conn
+            .prepare_cached(
+                "SELECT seq FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![device as i64, mark], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend)?;
+        if let Some(oldest) = oldest
+            && fresh.binary_search(&(oldest as u64)).is_ok()
+            && let Some(envelopes) = mark_through(conn, device, mark, top, &ids, fresh.len())?
+        {
+            backlog.marked(envelopes);
+            return Ok(envelopes);
+        }
     }
-    // A gap: delete what was named, counted once for the batch (see
+    // Few, or a gap: delete what was named, counted once for the batch (see
     // `create_mailbox_usage`).
     let (mut envelopes, mut bytes) = (0i64, 0i64);
     let mut delete = conn
