@@ -34,11 +34,11 @@ use crate::{DeviceId, Result};
 pub(super) const SWEEP_CHUNK: usize = 512;
 /// Acks of fewer seqs delete at once, as before the mark. Those are an
 /// online device's (one every 10 ms or so, a few envelopes each): moving
-/// the mark for them and sweeping later costs the writer more than the
-/// delete (more statements, and a sweep's own commit), and the writer is
-/// what a busy server waits on (`pairs --max`: 11,000 against main's
-/// 15,000–22,000 msg/s when every ack moved the mark). A draining device's
-/// acks are thousands of seqs (`ACK_PENDING` in the session).
+/// the mark for them and sweeping later would cost the writer more than
+/// the delete (more statements, and a sweep's own commit), and the writer
+/// is what a busy server waits on. A draining device's acks are thousands
+/// of seqs (`ACK_PENDING` in the session). Reasoned, not measured apart:
+/// docs/BENCHMARKS.md ("Acks move a mark") has the builds measured.
 pub(super) const ACK_MARK_MIN: usize = 256;
 /// Rows marked and not yet swept that a busy writer lets wait (~30 MB of
 /// 470-byte rows): past it, the excess is swept in each batch's commit, so
