@@ -57,7 +57,7 @@
 //! Work: every authenticated request but an ack takes a token of the
 //! device's bucket (`requests_per_device_per_sec`); acks only take out
 //! what this connection delivered, and the embedded store's check of them
-//! reads at most the unacked window's index entries besides
+//! reads at most one row more than they name
 //! (`dak-store/src/sqlite/acks.rs`), so a client cannot inflate them.
 
 use std::collections::BTreeSet;

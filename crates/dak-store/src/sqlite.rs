@@ -1940,9 +1940,11 @@ impl Store for SqliteStore {
             let mut expired = Expired::default();
             let mut stmt = c
                 .prepare_cached(
-                    "DELETE FROM mailbox WHERE expires_ms <= ?1 AND seq > COALESCE(
-                         (SELECT acked_through FROM mailbox_usage u WHERE u.device_id = mailbox.device_id), 0)
-                     RETURNING expires_ms - server_time_ms < ?2, device_id, length(body) + shared_len",
+                    concat!(
+                        "DELETE FROM mailbox WHERE expires_ms <= ?1 AND seq > ",
+                        acks::acked_through!("mailbox.device_id"),
+                        " RETURNING expires_ms - server_time_ms < ?2, device_id, length(body) + shared_len"
+                    ),
                 )
                 .map_err(backend)?;
             let mut rows = stmt.query(params![now_ms, retention_ms]).map_err(backend)?;

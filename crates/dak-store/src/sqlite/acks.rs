@@ -120,10 +120,23 @@ pub(super) struct Swept {
     pub more: bool,
 }
 
-/// `seq > ?` bound for a mailbox read whose device is `?1`: past the rows
-/// already acked and waiting for the sweep.
-pub(crate) const ABOVE_MARK: &str =
-    "COALESCE((SELECT acked_through FROM mailbox_usage WHERE device_id = ?1), 0)";
+/// The acked-through mark of the device `$device` names (an SQL
+/// expression), 0 where it has none: a read of its mailbox takes
+/// `seq > acked_through!(...)`, past the rows acked and waiting for the
+/// sweep.
+macro_rules! acked_through {
+    ($device:literal) => {
+        concat!(
+            "COALESCE((SELECT acked_through FROM mailbox_usage u WHERE u.device_id = ",
+            $device,
+            "), 0)"
+        )
+    };
+}
+pub(super) use acked_through;
+
+/// `acked_through!` for a read whose device is `?1`.
+pub(crate) const ABOVE_MARK: &str = acked_through!("?1");
 
 /// Adds the marks to `mailbox_usage` (a store from before them has none:
 /// every mark starts at 0, which hides nothing).
@@ -152,9 +165,7 @@ pub(super) fn add_ack_marks(conn: &Connection) -> Result<()> {
 /// deleting them. Returns how many went.
 ///
 /// Its cost is bounded by what the client names, not by what it leaves
-/// unacked: the range is read only when its oldest row is named (one index
-/// probe says), and then on the covering index, at most one row more than
-/// were named; bodies' lengths are read only for rows that go.
+/// unacked: the range is read once, at most one row more than were named.
 pub(super) fn ack(
     conn: &Connection,
     backlog: &mut Backlog,
@@ -182,23 +193,11 @@ pub(super) fn ack(
         return Ok(0);
     };
     let ids = json_ids(&fresh);
-    if fresh.len() >= mark_min {
-        let oldest: Option<i64> = conn
-            .prepare_cached(
-                "SELECT seq FROM mailbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
-            )
-            .and_then(|mut st| {
-                st.query_row(params![device as i64, mark], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(backend)?;
-        if let Some(oldest) = oldest
-            && fresh.binary_search(&(oldest as u64)).is_ok()
-            && let Some(envelopes) = mark_through(conn, device, mark, top, &ids, fresh.len())?
-        {
-            backlog.marked(envelopes);
-            return Ok(envelopes);
-        }
+    if fresh.len() >= mark_min
+        && let Some(envelopes) = mark_through(conn, device, mark, top, &ids, fresh.len())?
+    {
+        backlog.marked(envelopes);
+        return Ok(envelopes);
     }
     // Few, or a gap: delete what was named, counted once for the batch (see
     // `create_mailbox_usage`).
@@ -230,31 +229,27 @@ fn mark_through(
     ids: &str,
     named_count: usize,
 ) -> Result<Option<usize>> {
-    // On the covering index, the first `named_count + 1` rows at most (more
-    // rows than were named is a gap): how many, how many named, the newest.
-    let (rows, named, newest): (i64, i64, Option<i64>) = conn
+    // The first `named_count + 1` rows at most (more rows than were named
+    // is a gap, and so is an oldest row not named): how many, how many
+    // named, their bytes, the newest. One pass: a drain's ack reads each
+    // row once.
+    let (rows, named, bytes, newest): (i64, i64, i64, Option<i64>) = conn
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(seq IN (SELECT value FROM json_each(?4))), 0), MAX(seq)
-             FROM (SELECT seq FROM mailbox WHERE device_id = ?1 AND seq > ?2 AND seq <= ?3
-                   ORDER BY seq LIMIT ?5)",
+            "SELECT COUNT(*), COALESCE(SUM(seq IN (SELECT value FROM json_each(?4))), 0),
+                    COALESCE(SUM(len), 0), MAX(seq)
+             FROM (SELECT seq, length(body) + shared_len AS len FROM mailbox
+                   WHERE device_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?5)",
         )
         .and_then(|mut st| {
             st.query_row(
                 params![device as i64, mark, top as i64, ids, named_count as i64 + 1],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
         })
         .map_err(backend)?;
     let Some(newest) = newest.filter(|_| rows == named) else {
         return Ok(None);
     };
-    let bytes: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(length(body) + shared_len), 0)
-             FROM mailbox WHERE device_id = ?1 AND seq > ?2 AND seq <= ?3",
-        )
-        .and_then(|mut st| st.query_row(params![device as i64, mark, newest], |r| r.get(0)))
-        .map_err(backend)?;
     conn.prepare_cached(
         "UPDATE mailbox_usage SET acked_through = ?2, envelopes = envelopes - ?3, bytes = bytes - ?4
          WHERE device_id = ?1",
