@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+/// Takes the payload of a committed hint from another node.
+pub type CommittedSink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Topics are plain strings, e.g. `mail.42` or `link.ABCD1234`, so they map
 /// one-to-one onto NATS subjects.
 pub trait Bus: Send + Sync + 'static {
@@ -25,6 +28,28 @@ pub trait Bus: Send + Sync + 'static {
     /// A receiver that changes whenever `topic` is published. Dropping it
     /// unsubscribes.
     fn subscribe(&self, topic: &str) -> Subscription;
+    /// Wakes the subscribers of `topic` on the other nodes only: for mail
+    /// this node has already handed to its own connections (the server's
+    /// fast path). A bus that reaches no other node does nothing.
+    fn publish_elsewhere(&self, topic: &str) {
+        if self.spans_nodes() {
+            self.publish(topic);
+        }
+    }
+    /// Sends `payload` (an encoded `dak_proto::v1::ClusterCommitted`) to
+    /// every other node's committed-hint sink, at most once: it may be
+    /// lost on the way. False when it was not even queued (the bus reaches
+    /// no other node, or its queue is full): then the caller wakes the
+    /// devices instead.
+    fn publish_committed(&self, _payload: Vec<u8>) -> bool {
+        false
+    }
+    /// Where hints that other nodes publish go on this node (one sink; a
+    /// second call replaces nothing and returns false). The sink runs on
+    /// the bus's receiving task: it must not block.
+    fn on_committed(&self, _sink: CommittedSink) -> bool {
+        false
+    }
     /// Whether a publish can reach other nodes (a cluster's bus). When it
     /// cannot, a node may deliver new mail to its own connections by other
     /// means (the server's fast path) and skip the mail wake.

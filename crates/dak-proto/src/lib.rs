@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod business;
+pub mod cluster;
 mod codec;
 pub mod content;
 pub mod interactive;

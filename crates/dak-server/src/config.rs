@@ -22,6 +22,12 @@ pub struct Config {
     pub bus: Option<String>,
     /// Names this cluster's NATS subjects, so clusters can share a NATS.
     pub cluster: String,
+    /// Cluster mode: send each committed envelope to the other nodes over
+    /// NATS (they push it without reading PostgreSQL) instead of a mail
+    /// wake per device. Set false while a rolling upgrade still has nodes
+    /// older than the hints (they do not understand them); hints from
+    /// other nodes are taken either way.
+    pub cluster_hints: bool,
     /// Serve plain `ws://`. Refused unless `listen` is a loopback address.
     pub insecure: bool,
     pub tls_cert: Option<PathBuf>,
@@ -185,6 +191,7 @@ impl Default for Config {
             store: None,
             bus: None,
             cluster: "dak".into(),
+            cluster_hints: true,
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -453,6 +460,7 @@ const ENV_KEYS: &[&str] = &[
     "store",
     "bus",
     "cluster",
+    "cluster_hints",
     "insecure",
     "tls_cert",
     "tls_key",

@@ -112,7 +112,8 @@ fn refusal(outcome: GroupOutcome) -> ApiError {
 }
 
 /// Tells the recipients' connections there is new mail, unless the fast
-/// path has already handed it to them.
+/// path has already handed it to them (and, in a cluster, to the other
+/// nodes: `cluster_hints.rs`).
 fn wake(state: &AppState, recipients: &[u64]) {
     if state.fast_path {
         return;

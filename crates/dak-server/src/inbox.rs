@@ -3,8 +3,10 @@
 //! session that is caught up pushes them without reading them back.
 //!
 //! Invariants:
-//! - Hints arrive in the order the store committed them (the store's
-//!   `CommitListener` contract), so per device in ascending seq order.
+//! - Hints arrive as the store's `HintOrder` says: on SQLite in commit
+//!   order, so per device in ascending seq order; on PostgreSQL in any
+//!   order, with each device's seqs contiguous. `pushable` is the one place
+//!   that decides what a session may push of them, for either order.
 //! - An inbox never holds more than `INBOX_CAP` hints. One more and the
 //!   inbox drops them all and is marked lagged: its session must then read
 //!   its mailbox from the store (still the truth) before trusting a hint
@@ -14,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use dak_store::NewEnvelope;
+use dak_store::{HintOrder, NewEnvelope};
 use tokio::sync::Notify;
 
 /// Hints one connection may have waiting. Above the session's refill point
@@ -46,6 +48,38 @@ pub struct Taken {
     pub hints: Vec<Hint>,
     /// Hints were dropped since the last take: read the store.
     pub lagged: bool,
+}
+
+/// Of `hints` (as taken, in the order they came), those a synced session
+/// that has pushed through `pushed_to`, with `room` left in its window,
+/// may push now, in seq order; and whether it stopped early (the window
+/// is full, or with contiguous seqs one is missing or late), after which
+/// the session must read the store instead (it has them all).
+///
+/// Hints at or below `pushed_to` were pushed already (a read got them)
+/// and are skipped. With `HintOrder::ContiguousSeqs` only `pushed_to + 1`,
+/// then the one after it, and so on, may be pushed: a higher one proves
+/// nothing about those between.
+pub fn pushable(
+    hints: Vec<Hint>,
+    pushed_to: u64,
+    room: usize,
+    order: HintOrder,
+) -> (Vec<Hint>, bool) {
+    let mut out = Vec::new();
+    let mut last = pushed_to;
+    for hint in hints {
+        if hint.seq <= last {
+            continue;
+        }
+        let next_expected = order == HintOrder::CommitOrder || hint.seq == last + 1;
+        if !next_expected || out.len() == room {
+            return (out, true);
+        }
+        last = hint.seq;
+        out.push(hint);
+    }
+    (out, false)
 }
 
 impl Inbox {
@@ -114,6 +148,53 @@ mod tests {
             [3, 9]
         );
         assert!(inbox.take().hints.is_empty());
+    }
+
+    fn hints(seqs: &[u64]) -> Vec<Hint> {
+        let e = envelope();
+        seqs.iter()
+            .map(|&seq| Hint {
+                seq,
+                envelope: e.clone(),
+            })
+            .collect()
+    }
+
+    fn seqs(h: &[Hint]) -> Vec<u64> {
+        h.iter().map(|h| h.seq).collect()
+    }
+
+    #[test]
+    fn in_commit_order_every_hint_above_what_was_pushed_goes_until_the_window_is_full() {
+        let (out, stopped) = pushable(hints(&[4, 5, 9, 12]), 5, 10, HintOrder::CommitOrder);
+        assert_eq!((seqs(&out), stopped), (vec![9, 12], false));
+        let (out, stopped) = pushable(hints(&[9, 12, 13]), 5, 2, HintOrder::CommitOrder);
+        assert_eq!((seqs(&out), stopped), (vec![9, 12], true));
+    }
+
+    #[test]
+    fn with_contiguous_seqs_a_gap_stops_the_push_and_late_hints_are_skipped() {
+        let c = HintOrder::ContiguousSeqs;
+        // In order: all of them.
+        let (out, stopped) = pushable(hints(&[6, 7, 8]), 5, 10, c);
+        assert_eq!((seqs(&out), stopped), (vec![6, 7, 8], false));
+        // 7 came before 6 (two commits' hints raced): nothing after the
+        // gap, and the store is read.
+        let (out, stopped) = pushable(hints(&[7, 6]), 5, 10, c);
+        assert_eq!((seqs(&out), stopped), (vec![], true));
+        // 6 is pushed, 8 skips 7 (another node's, or late): stop at it.
+        let (out, stopped) = pushable(hints(&[6, 8, 7]), 5, 10, c);
+        assert_eq!((seqs(&out), stopped), (vec![6], true));
+        // The late one, after a read pushed through 8: skipped.
+        let (out, stopped) = pushable(hints(&[7, 9]), 8, 10, c);
+        assert_eq!((seqs(&out), stopped), (vec![9], false));
+        // A first hint after a read that found the mailbox empty: the
+        // session cannot know it is next, so it reads.
+        let (out, stopped) = pushable(hints(&[41]), 0, 10, c);
+        assert_eq!((seqs(&out), stopped), (vec![], true));
+        // The window fills.
+        let (out, stopped) = pushable(hints(&[6, 7, 8]), 5, 2, c);
+        assert_eq!((seqs(&out), stopped), (vec![6, 7], true));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod blocks;
 mod business;
+mod cluster_hints;
 pub mod config;
 mod edge;
 mod error;

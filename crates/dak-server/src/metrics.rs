@@ -49,8 +49,13 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_rejected: AtomicU64,
+    /// Hints from other cluster nodes that did not decode (shared with the
+    /// bus's receiving task, `cluster_hints.rs`).
+    pub cluster_hints_refused: std::sync::Arc<AtomicU64>,
     pub messages_accepted: AtomicU64,
     pub envelopes_delivered: AtomicU64,
+    /// Of those, pushed from a commit hint, without reading the store.
+    pub envelopes_from_memory: AtomicU64,
     pub envelopes_acked: AtomicU64,
     pub auth_failures: AtomicU64,
     pub codes_sent: AtomicU64,
@@ -123,6 +128,11 @@ impl Metrics {
             self.frames_rejected.load(Relaxed),
         );
         counter(
+            "cluster_hints_refused_total",
+            "Hints from other cluster nodes refused as malformed or out of bounds.",
+            self.cluster_hints_refused.load(Relaxed),
+        );
+        counter(
             "messages_accepted_total",
             "Messages durably stored and acknowledged to the sender.",
             self.messages_accepted.load(Relaxed),
@@ -131,6 +141,11 @@ impl Metrics {
             "envelopes_delivered_total",
             "Envelopes pushed to devices.",
             self.envelopes_delivered.load(Relaxed),
+        );
+        counter(
+            "envelopes_from_memory_total",
+            "Envelopes pushed from a commit hint (this node's or, in a cluster, another's) without reading the store.",
+            self.envelopes_from_memory.load(Relaxed),
         );
         counter(
             "envelopes_acked_total",

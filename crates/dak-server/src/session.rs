@@ -7,13 +7,16 @@
 //! wakes on the bus when new mail arrives. A device can only read and ack its
 //! own mailbox: the device id comes from the authentication, never a request.
 //!
-//! The fast path: on one node the store hands every committed envelope to
-//! the device's connections (`inbox.rs`). A session that is `synced` (its
-//! last mailbox read came back short, and no hint was dropped since) pushes
-//! hints as they come, with no store read; one that is not reads its
-//! mailbox as before, and hints at or below what it pushed are skipped. The
-//! store stays the truth: a hint only saves reading back what was just
-//! written.
+//! The fast path: the store hands every envelope this node commits to the
+//! device's connections on this node (`inbox.rs`). A session that is
+//! `synced` (its last mailbox read came back short, and no hint was dropped
+//! since) pushes hints as they come, with no store read; one that is not
+//! reads its mailbox as before, and hints at or below what it pushed are
+//! skipped. On PostgreSQL hints come in any order, from this node and over
+//! NATS from the others (`cluster_hints.rs`), and may be lost, so a hint is
+//! pushed only if its seq is the next one (`inbox::pushable`); past a gap
+//! the session reads the store. The store stays the truth: a hint only
+//! saves reading back what was just written.
 //!
 //! Pipelining: a `SendMessage` is answered when its commit lands, but the
 //! session reads on as soon as the store has queued it (`MAX_PIPELINED` at
@@ -35,10 +38,11 @@
 //! connection that replaces this one may read before they land and send
 //! some again.) A delete lost in a crash only means the device gets
 //! those envelopes again at its next connect, which it drops by message id,
-//! as after any lost ack. Without it (PostgreSQL) each ack is deleted at
-//! once: a delete held back 10 ms met the partner's next send on the
+//! as after any lost ack. On PostgreSQL an ack is not held back for a
+//! batch: a delete held back 10 ms met the partner's next send on the
 //! device's `mailbox_heads` row and doubled `pairs` latency (measured,
-//! docs/BENCHMARKS.md).
+//! docs/BENCHMARKS.md). Its delete starts at once unless one is in flight,
+//! and the session does not wait for it either.
 //!
 //! Outgoing frames go through a bounded channel to a writer task. When the
 //! client reads too slowly the channel fills and this task waits, so it also
@@ -69,7 +73,7 @@ use crate::outgoing;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use dak_bus::Subscription;
 use dak_proto::v1::{self, ErrorCode, client_frame::Request, server_frame::Body};
-use dak_store::{Device, RevokeReason};
+use dak_store::{Device, HintOrder, RevokeReason};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use rand::RngCore;
@@ -898,7 +902,9 @@ impl Session {
                     return Ok(Body::Ok(v1::Ok {}));
                 }
                 self.acked.extend(seqs);
-                if self.acked.len() >= ACK_BATCH || !self.state.fast_path {
+                // Held back for a batch on SQLite only (see "Acks").
+                let batched = self.state.hint_order == Some(HintOrder::CommitOrder);
+                if self.acked.len() >= ACK_BATCH || !batched {
                     self.flush_acks().await;
                 } else if self.ack_deadline.is_none() {
                     self.ack_deadline = Some(Instant::now() + ACK_DELAY);
@@ -1196,32 +1202,43 @@ impl Session {
             return self.pump().await;
         }
         let room = WINDOW.saturating_sub(self.in_flight.len());
-        let mut entries = Vec::new();
-        for hint in taken.hints {
-            if hint.seq <= self.pushed_to {
-                continue;
-            }
-            if entries.len() == room {
-                // No room: these wait in the store until acks free the window.
-                self.synced = false;
-                self.told_empty = false;
-                break;
-            }
-            let e = &*hint.envelope;
-            entries.push(dak_store::MailboxEntry {
-                seq: hint.seq,
-                message_id: e.message_id.clone(),
-                sender_phone: e.sender_phone.clone(),
-                sender_device: e.sender_device,
-                server_time_ms: e.server_time_ms,
-                body: e.body.clone(),
-            });
+        let order = self.state.hint_order.unwrap_or(HintOrder::CommitOrder);
+        let (hints, stopped) = crate::inbox::pushable(taken.hints, self.pushed_to, room, order);
+        if stopped {
+            // The window is full (these wait in the store until acks free
+            // it), or a seq is missing or late: the store has them all.
+            self.synced = false;
+            self.told_empty = false;
         }
-        if entries.is_empty() {
+        let entries: Vec<_> = hints
+            .iter()
+            .map(|hint| {
+                let e = &*hint.envelope;
+                dak_store::MailboxEntry {
+                    seq: hint.seq,
+                    message_id: e.message_id.clone(),
+                    sender_phone: e.sender_phone.clone(),
+                    sender_device: e.sender_device,
+                    server_time_ms: e.server_time_ms,
+                    body: e.body.clone(),
+                }
+            })
+            .collect();
+        if !entries.is_empty() {
+            self.state
+                .metrics
+                .envelopes_from_memory
+                .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if self.deliver(entries).await {
+                return Flow::Close;
+            }
+        }
+        if stopped {
+            // Reads what is missing, if the window has room.
+            return self.pump().await;
+        }
+        if hints.is_empty() {
             return Flow::Continue;
-        }
-        if self.deliver(entries).await {
-            return Flow::Close;
         }
         if self.synced {
             self.told_empty = true;

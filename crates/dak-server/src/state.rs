@@ -67,9 +67,13 @@ pub struct Inner {
     /// Own-number history proofs per device (`GetKeyHistory`).
     pub kt_histories: Limiter<u64>,
     /// The fast path is on: the store hands committed envelopes to
-    /// `online` (in commit order), and with a bus that reaches no other
-    /// node, nobody needs a mail wake.
+    /// `online`, and this node's connections need no mail wake for them
+    /// (other nodes' do, over the bus).
     pub fast_path: bool,
+    /// In what order the store hands them over (`HintOrder`): in commit
+    /// order on SQLite; on PostgreSQL out of order, each device's seqs
+    /// contiguous, so a session reads the store at a gap.
+    pub hint_order: Option<dak_store::HintOrder>,
 }
 
 /// What `/readyz` checks besides the store's answer to a read.
@@ -102,13 +106,29 @@ impl AppState {
         kt: Arc<crate::kt::KeyDirectory>,
     ) -> Self {
         let online = Arc::new(Online::default());
-        // Only on one node: in a cluster a device's connection may be on
-        // another node, which only the bus reaches.
-        let fast_path = !bus.spans_nodes() && store.set_commit_listener(online.clone());
+        let metrics = Metrics::default();
+        // In a cluster the listener hears this node's commits only; it
+        // passes them on to the other nodes (`cluster_hints.rs`).
+        let hint_order = if bus.spans_nodes() {
+            let hints = crate::cluster_hints::ClusterHints::new(
+                online.clone(),
+                bus.clone(),
+                store.identity().unwrap_or_default(),
+                config.cluster_hints,
+            );
+            let order = store.set_commit_listener(hints.clone());
+            if let Some(order) = order {
+                hints.installed(order, metrics.cluster_hints_refused.clone());
+            }
+            order
+        } else {
+            store.set_commit_listener(online.clone())
+        };
         AppState(Arc::new(Inner {
             admission: Arc::new(Admission::new(&config)),
             online,
-            fast_path,
+            fast_path: hint_order.is_some(),
+            hint_order,
             device_requests: Limiter::per_second(
                 config.requests_per_device_per_sec,
                 config.request_burst,
@@ -159,7 +179,7 @@ impl AppState {
             blobs,
             bus,
             sms,
-            metrics: Metrics::default(),
+            metrics,
             shutdown,
             probes,
             notices,

@@ -220,13 +220,35 @@ pub struct CommittedEnvelope {
 /// awaiting it waits for its commit.
 pub type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + Sync>>;
 
+/// In what order a store tells its `CommitListener` of envelopes, which
+/// decides what a receiver may conclude from a hint's seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintOrder {
+    /// In commit order, which is seq order: one writer commits (SQLite).
+    /// Each device's hints rise; its seqs are not contiguous (one sequence
+    /// numbers every mailbox), so a receiver cannot see a missing one, and
+    /// needs none to be missing: every commit is passed, in order.
+    CommitOrder,
+    /// Writers commit concurrently (PostgreSQL, several nodes), so calls
+    /// for one device may come in any order, and a hint from another node
+    /// may never come. What holds instead: each device's seqs are
+    /// contiguous (the next is the last + 1, from its `mailbox_heads` row)
+    /// and a seq commits only after every lower seq of the device has. A
+    /// receiver that has pushed through seq `s` may push a hint for `s + 1`
+    /// at once; a hint above that means one is missing or late, and it
+    /// reads the store, which has them all.
+    ContiguousSeqs,
+}
+
 /// Told of every envelope a store commits (`Store::set_commit_listener`).
 ///
-/// Contract: called only after the transaction is durable, and in commit
-/// order, so each device's envelopes arrive in ascending seq order and
-/// every envelope committed after the listener was set is passed exactly
-/// once. It runs on the store's writer and must not block: hand the
-/// envelopes on and return.
+/// Contract: called only after the transaction is durable, and every
+/// envelope this store commits after the listener was set is passed
+/// exactly once, in the order `HintOrder` says (on PostgreSQL, except a
+/// commit whose answer is lost on the way back: the writer saw an error,
+/// and the device reads it at a gap, a wake or its next connection). It runs on the store's
+/// writer (or the committing task) and must not block: hand the envelopes
+/// on and return.
 pub trait CommitListener: Send + Sync + 'static {
     fn committed(&self, envelopes: &[CommittedEnvelope]);
 }
@@ -773,12 +795,22 @@ pub const KT_MAX_READ: usize = 4096;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Installs the listener told of every committed envelope, under
-    /// `CommitListener`'s contract. Returns false when this store cannot
-    /// keep that contract (its writers commit concurrently, so commit order
-    /// is not seq order: PostgreSQL), and then never calls it. At most one
-    /// listener; a second call is refused.
-    fn set_commit_listener(&self, _listener: std::sync::Arc<dyn CommitListener>) -> bool {
-        false
+    /// `CommitListener`'s contract, and says in what order it is told.
+    /// None when this store tells no listener (then it never calls it). At
+    /// most one listener; a second call is refused (None).
+    fn set_commit_listener(
+        &self,
+        _listener: std::sync::Arc<dyn CommitListener>,
+    ) -> Option<HintOrder> {
+        None
+    }
+
+    /// A random id made once for the database behind this store, the same
+    /// on every node that shares it: a node refuses another cluster's
+    /// commit hints on a shared bus by it. None for a store no other node
+    /// shares (the embedded one).
+    fn identity(&self) -> Option<&str> {
+        None
     }
 
     // Rate limits.

@@ -23,12 +23,15 @@
 //! exact, and nobody holding a head ever waits for a mailbox row: with heads
 //! always taken in ascending device order, the locks cannot form a cycle.
 
+use std::sync::{Arc, OnceLock};
+
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::sql::{
-    BLOB_COLS, DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES,
+    BLOB_COLS, DEVICE_COLS, DEVICE_FIELDS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES,
+    SWEEP_SHARED_BODIES,
 };
 use crate::*;
 
@@ -229,11 +232,23 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS kt_head (
         id SMALLINT PRIMARY KEY CHECK (id = 1),
         epoch BIGINT NOT NULL)",
+    // `Store::identity`: made once, by whichever node migrates first.
+    "CREATE TABLE IF NOT EXISTS store_identity (
+        one SMALLINT PRIMARY KEY CHECK (one = 1),
+        id TEXT NOT NULL)",
+    "INSERT INTO store_identity (one, id) VALUES (1, gen_random_uuid()::text)
+        ON CONFLICT (one) DO NOTHING",
 ];
 
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Told of each envelope after its transaction commits
+    /// (`HintOrder::ContiguousSeqs`: this node's transactions commit
+    /// concurrently, and other nodes' commits are not seen here at all).
+    listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+    /// `Store::identity`, read at connect.
+    identity: Arc<str>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -263,8 +278,17 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(backend)?;
-        let store = PgStore { pool };
+        let mut store = PgStore {
+            pool,
+            listener: Arc::default(),
+            identity: Arc::from(""),
+        };
         store.migrate().await?;
+        let identity: String = sqlx::query_scalar("SELECT id FROM store_identity WHERE one = 1")
+            .fetch_one(&store.pool)
+            .await
+            .map_err(backend)?;
+        store.identity = Arc::from(identity);
         Ok(store)
     }
 
@@ -287,6 +311,14 @@ impl PgStore {
             .execute(&mut *conn)
             .await;
         result
+    }
+
+    /// Hands committed envelopes to the listener, if one is set. Called
+    /// after `commit()` returned, so each hint is durable.
+    fn told(&self, envelopes: impl FnOnce() -> Vec<CommittedEnvelope>) {
+        if let Some(listener) = self.listener.get() {
+            listener.committed(&envelopes());
+        }
     }
 
     /// Whether the database answers (for /readyz).
@@ -453,14 +485,15 @@ async fn delete_from_mailbox<'e, E: sqlx::PgExecutor<'e>>(
 /// device's next seq. Heads are taken in device order, so two transactions
 /// writing to overlapping devices lock them in the same order and cannot
 /// deadlock; each head stays locked until the caller's transaction ends.
-/// The heads count the envelope into each device's usage.
+/// The heads count the envelope into each device's usage. Returns the seq
+/// each device's mailbox gave it (for the commit listener).
 async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     e: &NewEnvelope,
     devices: &[DeviceId],
-) -> Result<()> {
+) -> Result<Vec<(DeviceId, u64)>> {
     if devices.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
     ids.sort_unstable();
@@ -480,7 +513,8 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
          SELECT device_id, next, $2, $3, $4, $5, $6,
                 CASE WHEN $8 THEN ''::BYTEA ELSE $7 END, (SELECT id FROM shared),
                 CASE WHEN $8 THEN length($7) ELSE 0 END
-         FROM heads",
+         FROM heads
+         RETURNING device_id, seq",
     )
     .bind(&ids)
     .bind(&e.message_id)
@@ -490,9 +524,13 @@ async fn insert_envelope<'e, E: sqlx::PgExecutor<'e>>(
     .bind(e.expires_ms)
     .bind(&e.body)
     .bind(crate::shares_body(ids.len()))
-    .execute(ex)
+    .fetch_all(ex)
     .await
-    .map(|_| ())
+    .map(|rows| {
+        rows.iter()
+            .map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64))
+            .collect()
+    })
     .map_err(backend)
 }
 
@@ -701,6 +739,66 @@ async fn group_members_with_leaves(
         .collect())
 }
 
+/// What a group message is checked against, read in one statement (one
+/// round trip, not three) under the group's lock, which the caller took
+/// in an earlier statement so that this one's snapshot is taken after it:
+/// the member devices (revoked ones included, by id), the ids of the
+/// member accounts' ready devices (`ready_devices`), and the accounts that
+/// blocked `sender`'s account (meaningful when `sender` is a member; a
+/// send from anyone else is refused on membership first).
+async fn send_checks(
+    tx: &mut Transaction<'static, Postgres>,
+    group_id: &[u8],
+    sender: DeviceId,
+) -> Result<(Vec<Device>, Vec<DeviceId>, Vec<AccountId>)> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEVICE_FIELDS}, p.part,
+                ARRAY(SELECT b.account_id FROM blocks b
+                      WHERE b.blocked_id = (SELECT s.account_id FROM devices s WHERE s.id = $2)
+                        AND b.account_id <> b.blocked_id ORDER BY b.account_id)
+         FROM (SELECT 0 AS part, m.device_id AS id FROM group_members m WHERE m.group_id = $1
+               UNION ALL
+               SELECT 1, r.id FROM devices r
+               WHERE r.revoked = 0
+                 AND r.account_id IN (SELECT d2.account_id FROM group_members m2
+                                      JOIN devices d2 ON d2.id = m2.device_id WHERE m2.group_id = $1)
+                 AND EXISTS (SELECT 1 FROM key_packages k
+                             WHERE k.device_id = r.id AND k.suite = 1 AND k.last_resort)) p
+         JOIN devices d ON d.id = p.id JOIN accounts a ON a.id = d.account_id
+         ORDER BY p.part, d.id"
+    )))
+    .bind(group_id)
+    .bind(sender as i64)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    let mut members = Vec::new();
+    let mut ready = Vec::new();
+    let mut blockers = Vec::new();
+    for r in &rows {
+        if r.get::<i32, _>(9) == 0 {
+            members.push(row_device(r));
+        } else {
+            ready.push(row_device(r));
+        }
+        if blockers.is_empty() {
+            blockers = r
+                .get::<Vec<i64>, _>(10)
+                .into_iter()
+                .map(|a| a as u64)
+                .collect();
+        }
+    }
+    // A blocker's new device is not one the sender must add first: that
+    // would stall the sender's group and tell it about the block.
+    let ready = ready
+        .iter()
+        .filter(|d| !blockers.contains(&d.account_id))
+        .map(|d| d.id)
+        .collect();
+    Ok((members, ready, blockers))
+}
+
 /// Any of these devices, revoked ones included, in id order.
 async fn devices_by_ids(
     tx: &mut Transaction<'static, Postgres>,
@@ -771,6 +869,17 @@ async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Re
 
 #[async_trait]
 impl Store for PgStore {
+    fn identity(&self) -> Option<&str> {
+        Some(&self.identity)
+    }
+
+    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) -> Option<HintOrder> {
+        self.listener
+            .set(listener)
+            .is_ok()
+            .then_some(HintOrder::ContiguousSeqs)
+    }
+
     async fn token_state(&self, key: &str) -> Result<Option<i64>> {
         sqlx::query_scalar("SELECT tat_ms FROM rate_limits WHERE key = $1")
             .bind(key)
@@ -1312,23 +1421,37 @@ impl Store for PgStore {
             .map(|(d, _)| d.id)
             .chain(current.is_none().then_some(c.commit.sender_device))
             .collect();
-        if let Some(w) = &c.welcome {
+        if c.welcome.is_some() {
             // Two envelopes to two sets of devices: take every head first,
             // in one device order, as a single enqueue would.
             let mut all: Vec<DeviceId> = told.iter().chain(c.added.iter()).copied().collect();
             all.sort_unstable();
             all.dedup();
             lock_heads(&mut tx, &all).await?;
-            insert_envelope(&mut *tx, &c.commit, &told).await?;
-            insert_envelope(&mut *tx, w, &c.added).await?;
-        } else {
-            insert_envelope(&mut *tx, &c.commit, &told).await?;
         }
+        let commit_placed = insert_envelope(&mut *tx, &c.commit, &told).await?;
+        let welcome_placed = match &c.welcome {
+            Some(w) => insert_envelope(&mut *tx, w, &c.added).await?,
+            None => Vec::new(),
+        };
         tx.commit().await.map_err(backend)?;
         let recipients = everyone
             .into_iter()
             .filter(|d| d.revoked.is_none() && d.id != c.commit.sender_device)
             .collect();
+        self.told(|| {
+            let mut told = vec![CommittedEnvelope {
+                envelope: Arc::new(c.commit),
+                placed: commit_placed,
+            }];
+            if let Some(w) = c.welcome {
+                told.push(CommittedEnvelope {
+                    envelope: Arc::new(w),
+                    placed: welcome_placed,
+                });
+            }
+            told
+        });
         Ok(GroupOutcome::Accepted { recipients })
     }
 
@@ -1343,19 +1466,8 @@ impl Store for PgStore {
         let Some(current) = lock_group(&mut tx, group_id).await? else {
             return refuse(tx, GroupOutcome::NoGroup).await;
         };
-        let members = group_members(&mut tx, group_id).await?;
-        let blockers = match group_rules::sender_account(&members, envelope.sender_device) {
-            Some(account) => blockers_of(&mut tx, account).await?,
-            None => Vec::new(),
-        };
-        // A blocker's new device is not one the sender must add first: that
-        // would stall the sender's group and tell it about the block.
-        let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&members))
-            .await?
-            .iter()
-            .filter(|d| !blockers.contains(&d.account_id))
-            .map(|d| d.id)
-            .collect();
+        let (members, ready, blockers) =
+            send_checks(&mut tx, group_id, envelope.sender_device).await?;
         if let Some(refusal) =
             group_rules::check_send(current, epoch, envelope.sender_device, &members, &ready)
         {
@@ -1379,8 +1491,14 @@ impl Store for PgStore {
         {
             return refuse(tx, GroupOutcome::MailboxFull { device: *device }).await;
         }
-        insert_envelope(&mut *tx, &envelope, &ids).await?;
+        let placed = insert_envelope(&mut *tx, &envelope, &ids).await?;
         tx.commit().await.map_err(backend)?;
+        self.told(|| {
+            vec![CommittedEnvelope {
+                envelope: Arc::new(envelope),
+                placed,
+            }]
+        });
         Ok(GroupOutcome::Accepted { recipients })
     }
 
@@ -1485,7 +1603,14 @@ impl Store for PgStore {
 
     async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
         // One statement, so one transaction on its own.
-        insert_envelope(&self.pool, &e, devices).await
+        let placed = insert_envelope(&self.pool, &e, devices).await?;
+        self.told(|| {
+            vec![CommittedEnvelope {
+                envelope: Arc::new(e),
+                placed,
+            }]
+        });
+        Ok(())
     }
 
     async fn fetch_mailbox(

@@ -8,6 +8,10 @@ macro_rules! device_fields {
     };
 }
 
+/// `DEVICE_COLS`' columns alone, for a query that joins `devices d` and
+/// `accounts a` its own way.
+pub(crate) const DEVICE_FIELDS: &str = device_fields!();
+
 /// A device with its account's number.
 pub(crate) const DEVICE_COLS: &str = concat!(
     device_fields!(),

@@ -1266,8 +1266,11 @@ fn uncount_usage(conn: &Connection, device: DeviceId, envelopes: i64, bytes: i64
 
 #[async_trait]
 impl Store for SqliteStore {
-    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) -> bool {
-        self.listener.set(listener).is_ok()
+    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) -> Option<HintOrder> {
+        self.listener
+            .set(listener)
+            .is_ok()
+            .then_some(HintOrder::CommitOrder)
     }
 
     async fn token_state(&self, key: &str) -> Result<Option<i64>> {

@@ -3,9 +3,30 @@
 //! cluster tests. `DAK_TEST_POSTGRES_URL` (an admin URL) points elsewhere
 //! than the local server; `scripts/services.sh` starts the local one.
 //! Also: reading a running server's embedded store from outside it
-//! (`sqlite_mailbox_bodies`), as the server's tests do.
+//! (`sqlite_mailbox_bodies`), as the server's tests do, and recording what
+//! a store's commit listener is told (`CommitRecorder`).
 
 use sqlx::{AssertSqlSafe, Connection};
+
+/// Per device, (seq, message id) in the order a commit listener was told.
+pub type Told = std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>;
+
+/// A commit listener that records what it is told, for the stores' tests.
+#[derive(Default)]
+pub struct CommitRecorder(pub std::sync::Mutex<Told>);
+
+impl crate::CommitListener for CommitRecorder {
+    fn committed(&self, envelopes: &[crate::CommittedEnvelope]) {
+        let Ok(mut seen) = self.0.lock() else { return };
+        for e in envelopes {
+            for (device, seq) in &e.placed {
+                seen.entry(*device)
+                    .or_default()
+                    .push((*seq, e.envelope.message_id.clone()));
+            }
+        }
+    }
+}
 
 /// The S3-compatible bucket the media tests use: the local Garage that
 /// `scripts/garage.sh` starts (its fixed test key), or `DAK_TEST_S3_*`.

@@ -230,36 +230,19 @@ async fn groups_from_before_leaf_indices_take_declared_removals() {
     );
 }
 
-/// Per device, (seq, message id) in the order the listener was told.
-type Told = std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>;
-
-/// Records what the commit listener is told.
-#[derive(Default)]
-struct Recorder(std::sync::Mutex<Told>);
-
-impl dak_store::CommitListener for Recorder {
-    fn committed(&self, envelopes: &[dak_store::CommittedEnvelope]) {
-        let mut seen = self.0.lock().unwrap();
-        for e in envelopes {
-            for (device, seq) in &e.placed {
-                seen.entry(*device)
-                    .or_default()
-                    .push((*seq, e.envelope.message_id.clone()));
-            }
-        }
-    }
-}
-
 /// The fast path's contract: every committed envelope is passed once, in
 /// commit order, so each device's seqs rise and match its mailbox exactly.
 #[tokio::test]
 async fn the_commit_listener_sees_each_envelope_once_in_seq_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("dak.db")).unwrap();
-    let recorder = std::sync::Arc::new(Recorder::default());
-    assert!(store.set_commit_listener(recorder.clone()));
+    let recorder = std::sync::Arc::new(dak_store::testing::CommitRecorder::default());
+    assert_eq!(
+        store.set_commit_listener(recorder.clone()),
+        Some(dak_store::HintOrder::CommitOrder)
+    );
     assert!(
-        !store.set_commit_listener(recorder.clone()),
+        store.set_commit_listener(recorder.clone()).is_none(),
         "one listener only"
     );
     let mut devices = Vec::new();
