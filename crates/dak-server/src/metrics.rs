@@ -49,8 +49,8 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_rejected: AtomicU64,
-    /// Hints from other cluster nodes that did not decode (shared with the
-    /// bus's receiving task, `cluster_hints.rs`).
+    /// Hints from other cluster nodes refused: a wrong HMAC, or out of
+    /// bounds (shared with the bus's receiving task, `cluster_hints.rs`).
     pub cluster_hints_refused: std::sync::Arc<AtomicU64>,
     pub messages_accepted: AtomicU64,
     pub envelopes_delivered: AtomicU64,
@@ -129,7 +129,7 @@ impl Metrics {
         );
         counter(
             "cluster_hints_refused_total",
-            "Hints from other cluster nodes refused as malformed or out of bounds.",
+            "Hints from other cluster nodes refused: a wrong HMAC (forged, damaged, or another cluster's on the same NATS) or out of bounds.",
             self.cluster_hints_refused.load(Relaxed),
         );
         counter(

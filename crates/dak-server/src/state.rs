@@ -113,7 +113,7 @@ impl AppState {
             let hints = crate::cluster_hints::ClusterHints::new(
                 online.clone(),
                 bus.clone(),
-                store.identity().unwrap_or_default(),
+                store.hint_secret(),
                 config.cluster_hints,
             );
             let order = store.set_commit_listener(hints.clone());

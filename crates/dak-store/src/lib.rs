@@ -805,11 +805,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// A random id made once for the database behind this store, the same
-    /// on every node that shares it: a node refuses another cluster's
-    /// commit hints on a shared bus by it. None for a store no other node
-    /// shares (the embedded one).
-    fn identity(&self) -> Option<&str> {
+    /// A random secret made once in the database behind this store, the
+    /// same on every node that shares it: the key the nodes authenticate
+    /// their commit hints with, so only a node that can read the store can
+    /// make a hint the others push (a forged one could make a device ack,
+    /// and so delete, an envelope it was never shown). None for a store no
+    /// other node shares (the embedded one).
+    fn hint_secret(&self) -> Option<&str> {
         None
     }
 

@@ -232,11 +232,14 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS kt_head (
         id SMALLINT PRIMARY KEY CHECK (id = 1),
         epoch BIGINT NOT NULL)",
-    // `Store::identity`: made once, by whichever node migrates first.
-    "CREATE TABLE IF NOT EXISTS store_identity (
+    // `Store::hint_secret`: made once, by whichever node migrates first
+    // (under the migration lock), from PostgreSQL's strong random source:
+    // two version-4 UUIDs, 244 random bits.
+    "CREATE TABLE IF NOT EXISTS hint_secret (
         one SMALLINT PRIMARY KEY CHECK (one = 1),
-        id TEXT NOT NULL)",
-    "INSERT INTO store_identity (one, id) VALUES (1, gen_random_uuid()::text)
+        secret TEXT NOT NULL)",
+    "INSERT INTO hint_secret (one, secret)
+        VALUES (1, gen_random_uuid()::text || gen_random_uuid()::text)
         ON CONFLICT (one) DO NOTHING",
 ];
 
@@ -247,8 +250,8 @@ pub struct PgStore {
     /// (`HintOrder::ContiguousSeqs`: this node's transactions commit
     /// concurrently, and other nodes' commits are not seen here at all).
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
-    /// `Store::identity`, read at connect.
-    identity: Arc<str>,
+    /// `Store::hint_secret`, read at connect.
+    hint_secret: Arc<str>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -281,14 +284,14 @@ impl PgStore {
         let mut store = PgStore {
             pool,
             listener: Arc::default(),
-            identity: Arc::from(""),
+            hint_secret: Arc::from(""),
         };
         store.migrate().await?;
-        let identity: String = sqlx::query_scalar("SELECT id FROM store_identity WHERE one = 1")
+        let secret: String = sqlx::query_scalar("SELECT secret FROM hint_secret WHERE one = 1")
             .fetch_one(&store.pool)
             .await
             .map_err(backend)?;
-        store.identity = Arc::from(identity);
+        store.hint_secret = Arc::from(secret);
         Ok(store)
     }
 
@@ -869,8 +872,8 @@ async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Re
 
 #[async_trait]
 impl Store for PgStore {
-    fn identity(&self) -> Option<&str> {
-        Some(&self.identity)
+    fn hint_secret(&self) -> Option<&str> {
+        Some(&self.hint_secret)
     }
 
     fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) -> Option<HintOrder> {

@@ -158,6 +158,10 @@ async fn commit_hints_cover_each_mailbox_once_with_contiguous_seqs() {
         std::sync::Arc::new(dak_store::testing::CommitRecorder::default()),
         std::sync::Arc::new(dak_store::testing::CommitRecorder::default()),
     ];
+    // One hint key for the cluster, from the database both nodes share.
+    let secret = nodes[0].hint_secret().expect("PostgreSQL has one");
+    assert!(secret.len() >= 64, "{secret}");
+    assert_eq!(nodes[1].hint_secret(), Some(secret));
     for (node, recorder) in nodes.iter().zip(&recorders) {
         assert_eq!(
             node.set_commit_listener(recorder.clone()),
