@@ -115,7 +115,7 @@ fn refusal(outcome: GroupOutcome) -> ApiError {
 /// path has already handed it to them (and, in a cluster, to the other
 /// nodes: `cluster_hints.rs`).
 fn wake(state: &AppState, recipients: &[u64]) {
-    if state.fast_path {
+    if state.fast_path() {
         return;
     }
     for d in recipients {

@@ -706,7 +706,7 @@ impl Session {
         if self.acked.is_empty() {
             return;
         }
-        if !self.state.fast_path {
+        if !self.state.fast_path() {
             delete_acked(&self.state, id, std::mem::take(&mut self.acked)).await;
             return;
         }

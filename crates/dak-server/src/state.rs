@@ -66,13 +66,10 @@ pub struct Inner {
     pub kt_audits: Limiter<IpPrefix>,
     /// Own-number history proofs per device (`GetKeyHistory`).
     pub kt_histories: Limiter<u64>,
-    /// The fast path is on: the store hands committed envelopes to
-    /// `online`, and this node's connections need no mail wake for them
-    /// (other nodes' do, over the bus).
-    pub fast_path: bool,
-    /// In what order the store hands them over (`HintOrder`): in commit
-    /// order on SQLite; on PostgreSQL out of order, each device's seqs
-    /// contiguous, so a session reads the store at a gap.
+    /// In what order the store hands committed envelopes to `online`
+    /// (`HintOrder`): in commit order on SQLite; on PostgreSQL out of
+    /// order, each device's seqs contiguous, so a session reads the store
+    /// at a gap. None: it hands nothing over (`fast_path` is off).
     pub hint_order: Option<dak_store::HintOrder>,
 }
 
@@ -91,6 +88,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The fast path is on: the store hands committed envelopes to
+    /// `online`, and this node's connections need no mail wake for them
+    /// (other nodes' do, over the bus).
+    pub fn fast_path(&self) -> bool {
+        self.hint_order.is_some()
+    }
+
     // Each is a part the server was started with; a builder would only
     // rename the list.
     #[allow(clippy::too_many_arguments)]
@@ -127,7 +131,6 @@ impl AppState {
         AppState(Arc::new(Inner {
             admission: Arc::new(Admission::new(&config)),
             online,
-            fast_path: hint_order.is_some(),
             hint_order,
             device_requests: Limiter::per_second(
                 config.requests_per_device_per_sec,

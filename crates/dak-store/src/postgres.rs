@@ -775,21 +775,22 @@ async fn send_checks(
     .fetch_all(&mut **tx)
     .await
     .map_err(backend)?;
-    let mut members = Vec::new();
-    let mut ready = Vec::new();
-    let mut blockers = Vec::new();
+    // The blockers are the same on every row (one subquery, run once).
+    let blockers: Vec<AccountId> = rows
+        .first()
+        .map(|r| {
+            r.get::<Vec<i64>, _>(10)
+                .into_iter()
+                .map(|a| a as u64)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (mut members, mut ready) = (Vec::new(), Vec::new());
     for r in &rows {
         if r.get::<i32, _>(9) == 0 {
             members.push(row_device(r));
         } else {
             ready.push(row_device(r));
-        }
-        if blockers.is_empty() {
-            blockers = r
-                .get::<Vec<i64>, _>(10)
-                .into_iter()
-                .map(|a| a as u64)
-                .collect();
         }
     }
     // A blocker's new device is not one the sender must add first: that

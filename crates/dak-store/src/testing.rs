@@ -28,6 +28,18 @@ impl crate::CommitListener for CommitRecorder {
     }
 }
 
+/// `device`'s mailbox as (seq, message id), oldest first: what a
+/// `CommitRecorder` should have been told for it.
+pub async fn mailbox_seqs(store: &dyn crate::Store, device: u64) -> Vec<(u64, Vec<u8>)> {
+    store
+        .fetch_mailbox(device, 0, 100_000)
+        .await
+        .expect("read the mailbox")
+        .into_iter()
+        .map(|e| (e.seq, e.message_id))
+        .collect()
+}
+
 /// The S3-compatible bucket the media tests use: the local Garage that
 /// `scripts/garage.sh` starts (its fixed test key), or `DAK_TEST_S3_*`.
 pub fn test_s3() -> crate::S3Config {

@@ -204,13 +204,7 @@ async fn commit_hints_cover_each_mailbox_once_with_contiguous_seqs() {
             .flat_map(|r| r.0.lock().unwrap().get(&d).cloned().unwrap_or_default())
             .collect();
         told.sort();
-        let stored: Vec<(u64, Vec<u8>)> = nodes[1]
-            .fetch_mailbox(d, 0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq, e.message_id))
-            .collect();
+        let stored = dak_store::testing::mailbox_seqs(&nodes[1], d).await;
         assert_eq!(
             told, stored,
             "device {d}: each commit told once, by its node"

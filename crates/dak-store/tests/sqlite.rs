@@ -281,13 +281,7 @@ async fn the_commit_listener_sees_each_envelope_once_in_seq_order() {
             told.windows(2).all(|w| w[0].0 < w[1].0),
             "device {d}: seqs in commit order"
         );
-        let stored: Vec<(u64, Vec<u8>)> = store
-            .fetch_mailbox(d, 0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq, e.message_id))
-            .collect();
+        let stored = dak_store::testing::mailbox_seqs(&store, d).await;
         assert_eq!(told, &stored, "device {d}: exactly what was committed");
     }
 }
