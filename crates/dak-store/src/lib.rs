@@ -42,7 +42,7 @@ use async_trait::async_trait;
 pub type DeviceId = u64;
 pub type AccountId = u64;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("not found: {0}")]
     NotFound(&'static str),

@@ -35,6 +35,8 @@ use crate::sql::{
 };
 use crate::*;
 
+mod sends;
+
 // The dynamic SQL here only splices in the constant column list
 // (`DEVICE_COLS`); every value is a bind parameter.
 
@@ -252,6 +254,8 @@ pub struct PgStore {
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
     /// `Store::hint_secret`, read at connect.
     hint_secret: Arc<str>,
+    /// Group sends, committed together (the node-level group commit).
+    sends: Arc<sends::SendBatcher>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -281,10 +285,16 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(backend)?;
+        let listener = Arc::default();
+        // A worker holds one connection while its batch runs; the rest of
+        // the pool stays for everything else.
+        let workers = (max_connections as usize / 4).clamp(1, 4);
+        let sends = Arc::new(sends::SendBatcher::start(&pool, &listener, workers));
         let mut store = PgStore {
             pool,
-            listener: Arc::default(),
+            listener,
             hint_secret: Arc::from(""),
+            sends,
         };
         store.migrate().await?;
         let secret: String = sqlx::query_scalar("SELECT secret FROM hint_secret WHERE one = 1")
@@ -1466,44 +1476,24 @@ impl Store for PgStore {
         envelope: NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<GroupOutcome> {
-        let mut tx = self.begin().await?;
-        let Some(current) = lock_group(&mut tx, group_id).await? else {
-            return refuse(tx, GroupOutcome::NoGroup).await;
-        };
-        let (members, ready, blockers) =
-            send_checks(&mut tx, group_id, envelope.sender_device).await?;
-        if let Some(refusal) =
-            group_rules::check_send(current, epoch, envelope.sender_device, &members, &ready)
-        {
-            return refuse(tx, refusal).await;
-        }
-        let recipients: Vec<Device> = group_rules::without_blockers(
-            members
-                .into_iter()
-                .filter(|d| d.id != envelope.sender_device)
-                .collect(),
-            &blockers,
-        );
-        let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
-        // The heads stay locked until commit, so the usage read here is the
-        // usage the envelope is added to, whatever other nodes send.
-        let body_len = envelope.body.len() as u64;
-        let usage = lock_heads(&mut tx, &ids).await?;
-        if let Some((device, _, _)) = usage
-            .iter()
-            .find(|(_, envelopes, bytes)| !quota.has_room(*envelopes, *bytes, body_len))
-        {
-            return refuse(tx, GroupOutcome::MailboxFull { device: *device }).await;
-        }
-        let placed = insert_envelope(&mut *tx, &envelope, &ids).await?;
-        tx.commit().await.map_err(backend)?;
-        self.told(|| {
-            vec![CommittedEnvelope {
-                envelope: Arc::new(envelope),
-                placed,
-            }]
-        });
-        Ok(GroupOutcome::Accepted { recipients })
+        self.submit_send_group(group_id, epoch, envelope, quota)
+            .await?
+            .await
+    }
+
+    /// Queued to the node's group commit (`postgres/sends.rs`): returns
+    /// once queued, answers at the batch's commit.
+    async fn submit_send_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        envelope: NewEnvelope,
+        quota: MailboxQuota,
+    ) -> Result<Pending<GroupOutcome>> {
+        let answer = self.sends.submit(group_id, epoch, envelope, quota).await?;
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| sends::stopped())?
+        }))
     }
 
     async fn set_block(&self, account: AccountId, blocked: AccountId, on: bool) -> Result<()> {

@@ -492,3 +492,122 @@ async fn racing_senders_never_pass_the_mailbox_quota() {
     assert_eq!(store.mailbox_usage(b.id).await.unwrap(), (6, 12));
     assert_eq!(store.mailbox_len(b.id).await.unwrap(), 6);
 }
+
+/// The node-level group commit (`postgres/sends.rs`): sends pipelined from
+/// one caller to three groups, while each insert stalls a little so that
+/// batches form. Each group's sends land in the order they were submitted;
+/// one send that fails inside a batch (a trigger refuses its body) gets its
+/// error, and every other send of that batch is still stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_sends_keep_each_groups_order_and_one_error_is_its_own() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 16).await.expect("connect");
+    let batches = std::sync::Arc::new(CountingListener::default());
+    store.set_commit_listener(batches.clone());
+    let mut devices = Vec::new();
+    for (phone, key) in [("+911000000086", 86u8), ("+911000000087", 87)] {
+        let reg = store
+            .register_primary(phone, &[key; 32], "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
+            .await
+            .unwrap();
+        devices.push(reg.device);
+    }
+    let (a, b) = (devices[0].clone(), devices[1].clone());
+    for g in 0..3u8 {
+        let c = GroupCommit {
+            group_id: vec![b'g', g],
+            epoch: 0,
+            added: vec![b.id],
+            removed: vec![],
+            removed_leaves: vec![],
+            added_phones: vec![],
+            max_accounts: 1024,
+            commit: from(&a, g, b"commit"),
+            welcome: Some(from(&a, g, b"")),
+        };
+        let out = store.commit_group(c).await.unwrap();
+        assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    }
+    let welcomes = store.mailbox_len(b.id).await.unwrap();
+    let (calls_before, envelopes_before) = batches.counts();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    for stmt in [
+        "CREATE FUNCTION dak_test_refuse() RETURNS trigger AS $$
+         BEGIN
+           IF NEW.body = 'bad'::bytea THEN RAISE EXCEPTION 'refused by the test'; END IF;
+           PERFORM pg_sleep(0.01); RETURN NEW;
+         END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER dak_test_refuse BEFORE INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION dak_test_refuse()",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut admin)
+            .await
+            .expect("install trigger");
+    }
+    let mut pending = Vec::new();
+    for i in 0..60u8 {
+        let body: &[u8] = if i == 30 { b"bad" } else { b"ok" };
+        let group = [b'g', i % 3];
+        pending.push(
+            store
+                .submit_send_group(&group, 1, from(&a, i, body), MailboxQuota::UNLIMITED)
+                .await
+                .expect("queued"),
+        );
+    }
+    for (i, answer) in pending.into_iter().enumerate() {
+        match answer.await {
+            Ok(GroupOutcome::Accepted { recipients }) => {
+                assert_ne!(i, 30, "the refused body is not stored");
+                assert_eq!(recipients.len(), 1);
+            }
+            Err(StoreError::Backend(e)) => {
+                assert_eq!(i, 30, "send {i} failed: {e}");
+                assert!(e.contains("refused by the test"), "{e}");
+            }
+            other => panic!("send {i}: {other:?}"),
+        }
+    }
+    let stored = dak_store::testing::mailbox_seqs(&store, b.id).await;
+    let sent: Vec<u8> = stored
+        .iter()
+        .skip(welcomes as usize)
+        .map(|(_, id)| id[0])
+        .collect();
+    assert_eq!(sent.len(), 59, "each other send stored once: {sent:?}");
+    for g in 0..3u8 {
+        let mine: Vec<u8> = sent.iter().copied().filter(|i| i % 3 == g).collect();
+        let expected: Vec<u8> = (0..60u8).filter(|i| i % 3 == g && *i != 30).collect();
+        assert_eq!(mine, expected, "group {g}: in submission order");
+    }
+    let (calls, envelopes) = batches.counts();
+    let (calls, envelopes) = (calls - calls_before, envelopes - envelopes_before);
+    assert_eq!(envelopes, 59, "the listener is told of every stored send");
+    assert!(
+        calls < envelopes,
+        "sends were committed together: {calls} commits told of {envelopes} envelopes"
+    );
+}
+
+/// Counts the commit listener's calls (one per commit) and the envelopes
+/// they carried.
+#[derive(Default)]
+struct CountingListener(std::sync::Mutex<(usize, usize)>);
+
+impl CountingListener {
+    fn counts(&self) -> (usize, usize) {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl dak_store::CommitListener for CountingListener {
+    fn committed(&self, envelopes: &[dak_store::CommittedEnvelope]) {
+        let mut counts = self.0.lock().unwrap();
+        counts.0 += 1;
+        counts.1 += envelopes.len();
+    }
+}
