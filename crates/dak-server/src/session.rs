@@ -20,9 +20,11 @@
 //!
 //! Pipelining: a `SendMessage` is answered when its commit lands, but the
 //! session reads on as soon as the store has queued it (`MAX_PIPELINED` at
-//! most), so one connection fills a group commit. The store runs queued
-//! writes in the order they were queued, so a connection's sends keep
-//! their order; their SendAcks go out in that order too. Other requests
+//! most), so one connection fills a group commit. The store runs a group's
+//! queued writes (its sends, and a commit submitted after them) in the
+//! order they were queued, so a connection's sends keep their order in
+//! each conversation (SQLite keeps it across conversations too); their
+//! SendAcks go out in submission order. Other requests
 //! are answered as before, possibly before an earlier send's SendAck.
 //!
 //! Acks: an `AckDeliveries` is answered at once and its seqs leave the

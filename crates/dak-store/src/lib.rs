@@ -977,10 +977,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<GroupOutcome>;
 
     /// `send_group`, split in two: returns once the write has its place in
-    /// the store's order (before any write submitted after this returns),
-    /// with what resolves at its commit. A connection pipelines its sends
-    /// with it and keeps their order. The default runs the whole write
-    /// first (stores whose concurrent writes have no order to queue in).
+    /// the store's order (before any write to the same group submitted
+    /// after this returns, `commit_group` included; SQLite orders every
+    /// write), with what resolves at its commit. A connection pipelines its
+    /// sends with it and keeps their order per group. The default runs the
+    /// whole write first (stores whose concurrent writes have no order to
+    /// queue in). The write is not cancelled by dropping what resolves: it
+    /// commits unanswered.
     async fn submit_send_group(
         &self,
         group_id: &[u8],

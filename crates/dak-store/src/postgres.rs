@@ -876,6 +876,134 @@ async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
 
 /// Ends a transaction that wrote nothing that should stay (a refusal), so
 /// its locks are released before the caller hears the outcome.
+/// `Store::commit_group` in a transaction of its own, run by the group's
+/// send worker. Returns the outcome and the envelopes to tell the listener
+/// of (after the caller is answered).
+async fn commit_alone(
+    pool: &PgPool,
+    c: GroupCommit,
+) -> Result<(GroupOutcome, Vec<CommittedEnvelope>)> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    // A commit at epoch 0 may create the group. Its row goes in first:
+    // a concurrent creator's insert waits on ours, finds the row once we
+    // commit and then reads the epoch we set (or, if we roll back, goes
+    // on to create the group itself). Either way one creator wins.
+    let created = if c.epoch == 0 {
+        sqlx::query(
+            "INSERT INTO mls_groups (group_id, epoch, created_ms) VALUES ($1, 0, $2)
+             ON CONFLICT (group_id) DO NOTHING",
+        )
+        .bind(&c.group_id)
+        .bind(c.commit.server_time_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1
+    } else {
+        false
+    };
+    // Everything below is read under the group's lock, so commits and
+    // messages of one group are accepted, and enqueued, one at a time.
+    let locked = lock_group(&mut tx, &c.group_id).await?;
+    let current = if created { None } else { locked };
+    let members = group_members_with_leaves(&mut tx, &c.group_id).await?;
+    let added = devices_by_ids(&mut tx, &c.added).await?;
+    let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&added))
+        .await?
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    // A new group's first member is the committer, whose account counts.
+    let sender = match current {
+        None => devices_by_ids(&mut tx, &[c.commit.sender_device])
+            .await?
+            .pop(),
+        Some(_) => None,
+    };
+    let next =
+        match group_rules::apply_commit(current, &c, &members, &added, &ready, sender.as_ref()) {
+            Ok(next) => next,
+            Err(outcome) => return Ok((refuse(tx, outcome).await?, Vec::new())),
+        };
+    if !added.is_empty() {
+        // apply_commit found the committer among the members (or it is
+        // the new group's creator, read above).
+        let committer = members
+            .iter()
+            .map(|(d, _)| d)
+            .chain(sender.as_ref())
+            .find(|d| d.id == c.commit.sender_device)
+            .map(|d| d.account_id);
+        if let Some(committer) = committer {
+            let blockers = blockers_of(&mut tx, committer).await?;
+            if let Some(refusal) = group_rules::check_adds_not_blocked(&added, &blockers) {
+                return Ok((refuse(tx, refusal).await?, Vec::new()));
+            }
+        }
+    }
+    sqlx::query("UPDATE mls_groups SET epoch = $2 WHERE group_id = $1")
+        .bind(&c.group_id)
+        .bind((c.epoch + 1) as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::query("DELETE FROM group_members WHERE group_id = $1")
+        .bind(&c.group_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let next_ids: Vec<i64> = next.iter().map(|(d, _)| *d as i64).collect();
+    let next_leaves: Vec<Option<i64>> = next.iter().map(|(_, leaf)| leaf.map(i64::from)).collect();
+    sqlx::query(
+        "INSERT INTO group_members (group_id, device_id, leaf_index)
+         SELECT $1, d, l FROM unnest($2::BIGINT[], $3::BIGINT[]) AS t(d, l)",
+    )
+    .bind(&c.group_id)
+    .bind(&next_ids)
+    .bind(&next_leaves)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let everyone = group_members(&mut tx, &c.group_id).await?;
+    // Old members (removed ones too) get the commit; added ones join by the Welcome.
+    let told: Vec<DeviceId> = members
+        .iter()
+        .filter(|(d, _)| d.revoked.is_none())
+        .map(|(d, _)| d.id)
+        .chain(current.is_none().then_some(c.commit.sender_device))
+        .collect();
+    if c.welcome.is_some() {
+        // Two envelopes to two sets of devices: take every head first,
+        // in one device order, as a single enqueue would.
+        let mut all: Vec<DeviceId> = told.iter().chain(c.added.iter()).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        lock_heads(&mut tx, &all).await?;
+    }
+    let commit_placed = insert_envelope(&mut *tx, &c.commit, &told).await?;
+    let welcome_placed = match &c.welcome {
+        Some(w) => insert_envelope(&mut *tx, w, &c.added).await?,
+        None => Vec::new(),
+    };
+    tx.commit().await.map_err(backend)?;
+    let recipients = everyone
+        .into_iter()
+        .filter(|d| d.revoked.is_none() && d.id != c.commit.sender_device)
+        .collect();
+    let mut told = vec![CommittedEnvelope {
+        envelope: Arc::new(c.commit),
+        placed: commit_placed,
+    }];
+    if let Some(w) = c.welcome {
+        told.push(CommittedEnvelope {
+            envelope: Arc::new(w),
+            placed: welcome_placed,
+        });
+    }
+    Ok((GroupOutcome::Accepted { recipients }, told))
+}
+
 async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Result<GroupOutcome> {
     tx.rollback().await.map_err(backend)?;
     Ok(outcome)
@@ -1339,134 +1467,13 @@ impl Store for PgStore {
         Ok(epoch.map(|e| e as u64))
     }
 
+    /// Queued to the group's send worker (`postgres/sends.rs`), so that it
+    /// lands after the sends to that group submitted before it.
     async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome> {
         if let Some(refusal) = group_rules::check_lists(&c) {
             return Ok(refusal);
         }
-        let mut tx = self.begin().await?;
-        // A commit at epoch 0 may create the group. Its row goes in first:
-        // a concurrent creator's insert waits on ours, finds the row once we
-        // commit and then reads the epoch we set (or, if we roll back, goes
-        // on to create the group itself). Either way one creator wins.
-        let created = if c.epoch == 0 {
-            sqlx::query(
-                "INSERT INTO mls_groups (group_id, epoch, created_ms) VALUES ($1, 0, $2)
-                 ON CONFLICT (group_id) DO NOTHING",
-            )
-            .bind(&c.group_id)
-            .bind(c.commit.server_time_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?
-            .rows_affected()
-                == 1
-        } else {
-            false
-        };
-        // Everything below is read under the group's lock, so commits and
-        // messages of one group are accepted, and enqueued, one at a time.
-        let locked = lock_group(&mut tx, &c.group_id).await?;
-        let current = if created { None } else { locked };
-        let members = group_members_with_leaves(&mut tx, &c.group_id).await?;
-        let added = devices_by_ids(&mut tx, &c.added).await?;
-        let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&added))
-            .await?
-            .iter()
-            .map(|d| d.id)
-            .collect();
-        // A new group's first member is the committer, whose account counts.
-        let sender = match current {
-            None => devices_by_ids(&mut tx, &[c.commit.sender_device])
-                .await?
-                .pop(),
-            Some(_) => None,
-        };
-        let next =
-            match group_rules::apply_commit(current, &c, &members, &added, &ready, sender.as_ref())
-            {
-                Ok(next) => next,
-                Err(outcome) => return refuse(tx, outcome).await,
-            };
-        if !added.is_empty() {
-            // apply_commit found the committer among the members (or it is
-            // the new group's creator, read above).
-            let committer = members
-                .iter()
-                .map(|(d, _)| d)
-                .chain(sender.as_ref())
-                .find(|d| d.id == c.commit.sender_device)
-                .map(|d| d.account_id);
-            if let Some(committer) = committer {
-                let blockers = blockers_of(&mut tx, committer).await?;
-                if let Some(refusal) = group_rules::check_adds_not_blocked(&added, &blockers) {
-                    return refuse(tx, refusal).await;
-                }
-            }
-        }
-        sqlx::query("UPDATE mls_groups SET epoch = $2 WHERE group_id = $1")
-            .bind(&c.group_id)
-            .bind((c.epoch + 1) as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM group_members WHERE group_id = $1")
-            .bind(&c.group_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let next_ids: Vec<i64> = next.iter().map(|(d, _)| *d as i64).collect();
-        let next_leaves: Vec<Option<i64>> =
-            next.iter().map(|(_, leaf)| leaf.map(i64::from)).collect();
-        sqlx::query(
-            "INSERT INTO group_members (group_id, device_id, leaf_index)
-             SELECT $1, d, l FROM unnest($2::BIGINT[], $3::BIGINT[]) AS t(d, l)",
-        )
-        .bind(&c.group_id)
-        .bind(&next_ids)
-        .bind(&next_leaves)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let everyone = group_members(&mut tx, &c.group_id).await?;
-        // Old members (removed ones too) get the commit; added ones join by the Welcome.
-        let told: Vec<DeviceId> = members
-            .iter()
-            .filter(|(d, _)| d.revoked.is_none())
-            .map(|(d, _)| d.id)
-            .chain(current.is_none().then_some(c.commit.sender_device))
-            .collect();
-        if c.welcome.is_some() {
-            // Two envelopes to two sets of devices: take every head first,
-            // in one device order, as a single enqueue would.
-            let mut all: Vec<DeviceId> = told.iter().chain(c.added.iter()).copied().collect();
-            all.sort_unstable();
-            all.dedup();
-            lock_heads(&mut tx, &all).await?;
-        }
-        let commit_placed = insert_envelope(&mut *tx, &c.commit, &told).await?;
-        let welcome_placed = match &c.welcome {
-            Some(w) => insert_envelope(&mut *tx, w, &c.added).await?,
-            None => Vec::new(),
-        };
-        tx.commit().await.map_err(backend)?;
-        let recipients = everyone
-            .into_iter()
-            .filter(|d| d.revoked.is_none() && d.id != c.commit.sender_device)
-            .collect();
-        self.told(|| {
-            let mut told = vec![CommittedEnvelope {
-                envelope: Arc::new(c.commit),
-                placed: commit_placed,
-            }];
-            if let Some(w) = c.welcome {
-                told.push(CommittedEnvelope {
-                    envelope: Arc::new(w),
-                    placed: welcome_placed,
-                });
-            }
-            told
-        });
-        Ok(GroupOutcome::Accepted { recipients })
+        self.sends.commit(c).await
     }
 
     async fn send_group(
@@ -1492,7 +1499,7 @@ impl Store for PgStore {
     ) -> Result<Pending<GroupOutcome>> {
         let answer = self.sends.submit(group_id, epoch, envelope, quota).await?;
         Ok(Box::pin(async move {
-            answer.await.map_err(|_| sends::stopped())?
+            answer.await.map_err(|_| sends::unanswered())?
         }))
     }
 

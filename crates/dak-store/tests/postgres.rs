@@ -611,3 +611,71 @@ impl dak_store::CommitListener for CountingListener {
         counts.1 += envelopes.len();
     }
 }
+
+/// A commit pipelined after sends to its group lands after them (the
+/// group's worker runs it after the sends queued before it), so those sends
+/// are accepted at their epoch instead of being refused as stale. Each
+/// insert stalls a little, so a commit that went around the queue would
+/// land first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_lands_after_the_sends_queued_before_it() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 16).await.expect("connect");
+    let mut devices = Vec::new();
+    for (phone, key) in [("+911000000088", 88u8), ("+911000000089", 89)] {
+        let reg = store
+            .register_primary(phone, &[key; 32], "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
+            .await
+            .unwrap();
+        devices.push(reg.device);
+    }
+    let (a, b) = (devices[0].clone(), devices[1].clone());
+    let group = b"ordered".to_vec();
+    let commit = |epoch: u64, id: u8| GroupCommit {
+        group_id: group.clone(),
+        epoch,
+        added: if epoch == 0 { vec![b.id] } else { vec![] },
+        removed: vec![],
+        removed_leaves: vec![],
+        added_phones: vec![],
+        max_accounts: 1024,
+        commit: from(&a, id, b"commit"),
+        welcome: (epoch == 0).then(|| from(&a, id, b"")),
+    };
+    let out = store.commit_group(commit(0, 200)).await.unwrap();
+    assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    for stmt in [
+        "CREATE FUNCTION dak_test_stall() RETURNS trigger AS $$
+         BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER dak_test_stall BEFORE INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION dak_test_stall()",
+    ] {
+        sqlx::query(stmt)
+            .execute(&mut admin)
+            .await
+            .expect("install trigger");
+    }
+    let mut pending = Vec::new();
+    for i in 0..20u8 {
+        pending.push(
+            store
+                .submit_send_group(&group, 1, from(&a, i, b"hi"), MailboxQuota::UNLIMITED)
+                .await
+                .expect("queued"),
+        );
+    }
+    let out = store.commit_group(commit(1, 201)).await.unwrap();
+    assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    for (i, answer) in pending.into_iter().enumerate() {
+        let out = answer.await.unwrap();
+        assert!(
+            matches!(out, GroupOutcome::Accepted { .. }),
+            "send {i}, queued before the commit: {out:?}"
+        );
+    }
+    assert_eq!(store.group_epoch(&group).await.unwrap(), Some(2));
+}

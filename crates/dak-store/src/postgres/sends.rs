@@ -10,44 +10,64 @@
 //! commit for every send.
 //!
 //! Invariants:
-//! - **A group's sends commit in the order they were submitted.** Every send
-//!   of a group goes to the same worker, which takes its queue in order,
-//!   runs a batch's sends in that order and starts the next batch only after
-//!   this one committed. Sends to different groups keep no order between
-//!   them (none is promised).
+//! - **A group's writes land in the order they were queued.** Every send
+//!   and commit of a group goes to the same worker (by a hash of the group
+//!   id), which takes its queue in order: sends are batched up to the next
+//!   commit, the commit runs alone after them, and the next round starts
+//!   only after both committed. So a commit pipelined after a connection's
+//!   sends to that group lands after them, as on SQLite. Writes to
+//!   different groups keep no order between them: a connection's sends keep
+//!   their order per group, which is per conversation.
 //! - **No lock cycle.** A batch locks its groups first, in group-id order
 //!   (one `SELECT … ORDER BY group_id FOR UPDATE`), then the heads of all its
 //!   recipients in device order (`lock_heads`), and only then writes. Other
 //!   batches, here or on other nodes, do the same, and every other writer
-//!   takes a group before heads (`commit_group`) or heads alone (`enqueue`,
-//!   acks), so two transactions never wait for each other in a circle.
+//!   takes a group before heads (`commit_alone`) or heads alone (`enqueue`,
+//!   acks, expiry), so two transactions never wait for each other in a
+//!   circle. Holding heads, a batch only inserts new mailbox rows: it never
+//!   waits for one.
 //! - **Each send is decided as it would be alone.** The checks run under the
 //!   group's lock (`send_checks`, one statement per group and sender, after
 //!   the lock statement so that its snapshot is taken after it). A batch
 //!   holds no commit, so a group's epoch and members do not change within
 //!   it. The mailbox quota counts the sends accepted earlier in the batch. A
-//!   refused send writes nothing and does not stop the others.
-//! - **One send's error stays its own.** If a statement of the batch fails,
-//!   the transaction is rolled back (nothing of it was written) and each
-//!   send runs again in a batch of its own. If the COMMIT itself fails,
-//!   every send of the batch gets the error, as a lone send would: whether
-//!   it committed is unknown, so it is not written again.
+//!   refused send stores no envelope and does not stop the others (its
+//!   recipients' heads may have been created, empty, as a lone send's
+//!   rolled-back lock would not).
+//! - **One send's error stays its own.** If a statement of the batch fails
+//!   with a database error (a constraint, a trigger, a deadlock), the
+//!   transaction is rolled back (nothing of it was written) and each send
+//!   runs again in a batch of its own. If the database is unreachable or
+//!   full, or the COMMIT itself fails, every send of the batch gets the
+//!   error at once: for the COMMIT, whether it committed is unknown, so it
+//!   is not written again.
 //! - **Answers before hints.** The senders are answered after the commit,
-//!   then the commit listener is told of the batch's envelopes (the sender's
-//!   tick does not wait behind a large group's offers).
+//!   then the commit listener is told of the round's envelopes (the
+//!   sender's tick does not wait behind a large group's offers).
+//! - **A panic loses a round's answers, not the worker.** Its callers get an
+//!   error (`unanswered`) and the worker goes on with its queue.
+//! - **Bounded.** At most `QUEUE` writes wait per worker, plus the round in
+//!   hand (`MAX_BATCH` sends and one commit): a body is at most 64 KiB
+//!   (`dak-proto`), so a node holds at most a few tens of MiB of sends not
+//!   yet written. A caller dropping its future after `submit` does not stop
+//!   the write: it commits unanswered, and the client's resend is dropped
+//!   by message id on the receiving devices.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 
+use futures_util::FutureExt;
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{backend, insert_envelope, lock_heads, send_checks};
 use crate::{
-    AccountId, CommitListener, CommittedEnvelope, Device, DeviceId, GroupOutcome, MailboxQuota,
-    NewEnvelope, Result, StoreError, group_rules,
+    AccountId, CommitListener, CommittedEnvelope, Device, DeviceId, GroupCommit, GroupOutcome,
+    MailboxQuota, NewEnvelope, Result, StoreError, group_rules,
 };
 
 /// The most sends one transaction takes. Enough to fold a burst into one
@@ -57,6 +77,13 @@ const MAX_BATCH: usize = 64;
 /// Sends queued per worker before `submit` waits (the node's memory for
 /// sends not yet written is bounded by this times the workers).
 const QUEUE: usize = 256;
+
+/// What a worker is queued: a send, or a commit (which runs alone, after
+/// the sends queued before it).
+enum Job {
+    Send(SendJob),
+    Commit(GroupCommit, oneshot::Sender<Result<GroupOutcome>>),
+}
 
 /// One send waiting for its batch.
 struct SendJob {
@@ -74,7 +101,7 @@ enum Decided {
 }
 
 pub(super) struct SendBatcher {
-    queues: Vec<mpsc::Sender<SendJob>>,
+    queues: Vec<mpsc::Sender<Job>>,
 }
 
 impl SendBatcher {
@@ -103,9 +130,6 @@ impl SendBatcher {
         envelope: NewEnvelope,
         quota: MailboxQuota,
     ) -> Result<oneshot::Receiver<Result<GroupOutcome>>> {
-        let mut hasher = DefaultHasher::new();
-        group_id.hash(&mut hasher);
-        let queue = &self.queues[(hasher.finish() % self.queues.len() as u64) as usize];
         let (reply, answer) = oneshot::channel();
         let job = SendJob {
             group_id: group_id.to_vec(),
@@ -114,8 +138,29 @@ impl SendBatcher {
             quota,
             reply,
         };
-        queue.send(job).await.map_err(|_| stopped())?;
+        self.queue(group_id)
+            .send(Job::Send(job))
+            .await
+            .map_err(|_| stopped())?;
         Ok(answer)
+    }
+
+    /// Runs the commit on its group's worker, after the sends to that
+    /// group queued before it, and waits for its answer.
+    pub(super) async fn commit(&self, c: GroupCommit) -> Result<GroupOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(&c.group_id.clone())
+            .send(Job::Commit(c, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| unanswered())?
+    }
+
+    /// The group's worker: always the same one for a group id.
+    fn queue(&self, group_id: &[u8]) -> &mpsc::Sender<Job> {
+        let mut hasher = DefaultHasher::new();
+        group_id.hash(&mut hasher);
+        &self.queues[(hasher.finish() % self.queues.len() as u64) as usize]
     }
 }
 
@@ -124,47 +169,105 @@ pub(super) fn stopped() -> StoreError {
     StoreError::Unavailable("the PostgreSQL send workers have stopped".into())
 }
 
+/// The error for a send whose batch ended without answering it (a panic,
+/// logged by the worker, or the runtime shutting down).
+pub(super) fn unanswered() -> StoreError {
+    StoreError::Backend("the write ended without an answer; see the server log".into())
+}
+
 async fn work(
     pool: PgPool,
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
-    mut queue: mpsc::Receiver<SendJob>,
+    mut queue: mpsc::Receiver<Job>,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        // The sends queued now, up to a commit (which waits for the next
+        // round, so that it lands after them) or MAX_BATCH.
+        let mut sends = Vec::new();
+        let mut commit = None;
+        match first {
+            Job::Send(job) => sends.push(job),
+            Job::Commit(c, reply) => commit = Some((c, reply)),
+        }
+        while commit.is_none() && sends.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Job::Send(job)) => sends.push(job),
+                Ok(job @ Job::Commit(..)) => {
+                    next = Some(job);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let committed = match run_batch(&pool, &jobs).await {
-            Ok(decided) => answer(jobs, decided),
-            Err(Failed::BeforeCommit(_)) if jobs.len() > 1 => {
-                // Rolled back: nothing was written. Each send alone.
-                let mut committed = Vec::new();
-                for job in jobs {
-                    let one = [job];
-                    let done = run_batch(&pool, &one).await.map_err(Failed::into_error);
-                    let [job] = one;
-                    match done {
-                        Ok(decided) => committed.extend(answer(vec![job], decided)),
-                        Err(e) => {
-                            let _ = job.reply.send(Err(e));
-                        }
+        // A panic here (a bug, or the listener's) loses this round's
+        // answers (their callers get `unanswered`), not the worker.
+        let round = async {
+            let mut committed = if sends.is_empty() {
+                Vec::new()
+            } else {
+                run_sends(&pool, sends).await
+            };
+            if let Some((c, reply)) = commit {
+                match super::commit_alone(&pool, c).await {
+                    Ok((outcome, told)) => {
+                        let _ = reply.send(Ok(outcome));
+                        committed.extend(told);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
                 }
-                committed
             }
-            Err(failed) => {
-                let e = failed.into_error();
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-                Vec::new()
+            if let (Some(listener), false) = (listener.get(), committed.is_empty()) {
+                listener.committed(&committed);
             }
         };
-        if let (Some(listener), false) = (listener.get(), committed.is_empty()) {
-            listener.committed(&committed);
+        if AssertUnwindSafe(round).catch_unwind().await.is_err() {
+            tracing::error!(
+                "a PostgreSQL send batch panicked; its writes were answered with an error"
+            );
+        }
+    }
+}
+
+/// Runs the sends as one batch, answers each and returns the envelopes
+/// written, for the listener.
+async fn run_sends(pool: &PgPool, jobs: Vec<SendJob>) -> Vec<CommittedEnvelope> {
+    match run_batch(pool, &jobs).await {
+        Ok(decided) => answer(jobs, decided),
+        // A statement failed (rolled back: nothing was written) with an
+        // error that may be one send's own (a constraint, a trigger, a
+        // deadlock): each send again, alone. Not when the database is
+        // unreachable or full: that is every send's error, answered at once.
+        Err(Failed::BeforeCommit(StoreError::Backend(_))) if jobs.len() > 1 => {
+            let mut committed = Vec::new();
+            for job in jobs {
+                let one = [job];
+                let done = run_batch(pool, &one).await.map_err(Failed::into_error);
+                let [job] = one;
+                match done {
+                    Ok(decided) => committed.extend(answer(vec![job], decided)),
+                    Err(e) => {
+                        let _ = job.reply.send(Err(e));
+                    }
+                }
+            }
+            committed
+        }
+        Err(failed) => {
+            let e = failed.into_error();
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            Vec::new()
         }
     }
 }
@@ -254,9 +357,8 @@ async fn decide(
             continue;
         };
         let key = (job.group_id.as_slice(), sender);
-        if !checks.contains_key(&key) {
-            let read = send_checks(tx, &job.group_id, sender).await?;
-            checks.insert(key, read);
+        if let Entry::Vacant(slot) = checks.entry(key) {
+            slot.insert(send_checks(tx, &job.group_id, sender).await?);
         }
         let (members, ready, blockers) = &checks[&key];
         if let Some(refusal) = group_rules::check_send(current, job.epoch, sender, members, ready) {
