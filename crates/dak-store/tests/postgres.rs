@@ -218,6 +218,24 @@ async fn commit_hints_cover_each_mailbox_once_with_contiguous_seqs() {
     }
 }
 
+/// Two registered devices, each with a last-resort KeyPackage (so either
+/// can be added to a group).
+async fn two_ready_devices(store: &PgStore, who: [(&str, u8); 2]) -> [dak_store::Device; 2] {
+    let mut ready = Vec::new();
+    for (phone, key) in who {
+        let reg = store
+            .register_primary(phone, &[key; 32], "p", 1)
+            .await
+            .unwrap();
+        store
+            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
+            .await
+            .unwrap();
+        ready.push(reg.device);
+    }
+    ready.try_into().expect("two")
+}
+
 fn from(device: &dak_store::Device, id: u8, body: &[u8]) -> NewEnvelope {
     NewEnvelope {
         message_id: vec![id; 16],
@@ -235,19 +253,7 @@ fn from(device: &dak_store::Device, id: u8, body: &[u8]) -> NewEnvelope {
 async fn concurrent_creators_of_one_group_one_wins() {
     let db = FreshDb::new("dak_test").await;
     let store = PgStore::connect(&db.url, 8).await.expect("connect");
-    let mut ready = Vec::new();
-    for (phone, key) in [("+911000000081", 81u8), ("+911000000082", 82)] {
-        let reg = store
-            .register_primary(phone, &[key; 32], "p", 1)
-            .await
-            .unwrap();
-        store
-            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
-            .await
-            .unwrap();
-        ready.push(reg.device);
-    }
-    let (a, b) = (ready[0].clone(), ready[1].clone());
+    let [a, b] = two_ready_devices(&store, [("+911000000081", 81), ("+911000000082", 82)]).await;
     // Several rounds, each on a new group id, to give the race its chances.
     for round in 0..20u8 {
         let group = format!("race-{round}").into_bytes();
@@ -418,19 +424,7 @@ async fn stores_from_before_the_quota_are_migrated() {
 async fn racing_senders_never_pass_the_mailbox_quota() {
     let db = FreshDb::new("dak_test").await;
     let store = PgStore::connect(&db.url, 16).await.expect("connect");
-    let mut devices = Vec::new();
-    for (phone, key) in [("+911000000084", 84u8), ("+911000000085", 85)] {
-        let reg = store
-            .register_primary(phone, &[key; 32], "p", 1)
-            .await
-            .unwrap();
-        store
-            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
-            .await
-            .unwrap();
-        devices.push(reg.device);
-    }
-    let (a, b) = (devices[0].clone(), devices[1].clone());
+    let [a, b] = two_ready_devices(&store, [("+911000000084", 84), ("+911000000085", 85)]).await;
     let quota = MailboxQuota {
         max_envelopes: 6,
         max_bytes: u64::MAX,
@@ -504,19 +498,7 @@ async fn batched_sends_keep_each_groups_order_and_one_error_is_its_own() {
     let store = PgStore::connect(&db.url, 16).await.expect("connect");
     let batches = std::sync::Arc::new(CountingListener::default());
     store.set_commit_listener(batches.clone());
-    let mut devices = Vec::new();
-    for (phone, key) in [("+911000000086", 86u8), ("+911000000087", 87)] {
-        let reg = store
-            .register_primary(phone, &[key; 32], "p", 1)
-            .await
-            .unwrap();
-        store
-            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
-            .await
-            .unwrap();
-        devices.push(reg.device);
-    }
-    let (a, b) = (devices[0].clone(), devices[1].clone());
+    let [a, b] = two_ready_devices(&store, [("+911000000086", 86), ("+911000000087", 87)]).await;
     for g in 0..3u8 {
         let c = GroupCommit {
             group_id: vec![b'g', g],
@@ -621,19 +603,7 @@ impl dak_store::CommitListener for CountingListener {
 async fn a_commit_lands_after_the_sends_queued_before_it() {
     let db = FreshDb::new("dak_test").await;
     let store = PgStore::connect(&db.url, 16).await.expect("connect");
-    let mut devices = Vec::new();
-    for (phone, key) in [("+911000000088", 88u8), ("+911000000089", 89)] {
-        let reg = store
-            .register_primary(phone, &[key; 32], "p", 1)
-            .await
-            .unwrap();
-        store
-            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
-            .await
-            .unwrap();
-        devices.push(reg.device);
-    }
-    let (a, b) = (devices[0].clone(), devices[1].clone());
+    let [a, b] = two_ready_devices(&store, [("+911000000088", 88), ("+911000000089", 89)]).await;
     let group = b"ordered".to_vec();
     let commit = |epoch: u64, id: u8| GroupCommit {
         group_id: group.clone(),
