@@ -959,7 +959,9 @@ pub trait Store: Send + Sync + 'static {
     /// that `apply_commit` allows but that adds a device whose account
     /// blocked the committer's account is refused with
     /// `BadChange(group_rules::ADD_BLOCKED)` and changes nothing (one query
-    /// for the blockers, only when the commit adds devices).
+    /// for the blockers, only when the commit adds devices). It lands after
+    /// the sends to its group submitted before it (`submit_send_group`);
+    /// on PostgreSQL, once queued, dropping the future does not cancel it.
     async fn commit_group(&self, c: GroupCommit) -> Result<GroupOutcome>;
     /// Stores an application message for every other active member of the
     /// group, if `group_rules::check_send` allows it and every recipient's

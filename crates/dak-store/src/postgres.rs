@@ -874,8 +874,6 @@ async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
     .map_err(backend)
 }
 
-/// Ends a transaction that wrote nothing that should stay (a refusal), so
-/// its locks are released before the caller hears the outcome.
 /// `Store::commit_group` in a transaction of its own, run by the group's
 /// send worker. Returns the outcome and the envelopes to tell the listener
 /// of (after the caller is answered).
@@ -1004,6 +1002,8 @@ async fn commit_alone(
     Ok((GroupOutcome::Accepted { recipients }, told))
 }
 
+/// Ends a transaction that wrote nothing that should stay (a refusal), so
+/// its locks are released before the caller hears the outcome.
 async fn refuse(tx: Transaction<'static, Postgres>, outcome: GroupOutcome) -> Result<GroupOutcome> {
     tx.rollback().await.map_err(backend)?;
     Ok(outcome)

@@ -6,8 +6,8 @@
 //! so a connection pipelines its sends, as on SQLite. Each worker takes
 //! whatever is queued (up to `MAX_BATCH`) and runs it as one transaction:
 //! one BEGIN and one COMMIT for the batch, the group locks in one statement
-//! and the mailbox heads in another, instead of six round trips and a
-//! commit for every send.
+//! and the mailbox heads in another, instead of six round trips (the
+//! commit among them) for every send.
 //!
 //! Invariants:
 //! - **A group's writes land in the order they were queued.** Every send
@@ -46,12 +46,18 @@
 //!   sender's tick does not wait behind a large group's offers).
 //! - **A panic loses a round's answers, not the worker.** Its callers get an
 //!   error (`unanswered`) and the worker goes on with its queue.
-//! - **Bounded.** At most `QUEUE` writes wait per worker, plus the round in
-//!   hand (`MAX_BATCH` sends and one commit): a body is at most 64 KiB
-//!   (`dak-proto`), so a node holds at most a few tens of MiB of sends not
-//!   yet written. A caller dropping its future after `submit` does not stop
-//!   the write: it commits unanswered, and the client's resend is dropped
-//!   by message id on the receiving devices.
+//! - **Bounded.** At most `QUEUE` writes (sends and commits) wait per
+//!   worker, plus the round in hand (`MAX_BATCH` sends, or one commit): a
+//!   send's body is at most 64 KiB and a commit's frame 256 KiB
+//!   (`dak-proto`), so with four workers a node holds at most about 80 MiB
+//!   of sends not yet written, more only if the queue is full of commits.
+//! - **Commits are one at a time per worker.** A slow commit (a removal in
+//!   a big group) or a wait for a pooled connection delays every group on
+//!   its worker, as the listener's offers after a big group's send do.
+//! - **Not cancelled.** A caller dropping its future after `submit` (or a
+//!   `commit_group` future after it is queued) does not stop the write: it
+//!   commits unanswered, and the client's resend is dropped by message id
+//!   on the receiving devices (a resent commit is refused as stale).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -74,8 +80,9 @@ use crate::{
 /// commit; small enough that one batch's locks are held briefly.
 const MAX_BATCH: usize = 64;
 
-/// Sends queued per worker before `submit` waits (the node's memory for
-/// sends not yet written is bounded by this times the workers).
+/// Writes (sends and commits) queued per worker before `submit` waits
+/// (the node's memory for writes not yet made is bounded by this times
+/// the workers).
 const QUEUE: usize = 256;
 
 /// What a worker is queued: a send, or a commit (which runs alone, after
@@ -232,7 +239,7 @@ async fn work(
         };
         if AssertUnwindSafe(round).catch_unwind().await.is_err() {
             tracing::error!(
-                "a PostgreSQL send batch panicked; its writes were answered with an error"
+                "a PostgreSQL send worker's round panicked (a bug); its writes not yet answered get an error, and the worker goes on"
             );
         }
     }
@@ -247,15 +254,25 @@ async fn run_sends(pool: &PgPool, jobs: Vec<SendJob>) -> Vec<CommittedEnvelope> 
         // error that may be one send's own (a constraint, a trigger, a
         // deadlock): each send again, alone. Not when the database is
         // unreachable or full: that is every send's error, answered at once.
+        // If the database becomes unreachable meanwhile, the sends not yet
+        // run get that error at once instead of a timeout each.
         Err(Failed::BeforeCommit(StoreError::Backend(_))) if jobs.len() > 1 => {
             let mut committed = Vec::new();
+            let mut down: Option<StoreError> = None;
             for job in jobs {
+                if let Some(e) = &down {
+                    let _ = job.reply.send(Err(e.clone()));
+                    continue;
+                }
                 let one = [job];
                 let done = run_batch(pool, &one).await.map_err(Failed::into_error);
                 let [job] = one;
                 match done {
                     Ok(decided) => committed.extend(answer(vec![job], decided)),
                     Err(e) => {
+                        if matches!(e, StoreError::Unavailable(_) | StoreError::Full) {
+                            down = Some(e.clone());
+                        }
                         let _ = job.reply.send(Err(e));
                     }
                 }
