@@ -24,7 +24,7 @@
 //! Hints go to every node, not only the one that holds a device: fine for
 //! a cluster of a few nodes; a larger one wants a device-to-node directory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use dak_bus::Bus;
@@ -86,7 +86,7 @@ impl ClusterHints {
             .on_committed(Box::new(move |payload| match open(&key, payload) {
                 Ok(c) => online.committed(&[c]),
                 Err(why) => {
-                    refused.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::Metrics::inc(&refused);
                     tracing::debug!(why, "a cluster hint was refused");
                 }
             }));

@@ -1227,10 +1227,10 @@ impl Session {
             })
             .collect();
         if !entries.is_empty() {
-            self.state
-                .metrics
-                .envelopes_from_memory
-                .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Metrics::add(
+                &self.state.metrics.envelopes_from_memory,
+                entries.len() as u64,
+            );
             if self.deliver(entries).await {
                 return Flow::Close;
             }

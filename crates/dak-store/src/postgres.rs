@@ -326,14 +326,6 @@ impl PgStore {
         result
     }
 
-    /// Hands committed envelopes to the listener, if one is set. Called
-    /// after `commit()` returned, so each hint is durable.
-    fn told(&self, envelopes: impl FnOnce() -> Vec<CommittedEnvelope>) {
-        if let Some(listener) = self.listener.get() {
-            listener.committed(&envelopes());
-        }
-    }
-
     /// Whether the database answers (for /readyz).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
@@ -872,6 +864,21 @@ async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
     .await
     .map(|_| ())
     .map_err(backend)
+}
+
+/// Hands committed envelopes to the listener, if one is set and there are
+/// any. Called after `commit()` returned, so each hint is durable; the
+/// envelopes are only made when someone listens.
+fn tell(
+    listener: &OnceLock<Arc<dyn CommitListener>>,
+    envelopes: impl FnOnce() -> Vec<CommittedEnvelope>,
+) {
+    if let Some(listener) = listener.get() {
+        let envelopes = envelopes();
+        if !envelopes.is_empty() {
+            listener.committed(&envelopes);
+        }
+    }
 }
 
 /// `Store::commit_group` in a transaction of its own, run by the group's
@@ -1605,7 +1612,7 @@ impl Store for PgStore {
     async fn enqueue(&self, e: NewEnvelope, devices: &[DeviceId]) -> Result<()> {
         // One statement, so one transaction on its own.
         let placed = insert_envelope(&self.pool, &e, devices).await?;
-        self.told(|| {
+        tell(&self.listener, || {
             vec![CommittedEnvelope {
                 envelope: Arc::new(e),
                 placed,

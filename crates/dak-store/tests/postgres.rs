@@ -236,6 +236,41 @@ async fn two_ready_devices(store: &PgStore, who: [(&str, u8); 2]) -> [dak_store:
     ready.try_into().expect("two")
 }
 
+/// `a` creates the group `group_id` with `b` in it (commit `id`, with a
+/// Welcome for `b`).
+async fn a_adds_b(
+    store: &PgStore,
+    a: &dak_store::Device,
+    b: &dak_store::Device,
+    group_id: &[u8],
+    id: u8,
+) {
+    let c = GroupCommit {
+        group_id: group_id.to_vec(),
+        epoch: 0,
+        added: vec![b.id],
+        removed: vec![],
+        removed_leaves: vec![],
+        added_phones: vec![],
+        max_accounts: 1024,
+        commit: from(a, id, b"commit"),
+        welcome: Some(from(a, id, b"")),
+    };
+    let out = store.commit_group(c).await.unwrap();
+    assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+}
+
+/// Runs SQL as the test's admin (triggers that stall or refuse inserts).
+async fn run_sql(url: &str, statements: &[&'static str]) {
+    let mut admin = sqlx::PgConnection::connect(url).await.expect("connect");
+    for stmt in statements {
+        sqlx::query(*stmt)
+            .execute(&mut admin)
+            .await
+            .expect("install trigger");
+    }
+}
+
 fn from(device: &dak_store::Device, id: u8, body: &[u8]) -> NewEnvelope {
     NewEnvelope {
         message_id: vec![id; 16],
@@ -431,19 +466,7 @@ async fn racing_senders_never_pass_the_mailbox_quota() {
     };
     // Twenty groups, so the sends do not queue on one group's lock.
     for round in 0..20u8 {
-        let c = GroupCommit {
-            group_id: vec![round],
-            epoch: 0,
-            added: vec![b.id],
-            removed: vec![],
-            removed_leaves: vec![],
-            added_phones: vec![],
-            max_accounts: 1024,
-            commit: from(&a, round, b"commit"),
-            welcome: Some(from(&a, round, b"")),
-        };
-        let out = store.commit_group(c).await.unwrap();
-        assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+        a_adds_b(&store, &a, &b, &[round], round).await;
     }
     // The Welcomes are b's; clear them so the quota is all the sends'.
     let seqs: Vec<u64> = store
@@ -500,35 +523,18 @@ async fn batched_sends_keep_each_groups_order_and_one_error_is_its_own() {
     store.set_commit_listener(batches.clone());
     let [a, b] = two_ready_devices(&store, [("+911000000086", 86), ("+911000000087", 87)]).await;
     for g in 0..3u8 {
-        let c = GroupCommit {
-            group_id: vec![b'g', g],
-            epoch: 0,
-            added: vec![b.id],
-            removed: vec![],
-            removed_leaves: vec![],
-            added_phones: vec![],
-            max_accounts: 1024,
-            commit: from(&a, g, b"commit"),
-            welcome: Some(from(&a, g, b"")),
-        };
-        let out = store.commit_group(c).await.unwrap();
-        assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+        a_adds_b(&store, &a, &b, &[b'g', g], g).await;
     }
     let welcomes = store.mailbox_len(b.id).await.unwrap();
-    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    for stmt in [
+    run_sql(&db.url, &[
         "CREATE FUNCTION dak_test_refuse() RETURNS trigger AS $$
          BEGIN
            IF NEW.body = 'bad'::bytea THEN RAISE EXCEPTION 'refused by the test'; END IF;
            PERFORM pg_sleep(0.01); RETURN NEW;
          END $$ LANGUAGE plpgsql",
         "CREATE TRIGGER dak_test_refuse BEFORE INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION dak_test_refuse()",
-    ] {
-        sqlx::query(stmt)
-            .execute(&mut admin)
-            .await
-            .expect("install trigger");
-    }
+    ])
+    .await;
     let mut pending = Vec::new();
     for i in 0..60u8 {
         let body: &[u8] = if i == 30 { b"bad" } else { b"ok" };
@@ -631,17 +637,12 @@ async fn a_commit_lands_after_the_sends_queued_before_it() {
     };
     let out = store.commit_group(commit(0, 200)).await.unwrap();
     assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
-    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    for stmt in [
+    run_sql(&db.url, &[
         "CREATE FUNCTION dak_test_stall() RETURNS trigger AS $$
          BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$ LANGUAGE plpgsql",
         "CREATE TRIGGER dak_test_stall BEFORE INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION dak_test_stall()",
-    ] {
-        sqlx::query(stmt)
-            .execute(&mut admin)
-            .await
-            .expect("install trigger");
-    }
+    ])
+    .await;
     let mut pending = Vec::new();
     for i in 0..20u8 {
         pending.push(

@@ -156,7 +156,8 @@ impl SendBatcher {
     /// group queued before it, and waits for its answer.
     pub(super) async fn commit(&self, c: GroupCommit) -> Result<GroupOutcome> {
         let (reply, answer) = oneshot::channel();
-        self.queue(&c.group_id.clone())
+        let queue = self.queue(&c.group_id);
+        queue
             .send(Job::Commit(c, reply))
             .await
             .map_err(|_| stopped())?;
@@ -233,9 +234,7 @@ async fn work(
                     }
                 }
             }
-            if let (Some(listener), false) = (listener.get(), committed.is_empty()) {
-                listener.committed(&committed);
-            }
+            super::tell(&listener, || committed);
         };
         if AssertUnwindSafe(round).catch_unwind().await.is_err() {
             tracing::error!(
