@@ -30,11 +30,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::sql::{
-    BLOB_COLS, DEVICE_COLS, DEVICE_FIELDS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES,
-    SWEEP_SHARED_BODIES,
+    BLOB_COLS, DEVICE_COLS, MAILBOX_BODY, MEMBER_COLS, STORED_BODY_BYTES, SWEEP_SHARED_BODIES,
 };
 use crate::*;
 
+mod send_cache;
 mod sends;
 
 // The dynamic SQL here only splices in the constant column list
@@ -161,6 +161,11 @@ const SCHEMA: &[&str] = &[
         group_id BYTEA PRIMARY KEY,
         epoch BIGINT NOT NULL,
         created_ms BIGINT NOT NULL DEFAULT 0)",
+    // Bumped, with the group's row locked, by every write that changes what
+    // a send to the group is checked against other than its epoch (a member
+    // account's device revoked or made ready, a block between members): the
+    // send workers' caches on every node compare it (`bump_send_checks`).
+    "ALTER TABLE mls_groups ADD COLUMN IF NOT EXISTS checks_version BIGINT NOT NULL DEFAULT 0",
     "CREATE TABLE IF NOT EXISTS group_members (
         group_id BYTEA NOT NULL,
         device_id BIGINT NOT NULL,
@@ -326,6 +331,13 @@ impl PgStore {
         result
     }
 
+    /// How many times this node's send workers read a group's checks from
+    /// PostgreSQL because their cache had none at the group's current stamp
+    /// (`postgres/send_cache.rs`): once per group and change, not per send.
+    pub fn send_check_reads(&self) -> u64 {
+        self.sends.check_reads()
+    }
+
     /// Whether the database answers (for /readyz).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
@@ -402,6 +414,10 @@ async fn devices_of_account<'e, E: sqlx::PgExecutor<'e>>(
     Ok(rows.iter().map(row_device).collect())
 }
 
+/// Revokes the device: its mailbox and KeyPackages go, its row stays. The
+/// caller locks its account and bumps its groups first, in the same
+/// transaction, if it was active (its groups' sends must now be refused
+/// until it is removed): `lock_changing_accounts`, `bump_send_checks`.
 async fn revoke(
     tx: &mut Transaction<'static, Postgres>,
     id: DeviceId,
@@ -421,6 +437,104 @@ async fn revoke(
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
+    Ok(())
+}
+
+/// The first step of a write that may change what sends to some groups are
+/// checked against (a device revoked or made ready, a block): locks these
+/// accounts' rows, in account order, before any group or mailbox head (the
+/// lock order is accounts, groups, heads). The write then decides, under
+/// these locks, whether it changes anything, and if it does calls
+/// `bump_send_checks` for the same accounts.
+///
+/// Why the account lock: a commit that adds one of the account's devices to
+/// a group (or creates a group with the account in it) takes the account's
+/// row in share mode before its group (`lock_joining_accounts`). So either
+/// that commit ran first, and the bump (a later statement, with a later
+/// snapshot) finds the group among the account's; or this transaction
+/// commits first, and the commit reads the change under its group lock (and
+/// moves the epoch, which the caches compare too). Without it a group joined
+/// meanwhile could keep a cached check that misses the change.
+async fn lock_changing_accounts(
+    tx: &mut Transaction<'static, Postgres>,
+    accounts: &[AccountId],
+) -> Result<()> {
+    let ids: Vec<i64> = accounts.iter().map(|a| *a as i64).collect();
+    sqlx::query("SELECT 1 FROM accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Tells the send caches of every node (`postgres/send_cache.rs`) that what
+/// a send is checked against changes in this transaction, in every group in
+/// which each of `accounts` has a member device (one account: its groups; a
+/// block: the groups the two share): bumps those groups' `checks_version`,
+/// locking them in group-id order as a send batch does. Called after
+/// `lock_changing_accounts` of the same accounts and before any mailbox
+/// head, in the transaction that makes the change.
+async fn bump_send_checks(
+    tx: &mut Transaction<'static, Postgres>,
+    accounts: &[AccountId],
+) -> Result<()> {
+    let mut ids: Vec<i64> = accounts.iter().map(|a| *a as i64).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query(
+        "UPDATE mls_groups SET checks_version = checks_version + 1 WHERE group_id IN (
+            SELECT g.group_id FROM mls_groups g
+            WHERE g.group_id IN (SELECT m.group_id FROM group_members m
+                                 JOIN devices d ON d.id = m.device_id
+                                 WHERE d.account_id = ANY($1) GROUP BY m.group_id
+                                 HAVING COUNT(DISTINCT d.account_id) = cardinality($1))
+            ORDER BY g.group_id FOR UPDATE)",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// The account of a device and whether it is active (not revoked); None
+/// when there is no such device. (A revoked device stays revoked.)
+async fn account_of<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    device: DeviceId,
+) -> Result<Option<(AccountId, bool)>> {
+    let row: Option<(i64, bool)> =
+        sqlx::query_as("SELECT account_id, revoked = 0 FROM devices WHERE id = $1")
+            .bind(device as i64)
+            .fetch_optional(ex)
+            .await
+            .map_err(backend)?;
+    Ok(row.map(|(account, active)| (account as u64, active)))
+}
+
+/// For a commit, before it takes its group: the accounts of the devices it
+/// may bring into the group (`devices`: the added ones, and a new group's
+/// creator), locked in share mode in account order, so that a concurrent
+/// change to their send checks (`lock_changing_accounts`) either finishes
+/// first or finds
+/// the group once this commit has committed.
+async fn lock_joining_accounts(
+    tx: &mut Transaction<'static, Postgres>,
+    devices: &[DeviceId],
+) -> Result<()> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
+    sqlx::query(
+        "SELECT 1 FROM accounts WHERE id IN (SELECT account_id FROM devices WHERE id = ANY($1))
+         ORDER BY id FOR SHARE",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -744,67 +858,6 @@ async fn group_members_with_leaves(
         .collect())
 }
 
-/// What a group message is checked against, read in one statement (one
-/// round trip, not three) under the group's lock, which the caller took
-/// in an earlier statement so that this one's snapshot is taken after it:
-/// the member devices (revoked ones included, by id), the ids of the
-/// member accounts' ready devices (`ready_devices`), and the accounts that
-/// blocked `sender`'s account (meaningful when `sender` is a member; a
-/// send from anyone else is refused on membership first).
-async fn send_checks(
-    tx: &mut Transaction<'static, Postgres>,
-    group_id: &[u8],
-    sender: DeviceId,
-) -> Result<(Vec<Device>, Vec<DeviceId>, Vec<AccountId>)> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {DEVICE_FIELDS}, p.part,
-                ARRAY(SELECT b.account_id FROM blocks b
-                      WHERE b.blocked_id = (SELECT s.account_id FROM devices s WHERE s.id = $2)
-                        AND b.account_id <> b.blocked_id ORDER BY b.account_id)
-         FROM (SELECT 0 AS part, m.device_id AS id FROM group_members m WHERE m.group_id = $1
-               UNION ALL
-               SELECT 1, r.id FROM devices r
-               WHERE r.revoked = 0
-                 AND r.account_id IN (SELECT d2.account_id FROM group_members m2
-                                      JOIN devices d2 ON d2.id = m2.device_id WHERE m2.group_id = $1)
-                 AND EXISTS (SELECT 1 FROM key_packages k
-                             WHERE k.device_id = r.id AND k.suite = 1 AND k.last_resort)) p
-         JOIN devices d ON d.id = p.id JOIN accounts a ON a.id = d.account_id
-         ORDER BY p.part, d.id"
-    )))
-    .bind(group_id)
-    .bind(sender as i64)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(backend)?;
-    // The blockers are the same on every row (one subquery, run once).
-    let blockers: Vec<AccountId> = rows
-        .first()
-        .map(|r| {
-            r.get::<Vec<i64>, _>(10)
-                .into_iter()
-                .map(|a| a as u64)
-                .collect()
-        })
-        .unwrap_or_default();
-    let (mut members, mut ready) = (Vec::new(), Vec::new());
-    for r in &rows {
-        if r.get::<i32, _>(9) == 0 {
-            members.push(row_device(r));
-        } else {
-            ready.push(row_device(r));
-        }
-    }
-    // A blocker's new device is not one the sender must add first: that
-    // would stall the sender's group and tell it about the block.
-    let ready = ready
-        .iter()
-        .filter(|d| !blockers.contains(&d.account_id))
-        .map(|d| d.id)
-        .collect();
-    Ok((members, ready, blockers))
-}
-
 /// Any of these devices, revoked ones included, in id order.
 async fn devices_by_ids(
     tx: &mut Transaction<'static, Postgres>,
@@ -847,12 +900,13 @@ async fn blockers_of(
     Ok(rows.into_iter().map(|a| a as u64).collect())
 }
 
+/// Whether the block is new.
 async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     account: AccountId,
     blocked: AccountId,
     now_ms: i64,
-) -> Result<()> {
+) -> Result<bool> {
     sqlx::query(
         "INSERT INTO blocks (account_id, blocked_id, created_ms) VALUES ($1, $2, $3)
          ON CONFLICT (account_id, blocked_id) DO NOTHING",
@@ -862,7 +916,7 @@ async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
     .bind(now_ms)
     .execute(ex)
     .await
-    .map(|_| ())
+    .map(|done| done.rows_affected() > 0)
     .map_err(backend)
 }
 
@@ -889,6 +943,16 @@ async fn commit_alone(
     c: GroupCommit,
 ) -> Result<(GroupOutcome, Vec<CommittedEnvelope>)> {
     let mut tx = pool.begin().await.map_err(backend)?;
+    // The accounts this commit may bring into the group, before the group
+    // (see `lock_changing_accounts`): the added devices', and a new group's
+    // creator's.
+    let joining: Vec<DeviceId> = c
+        .added
+        .iter()
+        .copied()
+        .chain((c.epoch == 0).then_some(c.commit.sender_device))
+        .collect();
+    lock_joining_accounts(&mut tx, &joining).await?;
     // A commit at epoch 0 may create the group. Its row goes in first:
     // a concurrent creator's insert waits on ours, finds the row once we
     // commit and then reads the epoch we set (or, if we roll back, goes
@@ -1178,6 +1242,10 @@ impl Store for PgStore {
                 .map_err(backend)?;
         let account_id = account_id as u64;
         let old = devices_of_account(&mut *tx, account_id).await?;
+        if !old.is_empty() {
+            // Locked above (FOR UPDATE), as `lock_changing_accounts` would.
+            bump_send_checks(&mut tx, &[account_id]).await?;
+        }
         for d in &old {
             revoke(&mut tx, d.id, RevokeReason::NumberMoved).await?;
         }
@@ -1313,6 +1381,10 @@ impl Store for PgStore {
 
     async fn revoke_device(&self, id: DeviceId, reason: RevokeReason) -> Result<()> {
         let mut tx = self.begin().await?;
+        if let Some((account, true)) = account_of(&mut *tx, id).await? {
+            lock_changing_accounts(&mut tx, &[account]).await?;
+            bump_send_checks(&mut tx, &[account]).await?;
+        }
         revoke(&mut tx, id, reason).await?;
         tx.commit().await.map_err(backend)
     }
@@ -1365,6 +1437,30 @@ impl Store for PgStore {
         max_one_time: u32,
     ) -> Result<KeyStock> {
         let mut tx = self.begin().await?;
+        // A last-resort package in the classic suite makes an active device
+        // without one ready, which its account's groups' sends are checked
+        // against. (Its account's row comes before the device's, as for a
+        // revoke; a rotation, or a revoked device, changes nothing there.)
+        if last_resort.is_some()
+            && suite == CLASSIC_SUITE
+            && let Some((account, true)) = account_of(&mut *tx, device).await?
+        {
+            lock_changing_accounts(&mut tx, &[account]).await?;
+            let becomes_ready: bool = sqlx::query_scalar(
+                "SELECT d.revoked = 0 AND NOT EXISTS (
+                     SELECT 1 FROM key_packages k
+                     WHERE k.device_id = d.id AND k.suite = $2 AND k.last_resort)
+                 FROM devices d WHERE d.id = $1",
+            )
+            .bind(device as i64)
+            .bind(i32::from(CLASSIC_SUITE))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if becomes_ready {
+                bump_send_checks(&mut tx, &[account]).await?;
+            }
+        }
         // The device row lock makes an upload one step: two concurrent
         // uploads cannot both leave their last-resort package behind, nor
         // both fill the same room under the cap. (Claims only take packages
@@ -1511,20 +1607,32 @@ impl Store for PgStore {
     }
 
     async fn set_block(&self, account: AccountId, blocked: AccountId, on: bool) -> Result<()> {
-        if on {
-            return insert_block(&self.pool, account, blocked, now_ms()).await;
+        let mut tx = self.begin().await?;
+        // The blocked account's sends to the groups the two share are
+        // checked against its blockers.
+        lock_changing_accounts(&mut tx, &[account, blocked]).await?;
+        let changed = if on {
+            insert_block(&mut *tx, account, blocked, now_ms()).await?
+        } else {
+            sqlx::query("DELETE FROM blocks WHERE account_id = $1 AND blocked_id = $2")
+                .bind(account as i64)
+                .bind(blocked as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected()
+                > 0
+        };
+        if changed && account != blocked {
+            bump_send_checks(&mut tx, &[account, blocked]).await?;
         }
-        sqlx::query("DELETE FROM blocks WHERE account_id = $1 AND blocked_id = $2")
-            .bind(account as i64)
-            .bind(blocked as i64)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(backend)
+        tx.commit().await.map_err(backend)
     }
 
     async fn report(&self, reporter: AccountId, reported: AccountId, now_ms: i64) -> Result<()> {
         let mut tx = self.begin().await?;
+        // It blocks too (below), as `set_block` does.
+        lock_changing_accounts(&mut tx, &[reporter, reported]).await?;
         sqlx::query(
             "INSERT INTO reports (reporter_id, reported_id, created_ms) VALUES ($1, $2, $3)
              ON CONFLICT (reporter_id, reported_id) DO UPDATE SET created_ms = EXCLUDED.created_ms",
@@ -1535,7 +1643,9 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        insert_block(&mut *tx, reporter, reported, now_ms).await?;
+        if insert_block(&mut *tx, reporter, reported, now_ms).await? && reporter != reported {
+            bump_send_checks(&mut tx, &[reporter, reported]).await?;
+        }
         tx.commit().await.map_err(backend)
     }
 

@@ -663,3 +663,307 @@ async fn a_commit_lands_after_the_sends_queued_before_it() {
     }
     assert_eq!(store.group_epoch(&group).await.unwrap(), Some(2));
 }
+
+/// The recipients of an accepted send, by id; panics on a refusal.
+fn accepted(out: GroupOutcome) -> Vec<u64> {
+    match out {
+        GroupOutcome::Accepted { recipients } => recipients.iter().map(|d| d.id).collect(),
+        other => panic!("refused: {other:?}"),
+    }
+}
+
+/// `a` adds `device` to the group at `epoch` (commit `id`, with a Welcome).
+async fn a_adds_at(
+    store: &PgStore,
+    a: &dak_store::Device,
+    device: &dak_store::Device,
+    group_id: &[u8],
+    epoch: u64,
+    id: u8,
+) -> GroupOutcome {
+    let c = GroupCommit {
+        group_id: group_id.to_vec(),
+        epoch,
+        added: vec![device.id],
+        removed: vec![],
+        removed_leaves: vec![],
+        added_phones: vec![],
+        max_accounts: 1024,
+        commit: from(a, id, b"commit"),
+        welcome: Some(from(a, id, b"")),
+    };
+    store.commit_group(c).await.unwrap()
+}
+
+/// Node one's send workers cache what a group's sends are checked against.
+/// Sends with nothing changed read none of it again, and each change made on
+/// node two (whose commits and writes node one is never told of) reaches
+/// node one's next send: a linked device made ready, the commit adding it,
+/// a block and its removal, a revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_send_checks_follow_every_change_made_on_another_node() {
+    let db = FreshDb::new("dak_test").await;
+    let one = PgStore::connect(&db.url, 4).await.expect("connect");
+    let two = PgStore::connect(&db.url, 4).await.expect("connect");
+    let [a, b] = two_ready_devices(&two, [("+911000000090", 90), ("+911000000091", 91)]).await;
+    let group = b"cached".to_vec();
+    a_adds_b(&two, &a, &b, &group, 1).await;
+    let mut id = 10u8;
+    let mut send = async |epoch: u64| {
+        id += 1;
+        one.send_group(&group, epoch, from(&a, id, b"hi"), MailboxQuota::UNLIMITED)
+            .await
+            .unwrap()
+    };
+
+    assert_eq!(accepted(send(1).await), vec![b.id]);
+    let reads = one.send_check_reads();
+    for _ in 0..5 {
+        assert_eq!(accepted(send(1).await), vec![b.id]);
+    }
+    assert_eq!(
+        one.send_check_reads(),
+        reads,
+        "unchanged: read from the cache"
+    );
+
+    // A linked device without KeyPackages is not ready: nothing to refuse.
+    let b2 = two
+        .add_linked_device(b.account_id, &[92; 32], "b2", 1, 5)
+        .await
+        .unwrap();
+    assert_eq!(accepted(send(1).await), vec![b.id]);
+    // Ready now: the sender must add it first.
+    two.put_key_packages(b2.id, CLASSIC_SUITE, vec![], Some(vec![92]), 100)
+        .await
+        .unwrap();
+    assert_eq!(send(1).await, GroupOutcome::DevicesChanged);
+    let out = a_adds_at(&two, &a, &b2, &group, 1, 2).await;
+    assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    assert_eq!(send(1).await, GroupOutcome::Stale { epoch: 2 });
+    assert_eq!(accepted(send(2).await), vec![b.id, b2.id]);
+
+    two.set_block(b.account_id, a.account_id, true)
+        .await
+        .unwrap();
+    assert_eq!(accepted(send(2).await), Vec::<u64>::new(), "blocked");
+    two.set_block(b.account_id, a.account_id, false)
+        .await
+        .unwrap();
+    assert_eq!(accepted(send(2).await), vec![b.id, b2.id], "unblocked");
+    // A report blocks too.
+    two.report(b.account_id, a.account_id, 1).await.unwrap();
+    assert_eq!(accepted(send(2).await), Vec::<u64>::new(), "reported");
+    two.set_block(b.account_id, a.account_id, false)
+        .await
+        .unwrap();
+    let reads = one.send_check_reads();
+    assert_eq!(accepted(send(2).await), vec![b.id, b2.id], "unblocked");
+    // Changes that change nothing a send is checked against read nothing
+    // again: a KeyPackage rotation, lifting a block that is not there.
+    two.put_key_packages(b2.id, CLASSIC_SUITE, vec![], Some(vec![93]), 100)
+        .await
+        .unwrap();
+    two.set_block(b.account_id, a.account_id, false)
+        .await
+        .unwrap();
+    assert_eq!(accepted(send(2).await), vec![b.id, b2.id]);
+    assert_eq!(
+        one.send_check_reads(),
+        reads + 1,
+        "only the unblock re-read"
+    );
+
+    two.revoke_device(b2.id, dak_store::RevokeReason::Removed)
+        .await
+        .unwrap();
+    assert_eq!(send(2).await, GroupOutcome::DevicesChanged);
+    assert!(one.send_check_reads() > reads);
+}
+
+/// Sends pipelined from node one while node two makes a member account's
+/// linked device ready: every send queued after the upload returned is
+/// refused until the device is added (none is delivered past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_made_ready_while_sends_are_in_flight_is_never_missed() {
+    let db = FreshDb::new("dak_test").await;
+    let one = PgStore::connect(&db.url, 8).await.expect("connect");
+    let two = PgStore::connect(&db.url, 8).await.expect("connect");
+    let [a, b] = two_ready_devices(&two, [("+911000000093", 93), ("+911000000094", 94)]).await;
+    let group = b"in-flight".to_vec();
+    a_adds_b(&one, &a, &b, &group, 1).await;
+    let b2 = two
+        .add_linked_device(b.account_id, &[95; 32], "b2", 1, 5)
+        .await
+        .unwrap();
+    let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upload = {
+        let (two, uploaded) = (two.clone(), uploaded.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+            two.put_key_packages(b2.id, CLASSIC_SUITE, vec![], Some(vec![95]), 100)
+                .await
+                .unwrap();
+            uploaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut pending = Vec::new();
+    for i in 0..200u8 {
+        let after = uploaded.load(std::sync::atomic::Ordering::SeqCst);
+        let answer = one
+            .submit_send_group(&group, 1, from(&a, i, b"hi"), MailboxQuota::UNLIMITED)
+            .await
+            .expect("queued");
+        pending.push((after, answer));
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    upload.await.unwrap();
+    let (mut before, mut after) = (0, 0);
+    for (i, (queued_after, answer)) in pending.into_iter().enumerate() {
+        let out = answer.await.unwrap();
+        if queued_after {
+            after += 1;
+            assert_eq!(
+                out,
+                GroupOutcome::DevicesChanged,
+                "send {i}, after the upload"
+            );
+        } else if matches!(out, GroupOutcome::Accepted { .. }) {
+            before += 1;
+            assert_eq!(accepted(out), vec![b.id]);
+        }
+    }
+    assert!(
+        before > 0 && after > 0,
+        "the upload fell among the sends: {before} before, {after} after"
+    );
+}
+
+/// A commit that brings an account into a group waits for a change to that
+/// account's devices already under way (`lock_joining_accounts`), so the
+/// change is either read by the commit or bumps the new group: a send
+/// checked after both is refused, never accepted from a cache filled in
+/// between. The upload is stalled after its bump, while the commit creates
+/// the group, so without the wait the commit and a send land in that gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_bringing_an_account_in_waits_for_a_change_to_its_devices() {
+    let db = FreshDb::new("dak_test").await;
+    let one = PgStore::connect(&db.url, 8).await.expect("connect");
+    let two = PgStore::connect(&db.url, 8).await.expect("connect");
+    let [a, b] = two_ready_devices(&two, [("+911000000096", 96), ("+911000000097", 97)]).await;
+    let b2 = two
+        .add_linked_device(b.account_id, &[98; 32], "b2", 1, 5)
+        .await
+        .unwrap();
+    run_sql(
+        &db.url,
+        &[
+            "CREATE FUNCTION dak_test_stall() RETURNS trigger AS $$
+         BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER dak_test_stall BEFORE INSERT ON key_packages FOR EACH ROW
+         WHEN (NEW.last_resort) EXECUTE FUNCTION dak_test_stall()",
+        ],
+    )
+    .await;
+    let upload = {
+        let two = two.clone();
+        tokio::spawn(async move {
+            two.put_key_packages(b2.id, CLASSIC_SUITE, vec![], Some(vec![98]), 100)
+                .await
+                .unwrap();
+        })
+    };
+    // Until the upload sleeps in its trigger, after its bump.
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    loop {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if sleeping > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let group = b"joined".to_vec();
+    a_adds_b(&one, &a, &b, &group, 1).await;
+    // Before the wait existed, this send filled node one's cache without
+    // b2 while the upload was still to commit.
+    let _ = one
+        .send_group(&group, 1, from(&a, 2, b"hi"), MailboxQuota::UNLIMITED)
+        .await
+        .unwrap();
+    upload.await.unwrap();
+    let out = one
+        .send_group(&group, 1, from(&a, 3, b"hi"), MailboxQuota::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        GroupOutcome::DevicesChanged,
+        "b2 is ready and not a member"
+    );
+}
+
+/// One cached entry serves every sender of a group: when `c` has blocked
+/// `a`, `c`'s new ready device is not one `a` must add first (that would
+/// stall `a` and tell it of the block) and `c` gets nothing from `a`, while
+/// `b` and `c`, from the same cached group, must add it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_cached_group_checks_each_sender_against_its_own_blockers() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 4).await.expect("connect");
+    let [a, b] = two_ready_devices(&store, [("+911000000101", 101), ("+911000000102", 102)]).await;
+    let reg = store
+        .register_primary("+911000000103", &[103; 32], "p", 1)
+        .await
+        .unwrap();
+    store
+        .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![103]), 100)
+        .await
+        .unwrap();
+    let c = reg.device;
+    let group = b"three".to_vec();
+    a_adds_b(&store, &a, &b, &group, 1).await;
+    let out = a_adds_at(&store, &a, &c, &group, 1, 2).await;
+    assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
+    let send = |who: &dak_store::Device, id: u8| {
+        store.send_group(&group, 2, from(who, id, b"hi"), MailboxQuota::UNLIMITED)
+    };
+    assert_eq!(accepted(send(&a, 10).await.unwrap()), vec![b.id, c.id]);
+    store
+        .set_block(c.account_id, a.account_id, true)
+        .await
+        .unwrap();
+    let c2 = store
+        .add_linked_device(c.account_id, &[104; 32], "c2", 1, 5)
+        .await
+        .unwrap();
+    store
+        .put_key_packages(c2.id, CLASSIC_SUITE, vec![], Some(vec![104]), 100)
+        .await
+        .unwrap();
+    let reads = store.send_check_reads();
+    assert_eq!(
+        accepted(send(&a, 11).await.unwrap()),
+        vec![b.id],
+        "a: c blocked it"
+    );
+    assert_eq!(
+        send(&b, 12).await.unwrap(),
+        GroupOutcome::DevicesChanged,
+        "b must add c2"
+    );
+    assert_eq!(
+        send(&c, 13).await.unwrap(),
+        GroupOutcome::DevicesChanged,
+        "c must add its own c2"
+    );
+    assert_eq!(
+        store.send_check_reads(),
+        reads + 1,
+        "one read for three senders"
+    );
+}

@@ -18,19 +18,23 @@
 //!   sends to that group lands after them, as on SQLite. Writes to
 //!   different groups keep no order between them: a connection's sends keep
 //!   their order per group, which is per conversation.
-//! - **No lock cycle.** A batch locks its groups first, in group-id order
-//!   (one `SELECT … ORDER BY group_id FOR UPDATE`), then the heads of all its
-//!   recipients in device order (`lock_heads`), and only then writes. Other
-//!   batches, here or on other nodes, do the same, and every other writer
-//!   takes a group before heads (`commit_alone`) or heads alone (`enqueue`,
-//!   acks, expiry), so two transactions never wait for each other in a
-//!   circle. Holding heads, a batch only inserts new mailbox rows: it never
+//! - **No lock cycle.** The order is accounts, groups, heads. A batch
+//!   locks its groups first, in group-id order (one `SELECT … ORDER BY
+//!   group_id FOR UPDATE`), then the heads of all its recipients in device
+//!   order (`lock_heads`), and only then writes. Other batches, here or on
+//!   other nodes, do the same; a commit takes the accounts it brings in
+//!   (shared, in account order), then its group, then heads
+//!   (`commit_alone`); a change to what sends are checked against takes its
+//!   accounts, then its groups in group-id order, then heads (a revoke's
+//!   mailbox); enqueue, acks and expiry take heads alone. So two
+//!   transactions never wait for each other in a circle. Holding heads, a batch only inserts new mailbox rows: it never
 //!   waits for one.
-//! - **Each send is decided as it would be alone.** The checks run under the
-//!   group's lock (`send_checks`, one statement per group and sender, after
-//!   the lock statement so that its snapshot is taken after it). A batch
-//!   holds no commit, so a group's epoch and members do not change within
-//!   it. The mailbox quota counts the sends accepted earlier in the batch. A
+//! - **Each send is decided as it would be alone.** The checks are the
+//!   group's as of its lock: the worker's cache entry when the locked row's
+//!   `(epoch, checks_version)` is the entry's, else read in one statement
+//!   after the lock statement, so that its snapshot is taken after it
+//!   (`send_cache`). A batch holds no commit, so a group's epoch and
+//!   members do not change within it. The mailbox quota counts the sends accepted earlier in the batch. A
 //!   refused send stores no envelope and does not stop the others (its
 //!   recipients' heads may have been created, empty, as a lone send's
 //!   rolled-back lock would not).
@@ -60,9 +64,9 @@
 //!   on the receiving devices (a resent commit is refused as stale).
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use futures_util::FutureExt;
@@ -70,10 +74,11 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{backend, insert_envelope, lock_heads, send_checks};
+use super::send_cache::SendCache;
+use super::{backend, insert_envelope, lock_heads};
 use crate::{
-    AccountId, CommitListener, CommittedEnvelope, Device, DeviceId, GroupCommit, GroupOutcome,
-    MailboxQuota, NewEnvelope, Result, StoreError, group_rules,
+    CommitListener, CommittedEnvelope, Device, DeviceId, GroupCommit, GroupOutcome, MailboxQuota,
+    NewEnvelope, Result, StoreError,
 };
 
 /// The most sends one transaction takes. Enough to fold a burst into one
@@ -109,6 +114,8 @@ enum Decided {
 
 pub(super) struct SendBatcher {
     queues: Vec<mpsc::Sender<Job>>,
+    /// The workers' cache misses (`check_reads`).
+    reads: Arc<AtomicU64>,
 }
 
 impl SendBatcher {
@@ -119,14 +126,22 @@ impl SendBatcher {
         listener: &Arc<OnceLock<Arc<dyn CommitListener>>>,
         workers: usize,
     ) -> Self {
+        let reads = Arc::new(AtomicU64::new(0));
         let queues = (0..workers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(work(pool.clone(), listener.clone(), rx));
+                let cache = SendCache::new(reads.clone());
+                tokio::spawn(work(pool.clone(), listener.clone(), cache, rx));
                 tx
             })
             .collect();
-        SendBatcher { queues }
+        SendBatcher { queues, reads }
+    }
+
+    /// How many times the workers read a group's checks from PostgreSQL
+    /// (their caches' misses) since the node started.
+    pub(super) fn check_reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues the send; the receiver answers after its batch commits.
@@ -186,6 +201,7 @@ pub(super) fn unanswered() -> StoreError {
 async fn work(
     pool: PgPool,
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+    mut cache: SendCache,
     mut queue: mpsc::Receiver<Job>,
 ) {
     let mut next = None;
@@ -221,9 +237,10 @@ async fn work(
             let mut committed = if sends.is_empty() {
                 Vec::new()
             } else {
-                run_sends(&pool, sends).await
+                run_sends(&pool, &mut cache, sends).await
             };
             if let Some((c, reply)) = commit {
+                cache.forget(&c.group_id);
                 match super::commit_alone(&pool, c).await {
                     Ok((outcome, told)) => {
                         let _ = reply.send(Ok(outcome));
@@ -246,8 +263,12 @@ async fn work(
 
 /// Runs the sends as one batch, answers each and returns the envelopes
 /// written, for the listener.
-async fn run_sends(pool: &PgPool, jobs: Vec<SendJob>) -> Vec<CommittedEnvelope> {
-    match run_batch(pool, &jobs).await {
+async fn run_sends(
+    pool: &PgPool,
+    cache: &mut SendCache,
+    jobs: Vec<SendJob>,
+) -> Vec<CommittedEnvelope> {
+    match run_batch(pool, cache, &jobs).await {
         Ok(decided) => answer(jobs, decided),
         // A statement failed (rolled back: nothing was written) with an
         // error that may be one send's own (a constraint, a trigger, a
@@ -264,7 +285,9 @@ async fn run_sends(pool: &PgPool, jobs: Vec<SendJob>) -> Vec<CommittedEnvelope> 
                     continue;
                 }
                 let one = [job];
-                let done = run_batch(pool, &one).await.map_err(Failed::into_error);
+                let done = run_batch(pool, cache, &one)
+                    .await
+                    .map_err(Failed::into_error);
                 let [job] = one;
                 match done {
                     Ok(decided) => committed.extend(answer(vec![job], decided)),
@@ -329,13 +352,16 @@ impl Failed {
 /// each send's decision with the (device, seq) its envelope got, if any.
 async fn run_batch(
     pool: &PgPool,
+    cache: &mut SendCache,
     jobs: &[SendJob],
 ) -> std::result::Result<Vec<(Decided, Vec<(DeviceId, u64)>)>, Failed> {
     let mut tx = pool
         .begin()
         .await
         .map_err(|e| Failed::BeforeCommit(backend(e)))?;
-    let decided = decide(&mut tx, jobs).await.map_err(Failed::BeforeCommit)?;
+    let decided = decide(&mut tx, cache, jobs)
+        .await
+        .map_err(Failed::BeforeCommit)?;
     tx.commit()
         .await
         .map_err(|e| Failed::AtCommit(backend(e)))?;
@@ -345,47 +371,47 @@ async fn run_batch(
 /// Everything of a batch before its COMMIT.
 async fn decide(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    cache: &mut SendCache,
     jobs: &[SendJob],
 ) -> Result<Vec<(Decided, Vec<(DeviceId, u64)>)>> {
     // The groups, locked in group-id order (see the module comment).
     let mut groups: Vec<Vec<u8>> = jobs.iter().map(|j| j.group_id.clone()).collect();
     groups.sort_unstable();
     groups.dedup();
-    let epochs: HashMap<Vec<u8>, u64> = sqlx::query(
-        "SELECT group_id, epoch FROM mls_groups WHERE group_id = ANY($1) ORDER BY group_id FOR UPDATE",
+    // Each group's (epoch, checks_version): the stamp its cached checks
+    // must have (`send_cache`).
+    let stamps: HashMap<Vec<u8>, (u64, u64)> = sqlx::query(
+        "SELECT group_id, epoch, checks_version FROM mls_groups
+         WHERE group_id = ANY($1) ORDER BY group_id FOR UPDATE",
     )
     .bind(&groups)
     .fetch_all(&mut **tx)
     .await
     .map_err(backend)?
     .iter()
-    .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1) as u64))
+    .map(|r| {
+        (
+            r.get::<Vec<u8>, _>(0),
+            (r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64),
+        )
+    })
     .collect();
 
-    // Each send checked as it would be alone; one read per group and sender.
-    type Checks = (Vec<Device>, Vec<DeviceId>, Vec<AccountId>);
-    let mut checks: HashMap<(&[u8], DeviceId), Checks> = HashMap::new();
+    // Each send checked as it would be alone, against its group as of the
+    // lock: from the cache, or read once per group.
     let mut decided = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let sender = job.envelope.sender_device;
-        let Some(&current) = epochs.get(&job.group_id) else {
+        let Some(&stamp) = stamps.get(&job.group_id) else {
             decided.push(Decided::Refused(GroupOutcome::NoGroup));
             continue;
         };
-        let key = (job.group_id.as_slice(), sender);
-        if let Entry::Vacant(slot) = checks.entry(key) {
-            slot.insert(send_checks(tx, &job.group_id, sender).await?);
-        }
-        let (members, ready, blockers) = &checks[&key];
-        if let Some(refusal) = group_rules::check_send(current, job.epoch, sender, members, ready) {
-            decided.push(Decided::Refused(refusal));
-            continue;
-        }
-        let recipients = group_rules::without_blockers(
-            members.iter().filter(|d| d.id != sender).cloned().collect(),
-            blockers,
+        let checks = cache.checks(tx, &job.group_id, stamp).await?;
+        decided.push(
+            match checks.check(stamp.0, job.epoch, job.envelope.sender_device) {
+                Ok(recipients) => Decided::Accepted(recipients),
+                Err(refusal) => Decided::Refused(refusal),
+            },
         );
-        decided.push(Decided::Accepted(recipients));
     }
 
     // Every recipient's head, locked in device order, with its usage; the

@@ -1,0 +1,227 @@
+//! The send workers' membership cache on PostgreSQL (`SendCache`): what a
+//! group's application messages are checked against (the member devices,
+//! the member accounts' ready devices, the blocks between member accounts),
+//! kept by the worker that batches the group's sends, so that a send reads
+//! none of it from PostgreSQL while the group is unchanged.
+//!
+//! Invariants:
+//! - **Stamped, and used only at its stamp.** An entry is read under the
+//!   group's row lock together with the row's `(epoch, checks_version)`,
+//!   and a batch uses it only when the row it has just locked still holds
+//!   that pair. A commit moves the epoch; every other write that changes
+//!   what the entry holds bumps `checks_version` of each group concerned,
+//!   in the same transaction, with the group's row locked
+//!   (`bump_send_checks`: a member account's active device revoked, one
+//!   made ready by its first last-resort KeyPackage in the classic suite, a
+//!   block made or lifted between two of its member accounts). So an entry is never used after a change committed,
+//!   on whatever node the change was made: the database, not the bus, says
+//!   when it is stale, and a lost or late message cannot make it wrong.
+//! - **Read as a lone send reads.** A miss reads the entry after the
+//!   group's lock (two statements, each with its snapshot after it: no
+//!   change to the group can commit between the stamp and the reads). A send is then
+//!   decided by `group_rules`, as on SQLite.
+//! - **Blocks among members only.** A send's blockers matter only as member
+//!   accounts (its recipients, and the ready devices it must have added), so
+//!   the entry keeps the blocks whose both accounts are members, and one
+//!   entry serves every sender of the group.
+//! - **Only the worker's groups.** A group's sends always go to one worker
+//!   of the node, which owns its cache: no lock, no sharing.
+//! - **Bounded.** At most `GROUPS_MAX` groups and `ENTRIES_MAX` entries
+//!   (member devices, ready devices, blocks) per worker; at a bound the
+//!   cache starts again from empty (as SQLite's does). `last_seen_ms` of a cached device may be
+//!   old: nothing a send answers depends on it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+
+use super::{backend, row_device};
+use crate::sql::DEVICE_FIELDS;
+use crate::{AccountId, CLASSIC_SUITE, Device, DeviceId, GroupOutcome, Result, group_rules};
+
+/// Groups kept per worker (four workers per node at most).
+const GROUPS_MAX: usize = 1024;
+/// Entries (member devices, ready devices, blocks) kept per worker: at
+/// most about 16 MiB (a member `Device` is the largest).
+const ENTRIES_MAX: usize = 1 << 16;
+
+/// A group as its sends are checked, stamped with the group row's
+/// `(epoch, checks_version)` it was read at.
+pub(super) struct GroupChecks {
+    stamp: (u64, u64),
+    /// Member devices, revoked ones included, by id.
+    members: Vec<Device>,
+    /// The member accounts' ready devices (id, account), by id.
+    ready: Vec<(DeviceId, AccountId)>,
+    /// (blocker, blocked) between member accounts, neither itself.
+    blocks: Vec<(AccountId, AccountId)>,
+}
+
+impl GroupChecks {
+    /// Decides a send from `sender` at `epoch` to the group, whose epoch is
+    /// `current`: its recipients, or the refusal (`group_rules`).
+    pub(super) fn check(
+        &self,
+        current: u64,
+        epoch: u64,
+        sender: DeviceId,
+    ) -> std::result::Result<Vec<Device>, GroupOutcome> {
+        let blockers: Vec<AccountId> = match group_rules::sender_account(&self.members, sender) {
+            Some(account) => self
+                .blocks
+                .iter()
+                .filter(|(_, blocked)| *blocked == account)
+                .map(|(blocker, _)| *blocker)
+                .collect(),
+            None => Vec::new(),
+        };
+        // A blocker's new device is not one the sender must add first: that
+        // would stall the sender's group and tell it about the block.
+        let ready: Vec<DeviceId> = self
+            .ready
+            .iter()
+            .filter(|(_, account)| !blockers.contains(account))
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(refusal) =
+            group_rules::check_send(current, epoch, sender, &self.members, &ready)
+        {
+            return Err(refusal);
+        }
+        Ok(group_rules::without_blockers(
+            self.members
+                .iter()
+                .filter(|d| d.id != sender)
+                .cloned()
+                .collect(),
+            &blockers,
+        ))
+    }
+
+    fn size(&self) -> usize {
+        self.members.len() + self.ready.len() + self.blocks.len()
+    }
+}
+
+/// One worker's cache (see the module comment).
+pub(super) struct SendCache {
+    groups: HashMap<Vec<u8>, GroupChecks>,
+    /// Entries held in `groups` (`GroupChecks::size`).
+    entries: usize,
+    /// Entries read from PostgreSQL (misses), by every worker of the node
+    /// (`PgStore::send_check_reads`).
+    reads: Arc<AtomicU64>,
+}
+
+impl SendCache {
+    pub(super) fn new(reads: Arc<AtomicU64>) -> Self {
+        SendCache {
+            groups: HashMap::new(),
+            entries: 0,
+            reads,
+        }
+    }
+
+    /// The group's checks at `stamp`, the `(epoch, checks_version)` the
+    /// caller's transaction has just read with the group's row locked:
+    /// the cached entry if it has that stamp, else read now and kept.
+    pub(super) async fn checks(
+        &mut self,
+        tx: &mut Transaction<'static, Postgres>,
+        group_id: &[u8],
+        stamp: (u64, u64),
+    ) -> Result<&GroupChecks> {
+        if self.groups.get(group_id).is_none_or(|g| g.stamp != stamp) {
+            let read = read_checks(tx, group_id, stamp).await?;
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.keep(group_id, read);
+        }
+        Ok(&self.groups[group_id])
+    }
+
+    /// Drops the group's entry (after a commit: its stamp is old now).
+    pub(super) fn forget(&mut self, group_id: &[u8]) {
+        if let Some(old) = self.groups.remove(group_id) {
+            self.entries -= old.size();
+        }
+    }
+
+    /// Keeps `group`, first emptying the cache if it is at a bound.
+    fn keep(&mut self, id: &[u8], group: GroupChecks) {
+        self.forget(id);
+        if self.groups.len() >= GROUPS_MAX || self.entries + group.size() > ENTRIES_MAX {
+            self.groups.clear();
+            self.entries = 0;
+        }
+        self.entries += group.size();
+        self.groups.insert(id.to_vec(), group);
+    }
+}
+
+/// Reads what the group's sends are checked against, under the group's
+/// lock, which the caller took in an earlier statement so that these
+/// statements' snapshots are taken after it: the member devices (revoked
+/// ones included) and the member accounts' ready devices (active, with a
+/// last-resort KeyPackage in the classic suite, as `ready_devices`) in one
+/// statement, the blocks between member accounts in a second (once, not on
+/// every row).
+async fn read_checks(
+    tx: &mut Transaction<'static, Postgres>,
+    group_id: &[u8],
+    stamp: (u64, u64),
+) -> Result<GroupChecks> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEVICE_FIELDS}, p.part
+         FROM (SELECT 0 AS part, m.device_id AS id FROM group_members m WHERE m.group_id = $1
+               UNION ALL
+               SELECT 1, r.id FROM devices r
+               WHERE r.revoked = 0
+                 AND r.account_id IN (SELECT d2.account_id FROM group_members m2
+                                      JOIN devices d2 ON d2.id = m2.device_id WHERE m2.group_id = $1)
+                 AND EXISTS (SELECT 1 FROM key_packages k
+                             WHERE k.device_id = r.id AND k.suite = $2 AND k.last_resort)) p
+         JOIN devices d ON d.id = p.id JOIN accounts a ON a.id = d.account_id
+         ORDER BY p.part, d.id"
+    )))
+    .bind(group_id)
+    .bind(i32::from(CLASSIC_SUITE))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    let (mut members, mut ready) = (Vec::new(), Vec::new());
+    for r in &rows {
+        let device = row_device(r);
+        if r.get::<i32, _>(9) == 0 {
+            members.push(device);
+        } else {
+            ready.push((device.id, device.account_id));
+        }
+    }
+    let mut accounts: Vec<i64> = members.iter().map(|d| d.account_id as i64).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let blocks: Vec<(i64, i64)> = if accounts.len() < 2 {
+        Vec::new() // a block of oneself counts for nothing
+    } else {
+        sqlx::query_as(
+            "SELECT account_id, blocked_id FROM blocks
+         WHERE account_id = ANY($1) AND blocked_id = ANY($1) AND account_id <> blocked_id
+         ORDER BY account_id, blocked_id",
+        )
+        .bind(&accounts)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?
+    };
+    Ok(GroupChecks {
+        stamp,
+        members,
+        ready,
+        blocks: blocks
+            .into_iter()
+            .map(|(by, of)| (by as u64, of as u64))
+            .collect(),
+    })
+}
