@@ -26,7 +26,7 @@
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::sql::{
@@ -39,6 +39,16 @@ mod sends;
 
 // The dynamic SQL here only splices in the constant column list
 // (`DEVICE_COLS`); every value is a bind parameter.
+
+/// How long a node's connection may sit idle inside a transaction before
+/// PostgreSQL ends its session, rolling the transaction back and releasing
+/// its locks. Every transaction here runs its statements back to back, so
+/// only a node that stopped half-way (frozen, or cut off by the network,
+/// which PostgreSQL would otherwise notice only when TCP gives up, hours
+/// later) stays idle that long; meanwhile the groups and mailbox heads it
+/// locked stall every node's sends to them. Its callers get an error, and
+/// the clients send again (dropped by message id where it had committed).
+const STALLED_TRANSACTION_MS: u32 = 10_000;
 
 /// Arbitrary, fixed: identifies Dak's migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x64616b_6d6967; // "dak mig"
@@ -282,12 +292,22 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl PgStore {
+    /// The options every connection of a node opens with: `url`'s, and
+    /// the stalled-transaction timeout (`STALLED_TRANSACTION_MS`).
+    pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+        let options: PgConnectOptions = url.parse().map_err(backend)?;
+        Ok(options.options([(
+            "idle_in_transaction_session_timeout",
+            STALLED_TRANSACTION_MS,
+        )]))
+    }
+
     /// Connects and migrates. `url` is `postgres://user@host:port/db`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
+            .connect_with(Self::connect_options(url)?)
             .await
             .map_err(backend)?;
         let listener = Arc::default();
@@ -423,6 +443,13 @@ async fn revoke(
     id: DeviceId,
     reason: RevokeReason,
 ) -> Result<()> {
+    // The device's row first, as a KeyPackage upload takes it before the
+    // packages (the other way round, the two could wait for each other).
+    sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     delete_from_mailbox(&mut **tx, id, None).await?;
     // Its group memberships stay until a member commits its removal: that is
     // how the groups learn (send_group refuses until then).
@@ -518,24 +545,27 @@ async fn account_of<'e, E: sqlx::PgExecutor<'e>>(
 /// creator), locked in share mode in account order, so that a concurrent
 /// change to their send checks (`lock_changing_accounts`) either finishes
 /// first or finds
-/// the group once this commit has committed.
+/// the group once this commit has committed. Returns the devices whose
+/// accounts it locked: those that existed as of this statement. The commit
+/// takes no other device in (one made since is unknown to it, and refused
+/// as any unknown device is), so every account it brings in was locked.
 async fn lock_joining_accounts(
     tx: &mut Transaction<'static, Postgres>,
     devices: &[DeviceId],
-) -> Result<()> {
+) -> Result<Vec<DeviceId>> {
     if devices.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<i64> = devices.iter().map(|d| *d as i64).collect();
-    sqlx::query(
-        "SELECT 1 FROM accounts WHERE id IN (SELECT account_id FROM devices WHERE id = ANY($1))
-         ORDER BY id FOR SHARE",
+    let locked: Vec<i64> = sqlx::query_scalar(
+        "SELECT d.id FROM devices d JOIN accounts a ON a.id = d.account_id
+         WHERE d.id = ANY($1) ORDER BY a.id FOR SHARE OF a",
     )
     .bind(&ids)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
     .map_err(backend)?;
-    Ok(())
+    Ok(locked.into_iter().map(|d| d as u64).collect())
 }
 
 async fn insert_device(
@@ -952,7 +982,7 @@ async fn commit_alone(
         .copied()
         .chain((c.epoch == 0).then_some(c.commit.sender_device))
         .collect();
-    lock_joining_accounts(&mut tx, &joining).await?;
+    let known = lock_joining_accounts(&mut tx, &joining).await?;
     // A commit at epoch 0 may create the group. Its row goes in first:
     // a concurrent creator's insert waits on ours, finds the row once we
     // commit and then reads the epoch we set (or, if we roll back, goes
@@ -977,7 +1007,8 @@ async fn commit_alone(
     let locked = lock_group(&mut tx, &c.group_id).await?;
     let current = if created { None } else { locked };
     let members = group_members_with_leaves(&mut tx, &c.group_id).await?;
-    let added = devices_by_ids(&mut tx, &c.added).await?;
+    let mut added = devices_by_ids(&mut tx, &c.added).await?;
+    added.retain(|d| known.contains(&d.id));
     let ready: Vec<DeviceId> = ready_devices(&mut *tx, &member_accounts(&added))
         .await?
         .iter()

@@ -796,47 +796,56 @@ async fn a_device_made_ready_while_sends_are_in_flight_is_never_missed() {
         .add_linked_device(b.account_id, &[95; 32], "b2", 1, 5)
         .await
         .unwrap();
+    // A send first, so that node one's worker has the group cached.
+    let first = one
+        .send_group(&group, 1, from(&a, 0, b"hi"), MailboxQuota::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(accepted(first), vec![b.id]);
     let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let upload = {
         let (two, uploaded) = (two.clone(), uploaded.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
             two.put_key_packages(b2.id, CLASSIC_SUITE, vec![], Some(vec![95]), 100)
                 .await
                 .unwrap();
             uploaded.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let mut pending = Vec::new();
-    for i in 0..200u8 {
-        let after = uploaded.load(std::sync::atomic::Ordering::SeqCst);
+    // Sends pipelined while the upload runs, and 20 more after it returned.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut pending, mut after) = (Vec::new(), 0);
+    for i in 1..=255u8 {
+        let queued_after = uploaded.load(std::sync::atomic::Ordering::SeqCst);
         let answer = one
             .submit_send_group(&group, 1, from(&a, i, b"hi"), MailboxQuota::UNLIMITED)
             .await
             .expect("queued");
-        pending.push((after, answer));
+        pending.push((queued_after, answer));
+        after += usize::from(queued_after);
+        if after == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never returned"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     upload.await.unwrap();
-    let (mut before, mut after) = (0, 0);
+    assert_eq!(after, 20, "the upload returned while sends were queued");
     for (i, (queued_after, answer)) in pending.into_iter().enumerate() {
         let out = answer.await.unwrap();
         if queued_after {
-            after += 1;
             assert_eq!(
                 out,
                 GroupOutcome::DevicesChanged,
                 "send {i}, after the upload"
             );
         } else if matches!(out, GroupOutcome::Accepted { .. }) {
-            before += 1;
             assert_eq!(accepted(out), vec![b.id]);
         }
     }
-    assert!(
-        before > 0 && after > 0,
-        "the upload fell among the sends: {before} before, {after} after"
-    );
 }
 
 /// A commit that brings an account into a group waits for a change to that
@@ -874,10 +883,12 @@ async fn a_commit_bringing_an_account_in_waits_for_a_change_to_its_devices() {
         })
     };
     // Until the upload sleeps in its trigger, after its bump.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
     loop {
         let sleeping: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE wait_event = 'PgSleep' AND datname = current_database()",
         )
         .fetch_one(&mut admin)
         .await
@@ -885,6 +896,10 @@ async fn a_commit_bringing_an_account_in_waits_for_a_change_to_its_devices() {
         if sleeping > 0 {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never reached its trigger"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let group = b"joined".to_vec();
@@ -966,4 +981,61 @@ async fn one_cached_group_checks_each_sender_against_its_own_blockers() {
         reads + 1,
         "one read for three senders"
     );
+}
+
+/// A node that stops half-way through a transaction (frozen, or cut off by
+/// the network) holding a group's lock stalls that group's sends on every
+/// node only until PostgreSQL ends its idle transaction
+/// (`idle_in_transaction_session_timeout`, which every node's connections
+/// set): then the send goes through, and the stalled node's connection is
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stalled_in_a_transaction_holds_its_locks_only_for_a_while() {
+    let db = FreshDb::new("dak_test").await;
+    let store = PgStore::connect(&db.url, 4).await.expect("connect");
+    let [a, b] = two_ready_devices(&store, [("+911000000105", 105), ("+911000000106", 106)]).await;
+    let group = b"stalled".to_vec();
+    a_adds_b(&store, &a, &b, &group, 1).await;
+    // The other node: its connection, as a node opens it, stops after
+    // locking the group.
+    let mut stalled = sqlx::PgConnection::connect_with(&PgStore::connect_options(&db.url).unwrap())
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN").execute(&mut stalled).await.unwrap();
+    sqlx::query("SELECT 1 FROM mls_groups WHERE group_id = $1 FOR UPDATE")
+        .bind(&group)
+        .execute(&mut stalled)
+        .await
+        .unwrap();
+    let send = store.send_group(&group, 1, from(&a, 2, b"hi"), MailboxQuota::UNLIMITED);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), send)
+        .await
+        .expect("the stalled transaction was ended, and the send went through")
+        .unwrap();
+    assert_eq!(accepted(out), vec![b.id]);
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut stalled).await.is_err(),
+        "the stalled node's session was ended"
+    );
+}
+
+/// A number registered again on another phone (through node two) revokes
+/// the old devices, and node one's cached group learns it: the sender must
+/// remove them first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_number_registered_again_elsewhere_reaches_a_cached_group() {
+    let db = FreshDb::new("dak_test").await;
+    let one = PgStore::connect(&db.url, 4).await.expect("connect");
+    let two = PgStore::connect(&db.url, 4).await.expect("connect");
+    let [a, b] = two_ready_devices(&two, [("+911000000107", 107), ("+911000000108", 108)]).await;
+    let group = b"moved".to_vec();
+    a_adds_b(&two, &a, &b, &group, 1).await;
+    let send = |id: u8| one.send_group(&group, 1, from(&a, id, b"hi"), MailboxQuota::UNLIMITED);
+    assert_eq!(accepted(send(2).await.unwrap()), vec![b.id]);
+    let moved = two
+        .register_primary(&b.phone, &[109; 32], "new phone", 2)
+        .await
+        .unwrap();
+    assert_eq!(moved.revoked, vec![b.id]);
+    assert_eq!(send(3).await.unwrap(), GroupOutcome::DevicesChanged);
 }

@@ -16,9 +16,9 @@
 //!   block made or lifted between two of its member accounts). So an entry is never used after a change committed,
 //!   on whatever node the change was made: the database, not the bus, says
 //!   when it is stale, and a lost or late message cannot make it wrong.
-//! - **Read as a lone send reads.** A miss reads the entry after the
-//!   group's lock (two statements, each with its snapshot after it: no
-//!   change to the group can commit between the stamp and the reads). A send is then
+//! - **Read as a lone send reads.** A miss reads the entry in one statement
+//!   after the group's lock (so its snapshot comes after it, and no change
+//!   to the group can commit between the stamp and the read). A send is then
 //!   decided by `group_rules`, as on SQLite.
 //! - **Blocks among members only.** A send's blockers matter only as member
 //!   accounts (its recipients, and the ready devices it must have added), so
@@ -28,7 +28,8 @@
 //!   of the node, which owns its cache: no lock, no sharing.
 //! - **Bounded.** At most `GROUPS_MAX` groups and `ENTRIES_MAX` entries
 //!   (member devices, ready devices, blocks) per worker; at a bound the
-//!   cache starts again from empty (as SQLite's does). `last_seen_ms` of a cached device may be
+//!   cache drops groups, any, one at a time, until the new one fits, and a
+//!   group larger than the whole bound is used for its batch, not kept. `last_seen_ms` of a cached device may be
 //!   old: nothing a send answers depends on it.
 
 use std::collections::HashMap;
@@ -41,8 +42,9 @@ use super::{backend, row_device};
 use crate::sql::DEVICE_FIELDS;
 use crate::{AccountId, CLASSIC_SUITE, Device, DeviceId, GroupOutcome, Result, group_rules};
 
-/// Groups kept per worker (four workers per node at most).
-const GROUPS_MAX: usize = 1024;
+/// Groups kept per worker (four workers per node at most). `ENTRIES_MAX`
+/// is the bound on memory; this one bounds the map itself.
+const GROUPS_MAX: usize = 16_384;
 /// Entries (member devices, ready devices, blocks) kept per worker: at
 /// most about 16 MiB (a member `Device` is the largest).
 const ENTRIES_MAX: usize = 1 << 16;
@@ -108,6 +110,8 @@ impl GroupChecks {
 /// One worker's cache (see the module comment).
 pub(super) struct SendCache {
     groups: HashMap<Vec<u8>, GroupChecks>,
+    /// The last group read that was too large to keep, for its batch.
+    oversized: Option<GroupChecks>,
     /// Entries held in `groups` (`GroupChecks::size`).
     entries: usize,
     /// Entries read from PostgreSQL (misses), by every worker of the node
@@ -119,6 +123,7 @@ impl SendCache {
     pub(super) fn new(reads: Arc<AtomicU64>) -> Self {
         SendCache {
             groups: HashMap::new(),
+            oversized: None,
             entries: 0,
             reads,
         }
@@ -133,11 +138,16 @@ impl SendCache {
         group_id: &[u8],
         stamp: (u64, u64),
     ) -> Result<&GroupChecks> {
-        if self.groups.get(group_id).is_none_or(|g| g.stamp != stamp) {
-            let read = read_checks(tx, group_id, stamp).await?;
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.keep(group_id, read);
+        if self.groups.get(group_id).is_some_and(|g| g.stamp == stamp) {
+            return Ok(&self.groups[group_id]);
         }
+        let read = read_checks(tx, group_id, stamp).await?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.forget(group_id);
+        if read.size() > ENTRIES_MAX {
+            return Ok(self.oversized.insert(read));
+        }
+        self.keep(group_id, read);
         Ok(&self.groups[group_id])
     }
 
@@ -148,38 +158,54 @@ impl SendCache {
         }
     }
 
-    /// Keeps `group`, first emptying the cache if it is at a bound.
+    /// Keeps `group` (not kept yet, and within `ENTRIES_MAX`), first
+    /// dropping other groups, any, while it would not fit.
     fn keep(&mut self, id: &[u8], group: GroupChecks) {
-        self.forget(id);
-        if self.groups.len() >= GROUPS_MAX || self.entries + group.size() > ENTRIES_MAX {
-            self.groups.clear();
-            self.entries = 0;
+        while self.groups.len() >= GROUPS_MAX || self.entries + group.size() > ENTRIES_MAX {
+            let Some(other) = self.groups.keys().next().cloned() else {
+                break;
+            };
+            self.forget(&other);
         }
         self.entries += group.size();
         self.groups.insert(id.to_vec(), group);
     }
 }
 
-/// Reads what the group's sends are checked against, under the group's
-/// lock, which the caller took in an earlier statement so that these
-/// statements' snapshots are taken after it: the member devices (revoked
-/// ones included) and the member accounts' ready devices (active, with a
-/// last-resort KeyPackage in the classic suite, as `ready_devices`) in one
-/// statement, the blocks between member accounts in a second (once, not on
-/// every row).
+/// Reads what the group's sends are checked against, in one statement (one
+/// round trip) under the group's lock, which the caller took in an earlier
+/// statement so that this one's snapshot is taken after it: the member
+/// devices (revoked ones included), the member accounts' ready devices
+/// (active, with a last-resort KeyPackage in the classic suite, as
+/// `ready_devices`), and, on the first member's row only, the blocks
+/// between member accounts.
 async fn read_checks(
     tx: &mut Transaction<'static, Postgres>,
     group_id: &[u8],
     stamp: (u64, u64),
 ) -> Result<GroupChecks> {
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {DEVICE_FIELDS}, p.part
-         FROM (SELECT 0 AS part, m.device_id AS id FROM group_members m WHERE m.group_id = $1
+        "WITH member_accounts AS MATERIALIZED (
+             SELECT DISTINCT d2.account_id FROM group_members m2
+             JOIN devices d2 ON d2.id = m2.device_id WHERE m2.group_id = $1),
+         member_blocks AS MATERIALIZED (
+             SELECT b.account_id, b.blocked_id FROM blocks b
+             WHERE b.account_id IN (SELECT account_id FROM member_accounts)
+               AND b.blocked_id IN (SELECT account_id FROM member_accounts)
+               AND b.account_id <> b.blocked_id)
+         SELECT {DEVICE_FIELDS}, p.part,
+                CASE WHEN p.first THEN
+                    ARRAY(SELECT account_id FROM member_blocks ORDER BY account_id, blocked_id) END,
+                CASE WHEN p.first THEN
+                    ARRAY(SELECT blocked_id FROM member_blocks ORDER BY account_id, blocked_id) END
+         FROM (SELECT 0 AS part, m.device_id AS id,
+                      m.device_id = (SELECT MIN(m3.device_id) FROM group_members m3
+                                     WHERE m3.group_id = $1) AS first
+               FROM group_members m WHERE m.group_id = $1
                UNION ALL
-               SELECT 1, r.id FROM devices r
+               SELECT 1, r.id, FALSE FROM devices r
                WHERE r.revoked = 0
-                 AND r.account_id IN (SELECT d2.account_id FROM group_members m2
-                                      JOIN devices d2 ON d2.id = m2.device_id WHERE m2.group_id = $1)
+                 AND r.account_id IN (SELECT account_id FROM member_accounts)
                  AND EXISTS (SELECT 1 FROM key_packages k
                              WHERE k.device_id = r.id AND k.suite = $2 AND k.last_resort)) p
          JOIN devices d ON d.id = p.id JOIN accounts a ON a.id = d.account_id
@@ -190,7 +216,7 @@ async fn read_checks(
     .fetch_all(&mut **tx)
     .await
     .map_err(backend)?;
-    let (mut members, mut ready) = (Vec::new(), Vec::new());
+    let (mut members, mut ready, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
         let device = row_device(r);
         if r.get::<i32, _>(9) == 0 {
@@ -198,30 +224,20 @@ async fn read_checks(
         } else {
             ready.push((device.id, device.account_id));
         }
+        let by: Option<Vec<i64>> = r.get(10);
+        let of: Option<Vec<i64>> = r.get(11);
+        if let (Some(by), Some(of)) = (by, of) {
+            blocks = by
+                .into_iter()
+                .zip(of)
+                .map(|(by, of)| (by as u64, of as u64))
+                .collect();
+        }
     }
-    let mut accounts: Vec<i64> = members.iter().map(|d| d.account_id as i64).collect();
-    accounts.sort_unstable();
-    accounts.dedup();
-    let blocks: Vec<(i64, i64)> = if accounts.len() < 2 {
-        Vec::new() // a block of oneself counts for nothing
-    } else {
-        sqlx::query_as(
-            "SELECT account_id, blocked_id FROM blocks
-         WHERE account_id = ANY($1) AND blocked_id = ANY($1) AND account_id <> blocked_id
-         ORDER BY account_id, blocked_id",
-        )
-        .bind(&accounts)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(backend)?
-    };
     Ok(GroupChecks {
         stamp,
         members,
         ready,
-        blocks: blocks
-            .into_iter()
-            .map(|(by, of)| (by as u64, of as u64))
-            .collect(),
+        blocks,
     })
 }

@@ -26,8 +26,9 @@
 //!   (shared, in account order), then its group, then heads
 //!   (`commit_alone`); a change to what sends are checked against takes its
 //!   accounts, then its groups in group-id order, then heads (a revoke's
-//!   mailbox); enqueue, acks and expiry take heads alone. So two
-//!   transactions never wait for each other in a circle. Holding heads, a batch only inserts new mailbox rows: it never
+//!   mailbox); enqueue, acks and expiry take heads alone. (Device and
+//!   KeyPackage rows come after groups, and nothing here waits for them.)
+//!   So two transactions never wait for each other in a circle. Holding heads, a batch only inserts new mailbox rows: it never
 //!   waits for one.
 //! - **Each send is decided as it would be alone.** The checks are the
 //!   group's as of its lock: the worker's cache entry when the locked row's
