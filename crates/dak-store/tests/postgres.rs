@@ -672,6 +672,25 @@ fn accepted(out: GroupOutcome) -> Vec<u64> {
     }
 }
 
+/// Two nodes on one database (`connections` each), and the group
+/// `group_id` of two ready devices (`who`), made through node two.
+async fn two_nodes_with_a_pair(
+    db: &FreshDb,
+    connections: u32,
+    who: [(&str, u8); 2],
+    group_id: &[u8],
+) -> (PgStore, PgStore, [dak_store::Device; 2]) {
+    let one = PgStore::connect(&db.url, connections)
+        .await
+        .expect("connect");
+    let two = PgStore::connect(&db.url, connections)
+        .await
+        .expect("connect");
+    let [a, b] = two_ready_devices(&two, who).await;
+    a_adds_b(&two, &a, &b, group_id, 1).await;
+    (one, two, [a, b])
+}
+
 /// `a` adds `device` to the group at `epoch` (commit `id`, with a Welcome).
 async fn a_adds_at(
     store: &PgStore,
@@ -703,11 +722,9 @@ async fn a_adds_at(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cached_send_checks_follow_every_change_made_on_another_node() {
     let db = FreshDb::new("dak_test").await;
-    let one = PgStore::connect(&db.url, 4).await.expect("connect");
-    let two = PgStore::connect(&db.url, 4).await.expect("connect");
-    let [a, b] = two_ready_devices(&two, [("+911000000090", 90), ("+911000000091", 91)]).await;
     let group = b"cached".to_vec();
-    a_adds_b(&two, &a, &b, &group, 1).await;
+    let who = [("+911000000090", 90), ("+911000000091", 91)];
+    let (one, two, [a, b]) = two_nodes_with_a_pair(&db, 4, who, &group).await;
     let mut id = 10u8;
     let mut send = async |epoch: u64| {
         id += 1;
@@ -787,11 +804,9 @@ async fn cached_send_checks_follow_every_change_made_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_device_made_ready_while_sends_are_in_flight_is_never_missed() {
     let db = FreshDb::new("dak_test").await;
-    let one = PgStore::connect(&db.url, 8).await.expect("connect");
-    let two = PgStore::connect(&db.url, 8).await.expect("connect");
-    let [a, b] = two_ready_devices(&two, [("+911000000093", 93), ("+911000000094", 94)]).await;
     let group = b"in-flight".to_vec();
-    a_adds_b(&one, &a, &b, &group, 1).await;
+    let who = [("+911000000093", 93), ("+911000000094", 94)];
+    let (one, two, [a, b]) = two_nodes_with_a_pair(&db, 8, who, &group).await;
     let b2 = two
         .add_linked_device(b.account_id, &[95; 32], "b2", 1, 5)
         .await
@@ -1025,11 +1040,9 @@ async fn a_node_stalled_in_a_transaction_holds_its_locks_only_for_a_while() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_number_registered_again_elsewhere_reaches_a_cached_group() {
     let db = FreshDb::new("dak_test").await;
-    let one = PgStore::connect(&db.url, 4).await.expect("connect");
-    let two = PgStore::connect(&db.url, 4).await.expect("connect");
-    let [a, b] = two_ready_devices(&two, [("+911000000107", 107), ("+911000000108", 108)]).await;
     let group = b"moved".to_vec();
-    a_adds_b(&two, &a, &b, &group, 1).await;
+    let who = [("+911000000107", 107), ("+911000000108", 108)];
+    let (one, two, [a, b]) = two_nodes_with_a_pair(&db, 4, who, &group).await;
     let send = |id: u8| one.send_group(&group, 1, from(&a, id, b"hi"), MailboxQuota::UNLIMITED);
     assert_eq!(accepted(send(2).await.unwrap()), vec![b.id]);
     let moved = two
