@@ -46,8 +46,8 @@ mod sends;
 /// only a node that stopped half-way (frozen, or cut off by the network,
 /// which PostgreSQL would otherwise notice only when TCP gives up, hours
 /// later) stays idle that long; meanwhile the groups and mailbox heads it
-/// locked stall every node's sends to them. Its callers get an error, and
-/// the clients send again (dropped by message id where it had committed).
+/// locked stall every node's sends to them. Its transaction is rolled back,
+/// its callers (if it wakes) get an error, and the clients send again.
 const STALLED_TRANSACTION_MS: u32 = 10_000;
 
 /// Arbitrary, fixed: identifies Dak's migration lock among advisory locks.

@@ -29,7 +29,8 @@
 //! - **Bounded.** At most `GROUPS_MAX` groups and `ENTRIES_MAX` entries
 //!   (member devices, ready devices, blocks) per worker; at a bound the
 //!   cache drops groups, any, one at a time, until the new one fits, and a
-//!   group larger than the whole bound is used for its batch, not kept. `last_seen_ms` of a cached device may be
+//!   group larger than the whole bound is kept aside, alone, until another
+//!   such group or a new stamp replaces it. `last_seen_ms` of a cached device may be
 //!   old: nothing a send answers depends on it.
 
 use std::collections::HashMap;
@@ -110,8 +111,8 @@ impl GroupChecks {
 /// One worker's cache (see the module comment).
 pub(super) struct SendCache {
     groups: HashMap<Vec<u8>, GroupChecks>,
-    /// The last group read that was too large to keep, for its batch.
-    oversized: Option<GroupChecks>,
+    /// The last group read that was too large to keep, with its id.
+    oversized: Option<(Vec<u8>, GroupChecks)>,
     /// Entries held in `groups` (`GroupChecks::size`).
     entries: usize,
     /// Entries read from PostgreSQL (misses), by every worker of the node
@@ -141,11 +142,18 @@ impl SendCache {
         if self.groups.get(group_id).is_some_and(|g| g.stamp == stamp) {
             return Ok(&self.groups[group_id]);
         }
+        if self
+            .oversized
+            .as_ref()
+            .is_some_and(|(id, g)| id == group_id && g.stamp == stamp)
+        {
+            return Ok(&self.oversized.as_ref().expect("just checked").1);
+        }
         let read = read_checks(tx, group_id, stamp).await?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.forget(group_id);
         if read.size() > ENTRIES_MAX {
-            return Ok(self.oversized.insert(read));
+            return Ok(&self.oversized.insert((group_id.to_vec(), read)).1);
         }
         self.keep(group_id, read);
         Ok(&self.groups[group_id])
@@ -240,4 +248,46 @@ async fn read_checks(
         ready,
         blocks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group of `n` ready devices and nothing else, at `stamp`.
+    fn group(stamp: u64, n: u64) -> GroupChecks {
+        GroupChecks {
+            stamp: (stamp, 0),
+            members: Vec::new(),
+            ready: (0..n).map(|i| (i, i)).collect(),
+            blocks: Vec::new(),
+        }
+    }
+
+    fn counted(cache: &SendCache) -> usize {
+        cache.groups.values().map(GroupChecks::size).sum()
+    }
+
+    #[test]
+    fn keeping_past_the_bound_drops_other_groups_and_counts_exactly() {
+        let mut cache = SendCache::new(Arc::default());
+        let quarter = (ENTRIES_MAX / 4) as u64;
+        for g in 0..10u8 {
+            cache.keep(&[g], group(1, quarter));
+            assert!(cache.entries <= ENTRIES_MAX);
+            assert_eq!(cache.entries, counted(&cache));
+        }
+        assert_eq!(cache.groups.len(), 4, "four quarters fit");
+        assert!(cache.groups.contains_key(&[9u8][..]), "the newest is kept");
+        // A group kept again replaces itself; forgetting gives its room back.
+        cache.forget(&[9]);
+        cache.keep(&[9], group(2, 1));
+        assert_eq!(cache.entries, counted(&cache));
+        assert_eq!(cache.groups[&[9u8][..]].stamp, (2, 0));
+        for g in 100..=255u8 {
+            cache.keep(&[g], group(1, 0));
+        }
+        assert!(cache.groups.len() <= GROUPS_MAX);
+        assert_eq!(cache.entries, counted(&cache));
+    }
 }
