@@ -451,6 +451,36 @@ pub mod group_rules {
             .collect()
     }
 
+    /// Decides an application message from `sender` at `epoch` to a group
+    /// at `current` whose members are `members`, given the member accounts'
+    /// ready devices (`ready`, as (device, account)) and the accounts that
+    /// blocked the sender's account (`blockers`): its recipients, or the
+    /// refusal. What both stores run for every group send, from what they
+    /// read or cached under the group's lock.
+    pub fn decide_send(
+        current: u64,
+        epoch: u64,
+        sender: DeviceId,
+        members: &[Device],
+        ready: impl IntoIterator<Item = (DeviceId, AccountId)>,
+        blockers: &[AccountId],
+    ) -> std::result::Result<Vec<Device>, GroupOutcome> {
+        // A blocker's new device is not one the sender must add first: that
+        // would stall the sender's group and tell it about the block.
+        let ready: Vec<DeviceId> = ready
+            .into_iter()
+            .filter(|(_, account)| !blockers.contains(account))
+            .map(|(id, _)| id)
+            .collect();
+        if let Some(refusal) = check_send(current, epoch, sender, members, &ready) {
+            return Err(refusal);
+        }
+        Ok(without_blockers(
+            members.iter().filter(|d| d.id != sender).cloned().collect(),
+            blockers,
+        ))
+    }
+
     /// Refuses a commit that would add a device (`added`, as read) whose
     /// account is among `blockers` (those that blocked the committer's
     /// account). Only adds are checked: removals and other commits are never

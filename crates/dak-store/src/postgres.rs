@@ -525,18 +525,23 @@ async fn bump_send_checks(
     Ok(())
 }
 
-/// The account of a device and whether it is active (not revoked); None
-/// when there is no such device. (A revoked device stays revoked.)
-async fn account_of<'e, E: sqlx::PgExecutor<'e>>(
-    ex: E,
+/// `lock_changing_accounts` for the account of `device`, found in the
+/// same statement: returns that account and whether the device is active
+/// (not revoked), or None when there is no such device. (A revoked device
+/// stays revoked; one read as active may be revoked by the time its
+/// account is locked, which costs no more than a needless bump.)
+async fn lock_account_of(
+    tx: &mut Transaction<'static, Postgres>,
     device: DeviceId,
 ) -> Result<Option<(AccountId, bool)>> {
-    let row: Option<(i64, bool)> =
-        sqlx::query_as("SELECT account_id, revoked = 0 FROM devices WHERE id = $1")
-            .bind(device as i64)
-            .fetch_optional(ex)
-            .await
-            .map_err(backend)?;
+    let row: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT a.id, d.revoked = 0 FROM devices d JOIN accounts a ON a.id = d.account_id
+         WHERE d.id = $1 FOR NO KEY UPDATE OF a",
+    )
+    .bind(device as i64)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
     Ok(row.map(|(account, active)| (account as u64, active)))
 }
 
@@ -544,8 +549,8 @@ async fn account_of<'e, E: sqlx::PgExecutor<'e>>(
 /// may bring into the group (`devices`: the added ones, and a new group's
 /// creator), locked in share mode in account order, so that a concurrent
 /// change to their send checks (`lock_changing_accounts`) either finishes
-/// first or finds
-/// the group once this commit has committed. Returns the devices whose
+/// first or finds the group once this commit has committed. Returns the
+/// devices whose
 /// accounts it locked: those that existed as of this statement. The commit
 /// takes no other device in (one made since is unknown to it, and refused
 /// as any unknown device is), so every account it brings in was locked.
@@ -930,24 +935,42 @@ async fn blockers_of(
     Ok(rows.into_iter().map(|a| a as u64).collect())
 }
 
-/// Whether the block is new.
-async fn insert_block<'e, E: sqlx::PgExecutor<'e>>(
-    ex: E,
+/// Makes (`on`) or lifts `account`'s block of `blocked`, first in the
+/// caller's transaction: both accounts are locked before anything else
+/// (`lock_changing_accounts`), and the groups the two share are bumped
+/// when the block changed (`bump_send_checks`).
+async fn write_block(
+    tx: &mut Transaction<'static, Postgres>,
     account: AccountId,
     blocked: AccountId,
+    on: bool,
     now_ms: i64,
-) -> Result<bool> {
-    sqlx::query(
-        "INSERT INTO blocks (account_id, blocked_id, created_ms) VALUES ($1, $2, $3)
-         ON CONFLICT (account_id, blocked_id) DO NOTHING",
-    )
-    .bind(account as i64)
-    .bind(blocked as i64)
-    .bind(now_ms)
-    .execute(ex)
-    .await
-    .map(|done| done.rows_affected() > 0)
-    .map_err(backend)
+) -> Result<()> {
+    lock_changing_accounts(tx, &[account, blocked]).await?;
+    let query = if on {
+        sqlx::query(
+            "INSERT INTO blocks (account_id, blocked_id, created_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (account_id, blocked_id) DO NOTHING",
+        )
+        .bind(account as i64)
+        .bind(blocked as i64)
+        .bind(now_ms)
+    } else {
+        sqlx::query("DELETE FROM blocks WHERE account_id = $1 AND blocked_id = $2")
+            .bind(account as i64)
+            .bind(blocked as i64)
+    };
+    let changed = query
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+        > 0;
+    // A block of oneself counts for nothing.
+    if changed && account != blocked {
+        bump_send_checks(tx, &[account, blocked]).await?;
+    }
+    Ok(())
 }
 
 /// Hands committed envelopes to the listener, if one is set and there are
@@ -1412,8 +1435,7 @@ impl Store for PgStore {
 
     async fn revoke_device(&self, id: DeviceId, reason: RevokeReason) -> Result<()> {
         let mut tx = self.begin().await?;
-        if let Some((account, true)) = account_of(&mut *tx, id).await? {
-            lock_changing_accounts(&mut tx, &[account]).await?;
+        if let Some((account, true)) = lock_account_of(&mut tx, id).await? {
             bump_send_checks(&mut tx, &[account]).await?;
         }
         revoke(&mut tx, id, reason).await?;
@@ -1474,9 +1496,8 @@ impl Store for PgStore {
         // revoke; a rotation, or a revoked device, changes nothing there.)
         if last_resort.is_some()
             && suite == CLASSIC_SUITE
-            && let Some((account, true)) = account_of(&mut *tx, device).await?
+            && let Some((account, true)) = lock_account_of(&mut tx, device).await?
         {
-            lock_changing_accounts(&mut tx, &[account]).await?;
             let becomes_ready: bool = sqlx::query_scalar(
                 "SELECT d.revoked = 0 AND NOT EXISTS (
                      SELECT 1 FROM key_packages k
@@ -1639,31 +1660,14 @@ impl Store for PgStore {
 
     async fn set_block(&self, account: AccountId, blocked: AccountId, on: bool) -> Result<()> {
         let mut tx = self.begin().await?;
-        // The blocked account's sends to the groups the two share are
-        // checked against its blockers.
-        lock_changing_accounts(&mut tx, &[account, blocked]).await?;
-        let changed = if on {
-            insert_block(&mut *tx, account, blocked, now_ms()).await?
-        } else {
-            sqlx::query("DELETE FROM blocks WHERE account_id = $1 AND blocked_id = $2")
-                .bind(account as i64)
-                .bind(blocked as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected()
-                > 0
-        };
-        if changed && account != blocked {
-            bump_send_checks(&mut tx, &[account, blocked]).await?;
-        }
+        write_block(&mut tx, account, blocked, on, now_ms()).await?;
         tx.commit().await.map_err(backend)
     }
 
     async fn report(&self, reporter: AccountId, reported: AccountId, now_ms: i64) -> Result<()> {
         let mut tx = self.begin().await?;
-        // It blocks too (below), as `set_block` does.
-        lock_changing_accounts(&mut tx, &[reporter, reported]).await?;
+        // It blocks too, as `set_block` does (first: it locks the accounts).
+        write_block(&mut tx, reporter, reported, true, now_ms).await?;
         sqlx::query(
             "INSERT INTO reports (reporter_id, reported_id, created_ms) VALUES ($1, $2, $3)
              ON CONFLICT (reporter_id, reported_id) DO UPDATE SET created_ms = EXCLUDED.created_ms",
@@ -1674,9 +1678,6 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        if insert_block(&mut *tx, reporter, reported, now_ms).await? && reporter != reported {
-            bump_send_checks(&mut tx, &[reporter, reported]).await?;
-        }
         tx.commit().await.map_err(backend)
     }
 

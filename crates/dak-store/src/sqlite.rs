@@ -1178,26 +1178,12 @@ fn send_group(
         }
         None => &[],
     };
-    // A blocker's new device is not one the sender must add first: that
-    // would stall the sender's group and tell it about the block.
-    let ready: Vec<DeviceId> = group
-        .ready
-        .iter()
-        .filter(|d| !blockers.contains(&d.account_id))
-        .map(|d| d.id)
-        .collect();
-    if let Some(refusal) = group_rules::check_send(current, epoch, e.sender_device, members, &ready)
-    {
-        return refused(refusal);
-    }
-    let recipients: Vec<Device> = group_rules::without_blockers(
-        members
-            .iter()
-            .filter(|d| d.id != e.sender_device)
-            .cloned()
-            .collect(),
-        blockers,
-    );
+    let ready = group.ready.iter().map(|d| (d.id, d.account_id));
+    let recipients =
+        match group_rules::decide_send(current, epoch, e.sender_device, members, ready, blockers) {
+            Ok(recipients) => recipients,
+            Err(refusal) => return refused(refusal),
+        };
     let ids: Vec<DeviceId> = recipients.iter().map(|d| d.id).collect();
     if let Some(device) = count_into_usage(conn, &ids, e.body.len() as u64, Some(quota))? {
         return refused(GroupOutcome::MailboxFull { device });

@@ -218,22 +218,27 @@ async fn commit_hints_cover_each_mailbox_once_with_contiguous_seqs() {
     }
 }
 
-/// Two registered devices, each with a last-resort KeyPackage (so either
-/// can be added to a group).
+/// A registered device with a last-resort KeyPackage (so it can be added
+/// to a group).
+async fn ready_device(store: &PgStore, phone: &str, key: u8) -> dak_store::Device {
+    let reg = store
+        .register_primary(phone, &[key; 32], "p", 1)
+        .await
+        .unwrap();
+    store
+        .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
+        .await
+        .unwrap();
+    reg.device
+}
+
+/// Two `ready_device`s.
 async fn two_ready_devices(store: &PgStore, who: [(&str, u8); 2]) -> [dak_store::Device; 2] {
-    let mut ready = Vec::new();
-    for (phone, key) in who {
-        let reg = store
-            .register_primary(phone, &[key; 32], "p", 1)
-            .await
-            .unwrap();
-        store
-            .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![key]), 100)
-            .await
-            .unwrap();
-        ready.push(reg.device);
-    }
-    ready.try_into().expect("two")
+    let [(p0, k0), (p1, k1)] = who;
+    [
+        ready_device(store, p0, k0).await,
+        ready_device(store, p1, k1).await,
+    ]
 }
 
 /// `a` creates the group `group_id` with `b` in it (commit `id`, with a
@@ -245,18 +250,7 @@ async fn a_adds_b(
     group_id: &[u8],
     id: u8,
 ) {
-    let c = GroupCommit {
-        group_id: group_id.to_vec(),
-        epoch: 0,
-        added: vec![b.id],
-        removed: vec![],
-        removed_leaves: vec![],
-        added_phones: vec![],
-        max_accounts: 1024,
-        commit: from(a, id, b"commit"),
-        welcome: Some(from(a, id, b"")),
-    };
-    let out = store.commit_group(c).await.unwrap();
+    let out = a_adds_at(store, a, b, group_id, 0, id).await;
     assert!(matches!(out, GroupOutcome::Accepted { .. }), "{out:?}");
 }
 
@@ -946,15 +940,7 @@ async fn one_cached_group_checks_each_sender_against_its_own_blockers() {
     let db = FreshDb::new("dak_test").await;
     let store = PgStore::connect(&db.url, 4).await.expect("connect");
     let [a, b] = two_ready_devices(&store, [("+911000000101", 101), ("+911000000102", 102)]).await;
-    let reg = store
-        .register_primary("+911000000103", &[103; 32], "p", 1)
-        .await
-        .unwrap();
-    store
-        .put_key_packages(reg.device.id, CLASSIC_SUITE, vec![], Some(vec![103]), 100)
-        .await
-        .unwrap();
-    let c = reg.device;
+    let c = ready_device(&store, "+911000000103", 103).await;
     let group = b"three".to_vec();
     a_adds_b(&store, &a, &b, &group, 1).await;
     let out = a_adds_at(&store, &a, &c, &group, 1, 2).await;

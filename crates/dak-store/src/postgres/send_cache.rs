@@ -63,11 +63,10 @@ pub(super) struct GroupChecks {
 }
 
 impl GroupChecks {
-    /// Decides a send from `sender` at `epoch` to the group, whose epoch is
-    /// `current`: its recipients, or the refusal (`group_rules`).
+    /// Decides a send from `sender` at `epoch` to the group as of its
+    /// stamp: its recipients, or the refusal (`group_rules::decide_send`).
     pub(super) fn check(
         &self,
-        current: u64,
         epoch: u64,
         sender: DeviceId,
     ) -> std::result::Result<Vec<Device>, GroupOutcome> {
@@ -80,27 +79,14 @@ impl GroupChecks {
                 .collect(),
             None => Vec::new(),
         };
-        // A blocker's new device is not one the sender must add first: that
-        // would stall the sender's group and tell it about the block.
-        let ready: Vec<DeviceId> = self
-            .ready
-            .iter()
-            .filter(|(_, account)| !blockers.contains(account))
-            .map(|(id, _)| *id)
-            .collect();
-        if let Some(refusal) =
-            group_rules::check_send(current, epoch, sender, &self.members, &ready)
-        {
-            return Err(refusal);
-        }
-        Ok(group_rules::without_blockers(
-            self.members
-                .iter()
-                .filter(|d| d.id != sender)
-                .cloned()
-                .collect(),
+        group_rules::decide_send(
+            self.stamp.0,
+            epoch,
+            sender,
+            &self.members,
+            self.ready.iter().copied(),
             &blockers,
-        ))
+        )
     }
 
     fn size(&self) -> usize {

@@ -28,15 +28,15 @@
 //!   accounts, then its groups in group-id order, then heads (a revoke's
 //!   mailbox); enqueue, acks and expiry take heads alone. (Device and
 //!   KeyPackage rows come after groups, and nothing here waits for them.)
-//!   So two transactions never wait for each other in a circle. Holding heads, a batch only inserts new mailbox rows: it never
-//!   waits for one.
+//!   So two transactions never wait for each other in a circle. Holding
+//!   heads, a batch only inserts new mailbox rows: it never waits for one.
 //! - **Each send is decided as it would be alone.** The checks are the
 //!   group's as of its lock: the worker's cache entry when the locked row's
 //!   `(epoch, checks_version)` is the entry's, else read in one statement
 //!   after the lock statement, so that its snapshot is taken after it
 //!   (`send_cache`). A batch holds no commit, so a group's epoch and
-//!   members do not change within it. The mailbox quota counts the sends accepted earlier in the batch. A
-//!   refused send stores no envelope and does not stop the others (its
+//!   members do not change within it. The mailbox quota counts the sends
+//!   accepted earlier in the batch. A refused send stores no envelope and does not stop the others (its
 //!   recipients' heads may have been created, empty, as a lone send's
 //!   rolled-back lock would not).
 //! - **One send's error stays its own.** If a statement of the batch fails
@@ -407,12 +407,10 @@ async fn decide(
             continue;
         };
         let checks = cache.checks(tx, &job.group_id, stamp).await?;
-        decided.push(
-            match checks.check(stamp.0, job.epoch, job.envelope.sender_device) {
-                Ok(recipients) => Decided::Accepted(recipients),
-                Err(refusal) => Decided::Refused(refusal),
-            },
-        );
+        decided.push(match checks.check(job.epoch, job.envelope.sender_device) {
+            Ok(recipients) => Decided::Accepted(recipients),
+            Err(refusal) => Decided::Refused(refusal),
+        });
     }
 
     // Every recipient's head, locked in device order, with its usage; the
